@@ -1,0 +1,143 @@
+"""The contract between a bi-level problem (tabular, LQR, robot) and the generic machinery.
+
+Conventions used everywhere in ``core``:
+- Everything *maximises* return; LQR rewards are minus costs.
+- ``theta`` is the vector of learnable simulator entries in optimisation coordinates
+  (log space for positive quantities); ``phi`` is the flat policy parameter vector.
+- numpy float64 arrays at the interface; torch float64 inside differentiable code.
+- The inner optimality residual is F(phi, theta) = grad_phi J_sim(phi, theta) (the in-sim
+  policy gradient, written phi_hat in the paper); F(phi*(theta), theta) = 0.
+  d phi*/d theta = -(dF/dphi)^{-1} dF/dtheta  (implicit function theorem).
+- Methods may only *sample* the real system (``sample_real``); ``real_objective`` and
+  ``normalized_return`` are exact and used for reporting and gradchecks only.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Trajectories:
+    """A batch of episodes, simulated or real, as (n_episodes, horizon, ...) arrays.
+
+    states: (n, T+1, ds) float64, or (n, T+1) int64 for tabular;
+    actions: (n, T, da) float64, or (n, T) int64; rewards: (n, T); dones: (n, T) bool;
+    log_probs: (n, T) log pi(a_t|s_t) of the behaviour policy;
+    score_theta: optional (n, T, D): grad_theta log f_theta(s_{t+1}|s_t,a_t) (simulated only).
+    """
+    states: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    dones: np.ndarray
+    log_probs: np.ndarray
+    source: str = 'sim'            # 'sim' or 'real'
+    policy_version: int = 0
+    score_theta: Optional[np.ndarray] = None
+
+    @property
+    def n_transitions(self) -> int:
+        return int(self.rewards.size)
+
+
+@dataclass
+class InnerResult:
+    phi: np.ndarray
+    grad_norm: float                 # ||F(phi, theta)|| at the returned phi
+    iterations: int
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class SensitivityTerms:
+    """The linearisation of F at (phi, theta), as matrices (small problems) or operators.
+
+    hessian: (P, P) dF/dphi; mixed: (P, D) dF/dtheta.  Either may be None when the
+    operator form is given instead: hvp(v) = dF/dphi @ v, hvp_t(v) = dF/dphi^T @ v,
+    vjp_theta(u) = dF/dtheta^T @ u (all torch float64 vectors).
+    """
+    hessian: Optional[np.ndarray] = None
+    mixed: Optional[np.ndarray] = None
+    hvp: Optional[object] = None
+    hvp_t: Optional[object] = None
+    vjp_theta: Optional[object] = None
+    info: dict = field(default_factory=dict)
+
+
+class BilevelProblem(abc.ABC):
+    """One sim-to-real problem: a real system to sample and a parametrised simulator."""
+
+    kind: str                     # 'tabular', 'lqr', ...
+    gamma: float
+    theta_names: list[str]        # one readable name per learnable entry, e.g. 'L[0][1][2]'
+    source: str                   # the problem file it came from
+
+    # --- the simulator family ------------------------------------------------------------
+    @abc.abstractmethod
+    def theta0(self) -> np.ndarray:
+        """The nominal simulator's learnable entries (what the user wrote)."""
+
+    @abc.abstractmethod
+    def theta_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Box bounds in optimisation coordinates; outer steps are projected onto them."""
+
+    @abc.abstractmethod
+    def phi_size(self) -> int:
+        ...
+
+    # --- inner level ---------------------------------------------------------------------
+    @abc.abstractmethod
+    def inner_solve(self, theta: np.ndarray, phi_init: Optional[np.ndarray] = None, *,
+                    method: str = 'exact', rng: Optional[np.random.Generator] = None,
+                    **options) -> InnerResult:
+        """phi*(theta). method 'exact' (soft DP / Riccati) or 'sampled' (actor-critic SPG,
+        warm-started at phi_init, stopping when ||F|| falls below a tolerance)."""
+
+    @abc.abstractmethod
+    def inner_gradient(self, phi: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """Exact F(phi, theta) as a pure differentiable torch function (float64)."""
+
+    @abc.abstractmethod
+    def simulate(self, phi: np.ndarray, theta: np.ndarray, n_episodes: int, horizon: int,
+                 rng: np.random.Generator) -> Trajectories:
+        """Roll out pi_phi in f_theta, with score_theta filled in."""
+
+    @abc.abstractmethod
+    def sensitivity_terms(self, phi: np.ndarray, theta: np.ndarray, *, method: str = 'exact',
+                          trajectories: Optional[Trajectories] = None,
+                          rng: Optional[np.random.Generator] = None) -> SensitivityTerms:
+        """dF/dphi and dF/dtheta at (phi, theta).  'exact': critic sensitivities by linear
+        solves + closed-form Markov-chain sensitivities; 'sampled': the same quantities
+        estimated from ``trajectories`` (simulated, with score weights)."""
+
+    # --- real system ---------------------------------------------------------------------
+    @abc.abstractmethod
+    def sample_real(self, phi: np.ndarray, n_episodes: int, rng: np.random.Generator) -> Trajectories:
+        ...
+
+    @abc.abstractmethod
+    def real_policy_gradient(self, phi: np.ndarray, batches: list[Trajectories]) -> np.ndarray:
+        """Estimate g = grad_phi J_real(phi) from real data; batches[-1] is the newest
+        (collected with phi); older batches may be used only where valid off-policy."""
+
+    @abc.abstractmethod
+    def real_objective(self, phi: torch.Tensor) -> torch.Tensor:
+        """Exact real return of pi_phi (reporting and gradcheck only)."""
+
+    @abc.abstractmethod
+    def normalized_return(self, phi: np.ndarray) -> float:
+        """Exact normalised real return (see the issue / README for the definition)."""
+
+    # --- baselines -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def system_identification(self, batches: list[Trajectories], theta_init: np.ndarray) -> np.ndarray:
+        """Maximum-likelihood fit of the learnable *dynamics* entries on real transitions
+        (reward entries keep their nominal values)."""
+
+    def theta_groups(self) -> dict[str, np.ndarray]:
+        """Boolean masks over theta: {'dynamics': ..., 'reward': ...} for ablations."""
+        raise NotImplementedError
