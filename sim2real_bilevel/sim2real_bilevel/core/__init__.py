@@ -1,0 +1,1 @@
+"""Algorithm core: numpy/torch only, never imports rclpy."""

@@ -1,0 +1,1 @@
+"""Policy classes: functional (parameters passed as a flat vector) so they compose with torch.func."""
