@@ -1,0 +1,192 @@
+"""Run methods x seeds on a problem file; write results.json and results.png; summarise."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from . import baselines
+from .outer import BilevelOuterLoop, IterationRecord, OuterConfig
+from .problems import load_problem
+
+# name -> (run class, config overrides).  Every method sees the same OuterConfig otherwise,
+# so real episodes per iteration and the real-gradient estimator are shared.
+METHODS: dict[str, tuple[type, dict]] = {
+    'bilevel': (BilevelOuterLoop, {}),
+    'bilevel-cg': (BilevelOuterLoop, {'solver': 'cg'}),
+    'bilevel-first-order': (BilevelOuterLoop, {'solver': 'first_order'}),
+    'bilevel-sampled': (BilevelOuterLoop, {'sensitivity_method': 'sampled'}),
+    'bilevel-reward': (BilevelOuterLoop, {'learn': 'reward'}),
+    'bilevel-dynamics': (BilevelOuterLoop, {'learn': 'dynamics'}),
+    'nominal': (baselines.NominalRun, {'iterations': 0}),
+    'sysid': (baselines.SysIdRun, {}),
+    'cmaes': (baselines.CMAESRun, {}),
+    'spsa': (baselines.SPSARun, {}),
+    'real-rl': (baselines.RealRLRun, {}),
+}
+
+TARGET = 0.95
+
+
+def make_run(problem, method: str, seed: int, iterations: Optional[int] = None,
+             overrides: Optional[dict] = None, progress=None):
+    if method not in METHODS:
+        raise ValueError(f'unknown method {method!r}; expected one of {sorted(METHODS)}')
+    cls, method_overrides = METHODS[method]
+    values = dict(getattr(problem, 'outer_defaults', {}) or {})
+    values.update(overrides or {})
+    values.update(method_overrides)
+    if iterations is not None and 'iterations' not in method_overrides:
+        values['iterations'] = iterations
+    per_method = values.pop('methods', {}) or {}
+    values.update(per_method.get(method, {}))
+    config = OuterConfig.from_mapping(values)
+    return cls(problem, config, seed=seed, progress=progress)
+
+
+def run_experiment(config_path: str | Path, methods: list[str], seeds: int = 1,
+                   iterations: Optional[int] = None, overrides: Optional[dict] = None,
+                   on_record: Optional[Callable[[str, int, IterationRecord], None]] = None) -> dict:
+    """Run every method for every seed; returns the results.json document."""
+    problem = load_problem(config_path)
+    document = {'config': str(config_path), 'problem_kind': problem.kind,
+                'theta_names': list(problem.theta_names), 'target': TARGET, 'methods': {}}
+    for method in methods:
+        seed_results = []
+        for seed in range(seeds):
+            callback = (lambda record, m=method, s=seed: on_record(m, s, record)) if on_record else None
+            run = make_run(problem, method, seed, iterations, overrides, progress=callback)
+            started = time.perf_counter()
+            run.run()
+            seed_results.append({'seed': seed, 'wall_time_s': time.perf_counter() - started,
+                                 'iterations': [r.to_json() for r in run.history]})
+        document['methods'][method] = {'config': vars(run.config) | {'adam_betas': list(run.config.adam_betas)},
+                                       'seeds': seed_results}
+    document['summary'] = summarize(document)
+    return document
+
+
+def first_reaching(iterations: list[dict], target: float) -> Optional[dict]:
+    for record in iterations:
+        if record['normalized_return'] >= target:
+            return record
+    return None
+
+
+def summarize(document: dict) -> dict:
+    """Per method: final normalised return, iterations / real transitions to the target."""
+    target = document.get('target', TARGET)
+    summary = {}
+    for method, entry in document['methods'].items():
+        finals, hit_iterations, hit_transitions, per_iteration_s = [], [], [], []
+        for seed in entry['seeds']:
+            records = seed['iterations']
+            finals.append(records[-1]['normalized_return'])
+            hit = first_reaching(records, target)
+            hit_iterations.append(hit['iteration'] if hit else math.inf)
+            hit_transitions.append(hit['real_transitions'] if hit else math.inf)
+            if len(records) > 1:
+                per_iteration_s.append((records[-1]['wall_time_s'] - records[0]['wall_time_s'])
+                                       / (len(records) - 1))
+        reached = [t for t in hit_transitions if math.isfinite(t)]
+        summary[method] = {
+            'final_mean': float(np.mean(finals)),
+            'final_min': float(np.min(finals)),
+            'final_max': float(np.max(finals)),
+            'seeds_reaching_target': len(reached),
+            'seeds': len(finals),
+            'iterations_to_target_max': _finite_or_none(max(hit_iterations)),
+            'iterations_to_target_median': _finite_or_none(float(np.median(hit_iterations))),
+            'real_transitions_to_target_median': _finite_or_none(float(np.median(hit_transitions))),
+            'real_transitions_to_target_max': _finite_or_none(max(hit_transitions)),
+            'seconds_per_iteration': float(np.mean(per_iteration_s)) if per_iteration_s else None,
+        }
+    return summary
+
+
+def _finite_or_none(value):
+    return None if not math.isfinite(value) else value
+
+
+def format_summary(summary: dict, target: float = TARGET) -> str:
+    header = (f'{"method":<22}{"final (mean [min,max])":>26}{"seeds>=" + str(target):>11}'
+              f'{"iters->" + str(target) + " (med/max)":>22}{"real transitions->" + str(target) + " (med)":>28}'
+              f'{"s/iter":>10}')
+    lines = [header, '-' * len(header)]
+    for method, s in summary.items():
+        final = f'{s["final_mean"]:.4f} [{s["final_min"]:.3f},{s["final_max"]:.3f}]'
+        iters = f'{_fmt(s["iterations_to_target_median"])}/{_fmt(s["iterations_to_target_max"])}'
+        lines.append(f'{method:<22}{final:>26}{s["seeds_reaching_target"]:>6}/{s["seeds"]:<4}'
+                     f'{iters:>22}{_fmt(s["real_transitions_to_target_median"]):>28}'
+                     f'{_fmt(s["seconds_per_iteration"], ".4f"):>10}')
+    return '\n'.join(lines)
+
+
+def _fmt(value, spec: str = '.0f') -> str:
+    return 'never' if value is None else format(value, spec)
+
+
+def write_results(document: dict, out_dir: str | Path) -> tuple[Path, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / 'results.json'
+    tmp = json_path.with_suffix('.json.tmp')
+    tmp.write_text(json.dumps(document, indent=1, default=_json_default))
+    tmp.replace(json_path)
+    png_path = out / 'results.png'
+    plot_results(document, png_path)
+    return json_path, png_path
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f'not JSON serialisable: {type(value).__name__}')
+
+
+def plot_results(document: dict, path: str | Path) -> None:
+    """Normalised real return vs outer iterations and vs real transitions, mean and
+    min-max band over seeds, one curve per method (the paper's Figure 3 with baselines)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, (ax_iter, ax_data) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for index, (method, entry) in enumerate(document['methods'].items()):
+        color = plt.cm.tab10(index % 10)
+        curves = [np.array([r['normalized_return'] for r in s['iterations']]) for s in entry['seeds']]
+        data = [np.array([r['real_transitions'] for r in s['iterations']], dtype=float) for s in entry['seeds']]
+        length = min(len(c) for c in curves)
+        if length == 1:   # no adaptation (nominal): a horizontal reference line
+            value = float(np.mean([c[0] for c in curves]))
+            for ax in (ax_iter, ax_data):
+                ax.axhline(value, color=color, linestyle='--', label=f'{method} ({value:.3f})')
+            continue
+        returns = np.stack([c[:length] for c in curves])
+        transitions = np.stack([d[:length] for d in data]).mean(axis=0)
+        mean, low, high = returns.mean(axis=0), returns.min(axis=0), returns.max(axis=0)
+        steps = np.arange(length)
+        ax_iter.plot(steps, mean, color=color, label=method)
+        ax_iter.fill_between(steps, low, high, color=color, alpha=0.2)
+        ax_data.plot(np.maximum(transitions, 1), mean, color=color, label=method)
+        ax_data.fill_between(np.maximum(transitions, 1), low, high, color=color, alpha=0.2)
+    target = document.get('target', TARGET)
+    for ax in (ax_iter, ax_data):
+        ax.axhline(target, color='grey', linewidth=0.8, linestyle=':')
+        ax.set_ylabel('normalised real return')
+        ax.grid(alpha=0.3)
+    ax_iter.set_xlabel('outer iteration')
+    ax_data.set_xlabel('real transitions (log scale)')
+    ax_data.set_xscale('log')
+    ax_iter.legend(fontsize=8, loc='lower right')
+    fig.suptitle(f'{Path(document["config"]).name}: mean and min-max over '
+                 f'{max(len(e["seeds"]) for e in document["methods"].values())} seed(s)')
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,334 @@
+"""The outer level: Algorithm 1 of arXiv 2510.17709 as a resumable stepper.
+
+One outer iteration:
+  1. deploy pi_phi on the real system, collect ``real_episodes`` episodes;
+  2. estimate the real policy gradient g = grad_phi J_real(phi) from them;
+  3. linearise the inner optimality condition at (phi, theta) (exact or sampled terms);
+  4. dJ_real/dtheta = (d phi*/d theta)^T g by one implicit-function solve;
+  5. theta <- project(theta + optimiser step), then warm-start the inner solve at phi.
+
+The stepper keeps all of its state in plain attributes (``state_dict``) so a ROS node or a
+crash-safe runner can persist and resume it.  The three expensive calls (inner solve,
+sensitivity, real episodes) are methods, so a distributed runner can replace them with
+remote calls and keep the same arithmetic.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Callable, Optional
+
+import numpy as np
+
+from . import implicit
+from .problem import BilevelProblem, InnerResult, Trajectories
+
+SOLVERS = ('dense', 'cg', 'first_order')
+SENSITIVITY_METHODS = ('exact', 'sampled')
+INNER_METHODS = ('exact', 'sampled')
+
+
+@dataclass
+class OuterConfig:
+    """Hyper-parameters of the bi-level outer loop (problem files may override defaults
+    through their ``outer:`` section)."""
+    iterations: int = 200
+    """Outer iterations (each one deploys the policy on the real system)."""
+    step_size: float = 0.05
+    """Outer learning rate (Adam's alpha, or the SGD step)."""
+    optimizer: str = 'adam'
+    """'adam' or 'sgd' on theta (ascent on the real return)."""
+    adam_betas: tuple = (0.9, 0.999)
+    """Adam's moment decay rates."""
+    real_episodes: int = 10
+    """Real episodes per outer iteration."""
+    real_history: int = 1
+    """How many most recent real batches the real-gradient estimator may see (>=1)."""
+    inner_method: str = 'exact'
+    """'exact' (soft DP / Riccati / converged solver) or 'sampled' (SPG in sim)."""
+    sensitivity_method: str = 'exact'
+    """'exact' or 'sampled' linearisation of the inner optimality condition."""
+    sim_episodes: int = 0
+    """Simulated trajectories for sampled sensitivities (0: the problem's default)."""
+    sim_horizon: int = 0
+    """Their horizon (0: the problem's default)."""
+    solver: str = 'dense'
+    """Implicit-function solve: 'dense', 'cg' or 'first_order'."""
+    damping: float = 1e-8
+    """Ridge added to -dF/dphi in dense and CG solves."""
+    cg_maxiter: int = 200
+    """Conjugate-gradient iteration cap."""
+    cg_tol: float = 1e-10
+    """Conjugate-gradient relative residual tolerance."""
+    first_order_step: float = 1.0
+    """Step of the first-order variant: d phi*/d theta ~ step * dF/dtheta."""
+    learn: str = 'all'
+    """Which theta entries move: 'all', 'dynamics' or 'reward' (ablations)."""
+    normalize_gradient: bool = False
+    """Divide the outer gradient by its norm before the optimiser (SGD only)."""
+    # --- baselines (same real-data accounting) ---
+    cma_sigma: float = 0.3
+    """CMA-ES initial step size, as a fraction of each theta entry's bound range."""
+    cma_popsize: int = 0
+    """CMA-ES population (0: cma's default 4 + 3 ln D)."""
+    spsa_a: float = 0.1
+    """SPSA step gain a (a_k = a / (k + 1 + A)^0.602, A = iterations / 10)."""
+    spsa_c: float = 0.1
+    """SPSA perturbation gain c (c_k = c / (k + 1)^0.101), in theta units."""
+    real_rl_step_size: float = 0.05
+    """Adam step for direct policy-gradient RL on the real system."""
+
+    def validate(self) -> None:
+        checks = [
+            (self.iterations >= 0, 'iterations', 'an integer >= 0'),
+            (self.step_size > 0 and np.isfinite(self.step_size), 'step_size', 'a finite number > 0'),
+            (self.optimizer in ('adam', 'sgd'), 'optimizer', "'adam' or 'sgd'"),
+            (self.real_episodes >= 1, 'real_episodes', 'an integer >= 1'),
+            (self.real_history >= 1, 'real_history', 'an integer >= 1'),
+            (self.inner_method in INNER_METHODS, 'inner_method', f'one of {INNER_METHODS}'),
+            (self.sensitivity_method in SENSITIVITY_METHODS, 'sensitivity_method',
+             f'one of {SENSITIVITY_METHODS}'),
+            (self.solver in SOLVERS, 'solver', f'one of {SOLVERS}'),
+            (self.damping >= 0, 'damping', 'a number >= 0'),
+            (self.learn in ('all', 'dynamics', 'reward'), 'learn', "'all', 'dynamics' or 'reward'"),
+            (self.cma_sigma > 0, 'cma_sigma', 'a number > 0'),
+            (self.cma_popsize >= 0, 'cma_popsize', 'an integer >= 0 (0: default)'),
+            (self.spsa_a > 0 and self.spsa_c > 0, 'spsa_a', 'spsa_a > 0 and spsa_c > 0'),
+            (self.real_rl_step_size > 0, 'real_rl_step_size', 'a number > 0'),
+        ]
+        for ok, name, expected in checks:
+            if not ok:
+                raise ValueError(f'outer config: {name} = {getattr(self, name)!r}: expected {expected}')
+
+    @classmethod
+    def from_mapping(cls, values: dict, **overrides) -> 'OuterConfig':
+        known = {f.name for f in fields(cls)}
+        merged = dict(values or {})
+        merged.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = sorted(set(merged) - known)
+        if unknown:
+            raise ValueError(f'outer config: unknown field(s) {unknown}; known: {sorted(known)}')
+        config = cls(**merged)
+        config.validate()
+        return config
+
+
+def make_solver(config: OuterConfig):
+    """The implicit-function linear solver named by the configuration."""
+    if config.solver == 'dense':
+        return implicit.dense_solver(damping=config.damping)
+    if config.solver == 'cg':
+        return implicit.cg_solver(damping=config.damping, maxiter=config.cg_maxiter, tol=config.cg_tol)
+    return implicit.first_order(step=config.first_order_step)
+
+
+def discounted_returns(batch: Trajectories, gamma: float) -> np.ndarray:
+    """Per-episode discounted return of a batch (rewards after a done are ignored)."""
+    rewards = np.where(_alive(batch.dones), batch.rewards, 0.0)
+    discounts = gamma ** np.arange(rewards.shape[1])
+    return rewards @ discounts
+
+
+def _alive(dones: np.ndarray) -> np.ndarray:
+    """Mask of steps at or before the first done of each episode."""
+    before = np.cumsum(dones, axis=1) - dones
+    return before == 0
+
+
+class Adam:
+    """Adam ascent on a vector, with its state as plain arrays (checkpointable)."""
+
+    def __init__(self, size: int, step_size: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.step_size, self.betas, self.eps = step_size, tuple(betas), eps
+        self.m = np.zeros(size)
+        self.v = np.zeros(size)
+        self.t = 0
+
+    def direction(self, gradient: np.ndarray) -> np.ndarray:
+        self.t += 1
+        b1, b2 = self.betas
+        self.m = b1 * self.m + (1 - b1) * gradient
+        self.v = b2 * self.v + (1 - b2) * gradient ** 2
+        m_hat = self.m / (1 - b1 ** self.t)
+        v_hat = self.v / (1 - b2 ** self.t)
+        return self.step_size * m_hat / (np.sqrt(v_hat) + self.eps)
+
+
+@dataclass
+class IterationRecord:
+    iteration: int
+    normalized_return: float
+    real_transitions: int
+    grad_norm: float
+    theta: list
+    wall_time_s: float
+    real_return: float = float('nan')
+    real_return_estimate: float = float('nan')
+    inner_grad_norm: float = float('nan')
+    real_episodes: int = 0
+    timing: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class MethodRun:
+    """Shared state and bookkeeping of every method (bi-level and baselines): theta, phi, the
+    real data collected and its accounting, the per-iteration records."""
+
+    name = 'method'
+
+    def __init__(self, problem: BilevelProblem, config: OuterConfig, seed: int = 0,
+                 progress: Optional[Callable[[IterationRecord], None]] = None):
+        config.validate()
+        self.problem = problem
+        self.config = config
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.progress = progress
+        self.theta = np.asarray(problem.theta0(), dtype=np.float64).copy()
+        self.lower, self.upper = (np.asarray(b, dtype=np.float64) for b in problem.theta_bounds())
+        self.phi: Optional[np.ndarray] = None
+        self.inner_grad_norm = float('nan')
+        self.real_batches: list[Trajectories] = []
+        self.real_transitions = 0
+        self.real_episode_count = 0
+        self.iteration = 0
+        self.history: list[IterationRecord] = []
+        self.elapsed = 0.0
+
+    # --- the expensive calls (replaceable by remote calls) --------------------------------------
+    def solve_inner(self, theta: np.ndarray, phi_init: Optional[np.ndarray]) -> InnerResult:
+        return self.problem.inner_solve(theta, phi_init, method=self.config.inner_method, rng=self.rng)
+
+    def collect_real(self, phi: np.ndarray, keep: bool = True) -> Trajectories:
+        """Real episodes with pi_phi, counted in the real-data accounting."""
+        batch = self.problem.sample_real(phi, self.config.real_episodes, self.rng)
+        self.real_transitions += batch.n_transitions
+        self.real_episode_count += batch.rewards.shape[0]
+        if keep:
+            self.real_batches.append(batch)
+        return batch
+
+    def mean_real_return(self, batch: Trajectories) -> float:
+        return float(np.mean(discounted_returns(batch, self.problem.gamma)))
+
+    # --- the loop -------------------------------------------------------------------------------
+    def start(self) -> IterationRecord:
+        """Inner solve at the nominal theta and the iteration-0 record (no real data yet)."""
+        t0 = time.perf_counter()
+        self.set_policy(self.solve_inner(self.theta, None))
+        self.elapsed += time.perf_counter() - t0
+        return self.record(grad_norm=float('nan'), estimate=float('nan'),
+                           timing={'inner_s': time.perf_counter() - t0})
+
+    def set_policy(self, result: InnerResult) -> None:
+        self.phi, self.inner_grad_norm = result.phi, result.grad_norm
+
+    def step(self) -> IterationRecord:
+        if self.phi is None:
+            self.start()
+        t0 = time.perf_counter()
+        grad_norm, estimate, timing = self.iterate()
+        self.elapsed += time.perf_counter() - t0
+        self.iteration += 1
+        return self.record(grad_norm=grad_norm, estimate=estimate, timing=timing)
+
+    def iterate(self) -> tuple[float, float, dict]:
+        """One iteration of the method; returns (grad_norm, real return estimate, timing)."""
+        raise NotImplementedError
+
+    def run(self, iterations: Optional[int] = None) -> list[IterationRecord]:
+        total = self.config.iterations if iterations is None else iterations
+        if self.phi is None:
+            self.start()
+        while self.iteration < total:
+            self.step()
+        return self.history
+
+    def record(self, grad_norm: float, estimate: float, timing: dict) -> IterationRecord:
+        import torch
+        record = IterationRecord(
+            iteration=self.iteration,
+            normalized_return=float(self.problem.normalized_return(self.phi)),
+            real_transitions=int(self.real_transitions),
+            grad_norm=grad_norm,
+            theta=self.theta.tolist(),
+            wall_time_s=float(self.elapsed),
+            real_return=float(self.problem.real_objective(torch.as_tensor(self.phi, dtype=torch.float64))),
+            real_return_estimate=estimate,
+            inner_grad_norm=float(self.inner_grad_norm),
+            real_episodes=int(self.real_episode_count),
+            timing=timing,
+        )
+        self.history.append(record)
+        if self.progress is not None:
+            self.progress(record)
+        return record
+
+
+class BilevelOuterLoop(MethodRun):
+    """Algorithm 1: real policy gradient pulled back to theta through d phi*/d theta."""
+
+    name = 'bilevel'
+
+    def __init__(self, problem: BilevelProblem, config: OuterConfig, seed: int = 0,
+                 progress: Optional[Callable[[IterationRecord], None]] = None):
+        super().__init__(problem, config, seed, progress)
+        self.solver = make_solver(config)
+        self.learn_mask = self._learn_mask()
+        self.adam = Adam(self.theta.size, config.step_size, config.adam_betas)
+
+    def _learn_mask(self) -> np.ndarray:
+        if self.config.learn == 'all':
+            return np.ones(self.theta.size, dtype=bool)
+        groups = self.problem.theta_groups()
+        key = 'dynamics' if self.config.learn == 'dynamics' else 'reward'
+        mask = np.asarray(groups[key], dtype=bool)
+        if not mask.any():
+            raise ValueError(f'learn={self.config.learn!r}: the problem {self.problem.source} has no '
+                             f'learnable {key} entries')
+        return mask
+
+    def outer_gradient(self, phi: np.ndarray, theta: np.ndarray, real_gradient: np.ndarray) -> np.ndarray:
+        """dJ_real/dtheta = (d phi*/d theta)^T g by one implicit-function solve."""
+        trajectories = None
+        if self.config.sensitivity_method == 'sampled':
+            n = self.config.sim_episodes or getattr(self.problem, 'default_sim_episodes', 200)
+            horizon = self.config.sim_horizon or getattr(self.problem, 'default_sim_horizon', 50)
+            trajectories = self.problem.simulate(phi, theta, n, horizon, self.rng)
+        terms = self.problem.sensitivity_terms(phi, theta, method=self.config.sensitivity_method,
+                                               trajectories=trajectories, rng=self.rng)
+        return np.asarray(implicit.outer_gradient(terms, real_gradient, self.solver), dtype=np.float64)
+
+    def iterate(self) -> tuple[float, float, dict]:
+        timing = {}
+        t0 = time.perf_counter()
+        batch = self.collect_real(self.phi)
+        self.real_batches = self.real_batches[-self.config.real_history:]
+        timing['real_s'] = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        real_gradient = self.problem.real_policy_gradient(self.phi, self.real_batches)
+        gradient = self.outer_gradient(self.phi, self.theta, real_gradient)
+        gradient = np.where(self.learn_mask, gradient, 0.0)
+        timing['sensitivity_s'] = time.perf_counter() - t1
+        if not np.all(np.isfinite(gradient)):
+            raise FloatingPointError(f'outer gradient is not finite at iteration {self.iteration + 1}: '
+                                     f'{gradient}')
+        self.theta = self.apply_step(gradient)
+
+        t2 = time.perf_counter()
+        self.set_policy(self.solve_inner(self.theta, self.phi))
+        timing['inner_s'] = time.perf_counter() - t2
+        return float(np.linalg.norm(gradient)), self.mean_real_return(batch), timing
+
+    def apply_step(self, gradient: np.ndarray) -> np.ndarray:
+        if self.config.optimizer == 'adam':
+            direction = self.adam.direction(gradient)
+        else:
+            norm = np.linalg.norm(gradient)
+            scale = 1.0 / norm if (self.config.normalize_gradient and norm > 0) else 1.0
+            direction = self.config.step_size * scale * gradient
+        direction = np.where(self.learn_mask, direction, 0.0)
+        return np.clip(self.theta + direction, self.lower, self.upper)
