@@ -1,0 +1,9 @@
+"""Robot stand-ins for sim-only loops (the "physical" robots with hidden parameters).
+
+No rclpy here: the ``robot_emulator`` node wraps these classes.
+"""
+from .pendulum import (JOINT_NAME, JointStateSample, PendulumEmulator, PendulumParameters, SensorNoise,
+                       angle_about_y, pendulum_urdf)
+
+__all__ = ['JOINT_NAME', 'JointStateSample', 'PendulumEmulator', 'PendulumParameters', 'SensorNoise',
+           'angle_about_y', 'pendulum_urdf']
