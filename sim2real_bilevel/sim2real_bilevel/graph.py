@@ -1,0 +1,170 @@
+"""The node graph of each run mode, described once.
+
+Both ``launch/*.launch.py`` (for ``ros2 launch`` on a full ROS 2 install) and the pip-only
+launcher (``sim2real-bilevel launch``) build their processes from this module, so the two
+bring up the same nodes with the same names, executables, parameter files and remappings.
+
+This module imports neither rclpy nor launch: it is plain data plus the rules that turn
+launch arguments into per-node parameter overrides.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+PACKAGE = 'sim2real_bilevel'
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node of the graph: its ROS name, console_scripts executable and wiring."""
+    name: str
+    executable: str
+    description: str
+    lifecycle: bool = False
+    remappings: tuple[tuple[str, str], ...] = ()
+    overrides: tuple[str, ...] = ('problem', 'use_sim_time')
+    """Launch arguments passed to this node as parameters (on top of the params file)."""
+
+
+@dataclass(frozen=True)
+class LaunchArgument:
+    name: str
+    default: str
+    description: str
+
+
+SIMULATOR = NodeSpec(
+    'differentiable_simulator', 'differentiable_simulator',
+    'the parametrised simulator f_theta, R_theta: serves simulated rollouts for the current theta',
+    overrides=('problem', 'use_sim_time', 'seed'))
+INNER_TRAINER = NodeSpec(
+    'inner_trainer', 'inner_trainer',
+    'trains the policy in the simulator (action train_policy), publishes the latest policy',
+    overrides=('problem', 'use_sim_time', 'seed'))
+SENSITIVITY = NodeSpec(
+    'sensitivity', 'sensitivity',
+    'implicit-function sensitivities and the outer gradient (action compute_sensitivity)',
+    overrides=('problem', 'use_sim_time', 'seed'))
+OUTER_OPTIMIZER = NodeSpec(
+    'outer_optimizer', 'outer_optimizer',
+    'Algorithm 1: drives the others, updates and publishes theta, metrics, records the run',
+    overrides=('problem', 'use_sim_time', 'seed', 'run_dir'))
+HARDWARE_BRIDGE = NodeSpec(
+    'hardware_bridge', 'hardware_bridge',
+    'lifecycle node deploying a policy on the robot (action run_episodes)', lifecycle=True,
+    overrides=('problem', 'use_sim_time', 'autostart_bridge'))
+ROBOT_EMULATOR = NodeSpec(
+    'robot_emulator', 'robot_emulator',
+    'the stand-in physical system with hidden true parameters (sim-only runs)',
+    overrides=('problem', 'use_sim_time', 'seed'))
+
+MODES: dict[str, tuple[NodeSpec, ...]] = {
+    'sim_only': (SIMULATOR, INNER_TRAINER, SENSITIVITY, HARDWARE_BRIDGE, ROBOT_EMULATOR, OUTER_OPTIMIZER),
+    'hardware': (SIMULATOR, INNER_TRAINER, SENSITIVITY, HARDWARE_BRIDGE, OUTER_OPTIMIZER),
+}
+
+# The bridge activates itself in the sim-only loop; on hardware an operator (or a lifecycle
+# manager) configures and activates it: nothing moves the robot until someone says so.
+AUTOSTART_BRIDGE = {'sim_only': 'true', 'hardware': 'false'}
+
+LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
+    LaunchArgument('problem', 'discrete_3s2a',
+                   'problem file: a shipped name (discrete_3s2a, lqr, ...) or a path to a YAML file'),
+    LaunchArgument('namespace', '', 'ROS namespace pushed onto every node of the graph'),
+    LaunchArgument('params_file', '',
+                   'ROS parameter file for all nodes (default: config/<problem>_params.yaml of the package)'),
+    LaunchArgument('use_sim_time', 'false', 'use the /clock topic instead of the wall clock'),
+    LaunchArgument('seed', '0', 'random seed of the run (real-data stream and sampled methods)'),
+    LaunchArgument('run_dir', '',
+                   'folder for results.json, results.png and the MCAP bag (default: runs/<problem>-<time>)'),
+    LaunchArgument('log_level', 'info', 'ROS log level of every node (debug, info, warn, error)'),
+)
+
+
+def argument_defaults(mode: str) -> dict[str, str]:
+    defaults = {a.name: a.default for a in LAUNCH_ARGUMENTS}
+    defaults['autostart_bridge'] = AUTOSTART_BRIDGE[mode]
+    return defaults
+
+
+def nodes(mode: str) -> tuple[NodeSpec, ...]:
+    if mode not in MODES:
+        raise ValueError(f'unknown mode {mode!r}; expected one of {sorted(MODES)}')
+    return MODES[mode]
+
+
+def params_file_name(problem: str) -> str:
+    """``config/<stem>_params.yaml`` for a shipped problem name or a problem file path."""
+    return f'{Path(problem).stem}_params.yaml'
+
+
+def typed_value(name: str, text: str):
+    """A launch argument's text as the parameter type the nodes declare."""
+    if name in ('use_sim_time', 'autostart_bridge'):
+        lowered = text.strip().lower()
+        if lowered not in ('true', 'false'):
+            raise ValueError(f'launch argument {name}:={text!r}: expected true or false')
+        return lowered == 'true'
+    if name == 'seed':
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f'launch argument seed:={text!r}: expected an integer') from None
+    return text
+
+
+def parameter_overrides(spec: NodeSpec, arguments: dict[str, str]) -> dict:
+    """The parameters a node gets from the launch arguments (applied after the params file).
+
+    Empty ``run_dir`` means "the node's default" and is not passed."""
+    values = {}
+    for name in spec.overrides:
+        if name not in arguments:
+            continue
+        text = arguments[name]
+        if name == 'run_dir' and not text:
+            continue
+        values['autostart' if name == 'autostart_bridge' else name] = typed_value(name, text)
+    return values
+
+
+@dataclass
+class ProcessPlan:
+    """What the pip-only launcher runs for one node (the same the launch file asks for)."""
+    spec: NodeSpec
+    command: list[str]
+    parameters: dict = field(default_factory=dict)
+
+
+def ros_arguments(spec: NodeSpec, namespace: str, params_file: Optional[str], overrides: dict,
+                  log_level: str = 'info') -> list[str]:
+    """``--ros-args`` for one node, as launch_ros's Node action builds them."""
+    args = ['--ros-args', '-r', f'__node:={spec.name}']
+    if namespace:
+        args += ['-r', f'__ns:={normalize_namespace(namespace)}']
+    if params_file:
+        args += ['--params-file', str(params_file)]
+    for key, value in overrides.items():
+        args += ['-p', f'{key}:={_parameter_text(value)}']
+    for source, target in spec.remappings:
+        args += ['-r', f'{source}:={target}']
+    args += ['--log-level', log_level]
+    return args
+
+
+def normalize_namespace(namespace: str) -> str:
+    namespace = namespace.strip()
+    if not namespace or namespace == '/':
+        return '/'
+    return '/' + namespace.strip('/')
+
+
+def _parameter_text(value) -> str:
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if isinstance(value, str):
+        # quoted so that YAML keeps numbers-looking names and paths as strings
+        return "'" + value.replace("'", "''") + "'"
+    return str(value)
