@@ -1,0 +1,128 @@
+"""Differentiable torch model f_theta, R_theta of the pendulum (the simulator side).
+
+Everything here is a pure tensor function: no ``.item()``, no Python branching on tensor
+values (``torch.tanh`` stands in for the friction sign and the actuator saturation), any
+leading batch shape, so it composes with ``torch.func`` (grad, jvp, vmap).
+
+The parameter vector theta_full (7,) is in log space (every entry is positive):
+
+    [log mass, log damping, log coulomb_friction, log motor_gain,     <- dynamics
+     log w_angle, log w_velocity, log w_effort]                       <- in-sim reward
+
+Dynamics: a uniform rod (length L, radius r) on a joint, angle q from upright,
+
+    I qdd = m g (L/2) sin q + k U tanh(u / U) - b qd - f tanh(qd / v_s),
+    I = m (L^2/3 + r^2/4),
+
+integrated with ``physics_substeps`` semi-implicit Euler steps per control period (the
+scheme pybullet uses, so with the true parameters and no delay the two agree closely).
+
+The model is structurally imperfect on purpose, as real simulators are: it has no
+actuation delay, a smooth tanh saturation where the motor clips hard, a smooth Coulomb
+curve where the joint has stiction, and process noise where the robot has sensor noise.
+System identification inside this family therefore cannot reproduce the robot exactly.
+
+Transition noise: s' ~ N(step_mean(s, a), diag(noise_std^2)), so log f_theta(s'|s,a) and
+its theta gradient exist for likelihood fits and score-function estimators.
+
+Reward: r_theta(s, a) = exp(-(w_angle (1 - cos q) + w_velocity qd^2 + w_effort u^2)),
+in (0, 1] so returns are positive and ratios of returns (normalised return) are meaningful.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+PHYSICAL_NAMES = ('mass', 'damping', 'coulomb_friction', 'motor_gain')
+REWARD_NAMES = ('angle', 'velocity', 'effort')
+THETA_NAMES = tuple(f'log_{name}' for name in PHYSICAL_NAMES) + tuple(f'log_w_{name}' for name in REWARD_NAMES)
+N_PHYSICAL = len(PHYSICAL_NAMES)
+STATE_DIM = 2
+ACTION_DIM = 1
+OBSERVATION_DIM = 3
+
+
+@dataclass(frozen=True)
+class PendulumGeometry:
+    """What the user knows exactly (not learned): geometry, gravity, timing, actuator limit."""
+    link_length: float = 0.5
+    rod_radius: float = 0.02
+    gravity: float = 9.81
+    control_period: float = 0.02
+    physics_substeps: int = 4
+    effort_limit: float = 2.5
+    """Commanded effort saturates smoothly at +-effort_limit (before the motor gain)."""
+    friction_velocity_scale: float = 0.05
+    """Velocity (rad/s) over which the modelled Coulomb friction changes sign."""
+
+    @property
+    def inertia_per_mass(self) -> float:
+        return self.link_length ** 2 / 3.0 + self.rod_radius ** 2 / 4.0
+
+
+class PendulumModel:
+    """f_theta and R_theta of the pendulum as pure torch functions.
+
+    ``noise_std`` (2,) is the transition noise on (angle, velocity) after one control period.
+    """
+
+    def __init__(self, geometry: PendulumGeometry, noise_std):
+        self.geometry = geometry
+        noise_std = torch.as_tensor(noise_std, dtype=torch.float64)
+        if noise_std.shape != (STATE_DIM,) or not bool(torch.all(noise_std > 0)):
+            raise ValueError(f'PendulumModel: noise_std={noise_std.tolist()}: expected 2 positive numbers')
+        self.noise_std = noise_std
+
+    # --- dynamics ----------------------------------------------------------------------------------
+    def step_mean(self, state: torch.Tensor, action: torch.Tensor, theta_phys: torch.Tensor) -> torch.Tensor:
+        """Deterministic next state (..., 2) from state (..., 2), action (..., 1) and the
+        log physical parameters theta_phys (4,) (or (..., 4), broadcast)."""
+        g = self.geometry
+        mass, damping, friction, gain = torch.exp(theta_phys).unbind(-1)
+        inertia = mass * g.inertia_per_mass
+        gravity_coefficient = mass * g.gravity * g.link_length / 2.0
+        effort = action[..., 0]
+        motor_torque = gain * g.effort_limit * torch.tanh(effort / g.effort_limit)
+        h = g.control_period / g.physics_substeps
+        position, velocity = state[..., 0], state[..., 1]
+        for _ in range(g.physics_substeps):
+            torque = (gravity_coefficient * torch.sin(position) + motor_torque - damping * velocity
+                      - friction * torch.tanh(velocity / g.friction_velocity_scale))
+            velocity = velocity + h * torque / inertia
+            position = position + h * velocity
+        return torch.stack((position, velocity), dim=-1)
+
+    def log_prob(self, next_state: torch.Tensor, state: torch.Tensor, action: torch.Tensor,
+                 theta_phys: torch.Tensor) -> torch.Tensor:
+        """log f_theta(next_state | state, action), shape (...)."""
+        std = self.noise_std.to(next_state.dtype)
+        z = (next_state - self.step_mean(state, action, theta_phys)) / std
+        return (-0.5 * z ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def sample_next(self, state: torch.Tensor, action: torch.Tensor, theta_phys: torch.Tensor,
+                    standard_noise: torch.Tensor) -> torch.Tensor:
+        """Reparametrised transition: step_mean + noise_std * standard_noise."""
+        return self.step_mean(state, action, theta_phys) + self.noise_std.to(state.dtype) * standard_noise
+
+    # --- reward and observation ------------------------------------------------------------------
+    @staticmethod
+    def reward(state: torch.Tensor, action: torch.Tensor, theta_reward: torch.Tensor) -> torch.Tensor:
+        """r_theta(s, a) in (0, 1], shape (...); theta_reward (3,) = log weights."""
+        w_angle, w_velocity, w_effort = torch.exp(theta_reward).unbind(-1)
+        cost = (w_angle * (1.0 - torch.cos(state[..., 0])) + w_velocity * state[..., 1] ** 2
+                + w_effort * action[..., 0] ** 2)
+        return torch.exp(-cost)
+
+    @staticmethod
+    def observation(state: torch.Tensor) -> torch.Tensor:
+        """What the policy sees: (sin q, cos q, qd / 4) -- continuous in q across wraps."""
+        position, velocity = state[..., 0], state[..., 1]
+        return torch.stack((torch.sin(position), torch.cos(position), velocity / 4.0), dim=-1)
+
+    # --- theta bookkeeping -----------------------------------------------------------------------
+    @staticmethod
+    def split(theta_full: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(theta_phys (4,), theta_reward (3,)) views of the full log-parameter vector."""
+        return theta_full[..., :N_PHYSICAL], theta_full[..., N_PHYSICAL:]
