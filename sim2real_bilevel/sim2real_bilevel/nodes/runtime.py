@@ -1,0 +1,240 @@
+"""What every node of the graph shares: QoS profiles, declared-and-validated parameters,
+problem loading, waiting on futures, background work and the ``main()`` skeleton.
+
+Executor choice: these rclpy builds livelock intermittently in ``MultiThreadedExecutor``, so
+every process runs one ``SingleThreadedExecutor``.  Long computations (inner training,
+sensitivities) run in one plain worker thread while the executor keeps serving cancel
+requests, parameter services and subscriptions; ``spin_until_future_complete`` leaks a task
+per call in rclpy 7.1 (calls get slower and slower), so waiting is a ``spin_once`` loop.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+import rclpy
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                SetParametersResult)
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.parameter import Parameter
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
+                       qos_profile_sensor_data)
+from rclpy.task import Future
+
+# "Latest value" topics (theta, policy): late joiners and restarted nodes get the last one.
+LATCHED = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# Per-iteration records (metrics, gradients, trajectories): every one, in order.
+EVENTS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                    durability=DurabilityPolicy.VOLATILE)
+SENSOR = qos_profile_sensor_data
+# Robot commands and per-step states on the topic transport: no step may be lost.
+ROBOT_STREAM = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE,
+                          durability=DurabilityPolicy.VOLATILE)
+
+
+class ShutdownRequested(Exception):
+    """The context was shut down (Ctrl-C, SIGTERM) while a node was waiting."""
+
+
+# --- parameters --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ParameterSpec:
+    """One declared parameter: default, description, range or choices, read-only flag."""
+    name: str
+    default: Any
+    description: str
+    low: Optional[float] = None
+    high: Optional[float] = None
+    choices: Optional[Sequence[str]] = None
+    read_only: bool = False
+    allow_empty: bool = True
+
+    def descriptor(self) -> ParameterDescriptor:
+        descriptor = ParameterDescriptor(description=self.description, read_only=self.read_only)
+        if self.choices:
+            descriptor.additional_constraints = f'one of {list(self.choices)}'
+        if isinstance(self.default, bool):
+            return descriptor
+        if isinstance(self.default, int) and (self.low is not None or self.high is not None):
+            descriptor.integer_range = [IntegerRange(
+                from_value=int(self.low if self.low is not None else -2 ** 31),
+                to_value=int(self.high if self.high is not None else 2 ** 31 - 1), step=1)]
+        elif isinstance(self.default, float) and (self.low is not None or self.high is not None):
+            # step=0.0: a continuous range (a non-zero step rejects off-grid values)
+            descriptor.floating_point_range = [FloatingPointRange(
+                from_value=float(self.low if self.low is not None else -1e300),
+                to_value=float(self.high if self.high is not None else 1e300), step=0.0)]
+        return descriptor
+
+    def check(self, value: Any) -> Optional[str]:
+        """None if ``value`` is acceptable, else the reason it is not."""
+        if isinstance(self.default, bool):
+            if not isinstance(value, bool):
+                return f'{self.name} = {value!r}: expected true or false'
+            return None
+        if isinstance(self.default, (int, float)) and not isinstance(self.default, bool):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return f'{self.name} = {value!r}: expected a number'
+            if isinstance(self.default, int) and not isinstance(value, int):
+                return f'{self.name} = {value!r}: expected an integer'
+            if not math.isfinite(value):
+                return f'{self.name} = {value!r}: expected a finite number'
+            if self.low is not None and value < self.low or self.high is not None and value > self.high:
+                return f'{self.name} = {value!r}: expected a value in [{self.low}, {self.high}]'
+            return None
+        if isinstance(self.default, str):
+            if not isinstance(value, str):
+                return f'{self.name} = {value!r}: expected a string'
+            if self.choices and value not in self.choices:
+                return f'{self.name} = {value!r}: expected one of {list(self.choices)}'
+            if not self.allow_empty and not value:
+                return f'{self.name} is empty: expected a non-empty string'
+            return None
+        if isinstance(self.default, list):
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+                return f'{self.name} = {value!r}: expected a list of non-empty strings'
+            if len(set(value)) != len(value):
+                return f'{self.name} = {value!r}: expected distinct names'
+        return None
+
+
+class DeclaredParameters:
+    """Declares a node's parameters, validates every change (startup overrides included)
+    and rejects bad ones with a reason; values are read where they are used, so an accepted
+    change takes effect on the node's next step.
+
+    ``extra_check(name, value, pending)`` may add cross-parameter rules (``pending`` holds
+    the values as they would be after the change)."""
+
+    def __init__(self, node, specs: Sequence[ParameterSpec],
+                 extra_check: Optional[Callable[[str, Any, dict], Optional[str]]] = None):
+        self.node = node
+        self.specs = {spec.name: spec for spec in specs}
+        self.extra_check = extra_check
+        for spec in specs:
+            default = spec.default
+            if isinstance(default, list) and not default:
+                value = Parameter.Type.STRING_ARRAY
+                node.declare_parameter(spec.name, value, spec.descriptor())
+            else:
+                node.declare_parameter(spec.name, default, spec.descriptor())
+        startup_errors = [self._reason(p.name, p.value, self.values()) for p in
+                          (node.get_parameter(name) for name in self.specs)]
+        startup_errors = [e for e in startup_errors if e]
+        if startup_errors:
+            raise ValueError('invalid parameters: ' + '; '.join(startup_errors))
+        node.add_on_set_parameters_callback(self.on_set_parameters_callback)
+
+    def values(self) -> dict:
+        return {name: self.node.get_parameter(name).value for name in self.specs}
+
+    def __getitem__(self, name: str):
+        return self.node.get_parameter(name).value
+
+    def _reason(self, name: str, value: Any, pending: dict) -> Optional[str]:
+        spec = self.specs.get(name)
+        if spec is None:
+            return None       # use_sim_time and other parameters rclpy declares itself
+        reason = spec.check(value)
+        if reason is None and self.extra_check is not None:
+            reason = self.extra_check(name, value, pending)
+        return reason
+
+    def on_set_parameters_callback(self, parameters: list[Parameter]) -> SetParametersResult:
+        pending = self.values()
+        pending.update({p.name: p.value for p in parameters})
+        for parameter in parameters:
+            reason = self._reason(parameter.name, parameter.value, pending)
+            if reason is not None:
+                self.node.get_logger().warning(f'rejected parameter change: {reason}')
+                return SetParametersResult(successful=False, reason=reason)
+        return SetParametersResult(successful=True)
+
+
+# --- problems ------------------------------------------------------------------------------------------
+def load_problem(name: str):
+    """Load a problem by shipped name or path (the same resolution as the CLI)."""
+    from ..core.cli import builtin_config
+    from ..core.problems import load_problem as load
+    return load(builtin_config(name))
+
+
+def problem_outer_defaults(problem) -> dict:
+    """The problem file's ``outer:`` section without per-method entries."""
+    values = dict(getattr(problem, 'outer_defaults', {}) or {})
+    values.pop('methods', None)
+    return values
+
+
+# --- waiting -------------------------------------------------------------------------------------------
+def wait_for(executor: SingleThreadedExecutor, future: Future, timeout_s: Optional[float],
+             what: str) -> Any:
+    """Spin until ``future`` is done; returns its result.  Raises TimeoutError naming
+    ``what``, or ShutdownRequested when the context goes down."""
+    deadline = None if timeout_s is None or timeout_s <= 0 else time.monotonic() + timeout_s
+    while not future.done():
+        if not executor.context.ok():
+            raise ShutdownRequested(what)
+        remaining = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+        if remaining <= 0:
+            raise TimeoutError(f'{what}: no answer within {timeout_s:g} s')
+        executor.spin_once(timeout_sec=remaining)
+    return future.result()
+
+
+class BackgroundWork:
+    """Runs one computation at a time in a worker thread; ``await work.run(fn)`` from an
+    async callback lets the executor go on serving (cancel requests, parameters) meanwhile."""
+
+    def __init__(self, node):
+        self.node = node
+
+    async def run(self, function: Callable[[], Any]) -> Any:
+        future = Future()
+        executor = self.node.executor
+
+        def target():
+            try:
+                future.set_result(function())
+            except BaseException as err:      # re-raised in the awaiting callback
+                future.set_exception(err)
+            if executor is not None:
+                executor.wake()
+
+        threading.Thread(target=target, daemon=True, name=f'{self.node.get_name()}-work').start()
+        return await future
+
+
+# --- main ----------------------------------------------------------------------------------------------
+def run_node(make_node: Callable[[], Any], args=None) -> int:
+    """Init, build the node, spin one SingleThreadedExecutor, always shut down."""
+    rclpy.init(args=args)
+    node = None
+    status = 0
+    try:
+        node = make_node()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException, ShutdownRequested):
+        pass
+    except ValueError as err:           # invalid parameters or problem file: say why, exit 2
+        _log_fatal(node, err)
+        status = 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return status
+
+
+def _log_fatal(node, err: Exception) -> None:
+    if node is not None:
+        node.get_logger().fatal(str(err))
+    else:
+        import sys
+        print(f'[fatal] {err}', file=sys.stderr, flush=True)
