@@ -168,3 +168,52 @@ def _parameter_text(value) -> str:
         # quoted so that YAML keeps numbers-looking names and paths as strings
         return "'" + value.replace("'", "''") + "'"
     return str(value)
+
+
+def launch_description(mode: str):
+    """The ``launch.LaunchDescription`` of a mode, for ``launch/<mode>.launch.py``.
+
+    Declares every launch argument with its description; ``params_file`` defaults to the
+    installed ``config/<problem>_params.yaml``; the namespace is pushed onto the whole group;
+    when the outer optimizer exits, the launch shuts down (as the pip-only launcher does)."""
+    from launch import LaunchDescription
+    from launch.actions import DeclareLaunchArgument, EmitEvent, GroupAction, RegisterEventHandler
+    from launch.event_handlers import OnProcessExit
+    from launch.events import Shutdown
+    from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+    from launch_ros.actions import LifecycleNode, Node, PushROSNamespace
+    from launch_ros.parameter_descriptions import ParameterValue
+    from launch_ros.substitutions import FindPackageShare
+
+    defaults = argument_defaults(mode)
+    declared = []
+    for argument in LAUNCH_ARGUMENTS:
+        default = defaults[argument.name]
+        if argument.name == 'params_file':
+            default = PathJoinSubstitution([FindPackageShare(PACKAGE), 'config',
+                                            [LaunchConfiguration('problem'), '_params.yaml']])
+        declared.append(DeclareLaunchArgument(argument.name, default_value=default,
+                                              description=argument.description))
+    declared.append(DeclareLaunchArgument(
+        'autostart_bridge', default_value=defaults['autostart_bridge'],
+        description='configure and activate the hardware_bridge lifecycle node right away'))
+
+    types = {'use_sim_time': bool, 'autostart_bridge': bool, 'seed': int, 'problem': str, 'run_dir': str}
+    actions = [PushROSNamespace(LaunchConfiguration('namespace'))]
+    optimizer = None
+    for spec in nodes(mode):
+        overrides = {('autostart' if name == 'autostart_bridge' else name):
+                     ParameterValue(LaunchConfiguration(name), value_type=types[name]) for name in spec.overrides}
+        common = dict(package=PACKAGE, executable=spec.executable, name=spec.name, output='screen',
+                      parameters=[LaunchConfiguration('params_file'), overrides],
+                      remappings=list(spec.remappings),
+                      ros_arguments=['--log-level', LaunchConfiguration('log_level')])
+        node = LifecycleNode(namespace='', **common) if spec.lifecycle else Node(**common)
+        actions.append(node)
+        if spec is OUTER_OPTIMIZER:
+            optimizer = node
+    handlers = []
+    if optimizer is not None:
+        handlers.append(RegisterEventHandler(OnProcessExit(
+            target_action=optimizer, on_exit=[EmitEvent(event=Shutdown(reason='the outer optimizer finished'))])))
+    return LaunchDescription(declared + [GroupAction(actions)] + handlers)
