@@ -1,0 +1,107 @@
+"""The generic outer loop and baselines on a bi-level problem with a closed form."""
+import json
+
+import numpy as np
+import pytest
+
+from sim2real_bilevel.core.experiments import format_summary, plot_results, summarize
+from sim2real_bilevel.core.outer import Adam, BilevelOuterLoop, OuterConfig, discounted_returns
+from sim2real_bilevel.core.problem import Trajectories
+from sim2real_bilevel.core import baselines
+
+from toy_problem import ToyProblem
+
+
+def toy():
+    rng = np.random.default_rng(3)
+    return ToyProblem(coupling=rng.standard_normal((3, 4)), phi_real=np.array([0.5, -0.3, 0.8]))
+
+
+def test_bilevel_converges_and_accounts_real_data():
+    problem = toy()
+    loop = BilevelOuterLoop(problem, OuterConfig(iterations=60, step_size=0.1, real_episodes=4), seed=1)
+    history = loop.run()
+    assert len(history) == 61
+    assert history[0].real_transitions == 0 and history[0].iteration == 0
+    assert [r.real_transitions for r in history[1:4]] == [4, 8, 12]
+    assert history[0].normalized_return < 0.5
+    assert history[-1].normalized_return > 0.99
+    # theta stays inside its bounds and the record holds it
+    assert np.all(np.abs(history[-1].theta) <= 10)
+
+
+def test_outer_gradient_is_the_implicit_pullback():
+    problem = toy()
+    loop = BilevelOuterLoop(problem, OuterConfig(solver='dense', damping=0.0), seed=0)
+    loop.start()
+    g = np.array([1.0, 2.0, -1.0])
+    # d phi*/d theta = C, so the pull-back is C^T g
+    np.testing.assert_allclose(loop.outer_gradient(loop.phi, loop.theta, g), problem.coupling.T @ g, rtol=1e-10)
+
+
+def test_learn_mask_freezes_entries():
+    problem = toy()
+    loop = BilevelOuterLoop(problem, OuterConfig(iterations=5, learn='reward'), seed=0)
+    loop.run()
+    frozen = problem.theta_groups()['dynamics']
+    assert np.all(np.asarray(loop.theta)[frozen] == 0.0)
+    assert np.any(np.asarray(loop.theta)[~frozen] != 0.0)
+
+
+@pytest.mark.parametrize('field,value', [('iterations', -1), ('step_size', 0.0), ('solver', 'lu'),
+                                         ('real_episodes', 0), ('learn', 'everything')])
+def test_config_rejects_bad_values_with_their_name(field, value):
+    with pytest.raises(ValueError, match=field):
+        OuterConfig.from_mapping({field: value})
+
+
+def test_config_rejects_unknown_field():
+    with pytest.raises(ValueError, match='stepsize'):
+        OuterConfig.from_mapping({'stepsize': 0.1})
+
+
+@pytest.mark.parametrize('run_class', [baselines.SPSARun, baselines.CMAESRun, baselines.RealRLRun])
+def test_baselines_improve_on_the_toy_problem(run_class):
+    problem = toy()
+    config = OuterConfig(iterations=40, real_episodes=4, spsa_a=2.0, spsa_c=0.2, cma_sigma=0.1,
+                         real_rl_step_size=0.1)
+    history = run_class(problem, config, seed=0).run()
+    assert history[-1].normalized_return > history[0].normalized_return + 0.2
+    assert history[-1].real_transitions > 0
+
+
+def test_nominal_uses_no_real_data():
+    history = baselines.NominalRun(toy(), OuterConfig(iterations=0)).run()
+    assert len(history) == 1 and history[0].real_transitions == 0
+
+
+def test_adam_first_step_has_step_size_magnitude():
+    adam = Adam(3, step_size=0.1)
+    np.testing.assert_allclose(np.abs(adam.direction(np.array([1e-3, -5.0, 2.0]))), 0.1, rtol=1e-4)
+
+
+def test_discounted_returns_stop_at_first_done():
+    rewards = np.ones((2, 4))
+    dones = np.array([[0, 1, 0, 0], [0, 0, 0, 0]], dtype=bool)
+    batch = Trajectories(states=np.zeros((2, 5)), actions=np.zeros((2, 4)), rewards=rewards,
+                         dones=dones, log_probs=np.zeros((2, 4)))
+    np.testing.assert_allclose(discounted_returns(batch, 0.5), [1.5, 1.875])
+
+
+def test_summary_and_plot(tmp_path):
+    problem = toy()
+    document = {'config': 'toy.yaml', 'target': 0.95, 'methods': {}}
+    for method, cls in [('bilevel', BilevelOuterLoop), ('nominal', baselines.NominalRun)]:
+        seeds = []
+        for seed in range(2):
+            run = cls(problem, OuterConfig(iterations=40 if method == 'bilevel' else 0,
+                                           step_size=0.1, real_episodes=4), seed=seed)
+            seeds.append({'seed': seed, 'iterations': [r.to_json() for r in run.run()]})
+        document['methods'][method] = {'seeds': seeds}
+    summary = summarize(document)
+    assert summary['bilevel']['seeds_reaching_target'] == 2
+    assert summary['bilevel']['real_transitions_to_target_median'] % 4 == 0
+    assert summary['nominal']['iterations_to_target_max'] is None
+    assert 'never' in format_summary(summary)
+    plot_results(json.loads(json.dumps(document)), tmp_path / 'r.png')
+    assert (tmp_path / 'r.png').stat().st_size > 10_000
