@@ -110,27 +110,31 @@ class DeclaredParameters:
     ``extra_check(name, value, pending)`` may add cross-parameter rules (``pending`` holds
     the values as they would be after the change)."""
 
-    def __init__(self, node, specs: Sequence[ParameterSpec],
+    def __init__(self, node, specs: Sequence[ParameterSpec] = (),
                  extra_check: Optional[Callable[[str, Any, dict], Optional[str]]] = None):
         self.node = node
-        self.specs = {spec.name: spec for spec in specs}
+        self.specs: dict[str, ParameterSpec] = {}
         self.extra_check = extra_check
-        for spec in specs:
-            default = spec.default
-            if isinstance(default, list) and not default:
-                value = Parameter.Type.STRING_ARRAY
-                node.declare_parameter(spec.name, value, spec.descriptor())
-            else:
-                node.declare_parameter(spec.name, default, spec.descriptor())
-        startup_errors = [self._reason(p.name, p.value, self.values()) for p in
-                          (node.get_parameter(name) for name in self.specs)]
-        startup_errors = [e for e in startup_errors if e]
-        if startup_errors:
-            raise ValueError('invalid parameters: ' + '; '.join(startup_errors))
+        self.declare(specs)
         node.add_on_set_parameters_callback(self.on_set_parameters_callback)
 
+    def declare(self, specs: Sequence[ParameterSpec]) -> None:
+        """Declare more parameters (e.g. those whose defaults come from the problem file);
+        startup values (params file, -p overrides) are checked like later changes."""
+        for spec in specs:
+            default = Parameter.Type.STRING_ARRAY if isinstance(spec.default, list) and not spec.default \
+                else spec.default
+            self.specs[spec.name] = spec
+            self.node.declare_parameter(spec.name, default, spec.descriptor())
+        values = self.values()
+        errors = [self._reason(spec.name, values[spec.name], values) for spec in specs if spec.name in values]
+        errors = [e for e in errors if e]
+        if errors:
+            raise ValueError('invalid parameters: ' + '; '.join(errors))
+
     def values(self) -> dict:
-        return {name: self.node.get_parameter(name).value for name in self.specs}
+        return {name: self.node.get_parameter(name).value for name in self.specs
+                if self.node.has_parameter(name)}
 
     def __getitem__(self, name: str):
         return self.node.get_parameter(name).value
@@ -238,3 +242,19 @@ def _log_fatal(node, err: Exception) -> None:
     else:
         import sys
         print(f'[fatal] {err}', file=sys.stderr, flush=True)
+
+
+# --- the parameters every problem node has -------------------------------------------------------------
+PROBLEM = ParameterSpec('problem', 'discrete_3s2a',
+                        'problem file: a shipped name (discrete_3s2a, lqr, ...) or a path to a YAML file; '
+                        'read at startup', read_only=True, allow_empty=False)
+SEED = ParameterSpec('seed', 0, 'random seed of this node\'s sampling (read at startup)', low=0,
+                     high=2 ** 31 - 1, read_only=True)
+
+
+def outer_config_defaults(problem) -> dict:
+    """The outer-loop configuration the in-process core would use for method 'bilevel' on
+    this problem (its defaults merged with the problem file's ``outer:`` section)."""
+    from dataclasses import asdict
+    from ..core.experiments import make_run
+    return asdict(make_run(problem, 'bilevel', seed=0).config)

@@ -1,0 +1,304 @@
+"""hardware_bridge: deploys a policy on the robot (action run_episodes) -- a lifecycle node.
+
+unconfigured -> configure: creates the action server, the command publisher (a lifecycle
+publisher: it drops every message unless the node is active), the joint_states subscription
+and the emulator client; activate: commands may leave; deactivate / shutdown: a zero command
+is sent first, then nothing more.  Goals are rejected, with the reason logged, when the
+bridge is not active, when the policy is malformed (wrong length, non-finite values) or
+when its version is stale (older than the newest policy seen on ``policy``) or from the
+future (more than one ahead of it).
+
+Transports (parameter ``transport``):
+- ``batched``: forwards the goal to the emulator's ``robot_emulator/run_episodes`` action
+  (sim-only loops, where one DDS round trip per transition would dominate);
+- ``topics``: the ros2_control contract of real hardware -- reads ``joint_states`` (joints
+  mapped by name through the ``joints`` parameter), writes ``<controller>/commands``
+  (std_msgs/Float64MultiArray ordered like ``joints``), takes the step reward from ``reward``
+  and starts episodes through the ``reset_service``; implemented for tabular policies.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.action import ActionClient, ActionServer, GoalResponse
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.task import Future
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64, Float64MultiArray
+from std_srvs.srv import Trigger
+from sim2real_bilevel_interfaces.action import RunEpisodes
+from sim2real_bilevel_interfaces.msg import PolicyParameters
+
+from ..core.problem import Trajectories
+from . import conversions
+from .runtime import EVENTS, LATCHED, PROBLEM, ROBOT_STREAM, DeclaredParameters, ParameterSpec, load_problem, \
+    run_node
+
+TRANSPORTS = ('batched', 'topics')
+
+
+class HardwareBridge(LifecycleNode):
+
+    def __init__(self):
+        super().__init__('hardware_bridge')
+        self.parameters = DeclaredParameters(self, [
+            PROBLEM,
+            ParameterSpec('autostart', False, 'configure and activate right after start (sim-only loops); on '
+                          'hardware leave false and activate deliberately', read_only=True),
+            ParameterSpec('transport', 'batched', "'batched' (emulator action) or 'topics' (joint_states / "
+                          'commands, one transition per command); applies from the next goal',
+                          choices=TRANSPORTS),
+            ParameterSpec('controller', 'forward_command_controller',
+                          'controller whose <controller>/commands topic takes the commands (read at configure)',
+                          allow_empty=False),
+            ParameterSpec('joints', ['state'], 'command order and the joint_states entries read, by name '
+                          '(read at configure)'),
+            ParameterSpec('emulator_action', 'robot_emulator/run_episodes',
+                          'RunEpisodes action the batched transport forwards to (read at configure)',
+                          allow_empty=False),
+            ParameterSpec('reset_service', 'robot_emulator/reset',
+                          'std_srvs/Trigger service that starts an episode on the topic transport (read at '
+                          'configure)', allow_empty=False),
+            ParameterSpec('step_timeout_s', 2.0, 'longest wait for the robot\'s answer to one command',
+                          low=0.001, high=600.0),
+            ParameterSpec('episode_timeout_s', 600.0, 'longest wait for a batched run_episodes result',
+                          low=0.1, high=1e6),
+        ])
+        self.problem = load_problem(self.parameters['problem'])
+        self.active = False
+        self.newest_policy_version = None
+        self.deployed = 0
+        self.last_reason = 'unconfigured'
+        self.step_waiters: list = []
+        self.latest_state = None
+        self.rewards: list[float] = []
+        self.entities_created = False
+        if self.parameters['autostart']:
+            self.autostart_timer = self.create_timer(0.0, self.autostart_callback)
+
+    def autostart_callback(self) -> None:
+        self.destroy_timer(self.autostart_timer)
+        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            self.trigger_activate()
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        joints = list(self.parameters['joints'])
+        if not joints:
+            self.get_logger().error('configure failed: the joints parameter is empty')
+            return TransitionCallbackReturn.FAILURE
+        self.joints = joints
+        self.command_publisher = self.create_lifecycle_publisher(
+            Float64MultiArray, f'{self.parameters["controller"]}/commands', ROBOT_STREAM)
+        self.diagnostics_publisher = self.create_publisher(DiagnosticArray, '/diagnostics', EVENTS)
+        self.joint_state_subscription = self.create_subscription(JointState, 'joint_states',
+                                                                 self.joint_state_callback, ROBOT_STREAM)
+        self.reward_subscription = self.create_subscription(Float64, 'reward', self.reward_callback, ROBOT_STREAM)
+        self.policy_subscription = self.create_subscription(PolicyParameters, 'policy', self.policy_callback, LATCHED)
+        self.emulator_client = ActionClient(self, RunEpisodes, self.parameters['emulator_action'])
+        self.reset_client = self.create_client(Trigger, self.parameters['reset_service'])
+        self.episodes_server = ActionServer(self, RunEpisodes, 'run_episodes',
+                                            execute_callback=self.run_episodes_callback,
+                                            goal_callback=self.goal_callback, result_timeout=60)
+        self.entities_created = True
+        self.last_reason = 'configured'
+        self.publish_diagnostics()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.active = True
+        self.last_reason = 'active'
+        result = super().on_activate(state)       # enables the lifecycle publisher
+        self.publish_diagnostics()
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.send_zero_command()                  # while the publisher still lets it through
+        self.active = False
+        self.last_reason = 'inactive'
+        result = super().on_deactivate(state)
+        self.publish_diagnostics()
+        return result
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.release()
+        self.last_reason = 'unconfigured'
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self.active:
+            self.send_zero_command()
+        self.active = False
+        self.release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def release(self) -> None:
+        if not self.entities_created:
+            return
+        self.episodes_server.destroy()
+        self.emulator_client.destroy()
+        self.destroy_client(self.reset_client)
+        for subscription in (self.joint_state_subscription, self.reward_subscription, self.policy_subscription):
+            self.destroy_subscription(subscription)
+        self.destroy_lifecycle_publisher(self.command_publisher)
+        self.destroy_publisher(self.diagnostics_publisher)
+        self.entities_created = False
+
+    def send_zero_command(self) -> None:
+        if self.entities_created:
+            self.command_publisher.publish(Float64MultiArray(data=[0.0] * len(self.joints)))
+
+    # --- goals -----------------------------------------------------------------------------------------
+    def policy_callback(self, msg: PolicyParameters) -> None:
+        if self.newest_policy_version is None or msg.version > self.newest_policy_version:
+            self.newest_policy_version = int(msg.version)
+
+    def refusal(self, goal) -> str:
+        """Why a goal must not run now, or ''."""
+        if not self.active:
+            return 'the bridge is not active: no command leaves it unless active'
+        try:
+            conversions.policy_from_msg(goal.policy, self.problem.phi_size())
+        except conversions.MessageValidationError as err:
+            return f'malformed policy: {err}'
+        version = int(goal.policy.version)
+        newest = self.newest_policy_version
+        if newest is not None and version < newest:
+            return f'stale policy version {version}: the newest published policy is version {newest}'
+        if newest is not None and version > newest + 1:
+            return f'policy version {version} is from the future: the newest published policy is version {newest}'
+        if version < self.deployed:
+            return f'stale policy version {version}: version {self.deployed} was already deployed'
+        if goal.n_episodes < 1:
+            return f'n_episodes={goal.n_episodes}: expected at least 1'
+        return ''
+
+    def goal_callback(self, goal) -> GoalResponse:
+        reason = self.refusal(goal)
+        if reason:
+            self.last_reason = f'rejected: {reason}'
+            self.get_logger().error(f'rejected run_episodes goal: {reason}')
+            self.publish_diagnostics(DiagnosticStatus.WARN)
+            return GoalResponse.REJECT
+        return GoalResponse.ACCEPT
+
+    async def run_episodes_callback(self, goal_handle):
+        goal = goal_handle.request
+        self.deployed = max(self.deployed, int(goal.policy.version))
+        if self.parameters['transport'] == 'batched':
+            result = await self._forward(goal)
+        else:
+            result = await self._run_on_topics(goal, goal_handle)
+        if result.success and self.active:
+            goal_handle.succeed()
+        else:
+            if self.active is False and result.success:
+                result.success, result.message = False, 'deactivated during the episodes'
+            goal_handle.abort()
+            self.get_logger().error(f'run_episodes aborted: {result.message}')
+        self.last_reason = 'active' if self.active else self.last_reason
+        return result
+
+    async def _forward(self, goal) -> RunEpisodes.Result:
+        if not self.emulator_client.server_is_ready() and not self.emulator_client.wait_for_server(timeout_sec=5.0):
+            return RunEpisodes.Result(success=False, message=f'{self.parameters["emulator_action"]} is not available')
+        handle = await self.emulator_client.send_goal_async(RunEpisodes.Goal(policy=goal.policy,
+                                                                             n_episodes=goal.n_episodes))
+        if not handle.accepted:
+            return RunEpisodes.Result(success=False, message='the emulator rejected the episodes (its log says why)')
+        response = await handle.get_result_async()
+        return response.result
+
+    # --- topic transport --------------------------------------------------------------------------------
+    def joint_state_callback(self, msg: JointState) -> None:
+        try:
+            positions = [msg.position[list(msg.name).index(joint)] for joint in self.joints]
+        except (ValueError, IndexError):
+            self.get_logger().error(f'joint_states without the joints {self.joints}: names {list(msg.name)}',
+                                    throttle_duration_sec=5.0)
+            return
+        self.latest_state = np.asarray(positions, dtype=np.float64)
+        self._wake_step_waiters()
+
+    def reward_callback(self, msg: Float64) -> None:
+        self.rewards.append(float(msg.data))
+        self._wake_step_waiters()
+
+    def _wake_step_waiters(self) -> None:
+        waiters, self.step_waiters = self.step_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(True)
+
+    async def _await_robot(self, condition, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if time.monotonic() > deadline or not self.active:
+                return False
+            waiter = Future()
+            self.step_waiters.append(waiter)
+            timer = self.create_timer(min(0.05, timeout_s), lambda w=waiter: None if w.done() else w.set_result(False))
+            await waiter
+            self.destroy_timer(timer)
+        return True
+
+    async def _run_on_topics(self, goal, goal_handle) -> RunEpisodes.Result:
+        if getattr(self.problem, 'kind', '') != 'tabular':
+            return RunEpisodes.Result(success=False, message=f'the topic transport runs tabular policies only, '
+                                                             f'not {self.problem.kind!r}')
+        phi, version, _ = conversions.policy_from_msg(goal.policy, self.problem.phi_size())
+        pi, log_pi = self.problem.policy_table(phi)
+        rng = np.random.default_rng()
+        horizon = int(self.problem.real_horizon)
+        n = int(goal.n_episodes)
+        states = np.zeros((n, horizon + 1), dtype=np.int64)
+        actions = np.zeros((n, horizon), dtype=np.int64)
+        rewards = np.zeros((n, horizon))
+        timeout = self.parameters['step_timeout_s']
+        for episode in range(n):
+            self.latest_state = None
+            reset = await self.reset_client.call_async(Trigger.Request())
+            if not reset.success:
+                return RunEpisodes.Result(success=False, message=f'reset failed: {reset.message}')
+            if not await self._await_robot(lambda: self.latest_state is not None, timeout):
+                return RunEpisodes.Result(success=False, message='no joint_states after reset')
+            states[episode, 0] = int(self.latest_state[0])
+            for t in range(horizon):
+                action = int(rng.choice(pi.shape[1], p=pi[states[episode, t]]))
+                actions[episode, t] = action
+                self.latest_state, reward_count = None, len(self.rewards)
+                self.command_publisher.publish(Float64MultiArray(data=[float(action)]))
+                arrived = await self._await_robot(
+                    lambda c=reward_count: self.latest_state is not None and len(self.rewards) > c, timeout)
+                if not arrived:
+                    return RunEpisodes.Result(success=False, message=f'no answer from the robot within {timeout} s '
+                                                                     f'(episode {episode}, step {t})')
+                rewards[episode, t] = self.rewards[-1]
+                states[episode, t + 1] = int(self.latest_state[0])
+            goal_handle.publish_feedback(RunEpisodes.Feedback(episodes_done=episode + 1))
+        batch = Trajectories(states=states, actions=actions, rewards=rewards, dones=np.zeros((n, horizon), bool),
+                             log_probs=log_pi[states[:, :-1], actions], source='real', policy_version=version)
+        return RunEpisodes.Result(success=True, trajectories=conversions.trajectories_to_msg(batch))
+
+    def publish_diagnostics(self, level=DiagnosticStatus.OK) -> None:
+        if not self.entities_created:
+            return
+        status = DiagnosticStatus(
+            level=level, name=f'{self.get_fully_qualified_name()}: bridge', message=self.last_reason,
+            hardware_id=self.parameters['controller'],
+            values=[KeyValue(key='active', value=str(self.active)),
+                    KeyValue(key='transport', value=self.parameters['transport']),
+                    KeyValue(key='deployed_policy_version', value=str(self.deployed))])
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self.diagnostics_publisher.publish(array)
+
+
+def main(args=None) -> int:
+    return run_node(HardwareBridge, args)
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

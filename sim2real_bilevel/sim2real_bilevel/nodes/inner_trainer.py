@@ -1,0 +1,110 @@
+"""inner_trainer: trains the policy in the simulator for a given theta (action train_policy).
+
+Each goal carries theta and the policy to warm-start from (empty: the trainer's own latest
+policy, or none); the solve is the problem's ``inner_solve`` (exact or sampled SPG), run in
+a worker thread so that cancel requests and parameter changes are served meanwhile.
+Feedback reports the iteration count and ||phi_hat||; the result and the latched ``policy``
+topic carry phi, its version and the theta version it was trained on.
+"""
+from __future__ import annotations
+
+import numpy as np
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.node import Node
+from sim2real_bilevel_interfaces.action import TrainPolicy
+from sim2real_bilevel_interfaces.msg import PolicyParameters
+
+from ..core.outer import INNER_METHODS
+from . import conversions
+from .runtime import (LATCHED, PROBLEM, SEED, BackgroundWork, DeclaredParameters, ParameterSpec, load_problem,
+                      outer_config_defaults, run_node)
+
+
+class InnerTrainer(Node):
+
+    def __init__(self):
+        super().__init__('inner_trainer')
+        self.parameters = DeclaredParameters(self, [PROBLEM, SEED])
+        self.problem = load_problem(self.parameters['problem'])
+        defaults = outer_config_defaults(self.problem)
+        self.parameters.declare([
+            ParameterSpec('inner_method', defaults['inner_method'],
+                          "inner solver: 'exact' (soft DP / Riccati) or 'sampled' (SPG in the simulator)",
+                          choices=INNER_METHODS),
+            ParameterSpec('warm_start', True, 'start each solve from the goal\'s (or the latest) policy'),
+        ])
+        self.rng = np.random.default_rng([self.parameters['seed'], 2])
+        self.phi = None
+        self.policy_version = 0
+        self.theta_version = -1
+        self.work = BackgroundWork(self)
+        self.policy_publisher = self.create_publisher(PolicyParameters, 'policy', LATCHED)
+        self.train_server = ActionServer(
+            self, TrainPolicy, 'train_policy', execute_callback=self.train_policy_callback,
+            goal_callback=self.goal_callback, cancel_callback=self.cancel_callback, result_timeout=60)
+        self.get_logger().info(f'inner trainer for {self.problem.source}: {self.problem.phi_size()} policy '
+                               f'parameters, method {self.parameters["inner_method"]}')
+
+    def _read_goal(self, goal):
+        """(theta, theta_version, phi_init) or MessageValidationError."""
+        theta, theta_version = conversions.theta_from_msg(goal.theta, self.problem.theta_names)
+        lower, upper = self.problem.theta_bounds()
+        outside = np.flatnonzero((theta < lower) | (theta > upper))
+        if outside.size:
+            raise conversions.MessageValidationError(
+                f'theta entries {[self.problem.theta_names[i] for i in outside[:5]]} are outside their bounds')
+        if theta_version < self.theta_version:
+            raise conversions.MessageValidationError(
+                f'stale theta version {theta_version}: already trained on version {self.theta_version}')
+        phi_init = None
+        if len(goal.warm_start.values):
+            phi_init, _, _ = conversions.policy_from_msg(goal.warm_start, self.problem.phi_size())
+        return theta, theta_version, phi_init
+
+    def goal_callback(self, goal) -> GoalResponse:
+        try:
+            self._read_goal(goal)
+        except conversions.MessageValidationError as err:
+            self.get_logger().error(f'rejected train_policy goal: {err}')
+            return GoalResponse.REJECT
+        return GoalResponse.ACCEPT
+
+    def cancel_callback(self, goal_handle) -> CancelResponse:
+        return CancelResponse.ACCEPT
+
+    async def train_policy_callback(self, goal_handle):
+        result = TrainPolicy.Result()
+        theta, theta_version, phi_init = self._read_goal(goal_handle.request)
+        method = self.parameters['inner_method']
+        if not self.parameters['warm_start']:
+            phi_init = None
+        elif phi_init is None:
+            phi_init = self.phi
+        feedback = TrainPolicy.Feedback(iteration=0, grad_norm=float('nan'))
+        goal_handle.publish_feedback(feedback)
+        solved = await self.work.run(
+            lambda: self.problem.inner_solve(theta, phi_init, method=method, rng=self.rng))
+        if goal_handle.is_cancel_requested:
+            goal_handle.canceled()
+            result.message = 'cancelled: the solve finished but its policy was not adopted'
+            return result
+        self.phi, self.theta_version = solved.phi, theta_version
+        self.policy_version += 1
+        policy = conversions.policy_to_msg(solved.phi, self.policy_version, theta_version, solved.grad_norm)
+        policy.header.stamp = self.get_clock().now().to_msg()
+        self.policy_publisher.publish(policy)
+        goal_handle.publish_feedback(TrainPolicy.Feedback(iteration=int(solved.iterations),
+                                                          grad_norm=float(solved.grad_norm)))
+        goal_handle.succeed()
+        result.success = True
+        result.policy = policy
+        result.iterations = int(solved.iterations)
+        return result
+
+
+def main(args=None) -> int:
+    return run_node(InnerTrainer, args)
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

@@ -1,0 +1,340 @@
+"""outer_optimizer: Algorithm 1 driven through the node graph.
+
+The loop is the core's ``BilevelOuterLoop`` with its three expensive calls replaced by
+actions on the other nodes (``train_policy`` on the inner_trainer, ``run_episodes`` on the
+hardware_bridge, ``compute_sensitivity`` on the sensitivity node); the real policy gradient
+(the "real critic") and the theta step are computed here by the core itself, so the
+arithmetic is the in-process core's.  Publishes theta (latched), OuterMetrics, std_msgs/Float64
+``metrics/*`` topics for rqt_plot, DiagnosticArray on /diagnostics; records the run to
+RUN_DIR/bag and writes RUN_DIR/results.json and results.png at the end.
+
+The loop runs in ``main()``'s thread and waits on futures with ``spin_once``, so parameter
+changes (``ros2 param set``) are served between and during iterations and take effect on
+the next iteration.
+"""
+from __future__ import annotations
+
+import re
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.action import ActionClient
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from std_msgs.msg import Float64
+from sim2real_bilevel_interfaces.action import ComputeSensitivity, RunEpisodes, TrainPolicy
+from sim2real_bilevel_interfaces.msg import OuterGradient, OuterMetrics, PolicyParameters, SimParameters, \
+    TrajectoryBatch
+
+from ..core.outer import BilevelOuterLoop, IterationRecord, OuterConfig
+from . import conversions
+from .runtime import (EVENTS, LATCHED, PROBLEM, SEED, DeclaredParameters, ParameterSpec, ShutdownRequested,
+                      load_problem, outer_config_defaults, wait_for)
+
+LIVE_PARAMETERS = ('iterations', 'step_size', 'real_episodes')
+
+
+class ActionFailed(RuntimeError):
+    pass
+
+
+class GraphBilevelLoop(BilevelOuterLoop):
+    """``BilevelOuterLoop`` whose inner solve, real episodes and sensitivity are actions."""
+
+    def __init__(self, node: 'OuterOptimizer', problem, config: OuterConfig, seed: int, progress):
+        super().__init__(problem, config, seed, progress)
+        self.node = node
+
+    def solve_inner(self, theta, phi_init):
+        return self.node.train_policy(theta, phi_init)
+
+    def collect_real(self, phi, keep: bool = True):
+        batch = self.node.run_episodes(self.config.real_episodes)
+        # the same real-data accounting as the core's collect_real
+        self.real_transitions += batch.n_transitions
+        self.real_episode_count += batch.rewards.shape[0]
+        if keep:
+            self.real_batches.append(batch)
+        return batch
+
+    def outer_gradient(self, phi, theta, real_gradient):
+        return self.node.compute_sensitivity(real_gradient)
+
+    def apply_step(self, gradient):
+        self.node.apply_live_parameters(self)      # ros2 param set takes effect here
+        return super().apply_step(gradient)
+
+
+class OuterOptimizer(Node):
+
+    def __init__(self):
+        super().__init__('outer_optimizer')
+        self.parameters = DeclaredParameters(self, [PROBLEM, SEED])
+        self.problem = load_problem(self.parameters['problem'])
+        d = outer_config_defaults(self.problem)
+        self.parameters.declare([
+            ParameterSpec('iterations', int(d['iterations']), 'outer iterations of the run', low=0, high=10 ** 9),
+            ParameterSpec('step_size', float(d['step_size']), 'outer learning rate (Adam alpha or SGD step)',
+                          low=1e-12, high=1e3),
+            ParameterSpec('optimizer', d['optimizer'], "'adam' or 'sgd' on theta (read at startup)",
+                          choices=('adam', 'sgd'), read_only=True),
+            ParameterSpec('real_episodes', int(d['real_episodes']), 'real episodes per outer iteration',
+                          low=1, high=10 ** 6),
+            ParameterSpec('real_history', int(d['real_history']),
+                          'most recent real batches the real-gradient estimator may use (read at startup)',
+                          low=1, high=10 ** 6, read_only=True),
+            ParameterSpec('learn', d['learn'], "which theta entries move: 'all', 'dynamics' or 'reward' "
+                          '(read at startup)', choices=('all', 'dynamics', 'reward'), read_only=True),
+            ParameterSpec('run_dir', '', 'folder for results.json, results.png and the bag '
+                          '(empty: runs/<problem>-<time>)', read_only=True),
+            ParameterSpec('record_bag', True, 'record theta, policies, gradients, metrics and real '
+                          'trajectories to RUN_DIR/bag (read at startup)', read_only=True),
+            ParameterSpec('action_timeout_s', 600.0, 'longest wait for one action result', low=0.1, high=1e6),
+            ParameterSpec('server_timeout_s', 60.0, 'longest wait for the other nodes to come up', low=0.1,
+                          high=1e6),
+            ParameterSpec('progress_period_s', 0.5, 'least time between two progress lines on stdout',
+                          low=0.0, high=3600.0),
+        ])
+        self.executor_: Optional[SingleThreadedExecutor] = None
+        self.theta_version = 0
+        self.policy: Optional[PolicyParameters] = None
+        self.gradient_message: Optional[OuterGradient] = None
+        self.theta_names = list(self.problem.theta_names)
+        self.metric_names = [_topic_token(name) for name in self.theta_names]
+        self.theta_publisher = self.create_publisher(SimParameters, 'theta', LATCHED)
+        self.metrics_publisher = self.create_publisher(OuterMetrics, 'outer_metrics', EVENTS)
+        self.diagnostics_publisher = self.create_publisher(DiagnosticArray, '/diagnostics', EVENTS)
+        scalar_names = ('real_return', 'normalized_return', 'inner_grad_norm', 'outer_grad_norm',
+                        'real_return_estimate')
+        self.scalar_publishers = {name: self.create_publisher(Float64, f'metrics/{name}', EVENTS)
+                                  for name in scalar_names}
+        self.theta_metric_publishers = [self.create_publisher(Float64, f'metrics/theta/{token}', EVENTS)
+                                        for token in self.metric_names]
+        self.trajectory_publisher = self.create_publisher(TrajectoryBatch, 'real_trajectories', EVENTS)
+        self.train_client = ActionClient(self, TrainPolicy, 'train_policy')
+        self.episodes_client = ActionClient(self, RunEpisodes, 'run_episodes')
+        self.sensitivity_client = ActionClient(self, ComputeSensitivity, 'compute_sensitivity')
+        self.run_dir = Path(self.parameters['run_dir'] or
+                            Path('runs') / f'{Path(self.problem.source).stem}-{datetime.now():%Y%m%d-%H%M%S}')
+        self.recorder = None
+        self.last_progress = 0.0
+        self.status = 'starting'
+
+    # --- the replaced expensive calls ---------------------------------------------------------------------
+    def train_policy(self, theta: np.ndarray, phi_init):
+        from ..core.problem import InnerResult
+        if self.policy is not None:      # theta moved: a new version for everyone downstream
+            self.theta_version += 1
+        lower, upper = self.problem.theta_bounds()
+        theta_msg = conversions.theta_to_msg(self.theta_names, theta, lower, upper, self.theta_version)
+        theta_msg.header.stamp = self.get_clock().now().to_msg()
+        self.theta_publisher.publish(theta_msg)
+        goal = TrainPolicy.Goal(theta=theta_msg)
+        if phi_init is not None and self.policy is not None:
+            goal.warm_start = self.policy
+        result = self._call(self.train_client, goal, 'train_policy')
+        phi, version, trained_on = conversions.policy_from_msg(result.policy, self.problem.phi_size())
+        if trained_on != self.theta_version:
+            raise ActionFailed(f'train_policy returned a policy for theta version {trained_on}, '
+                               f'expected {self.theta_version}')
+        self.policy = result.policy
+        return InnerResult(phi=phi, grad_norm=float(result.policy.inner_grad_norm),
+                           iterations=int(result.iterations))
+
+    def run_episodes(self, n_episodes: int):
+        result = self._call(self.episodes_client, RunEpisodes.Goal(policy=self.policy, n_episodes=int(n_episodes)),
+                            'run_episodes')
+        batch = conversions.trajectories_from_msg(result.trajectories)
+        if batch.policy_version != self.policy.version:
+            raise ActionFailed(f'run_episodes returned episodes of policy version {batch.policy_version}, '
+                               f'expected {self.policy.version}')
+        self.trajectory_publisher.publish(result.trajectories)
+        return batch
+
+    def compute_sensitivity(self, real_gradient: np.ndarray) -> np.ndarray:
+        lower, upper = self.problem.theta_bounds()
+        goal = ComputeSensitivity.Goal(
+            theta=conversions.theta_to_msg(self.theta_names, self.loop.theta, lower, upper, self.theta_version),
+            policy=self.policy)
+        goal.real_gradient = conversions.vector_to_field(real_gradient)
+        result = self._call(self.sensitivity_client, goal, 'compute_sensitivity')
+        self.gradient_message = result.gradient
+        return conversions.gradient_from_msg(result.gradient, len(self.theta_names))
+
+    def _call(self, client: ActionClient, goal, name: str):
+        """Send a goal and wait for its result; the reason of any failure is raised."""
+        timeout = self.parameters['action_timeout_s']
+        sent = wait_for(self.executor_, client.send_goal_async(goal), timeout, f'{name} goal')
+        if not sent.accepted:
+            raise ActionFailed(f'{name}: goal rejected by {client._action_name} (its log says why)')
+        response = wait_for(self.executor_, sent.get_result_async(), timeout, f'{name} result')
+        if not response.result.success:
+            raise ActionFailed(f'{name} failed (status {response.status}): {response.result.message}')
+        return response.result
+
+    # --- the run ------------------------------------------------------------------------------------------
+    def apply_live_parameters(self, loop: GraphBilevelLoop) -> None:
+        loop.config.iterations = self.parameters['iterations']
+        loop.config.real_episodes = self.parameters['real_episodes']
+        loop.config.step_size = loop.adam.step_size = self.parameters['step_size']
+
+    def make_loop(self) -> GraphBilevelLoop:
+        from ..core.experiments import make_run
+        overrides = {name: self.parameters[name] for name in
+                     ('iterations', 'step_size', 'optimizer', 'real_episodes', 'real_history', 'learn')}
+        config = make_run(self.problem, 'bilevel', self.parameters['seed'], overrides=overrides).config
+        self.loop = GraphBilevelLoop(self, self.problem, config, self.parameters['seed'], self.record_callback)
+        return self.loop
+
+    def wait_for_servers(self) -> None:
+        timeout = self.parameters['server_timeout_s']
+        deadline = time.monotonic() + timeout
+        for client in (self.train_client, self.episodes_client, self.sensitivity_client):
+            while not client.server_is_ready():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f'action server {client._action_name} did not appear within {timeout:g} s')
+                self.executor_.spin_once(timeout_sec=0.05)
+
+    def start_recording(self) -> None:
+        if not self.parameters['record_bag']:
+            return
+        from ..tools.recorder import BagRecorder
+        topics = [('theta', SimParameters, LATCHED), ('policy', PolicyParameters, LATCHED),
+                  ('outer_metrics', OuterMetrics, EVENTS), ('outer_gradient', OuterGradient, EVENTS),
+                  ('real_trajectories', TrajectoryBatch, EVENTS), ('/diagnostics', DiagnosticArray, EVENTS)]
+        topics += [(f'metrics/{name}', Float64, EVENTS) for name in self.scalar_publishers]
+        topics += [(f'metrics/theta/{token}', Float64, EVENTS) for token in self.metric_names]
+        self.recorder = BagRecorder(self, self.run_dir / 'bag', topics)
+
+    def run(self, executor: SingleThreadedExecutor) -> int:
+        self.executor_ = executor
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.start_recording()
+        loop = self.make_loop()
+        started = time.perf_counter()
+        self.get_logger().info(f'waiting for the graph ({self.problem.source}, seed {self.parameters["seed"]}, '
+                               f'{loop.config.iterations} iterations, run_dir {self.run_dir})')
+        outcome = 0
+        try:
+            self.wait_for_servers()
+            self.status = 'running'
+            loop.start()
+            while loop.iteration < loop.config.iterations:
+                loop.step()
+                self.apply_live_parameters(loop)
+            self.status = 'finished'
+        except (ActionFailed, TimeoutError, FloatingPointError, conversions.MessageValidationError) as err:
+            self.status = f'failed: {err}'
+            self.get_logger().error(f'outer loop stopped at iteration {loop.iteration}: {err}')
+            outcome = 1
+        except (KeyboardInterrupt, ExternalShutdownException, ShutdownRequested):
+            self.status = 'interrupted'
+            outcome = 130
+        finally:
+            wall_time = time.perf_counter() - started
+            self.finish(loop, wall_time)
+        return outcome
+
+    def finish(self, loop: GraphBilevelLoop, wall_time: float) -> None:
+        from ..core.experiments import summarize, write_results, format_summary
+        if self.executor_.context.ok():
+            self.publish_diagnostics(loop)
+            drain_until = time.monotonic() + 0.3        # let the recorder take the last messages
+            while time.monotonic() < drain_until and self.executor_.context.ok():
+                self.executor_.spin_once(timeout_sec=0.05)
+        if self.recorder is not None:
+            self.recorder.close()
+        if not loop.history:
+            return
+        document = {'config': str(self.problem.source), 'problem_kind': self.problem.kind,
+                    'theta_names': self.theta_names, 'target': 0.95, 'transport': 'ros2',
+                    'status': self.status,
+                    'methods': {'bilevel': {
+                        'config': vars(loop.config) | {'adam_betas': list(loop.config.adam_betas)},
+                        'seeds': [{'seed': loop.seed, 'wall_time_s': wall_time,
+                                   'iterations': [r.to_json() for r in loop.history]}]}}}
+        document['summary'] = summarize(document)
+        json_path, png_path = write_results(document, self.run_dir)
+        print(format_summary(document['summary']), flush=True)
+        self.get_logger().info(f'{self.status}: {loop.iteration} iterations in {wall_time:.2f} s; '
+                               f'wrote {json_path}, {png_path}' +
+                               (f', {self.run_dir / "bag"}' if self.recorder else ''))
+
+    # --- reporting -------------------------------------------------------------------------------------------
+    def record_callback(self, record: IterationRecord) -> None:
+        stamp = self.get_clock().now().to_msg()
+        metrics = OuterMetrics(
+            iteration=record.iteration, normalized_return=record.normalized_return, real_return=record.real_return,
+            real_return_estimate=record.real_return_estimate, inner_grad_norm=record.inner_grad_norm,
+            outer_grad_norm=record.grad_norm, real_transitions=record.real_transitions,
+            real_episodes=record.real_episodes, wall_time_s=record.wall_time_s, theta_version=self.theta_version,
+            policy_version=self.policy.version if self.policy is not None else 0)
+        metrics.header.stamp = stamp
+        self.metrics_publisher.publish(metrics)
+        for name, value in (('real_return', record.real_return), ('normalized_return', record.normalized_return),
+                            ('inner_grad_norm', record.inner_grad_norm), ('outer_grad_norm', record.grad_norm),
+                            ('real_return_estimate', record.real_return_estimate)):
+            self.scalar_publishers[name].publish(Float64(data=float(value)))
+        for publisher, value in zip(self.theta_metric_publishers, record.theta):
+            publisher.publish(Float64(data=float(value)))
+        now = time.monotonic()
+        total = self.loop.config.iterations
+        if now - self.last_progress >= self.parameters['progress_period_s'] or record.iteration >= total \
+                or record.iteration <= 1:
+            self.last_progress = now
+            self.publish_diagnostics(self.loop)
+            print(f'progress iteration={record.iteration} total={total} '
+                  f'normalized_return={record.normalized_return:.4f} real_return={record.real_return:.4f} '
+                  f'inner_grad_norm={record.inner_grad_norm:.2e} real_transitions={record.real_transitions}',
+                  flush=True)
+
+    def publish_diagnostics(self, loop: GraphBilevelLoop) -> None:
+        level = DiagnosticStatus.OK if not self.status.startswith('failed') else DiagnosticStatus.ERROR
+        last = loop.history[-1] if loop.history else None
+        values = {'iteration': loop.iteration, 'iterations': loop.config.iterations,
+                  'theta_version': self.theta_version, 'real_transitions': loop.real_transitions}
+        if last is not None:
+            values.update(normalized_return=f'{last.normalized_return:.6f}', inner_grad_norm=f'{last.inner_grad_norm:.3e}')
+        status = DiagnosticStatus(level=level, name=f'{self.get_fully_qualified_name()}: outer loop',
+                                  message=self.status, hardware_id=self.problem.kind,
+                                  values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self.diagnostics_publisher.publish(array)
+
+
+def _topic_token(name: str) -> str:
+    """'L[0][1][2]' -> 'L_0_1_2': a valid topic name token for each theta entry."""
+    token = re.sub(r'[^A-Za-z0-9_]+', '_', name).strip('_')
+    return token if token and not token[0].isdigit() else f'theta_{token}'
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    node = None
+    status = 0
+    try:
+        node = OuterOptimizer()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        status = node.run(executor)
+    except (KeyboardInterrupt, ExternalShutdownException, ShutdownRequested):
+        status = 130
+    except ValueError as err:
+        print(f'[fatal] outer_optimizer: {err}', file=sys.stderr, flush=True)
+        status = 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return status
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

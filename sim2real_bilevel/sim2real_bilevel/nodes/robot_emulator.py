@@ -1,0 +1,124 @@
+"""robot_emulator: the stand-in physical system of the sim-only loop, with hidden true
+parameters (the ``real:`` section of the problem file, which no other node samples).
+
+Two transports, the bridge picks one:
+- ``~/run_episodes`` (RunEpisodes): whole episodes in one call, sampled by the problem's
+  ``sample_real`` from one numpy Generator seeded with ``seed`` -- the same stream the
+  in-process core draws its real data from, so a ROS run and a core run with the same seed
+  see the same real episodes;
+- the robot-facing topics of real hardware: ``joint_states`` (sensor_msgs/JointState) out,
+  ``<controller>/commands`` (std_msgs/Float64MultiArray) in, one transition per command,
+  with ``reward`` (std_msgs/Float64) for the step and ``~/reset`` (std_srvs/Trigger) to start
+  an episode.  Supported for tabular problems (state index as the joint position, action
+  index as the command).
+"""
+from __future__ import annotations
+
+import numpy as np
+from rclpy.action import ActionServer, GoalResponse
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64, Float64MultiArray
+from std_srvs.srv import Trigger
+from sim2real_bilevel_interfaces.action import RunEpisodes
+
+from . import conversions
+from .runtime import PROBLEM, ROBOT_STREAM, SEED, DeclaredParameters, ParameterSpec, load_problem, run_node
+
+
+class RobotEmulator(Node):
+
+    def __init__(self):
+        super().__init__('robot_emulator')
+        self.parameters = DeclaredParameters(self, [
+            PROBLEM, SEED,
+            ParameterSpec('controller', 'forward_command_controller',
+                          'controller whose <controller>/commands topic drives the emulated robot (read at startup)',
+                          read_only=True, allow_empty=False),
+            ParameterSpec('joints', ['state'], 'joint names published on joint_states (read at startup)',
+                          read_only=True),
+            ParameterSpec('max_episodes', 100000, 'largest n_episodes one run_episodes goal may ask for', low=1,
+                          high=10 ** 7),
+        ])
+        self.problem = load_problem(self.parameters['problem'])
+        # one stream for all real data, exactly like MethodRun.rng in the core
+        self.rng = np.random.default_rng(self.parameters['seed'])
+        self.state = None
+        self.episodes_server = ActionServer(self, RunEpisodes, '~/run_episodes',
+                                            execute_callback=self.run_episodes_callback,
+                                            goal_callback=self.goal_callback, result_timeout=60)
+        self.joint_state_publisher = self.create_publisher(JointState, 'joint_states', ROBOT_STREAM)
+        self.reward_publisher = self.create_publisher(Float64, 'reward', ROBOT_STREAM)
+        self.command_subscription = self.create_subscription(
+            Float64MultiArray, f'{self.parameters["controller"]}/commands', self.command_callback, ROBOT_STREAM)
+        self.reset_service = self.create_service(Trigger, '~/reset', self.reset_callback)
+        self.get_logger().info(f'emulating the real system of {self.problem.source} (seed {self.parameters["seed"]})')
+
+    # --- batched transport ---------------------------------------------------------------------------
+    def goal_callback(self, goal) -> GoalResponse:
+        try:
+            conversions.policy_from_msg(goal.policy, self.problem.phi_size())
+        except conversions.MessageValidationError as err:
+            self.get_logger().error(f'rejected run_episodes goal: {err}')
+            return GoalResponse.REJECT
+        if not 1 <= goal.n_episodes <= self.parameters['max_episodes']:
+            self.get_logger().error(f'rejected run_episodes goal: n_episodes={goal.n_episodes}, expected '
+                                    f'1..{self.parameters["max_episodes"]}')
+            return GoalResponse.REJECT
+        return GoalResponse.ACCEPT
+
+    def run_episodes_callback(self, goal_handle):
+        phi, version, _ = conversions.policy_from_msg(goal_handle.request.policy, self.problem.phi_size())
+        batch = self.problem.sample_real(phi, int(goal_handle.request.n_episodes), self.rng)
+        batch.policy_version = version
+        goal_handle.succeed()
+        return RunEpisodes.Result(success=True, trajectories=conversions.trajectories_to_msg(batch))
+
+    # --- topic transport (tabular) ---------------------------------------------------------------------
+    def _require_tabular(self) -> str:
+        if getattr(self.problem, 'kind', '') != 'tabular':
+            return f'the topic transport emulates tabular problems only, not {self.problem.kind!r}'
+        return ''
+
+    def reset_callback(self, request, response):
+        reason = self._require_tabular()
+        if reason:
+            response.success, response.message = False, reason
+            return response
+        rho0 = self.problem.initial_distribution
+        self.state = int(min(np.searchsorted(np.cumsum(rho0), self.rng.random(), side='right'), len(rho0) - 1))
+        self._publish_state()
+        response.success = True
+        response.message = f'state {self.state}'
+        return response
+
+    def command_callback(self, msg: Float64MultiArray) -> None:
+        if self.state is None or self._require_tabular():
+            return
+        if len(msg.data) != 1 or not np.isfinite(msg.data[0]):
+            self.get_logger().error(f'ignored command {list(msg.data)}: expected one finite action index')
+            return
+        action = int(round(msg.data[0]))
+        if not 0 <= action < self.problem.n_actions or action != msg.data[0]:
+            self.get_logger().error(f'ignored command {msg.data[0]}: expected an integer in 0..{self.problem.n_actions - 1}')
+            return
+        probabilities = self.problem.real_transitions[self.state, action]
+        reward = float(self.problem.real_rewards[self.state, action])
+        next_state = int(min(np.searchsorted(np.cumsum(probabilities), self.rng.random(), side='right'),
+                             len(probabilities) - 1))
+        self.reward_publisher.publish(Float64(data=reward))
+        self.state = next_state
+        self._publish_state()
+
+    def _publish_state(self) -> None:
+        msg = JointState(name=list(self.parameters['joints'])[:1], position=[float(self.state)])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.joint_state_publisher.publish(msg)
+
+
+def main(args=None) -> int:
+    return run_node(RobotEmulator, args)
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

@@ -1,0 +1,154 @@
+"""sensitivity: the implicit-function step of Algorithm 1 (action compute_sensitivity).
+
+Given theta, the policy phi trained on it and the real policy gradient g, returns (and
+publishes on ``outer_gradient``) dJ_real/dtheta = (d phi*/d theta)^T g, using the core's
+linearisation (``sensitivity_terms``: exact, or sampled from simulator rollouts fetched from
+the differentiable_simulator's ``~/simulate`` service) and the core's implicit solve
+(``implicit.outer_gradient`` with the solver that ``make_solver`` builds from the
+parameters).  The computation runs in a worker thread; the executor keeps serving.
+"""
+from __future__ import annotations
+
+import numpy as np
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.node import Node
+from sim2real_bilevel_interfaces.action import ComputeSensitivity
+from sim2real_bilevel_interfaces.msg import OuterGradient
+from sim2real_bilevel_interfaces.srv import SimulateRollouts
+
+from ..core import implicit
+from ..core.outer import SENSITIVITY_METHODS, SOLVERS, OuterConfig, make_solver
+from . import conversions
+from .runtime import (EVENTS, PROBLEM, SEED, BackgroundWork, DeclaredParameters, ParameterSpec, load_problem,
+                      outer_config_defaults, run_node)
+
+SOLVER_PARAMETERS = ('sensitivity_method', 'solver', 'damping', 'cg_maxiter', 'cg_tol', 'first_order_step',
+                     'sim_episodes', 'sim_horizon')
+
+
+class Sensitivity(Node):
+
+    def __init__(self):
+        super().__init__('sensitivity')
+        self.parameters = DeclaredParameters(self, [PROBLEM, SEED])
+        self.problem = load_problem(self.parameters['problem'])
+        self.defaults = outer_config_defaults(self.problem)
+        d = self.defaults
+        self.parameters.declare([
+            ParameterSpec('sensitivity_method', d['sensitivity_method'],
+                          "linearisation of the inner optimality condition: 'exact' or 'sampled' "
+                          '(from simulated rollouts)', choices=SENSITIVITY_METHODS),
+            ParameterSpec('solver', d['solver'], "implicit-function solve: 'dense', 'cg' or 'first_order'",
+                          choices=SOLVERS),
+            ParameterSpec('damping', float(d['damping']), 'ridge added to -dF/dphi in dense and CG solves',
+                          low=0.0, high=1e6),
+            ParameterSpec('cg_maxiter', int(d['cg_maxiter']), 'conjugate-gradient iteration cap', low=1, high=10 ** 6),
+            ParameterSpec('cg_tol', float(d['cg_tol']), 'conjugate-gradient relative residual tolerance',
+                          low=1e-300, high=1.0),
+            ParameterSpec('first_order_step', float(d['first_order_step']),
+                          'step of the first-order variant: d phi*/d theta ~ step * dF/dtheta', low=0.0, high=1e6),
+            ParameterSpec('sim_episodes', int(d['sim_episodes']),
+                          'simulated trajectories for sampled sensitivities (0: the problem default)', low=0,
+                          high=10 ** 7),
+            ParameterSpec('sim_horizon', int(d['sim_horizon']),
+                          'their horizon (0: the problem default)', low=0, high=10 ** 7),
+            ParameterSpec('simulate_service', 'differentiable_simulator/simulate',
+                          'SimulateRollouts service of the simulator (sampled sensitivities)', allow_empty=False),
+            ParameterSpec('simulate_timeout_s', 30.0, 'how long to wait for simulated rollouts', low=0.1, high=3600.0),
+        ])
+        self.rng = np.random.default_rng([self.parameters['seed'], 3])
+        self.work = BackgroundWork(self)
+        self.gradient_publisher = self.create_publisher(OuterGradient, 'outer_gradient', EVENTS)
+        self.simulate_client = self.create_client(SimulateRollouts, self.parameters['simulate_service'])
+        self.sensitivity_server = ActionServer(
+            self, ComputeSensitivity, 'compute_sensitivity', execute_callback=self.compute_sensitivity_callback,
+            goal_callback=self.goal_callback, cancel_callback=self.cancel_callback, result_timeout=60)
+
+    def _config(self) -> OuterConfig:
+        """The solver settings as they are now (parameter changes apply from the next goal)."""
+        values = dict(self.defaults)
+        values.update({name: self.parameters[name] for name in SOLVER_PARAMETERS})
+        return OuterConfig.from_mapping(values)
+
+    def _read_goal(self, goal):
+        theta, theta_version = conversions.theta_from_msg(goal.theta, self.problem.theta_names)
+        phi, policy_version, trained_on = conversions.policy_from_msg(goal.policy, self.problem.phi_size())
+        if trained_on != theta_version:
+            raise conversions.MessageValidationError(
+                f'policy version {policy_version} was trained on theta version {trained_on}, the goal carries '
+                f'theta version {theta_version}')
+        real_gradient = conversions.vector_from_field(goal.real_gradient, 'real_gradient', self.problem.phi_size())
+        return theta, theta_version, phi, policy_version, real_gradient
+
+    def goal_callback(self, goal) -> GoalResponse:
+        try:
+            self._read_goal(goal)
+        except conversions.MessageValidationError as err:
+            self.get_logger().error(f'rejected compute_sensitivity goal: {err}')
+            return GoalResponse.REJECT
+        return GoalResponse.ACCEPT
+
+    def cancel_callback(self, goal_handle) -> CancelResponse:
+        return CancelResponse.ACCEPT
+
+    async def compute_sensitivity_callback(self, goal_handle):
+        result = ComputeSensitivity.Result()
+        theta, theta_version, phi, policy_version, real_gradient = self._read_goal(goal_handle.request)
+        config = self._config()
+        trajectories = None
+        if config.sensitivity_method == 'sampled':
+            goal_handle.publish_feedback(ComputeSensitivity.Feedback(stage='simulating'))
+            trajectories, reason = await self._simulate(goal_handle.request.policy, config)
+            if trajectories is None:
+                goal_handle.abort()
+                result.message = reason
+                self.get_logger().error(f'compute_sensitivity aborted: {reason}')
+                return result
+        goal_handle.publish_feedback(ComputeSensitivity.Feedback(stage='solving'))
+        solver = make_solver(config)
+
+        def solve():
+            terms = self.problem.sensitivity_terms(phi, theta, method=config.sensitivity_method,
+                                                   trajectories=trajectories, rng=self.rng)
+            return np.asarray(implicit.outer_gradient(terms, real_gradient, solver), dtype=np.float64)
+
+        gradient = await self.work.run(solve)
+        if goal_handle.is_cancel_requested:
+            goal_handle.canceled()
+            result.message = 'cancelled'
+            return result
+        if not np.all(np.isfinite(gradient)):
+            goal_handle.abort()
+            result.message = f'the outer gradient is not finite: {gradient.tolist()}'
+            self.get_logger().error(result.message)
+            return result
+        message = conversions.gradient_to_msg(gradient, real_gradient, theta_version, policy_version)
+        message.header.stamp = self.get_clock().now().to_msg()
+        self.gradient_publisher.publish(message)
+        goal_handle.succeed()
+        result.success = True
+        result.gradient = message
+        return result
+
+    async def _simulate(self, policy_msg, config: OuterConfig):
+        """Simulated rollouts of the goal's policy at its theta, or (None, reason)."""
+        n = config.sim_episodes or getattr(self.problem, 'default_sim_episodes', 200)
+        horizon = config.sim_horizon or getattr(self.problem, 'default_sim_horizon', 50)
+        if not self.simulate_client.wait_for_service(timeout_sec=self.parameters['simulate_timeout_s']):
+            return None, f'simulator service {self.simulate_client.srv_name} is not available'
+        request = SimulateRollouts.Request(policy=policy_msg, n_episodes=int(n), horizon=int(horizon))
+        response = await self.simulate_client.call_async(request)
+        if not response.success:
+            return None, f'the simulator refused: {response.message}'
+        try:
+            return conversions.trajectories_from_msg(response.trajectories), ''
+        except conversions.MessageValidationError as err:
+            return None, f'malformed simulated trajectories: {err}'
+
+
+def main(args=None) -> int:
+    return run_node(Sensitivity, args)
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
