@@ -9,7 +9,7 @@ import pytest
 from sim2real_bilevel.robots import (JOINT_NAME, PendulumEmulator, PendulumParameters, SensorNoise,
                                      angle_about_y, pendulum_urdf)
 
-NOISY = PendulumParameters(mass=1.3, damping=0.08, coulomb_friction=0.1, motor_gain=0.7,
+NOISY = PendulumParameters(payload_mass=0.5, damping=0.08, coulomb_friction=0.1, motor_gain=0.7,
                            actuation_delay_steps=2, effort_limit=2.0,
                            sensor_noise=SensorNoise(position=0.01, velocity=0.05, effort=0.02))
 
@@ -56,7 +56,7 @@ def test_initial_state_drawn_from_the_configured_ranges():
 
 
 def test_delay_gain_and_effort_limit_shape_the_applied_torque():
-    quiet = PendulumParameters(mass=1.0, damping=0.0, coulomb_friction=0.0, motor_gain=0.7,
+    quiet = PendulumParameters(payload_mass=0.3, damping=0.0, coulomb_friction=0.0, motor_gain=0.7,
                                actuation_delay_steps=2, effort_limit=1.0)
     commands = [1.0, 2.0, -0.5, 0.0, 0.0]
     with PendulumEmulator(quiet) as emulator:
@@ -66,7 +66,7 @@ def test_delay_gain_and_effort_limit_shape_the_applied_torque():
 
 
 def test_stiction_holds_the_upright_rod_against_a_small_torque():
-    sticky = PendulumParameters(mass=1.0, damping=0.0, coulomb_friction=0.3, motor_gain=1.0)
+    sticky = PendulumParameters(payload_mass=0.3, damping=0.0, coulomb_friction=0.3, motor_gain=1.0)
     with PendulumEmulator(sticky) as emulator:
         emulator.reset(0, initial_state=(0.0, 0.0))
         for _ in range(10):
@@ -138,19 +138,21 @@ def test_rejects_bad_commands_and_periods():
         emulator.step(0.02)
 
 
-@pytest.mark.parametrize('field, value', [('mass', 0.0), ('damping', -0.1), ('motor_gain', float('nan')),
+@pytest.mark.parametrize('field, value', [('payload_mass', -0.1), ('damping', -0.1), ('motor_gain', float('nan')),
                                           ('actuation_delay_steps', -1), ('effort_limit', 0.0)])
 def test_rejects_unphysical_parameters(field, value):
-    values = dict(mass=1.0, damping=0.1, coulomb_friction=0.1, motor_gain=1.0)
+    values = dict(payload_mass=0.3, damping=0.1, coulomb_friction=0.1, motor_gain=1.0)
     values[field] = value
     with pytest.raises(ValueError, match=field):
         PendulumParameters(**values)
 
 
-def test_urdf_describes_one_continuous_joint_with_the_given_mass():
-    root = ElementTree.fromstring(pendulum_urdf(0.5, 1.7))
+def test_urdf_describes_one_continuous_joint_with_rod_and_payload():
+    root = ElementTree.fromstring(pendulum_urdf(0.5, rod_mass=0.4, payload_mass=1.2))
     joints = root.findall('joint')
     assert [j.get('name') for j in joints] == [JOINT_NAME]
     assert joints[0].get('type') == 'continuous'
     masses = [float(link.find('inertial/mass').get('value')) for link in root.findall('link')]
-    assert masses == [0.0, 1.7]
+    assert masses == [0.0, pytest.approx(1.6)]
+    center = root.find("link[@name='pendulum_link']/inertial/origin").get('xyz').split()
+    assert float(center[2]) == pytest.approx((0.4 * 0.25 + 1.2 * 0.5) / 1.6)

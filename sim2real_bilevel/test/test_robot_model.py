@@ -8,7 +8,7 @@ import torch
 from sim2real_bilevel.core.robot_model import PendulumGeometry, PendulumModel
 from sim2real_bilevel.robots import PendulumEmulator, PendulumParameters
 
-TRUE = dict(mass=1.3, damping=0.08, coulomb_friction=0.1, motor_gain=0.7)
+TRUE = dict(payload_mass=0.5, damping=0.08, coulomb_friction=0.1, motor_gain=0.7)
 # Model-vs-pybullet tolerances (rad, rad/s).  Without friction both integrate the same
 # equations with the same semi-implicit Euler scheme: they agree to pybullet's precision.
 # With friction the model's tanh curve differs from pybullet's stiction constraint only at
@@ -18,7 +18,7 @@ ONE_STEP_FRICTION_TOLERANCE = (5e-4, 0.03)   # measured max: 2.0e-4 rad, 1.1e-2 
 
 
 def true_theta(friction: float) -> torch.Tensor:
-    values = [TRUE['mass'], TRUE['damping'], max(friction, 1e-300), TRUE['motor_gain']]
+    values = [TRUE['payload_mass'], TRUE['damping'], max(friction, 1e-300), TRUE['motor_gain']]
     return torch.log(torch.tensor(values, dtype=torch.float64))
 
 

@@ -6,13 +6,17 @@ leading batch shape, so it composes with ``torch.func`` (grad, jvp, vmap).
 
 The parameter vector theta_full (7,) is in log space (every entry is positive):
 
-    [log mass, log damping, log coulomb_friction, log motor_gain,     <- dynamics
+    [log payload_mass, log damping, log coulomb_friction, log motor_gain,     <- dynamics
      log w_angle, log w_velocity, log w_effort]                       <- in-sim reward
 
-Dynamics: a uniform rod (length L, radius r) on a joint, angle q from upright,
+Dynamics: a uniform rod (length L, radius r, known mass m_r) with an unknown point payload
+m_p at its tip, on a joint; angle q from upright,
 
-    I qdd = m g (L/2) sin q + k U tanh(u / U) - b qd - f tanh(qd / v_s),
-    I = m (L^2/3 + r^2/4),
+    I qdd = g (m_r L/2 + m_p L) sin q + k U tanh(u / U) - b qd - f tanh(qd / v_s),
+    I = m_r (L^2/3 + r^2/4) + m_p L^2.
+
+(The payload makes gravity and inertia scale differently, so it is identifiable apart from
+the motor gain; a uniform rod's mass would only enter through k/m, b/m and f/m.)
 
 integrated with ``physics_substeps`` semi-implicit Euler steps per control period (the
 scheme pybullet uses, so with the true parameters and no delay the two agree closely).
@@ -35,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-PHYSICAL_NAMES = ('mass', 'damping', 'coulomb_friction', 'motor_gain')
+PHYSICAL_NAMES = ('payload_mass', 'damping', 'coulomb_friction', 'motor_gain')
 REWARD_NAMES = ('angle', 'velocity', 'effort')
 THETA_NAMES = tuple(f'log_{name}' for name in PHYSICAL_NAMES) + tuple(f'log_w_{name}' for name in REWARD_NAMES)
 N_PHYSICAL = len(PHYSICAL_NAMES)
@@ -49,6 +53,7 @@ class PendulumGeometry:
     """What the user knows exactly (not learned): geometry, gravity, timing, actuator limit."""
     link_length: float = 0.5
     rod_radius: float = 0.02
+    rod_mass: float = 0.4
     gravity: float = 9.81
     control_period: float = 0.02
     physics_substeps: int = 4
@@ -57,9 +62,6 @@ class PendulumGeometry:
     friction_velocity_scale: float = 0.05
     """Velocity (rad/s) over which the modelled Coulomb friction changes sign."""
 
-    @property
-    def inertia_per_mass(self) -> float:
-        return self.link_length ** 2 / 3.0 + self.rod_radius ** 2 / 4.0
 
 
 class PendulumModel:
@@ -80,9 +82,9 @@ class PendulumModel:
         """Deterministic next state (..., 2) from state (..., 2), action (..., 1) and the
         log physical parameters theta_phys (4,) (or (..., 4), broadcast)."""
         g = self.geometry
-        mass, damping, friction, gain = torch.exp(theta_phys).unbind(-1)
-        inertia = mass * g.inertia_per_mass
-        gravity_coefficient = mass * g.gravity * g.link_length / 2.0
+        payload, damping, friction, gain = torch.exp(theta_phys).unbind(-1)
+        inertia = g.rod_mass * (g.link_length ** 2 / 3.0 + g.rod_radius ** 2 / 4.0) + payload * g.link_length ** 2
+        gravity_coefficient = g.gravity * (g.rod_mass * g.link_length / 2.0 + payload * g.link_length)
         effort = action[..., 0]
         motor_torque = gain * g.effort_limit * torch.tanh(effort / g.effort_limit)
         h = g.control_period / g.physics_substeps

@@ -1,11 +1,12 @@
 """The "physical" pendulum: a pybullet model with hidden true parameters.
 
-A single rigid rod (length ``link_length``, uniform mass) on a torque-controlled revolute
-joint ``pendulum_joint`` about the world y axis.  Joint angle 0 is upright (the unstable
+A rigid rod (length ``link_length``, known uniform mass ``rod_mass``) carrying an unknown
+point payload at its tip, on a torque-controlled revolute joint ``pendulum_joint`` about the
+world y axis.  Joint angle 0 is upright (the unstable
 equilibrium), positive angles tip the rod towards +x.
 
 What the rest of the system never sees (the ``real:`` section of a problem file) lives in
-``PendulumParameters``: mass, viscous joint damping, Coulomb friction (pybullet's
+``PendulumParameters``: payload mass, viscous joint damping, Coulomb friction (pybullet's
 velocity-motor constraint: true stiction, not a smooth curve), motor gain (torque per unit
 of commanded effort), actuation delay in control periods, effort limit (the motor's torque
 saturation) and sensor noise.
@@ -44,7 +45,7 @@ class SensorNoise:
 @dataclass(frozen=True)
 class PendulumParameters:
     """True physical parameters of the emulated robot (hidden from learning methods)."""
-    mass: float                        # kg, uniform rod
+    payload_mass: float                # kg, point mass at the rod's tip
     damping: float                     # N m s / rad, viscous joint damping
     coulomb_friction: float            # N m, dry friction (with stiction) in the joint
     motor_gain: float                  # applied torque per commanded N m
@@ -54,7 +55,7 @@ class PendulumParameters:
 
     def __post_init__(self):
         checks = [
-            (self.mass > 0 and math.isfinite(self.mass), 'mass', 'a finite number > 0'),
+            (self.payload_mass >= 0 and math.isfinite(self.payload_mass), 'payload_mass', 'a finite number >= 0'),
             (self.damping >= 0 and math.isfinite(self.damping), 'damping', 'a finite number >= 0'),
             (self.coulomb_friction >= 0 and math.isfinite(self.coulomb_friction), 'coulomb_friction',
              'a finite number >= 0'),
@@ -82,17 +83,23 @@ class JointStateSample:
     effort: list[float]
 
 
-def pendulum_urdf(link_length: float, mass: float, radius: float = ROD_RADIUS) -> str:
+def pendulum_urdf(link_length: float, rod_mass: float, payload_mass: float = 0.0,
+                  radius: float = ROD_RADIUS) -> str:
     """URDF text of the pendulum (also usable as ``robot_description`` for rviz).
 
-    The rod's inertial frame sits at its centre, z = length / 2 above the joint.
+    One link carries the rod (a solid cylinder) and the tip payload (a point mass): its
+    inertial frame sits at their joint centre of mass on the rod axis.
     """
-    if not (link_length > 0 and mass > 0 and radius > 0):
-        raise ValueError(f'pendulum_urdf: link_length={link_length!r}, mass={mass!r}, radius={radius!r}: '
-                         'expected positive numbers')
-    across = mass * (3 * radius ** 2 + link_length ** 2) / 12.0   # solid cylinder about a diameter
-    along = mass * radius ** 2 / 2.0
+    if not (link_length > 0 and rod_mass > 0 and payload_mass >= 0 and radius > 0):
+        raise ValueError(f'pendulum_urdf: link_length={link_length!r}, rod_mass={rod_mass!r}, '
+                         f'payload_mass={payload_mass!r}, radius={radius!r}: expected positive numbers '
+                         '(payload_mass >= 0)')
+    mass = rod_mass + payload_mass
     half = link_length / 2.0
+    center = (rod_mass * half + payload_mass * link_length) / mass
+    across = (rod_mass * (3 * radius ** 2 + link_length ** 2) / 12.0 + rod_mass * (half - center) ** 2
+              + payload_mass * (link_length - center) ** 2)     # parallel-axis theorem
+    along = rod_mass * radius ** 2 / 2.0
     return f"""<?xml version="1.0"?>
 <robot name="pendulum">
   <link name="{BASE_LINK}">
@@ -101,7 +108,7 @@ def pendulum_urdf(link_length: float, mass: float, radius: float = ROD_RADIUS) -
   </link>
   <link name="{PENDULUM_LINK}">
     <inertial>
-      <origin xyz="0 0 {half!r}"/>
+      <origin xyz="0 0 {center!r}"/>
       <mass value="{mass!r}"/>
       <inertia ixx="{across!r}" ixy="0" ixz="0" iyy="{across!r}" iyz="0" izz="{along!r}"/>
     </inertial>
@@ -148,7 +155,7 @@ class PendulumEmulator:
     joint_names = (JOINT_NAME,)
 
     def __init__(self, parameters: PendulumParameters, *, link_length: float = 0.5,
-                 gravity: float = 9.81, control_period: float = 0.02, physics_substeps: int = 4,
+                 rod_mass: float = 0.4, rod_radius: float = ROD_RADIUS, gravity: float = 9.81, control_period: float = 0.02, physics_substeps: int = 4,
                  initial_position_range: tuple[float, float] = (-0.5, 0.5),
                  initial_velocity_range: tuple[float, float] = (-1.0, 1.0)):
         import pybullet
@@ -157,6 +164,8 @@ class PendulumEmulator:
                              'expected a period > 0 and an integer >= 1')
         self.parameters = parameters
         self.link_length = float(link_length)
+        self.rod_mass = float(rod_mass)
+        self.rod_radius = float(rod_radius)
         self.gravity = float(gravity)
         self.control_period = float(control_period)
         self.physics_substeps = physics_substeps
@@ -166,7 +175,8 @@ class PendulumEmulator:
         self._client = pybullet.connect(pybullet.DIRECT)
         self._urdf_dir = tempfile.TemporaryDirectory(prefix='pendulum_urdf_')
         self._urdf_path = Path(self._urdf_dir.name) / 'pendulum.urdf'
-        self._urdf_path.write_text(pendulum_urdf(self.link_length, parameters.mass))
+        self._urdf_path.write_text(pendulum_urdf(self.link_length, self.rod_mass, parameters.payload_mass,
+                                                  self.rod_radius))
         self._body = None
         self._rng = np.random.default_rng(0)
         self._command = 0.0
