@@ -101,7 +101,7 @@ class HardwareBridge(LifecycleNode):
         self.reset_client = self.create_client(Trigger, self.parameters['reset_service'])
         self.episodes_server = ActionServer(self, RunEpisodes, 'run_episodes',
                                             execute_callback=self.run_episodes_callback,
-                                            goal_callback=self.goal_callback, result_timeout=60)
+                                            goal_callback=self.goal_callback, result_timeout=2)
         self.entities_created = True
         self.last_reason = 'configured'
         self.publish_diagnostics()

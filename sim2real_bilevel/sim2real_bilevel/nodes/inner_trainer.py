@@ -41,7 +41,7 @@ class InnerTrainer(Node):
         self.policy_publisher = self.create_publisher(PolicyParameters, 'policy', LATCHED)
         self.train_server = ActionServer(
             self, TrainPolicy, 'train_policy', execute_callback=self.train_policy_callback,
-            goal_callback=self.goal_callback, cancel_callback=self.cancel_callback, result_timeout=60)
+            goal_callback=self.goal_callback, cancel_callback=self.cancel_callback, result_timeout=2)
         self.get_logger().info(f'inner trainer for {self.problem.source}: {self.problem.phi_size()} policy '
                                f'parameters, method {self.parameters["inner_method"]}')
 
@@ -82,8 +82,11 @@ class InnerTrainer(Node):
             phi_init = self.phi
         feedback = TrainPolicy.Feedback(iteration=0, grad_norm=float('nan'))
         goal_handle.publish_feedback(feedback)
-        solved = await self.work.run(
-            lambda: self.problem.inner_solve(theta, phi_init, method=method, rng=self.rng))
+        def solve():
+            return self.problem.inner_solve(theta, phi_init, method=method, rng=self.rng)
+
+        # exact solves take milliseconds: a thread hand-off would cost more than it saves
+        solved = solve() if method == 'exact' else await self.work.run(solve)
         if goal_handle.is_cancel_requested:
             goal_handle.canceled()
             result.message = 'cancelled: the solve finished but its policy was not adopted'

@@ -202,15 +202,43 @@ class OuterOptimizer(Node):
                 self.executor_.spin_once(timeout_sec=0.05)
 
     def start_recording(self) -> None:
+        """The recorder gets its own node and executor thread, so its subscriptions stay out
+        of the wait set the loop spins on between actions."""
         if not self.parameters['record_bag']:
             return
+        import threading
         from ..tools.recorder import BagRecorder
         topics = [('theta', SimParameters, LATCHED), ('policy', PolicyParameters, LATCHED),
                   ('outer_metrics', OuterMetrics, EVENTS), ('outer_gradient', OuterGradient, EVENTS),
                   ('real_trajectories', TrajectoryBatch, EVENTS), ('/diagnostics', DiagnosticArray, EVENTS)]
         topics += [(f'metrics/{name}', Float64, EVENTS) for name in self.scalar_publishers]
         topics += [(f'metrics/theta/{token}', Float64, EVENTS) for token in self.metric_names]
-        self.recorder = BagRecorder(self, self.run_dir / 'bag', topics)
+        # no global arguments: the command line's __node remap must not rename this node too
+        self.recorder_node = rclpy.create_node(f'{self.get_name()}_recorder', namespace=self.get_namespace(),
+                                               use_global_arguments=False, start_parameter_services=False)
+        self.recorder = BagRecorder(self.recorder_node, self.run_dir / 'bag', topics)
+        self.recorder_executor = SingleThreadedExecutor()
+        self.recorder_executor.add_node(self.recorder_node)
+        self.recording = True
+
+        def spin():
+            while self.recording and self.recorder_executor.context.ok():
+                self.recorder_executor.spin_once(timeout_sec=0.1)
+
+        self.recorder_thread = threading.Thread(target=spin, daemon=True, name='recorder')
+        self.recorder_thread.start()
+
+    def stop_recording(self) -> None:
+        if self.recorder is None:
+            return
+        drain_until = time.monotonic() + 0.5        # let the recorder take the last messages
+        while time.monotonic() < drain_until and self.recorder_executor.context.ok():
+            time.sleep(0.05)
+        self.recording = False
+        self.recorder_thread.join(timeout=5.0)
+        self.recorder.close()
+        self.recorder_executor.remove_node(self.recorder_node)
+        self.recorder_node.destroy_node()
 
     def run(self, executor: SingleThreadedExecutor) -> int:
         self.executor_ = executor
@@ -245,11 +273,7 @@ class OuterOptimizer(Node):
         from ..core.experiments import summarize, write_results, format_summary
         if self.executor_.context.ok():
             self.publish_diagnostics(loop)
-            drain_until = time.monotonic() + 0.3        # let the recorder take the last messages
-            while time.monotonic() < drain_until and self.executor_.context.ok():
-                self.executor_.spin_once(timeout_sec=0.05)
-        if self.recorder is not None:
-            self.recorder.close()
+        self.stop_recording()
         if not loop.history:
             return
         document = {'config': str(self.problem.source), 'problem_kind': self.problem.kind,

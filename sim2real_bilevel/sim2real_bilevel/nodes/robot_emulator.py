@@ -46,7 +46,7 @@ class RobotEmulator(Node):
         self.state = None
         self.episodes_server = ActionServer(self, RunEpisodes, '~/run_episodes',
                                             execute_callback=self.run_episodes_callback,
-                                            goal_callback=self.goal_callback, result_timeout=60)
+                                            goal_callback=self.goal_callback, result_timeout=2)
         self.joint_state_publisher = self.create_publisher(JointState, 'joint_states', ROBOT_STREAM)
         self.reward_publisher = self.create_publisher(Float64, 'reward', ROBOT_STREAM)
         self.command_subscription = self.create_subscription(

@@ -192,7 +192,8 @@ def wait_for(executor: SingleThreadedExecutor, future: Future, timeout_s: Option
 
 class BackgroundWork:
     """Runs one computation at a time in a worker thread; ``await work.run(fn)`` from an
-    async callback lets the executor go on serving (cancel requests, parameters) meanwhile."""
+    async callback lets the executor go on serving (cancel requests, parameters) meanwhile.
+    The hand-back costs a few milliseconds (GIL switch interval), so use it for long work."""
 
     def __init__(self, node):
         self.node = node

@@ -62,7 +62,7 @@ class Sensitivity(Node):
         self.simulate_client = self.create_client(SimulateRollouts, self.parameters['simulate_service'])
         self.sensitivity_server = ActionServer(
             self, ComputeSensitivity, 'compute_sensitivity', execute_callback=self.compute_sensitivity_callback,
-            goal_callback=self.goal_callback, cancel_callback=self.cancel_callback, result_timeout=60)
+            goal_callback=self.goal_callback, cancel_callback=self.cancel_callback, result_timeout=2)
 
     def _config(self) -> OuterConfig:
         """The solver settings as they are now (parameter changes apply from the next goal)."""
@@ -112,7 +112,8 @@ class Sensitivity(Node):
                                                    trajectories=trajectories, rng=self.rng)
             return np.asarray(implicit.outer_gradient(terms, real_gradient, solver), dtype=np.float64)
 
-        gradient = await self.work.run(solve)
+        # exact terms of small problems take milliseconds: no thread hand-off for them
+        gradient = solve() if config.sensitivity_method == 'exact' else await self.work.run(solve)
         if goal_handle.is_cancel_requested:
             goal_handle.canceled()
             result.message = 'cancelled'

@@ -1,0 +1,100 @@
+"""The single graph description (graph.py), the launcher's planning, the parameter files and
+the launch files agree with each other.  No middleware needed."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sim2real_bilevel import graph
+from sim2real_bilevel.tools import launcher
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+CONFIG = PACKAGE_ROOT / 'config'
+
+
+def test_modes_share_the_core_nodes_and_only_sim_only_has_the_emulator():
+    sim_only = [spec.name for spec in graph.nodes('sim_only')]
+    hardware = [spec.name for spec in graph.nodes('hardware')]
+    assert 'robot_emulator' in sim_only and 'robot_emulator' not in hardware
+    assert set(hardware) <= set(sim_only)
+    assert [spec.name for spec in graph.nodes('sim_only') if spec.lifecycle] == ['hardware_bridge']
+    with pytest.raises(ValueError, match='unknown mode'):
+        graph.nodes('simulation')
+
+
+def test_every_executable_is_a_node_module_with_main():
+    for spec in graph.MODES['sim_only']:
+        path = PACKAGE_ROOT / 'sim2real_bilevel' / 'nodes' / f'{spec.executable}.py'
+        assert path.is_file(), path
+        assert 'def main(args=None)' in path.read_text()
+
+
+def test_ros_arguments_are_what_launch_ros_passes():
+    spec = graph.OUTER_OPTIMIZER
+    overrides = graph.parameter_overrides(spec, graph.argument_defaults('sim_only') | {'seed': '3', 'run_dir': '/x'})
+    assert overrides == {'problem': 'discrete_3s2a', 'use_sim_time': False, 'seed': 3, 'run_dir': '/x'}
+    args = graph.ros_arguments(spec, 'robots/one', '/p.yaml', overrides, 'warn')
+    assert args[:3] == ['--ros-args', '-r', '__node:=outer_optimizer']
+    assert '__ns:=/robots/one' in args and args[args.index('--params-file') + 1] == '/p.yaml'
+    assert "problem:='discrete_3s2a'" in args and 'seed:=3' in args and 'use_sim_time:=false' in args
+    assert args[-2:] == ['--log-level', 'warn']
+
+
+def test_empty_run_dir_is_left_to_the_node_and_bad_values_are_refused():
+    overrides = graph.parameter_overrides(graph.OUTER_OPTIMIZER, graph.argument_defaults('sim_only'))
+    assert 'run_dir' not in overrides
+    bridge = graph.parameter_overrides(graph.HARDWARE_BRIDGE, graph.argument_defaults('hardware'))
+    assert bridge['autostart'] is False
+    assert graph.parameter_overrides(graph.HARDWARE_BRIDGE, graph.argument_defaults('sim_only'))['autostart'] is True
+    with pytest.raises(ValueError, match='expected true or false'):
+        graph.typed_value('use_sim_time', 'yes please')
+    with pytest.raises(ValueError, match='expected an integer'):
+        graph.typed_value('seed', '1.5')
+
+
+def test_launcher_plans_every_node_with_the_shipped_params_file(tmp_path):
+    arguments = launcher.parse_assignments('sim_only', ['problem:=discrete_3s2a', 'namespace:=ns', 'seed:=2'])
+    plans = launcher.plan('sim_only', arguments)
+    assert [p.spec.name for p in plans] == [s.name for s in graph.nodes('sim_only')]
+    for item in plans:
+        command = item.command
+        assert command[1:3] == ['-m', f'sim2real_bilevel.nodes.{item.spec.executable}']
+        assert Path(command[command.index('--params-file') + 1]) == CONFIG / 'discrete_3s2a_params.yaml'
+        assert '__ns:=/ns' in command
+
+
+def test_launcher_refuses_unknown_arguments_and_missing_files():
+    with pytest.raises(launcher.LaunchError, match='unknown launch argument'):
+        launcher.parse_assignments('sim_only', ['problme:=x'])
+    with pytest.raises(launcher.LaunchError, match='NAME:=VALUE'):
+        launcher.parse_assignments('sim_only', ['problem=x'])
+    with pytest.raises(launcher.LaunchError, match='no parameter file'):
+        launcher.plan('sim_only', launcher.parse_assignments('sim_only', ['problem:=no_such_problem']))
+    with pytest.raises(launcher.LaunchError, match='no such file'):
+        launcher.plan('sim_only', launcher.parse_assignments('sim_only', ['params_file:=/no/such.yaml']))
+
+
+@pytest.mark.parametrize('path', sorted(CONFIG.glob('*_params.yaml')), ids=lambda p: p.name)
+def test_parameter_files_name_only_graph_nodes_in_any_namespace(path):
+    document = yaml.safe_load(path.read_text())
+    names = {spec.name for spec in graph.MODES['sim_only']}
+    for key, section in document.items():
+        assert key.startswith('/**/'), f'{path.name}: {key} would not match namespaced nodes'
+        assert key[len('/**/'):] in names, f'{path.name}: {key} is not a node of the graph'
+        assert set(section) == {'ros__parameters'}
+
+
+@pytest.mark.skipif(importlib.util.find_spec('launch_ros') is None, reason='launch_ros is not installed')
+@pytest.mark.parametrize('mode', sorted(graph.MODES))
+def test_launch_files_describe_the_graph(mode):
+    from launch.actions import DeclareLaunchArgument
+    spec = importlib.util.spec_from_file_location(f'{mode}_launch', PACKAGE_ROOT / 'launch' / f'{mode}.launch.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    description = module.generate_launch_description()
+    declared = {a.name: a for a in description.entities if isinstance(a, DeclareLaunchArgument)}
+    assert {a.name for a in graph.LAUNCH_ARGUMENTS} <= set(declared)
+    assert all(a.description for a in declared.values())
