@@ -104,6 +104,8 @@ class HardwareBridge(LifecycleNode):
                                             goal_callback=self.goal_callback, result_timeout=2)
         self.entities_created = True
         self.last_reason = 'configured'
+        self.get_logger().info(f'configured: commands on {self.command_publisher.topic_name} for joints {joints}, '
+                               f'transport {self.parameters["transport"]}')
         self.publish_diagnostics()
         return TransitionCallbackReturn.SUCCESS
 
@@ -111,6 +113,7 @@ class HardwareBridge(LifecycleNode):
         self.active = True
         self.last_reason = 'active'
         result = super().on_activate(state)       # enables the lifecycle publisher
+        self.get_logger().info('active: policies may now be deployed')
         self.publish_diagnostics()
         return result
 
@@ -119,6 +122,7 @@ class HardwareBridge(LifecycleNode):
         self.active = False
         self.last_reason = 'inactive'
         result = super().on_deactivate(state)
+        self.get_logger().info('inactive: zero command sent, no further command leaves the bridge')
         self.publish_diagnostics()
         return result
 
@@ -154,6 +158,7 @@ class HardwareBridge(LifecycleNode):
     def policy_callback(self, msg: PolicyParameters) -> None:
         if self.newest_policy_version is None or msg.version > self.newest_policy_version:
             self.newest_policy_version = int(msg.version)
+        self.publish_diagnostics()
 
     def refusal(self, goal) -> str:
         """Why a goal must not run now, or ''."""
@@ -290,7 +295,8 @@ class HardwareBridge(LifecycleNode):
             hardware_id=self.parameters['controller'],
             values=[KeyValue(key='active', value=str(self.active)),
                     KeyValue(key='transport', value=self.parameters['transport']),
-                    KeyValue(key='deployed_policy_version', value=str(self.deployed))])
+                    KeyValue(key='deployed_policy_version', value=str(self.deployed)),
+                    KeyValue(key='newest_policy_version', value=str(self.newest_policy_version))])
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self.diagnostics_publisher.publish(array)

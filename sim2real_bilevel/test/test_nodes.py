@@ -1,0 +1,255 @@
+"""Node processes over real DDS on loopback: parameters set and rejected across processes,
+the hardware bridge's lifecycle, malformed goals rejected with a logged reason.
+
+Each test gets its own ROS_DOMAIN_ID and log folder; nodes are started as separate
+processes (``python -m sim2real_bilevel.nodes.<name>``), the test talks to them from an
+rclpy node in its own context.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip('rclpy')
+pytest.importorskip('sim2real_bilevel_interfaces')
+
+from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue  # noqa: E402
+from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
+from rclpy.action import ActionClient  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from std_msgs.msg import Float64MultiArray  # noqa: E402
+
+pytestmark = pytest.mark.ros
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+PROBLEM = 'discrete_3s2a'
+
+
+class NodeProcess:
+    """One node in its own process, output captured to a file."""
+
+    def __init__(self, executable: str, environment: dict, log_dir: Path, parameters: dict | None = None):
+        self.name = executable
+        self.output = log_dir / f'{executable}.out'
+        command = [sys.executable, '-m', f'sim2real_bilevel.nodes.{executable}', '--ros-args',
+                   '-r', f'__node:={executable}']
+        for key, value in (parameters or {}).items():
+            command += ['-p', f'{key}:={value}']
+        with open(self.output, 'w') as stream:
+            self.process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, env=environment,
+                                            process_group=0)
+
+    def log(self) -> str:
+        return self.output.read_text(errors='replace')
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> int:
+        if self.alive():
+            os.killpg(self.process.pid, signal.SIGINT)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        return self.process.returncode
+
+
+class RosSession:
+    """A private domain: environment for node processes and a client node in this process."""
+
+    def __init__(self, tmp_path: Path, monkeypatch):
+        self.domain_id = 20 + (os.getpid() * 7 + int(time.monotonic() * 1000)) % 180
+        self.log_dir = tmp_path / 'ros_log'
+        self.log_dir.mkdir()
+        self.environment = dict(os.environ, ROS_DOMAIN_ID=str(self.domain_id), ROS_LOG_DIR=str(self.log_dir),
+                                ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', PYTHONUNBUFFERED='1',
+                                OMP_NUM_THREADS='1',
+                                PYTHONPATH=os.pathsep.join(filter(None, [str(PACKAGE_ROOT),
+                                                                         os.environ.get('PYTHONPATH')])))
+        for key in ('ROS_LOG_DIR', 'ROS_AUTOMATIC_DISCOVERY_RANGE'):
+            monkeypatch.setenv(key, self.environment[key])
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=self.domain_id)
+        self.node = rclpy.create_node('test_client', context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.processes: list[NodeProcess] = []
+
+    def start(self, executable: str, **parameters) -> NodeProcess:
+        process = NodeProcess(executable, self.environment, self.log_dir, parameters)
+        self.processes.append(process)
+        return process
+
+    def spin_until(self, predicate, timeout: float = 20.0, what: str = 'condition') -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, f'timed out waiting for {what}'
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def call(self, client, request, timeout: float = 20.0):
+        self.spin_until(client.service_is_ready, timeout, f'service {client.srv_name}')
+        future = client.call_async(request)
+        self.spin_until(future.done, timeout, f'answer of {client.srv_name}')
+        return future.result()
+
+    def send_goal(self, client: ActionClient, goal, timeout: float = 20.0):
+        self.spin_until(client.server_is_ready, timeout, 'action server')
+        future = client.send_goal_async(goal)
+        self.spin_until(future.done, timeout, 'goal response')
+        return future.result()
+
+    def close(self) -> None:
+        for process in self.processes:
+            process.stop()
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
+@pytest.fixture
+def ros(tmp_path, monkeypatch):
+    session = RosSession(tmp_path, monkeypatch)
+    yield session
+    session.close()
+
+
+def _parameter(name: str, value) -> ParameterMsg:
+    if isinstance(value, bool):
+        return ParameterMsg(name=name, value=ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value))
+    if isinstance(value, float):
+        return ParameterMsg(name=name, value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value))
+    if isinstance(value, int):
+        return ParameterMsg(name=name, value=ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value))
+    return ParameterMsg(name=name, value=ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value))
+
+
+# --- parameters ------------------------------------------------------------------------------------------
+def test_parameters_are_set_and_rejected_with_a_reason_across_processes(ros):
+    node = ros.start('sensitivity', problem=PROBLEM)
+    setter = ros.node.create_client(SetParameters, '/sensitivity/set_parameters')
+    getter = ros.node.create_client(GetParameters, '/sensitivity/get_parameters')
+
+    def set_one(name, value):
+        return ros.call(setter, SetParameters.Request(parameters=[_parameter(name, value)]), 60.0).results[0]
+
+    accepted = set_one('damping', 1e-6)
+    assert accepted.successful, accepted.reason
+    values = ros.call(getter, GetParameters.Request(names=['damping', 'solver'])).values
+    assert values[0].double_value == 1e-6
+
+    negative = set_one('damping', -1.0)
+    assert not negative.successful and 'damping' in negative.reason
+    unknown_solver = set_one('solver', 'gauss_seidel')
+    assert not unknown_solver.successful and "expected one of ['dense', 'cg', 'first_order']" in unknown_solver.reason
+    wrong_type = set_one('cg_maxiter', 'many')
+    assert not wrong_type.successful
+    read_only = set_one('problem', 'lqr')
+    assert not read_only.successful
+    values = ros.call(getter, GetParameters.Request(names=['damping', 'solver'])).values
+    assert values[0].double_value == 1e-6 and values[1].string_value == 'dense'
+    assert node.alive()
+    assert "rejected parameter change: solver = 'gauss_seidel'" in node.log()
+
+
+# --- the hardware bridge -----------------------------------------------------------------------------------
+def _policy(version: int, values=None):
+    from sim2real_bilevel.nodes import conversions
+    phi = np.zeros(3) if values is None else np.asarray(values, dtype=np.float64)
+    return conversions.policy_to_msg(phi, version, 0, 0.0)
+
+
+def _change_state(ros, transition_id: int) -> bool:
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+    client = ros.node.create_client(ChangeState, '/hardware_bridge/change_state')
+    return ros.call(client, ChangeState.Request(transition=Transition(id=transition_id)), 60.0).success
+
+
+def test_bridge_sends_nothing_unless_active_and_zero_on_deactivate(ros):
+    from lifecycle_msgs.msg import Transition
+    from sim2real_bilevel_interfaces.action import RunEpisodes
+    from sim2real_bilevel.nodes.runtime import ROBOT_STREAM
+
+    bridge = ros.start('hardware_bridge', problem=PROBLEM, autostart='false', transport='topics')
+    commands = []
+    ros.node.create_subscription(Float64MultiArray, 'forward_command_controller/commands',
+                                 lambda msg: commands.append(list(msg.data)), ROBOT_STREAM)
+    episodes = ActionClient(ros.node, RunEpisodes, 'run_episodes')
+
+    assert _change_state(ros, Transition.TRANSITION_CONFIGURE)
+    handle = ros.send_goal(episodes, RunEpisodes.Goal(policy=_policy(1), n_episodes=1))
+    assert not handle.accepted
+    ros.spin_until(lambda: 'not active' in bridge.log(), 10.0, 'the logged reason')
+
+    assert _change_state(ros, Transition.TRANSITION_ACTIVATE)
+    assert _change_state(ros, Transition.TRANSITION_DEACTIVATE)
+    ros.spin_until(lambda: commands, 10.0, 'the zero command')
+    assert commands == [[0.0]]
+    handle = ros.send_goal(episodes, RunEpisodes.Goal(policy=_policy(1), n_episodes=1))
+    assert not handle.accepted
+    time.sleep(0.3)
+    ros.executor.spin_once(timeout_sec=0.1)
+    assert commands == [[0.0]], 'a command left the inactive bridge'
+    assert _change_state(ros, Transition.TRANSITION_CLEANUP)
+    assert bridge.alive()
+
+
+def test_malformed_goals_are_rejected_with_a_logged_reason_and_no_crash(ros):
+    from sim2real_bilevel_interfaces.action import RunEpisodes, TrainPolicy
+    from sim2real_bilevel_interfaces.msg import PolicyParameters
+    from sim2real_bilevel.nodes import conversions
+    from sim2real_bilevel.nodes.runtime import LATCHED
+
+    bridge = ros.start('hardware_bridge', problem=PROBLEM, autostart='true')
+    emulator = ros.start('robot_emulator', problem=PROBLEM)
+    trainer = ros.start('inner_trainer', problem=PROBLEM)
+    publisher = ros.node.create_publisher(PolicyParameters, 'policy', LATCHED)
+    publisher.publish(_policy(5))
+    episodes = ActionClient(ros.node, RunEpisodes, 'run_episodes')
+    ros.spin_until(lambda: 'active' in bridge.log() or episodes.server_is_ready(), 60.0, 'the bridge')
+
+    cases = {
+        'non-finite': (_policy(5, [0.0, math.nan, 1.0]), 'non-finite'),
+        'wrong length': (_policy(5, [0.0, 1.0]), 'expected 3'),
+        'stale': (_policy(3), 'stale policy version 3'),
+        'future': (_policy(9), 'from the future'),
+    }
+    newest = []
+    ros.node.create_subscription(
+        DiagnosticArray, '/diagnostics',
+        lambda msg: newest.extend(kv.value for status in msg.status for kv in status.values
+                                  if kv.key == 'newest_policy_version'), 10)
+    deadline = time.monotonic() + 60.0
+    while '5' not in newest:       # the bridge reports each policy it receives in its diagnostics
+        assert time.monotonic() < deadline, 'the bridge never reported the latched policy version 5'
+        publisher.publish(_policy(5))
+        for _ in range(5):
+            ros.executor.spin_once(timeout_sec=0.05)
+    for name, (policy, reason) in cases.items():
+        handle = ros.send_goal(episodes, RunEpisodes.Goal(policy=policy, n_episodes=1))
+        assert not handle.accepted, name
+        ros.spin_until(lambda: reason in bridge.log(), 10.0, f'the logged reason for {name}')
+    good = ros.send_goal(episodes, RunEpisodes.Goal(policy=_policy(6), n_episodes=2))
+    assert good.accepted
+    result_future = good.get_result_async()
+    ros.spin_until(result_future.done, 30.0, 'episodes')
+    batch = conversions.trajectories_from_msg(result_future.result().result.trajectories)
+    assert batch.rewards.shape[0] == 2 and batch.policy_version == 6
+
+    train = ActionClient(ros.node, TrainPolicy, 'train_policy')
+    theta = conversions.theta_to_msg(['x'], [0.0], [-1.0], [1.0], 0)
+    handle = ros.send_goal(train, TrainPolicy.Goal(theta=theta), 60.0)
+    assert not handle.accepted
+    ros.spin_until(lambda: 'rejected train_policy goal' in trainer.log(), 10.0, 'the trainer\'s reason')
+    assert bridge.alive() and emulator.alive() and trainer.alive()
