@@ -1,0 +1,132 @@
+"""The launch command brings the whole sim-only graph up and down: the outer loop over ROS
+matches the in-process core for the same seed, the run is recorded and reported, Ctrl-C
+stops every node, and no process of the launch survives it."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+pytest.importorskip('rclpy')
+pytest.importorskip('sim2real_bilevel_interfaces')
+
+pytestmark = pytest.mark.ros
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+CONFIG = PACKAGE_ROOT / 'config'
+PROBLEM = 'discrete_3s2a'
+
+
+def _environment(tmp_path: Path) -> dict:
+    log_dir = tmp_path / 'ros_log'
+    log_dir.mkdir(exist_ok=True)
+    domain = 20 + (os.getpid() * 13 + int(time.monotonic() * 1000)) % 180
+    return dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_LOG_DIR=str(log_dir), OMP_NUM_THREADS='1',
+                ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', PYTHONUNBUFFERED='1',
+                PYTHONPATH=os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get('PYTHONPATH')])))
+
+
+def _params_file(tmp_path: Path, iterations: int) -> Path:
+    document = yaml.safe_load((CONFIG / f'{PROBLEM}_params.yaml').read_text())
+    document['/**/outer_optimizer']['ros__parameters']['iterations'] = iterations
+    path = tmp_path / 'params.yaml'
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def _processes_of(log_dir: Path) -> list[int]:
+    """Live processes started with this test's ROS_LOG_DIR (launcher children included)."""
+    marker = f'ROS_LOG_DIR={log_dir}'.encode()
+    found = []
+    for entry in Path('/proc').iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker in (entry / 'environ').read_bytes().split(b'\0'):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _launch(tmp_path: Path, *arguments: str) -> subprocess.Popen:
+    environment = _environment(tmp_path)
+    return subprocess.Popen([sys.executable, '-m', 'sim2real_bilevel.core.cli', 'launch', 'sim_only', *arguments],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment,
+                            cwd=tmp_path)
+
+
+def test_ros_loop_matches_the_in_process_core_and_records_the_run(tmp_path):
+    from sim2real_bilevel.core.cli import builtin_config
+    from sim2real_bilevel.core.experiments import make_run
+    from sim2real_bilevel.core.problems import load_problem
+
+    iterations, seed = 25, 3
+    run_dir = tmp_path / 'run'
+    process = _launch(tmp_path, f'problem:={PROBLEM}', f'seed:={seed}', f'run_dir:={run_dir}',
+                      f'params_file:={_params_file(tmp_path, iterations)}', 'namespace:=loop_test')
+    output, _ = process.communicate(timeout=240)
+    assert process.returncode == 0, output
+    assert 'first outer iteration done' in output
+    assert not _processes_of(tmp_path / 'ros_log'), 'processes of the launch outlived it'
+
+    document = json.loads((run_dir / 'results.json').read_text())
+    ros_records = document['methods']['bilevel']['seeds'][0]['iterations']
+    core = make_run(load_problem(builtin_config(PROBLEM)), 'bilevel', seed, iterations=iterations)
+    core.run()
+    assert len(ros_records) == len(core.history) == iterations + 1
+    ros_theta = np.array([r['theta'] for r in ros_records])
+    core_theta = np.array([r.theta for r in core.history])
+    np.testing.assert_allclose(ros_theta, core_theta, rtol=0, atol=1e-9)
+    np.testing.assert_allclose([r['normalized_return'] for r in ros_records],
+                               [r.normalized_return for r in core.history], rtol=0, atol=1e-9)
+    assert [r['real_transitions'] for r in ros_records] == [r.real_transitions for r in core.history]
+
+    metadata = yaml.safe_load((run_dir / 'bag' / 'metadata.yaml').read_text())['rosbag2_bagfile_information']
+    counts = {t['topic_metadata']['name']: t['message_count'] for t in metadata['topics_with_message_count']}
+    assert counts['/loop_test/outer_metrics'] == iterations + 1
+    assert counts['/loop_test/metrics/normalized_return'] == iterations + 1
+    assert counts['/loop_test/theta'] == iterations + 1
+    report = subprocess.run([sys.executable, '-m', 'sim2real_bilevel.core.cli', 'report', str(run_dir)],
+                            capture_output=True, text=True, env=_environment(tmp_path), timeout=120)
+    assert report.returncode == 0, report.stderr
+    assert f'{iterations} outer iterations' in report.stdout and (run_dir / 'report.png').is_file()
+
+
+@pytest.mark.slow
+def test_ros_loop_converges_on_the_discrete_example(tmp_path):
+    run_dir = tmp_path / 'run'
+    process = _launch(tmp_path, f'problem:={PROBLEM}', f'run_dir:={run_dir}')
+    output, _ = process.communicate(timeout=1800)
+    assert process.returncode == 0, output
+    records = json.loads((run_dir / 'results.json').read_text())['methods']['bilevel']['seeds'][0]['iterations']
+    assert records[-1]['normalized_return'] >= 0.95 > records[0]['normalized_return']
+
+
+def test_ctrl_c_stops_every_node_and_leaves_no_orphans(tmp_path):
+    process = _launch(tmp_path, f'problem:={PROBLEM}', f'run_dir:={tmp_path / "run"}',
+                      f'params_file:={_params_file(tmp_path, 100000)}')
+    lines = []
+    deadline = time.monotonic() + 180
+    for line in process.stdout:
+        lines.append(line)
+        if 'first outer iteration done' in line:
+            break
+        assert time.monotonic() < deadline, ''.join(lines)
+    assert len(_processes_of(tmp_path / 'ros_log')) >= 7      # the launcher and its six nodes
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, ''.join(lines) + output
+    assert 'all nodes stopped' in output
+    assert not _processes_of(tmp_path / 'ros_log'), 'processes of the launch outlived it'
+    # the interrupted run still leaves its partial results and a readable bag
+    assert (tmp_path / 'run' / 'results.json').is_file()
+    assert (tmp_path / 'run' / 'bag' / 'metadata.yaml').is_file()
