@@ -14,7 +14,7 @@ from toy_problem import ToyProblem
 
 def toy():
     rng = np.random.default_rng(3)
-    return ToyProblem(coupling=rng.standard_normal((3, 4)), phi_real=np.array([0.5, -0.3, 0.8]))
+    return ToyProblem(coupling=rng.standard_normal((3, 4)), phi_real=np.array([1.0, -0.6, 1.2]))
 
 
 def test_bilevel_converges_and_accounts_real_data():
@@ -63,7 +63,7 @@ def test_config_rejects_unknown_field():
 @pytest.mark.parametrize('run_class', [baselines.SPSARun, baselines.CMAESRun, baselines.RealRLRun])
 def test_baselines_improve_on_the_toy_problem(run_class):
     problem = toy()
-    config = OuterConfig(iterations=40, real_episodes=4, spsa_a=2.0, spsa_c=0.2, cma_sigma=0.1,
+    config = OuterConfig(iterations=40, real_episodes=4, spsa_a=0.3, spsa_c=0.2, cma_sigma=0.1,
                          real_rl_step_size=0.1)
     history = run_class(problem, config, seed=0).run()
     assert history[-1].normalized_return > history[0].normalized_return + 0.2
