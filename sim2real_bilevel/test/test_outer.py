@@ -63,7 +63,7 @@ def test_config_rejects_unknown_field():
 @pytest.mark.parametrize('run_class', [baselines.SPSARun, baselines.CMAESRun, baselines.RealRLRun])
 def test_baselines_improve_on_the_toy_problem(run_class):
     problem = toy()
-    config = OuterConfig(iterations=40, real_episodes=4, spsa_a=0.3, spsa_c=0.2, cma_sigma=0.1,
+    config = OuterConfig(iterations=40, real_episodes=4, spsa_a=0.1, spsa_c=0.2, cma_sigma=0.1,
                          real_rl_step_size=0.1)
     history = run_class(problem, config, seed=0).run()
     assert history[-1].normalized_return > history[0].normalized_return + 0.2
