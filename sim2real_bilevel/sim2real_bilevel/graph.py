@@ -190,8 +190,9 @@ def launch_description(mode: str):
     for argument in LAUNCH_ARGUMENTS:
         default = defaults[argument.name]
         if argument.name == 'params_file':
-            default = PathJoinSubstitution([FindPackageShare(PACKAGE), 'config',
-                                            [LaunchConfiguration('problem'), '_params.yaml']])
+            # <share>/config/<problem>_params.yaml (a substitution list is concatenated)
+            default = [PathJoinSubstitution([FindPackageShare(PACKAGE), 'config']), '/',
+                       LaunchConfiguration('problem'), '_params.yaml']
         declared.append(DeclareLaunchArgument(argument.name, default_value=default,
                                               description=argument.description))
     declared.append(DeclareLaunchArgument(

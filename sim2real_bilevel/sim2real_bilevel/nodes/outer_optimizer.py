@@ -15,7 +15,6 @@ the next iteration.
 from __future__ import annotations
 
 import re
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -35,7 +34,7 @@ from sim2real_bilevel_interfaces.msg import OuterGradient, OuterMetrics, PolicyP
 from ..core.outer import BilevelOuterLoop, IterationRecord, OuterConfig
 from . import conversions
 from .runtime import (EVENTS, LATCHED, PROBLEM, SEED, DeclaredParameters, ParameterSpec, ShutdownRequested,
-                      load_problem, outer_config_defaults, wait_for)
+                      load_problem, outer_config_defaults, run_node, wait_for)
 
 LIVE_PARAMETERS = ('iterations', 'step_size', 'real_episodes')
 
@@ -340,24 +339,7 @@ def _topic_token(name: str) -> str:
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = None
-    status = 0
-    try:
-        node = OuterOptimizer()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        status = node.run(executor)
-    except (KeyboardInterrupt, ExternalShutdownException, ShutdownRequested):
-        status = 130
-    except ValueError as err:
-        print(f'[fatal] outer_optimizer: {err}', file=sys.stderr, flush=True)
-        status = 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return status
+    return run_node(OuterOptimizer, args, body=lambda node, executor: node.run(executor))
 
 
 if __name__ == '__main__':

@@ -215,8 +215,11 @@ class BackgroundWork:
 
 
 # --- main ----------------------------------------------------------------------------------------------
-def run_node(make_node: Callable[[], Any], args=None) -> int:
-    """Init, build the node, spin one SingleThreadedExecutor, always shut down."""
+def run_node(make_node: Callable[[], Any], args=None,
+             body: Optional[Callable[[Any, SingleThreadedExecutor], int]] = None) -> int:
+    """Init, build the node, spin one SingleThreadedExecutor (or run ``body(node, executor)``,
+    which spins it itself), always shut down; the exit status is returned (and the process
+    ends right after, see ``exit_now``)."""
     rclpy.init(args=args)
     node = None
     status = 0
@@ -224,9 +227,12 @@ def run_node(make_node: Callable[[], Any], args=None) -> int:
         node = make_node()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        executor.spin()
+        if body is None:
+            executor.spin()
+        else:
+            status = body(node, executor)
     except (KeyboardInterrupt, ExternalShutdownException, ShutdownRequested):
-        pass
+        status = 130 if body is not None else 0
     except ValueError as err:           # invalid parameters or problem file: say why, exit 2
         _log_fatal(node, err)
         status = 2
@@ -234,7 +240,21 @@ def run_node(make_node: Callable[[], Any], args=None) -> int:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+    exit_now(status)
     return status
+
+
+def exit_now(status: int) -> None:
+    """End the node process once its node is destroyed and rclpy is shut down.
+
+    The interpreter's own teardown (torch and friends) takes 1-2 s per process, longer when
+    a whole graph stops at once on two cores -- beyond ros2 launch's 5 s SIGINT grace, after
+    which it escalates to SIGTERM.  Everything that matters is released explicitly before."""
+    import os
+    import sys
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _log_fatal(node, err: Exception) -> None:
