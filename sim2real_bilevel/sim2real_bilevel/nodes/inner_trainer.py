@@ -9,15 +9,15 @@ topic carry phi, its version and the theta version it was trained on.
 from __future__ import annotations
 
 import numpy as np
-from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.action import ActionServer
 from rclpy.node import Node
 from sim2real_bilevel_interfaces.action import TrainPolicy
 from sim2real_bilevel_interfaces.msg import PolicyParameters
 
 from ..core.outer import INNER_METHODS
 from . import conversions
-from .runtime import (LATCHED, PROBLEM, SEED, BackgroundWork, DeclaredParameters, ParameterSpec, load_problem,
-                      outer_config_defaults, run_node)
+from .runtime import (LATCHED, PROBLEM, SEED, BackgroundWork, DeclaredParameters, ParameterSpec, accept_cancel,
+                      goal_validator, load_problem, outer_config_defaults, run_node)
 
 
 class InnerTrainer(Node):
@@ -41,7 +41,8 @@ class InnerTrainer(Node):
         self.policy_publisher = self.create_publisher(PolicyParameters, 'policy', LATCHED)
         self.train_server = ActionServer(
             self, TrainPolicy, 'train_policy', execute_callback=self.train_policy_callback,
-            goal_callback=self.goal_callback, cancel_callback=self.cancel_callback, result_timeout=2)
+            goal_callback=goal_validator(self, self._read_goal, 'train_policy'), cancel_callback=accept_cancel,
+            result_timeout=2)
         self.get_logger().info(f'inner trainer for {self.problem.source}: {self.problem.phi_size()} policy '
                                f'parameters, method {self.parameters["inner_method"]}')
 
@@ -60,17 +61,6 @@ class InnerTrainer(Node):
         if len(goal.warm_start.values):
             phi_init, _, _ = conversions.policy_from_msg(goal.warm_start, self.problem.phi_size())
         return theta, theta_version, phi_init
-
-    def goal_callback(self, goal) -> GoalResponse:
-        try:
-            self._read_goal(goal)
-        except conversions.MessageValidationError as err:
-            self.get_logger().error(f'rejected train_policy goal: {err}')
-            return GoalResponse.REJECT
-        return GoalResponse.ACCEPT
-
-    def cancel_callback(self, goal_handle) -> CancelResponse:
-        return CancelResponse.ACCEPT
 
     async def train_policy_callback(self, goal_handle):
         result = TrainPolicy.Result()

@@ -323,7 +323,8 @@ class OuterOptimizer(Node):
         values = {'iteration': loop.iteration, 'iterations': loop.config.iterations,
                   'theta_version': self.theta_version, 'real_transitions': loop.real_transitions}
         if last is not None:
-            values.update(normalized_return=f'{last.normalized_return:.6f}', inner_grad_norm=f'{last.inner_grad_norm:.3e}')
+            values.update(normalized_return=f'{last.normalized_return:.6f}',
+                          inner_grad_norm=f'{last.inner_grad_norm:.3e}')
         status = DiagnosticStatus(level=level, name=f'{self.get_fully_qualified_name()}: outer loop',
                                   message=self.status, hardware_id=self.problem.kind,
                                   values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])

@@ -100,7 +100,8 @@ class RobotEmulator(Node):
             return
         action = int(round(msg.data[0]))
         if not 0 <= action < self.problem.n_actions or action != msg.data[0]:
-            self.get_logger().error(f'ignored command {msg.data[0]}: expected an integer in 0..{self.problem.n_actions - 1}')
+            self.get_logger().error(f'ignored command {msg.data[0]}: expected an integer in '
+                                    f'0..{self.problem.n_actions - 1}')
             return
         probabilities = self.problem.real_transitions[self.state, action]
         reward = float(self.problem.real_rewards[self.state, action])

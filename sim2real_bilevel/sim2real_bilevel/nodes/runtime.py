@@ -214,6 +214,29 @@ class BackgroundWork:
         return await future
 
 
+# --- actions -------------------------------------------------------------------------------------------
+def goal_validator(node, read_goal: Callable[[Any], Any], action: str):
+    """A goal callback that rejects a goal when ``read_goal`` raises MessageValidationError,
+    logging the reason (the action protocol itself carries no reason for a rejection)."""
+    from rclpy.action import GoalResponse
+    from .conversions import MessageValidationError
+
+    def goal_callback(goal):
+        try:
+            read_goal(goal)
+        except MessageValidationError as err:
+            node.get_logger().error(f'rejected {action} goal: {err}')
+            return GoalResponse.REJECT
+        return GoalResponse.ACCEPT
+    return goal_callback
+
+
+def accept_cancel(goal_handle):
+    """Cancel callback of long actions: always accept; the work checks between stages."""
+    from rclpy.action import CancelResponse
+    return CancelResponse.ACCEPT
+
+
 # --- main ----------------------------------------------------------------------------------------------
 def run_node(make_node: Callable[[], Any], args=None,
              body: Optional[Callable[[Any, SingleThreadedExecutor], int]] = None) -> int:

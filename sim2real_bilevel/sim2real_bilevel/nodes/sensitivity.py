@@ -10,7 +10,7 @@ parameters).  The computation runs in a worker thread; the executor keeps servin
 from __future__ import annotations
 
 import numpy as np
-from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.action import ActionServer
 from rclpy.node import Node
 from sim2real_bilevel_interfaces.action import ComputeSensitivity
 from sim2real_bilevel_interfaces.msg import OuterGradient
@@ -19,8 +19,8 @@ from sim2real_bilevel_interfaces.srv import SimulateRollouts
 from ..core import implicit
 from ..core.outer import SENSITIVITY_METHODS, SOLVERS, OuterConfig, make_solver
 from . import conversions
-from .runtime import (EVENTS, PROBLEM, SEED, BackgroundWork, DeclaredParameters, ParameterSpec, load_problem,
-                      outer_config_defaults, run_node)
+from .runtime import (EVENTS, PROBLEM, SEED, BackgroundWork, DeclaredParameters, ParameterSpec, accept_cancel,
+                      goal_validator, load_problem, outer_config_defaults, run_node)
 
 SOLVER_PARAMETERS = ('sensitivity_method', 'solver', 'damping', 'cg_maxiter', 'cg_tol', 'first_order_step',
                      'sim_episodes', 'sim_horizon')
@@ -62,7 +62,8 @@ class Sensitivity(Node):
         self.simulate_client = self.create_client(SimulateRollouts, self.parameters['simulate_service'])
         self.sensitivity_server = ActionServer(
             self, ComputeSensitivity, 'compute_sensitivity', execute_callback=self.compute_sensitivity_callback,
-            goal_callback=self.goal_callback, cancel_callback=self.cancel_callback, result_timeout=2)
+            goal_callback=goal_validator(self, self._read_goal, 'compute_sensitivity'), cancel_callback=accept_cancel,
+            result_timeout=2)
 
     def _config(self) -> OuterConfig:
         """The solver settings as they are now (parameter changes apply from the next goal)."""
@@ -79,17 +80,6 @@ class Sensitivity(Node):
                 f'theta version {theta_version}')
         real_gradient = conversions.vector_from_field(goal.real_gradient, 'real_gradient', self.problem.phi_size())
         return theta, theta_version, phi, policy_version, real_gradient
-
-    def goal_callback(self, goal) -> GoalResponse:
-        try:
-            self._read_goal(goal)
-        except conversions.MessageValidationError as err:
-            self.get_logger().error(f'rejected compute_sensitivity goal: {err}')
-            return GoalResponse.REJECT
-        return GoalResponse.ACCEPT
-
-    def cancel_callback(self, goal_handle) -> CancelResponse:
-        return CancelResponse.ACCEPT
 
     async def compute_sensitivity_callback(self, goal_handle):
         result = ComputeSensitivity.Result()
