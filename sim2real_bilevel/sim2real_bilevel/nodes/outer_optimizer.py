@@ -131,7 +131,8 @@ class OuterOptimizer(Node):
         if self.policy is not None:      # theta moved: a new version for everyone downstream
             self.theta_version += 1
         lower, upper = self.problem.theta_bounds()
-        theta_msg = conversions.theta_to_msg(self.theta_names, theta, lower, upper, self.theta_version)
+        theta_msg = conversions.theta_to_msg(self.theta_names, theta, lower, upper, self.theta_version,
+                                             self.problem.source)
         theta_msg.header.stamp = self.get_clock().now().to_msg()
         self.theta_publisher.publish(theta_msg)
         goal = TrainPolicy.Goal(theta=theta_msg)
@@ -159,12 +160,13 @@ class OuterOptimizer(Node):
     def compute_sensitivity(self, real_gradient: np.ndarray) -> np.ndarray:
         lower, upper = self.problem.theta_bounds()
         goal = ComputeSensitivity.Goal(
-            theta=conversions.theta_to_msg(self.theta_names, self.loop.theta, lower, upper, self.theta_version),
+            theta=conversions.theta_to_msg(self.theta_names, self.loop.theta, lower, upper, self.theta_version,
+                                           self.problem.source),
             policy=self.policy)
         goal.real_gradient = conversions.vector_to_field(real_gradient)
         result = self._call(self.sensitivity_client, goal, 'compute_sensitivity')
         self.gradient_message = result.gradient
-        return conversions.gradient_from_msg(result.gradient, len(self.theta_names))
+        return conversions.gradient_from_msg(result.gradient, len(self.theta_names), self.problem.phi_size())
 
     def _call(self, client: ActionClient, goal, name: str):
         """Send a goal and wait for its result; the reason of any failure is raised."""
@@ -292,12 +294,8 @@ class OuterOptimizer(Node):
     # --- reporting -------------------------------------------------------------------------------------------
     def record_callback(self, record: IterationRecord) -> None:
         stamp = self.get_clock().now().to_msg()
-        metrics = OuterMetrics(
-            iteration=record.iteration, normalized_return=record.normalized_return, real_return=record.real_return,
-            real_return_estimate=record.real_return_estimate, inner_grad_norm=record.inner_grad_norm,
-            outer_grad_norm=record.grad_norm, real_transitions=record.real_transitions,
-            real_episodes=record.real_episodes, wall_time_s=record.wall_time_s, theta_version=self.theta_version,
-            policy_version=self.policy.version if self.policy is not None else 0)
+        metrics = conversions.metrics_to_msg(record, self.theta_version,
+                                             self.policy.version if self.policy is not None else 0)
         metrics.header.stamp = stamp
         self.metrics_publisher.publish(metrics)
         for name, value in (('real_return', record.real_return), ('normalized_return', record.normalized_return),

@@ -78,7 +78,8 @@ class Sensitivity(Node):
             raise conversions.MessageValidationError(
                 f'policy version {policy_version} was trained on theta version {trained_on}, the goal carries '
                 f'theta version {theta_version}')
-        real_gradient = conversions.vector_from_field(goal.real_gradient, 'real_gradient', self.problem.phi_size())
+        real_gradient = conversions.vector_from_field(goal.real_gradient, 'ComputeSensitivity.real_gradient',
+                                                      self.problem.phi_size(), size_rule='one per policy parameter')
         return theta, theta_version, phi, policy_version, real_gradient
 
     async def compute_sensitivity_callback(self, goal_handle):
@@ -113,7 +114,8 @@ class Sensitivity(Node):
             result.message = f'the outer gradient is not finite: {gradient.tolist()}'
             self.get_logger().error(result.message)
             return result
-        message = conversions.gradient_to_msg(gradient, real_gradient, theta_version, policy_version)
+        message = conversions.gradient_to_msg(gradient, real_gradient, theta_version, policy_version,
+                                               sensitivity_method=config.sensitivity_method, solver=config.solver)
         message.header.stamp = self.get_clock().now().to_msg()
         self.gradient_publisher.publish(message)
         goal_handle.succeed()
