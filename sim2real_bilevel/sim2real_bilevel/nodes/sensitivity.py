@@ -5,7 +5,9 @@ publishes on ``outer_gradient``) dJ_real/dtheta = (d phi*/d theta)^T g, using th
 linearisation (``sensitivity_terms``: exact, or sampled from simulator rollouts fetched from
 the differentiable_simulator's ``~/simulate`` service) and the core's implicit solve
 (``implicit.outer_gradient`` with the solver that ``make_solver`` builds from the
-parameters).  The computation runs in a worker thread; the executor keeps serving.
+parameters).  With exact terms the linearisation is computed as soon as a new policy is
+published (pipelined with the real episodes); sampled work runs in a worker thread while the
+executor keeps serving.
 """
 from __future__ import annotations
 
@@ -13,13 +15,13 @@ import numpy as np
 from rclpy.action import ActionServer
 from rclpy.node import Node
 from sim2real_bilevel_interfaces.action import ComputeSensitivity
-from sim2real_bilevel_interfaces.msg import OuterGradient
+from sim2real_bilevel_interfaces.msg import OuterGradient, PolicyParameters, SimParameters
 from sim2real_bilevel_interfaces.srv import SimulateRollouts
 
 from ..core import implicit
 from ..core.outer import SENSITIVITY_METHODS, SOLVERS, OuterConfig, make_solver
 from . import conversions
-from .runtime import (EVENTS, PROBLEM, SEED, BackgroundWork, DeclaredParameters, ParameterSpec, accept_cancel,
+from .runtime import (EVENTS, LATCHED, PROBLEM, SEED, BackgroundWork, DeclaredParameters, ParameterSpec, accept_cancel,
                       goal_validator, load_problem, outer_config_defaults, run_node)
 
 SOLVER_PARAMETERS = ('sensitivity_method', 'solver', 'damping', 'cg_maxiter', 'cg_tol', 'first_order_step',
@@ -55,15 +57,59 @@ class Sensitivity(Node):
             ParameterSpec('simulate_service', 'differentiable_simulator/simulate',
                           'SimulateRollouts service of the simulator (sampled sensitivities)', allow_empty=False),
             ParameterSpec('simulate_timeout_s', 30.0, 'how long to wait for simulated rollouts', low=0.1, high=3600.0),
+            ParameterSpec('precompute', True, 'linearise (exact terms) as soon as a new policy is published, while '
+                          'the real episodes run, instead of when the gradient is asked for'),
         ])
         self.rng = np.random.default_rng([self.parameters['seed'], 3])
         self.work = BackgroundWork(self)
         self.gradient_publisher = self.create_publisher(OuterGradient, 'outer_gradient', EVENTS)
         self.simulate_client = self.create_client(SimulateRollouts, self.parameters['simulate_service'])
+        # exact terms at the latest (policy, theta): {'key': (policy version, theta version), ...}
+        self.latest_theta = self.latest_policy = self.precomputed = None
+        self.theta_subscription = self.create_subscription(SimParameters, 'theta', self.theta_callback, LATCHED)
+        self.policy_subscription = self.create_subscription(PolicyParameters, 'policy', self.policy_callback,
+                                                            LATCHED)
         self.sensitivity_server = ActionServer(
             self, ComputeSensitivity, 'compute_sensitivity', execute_callback=self.compute_sensitivity_callback,
             goal_callback=goal_validator(self, self._read_goal, 'compute_sensitivity'), cancel_callback=accept_cancel,
             result_timeout=2)
+
+    def theta_callback(self, msg: SimParameters) -> None:
+        try:
+            self.latest_theta = conversions.theta_from_msg(msg, self.problem.theta_names)
+        except conversions.MessageValidationError as err:
+            self.get_logger().error(f'ignored theta message: {err}')
+            return
+        self._precompute()
+
+    def policy_callback(self, msg: PolicyParameters) -> None:
+        try:
+            self.latest_policy = conversions.policy_from_msg(msg, self.problem.phi_size())
+        except conversions.MessageValidationError as err:
+            self.get_logger().error(f'ignored policy message: {err}')
+            return
+        self._precompute()
+
+    def _precompute(self) -> None:
+        """Pipelining: the linearisation at (phi, theta) needs no real data, so it is computed
+        as soon as the policy and the theta it was trained on have both arrived -- while the
+        bridge runs the real episodes; the action then only solves with g."""
+        if (not self.parameters['precompute'] or self.parameters['sensitivity_method'] != 'exact'
+                or self.latest_theta is None or self.latest_policy is None):
+            return
+        (theta, theta_version), (phi, version, trained_on) = self.latest_theta, self.latest_policy
+        key = (version, theta_version)
+        if trained_on != theta_version or (self.precomputed is not None and self.precomputed['key'] == key):
+            return
+        terms = self.problem.sensitivity_terms(phi, theta, method='exact')
+        self.precomputed = {'key': key, 'phi': phi, 'theta': theta, 'terms': terms}
+
+    def _terms(self, phi, theta, key, method, trajectories):
+        cached = self.precomputed
+        if (method == 'exact' and cached is not None and cached['key'] == key
+                and np.array_equal(cached['phi'], phi) and np.array_equal(cached['theta'], theta)):
+            return cached['terms']
+        return self.problem.sensitivity_terms(phi, theta, method=method, trajectories=trajectories, rng=self.rng)
 
     def _config(self) -> OuterConfig:
         """The solver settings as they are now (parameter changes apply from the next goal)."""
@@ -99,8 +145,8 @@ class Sensitivity(Node):
         solver = make_solver(config)
 
         def solve():
-            terms = self.problem.sensitivity_terms(phi, theta, method=config.sensitivity_method,
-                                                   trajectories=trajectories, rng=self.rng)
+            terms = self._terms(phi, theta, (policy_version, theta_version), config.sensitivity_method,
+                                trajectories)
             return np.asarray(implicit.outer_gradient(terms, real_gradient, solver), dtype=np.float64)
 
         # exact terms of small problems take milliseconds: no thread hand-off for them
