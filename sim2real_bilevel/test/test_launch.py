@@ -25,15 +25,6 @@ CONFIG = PACKAGE_ROOT / 'config'
 PROBLEM = 'discrete_3s2a'
 
 
-def _environment(tmp_path: Path) -> dict:
-    log_dir = tmp_path / 'ros_log'
-    log_dir.mkdir(exist_ok=True)
-    domain = 20 + (os.getpid() * 13 + int(time.monotonic() * 1000)) % 180
-    return dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_LOG_DIR=str(log_dir), OMP_NUM_THREADS='1',
-                ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', PYTHONUNBUFFERED='1',
-                PYTHONPATH=os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get('PYTHONPATH')])))
-
-
 def _params_file(tmp_path: Path, iterations: int) -> Path:
     document = yaml.safe_load((CONFIG / f'{PROBLEM}_params.yaml').read_text())
     document['/**/outer_optimizer']['ros__parameters']['iterations'] = iterations
@@ -57,26 +48,24 @@ def _processes_of(log_dir: Path) -> list[int]:
     return found
 
 
-def _launch(tmp_path: Path, *arguments: str) -> subprocess.Popen:
-    environment = _environment(tmp_path)
+def _launch(environment: dict, cwd: Path, *arguments: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, '-m', 'sim2real_bilevel.core.cli', 'launch', 'sim_only', *arguments],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment,
-                            cwd=tmp_path)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment, cwd=cwd)
 
 
-def test_ros_loop_matches_the_in_process_core_and_records_the_run(tmp_path):
+def test_ros_loop_matches_the_in_process_core_and_records_the_run(tmp_path, ros_env):
     from sim2real_bilevel.core.cli import builtin_config
     from sim2real_bilevel.core.experiments import make_run
     from sim2real_bilevel.core.problems import load_problem
 
     iterations, seed = 25, 3
     run_dir = tmp_path / 'run'
-    process = _launch(tmp_path, f'problem:={PROBLEM}', f'seed:={seed}', f'run_dir:={run_dir}',
+    process = _launch(ros_env, tmp_path, f'problem:={PROBLEM}', f'seed:={seed}', f'run_dir:={run_dir}',
                       f'params_file:={_params_file(tmp_path, iterations)}', 'namespace:=loop_test')
     output, _ = process.communicate(timeout=240)
     assert process.returncode == 0, output
     assert 'first outer iteration done' in output
-    assert not _processes_of(tmp_path / 'ros_log'), 'processes of the launch outlived it'
+    assert not _processes_of(Path(ros_env['ROS_LOG_DIR'])), 'processes of the launch outlived it'
 
     document = json.loads((run_dir / 'results.json').read_text())
     ros_records = document['methods']['bilevel']['seeds'][0]['iterations']
@@ -96,23 +85,23 @@ def test_ros_loop_matches_the_in_process_core_and_records_the_run(tmp_path):
     assert counts['/loop_test/metrics/normalized_return'] == iterations + 1
     assert counts['/loop_test/theta'] == iterations + 1
     report = subprocess.run([sys.executable, '-m', 'sim2real_bilevel.core.cli', 'report', str(run_dir)],
-                            capture_output=True, text=True, env=_environment(tmp_path), timeout=120)
+                            capture_output=True, text=True, env=ros_env, timeout=120)
     assert report.returncode == 0, report.stderr
     assert f'{iterations} outer iterations' in report.stdout and (run_dir / 'report.png').is_file()
 
 
 @pytest.mark.slow
-def test_ros_loop_converges_on_the_discrete_example(tmp_path):
+def test_ros_loop_converges_on_the_discrete_example(tmp_path, ros_env):
     run_dir = tmp_path / 'run'
-    process = _launch(tmp_path, f'problem:={PROBLEM}', f'run_dir:={run_dir}')
+    process = _launch(ros_env, tmp_path, f'problem:={PROBLEM}', f'run_dir:={run_dir}')
     output, _ = process.communicate(timeout=1800)
     assert process.returncode == 0, output
     records = json.loads((run_dir / 'results.json').read_text())['methods']['bilevel']['seeds'][0]['iterations']
     assert records[-1]['normalized_return'] >= 0.95 > records[0]['normalized_return']
 
 
-def test_ctrl_c_stops_every_node_and_leaves_no_orphans(tmp_path):
-    process = _launch(tmp_path, f'problem:={PROBLEM}', f'run_dir:={tmp_path / "run"}',
+def test_ctrl_c_stops_every_node_and_leaves_no_orphans(tmp_path, ros_env):
+    process = _launch(ros_env, tmp_path, f'problem:={PROBLEM}', f'run_dir:={tmp_path / "run"}',
                       f'params_file:={_params_file(tmp_path, 100000)}')
     lines = []
     deadline = time.monotonic() + 180
@@ -121,12 +110,12 @@ def test_ctrl_c_stops_every_node_and_leaves_no_orphans(tmp_path):
         if 'first outer iteration done' in line:
             break
         assert time.monotonic() < deadline, ''.join(lines)
-    assert len(_processes_of(tmp_path / 'ros_log')) >= 7      # the launcher and its six nodes
+    assert len(_processes_of(Path(ros_env['ROS_LOG_DIR']))) >= 7      # the launcher and its six nodes
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 130, ''.join(lines) + output
     assert 'all nodes stopped' in output
-    assert not _processes_of(tmp_path / 'ros_log'), 'processes of the launch outlived it'
+    assert not _processes_of(Path(ros_env['ROS_LOG_DIR'])), 'processes of the launch outlived it'
     # the interrupted run still leaves its partial results and a readable bag
     assert (tmp_path / 'run' / 'results.json').is_file()
     assert (tmp_path / 'run' / 'bag' / 'metadata.yaml').is_file()

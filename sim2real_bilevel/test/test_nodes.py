@@ -1,7 +1,7 @@
 """Node processes over real DDS on loopback: parameters set and rejected across processes,
 the hardware bridge's lifecycle, malformed goals rejected with a logged reason.
 
-Each test gets its own ROS_DOMAIN_ID and log folder; nodes are started as separate
+Each test gets its own ROS_DOMAIN_ID and log folder (conftest's ``ros_env``); nodes are started as separate
 processes (``python -m sim2real_bilevel.nodes.<name>``), the test talks to them from an
 rclpy node in its own context.
 """
@@ -66,21 +66,13 @@ class NodeProcess:
 
 
 class RosSession:
-    """A private domain: environment for node processes and a client node in this process."""
+    """Node processes on this test's private domain (conftest's ``ros_env``) and a client
+    node in this process (on ``ros_context``)."""
 
-    def __init__(self, tmp_path: Path, monkeypatch):
-        self.domain_id = 20 + (os.getpid() * 7 + int(time.monotonic() * 1000)) % 180
-        self.log_dir = tmp_path / 'ros_log'
-        self.log_dir.mkdir()
-        self.environment = dict(os.environ, ROS_DOMAIN_ID=str(self.domain_id), ROS_LOG_DIR=str(self.log_dir),
-                                ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', PYTHONUNBUFFERED='1',
-                                OMP_NUM_THREADS='1',
-                                PYTHONPATH=os.pathsep.join(filter(None, [str(PACKAGE_ROOT),
-                                                                         os.environ.get('PYTHONPATH')])))
-        for key in ('ROS_LOG_DIR', 'ROS_AUTOMATIC_DISCOVERY_RANGE'):
-            monkeypatch.setenv(key, self.environment[key])
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=self.domain_id)
+    def __init__(self, environment: dict, context):
+        self.environment = environment
+        self.log_dir = Path(environment['ROS_LOG_DIR'])
+        self.context = context
         self.node = rclpy.create_node('test_client', context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
@@ -114,12 +106,11 @@ class RosSession:
             process.stop()
         self.executor.shutdown()
         self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
 
 
 @pytest.fixture
-def ros(tmp_path, monkeypatch):
-    session = RosSession(tmp_path, monkeypatch)
+def ros(ros_env, ros_context):
+    session = RosSession(ros_env, ros_context)
     yield session
     session.close()
 
