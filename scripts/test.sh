@@ -16,7 +16,7 @@ for argument in "$@"; do
     [[ $argument == -m ]] && markers=()        # the caller chose the markers
 done
 mkdir -p "$ROS_LOG_DIR"
-echo "[test] .venv/bin/python -m pytest sim2real_bilevel/test ${markers[*]} $*"
+echo "[test] .venv/bin/python -m pytest sim2real_bilevel/test $(printf '%q ' "${markers[@]}" "$@")"
 status=0
 .venv/bin/python -m pytest sim2real_bilevel/test "${markers[@]}" -ra --durations=10 "$@" || status=$?
 if [[ $status == 5 ]]; then
