@@ -26,7 +26,11 @@ if [[ -z $run_dir ]]; then
     run_dir="runs/$(basename "${problem%.yaml}")-$(date +%Y%m%d-%H%M%S)"
     set -- "$@" "run_dir:=$run_dir"
 fi
-export ROS_LOG_DIR=${ROS_LOG_DIR:-$ROOT/$run_dir/ros_log}
+case $run_dir in
+    /*) run_path=$run_dir ;;
+    *) run_path=$ROOT/$run_dir ;;
+esac
+export ROS_LOG_DIR=${ROS_LOG_DIR:-$run_path/ros_log}
 
 echo "[run] .venv/bin/sim2real-bilevel launch sim_only problem:=$problem $*"
 .venv/bin/sim2real-bilevel launch sim_only "problem:=$problem" "$@"
