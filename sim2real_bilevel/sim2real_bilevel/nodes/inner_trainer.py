@@ -1,10 +1,11 @@
 """inner_trainer: trains the policy in the simulator for a given theta (action train_policy).
 
 Each goal carries theta and the policy to warm-start from (empty: the trainer's own latest
-policy, or none); the solve is the problem's ``inner_solve`` (exact or sampled SPG), run in
-a worker thread so that cancel requests and parameter changes are served meanwhile.
-Feedback reports the iteration count and ||phi_hat||; the result and the latched ``policy``
-topic carry phi, its version and the theta version it was trained on.
+policy, or none); the solve is the problem's ``inner_solve``.  Sampled SPG solves run in a
+worker thread, so cancel requests and parameter changes are served meanwhile, and report
+the iteration count and ||phi_hat|| as feedback; exact solves (milliseconds) run inline.
+The result and the latched ``policy`` topic carry phi, its version and the theta version it
+was trained on.
 """
 from __future__ import annotations
 
@@ -70,13 +71,18 @@ class InnerTrainer(Node):
             phi_init = None
         elif phi_init is None:
             phi_init = self.phi
-        feedback = TrainPolicy.Feedback(iteration=0, grad_norm=float('nan'))
-        goal_handle.publish_feedback(feedback)
         def solve():
             return self.problem.inner_solve(theta, phi_init, method=method, rng=self.rng)
 
-        # exact solves take milliseconds: a thread hand-off would cost more than it saves
-        solved = solve() if method == 'exact' else await self.work.run(solve)
+        # exact solves take milliseconds: a thread hand-off (or feedback messages, which each
+        # wake the client) would cost more than they tell
+        if method == 'exact':
+            solved = solve()
+        else:
+            goal_handle.publish_feedback(TrainPolicy.Feedback(iteration=0, grad_norm=float('nan')))
+            solved = await self.work.run(solve)
+            goal_handle.publish_feedback(TrainPolicy.Feedback(iteration=int(solved.iterations),
+                                                              grad_norm=float(solved.grad_norm)))
         if goal_handle.is_cancel_requested:
             goal_handle.canceled()
             result.message = 'cancelled: the solve finished but its policy was not adopted'
@@ -86,8 +92,6 @@ class InnerTrainer(Node):
         policy = conversions.policy_to_msg(solved.phi, self.policy_version, theta_version, solved.grad_norm)
         policy.header.stamp = self.get_clock().now().to_msg()
         self.policy_publisher.publish(policy)
-        goal_handle.publish_feedback(TrainPolicy.Feedback(iteration=int(solved.iterations),
-                                                          grad_norm=float(solved.grad_norm)))
         goal_handle.succeed()
         result.success = True
         result.policy = policy

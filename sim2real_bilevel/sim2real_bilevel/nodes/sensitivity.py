@@ -141,7 +141,8 @@ class Sensitivity(Node):
                 result.message = reason
                 self.get_logger().error(f'compute_sensitivity aborted: {reason}')
                 return result
-        goal_handle.publish_feedback(ComputeSensitivity.Feedback(stage='solving'))
+        if config.sensitivity_method != 'exact':
+            goal_handle.publish_feedback(ComputeSensitivity.Feedback(stage='solving'))
         solver = make_solver(config)
 
         def solve():
