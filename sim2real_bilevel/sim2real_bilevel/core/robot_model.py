@@ -81,18 +81,28 @@ class PendulumModel:
     def step_mean(self, state: torch.Tensor, action: torch.Tensor, theta_phys: torch.Tensor) -> torch.Tensor:
         """Deterministic next state (..., 2) from state (..., 2), action (..., 1) and the
         log physical parameters theta_phys (4,) (or (..., 4), broadcast)."""
+        return self.step_mean_with(state, action, self.coefficients(theta_phys))
+
+    def coefficients(self, theta_phys: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per-step constants of the dynamics, each divided by the inertia:
+        (gravity, motor, damping, friction).  Rollouts compute them once, not every step."""
         g = self.geometry
         payload, damping, friction, gain = torch.exp(theta_phys).unbind(-1)
         inertia = g.rod_mass * (g.link_length ** 2 / 3.0 + g.rod_radius ** 2 / 4.0) + payload * g.link_length ** 2
-        gravity_coefficient = g.gravity * (g.rod_mass * g.link_length / 2.0 + payload * g.link_length)
-        effort = action[..., 0]
-        motor_torque = gain * g.effort_limit * torch.tanh(effort / g.effort_limit)
+        gravity = g.gravity * (g.rod_mass * g.link_length / 2.0 + payload * g.link_length)
+        return gravity / inertia, gain * g.effort_limit / inertia, damping / inertia, friction / inertia
+
+    def step_mean_with(self, state: torch.Tensor, action: torch.Tensor, coefficients) -> torch.Tensor:
+        """``step_mean`` given ``coefficients(theta_phys)``."""
+        g = self.geometry
+        gravity, motor, damping, friction = coefficients
         h = g.control_period / g.physics_substeps
+        motor_acceleration = motor * torch.tanh(action[..., 0] / g.effort_limit)
         position, velocity = state[..., 0], state[..., 1]
         for _ in range(g.physics_substeps):
-            torque = (gravity_coefficient * torch.sin(position) + motor_torque - damping * velocity
-                      - friction * torch.tanh(velocity / g.friction_velocity_scale))
-            velocity = velocity + h * torque / inertia
+            acceleration = (gravity * torch.sin(position) + motor_acceleration - damping * velocity
+                            - friction * torch.tanh(velocity / g.friction_velocity_scale))
+            velocity = velocity + h * acceleration
             position = position + h * velocity
         return torch.stack((position, velocity), dim=-1)
 
@@ -112,7 +122,12 @@ class PendulumModel:
     @staticmethod
     def reward(state: torch.Tensor, action: torch.Tensor, theta_reward: torch.Tensor) -> torch.Tensor:
         """r_theta(s, a) in (0, 1], shape (...); theta_reward (3,) = log weights."""
-        w_angle, w_velocity, w_effort = torch.exp(theta_reward).unbind(-1)
+        return PendulumModel.reward_with(state, action, torch.exp(theta_reward).unbind(-1))
+
+    @staticmethod
+    def reward_with(state: torch.Tensor, action: torch.Tensor, weights) -> torch.Tensor:
+        """``reward`` given the weights exp(theta_reward) as (w_angle, w_velocity, w_effort)."""
+        w_angle, w_velocity, w_effort = weights
         cost = (w_angle * (1.0 - torch.cos(state[..., 0])) + w_velocity * state[..., 1] ** 2
                 + w_effort * action[..., 0] ** 2)
         return torch.exp(-cost)

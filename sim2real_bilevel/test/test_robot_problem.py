@@ -1,0 +1,326 @@
+"""RobotProblem: config validation, the CRN objective and its derivatives, the implicit
+function theorem against re-solved inner optima, real episodes, sysid, the oracle."""
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sim2real_bilevel.core import implicit
+from sim2real_bilevel.core.config import ProblemConfigError, load_yaml
+from sim2real_bilevel.core.problems.robot import CommonNoise, RobotProblem
+
+CONFIG = Path(__file__).resolve().parents[1] / 'config' / 'pendulum.yaml'
+
+TINY = {
+    'kind': 'robot', 'gamma': 0.95, 'horizon': 12,
+    'initial_state': {'position_range': [-0.3, 0.3], 'velocity_range': [-0.3, 0.3]},
+    'task': {'reward_weights': {'angle': 5.0, 'velocity': 0.1, 'effort': 0.05}},
+    'real': {'payload_mass': 0.5, 'damping': 0.1, 'coulomb_friction': 0.05, 'motor_gain': 0.7,
+             'actuation_delay_steps': 1, 'effort_limit': 2.0,
+             'sensor_noise': {'position': 0.005, 'velocity': 0.05, 'effort': 0.0}},
+    'simulator': {
+        'physics_substeps': 1, 'effort_limit': 2.5, 'transition_noise_std': [0.002, 0.05],
+        'parameters': {'payload_mass': {'value': 0.2, 'learn': True, 'bounds': [0.02, 2.0]},
+                       'damping': {'value': 0.02, 'learn': True, 'bounds': [0.002, 1.0]},
+                       'coulomb_friction': {'value': 0.02, 'learn': False},
+                       'motor_gain': {'value': 1.0, 'learn': True, 'bounds': [0.2, 3.0]}},
+        'reward_weights': {'angle': {'value': 5.0},
+                           'velocity': {'value': 0.3, 'learn': True, 'bounds': [0.01, 2.0]},
+                           'effort': {'value': 0.2, 'learn': True, 'bounds': [0.01, 2.0]}}},
+    'policy': {'hidden_sizes': [4], 'initial_std': 0.3},
+    'inner': {'episodes': 6, 'entropy': 0.01, 'l2': 0.1, 'tolerance': 1e-7, 'max_iterations': 300,
+              'warmup_iterations': 100, 'oracle_iterations': 200},
+    'evaluation': {'episodes': 8, 'seed': 5},
+}
+
+
+def tiny(**changes) -> RobotProblem:
+    data = copy.deepcopy(TINY)
+    for path, value in changes.items():
+        node = data
+        keys = path.split('.')
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+    return RobotProblem.from_dict(data, '<tiny>')
+
+
+@pytest.fixture(scope='module')
+def problem():
+    return tiny()
+
+
+def newton(problem, phi: np.ndarray, theta: np.ndarray, steps: int) -> np.ndarray:
+    """Polish an inner optimum to machine precision with dense Newton steps (the tiny
+    problem's Hessian is cheap to form from the problem's own Hessian-vector products)."""
+    for _ in range(steps):
+        terms = problem.sensitivity_terms(phi, theta)
+        hessian = -implicit.DenseSolver().matrix(implicit.operators(terms))
+        residual = problem.inner_gradient(torch.as_tensor(phi), torch.as_tensor(theta))
+        phi = phi - torch.linalg.solve(hessian, residual).numpy()
+    return phi
+
+
+@pytest.fixture(scope='module')
+def solved(problem):
+    """(theta, L-BFGS result, phi*(theta) polished by Newton to ||F|| ~ 1e-15)."""
+    theta = problem.theta0()
+    result = problem.inner_solve(theta)
+    return theta, result, newton(problem, result.phi, theta, steps=3)
+
+
+def central_difference(function, x: torch.Tensor, direction: torch.Tensor, step: float = 1e-5):
+    return (function(x + step * direction) - function(x - step * direction)) / (2 * step)
+
+
+# --- loading and validation ----------------------------------------------------------------------
+def test_shipped_config_loads_with_learnable_dynamics_and_reward():
+    data, source = load_yaml(CONFIG)
+    problem = RobotProblem.from_dict(data, source)
+    lower, upper = problem.theta_bounds()
+    assert np.all(lower <= problem.theta0()) and np.all(problem.theta0() <= upper)
+    groups = problem.theta_groups()
+    assert groups['dynamics'].any() and groups['reward'].any()
+    assert np.array_equal(groups['dynamics'], ~groups['reward'])
+    assert problem.phi_size() == problem.policy.num_params
+    assert len(problem.theta_names) == problem.theta0().size
+
+
+@pytest.mark.parametrize('path, value, field', [
+    ('real.motor_gain', -1.0, 'real.motor_gain'),
+    ('gamma', 1.0, 'gamma'),
+    ('simulator.parameters.damping.value', 5.0, 'simulator.parameters.damping.value'),
+    ('simulator.parameters.damping.learn', 'yes', 'simulator.parameters.damping.learn'),
+    ('simulator.parameters.damping.bounds', [0.5, 0.1], 'simulator.parameters.damping.bounds'),
+    ('simulator.transition_noise_std', [0.0, 0.1], 'simulator.transition_noise_std'),
+    ('initial_state.position_range', [0.2], 'initial_state.position_range'),
+    ('policy.hidden_sizes', [4, 0], 'policy.hidden_sizes'),
+    ('real.actuation_delay_steps', 1.5, 'real.actuation_delay_steps'),
+])
+def test_malformed_fields_are_reported_by_name(path, value, field):
+    with pytest.raises(ProblemConfigError) as error:
+        tiny(**{path: value})
+    assert error.value.field == field
+    assert '<tiny>' in str(error.value)
+
+
+def test_unknown_fields_and_outer_typos_are_rejected():
+    with pytest.raises(ProblemConfigError, match='real.mass'):
+        tiny(**{'real.mass': 1.0})
+    with pytest.raises(ProblemConfigError, match='outer'):
+        tiny(outer={'step_sise': 0.1})
+
+
+def test_nothing_learnable_is_rejected():
+    data = copy.deepcopy(TINY)
+    for section in ('parameters', 'reward_weights'):
+        for entry in data['simulator'][section].values():
+            entry['learn'] = False
+    with pytest.raises(ProblemConfigError, match='learn'):
+        RobotProblem.from_dict(data, '<tiny>')
+
+
+# --- the in-sim objective and its derivatives --------------------------------------------------------
+def test_inner_gradient_is_the_pure_gradient_of_the_crn_objective(problem):
+    phi = torch.as_tensor(problem.policy.init_params(np.random.default_rng(3)))
+    theta = torch.as_tensor(problem.theta0())
+    gradient = problem.inner_gradient(phi, theta)
+    direction = torch.as_tensor(np.random.default_rng(4).standard_normal(phi.numel()))
+    expected = central_difference(lambda p: problem.sim_objective(p, theta), phi, direction)
+    assert float(gradient @ direction) == pytest.approx(float(expected), rel=1e-6)
+    # deterministic (fixed common random numbers) and batched-safe under vmap
+    torch.testing.assert_close(problem.inner_gradient(phi, theta), gradient)
+    batched = torch.func.vmap(problem.inner_gradient, in_dims=(0, None))(torch.stack([phi, phi]), theta)
+    torch.testing.assert_close(batched[1], gradient)
+
+
+def test_sensitivity_operators_match_finite_differences_of_F(problem, solved):
+    theta, _, phi = solved
+    terms = problem.sensitivity_terms(phi, theta)
+    rng = np.random.default_rng(5)
+    phi_t, theta_t = torch.as_tensor(phi), torch.as_tensor(theta)
+    v = torch.as_tensor(rng.standard_normal(phi_t.numel()))
+    w = torch.as_tensor(rng.standard_normal(theta_t.numel()))
+    u = torch.as_tensor(rng.standard_normal(phi_t.numel()))
+    hvp_fd = central_difference(lambda p: problem.inner_gradient(p, theta_t), phi_t, v)
+    torch.testing.assert_close(terms.hvp(v), hvp_fd, rtol=1e-5, atol=1e-7)
+    jvp_fd = central_difference(lambda t: problem.inner_gradient(phi_t, t), theta_t, w)
+    torch.testing.assert_close(terms.info['jvp_theta'](w), jvp_fd, rtol=1e-5, atol=1e-7)
+    # <u, dF/dtheta w> two ways: the VJP is the transpose of the JVP
+    assert float(terms.vjp_theta(u) @ w) == pytest.approx(float(u @ jvp_fd), rel=1e-5)
+    # F is a gradient: its Jacobian is symmetric
+    assert float(terms.hvp(v) @ u) == pytest.approx(float(terms.hvp(u) @ v), rel=1e-9)
+    assert terms.info['symmetric'] and terms.info['theta_size'] == theta.size
+
+
+def test_inner_solve_converges_and_warm_start_is_cheap(problem, solved):
+    theta, result, phi = solved
+    assert result.grad_norm < 1e-6
+    assert np.abs(result.phi - phi).max() < 1e-3                 # the same optimum Newton polishes
+    assert float(problem.inner_gradient(torch.as_tensor(phi), torch.as_tensor(theta)).norm()) < 1e-12
+    again = problem.inner_solve(theta, phi)
+    assert again.iterations <= 2
+    np.testing.assert_allclose(again.phi, phi, atol=1e-8)
+
+
+def test_implicit_sensitivity_matches_resolved_inner_optima(problem, solved):
+    """d phi*/d theta from the IFT (dense, and CG that never forms the Hessian) against
+    central differences of phi*(theta +- h e_j) re-solved by Newton to machine precision."""
+    theta, _, phi = solved
+    terms = problem.sensitivity_terms(phi, theta)
+    dense = implicit.sensitivity_matrix(terms, implicit.dense_solver())
+    cg = implicit.sensitivity_matrix(terms, implicit.cg_solver(maxiter=2000, tol=1e-13))
+    step = 1e-5
+    columns = []
+    for j in range(theta.size):
+        offset = np.zeros_like(theta)
+        offset[j] = step
+        plus = newton(problem, phi, theta + offset, steps=2)
+        minus = newton(problem, phi, theta - offset, steps=2)
+        columns.append((plus - minus) / (2 * step))
+    finite = np.stack(columns, axis=1)
+    assert np.linalg.norm(dense - finite) / np.linalg.norm(finite) < 1e-6
+    assert np.linalg.norm(cg - dense) / np.linalg.norm(dense) < 1e-6
+
+
+def test_sampled_terms_use_the_trajectories_random_numbers(problem, solved):
+    theta, result, _ = solved
+    trajectories = problem.simulate(result.phi, theta, 5, problem.horizon, np.random.default_rng(6))
+    noise = problem.noise_of(result.phi, theta, trajectories)
+    states, actions, rewards = problem.rollout(torch.as_tensor(result.phi),
+                                               problem.full_theta(torch.as_tensor(theta)), noise)
+    np.testing.assert_allclose(states.transpose(0, 1).numpy(), trajectories.states, atol=1e-10)
+    np.testing.assert_allclose(rewards.T.numpy(), trajectories.rewards, atol=1e-12)
+    sampled = problem.sensitivity_terms(result.phi, theta, method='sampled', trajectories=trajectories)
+    exact = problem.sensitivity_terms(result.phi, theta)
+    v = torch.as_tensor(np.random.default_rng(7).standard_normal(result.phi.size))
+    expected = torch.func.jvp(lambda p: torch.func.grad(problem.sim_objective)(p, torch.as_tensor(theta), noise),
+                              (torch.as_tensor(result.phi),), (v,))[1]
+    torch.testing.assert_close(sampled.hvp(v), expected)
+    assert not torch.allclose(sampled.hvp(v), exact.hvp(v))
+
+
+def test_simulate_scores_are_gradients_of_the_transition_log_density(problem):
+    phi = problem.policy.init_params(np.random.default_rng(8))
+    theta = problem.theta0()
+    batch = problem.simulate(phi, theta, 3, 7, np.random.default_rng(9))
+    assert batch.states.shape == (3, 8, 2) and batch.actions.shape == (3, 7, 1)
+    assert batch.score_theta.shape == (3, 7, theta.size)
+    i, t = 2, 4
+    theta_t = torch.as_tensor(theta).requires_grad_(True)
+    log_density = problem.model.log_prob(torch.as_tensor(batch.states[i, t + 1]), torch.as_tensor(batch.states[i, t]),
+                                         torch.as_tensor(batch.actions[i, t]),
+                                         problem.model.split(problem.full_theta(theta_t))[0])
+    (expected,) = torch.autograd.grad(log_density, theta_t)
+    np.testing.assert_allclose(batch.score_theta[i, t], expected.numpy(), rtol=1e-10, atol=1e-12)
+    reward_entries = problem.theta_groups()['reward']
+    assert np.all(batch.score_theta[..., reward_entries] == 0.0)
+
+
+# --- real system --------------------------------------------------------------------------------------
+def test_real_episodes_are_reproducible_and_consistent(problem):
+    phi = problem.policy.init_params(np.random.default_rng(10))
+    first = problem.sample_real(phi, 3, np.random.default_rng(11))
+    second = problem.sample_real(phi, 3, np.random.default_rng(11))
+    np.testing.assert_array_equal(first.states, second.states)
+    assert first.source == 'real' and first.states.shape == (3, problem.horizon + 1, 2)
+    observations = problem.model.observation(torch.as_tensor(first.states[:, :-1]))
+    log_probs = problem.policy.log_prob(torch.as_tensor(phi), observations, torch.as_tensor(first.actions))
+    np.testing.assert_allclose(first.log_probs, log_probs.numpy())
+    assert np.all((first.rewards > 0) & (first.rewards <= 1))
+
+
+def test_real_policy_gradient_baseline_absorbs_returns_it_can_represent(problem):
+    phi = problem.policy.init_params(np.random.default_rng(12))
+    batch = problem.sample_real(phi, 4, np.random.default_rng(13))
+    batch.rewards[:] = 0.5     # the reward-to-go is then a function of time only: the baseline is exact
+    assert np.abs(problem.real_policy_gradient(phi, [batch])).max() < 1e-6
+    batch.rewards[:] = np.random.default_rng(0).uniform(size=batch.rewards.shape)
+    assert np.abs(problem.real_policy_gradient(phi, [batch])).max() > 1e-3
+
+
+def test_real_policy_gradient_is_unbiased_on_a_known_objective(problem):
+    """Exogenous i.i.d. states and reward -(a - c)^2: the expected gradient is
+    sum_t gamma^t grad_phi E[-(a_t - c)^2] = sum_t gamma^t grad_phi [-(mu(o_t) - c)^2 - sigma^2]."""
+    from sim2real_bilevel.core.problem import Trajectories
+    rng = np.random.default_rng(18)
+    phi = problem.policy.init_params(rng) + 0.3 * rng.standard_normal(problem.phi_size())
+    n, horizon, target = 3000, 4, 0.4
+    states = rng.uniform(-0.5, 0.5, size=(n, horizon + 1, 2))
+    phi_t = torch.as_tensor(phi)
+    observations = problem.model.observation(torch.as_tensor(states[:, :-1]))
+    with torch.no_grad():
+        actions = (problem.policy.mean(phi_t, observations)
+                   + torch.exp(problem.policy.log_std(phi_t)) * torch.as_tensor(rng.standard_normal((n, horizon, 1))))
+    rewards = -(actions[..., 0].numpy() - target) ** 2
+    batch = Trajectories(states=states, actions=actions.numpy(), rewards=rewards,
+                         dones=np.zeros((n, horizon), dtype=bool), log_probs=np.zeros((n, horizon)), source='real')
+    problem_gamma = problem.gamma
+    estimate = problem.real_policy_gradient(phi, [batch])
+
+    def expected_return(p):
+        mean = problem.policy.mean(p, observations)[..., 0]
+        per_step = -(mean - target) ** 2 - torch.exp(2 * problem.policy.log_std(p)).sum()
+        return (per_step * problem_gamma ** torch.arange(horizon, dtype=torch.float64)).sum(1).mean()
+
+    expected = torch.func.grad(expected_return)(phi_t).numpy()
+    assert np.linalg.norm(estimate - expected) / np.linalg.norm(expected) < 0.1
+
+
+def test_generalised_advantages_interpolate_between_td_and_monte_carlo():
+    from sim2real_bilevel.core.problems.robot import _gae
+    rng = np.random.default_rng(19)
+    rewards, values, gamma = rng.standard_normal((3, 5)), rng.standard_normal((3, 6)), 0.9
+    values[:, -1] = 0.0
+    td = rewards + gamma * values[:, 1:] - values[:, :-1]
+    np.testing.assert_allclose(_gae(rewards, values, gamma, 0.0), td)
+    discounts = gamma ** np.arange(5)
+    to_go = np.array([[rewards[i, t:] @ discounts[:5 - t] for t in range(5)] for i in range(3)])
+    np.testing.assert_allclose(_gae(rewards, values, gamma, 1.0), to_go - values[:, :-1])
+
+
+def test_real_episodes_do_not_depend_on_which_run_beside_them(problem):
+    phi = problem.policy.init_params(np.random.default_rng(20))
+    together = problem.real_episodes(phi, [3, 4, 5])
+    alone = problem.real_episodes(phi, [4])
+    for part_together, part_alone in zip(together, alone):
+        np.testing.assert_allclose(part_together[1], part_alone[0], rtol=0, atol=1e-12)
+
+
+def test_system_identification_recovers_a_well_specified_robot():
+    """No delay, no noise, no clipping, the model's friction and integration step: ML lands
+    near the true parameters (the model only differs in its smooth friction curve)."""
+    problem = tiny(**{'real.actuation_delay_steps': 0, 'real.sensor_noise': {}, 'real.coulomb_friction': 0.02,
+                      'real.effort_limit': 1e6, 'simulator.effort_limit': 1e6,
+                      'real.physics_substeps': 4, 'simulator.physics_substeps': 4,
+                      'initial_state.velocity_range': [-2.0, 2.0]})
+    phi = problem.policy.init_params(np.random.default_rng(16))
+    phi[-1] = np.log(1.0)                     # wide exploration makes the gain identifiable
+    batch = problem.sample_real(phi, 6, np.random.default_rng(17))
+    theta = problem.system_identification([batch], problem.theta0())
+    fitted = dict(zip(problem.theta_names, np.exp(theta)))
+    assert fitted['log_payload_mass'] == pytest.approx(0.5, rel=0.02)     # measured: 0.503
+    assert fitted['log_motor_gain'] == pytest.approx(0.7, rel=0.02)       # 0.703
+    assert fitted['log_damping'] == pytest.approx(0.1, rel=0.05)          # 0.1002
+    reward = problem.theta_groups()['reward']
+    np.testing.assert_array_equal(theta[reward], problem.theta0()[reward])
+
+
+def test_oracle_is_normalised_to_one_and_cached(problem):
+    oracle = problem.oracle_phi()
+    assert problem.oracle_phi() is oracle
+    assert problem.normalized_return(oracle) == pytest.approx(1.0)
+    nominal = problem.inner_solve(problem.theta0()).phi
+    assert problem.normalized_return(nominal) != pytest.approx(1.0)
+    assert float(problem.real_objective(torch.as_tensor(nominal))) == pytest.approx(problem.real_return(nominal))
+
+
+def test_common_noise_is_deterministic_in_its_generator():
+    from sim2real_bilevel.core.problems.robot import InitialStateRange
+    initial = InitialStateRange((-0.1, 0.2), (0.0, 0.5))
+    a = CommonNoise.draw(4, 3, initial, np.random.default_rng(0))
+    b = CommonNoise.draw(4, 3, initial, np.random.default_rng(0))
+    torch.testing.assert_close(a.transition_noise, b.transition_noise)
+    assert float(a.initial_states[:, 0].min()) >= -0.1 and float(a.initial_states[:, 1].max()) <= 0.5
