@@ -251,3 +251,20 @@ def test_sampled_terms_without_rng_are_reproducible_per_batch(shipped):
     np.testing.assert_array_equal(first.mixed, second.mixed)
     with pytest.raises(ValueError, match='method'):
         shipped.sensitivity_terms(phi, theta, method='guess')
+
+
+def test_sensitivity_table_reports_each_size_and_improves_with_samples(shipped):
+    from sim2real_bilevel.core.problems.tabular import format_sensitivity_table, sampled_sensitivity_table
+
+    configured = shipped.inner.sensitivity_min_pair_samples
+    rows = sampled_sensitivity_table(shipped, horizons=(20,), episodes=(25, 1600), min_pair_samples=(0, None),
+                                     repeats=3, seed=1)
+    assert shipped.inner.sensitivity_min_pair_samples == configured
+    assert [(r['min_pair_samples'], r['episodes']) for r in rows] == [(0, 25), (0, 1600),
+                                                                     (configured, 25), (configured, 1600)]
+    assert all(np.isfinite(r['median_error']) and r['max_error'] >= r['median_error'] for r in rows)
+    # trajectories only: 64 times the data cuts the error; the topped-up critic beats both
+    assert rows[1]['median_error'] < rows[0]['median_error']
+    assert rows[3]['median_error'] < rows[1]['median_error']
+    text = format_sensitivity_table(rows)
+    assert 'trajectories only' in text and str(configured) in text
