@@ -230,12 +230,18 @@ def test_discounted_second_moment_with_a_stationary_tail():
 def test_sampled_inner_solve_converges_to_the_riccati_gain(shipped):
     theta = shipped.theta0()
     exact = shipped.inner_solve(theta).phi
-    start = exact * 0.5                                   # stabilising but far from optimal
-    result = shipped.inner_solve(theta, start, method='sampled', rng=np.random.default_rng(0))
-    assert result.info['estimated_grad_norm'] <= shipped.inner.sampled_tolerance
-    assert not result.info['restarted']
-    assert result.grad_norm < 0.05 * np.linalg.norm(shipped.sim_closed_loop(start, theta).gradient)
-    assert relative_error(result.phi, exact) < 0.05
+    start = exact * 0.7                                   # stabilising, ||F|| = 0.7
+    tolerance = 0.1
+    result = shipped.inner_solve(theta, start, method='sampled', rng=np.random.default_rng(0),
+                                 sampled_tolerance=tolerance)
+    info = result.info
+    assert info['estimated_grad_norm'] + 2 * info['noise'] <= tolerance
+    assert result.iterations < shipped.inner.sampled_max_iterations
+    assert not info['restarted']
+    # the held-out statistic tracks the exact ||F|| (its noise term comes from two halves only,
+    # so it is a rough guard: measured over 4 seeds the exact ||F|| was 0.03-0.12 at stop)
+    assert result.grad_norm <= 2 * tolerance
+    assert relative_error(result.phi, exact) < relative_error(start, exact) / 5
 
 
 def test_sampled_inner_solve_restarts_from_riccati_when_the_warm_start_is_unstable(shipped):
@@ -375,6 +381,7 @@ def test_theta_groups_and_bounds(shipped):
 def test_critic_needs_enough_transitions(shipped):
     batch = shipped.sample_real(shipped.real_optimum()[0], 1, np.random.default_rng(0))
     short = dataclasses.replace(batch, states=batch.states[:, :4], actions=batch.actions[:, :3],
-                                rewards=batch.rewards[:, :3], dones=batch.dones[:, :3], log_probs=batch.log_probs[:, :3])
+                                rewards=batch.rewards[:, :3], dones=batch.dones[:, :3],
+                                log_probs=batch.log_probs[:, :3])
     with pytest.raises(ValueError, match='do not determine'):
         shipped.real_policy_gradient(shipped.real_optimum()[0], [short])

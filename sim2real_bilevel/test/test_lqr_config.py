@@ -188,7 +188,8 @@ def test_cost_parametrisation_keeps_q_psd_and_r_pd_over_the_whole_box():
     rng = np.random.default_rng(0)
     for _ in range(200):
         corner = rng.integers(0, 2, lower.size).astype(bool)
-        theta = np.where(corner, upper, lower) if rng.random() < 0.5 else lower + (upper - lower) * rng.random(lower.size)
+        inside = lower + (upper - lower) * rng.random(lower.size)
+        theta = np.where(corner, upper, lower) if rng.random() < 0.5 else inside
         _, _, q, r = problem.simulator_matrices(theta)
         assert np.linalg.eigvalsh(q).min() >= -1e-12
         assert np.linalg.eigvalsh(r).min() > 0
@@ -235,3 +236,29 @@ def test_shipped_family_contains_a_near_optimal_simulator(shipped):
                       bounds=list(zip(lower, upper)))
     assert np.all(lower <= result.x) and np.all(result.x <= upper)
     assert shipped.normalized_return(shipped.inner_solve(result.x).phi) >= 0.999
+
+
+def run_bilevel(problem, seed, iterations, **overrides):
+    from sim2real_bilevel.core.experiments import make_run
+    run = make_run(problem, 'bilevel', seed, iterations=iterations, overrides=overrides or None)
+    return run.run()
+
+
+def test_shipped_bilevel_loop_with_sampled_real_gradient_improves_quickly(shipped):
+    """One seed of the outer loop at the file's defaults (25 real transitions per iteration,
+    LSTD-Q real gradient): normalised return >= 0.95 within 25 iterations (measured over 5
+    seeds: 7-17)."""
+    history = run_bilevel(shipped, 0, 25)
+    assert history[0].normalized_return < 0.8
+    assert max(r.normalized_return for r in history) >= 0.95
+    assert history[-1].real_transitions == 25 * shipped.real_horizon
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('sensitivity', ['exact', 'sampled'])
+def test_shipped_bilevel_loop_converges_on_five_seeds(shipped, sensitivity):
+    for seed in range(5):
+        history = run_bilevel(shipped, seed, None, sensitivity_method=sensitivity)
+        first = next(r.iteration for r in history if r.normalized_return >= 0.95)
+        assert first <= 40, (seed, first)
+        assert history[-1].normalized_return >= 0.99, seed
