@@ -5,7 +5,7 @@ from pathlib import Path
 
 from ..config import ProblemConfigError, load_yaml
 
-KINDS = ('tabular', 'lqr')
+KINDS = ('tabular', 'lqr', 'robot')
 
 
 def load_problem(path: str | Path):
@@ -18,4 +18,7 @@ def load_problem(path: str | Path):
     if kind == 'lqr':
         from .lqr import LQRProblem
         return LQRProblem.from_dict(data, source)
+    if kind == 'robot':
+        from .robot import RobotProblem
+        return RobotProblem.from_dict(data, source)
     raise ProblemConfigError(source, 'kind', kind, f'one of {list(KINDS)}')
