@@ -1205,6 +1205,15 @@ def sampled_sensitivity_table(problem: LQRProblem, theta: Optional[np.ndarray] =
     return rows
 
 
+def sampled_error_table(problem: LQRProblem, Ns=(10, 25, 50), ns=(250, 1000, 4000),
+                        seed: int = 0) -> list[tuple[int, int, float]]:
+    """(N, n, relative error) rows: one seeded sampled d phi*/d theta per trajectory length N
+    and number of trajectories n, against finite differences at the nominal theta (the compact
+    form of ``sampled_sensitivity_table``)."""
+    rows = sampled_sensitivity_table(problem, horizons=Ns, episodes=ns, repeats=1, seed=seed)
+    return [(row['horizon'], row['episodes'], row['median_error']) for row in rows]
+
+
 def format_sensitivity_table(rows: list[dict]) -> str:
     header = f'{"N":>5}{"n":>7}{"transitions":>13}{"median rel.err":>16}{"max rel.err":>13}{"s/estimate":>12}'
     lines = [header, '-' * len(header)]
