@@ -107,6 +107,7 @@ import scipy.linalg
 import torch
 
 from ..config import FieldReader, ProblemConfigError, check_symmetric_psd
+from .common import read_outer_section
 from ..policies import linear_gaussian as policy
 from ..problem import BilevelProblem, InnerResult, SensitivityTerms, Trajectories
 
@@ -1034,7 +1035,7 @@ def _parse(data: dict, source: str) -> LQRProblem:
     problem = LQRProblem(gamma=gamma, real_a=real_a, real_b=real_b, real_noise=real_noise, cost_q=cost_q,
                          cost_r=cost_r, initial_mean=initial_mean, initial_covariance=initial_covariance, std=std,
                          family=family, sim_noise=sim_noise, real_horizon=horizon,
-                         inner=_read_inner(root.section('inner', {})), outer_defaults=_read_outer(root),
+                         inner=_read_inner(root.section('inner', {})), outer_defaults=read_outer_section(root),
                          source=source)
     return problem
 
@@ -1140,31 +1141,6 @@ def _override(settings: InnerSettings, options: dict) -> InnerSettings:
     values = {f.name: getattr(settings, f.name) for f in fields(InnerSettings)}
     values.update(options)
     return InnerSettings(**values)
-
-
-def _read_outer(root: FieldReader) -> dict:
-    """The ``outer:`` section, kept as a plain dict (``outer_defaults``) after checking it with
-    ``OuterConfig`` -- including each ``methods: {NAME: {...}}`` override merged over it."""
-    section = root.section('outer', {})
-    values = dict(section.data)
-    try:
-        from ..outer import OuterConfig
-    except ImportError:                   # the outer loop re-validates when it runs
-        return values
-    shared = {key: value for key, value in values.items() if key != 'methods'}
-    per_method = values.get('methods') or {}
-    if not isinstance(per_method, dict):
-        raise section.error('methods', per_method, 'a mapping from method name to outer-loop fields')
-    checks = [('', {})] + [(f'.methods.{name}', overrides) for name, overrides in per_method.items()]
-    for suffix, overrides in checks:
-        if not isinstance(overrides, dict):
-            raise ProblemConfigError(root.source, 'outer' + suffix, overrides, 'a mapping of outer-loop fields')
-        try:
-            OuterConfig.from_mapping({**shared, **overrides})
-        except (TypeError, ValueError) as err:
-            raise ProblemConfigError(root.source, 'outer' + suffix, overrides or shared,
-                                     f'valid outer-loop settings ({err})')
-    return values
 
 
 # --- sampled-sensitivity accuracy -----------------------------------------------------------------

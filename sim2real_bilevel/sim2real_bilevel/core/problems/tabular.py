@@ -66,7 +66,7 @@ from ..config import FieldReader, ProblemConfigError, check_probability_rows
 from ..policies import tabular_softmax as policy
 from ..problem import BilevelProblem, InnerResult, SensitivityTerms, Trajectories
 # the outer: section is validated the same way for every problem kind
-from .lqr import _read_outer as read_outer_section
+from .common import read_outer_section
 
 TOP_LEVEL_FIELDS = {'kind', 'gamma', 'initial_distribution', 'real', 'simulator', 'inner', 'outer',
                     'real_gradient'}
