@@ -231,11 +231,14 @@ def terms_from_residual(residual_fn: Callable[[Vector, Vector], Vector], phi, th
     _, pullback_phi = vjp(lambda p: residual_fn(p, theta), phi)
     _, pullback_theta = vjp(lambda t: residual_fn(phi, t), theta)
 
+    def hvp_t(v):
+        return pullback_phi(v)[0]
+
     def hvp(v):
         return jvp(lambda p: residual_fn(p, theta), (phi,), (v,))[1]
 
-    def hvp_t(v):
-        return pullback_phi(v)[0]
+    if symmetric:   # dF/dphi v = dF/dphi^T v: reuse the recorded pullback, no new forward pass
+        hvp = hvp_t
 
     def vjp_theta(u):
         return pullback_theta(u)[0]
