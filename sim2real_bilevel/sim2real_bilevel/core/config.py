@@ -12,6 +12,13 @@ import numpy as np
 import yaml
 
 PROBABILITY_TOLERANCE = 1e-9
+# Largest magnitude of any number in a problem file: squares and discounted sums of such
+# numbers (costs, returns, second moments) must stay finite in float64.
+MAX_MAGNITUDE = 1e100
+# Largest integer field (counts, horizons, seeds): fits a ROS integer parameter and a C int.
+MAX_INTEGER = 2 ** 31 - 1
+# Longest episode a problem file may ask for (arrays of n x horizon are preallocated).
+MAX_HORIZON = 10 ** 6
 
 
 class ProblemConfigError(ValueError):
@@ -77,18 +84,23 @@ class FieldReader:
                     + (str(high) if high is not None else 'inf') + (')' if high_open else ']'))
         if not np.isfinite(value):
             raise self.error(key, value, f'a finite number in {interval}')
+        if abs(value) > MAX_MAGNITUDE:
+            raise self.error(key, value, f'a number of magnitude at most {MAX_MAGNITUDE:g} in {interval}')
         if low is not None and (value < low or (low_open and value == low)):
             raise self.error(key, value, f'a number in {interval}')
         if high is not None and (value > high or (high_open and value == high)):
             raise self.error(key, value, f'a number in {interval}')
         return value
 
-    def integer(self, key: str, default: Any = ..., *, low: int | None = None) -> int:
+    def integer(self, key: str, default: Any = ..., *, low: int | None = None,
+                high: int = MAX_INTEGER) -> int:
         value = self.raw(key, default)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(key, value, 'an integer')
         if low is not None and value < low:
             raise self.error(key, value, f'an integer >= {low}')
+        if value > high:
+            raise self.error(key, value, f'an integer <= {high}')
         return value
 
     def array(self, key: str, shape: tuple[int | None, ...], default: Any = ...) -> np.ndarray:
@@ -127,6 +139,10 @@ def to_array(value: Any, shape: tuple[int | None, ...], source: str, field: str)
     if not np.all(np.isfinite(arr)):
         index = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
         raise ProblemConfigError(source, field + _index(index), arr[index], 'a finite number')
+    if np.any(np.abs(arr) > MAX_MAGNITUDE):
+        index = tuple(int(i) for i in np.argwhere(np.abs(arr) > MAX_MAGNITUDE)[0])
+        raise ProblemConfigError(source, field + _index(index), arr[index],
+                                 f'a number of magnitude at most {MAX_MAGNITUDE:g}')
     return arr
 
 

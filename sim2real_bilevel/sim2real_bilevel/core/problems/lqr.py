@@ -106,7 +106,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from ..config import FieldReader, ProblemConfigError, check_symmetric_psd
+from ..config import MAX_HORIZON, FieldReader, ProblemConfigError, check_symmetric_psd
 from .common import read_outer_section
 from ..policies import linear_gaussian as policy
 from ..problem import BilevelProblem, InnerResult, SensitivityTerms, Trajectories
@@ -979,7 +979,7 @@ def _parse(data: dict, source: str) -> LQRProblem:
     if m < 1:
         raise real.error('B', real_b.tolist(), f'an {n} x m matrix with m >= 1 inputs')
     real_noise = _covariance(real, 'noise_covariance', n, definite=False)
-    horizon = real.integer('horizon', 50, low=1)
+    horizon = real.integer('horizon', 50, low=1, high=MAX_HORIZON)
 
     cost = root.section('cost')
     cost.reject_unknown(COST_FIELDS)

@@ -150,7 +150,7 @@ class RobotProblem(BilevelProblem):
         if robot != 'pendulum':
             raise root.error('robot', robot, "'pendulum' (the only robot so far)")
         gamma = root.scalar('gamma', low=0.0, high=1.0, low_open=True, high_open=True)
-        horizon = root.integer('horizon', low=1)
+        horizon = root.integer('horizon', low=1, high=10 ** 6)   # = config.MAX_HORIZON
 
         geo = root.section('geometry', {})
         geo.reject_unknown({'link_length', 'rod_radius', 'rod_mass', 'gravity', 'control_period'})

@@ -62,7 +62,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..config import FieldReader, ProblemConfigError, check_probability_rows
+from ..config import MAX_HORIZON, FieldReader, ProblemConfigError, check_probability_rows
 from ..policies import tabular_softmax as policy
 from ..problem import BilevelProblem, InnerResult, SensitivityTerms, Trajectories
 # the outer: section is validated the same way for every problem kind
@@ -178,7 +178,7 @@ class TabularProblem(BilevelProblem):
                              'at least 2 actions per state (a single action leaves no policy to learn)')
         check_probability_rows(transitions, source, real.path('transitions'))
         real_rewards = real.array('rewards', (n_states, n_actions))
-        horizon = real.integer('horizon', 50, low=1)
+        horizon = real.integer('horizon', 50, low=1, high=MAX_HORIZON)
 
         initial = root.array('initial_distribution', (n_states,))
         check_probability_rows(initial, source, 'initial_distribution')
