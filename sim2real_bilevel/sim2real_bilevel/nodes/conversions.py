@@ -26,6 +26,15 @@ from ..core.problem import Trajectories
 
 POLICY_KINDS = (PolicyParameters.KIND_FLAT,)
 SOURCES = (TrajectoryBatch.SOURCE_SIM, TrajectoryBatch.SOURCE_REAL)
+# Largest magnitude of a value that must be finite: squares and sums of such values (costs,
+# returns, norms) stay finite in float64; anything larger is garbage, not data.
+MAX_MAGNITUDE = 1e100
+# Versions count accepted updates one at a time: a version further ahead than this is not
+# the next update but a corrupt (or hostile) one, and adopting it would make every genuine
+# later version look stale.
+MAX_VERSION_STEP = 10 ** 6
+# log pi(a|s) of a discrete policy is <= 0; this much above 0 is rounding.
+LOG_PROBABILITY_SLACK = 1e-9
 
 
 class MessageValidationError(ValueError):
@@ -46,11 +55,15 @@ def vector_from_field(field, what: str, size: Optional[int] = None, *, finite: b
     """A float64[] field as a fresh 1-D float64 array.
 
     ``size``: the length expected (``size_rule`` explains where it comes from);
-    ``finite``: reject nan and +-inf (else only nan is rejected)."""
+    ``finite``: reject nan, +-inf and magnitudes above ``MAX_MAGNITUDE`` (else only nan is
+    rejected)."""
     if isinstance(field, array.array) and field.typecode == 'd':
         values = np.frombuffer(field, dtype=np.float64)
     else:
-        values = np.asarray(field, dtype=np.float64).reshape(-1)
+        try:
+            values = np.asarray(field, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError, OverflowError):
+            raise MessageValidationError(f'{what}: {_preview_value(field)} is not a flat sequence of numbers')
     if size is not None and values.size != size:
         rule = f' ({size_rule})' if size_rule else ''
         raise MessageValidationError(f'{what}: {values.size} values, expected {size}{rule}')
@@ -61,22 +74,51 @@ def vector_from_field(field, what: str, size: Optional[int] = None, *, finite: b
         raise MessageValidationError(
             f'{what}: non-finite value {float(values[where[0]])!r} at index {int(where[0])} ({where.size} of '
             f'{values.size} non-finite), expected {expected}')
+    huge = np.abs(values) > MAX_MAGNITUDE if finite else np.zeros(values.shape, dtype=bool)
+    if huge.any():
+        index = int(np.flatnonzero(huge)[0])
+        raise MessageValidationError(f'{what}: value {float(values[index])!r} at index {index}, expected a magnitude '
+                                     f'of at most {MAX_MAGNITUDE:g}')
     return values.copy()
 
 
+def _preview_value(value) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 80 else shown[:80] + '...'
+
+
 def _scalar(value, what: str, *, low: Optional[float] = None) -> float:
-    value = float(value)
-    if not np.isfinite(value) or (low is not None and value < low):
-        expected = 'a finite number' + (f' >= {low:g}' if low is not None else '')
+    try:
+        value = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise MessageValidationError(f'{what} = {_preview_value(value)}, expected a number')
+    if not np.isfinite(value) or abs(value) > MAX_MAGNITUDE or (low is not None and value < low):
+        expected = ('a finite number' + (f' >= {low:g}' if low is not None else '')
+                    + f' of magnitude at most {MAX_MAGNITUDE:g}')
         raise MessageValidationError(f'{what} = {value!r}, expected {expected}')
     return value
 
 
 def _count(value, what: str, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise MessageValidationError(f'{what} = {_preview_value(value)}, expected an integer')
     value = int(value)
     if value < low:
         raise MessageValidationError(f'{what} = {value}, expected at least {low}')
     return value
+
+
+def check_version(version: int, current: int, what: str) -> int:
+    """``version`` if it may replace ``current``: not older (stale) and not more than
+    ``MAX_VERSION_STEP`` ahead (from the future: adopting it would lock out the genuine
+    next versions).  Else MessageValidationError."""
+    version = _count(version, what, low=0)
+    if version < current:
+        raise MessageValidationError(f'{what} = {version} is stale: version {current} is already in use')
+    if version > current + MAX_VERSION_STEP:
+        raise MessageValidationError(f'{what} = {version} is from the future: the current version is {current}, '
+                                     f'expected at most {MAX_VERSION_STEP} ahead')
+    return version
 
 
 # --- theta ---------------------------------------------------------------------------------------------------
@@ -92,10 +134,16 @@ def theta_to_msg(names: Sequence[str], values, lower, upper, version: int, probl
     return msg
 
 
-def theta_from_msg(msg: SimParameters, names: Optional[Sequence[str]] = None) -> tuple[np.ndarray, int]:
+def theta_from_msg(msg: SimParameters, names: Optional[Sequence[str]] = None,
+                   bounds: Optional[tuple[np.ndarray, np.ndarray]] = None) -> tuple[np.ndarray, int]:
     """(theta values, version).  ``names``: the entries the receiver knows, in its order;
-    the message must carry exactly these (None: any names)."""
-    received = list(msg.names)
+    the message must carry exactly these (None: any names).  ``bounds``: the receiver's
+    own (lower, upper) box, which the values must respect whatever bounds the message
+    declares."""
+    try:
+        received = [str(name) for name in msg.names]
+    except TypeError:
+        raise MessageValidationError(f'SimParameters.names = {_preview_value(msg.names)}, expected a list of strings')
     if names is not None and received != list(names):
         expected = list(names)
         mismatch = next((i for i, (a, b) in enumerate(zip(received, expected)) if a != b),
@@ -115,7 +163,15 @@ def theta_from_msg(msg: SimParameters, names: Optional[Sequence[str]] = None) ->
         if not low <= value <= high:
             raise MessageValidationError(f'SimParameters.values[{name!r}] = {value!r}, expected a value within its '
                                          f'bounds [{low!r}, {high!r}]')
-    return values, int(msg.version)
+    if bounds is not None:
+        own_lower, own_upper = (np.broadcast_to(np.asarray(b, dtype=np.float64), values.shape) for b in bounds)
+        outside = np.flatnonzero((values < own_lower) | (values > own_upper))
+        if outside.size:
+            i = int(outside[0])
+            raise MessageValidationError(
+                f'SimParameters.values[{received[i]!r}] = {float(values[i])!r}, expected a value within this '
+                f'problem\'s bounds [{float(own_lower[i])!r}, {float(own_upper[i])!r}] ({outside.size} entries outside)')
+    return values, _count(msg.version, 'SimParameters.version', low=0)
 
 
 def _preview(items: list, shown: int = 4) -> str:
@@ -137,16 +193,23 @@ def policy_to_msg(phi, version: int, theta_version: int, grad_norm: float,
 
 def policy_from_msg(msg: PolicyParameters, size: Optional[int] = None) -> tuple[np.ndarray, int, int]:
     """(phi, version, theta_version).  ``size``: the problem's number of policy parameters."""
-    if msg.kind not in POLICY_KINDS:
-        raise MessageValidationError(f'PolicyParameters.kind = {msg.kind!r}, expected one of {list(POLICY_KINDS)}')
-    shape = [int(s) for s in msg.shape]
-    if len(shape) != 1 or shape[0] != len(msg.values):
-        raise MessageValidationError(f'PolicyParameters.shape = {shape} for {len(msg.values)} values, expected '
-                                     f'[{len(msg.values)}] for kind {msg.kind!r}')
+    if not isinstance(msg.kind, str) or msg.kind not in POLICY_KINDS:
+        raise MessageValidationError(f'PolicyParameters.kind = {_preview_value(msg.kind)}, expected one of '
+                                     f'{list(POLICY_KINDS)}')
+    try:
+        shape = [_count(s, 'PolicyParameters.shape entry', low=0) for s in msg.shape]
+        length = len(msg.values)
+    except TypeError:
+        raise MessageValidationError(f'PolicyParameters.shape, values = {_preview_value(msg.shape)}, '
+                                     f'{_preview_value(msg.values)}: expected sequences')
+    if len(shape) != 1 or shape[0] != length:
+        raise MessageValidationError(f'PolicyParameters.shape = {shape} for {length} values, expected '
+                                     f'[{length}] for kind {msg.kind!r}')
     phi = vector_from_field(msg.values, 'PolicyParameters.values', size,
                             size_rule='the problem\'s policy parameters')
     _scalar(msg.inner_grad_norm, 'PolicyParameters.inner_grad_norm', low=0.0)
-    return phi, int(msg.version), int(msg.theta_version)
+    return (phi, _count(msg.version, 'PolicyParameters.version', low=0),
+            _count(msg.theta_version, 'PolicyParameters.theta_version', low=0))
 
 
 # --- trajectories ------------------------------------------------------------------------------------------
@@ -187,10 +250,14 @@ def trajectories_to_msg(batch: Trajectories) -> TrajectoryBatch:
     return msg
 
 
-def trajectories_from_msg(msg: TrajectoryBatch) -> Trajectories:
-    """A core Trajectories batch; discrete batches come back with int64 states and actions."""
-    if msg.source not in SOURCES:
-        raise MessageValidationError(f'TrajectoryBatch.source = {msg.source!r}, expected one of {list(SOURCES)}')
+def trajectories_from_msg(msg: TrajectoryBatch, n_states: Optional[int] = None,
+                          n_actions: Optional[int] = None) -> Trajectories:
+    """A core Trajectories batch; discrete batches come back with int64 states and actions.
+    ``n_states``, ``n_actions``: the receiver's discrete sizes, which the indices of a
+    discrete batch must respect (None: not checked)."""
+    if not isinstance(msg.source, str) or msg.source not in SOURCES:
+        raise MessageValidationError(f'TrajectoryBatch.source = {_preview_value(msg.source)}, expected one of '
+                                     f'{list(SOURCES)}')
     n = _count(msg.n_episodes, 'TrajectoryBatch.n_episodes')
     horizon = _count(msg.horizon, 'TrajectoryBatch.horizon')
     state_dim = _count(msg.state_dim, 'TrajectoryBatch.state_dim')
@@ -206,12 +273,14 @@ def trajectories_from_msg(msg: TrajectoryBatch) -> Trajectories:
     rewards = vector_from_field(msg.rewards, 'TrajectoryBatch.rewards', steps, size_rule=f'{rule} = {n}*{horizon}')
     log_probs = vector_from_field(msg.log_probs, 'TrajectoryBatch.log_probs', steps,
                                   size_rule=f'{rule} = {n}*{horizon}')
+    if not isinstance(msg.dones, (list, tuple)) or not all(isinstance(d, bool) for d in msg.dones):
+        raise MessageValidationError(f'TrajectoryBatch.dones = {_preview_value(msg.dones)}, expected a list of booleans')
     if len(msg.dones) != steps:
         raise MessageValidationError(f'TrajectoryBatch.dones: {len(msg.dones)} values, expected {steps} '
                                      f'({rule} = {n}*{horizon})')
     dones = np.array(msg.dones, dtype=bool).reshape(n, horizon)
     score = None
-    theta_dim = int(msg.theta_dim)
+    theta_dim = _count(msg.theta_dim, 'TrajectoryBatch.theta_dim', low=0)
     if theta_dim == 0 and len(msg.score_theta):
         raise MessageValidationError(f'TrajectoryBatch.score_theta: {len(msg.score_theta)} values with theta_dim = 0, '
                                      'expected none')
@@ -223,21 +292,30 @@ def trajectories_from_msg(msg: TrajectoryBatch) -> Trajectories:
                                   size_rule=f'n_episodes*horizon*theta_dim = {n}*{horizon}*{theta_dim}')
         score = score.reshape(n, horizon, theta_dim)
     if msg.discrete:
-        states, actions = _indices(states, 'states'), _indices(actions, 'actions')
+        states, actions = _indices(states, 'states', n_states), _indices(actions, 'actions', n_actions)
+        above = np.flatnonzero(log_probs > LOG_PROBABILITY_SLACK)
+        if above.size:
+            raise MessageValidationError(
+                f'TrajectoryBatch.log_probs[{int(above[0])}] = {float(log_probs[above[0]])!r} in a discrete batch, '
+                'expected log pi(a|s) <= 0 (a probability above 1)')
         states, actions = states.reshape(n, horizon + 1), actions.reshape(n, horizon)
     else:
         states, actions = states.reshape(n, horizon + 1, state_dim), actions.reshape(n, horizon, action_dim)
     return Trajectories(states=states, actions=actions, rewards=rewards.reshape(n, horizon), dones=dones,
                         log_probs=log_probs.reshape(n, horizon), source=msg.source,
-                        policy_version=int(msg.policy_version), score_theta=score)
+                        policy_version=_count(msg.policy_version, 'TrajectoryBatch.policy_version', low=0),
+                        score_theta=score)
 
 
-def _indices(values: np.ndarray, field: str) -> np.ndarray:
+def _indices(values: np.ndarray, field: str, count: Optional[int]) -> np.ndarray:
     bad = (values < 0) | (values != np.round(values))
+    if count is not None:
+        bad |= values >= count
     if bad.any():
         index = int(np.flatnonzero(bad)[0])
+        expected = 'a non-negative integer index' + (f' below {count}' if count is not None else '')
         raise MessageValidationError(f'TrajectoryBatch.{field}[{index}] = {float(values[index])!r} in a discrete batch, '
-                                     'expected a non-negative integer index')
+                                     f'expected {expected}')
     return values.astype(np.int64)
 
 
