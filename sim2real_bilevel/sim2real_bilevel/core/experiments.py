@@ -23,6 +23,7 @@ METHODS: dict[str, tuple[type, dict]] = {
     'bilevel-reward': (BilevelOuterLoop, {'learn': 'reward'}),
     'bilevel-dynamics': (BilevelOuterLoop, {'learn': 'dynamics'}),
     'nominal': (baselines.NominalRun, {'iterations': 0}),
+    'domain-randomization': (baselines.DomainRandomizationRun, {'iterations': 0}),
     'sysid': (baselines.SysIdRun, {}),
     'cmaes': (baselines.CMAESRun, {}),
     'spsa': (baselines.SPSARun, {}),
