@@ -25,6 +25,26 @@ class NominalRun(MethodRun):
         return float('nan'), float('nan'), {}
 
 
+class DomainRandomizationRun(MethodRun):
+    """Domain randomisation: one inner solve on simulators drawn uniformly over the theta
+    bounds (the problem's ``randomized_inner_solve``); no real data is used."""
+    name = 'domain-randomization'
+
+    def start(self):
+        solve = getattr(self.problem, 'randomized_inner_solve', None)
+        if solve is None:
+            raise ValueError(f'domain randomisation needs a problem with randomized_inner_solve; '
+                             f'{self.problem.source} ({self.problem.kind}) has none')
+        t0 = time.perf_counter()
+        self.set_policy(solve(self.rng))
+        self.elapsed += time.perf_counter() - t0
+        return self.record(grad_norm=float('nan'), estimate=float('nan'),
+                           timing={'inner_s': time.perf_counter() - t0})
+
+    def iterate(self):
+        return float('nan'), float('nan'), {}
+
+
 class SysIdRun(MethodRun):
     name = 'sysid'
 

@@ -593,6 +593,30 @@ class RobotProblem(BilevelProblem):
         return self.real_return(phi) / self.real_return(self.oracle_phi())
 
     # --- baselines --------------------------------------------------------------------------------------
+    def randomized_inner_solve(self, rng: np.random.Generator, phi_init: Optional[np.ndarray] = None,
+                               episodes: Optional[int] = None) -> InnerResult:
+        """Domain randomisation: the inner optimum of the in-sim return averaged over simulators
+        whose learnable PHYSICAL entries are drawn uniformly (in natural units) within their
+        bounds -- one draw per rollout of a fresh CRN set of ``episodes`` (default
+        4 x inner.episodes) rollouts.  Reward weights keep their nominal (user) values."""
+        episodes = 4 * self.inner.episodes if episodes is None else int(episodes)
+        if episodes < 1:
+            raise ValueError(f'randomized_inner_solve: episodes={episodes!r}: expected >= 1')
+        lower, upper = np.exp(self._lower_full), np.exp(self._upper_full)
+        physical = np.zeros(self.nominal_full.size, dtype=bool)
+        physical[:N_PHYSICAL] = True
+        randomized = self.learn_mask & physical
+        draws = np.tile(self.nominal_full, (episodes, 1))
+        natural = rng.uniform(lower[randomized], upper[randomized], size=(episodes, int(randomized.sum())))
+        draws[:, randomized] = np.log(natural)
+        noise = CommonNoise.draw(episodes, self.horizon, self.initial, rng)
+        theta_full = torch.as_tensor(draws, dtype=DTYPE)        # (episodes, 7): one simulator per rollout
+        saved, self._crn = self._crn, noise
+        try:
+            return self._solve(theta_full, phi_init, method='exact', rng=rng)
+        finally:
+            self._crn = saved
+
     def system_identification(self, batches: list[Trajectories], theta_init: np.ndarray) -> np.ndarray:
         """Maximum likelihood of the learnable dynamics entries under the Gaussian transition
         model on every real transition (L-BFGS-B inside the bounds); reward entries keep
