@@ -141,12 +141,14 @@ def test_shipped_file_loads(name, problem_dir):
     assert not isinstance(load_mutated(problem_dir, name, copy.deepcopy(BASES[name])), ProblemConfigError)
 
 
-EXAMPLES = {'discrete_3s2a': 150, 'lqr': 150, 'pendulum': 60}     # pendulum: each load builds an MLP
+# pendulum: each load builds an MLP.  derandomize: the same examples every run (no flaky
+# suite); raise these locally to explore (3000 / 3000 / 800 found no leak after the fixes)
+EXAMPLES = {'discrete_3s2a': 150, 'lqr': 150, 'pendulum': 60}
 
 
 @pytest.mark.parametrize('name', SHIPPED)
 def test_mutated_file_loads_or_is_rejected_with_file_and_field(name, problem_dir):
-    @settings(max_examples=EXAMPLES[name], deadline=None, database=None,
+    @settings(max_examples=EXAMPLES[name], deadline=None, database=None, derandomize=True,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(st.data())
     def check(data):

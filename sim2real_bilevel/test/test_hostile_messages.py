@@ -23,7 +23,10 @@ from sim2real_bilevel.core.problem import Trajectories  # noqa: E402
 from sim2real_bilevel.nodes import conversions  # noqa: E402
 from sim2real_bilevel.nodes.conversions import MAX_MAGNITUDE, MAX_VERSION_STEP, MessageValidationError  # noqa: E402
 
-HOSTILE = settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: the same examples every run, so the suite cannot flake; raise max_examples
+# locally to explore (3000 per test found nothing beyond what is fixed here)
+HOSTILE = settings(max_examples=60, deadline=None, database=None, derandomize=True,
+                   suppress_health_check=[HealthCheck.too_slow])
 TRIED: Counter = Counter()
 REJECTED: Counter = Counter()
 

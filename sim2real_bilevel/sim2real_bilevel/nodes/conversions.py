@@ -61,8 +61,10 @@ def vector_from_field(field, what: str, size: Optional[int] = None, *, finite: b
         values = np.frombuffer(field, dtype=np.float64)
     else:
         try:
-            values = np.asarray(field, dtype=np.float64).reshape(-1)
+            values = np.asarray(field, dtype=np.float64)
         except (TypeError, ValueError, OverflowError):
+            values = None
+        if values is None or values.ndim != 1:      # nested lists are not flattened: not a float64[] field
             raise MessageValidationError(f'{what}: {_preview_value(field)} is not a flat sequence of numbers')
     if size is not None and values.size != size:
         rule = f' ({size_rule})' if size_rule else ''

@@ -24,6 +24,8 @@ class DifferentiableSimulator(Node):
             PROBLEM, SEED,
             ParameterSpec('max_episodes', 100000, 'largest n_episodes a request may ask for', low=1, high=10 ** 7),
             ParameterSpec('max_horizon', 100000, 'largest horizon a request may ask for', low=1, high=10 ** 7),
+            ParameterSpec('max_steps', 10 ** 6, 'largest n_episodes * horizon a request may ask for (the batch is '
+                          'preallocated, score terms included)', low=1, high=10 ** 8),
         ])
         self.problem = load_problem(self.parameters['problem'])
         self.rng = np.random.default_rng([self.parameters['seed'], 1])
@@ -35,12 +37,10 @@ class DifferentiableSimulator(Node):
 
     def theta_callback(self, msg: SimParameters) -> None:
         try:
-            values, version = conversions.theta_from_msg(msg, self.problem.theta_names)
+            values, version = conversions.theta_from_msg(msg, self.problem.theta_names, self.problem.theta_bounds())
+            conversions.check_version(version, self.theta_version, 'SimParameters.version')
         except conversions.MessageValidationError as err:
             self.get_logger().error(f'ignored theta message: {err}')
-            return
-        if version < self.theta_version:
-            self.get_logger().warning(f'ignored stale theta version {version} (have {self.theta_version})')
             return
         self.theta, self.theta_version = values, version
 
@@ -52,14 +52,20 @@ class DifferentiableSimulator(Node):
         if theta_version != self.theta_version:
             return self._refuse(response, f'policy was trained on theta version {theta_version}, the simulator '
                                           f'holds version {self.theta_version}')
-        limits = (self.parameters['max_episodes'], self.parameters['max_horizon'])
-        if not (1 <= request.n_episodes <= limits[0] and 1 <= request.horizon <= limits[1]):
+        limits = (self.parameters['max_episodes'], self.parameters['max_horizon'], self.parameters['max_steps'])
+        if not (1 <= request.n_episodes <= limits[0] and 1 <= request.horizon <= limits[1]
+                and request.n_episodes * request.horizon <= limits[2]):
             return self._refuse(response, f'n_episodes={request.n_episodes}, horizon={request.horizon}: expected '
-                                          f'1..{limits[0]} episodes and 1..{limits[1]} steps')
-        batch = self.problem.simulate(phi, self.theta, int(request.n_episodes), int(request.horizon), self.rng)
-        batch.policy_version = int(request.policy.version)
+                                          f'1..{limits[0]} episodes, 1..{limits[1]} steps and at most {limits[2]} '
+                                          'steps in all')
+        try:
+            batch = self.problem.simulate(phi, self.theta, int(request.n_episodes), int(request.horizon), self.rng)
+            batch.policy_version = int(request.policy.version)
+            trajectories = conversions.trajectories_to_msg(batch)
+        except Exception as err:     # noqa: BLE001 -- a service callback that raises ends the node
+            return self._refuse(response, f'simulation failed: {type(err).__name__}: {err}')
         response.success = True
-        response.trajectories = conversions.trajectories_to_msg(batch)
+        response.trajectories = trajectories
         return response
 
     def _refuse(self, response, reason: str):

@@ -49,15 +49,9 @@ class InnerTrainer(Node):
 
     def _read_goal(self, goal):
         """(theta, theta_version, phi_init) or MessageValidationError."""
-        theta, theta_version = conversions.theta_from_msg(goal.theta, self.problem.theta_names)
-        lower, upper = self.problem.theta_bounds()
-        outside = np.flatnonzero((theta < lower) | (theta > upper))
-        if outside.size:
-            raise conversions.MessageValidationError(
-                f'theta entries {[self.problem.theta_names[i] for i in outside[:5]]} are outside their bounds')
-        if theta_version < self.theta_version:
-            raise conversions.MessageValidationError(
-                f'stale theta version {theta_version}: already trained on version {self.theta_version}')
+        theta, theta_version = conversions.theta_from_msg(goal.theta, self.problem.theta_names,
+                                                          self.problem.theta_bounds())
+        conversions.check_version(theta_version, max(self.theta_version, 0), 'TrainPolicy.theta.version')
         phi_init = None
         if len(goal.warm_start.values):
             phi_init, _, _ = conversions.policy_from_msg(goal.warm_start, self.problem.phi_size())
@@ -76,13 +70,21 @@ class InnerTrainer(Node):
 
         # exact solves take milliseconds: a thread hand-off (or feedback messages, which each
         # wake the client) would cost more than they tell
-        if method == 'exact':
-            solved = solve()
-        else:
-            goal_handle.publish_feedback(TrainPolicy.Feedback(iteration=0, grad_norm=float('nan')))
-            solved = await self.work.run(solve)
-            goal_handle.publish_feedback(TrainPolicy.Feedback(iteration=int(solved.iterations),
-                                                              grad_norm=float(solved.grad_norm)))
+        try:
+            if method == 'exact':
+                solved = solve()
+            else:
+                goal_handle.publish_feedback(TrainPolicy.Feedback(iteration=0, grad_norm=float('nan')))
+                solved = await self.work.run(solve)
+                goal_handle.publish_feedback(TrainPolicy.Feedback(iteration=int(solved.iterations),
+                                                                  grad_norm=float(solved.grad_norm)))
+            if not (np.all(np.isfinite(solved.phi)) and np.isfinite(solved.grad_norm)):
+                raise FloatingPointError(f'non-finite policy (||phi_hat|| = {solved.grad_norm!r})')
+        except Exception as err:     # noqa: BLE001 -- the latest policy stays as it was
+            goal_handle.abort()
+            result.message = f'inner solve failed: {type(err).__name__}: {err}'
+            self.get_logger().error(result.message)
+            return result
         if goal_handle.is_cancel_requested:
             goal_handle.canceled()
             result.message = 'cancelled: the solve finished but its policy was not adopted'

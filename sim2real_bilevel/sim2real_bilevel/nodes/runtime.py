@@ -227,6 +227,9 @@ def goal_validator(node, read_goal: Callable[[Any], Any], action: str):
         except MessageValidationError as err:
             node.get_logger().error(f'rejected {action} goal: {err}')
             return GoalResponse.REJECT
+        except Exception as err:     # noqa: BLE001 -- a goal callback that raises ends the node
+            node.get_logger().error(f'rejected {action} goal: unreadable ({type(err).__name__}: {err})')
+            return GoalResponse.REJECT
         return GoalResponse.ACCEPT
     return goal_callback
 

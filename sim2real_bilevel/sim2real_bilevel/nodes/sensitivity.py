@@ -76,10 +76,13 @@ class Sensitivity(Node):
 
     def theta_callback(self, msg: SimParameters) -> None:
         try:
-            self.latest_theta = conversions.theta_from_msg(msg, self.problem.theta_names)
+            theta = conversions.theta_from_msg(msg, self.problem.theta_names, self.problem.theta_bounds())
+            held = self.latest_theta[1] if self.latest_theta is not None else 0     # the outer loop starts at 0
+            conversions.check_version(theta[1], held, 'SimParameters.version')
         except conversions.MessageValidationError as err:
             self.get_logger().error(f'ignored theta message: {err}')
             return
+        self.latest_theta = theta
         self._precompute()
 
     def policy_callback(self, msg: PolicyParameters) -> None:
@@ -101,7 +104,12 @@ class Sensitivity(Node):
         key = (version, theta_version)
         if trained_on != theta_version or (self.precomputed is not None and self.precomputed['key'] == key):
             return
-        terms = self.problem.sensitivity_terms(phi, theta, method='exact')
+        try:
+            terms = self.problem.sensitivity_terms(phi, theta, method='exact')
+        except Exception as err:     # noqa: BLE001 -- a subscription callback that raises ends the node
+            self.get_logger().error(f'no precomputed sensitivity at policy {version}, theta {theta_version}: '
+                                    f'{type(err).__name__}: {err}')
+            return
         self.precomputed = {'key': key, 'phi': phi, 'theta': theta, 'terms': terms}
 
     def _terms(self, phi, theta, key, method, trajectories):
@@ -118,7 +126,8 @@ class Sensitivity(Node):
         return OuterConfig.from_mapping(values)
 
     def _read_goal(self, goal):
-        theta, theta_version = conversions.theta_from_msg(goal.theta, self.problem.theta_names)
+        theta, theta_version = conversions.theta_from_msg(goal.theta, self.problem.theta_names,
+                                                          self.problem.theta_bounds())
         phi, policy_version, trained_on = conversions.policy_from_msg(goal.policy, self.problem.phi_size())
         if trained_on != theta_version:
             raise conversions.MessageValidationError(
@@ -151,7 +160,13 @@ class Sensitivity(Node):
             return np.asarray(implicit.outer_gradient(terms, real_gradient, solver), dtype=np.float64)
 
         # exact terms of small problems take milliseconds: no thread hand-off for them
-        gradient = solve() if config.sensitivity_method == 'exact' else await self.work.run(solve)
+        try:
+            gradient = solve() if config.sensitivity_method == 'exact' else await self.work.run(solve)
+        except Exception as err:     # noqa: BLE001 -- e.g. a policy that destabilises the simulator
+            goal_handle.abort()
+            result.message = f'sensitivity failed: {type(err).__name__}: {err}'
+            self.get_logger().error(result.message)
+            return result
         if goal_handle.is_cancel_requested:
             goal_handle.canceled()
             result.message = 'cancelled'
@@ -181,7 +196,9 @@ class Sensitivity(Node):
         if not response.success:
             return None, f'the simulator refused: {response.message}'
         try:
-            return conversions.trajectories_from_msg(response.trajectories), ''
+            discrete = getattr(self.problem, 'kind', '') == 'tabular'
+            sizes = (self.problem.n_states, self.problem.n_actions) if discrete else (None, None)
+            return conversions.trajectories_from_msg(response.trajectories, *sizes), ''
         except conversions.MessageValidationError as err:
             return None, f'malformed simulated trajectories: {err}'
 
