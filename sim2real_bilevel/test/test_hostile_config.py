@@ -184,6 +184,7 @@ def test_malformed_documents_are_rejected(document, problem_dir):
     ('lqr', ('real', 'horizon'), 10 ** 12, 'real.horizon'),
     ('pendulum', ('horizon',), 10 ** 9, 'horizon'),                              # 8 GB of discounts
     ('pendulum', ('inner', 'seed'), 2 ** 63, 'inner.seed'),
+    ('pendulum', ('inner', 'episodes'), 10 ** 8, 'inner.episodes'),           # 75 GB of fixed random numbers
 ])
 def test_huge_values_are_rejected_not_carried(name, path, value, field, problem_dir):
     tree = copy.deepcopy(BASES[name])

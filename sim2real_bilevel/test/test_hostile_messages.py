@@ -180,7 +180,8 @@ def test_policy_grad_norm_must_be_a_finite_non_negative_number(bad):
 
 @HOSTILE
 @given(index=st.integers(0, len(NAMES) - 1),
-       value=st.one_of(st.floats(min_value=10.000001, max_value=1e100), st.floats(min_value=-1e100, max_value=-10.000001)),
+       value=st.one_of(st.floats(min_value=10.000001, max_value=1e100),
+                       st.floats(min_value=-1e100, max_value=-10.000001)),
        wide=st.booleans())
 def test_theta_outside_the_receivers_bounds(index, value, wide):
     """Whatever bounds a message declares (even +-inf), the receiver's own box applies."""

@@ -112,14 +112,20 @@ HOSTILE_PARAMETERS = {
 EVERY_NODE_PARAMETERS = [('problem', 'lqr'), ('seed', 5), ('no_such_parameter', 1.0)]
 
 
-def goal_refused(ros, client, goal) -> bool:
+ABORTED_NOT_REJECTED: list[str] = []      # refused only after acceptance (reported, not an error)
+
+
+def goal_refused(ros, client, goal, what: str) -> bool:
     """True when the goal is rejected, or accepted but ends without success."""
     handle = ros.send_goal(client, goal, 30.0)
     if not handle.accepted:
         return True
     future = handle.get_result_async()
     ros.spin_until(future.done, 30.0, 'the result of an accepted hostile goal')
-    return not future.result().result.success
+    result = future.result().result
+    if not result.success:
+        ABORTED_NOT_REJECTED.append(f'{client._action_name}: {what} ({result.message})')
+    return not result.success
 
 
 def wait_for_log(ros, process, text: str, count: int, timeout: float = 10.0) -> bool:
@@ -194,7 +200,7 @@ def test_hostile_inputs_are_refused_and_every_node_survives(ros):
     goals.update({f'warm start {k}': TrainPolicy.Goal(theta=theta0, warm_start=p)
                   for k, p in hostile_policies(size, 1, 0).items() if k != 'empty'})
     for what, goal in goals.items():
-        tally.record('TrainPolicy goal', goal_refused(ros, train, goal), what)
+        tally.record('TrainPolicy goal', goal_refused(ros, train, goal, what), what)
     trained = ros.send_goal(train, TrainPolicy.Goal(theta=theta0), 30.0)
     assert trained.accepted
     future = trained.get_result_async()
@@ -220,7 +226,7 @@ def test_hostile_inputs_are_refused_and_every_node_survives(ros):
                                                               real_gradient=conversions.vector_to_field([1.0])),
     })
     for what, goal in goals.items():
-        tally.record('ComputeSensitivity goal', goal_refused(ros, sensitivity, goal), what)
+        tally.record('ComputeSensitivity goal', goal_refused(ros, sensitivity, goal, what), what)
     valid = ros.send_goal(sensitivity, ComputeSensitivity.Goal(theta=theta0, policy=trained.policy,
                                                                real_gradient=good_gradient), 30.0)
     future = valid.get_result_async()
@@ -233,7 +239,7 @@ def test_hostile_inputs_are_refused_and_every_node_survives(ros):
     emulator_goals.update({'zero episodes': RunEpisodes.Goal(policy=trained.policy, n_episodes=0),
                            'max uint32 episodes': RunEpisodes.Goal(policy=trained.policy, n_episodes=2 ** 32 - 1)})
     for what, goal in emulator_goals.items():
-        tally.record('emulator RunEpisodes goal', goal_refused(ros, emulator_episodes, goal), what)
+        tally.record('emulator RunEpisodes goal', goal_refused(ros, emulator_episodes, goal, what), what)
     assert ros.call(reset, Trigger.Request(), 30.0).success
     commands = [[math.nan], [math.inf], [1e300], [], [0.0, 1.0], [-1.0], [0.5], [float(problem.n_actions)]]
     for index, data in enumerate(commands, start=1):
@@ -247,11 +253,12 @@ def test_hostile_inputs_are_refused_and_every_node_survives(ros):
                     for k, p in hostile_policies(size, policy_version, 0).items()}
     bridge_goals.update({
         'zero episodes': RunEpisodes.Goal(policy=trained.policy, n_episodes=0),
+        'max uint32 episodes': RunEpisodes.Goal(policy=trained.policy, n_episodes=2 ** 32 - 1),
         'stale version': RunEpisodes.Goal(policy=policy(phi, 0, 0), n_episodes=1),
         'far-future version': RunEpisodes.Goal(policy=policy(phi, 2 ** 63, 0), n_episodes=1),
     })
     for what, goal in bridge_goals.items():
-        tally.record('bridge RunEpisodes goal', goal_refused(ros, episodes, goal), what)
+        tally.record('bridge RunEpisodes goal', goal_refused(ros, episodes, goal, what), what)
     valid = ros.send_goal(episodes, RunEpisodes.Goal(policy=trained.policy, n_episodes=2), 30.0)
     assert valid.accepted
     future = valid.get_result_async()
@@ -269,6 +276,30 @@ def test_hostile_inputs_are_refused_and_every_node_survives(ros):
     for name, process in processes.items():
         assert 'Traceback' not in process.log(), f'{name} raised:\n{process.log()[-3000:]}'
     print(f'\n{tally.report()}\n[hostile nodes] {time.monotonic() - started:.1f} s')
+    for line in ABORTED_NOT_REJECTED:
+        print(f'[hostile nodes] accepted, then aborted: {line}')
+    assert tally.tried == tally.refused
+
+
+OUTER_OPTIMIZER_PARAMETERS = [('iterations', -1), ('iterations', 'many'), ('step_size', 0.0), ('step_size', math.nan),
+                              ('step_size', 1e300), ('real_episodes', 0), ('optimizer', 'sgd'), ('learn', 'none'),
+                              ('action_timeout_s', -1.0), ('progress_period_s', math.inf), ('record_bag', False)]
+
+
+def test_outer_optimizer_refuses_hostile_parameters_while_waiting_for_the_graph(ros, tmp_path):
+    """The outer optimizer's only inputs besides action results (checked by conversions)
+    are its parameters; it serves them while it waits for the other nodes."""
+    outer = ros.start('outer_optimizer', problem=PROBLEM, run_dir=str(tmp_path / 'run'), record_bag='false',
+                      server_timeout_s=60.0)
+    setter = ros.node.create_client(SetParameters, '/outer_optimizer/set_parameters')
+    tally = Tally()
+    for parameter, value in OUTER_OPTIMIZER_PARAMETERS + EVERY_NODE_PARAMETERS:
+        result = ros.call(setter, SetParameters.Request(parameters=[_parameter(parameter, value)]), 60.0)
+        tally.record('outer_optimizer set_parameters', not result.results[0].successful, f'{parameter} = {value!r}')
+    valid = ros.call(setter, SetParameters.Request(parameters=[_parameter('step_size', 0.1)]), 30.0)
+    assert valid.results[0].successful, valid.results[0].reason
+    assert outer.alive() and 'Traceback' not in outer.log()
+    print(f'\n{tally.report()}')
     assert tally.tried == tally.refused
 
 

@@ -172,7 +172,8 @@ def theta_from_msg(msg: SimParameters, names: Optional[Sequence[str]] = None,
             i = int(outside[0])
             raise MessageValidationError(
                 f'SimParameters.values[{received[i]!r}] = {float(values[i])!r}, expected a value within this '
-                f'problem\'s bounds [{float(own_lower[i])!r}, {float(own_upper[i])!r}] ({outside.size} entries outside)')
+                f'problem\'s bounds [{float(own_lower[i])!r}, {float(own_upper[i])!r}] '
+                f'({outside.size} entries outside)')
     return values, _count(msg.version, 'SimParameters.version', low=0)
 
 
@@ -276,7 +277,8 @@ def trajectories_from_msg(msg: TrajectoryBatch, n_states: Optional[int] = None,
     log_probs = vector_from_field(msg.log_probs, 'TrajectoryBatch.log_probs', steps,
                                   size_rule=f'{rule} = {n}*{horizon}')
     if not isinstance(msg.dones, (list, tuple)) or not all(isinstance(d, bool) for d in msg.dones):
-        raise MessageValidationError(f'TrajectoryBatch.dones = {_preview_value(msg.dones)}, expected a list of booleans')
+        raise MessageValidationError(f'TrajectoryBatch.dones = {_preview_value(msg.dones)}, '
+                                     'expected a list of booleans')
     if len(msg.dones) != steps:
         raise MessageValidationError(f'TrajectoryBatch.dones: {len(msg.dones)} values, expected {steps} '
                                      f'({rule} = {n}*{horizon})')

@@ -231,7 +231,7 @@ class RobotProblem(BilevelProblem):
         inn.reject_unknown(set(InnerSettings.__dataclass_fields__))
         defaults = InnerSettings()
         inner = InnerSettings(
-            episodes=inn.integer('episodes', defaults.episodes, low=1),
+            episodes=inn.integer('episodes', defaults.episodes, low=1, high=10 ** 7 // horizon),  # CRN: n x T
             seed=inn.integer('seed', defaults.seed, low=0),
             entropy=inn.scalar('entropy', defaults.entropy, low=0.0),
             l2=inn.scalar('l2', defaults.l2, low=0.0),
