@@ -115,17 +115,25 @@ EVERY_NODE_PARAMETERS = [('problem', 'lqr'), ('seed', 5), ('no_such_parameter', 
 ABORTED_NOT_REJECTED: list[str] = []      # refused only after acceptance (reported, not an error)
 
 
-def goal_refused(ros, client, goal, what: str) -> bool:
-    """True when the goal is rejected, or accepted but ends without success."""
+def goal_refused(ros, client, goal, what: str, process) -> bool:
+    """True when the goal is rejected and ``process`` logs why (the action protocol carries
+    no reason), or accepted but ends without success and with a reason."""
+    logged = f'rejected {client._action_name.split("/")[-1]} goal'
+    before = process.log().count(logged)
     handle = ros.send_goal(client, goal, 30.0)
     if not handle.accepted:
-        return True
+        return wait_for_log(ros, process, logged, before + 1)
     future = handle.get_result_async()
     ros.spin_until(future.done, 30.0, 'the result of an accepted hostile goal')
     result = future.result().result
     if not result.success:
         ABORTED_NOT_REJECTED.append(f'{client._action_name}: {what} ({result.message})')
-    return not result.success
+    return not result.success and bool(result.message)
+
+
+def parameter_refused(result) -> bool:
+    """SetParametersResult: refused, with a reason."""
+    return not result.successful and bool(result.reason)
 
 
 def wait_for_log(ros, process, text: str, count: int, timeout: float = 10.0) -> bool:
@@ -168,7 +176,7 @@ def test_hostile_inputs_are_refused_and_every_node_survives(ros):
         setter = ros.node.create_client(SetParameters, f'/{name}/set_parameters')
         for parameter, value in HOSTILE_PARAMETERS[name] + EVERY_NODE_PARAMETERS:
             result = ros.call(setter, SetParameters.Request(parameters=[_parameter(parameter, value)]), 60.0)
-            tally.record('set_parameters', not result.results[0].successful, f'{name}.{parameter} = {value!r}')
+            tally.record('set_parameters', parameter_refused(result.results[0]), f'{name}.{parameter} = {value!r}')
 
     # --- simulator: SimulateRollouts requests ----------------------------------------------------------
     requests = {f'policy {k}': SimulateRollouts.Request(policy=p, n_episodes=2, horizon=3)
@@ -200,7 +208,8 @@ def test_hostile_inputs_are_refused_and_every_node_survives(ros):
     goals.update({f'warm start {k}': TrainPolicy.Goal(theta=theta0, warm_start=p)
                   for k, p in hostile_policies(size, 1, 0).items() if k != 'empty'})
     for what, goal in goals.items():
-        tally.record('TrainPolicy goal', goal_refused(ros, train, goal, what), what)
+        refused = goal_refused(ros, train, goal, what, processes['inner_trainer'])
+        tally.record('TrainPolicy goal', refused, what)
     trained = ros.send_goal(train, TrainPolicy.Goal(theta=theta0), 30.0)
     assert trained.accepted
     future = trained.get_result_async()
@@ -226,7 +235,8 @@ def test_hostile_inputs_are_refused_and_every_node_survives(ros):
                                                               real_gradient=conversions.vector_to_field([1.0])),
     })
     for what, goal in goals.items():
-        tally.record('ComputeSensitivity goal', goal_refused(ros, sensitivity, goal, what), what)
+        refused = goal_refused(ros, sensitivity, goal, what, processes['sensitivity'])
+        tally.record('ComputeSensitivity goal', refused, what)
     valid = ros.send_goal(sensitivity, ComputeSensitivity.Goal(theta=theta0, policy=trained.policy,
                                                                real_gradient=good_gradient), 30.0)
     future = valid.get_result_async()
@@ -239,7 +249,8 @@ def test_hostile_inputs_are_refused_and_every_node_survives(ros):
     emulator_goals.update({'zero episodes': RunEpisodes.Goal(policy=trained.policy, n_episodes=0),
                            'max uint32 episodes': RunEpisodes.Goal(policy=trained.policy, n_episodes=2 ** 32 - 1)})
     for what, goal in emulator_goals.items():
-        tally.record('emulator RunEpisodes goal', goal_refused(ros, emulator_episodes, goal, what), what)
+        refused = goal_refused(ros, emulator_episodes, goal, what, processes['robot_emulator'])
+        tally.record('emulator RunEpisodes goal', refused, what)
     assert ros.call(reset, Trigger.Request(), 30.0).success
     commands = [[math.nan], [math.inf], [1e300], [], [0.0, 1.0], [-1.0], [0.5], [float(problem.n_actions)]]
     for index, data in enumerate(commands, start=1):
@@ -258,7 +269,8 @@ def test_hostile_inputs_are_refused_and_every_node_survives(ros):
         'far-future version': RunEpisodes.Goal(policy=policy(phi, 2 ** 63, 0), n_episodes=1),
     })
     for what, goal in bridge_goals.items():
-        tally.record('bridge RunEpisodes goal', goal_refused(ros, episodes, goal, what), what)
+        refused = goal_refused(ros, episodes, goal, what, processes['hardware_bridge'])
+        tally.record('bridge RunEpisodes goal', refused, what)
     valid = ros.send_goal(episodes, RunEpisodes.Goal(policy=trained.policy, n_episodes=2), 30.0)
     assert valid.accepted
     future = valid.get_result_async()
@@ -295,7 +307,7 @@ def test_outer_optimizer_refuses_hostile_parameters_while_waiting_for_the_graph(
     tally = Tally()
     for parameter, value in OUTER_OPTIMIZER_PARAMETERS + EVERY_NODE_PARAMETERS:
         result = ros.call(setter, SetParameters.Request(parameters=[_parameter(parameter, value)]), 60.0)
-        tally.record('outer_optimizer set_parameters', not result.results[0].successful, f'{parameter} = {value!r}')
+        tally.record('outer_optimizer set_parameters', parameter_refused(result.results[0]), f'{parameter} = {value!r}')
     valid = ros.call(setter, SetParameters.Request(parameters=[_parameter('step_size', 0.1)]), 30.0)
     assert valid.results[0].successful, valid.results[0].reason
     assert outer.alive() and 'Traceback' not in outer.log()
