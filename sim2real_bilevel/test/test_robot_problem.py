@@ -42,7 +42,7 @@ def tiny(**changes) -> RobotProblem:
         node = data
         keys = path.split('.')
         for key in keys[:-1]:
-            node = node[key]
+            node = node.setdefault(key, {})
         node[keys[-1]] = value
     return RobotProblem.from_dict(data, '<tiny>')
 
@@ -236,9 +236,9 @@ def test_real_policy_gradient_baseline_absorbs_returns_it_can_represent(problem)
     phi = problem.policy.init_params(np.random.default_rng(12))
     batch = problem.sample_real(phi, 4, np.random.default_rng(13))
     batch.rewards[:] = 0.5     # the reward-to-go is then a function of time only: the baseline is exact
-    assert np.abs(problem.real_policy_gradient(phi, [batch])).max() < 1e-6
+    assert np.abs(problem.likelihood_ratio_real_gradient(phi, [batch])).max() < 1e-6
     batch.rewards[:] = np.random.default_rng(0).uniform(size=batch.rewards.shape)
-    assert np.abs(problem.real_policy_gradient(phi, [batch])).max() > 1e-3
+    assert np.abs(problem.likelihood_ratio_real_gradient(phi, [batch])).max() > 1e-3
 
 
 def test_real_policy_gradient_is_unbiased_on_a_known_objective(problem):
@@ -258,7 +258,7 @@ def test_real_policy_gradient_is_unbiased_on_a_known_objective(problem):
     batch = Trajectories(states=states, actions=actions.numpy(), rewards=rewards,
                          dones=np.zeros((n, horizon), dtype=bool), log_probs=np.zeros((n, horizon)), source='real')
     problem_gamma = problem.gamma
-    estimate = problem.real_policy_gradient(phi, [batch])
+    estimate = problem.likelihood_ratio_real_gradient(phi, [batch])
 
     def expected_return(p):
         mean = problem.policy.mean(p, observations)[..., 0]
@@ -352,3 +352,36 @@ def test_domain_randomisation_method_runs_and_needs_a_robot_problem(problem):
     tabular = load_problem(str(Path(__file__).resolve().parents[1] / 'config' / 'discrete_3s2a.yaml'))
     with pytest.raises(ValueError, match='randomized_inner_solve'):
         make_run(tabular, 'domain-randomization', seed=0).run()
+
+
+def test_pathwise_real_gradient_reproduces_the_real_trajectory_and_matches_finite_differences(problem):
+    """The recovered noise replays the measured episode exactly at phi, and the estimator is
+    the exact derivative (float64 central differences) of the task return of that replay."""
+    rng = np.random.default_rng(21)
+    phi = problem.policy.init_params(rng) + 0.2 * rng.standard_normal(problem.phi_size())
+    theta = problem.theta0() + 0.1
+    batch = problem.sample_real(phi, 3, np.random.default_rng(22))
+    noise = problem.noise_of(phi, theta, batch)
+    theta_phys = problem.model.split(problem.full_theta(torch.as_tensor(theta)))[0]
+    task_theta = torch.cat([theta_phys, torch.as_tensor(np.log(problem.task_weights))])
+    states, actions, rewards = problem.rollout(torch.as_tensor(phi), task_theta, noise)
+    np.testing.assert_allclose(states.transpose(0, 1).numpy(), batch.states, atol=1e-12)
+    np.testing.assert_allclose(rewards.T.numpy(), batch.rewards, atol=1e-12)
+
+    def replayed_return(p):
+        r = problem.rollout(p, task_theta, noise)[2]
+        return (problem._discounts[:, None] * r).sum(0).mean()
+
+    gradient = problem.real_policy_gradient(phi, [batch], theta=theta)
+    np.testing.assert_array_equal(gradient, problem.pathwise_real_gradient(phi, batch, theta))
+    for seed in range(3):
+        direction = torch.as_tensor(np.random.default_rng(seed).standard_normal(phi.size))
+        numeric = central_difference(replayed_return, torch.as_tensor(phi), direction)
+        assert float(numeric) == pytest.approx(float(gradient @ direction.numpy()), rel=1e-6, abs=1e-9)
+
+
+def test_real_gradient_estimator_is_chosen_in_the_problem_file():
+    assert tiny().real_gradient_estimator == 'pathwise'
+    assert tiny(**{'real_gradient.estimator': 'reinforce'}).real_gradient_estimator == 'reinforce'
+    with pytest.raises(ProblemConfigError, match='estimator'):
+        tiny(**{'real_gradient.estimator': 'magic'})

@@ -53,7 +53,7 @@ class ToyProblem(BilevelProblem):
                             rewards=rewards, dones=np.ones((n_episodes, 1), bool),
                             log_probs=np.zeros((n_episodes, 1)), source='real')
 
-    def real_policy_gradient(self, phi, batches):
+    def real_policy_gradient(self, phi, batches, theta=None):
         return batches[-1].states[:, 0, :].mean(axis=0)
 
     def real_objective(self, phi):

@@ -309,7 +309,7 @@ class BilevelOuterLoop(MethodRun):
         timing['real_s'] = time.perf_counter() - t0
 
         t1 = time.perf_counter()
-        real_gradient = self.problem.real_policy_gradient(self.phi, self.real_batches)
+        real_gradient = self.problem.real_policy_gradient(self.phi, self.real_batches, theta=self.theta)
         gradient = self.outer_gradient(self.phi, self.theta, real_gradient)
         gradient = np.where(self.learn_mask, gradient, 0.0)
         timing['sensitivity_s'] = time.perf_counter() - t1

@@ -120,9 +120,12 @@ class BilevelProblem(abc.ABC):
         ...
 
     @abc.abstractmethod
-    def real_policy_gradient(self, phi: np.ndarray, batches: list[Trajectories]) -> np.ndarray:
+    def real_policy_gradient(self, phi: np.ndarray, batches: list[Trajectories],
+                             theta: Optional[np.ndarray] = None) -> np.ndarray:
         """Estimate g = grad_phi J_real(phi) from real data; batches[-1] is the newest
-        (collected with phi); older batches may be used only where valid off-policy."""
+        (collected with phi); older batches may be used only where valid off-policy.
+        ``theta``: the simulator the outer loop is at, for estimators that use the
+        simulator's derivatives along real data (None: the nominal theta)."""
 
     @abc.abstractmethod
     def real_objective(self, phi: torch.Tensor) -> torch.Tensor:

@@ -857,7 +857,8 @@ class LQRProblem(BilevelProblem):
                                            self.real_horizon, rng)
         return self._trajectories(phi, states, actions, self.cost_q, self.cost_r, 'real')
 
-    def real_policy_gradient(self, phi: np.ndarray, batches: list[Trajectories]) -> np.ndarray:
+    def real_policy_gradient(self, phi: np.ndarray, batches: list[Trajectories],
+                             theta: Optional[np.ndarray] = None) -> np.ndarray:
         """g ~ grad_K J_real = -2 (H_uu K - H_ux) S from real episodes.
 
         H: LSTD-Q (quadratic features, expected next action under pi_phi) on the transitions of

@@ -55,6 +55,7 @@ from ..robot_model import (ACTION_DIM, N_PHYSICAL, OBSERVATION_DIM, PHYSICAL_NAM
 
 DTYPE = torch.float64
 MAX_PARALLEL_EPISODES = 64       # emulators stepped side by side (one pybullet client each)
+REAL_GRADIENT_ESTIMATORS = ('pathwise', 'reinforce')
 TOP_LEVEL_FIELDS = {'kind', 'robot', 'gamma', 'horizon', 'geometry', 'initial_state', 'task', 'real',
                     'simulator', 'policy', 'inner', 'evaluation', 'real_gradient', 'outer'}
 
@@ -111,7 +112,8 @@ class RobotProblem(BilevelProblem):
                  nominal_full: np.ndarray, learn_mask: np.ndarray, lower_full: np.ndarray,
                  upper_full: np.ndarray, transition_noise_std: np.ndarray, hidden_sizes: tuple[int, ...],
                  initial_std: float, inner: InnerSettings, evaluation_episodes: int, evaluation_seed: int,
-                 outer_defaults: Optional[dict] = None, policy=None, real_gradient_lambda: float = 1.0):
+                 outer_defaults: Optional[dict] = None, policy=None, real_gradient_lambda: float = 1.0,
+                 real_gradient_estimator: str = 'pathwise'):
         self.source = source
         self.gamma = gamma
         self.horizon = horizon
@@ -137,6 +139,10 @@ class RobotProblem(BilevelProblem):
         self._crn = CommonNoise.draw(inner.episodes, horizon, initial, np.random.default_rng([inner.seed, 1]))
         self._emulators: list = []
         self.real_gradient_lambda = real_gradient_lambda
+        if real_gradient_estimator not in REAL_GRADIENT_ESTIMATORS:
+            raise ValueError(f'real_gradient_estimator={real_gradient_estimator!r}: expected one of '
+                             f'{REAL_GRADIENT_ESTIMATORS}')
+        self.real_gradient_estimator = real_gradient_estimator
         self._oracle_phi: Optional[np.ndarray] = None
         self._real_return_cache: dict[bytes, float] = {}
 
@@ -246,8 +252,11 @@ class RobotProblem(BilevelProblem):
         ev = root.section('evaluation', {})
         ev.reject_unknown({'episodes', 'seed'})
         real_gradient = root.section('real_gradient', {})
-        real_gradient.reject_unknown({'gae_lambda'})
+        real_gradient.reject_unknown({'gae_lambda', 'estimator'})
         gae_lambda = real_gradient.scalar('gae_lambda', 1.0, low=0.0, high=1.0)
+        estimator = real_gradient.raw('estimator', 'pathwise')
+        if estimator not in REAL_GRADIENT_ESTIMATORS:
+            raise real_gradient.error('estimator', estimator, f'one of {list(REAL_GRADIENT_ESTIMATORS)}')
         outer = root.raw('outer', {})
         _check_outer(outer, source)
         return cls(source=source, gamma=gamma, horizon=horizon, geometry=geometry, initial=initial,
@@ -257,7 +266,7 @@ class RobotProblem(BilevelProblem):
                    hidden_sizes=tuple(hidden), initial_std=initial_std, inner=inner,
                    evaluation_episodes=ev.integer('episodes', 32, low=1),
                    evaluation_seed=ev.integer('seed', 100000, low=0), outer_defaults=outer, policy=policy,
-                   real_gradient_lambda=gae_lambda)
+                   real_gradient_lambda=gae_lambda, real_gradient_estimator=estimator)
 
     # --- the simulator family ------------------------------------------------------------------------
     def theta0(self) -> np.ndarray:
@@ -537,7 +546,34 @@ class RobotProblem(BilevelProblem):
         return Trajectories(states=states, actions=actions, rewards=rewards, dones=dones, log_probs=log_probs,
                             source='real')
 
-    def real_policy_gradient(self, phi: np.ndarray, batches: list[Trajectories]) -> np.ndarray:
+    def real_policy_gradient(self, phi: np.ndarray, batches: list[Trajectories],
+                             theta: Optional[np.ndarray] = None) -> np.ndarray:
+        """g = grad_phi J_real(phi) from the newest real batch (collected with phi), by the
+        ``real_gradient.estimator`` of the problem file: 'pathwise' (default) or 'reinforce'."""
+        if self.real_gradient_estimator == 'pathwise':
+            return self.pathwise_real_gradient(phi, batches[-1], self.theta0() if theta is None else theta)
+        return self.likelihood_ratio_real_gradient(phi, batches)
+
+    def pathwise_real_gradient(self, phi: np.ndarray, batch: Trajectories, theta: np.ndarray) -> np.ndarray:
+        """Pathwise gradient of the TASK return along the real trajectories (SVG(inf)-style,
+        Heess et al. 2015): the random numbers of each real episode are recovered -- the
+        policy's action noise exactly, the transition noise as the residuals of the simulator
+        at ``theta`` (``noise_of``) -- so re-simulating them at phi reproduces the measured
+        trajectory to rounding error; the gradient of the discounted task reward along that
+        reproduction then uses the states the robot really visited and the simulator's
+        Jacobians d s_{t+1} / d(s_t, a_t).  Biased only through those Jacobians (e.g. the
+        robot's actuation delay is not in them); its variance is far below the
+        likelihood-ratio estimator's (measured in the issue-4 note)."""
+        noise = self.noise_of(phi, theta, batch)
+        theta_phys = self.model.split(self.full_theta(torch.as_tensor(theta, dtype=DTYPE)))[0]
+        theta_full = torch.cat([theta_phys, torch.as_tensor(np.log(self.task_weights), dtype=DTYPE)])
+        phi_t = torch.tensor(np.asarray(phi, dtype=np.float64), dtype=DTYPE, requires_grad=True)
+        _, _, rewards = self.rollout(phi_t, theta_full, noise)
+        task_return = (self._discounts[:rewards.shape[0], None] * rewards).sum(0).mean()
+        (gradient,) = torch.autograd.grad(task_return, phi_t)
+        return gradient.numpy()
+
+    def likelihood_ratio_real_gradient(self, phi: np.ndarray, batches: list[Trajectories]) -> np.ndarray:
         """Likelihood-ratio gradient on the newest batch (collected with phi):
 
             g = 1/n sum_i sum_t gamma^t grad log pi(a_it|o_it) A_it,

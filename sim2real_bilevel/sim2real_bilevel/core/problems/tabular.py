@@ -540,7 +540,8 @@ class TabularProblem(BilevelProblem):
                             dones=np.zeros(actions.shape, dtype=bool),
                             log_probs=log_pi[states[:, :-1], actions], source='real')
 
-    def real_policy_gradient(self, phi: np.ndarray, batches: list[Trajectories]) -> np.ndarray:
+    def real_policy_gradient(self, phi: np.ndarray, batches: list[Trajectories],
+                             theta: Optional[np.ndarray] = None) -> np.ndarray:
         """g ~ grad_phi J_real(phi) (unregularised return) from real episodes.
 
         Both estimators use a tabular critic: the model P_hat(s'|s,a), r_hat(s,a) of transition
