@@ -103,5 +103,15 @@ def test_summary_and_plot(tmp_path):
     assert summary['bilevel']['real_transitions_to_target_median'] % 4 == 0
     assert summary['nominal']['iterations_to_target_max'] is None
     assert 'never' in format_summary(summary)
+    # at equal real data: the nominal policy at any budget, bi-level's last policy within it
+    nominal_start = [seed['iterations'][0]['normalized_return'] for seed in document['methods']['nominal']['seeds']]
+    assert summary['nominal']['return_at_episodes']['300'][0] == pytest.approx(np.mean(nominal_start))
+    bilevel_seeds = document['methods']['bilevel']['seeds']
+    at_ten = [[r for r in seed['iterations'] if r['real_episodes'] <= 10][-1]['normalized_return']
+              for seed in bilevel_seeds]
+    assert summary['bilevel']['return_at_episodes']['10'] == pytest.approx(
+        [np.mean(at_ten), np.min(at_ten), np.max(at_ten)])
+    assert set(summary['bilevel']['seconds_by_phase']) >= {'real_s', 'sensitivity_s', 'inner_s'}
+    assert 'N=30' in format_summary(summary)
     plot_results(json.loads(json.dumps(document)), tmp_path / 'r.png')
     assert (tmp_path / 'r.png').stat().st_size > 10_000

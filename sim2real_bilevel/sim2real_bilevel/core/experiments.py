@@ -31,6 +31,7 @@ METHODS: dict[str, tuple[type, dict]] = {
 }
 
 TARGET = 0.95
+EPISODE_BUDGETS = (0, 10, 20, 30, 100, 300)     # "at equal real data" columns of the summary
 
 
 def make_run(problem, method: str, seed: int, iterations: Optional[int] = None,
@@ -105,8 +106,37 @@ def summarize(document: dict) -> dict:
             'real_transitions_to_target_median': _finite_or_none(float(np.median(hit_transitions))),
             'real_transitions_to_target_max': _finite_or_none(max(hit_transitions)),
             'seconds_per_iteration': float(np.mean(per_iteration_s)) if per_iteration_s else None,
+            'return_at_episodes': return_at_episodes(entry['seeds'], EPISODE_BUDGETS),
+            'seconds_by_phase': seconds_by_phase(entry['seeds']),
         }
     return summary
+
+
+def return_at_episodes(seeds: list[dict], budgets) -> dict:
+    """{budget: [mean, min, max]} over seeds of the normalised return of the last policy
+    obtained with at most ``budget`` real episodes (None where a seed has no such record,
+    e.g. a black-box method whose first iteration already needs more)."""
+    table = {}
+    for budget in budgets:
+        values = []
+        for seed in seeds:
+            within = [r['normalized_return'] for r in seed['iterations'] if r.get('real_episodes', 0) <= budget]
+            values.append(within[-1] if within else None)
+        if any(v is None for v in values):
+            table[str(budget)] = None
+        else:
+            table[str(budget)] = [float(np.mean(values)), float(np.min(values)), float(np.max(values))]
+    return table
+
+
+def seconds_by_phase(seeds: list[dict]) -> dict:
+    """Mean seconds per outer iteration in each timed phase (inner_s, sensitivity_s, real_s, ...)."""
+    phases: dict[str, list[float]] = {}
+    for seed in seeds:
+        for record in seed['iterations'][1:]:
+            for phase, seconds in (record.get('timing') or {}).items():
+                phases.setdefault(phase, []).append(float(seconds))
+    return {phase: float(np.mean(values)) for phase, values in phases.items()}
 
 
 def _finite_or_none(value):
@@ -124,6 +154,22 @@ def format_summary(summary: dict, target: float = TARGET) -> str:
         lines.append(f'{method:<22}{final:>26}{s["seeds_reaching_target"]:>6}/{s["seeds"]:<4}'
                      f'{iters:>22}{_fmt(s["real_transitions_to_target_median"]):>28}'
                      f'{_fmt(s["seconds_per_iteration"], ".4f"):>10}')
+    budgets = sorted({int(b) for s in summary.values() for b in (s.get('return_at_episodes') or {})})
+    if budgets:
+        lines += ['', 'normalised real return after at most N real episodes (mean [min,max] over seeds;'
+                      ' "-": the method needs more than N for its first step)',
+                  f'{"method":<22}' + ''.join(f'{"N=" + str(b):>20}' for b in budgets)]
+        for method, s in summary.items():
+            cells = []
+            for b in budgets:
+                cell = (s.get('return_at_episodes') or {}).get(str(b))
+                cells.append('-' if cell is None else f'{cell[0]:.3f} [{cell[1]:.2f},{cell[2]:.2f}]')
+            lines.append(f'{method:<22}' + ''.join(f'{c:>20}' for c in cells))
+    timed = {m: s.get('seconds_by_phase') for m, s in summary.items() if s.get('seconds_by_phase')}
+    if timed:
+        lines += ['', 'seconds per outer iteration by phase (mean)']
+        for method, phases in timed.items():
+            lines.append(f'{method:<22}' + '  '.join(f'{k.removesuffix("_s")} {v:.3f}' for k, v in phases.items()))
     return '\n'.join(lines)
 
 
