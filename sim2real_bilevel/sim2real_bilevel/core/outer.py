@@ -25,7 +25,7 @@ from .problem import BilevelProblem, InnerResult, Trajectories
 
 SOLVERS = ('dense', 'cg', 'first_order')
 SENSITIVITY_METHODS = ('exact', 'sampled')
-INNER_METHODS = ('exact', 'sampled')
+INNER_METHODS = ('exact', 'sampled', 'ppo')
 
 
 @dataclass
