@@ -385,3 +385,22 @@ def test_real_gradient_estimator_is_chosen_in_the_problem_file():
     assert tiny(**{'real_gradient.estimator': 'reinforce'}).real_gradient_estimator == 'reinforce'
     with pytest.raises(ProblemConfigError, match='estimator'):
         tiny(**{'real_gradient.estimator': 'magic'})
+
+
+def test_ppo_inner_learner_improves_the_in_sim_return_and_warm_starts(problem):
+    theta = problem.theta0()
+    theta_full = problem.full_theta(torch.as_tensor(theta))
+    start = problem.policy.init_params(np.random.default_rng([problem.inner.seed, 2]))
+    before = float(problem.sim_objective(torch.as_tensor(start), theta_full, full=True))
+    cold = problem.inner_solve(theta, None, method='ppo', rng=np.random.default_rng(0), max_iterations=80)
+    after = float(problem.sim_objective(torch.as_tensor(cold.phi), theta_full, full=True))
+    optimum = float(problem.sim_objective(torch.as_tensor(problem.inner_solve(theta).phi), theta_full, full=True))
+    assert after - before > 0.5 * (optimum - before)          # most of the way from the start to the optimum
+    assert cold.info['method'] == 'ppo' and np.all(np.isfinite(cold.phi))
+    # warm-started at the optimum, a short run stays near it
+    exact = problem.inner_solve(theta)
+    warm = problem.inner_solve(theta, exact.phi, method='ppo', rng=np.random.default_rng(1), max_iterations=10)
+    value = float(problem.sim_objective(torch.as_tensor(warm.phi), theta_full, full=True))
+    assert optimum - value < 0.1 * (optimum - before)
+    with pytest.raises(ValueError, match='ppo'):
+        problem.inner_solve(theta, method='reinforce')

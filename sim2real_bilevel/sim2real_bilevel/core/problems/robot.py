@@ -25,7 +25,10 @@ always prefers less noise); the ridge gives curvature to the MLP's flat directio
 
 Inner solvers: 'exact' minimises -J_sim on the CRN set (Adam, then L-BFGS) to ||F|| <= tol;
 'sampled' is a stochastic policy gradient: pathwise gradients through fresh simulated
-rollouts each iteration (Adam), warm-started, stopping on the CRN ||F||.
+rollouts each iteration (Adam), warm-started, stopping on the CRN ||F||; 'ppo' is a PPO-style
+actor-critic on fresh rollouts that uses the simulator only as a sampler (for simulators
+without derivatives).  Both stop near, not at, the CRN optimum: the implicit-function step
+is then taken at an approximate stationary point, whose ||F|| is reported.
 
 Normalised return
 -----------------
@@ -56,6 +59,8 @@ from ..robot_model import (ACTION_DIM, N_PHYSICAL, OBSERVATION_DIM, PHYSICAL_NAM
 DTYPE = torch.float64
 MAX_PARALLEL_EPISODES = 64       # emulators stepped side by side (one pybullet client each)
 REAL_GRADIENT_ESTIMATORS = ('pathwise', 'reinforce')
+INNER_SOLVERS = ('exact', 'sampled', 'ppo')
+PPO_EPOCHS, PPO_CLIP, PPO_GAE_LAMBDA = 4, 0.2, 0.95
 TOP_LEVEL_FIELDS = {'kind', 'robot', 'gamma', 'horizon', 'geometry', 'initial_state', 'task', 'real',
                     'simulator', 'policy', 'inner', 'evaluation', 'real_gradient', 'outer'}
 
@@ -354,15 +359,57 @@ class RobotProblem(BilevelProblem):
             iterations = self._adam(phi, max_iterations, lambda: loss_on(
                 CommonNoise.draw(settings.sampled_episodes, self.horizon, self.initial, rng)),
                 stop=lambda: self._crn_grad_norm(phi, theta_full) <= tolerance, check_every=10)
+        elif method == 'ppo':
+            rng = rng if rng is not None else np.random.default_rng()
+            iterations = self._ppo(phi, theta_full, max_iterations, rng,
+                                   stop=lambda: self._crn_grad_norm(phi, theta_full) <= tolerance)
         elif method == 'exact':
             iterations = self._adam(phi, settings.warmup_iterations, lambda: loss_on(None)) if cold else 0
             iterations += self._lbfgs(phi, lambda: loss_on(None), max_iterations, tolerance)
         else:
-            raise ValueError(f"inner_solve: method={method!r}: expected 'exact' or 'sampled'")
+            raise ValueError(f"inner_solve: method={method!r}: expected one of {INNER_SOLVERS}")
         grad_norm = self._crn_grad_norm(phi, theta_full)
         return InnerResult(phi=phi.detach().numpy().copy(), grad_norm=grad_norm, iterations=iterations,
                            info={'method': method, 'seconds': time.perf_counter() - started,
                                  'objective': float(-loss_on(None).detach())})
+
+    def _ppo(self, phi: torch.Tensor, theta_full: torch.Tensor, iterations: int, rng: np.random.Generator,
+             stop, check_every: int = 5) -> int:
+        """PPO-style actor-critic on fresh simulated episodes: per iteration, sampled_episodes
+        rollouts of the current policy (no gradient through the simulator: the learner only
+        needs samples, as it would with a black-box simulator), GAE(0.95) advantages from a
+        linear value function on quadratic observation features, then PPO_EPOCHS Adam steps
+        on the clipped surrogate plus the entropy bonus and ridge of J_sim.  Stops on the CRN
+        ||F|| (checked every ``check_every`` iterations) or after ``iterations``."""
+        settings = self.inner
+        optimizer = torch.optim.Adam([phi], lr=settings.learning_rate)
+        for k in range(iterations):
+            if k % check_every == 0 and stop():
+                return k
+            noise = CommonNoise.draw(settings.sampled_episodes, self.horizon, self.initial, rng)
+            with torch.no_grad():
+                states, actions, rewards = self.rollout(phi, theta_full, noise)
+                observations = self.model.observation(states)                      # (T+1, N, 3)
+                old_log_probs = self.policy.log_prob(phi, observations[:-1], actions)
+            rewards_np = rewards.T.numpy()                                          # (N, T)
+            n, horizon = rewards_np.shape
+            discounts = self.gamma ** np.arange(horizon)
+            to_go = np.flip(np.cumsum(np.flip(rewards_np * discounts, 1), 1), 1) / discounts
+            features = _value_features(observations.transpose(0, 1).numpy(), self.gamma, horizon)
+            values = _cross_fitted_values(features, to_go)
+            advantages = _gae(rewards_np, values, self.gamma, PPO_GAE_LAMBDA)
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-12)
+            advantages_t = torch.as_tensor(advantages.T, dtype=DTYPE)              # (T, N)
+            for _ in range(PPO_EPOCHS):
+                ratio = torch.exp(self.policy.log_prob(phi, observations[:-1], actions) - old_log_probs)
+                surrogate = torch.minimum(ratio * advantages_t,
+                                          torch.clamp(ratio, 1 - PPO_CLIP, 1 + PPO_CLIP) * advantages_t).mean()
+                loss = -(surrogate + settings.entropy * self.policy.log_std(phi).sum() / horizon
+                         - 0.5 * settings.l2 * (phi ** 2).sum() / horizon)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        return iterations
 
     def _crn_grad_norm(self, phi: torch.Tensor, theta_full: torch.Tensor) -> float:
         point = phi.detach().clone().requires_grad_(True)
