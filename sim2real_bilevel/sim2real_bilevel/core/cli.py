@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
+from .checkpoint import CheckpointError
 from .config import ProblemConfigError
 
 
@@ -27,22 +29,56 @@ def builtin_config(name: str) -> Path:
     return path            # the loader reports the missing file with its name
 
 
+RUN_FILE = 'run.json'
+
+
 def cmd_solve(args) -> int:
+    methods = args.method or ['bilevel']
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    invocation = {'config': str(builtin_config(args.config).resolve()), 'methods': methods, 'seeds': args.seeds,
+                  'iterations': args.iterations, 'real_episodes': args.real_episodes}
+    if run_dir is not None:
+        from .checkpoint import atomic_write_bytes
+        if (run_dir / RUN_FILE).exists():
+            print(f'error: {run_dir} already holds a run; continue it with `sim2real-bilevel resume {run_dir}`',
+                  file=sys.stderr)
+            return 2
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run_dir / RUN_FILE, json.dumps(invocation, indent=1).encode())
+    out = args.out or (run_dir if run_dir is not None else 'results')
+    return _solve(invocation, out, args.quiet, run_dir)
+
+
+def cmd_resume(args) -> int:
+    run_dir = Path(args.run_dir)
+    try:
+        invocation = json.loads((run_dir / RUN_FILE).read_text())
+    except FileNotFoundError:
+        print(f'error: {run_dir / RUN_FILE}: no such file (start a run with `solve CONFIG --run-dir DIR`)',
+              file=sys.stderr)
+        return 2
+    if args.iterations is not None:
+        invocation['iterations'] = args.iterations
+    return _solve(invocation, args.out or run_dir, args.quiet, run_dir)
+
+
+def _solve(invocation: dict, out, quiet: bool, run_dir) -> int:
     from tqdm import tqdm
     from .experiments import METHODS, format_summary, run_experiment, write_results
     from .problems import load_problem
 
-    methods = args.method or ['bilevel']
+    methods = invocation['methods']
     for method in methods:
         if method not in METHODS:
             print(f'error: unknown --method {method!r}; expected one of {sorted(METHODS)}', file=sys.stderr)
             return 2
-    config = builtin_config(args.config)
+    config = Path(invocation['config'])
     problem = load_problem(config)     # validate before anything runs
     defaults = getattr(problem, 'outer_defaults', {}) or {}
-    per_run = args.iterations if args.iterations is not None else defaults.get('iterations', 200)
-    total = sum((0 if m == 'nominal' else per_run) + 1 for m in methods) * args.seeds
-    bar = tqdm(total=total, unit='it', file=sys.stderr, dynamic_ncols=True, disable=args.quiet)
+    iterations, seeds = invocation['iterations'], invocation['seeds']
+    per_run = iterations if iterations is not None else defaults.get('iterations', 200)
+    total = sum((0 if m == 'nominal' else per_run) + 1 for m in methods) * seeds
+    bar = tqdm(total=total, unit='it', file=sys.stderr, dynamic_ncols=True, disable=quiet)
 
     def on_record(method, seed, record):
         bar.update(1)
@@ -50,12 +86,17 @@ def cmd_solve(args) -> int:
         bar.set_postfix(norm_return=f'{record.normalized_return:.4f}', real=record.real_transitions)
 
     overrides = {}
-    if args.real_episodes is not None:
-        overrides['real_episodes'] = args.real_episodes
-    document = run_experiment(config, methods, seeds=args.seeds, iterations=args.iterations,
-                              overrides=overrides, on_record=on_record)
+    if invocation['real_episodes'] is not None:
+        overrides['real_episodes'] = invocation['real_episodes']
+    try:
+        document = run_experiment(config, methods, seeds=seeds, iterations=iterations, overrides=overrides,
+                                  on_record=on_record, run_dir=run_dir)
+    except (ValueError, CheckpointError) as err:
+        bar.close()
+        print(f'error: {err}', file=sys.stderr)
+        return 2
     bar.close()
-    json_path, png_path = write_results(document, args.out)
+    json_path, png_path = write_results(document, out)
     print(format_summary(document['summary']))
     print(f'wrote {json_path} and {png_path}')
     return 0
@@ -88,9 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help='outer iterations (default: the problem file\'s outer.iterations)')
     solve.add_argument('--real-episodes', type=_positive_int, default=None,
                        help='real episodes per iteration (default: the problem file\'s)')
-    solve.add_argument('--out', default='results', help='output folder (default: ./results)')
+    solve.add_argument('--out', default=None, help='output folder (default: the run dir, else ./results)')
+    solve.add_argument('--run-dir', default=None,
+                       help='persist the run here after every outer iteration and every real batch '
+                            '(crash-safe; continue it with `resume DIR`)')
     solve.add_argument('--quiet', action='store_true', help='no progress bar')
     solve.set_defaults(func=cmd_solve)
+
+    resume = commands.add_parser('resume', help='continue a run started with `solve --run-dir DIR`')
+    resume.add_argument('run_dir', help='the run directory')
+    resume.add_argument('--iterations', type=_non_negative_int, default=None,
+                        help='outer iterations in all (default: those the run was started with)')
+    resume.add_argument('--out', default=None, help='output folder (default: the run dir)')
+    resume.add_argument('--quiet', action='store_true', help='no progress bar')
+    resume.set_defaults(func=cmd_resume)
 
     check = commands.add_parser('gradcheck', help='sensitivity estimators vs finite differences')
     check.add_argument('config')

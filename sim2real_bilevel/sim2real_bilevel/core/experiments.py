@@ -30,6 +30,9 @@ METHODS: dict[str, tuple[type, dict]] = {
     'real-rl': (baselines.RealRLRun, {}),
 }
 
+# Methods whose state is not plain arrays (the cma package's strategy object): no --run-dir.
+NOT_RESUMABLE = {'cmaes': "the cma package's strategy object cannot be saved without pickle"}
+
 TARGET = 0.95
 EPISODE_BUDGETS = (0, 10, 20, 30, 100, 300)     # "at equal real data" columns of the summary
 
@@ -52,8 +55,15 @@ def make_run(problem, method: str, seed: int, iterations: Optional[int] = None,
 
 def run_experiment(config_path: str | Path, methods: list[str], seeds: int = 1,
                    iterations: Optional[int] = None, overrides: Optional[dict] = None,
-                   on_record: Optional[Callable[[str, int, IterationRecord], None]] = None) -> dict:
-    """Run every method for every seed; returns the results.json document."""
+                   on_record: Optional[Callable[[str, int, IterationRecord], None]] = None,
+                   run_dir: Optional[str | Path] = None) -> dict:
+    """Run every method for every seed; returns the results.json document.  With ``run_dir``
+    each (method, seed) persists itself in RUN_DIR/<method>/seed<k>/ and continues from there
+    when that folder already holds a checkpoint (``MethodRun.attach_run_dir``)."""
+    if run_dir is not None:
+        refused = {m: NOT_RESUMABLE[m] for m in methods if m in NOT_RESUMABLE}
+        if refused:
+            raise ValueError(f'--run-dir: method(s) without crash-safe state: {refused}')
     problem = load_problem(config_path)
     document = {'config': str(config_path), 'problem_kind': problem.kind,
                 'theta_names': list(problem.theta_names), 'target': TARGET, 'methods': {}}
@@ -62,6 +72,13 @@ def run_experiment(config_path: str | Path, methods: list[str], seeds: int = 1,
         for seed in range(seeds):
             callback = (lambda record, m=method, s=seed: on_record(m, s, record)) if on_record else None
             run = make_run(problem, method, seed, iterations, overrides, progress=callback)
+            if run_dir is not None:
+                wanted = run.config.iterations          # the caller's count wins over the saved one
+                if run.attach_run_dir(Path(run_dir) / method / f'seed{seed}'):
+                    run.config.iterations = wanted
+                    for record in run.history:          # progress bars count the restored records
+                        if callback:
+                            callback(record)
             started = time.perf_counter()
             run.run()
             seed_results.append({'seed': seed, 'wall_time_s': time.perf_counter() - started,

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 
-from . import implicit
+from . import checkpoint, implicit
 from .problem import BilevelProblem, InnerResult, Trajectories
 
 SOLVERS = ('dense', 'cg', 'first_order')
@@ -196,6 +197,12 @@ class MethodRun:
         self.iteration = 0
         self.history: list[IterationRecord] = []
         self.elapsed = 0.0
+        self.real_batch_count = 0
+        """Real batches collected so far (kept or not): the index of the last real/batch file."""
+        self.run_dir: Optional[Path] = None
+        """Where the run persists itself (None: in memory only); see ``attach_run_dir``."""
+        self.replayed_real_batches = 0
+        """Real batches taken from RUN_DIR/real/ on resume instead of being collected again."""
 
     # --- the expensive calls (replaceable by remote calls) --------------------------------------
     def solve_inner(self, theta: np.ndarray, phi_init: Optional[np.ndarray]) -> InnerResult:
@@ -203,11 +210,35 @@ class MethodRun:
 
     def collect_real(self, phi: np.ndarray, keep: bool = True) -> Trajectories:
         """Real episodes with pi_phi, counted in the real-data accounting."""
-        batch = self.problem.sample_real(phi, self.config.real_episodes, self.rng)
+        batch = self.take_real_batch(lambda: self.problem.sample_real(phi, self.config.real_episodes, self.rng))
+        self.count_real_batch(batch, keep)
+        return batch
+
+    def count_real_batch(self, batch: Trajectories, keep: bool = True) -> None:
+        """The real-data accounting of one collected batch."""
         self.real_transitions += batch.n_transitions
         self.real_episode_count += batch.rewards.shape[0]
         if keep:
             self.real_batches.append(batch)
+
+    def take_real_batch(self, collect: Callable[[], Trajectories]) -> Trajectories:
+        """The next real batch: from RUN_DIR/real/ when an earlier, interrupted attempt of this
+        run already collected it (the RNG is then put where collecting it left it), else
+        ``collect()``, persisted atomically before anything else uses it."""
+        index = self.real_batch_count + 1
+        if self.run_dir is not None:
+            stored = checkpoint.load_real_batch(self.run_dir, index)
+            if stored is not None:
+                batch, meta = stored
+                self.rng.bit_generator.state = meta['rng_after']
+                self.real_batch_count = index
+                self.replayed_real_batches += 1
+                return batch
+        batch = collect()
+        self.real_batch_count = index
+        if self.run_dir is not None:
+            checkpoint.save_real_batch(self.run_dir, index, batch, {
+                'iteration': self.iteration + 1, 'rng_after': self.rng.bit_generator.state})
         return batch
 
     def mean_real_return(self, batch: Trajectories) -> float:
@@ -262,9 +293,93 @@ class MethodRun:
             timing=timing,
         )
         self.history.append(record)
+        if self.run_dir is not None:      # persisted before anyone is told the iteration happened
+            self.save_checkpoint()
         if self.progress is not None:
             self.progress(record)
         return record
+
+    # --- persistence --------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything needed to continue the run: ``{'meta': JSON-able dict, 'arrays': {name:
+        ndarray}}``.  Subclasses with more state extend both (call ``super()`` first)."""
+        meta = {
+            'class': type(self).__name__, 'method': self.name, 'seed': int(self.seed),
+            'source': str(getattr(self.problem, 'source', '')),
+            'config': vars(self.config) | {'adam_betas': list(self.config.adam_betas)},
+            'iteration': int(self.iteration), 'real_transitions': int(self.real_transitions),
+            'real_episode_count': int(self.real_episode_count), 'real_batch_count': int(self.real_batch_count),
+            'inner_grad_norm': float(self.inner_grad_norm), 'elapsed': float(self.elapsed),
+            'rng': self.rng.bit_generator.state, 'history': [r.to_json() for r in self.history],
+            'real_batches': [], 'has_phi': self.phi is not None,
+        }
+        arrays = {'theta': self.theta}
+        if self.phi is not None:
+            arrays['phi'] = np.asarray(self.phi, dtype=np.float64)
+        for index, batch in enumerate(self.real_batches):
+            fields_, batch_arrays = checkpoint.batch_arrays(batch, prefix=f'real_batch{index}.')
+            meta['real_batches'].append(fields_)
+            arrays.update(batch_arrays)
+        adam = getattr(self, 'adam', None)
+        if isinstance(adam, Adam):
+            meta['adam'] = {'t': int(adam.t), 'step_size': float(adam.step_size), 'betas': list(adam.betas),
+                            'eps': float(adam.eps)}
+            arrays['adam.m'], arrays['adam.v'] = adam.m, adam.v
+        return {'meta': meta, 'arrays': arrays}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state_dict()``'s output (the configuration is the saved one)."""
+        meta, arrays = state['meta'], state['arrays']
+        if meta['class'] != type(self).__name__:
+            raise ValueError(f'checkpoint of a {meta["class"]} run cannot resume a {type(self).__name__}')
+        saved = OuterConfig.from_mapping(dict(meta['config'], adam_betas=tuple(meta['config']['adam_betas'])))
+        for name, value in vars(saved).items():     # in place: subclasses and nodes hold this object
+            setattr(self.config, name, value)
+        self.seed = int(meta['seed'])
+        self.rng.bit_generator.state = meta['rng']
+        self.theta = np.array(arrays['theta'], dtype=np.float64)
+        self.phi = np.array(arrays['phi'], dtype=np.float64) if meta['has_phi'] else None
+        self.inner_grad_norm = float(meta['inner_grad_norm'])
+        self.iteration = int(meta['iteration'])
+        self.real_transitions = int(meta['real_transitions'])
+        self.real_episode_count = int(meta['real_episode_count'])
+        self.real_batch_count = int(meta['real_batch_count'])
+        self.elapsed = float(meta['elapsed'])
+        self.history = [IterationRecord(**record) for record in meta['history']]
+        self.real_batches = [checkpoint.batch_from_arrays(fields_, arrays, prefix=f'real_batch{index}.')
+                             for index, fields_ in enumerate(meta['real_batches'])]
+        if 'adam' in meta:
+            saved = meta['adam']
+            self.adam = Adam(arrays['adam.m'].size, saved['step_size'], saved['betas'], saved['eps'])
+            self.adam.m, self.adam.v = np.array(arrays['adam.m']), np.array(arrays['adam.v'])
+            self.adam.t = int(saved['t'])
+
+    def save_checkpoint(self) -> Path:
+        state = self.state_dict()
+        return checkpoint.save_checkpoint(self.run_dir, state['meta'], state['arrays'])
+
+    def attach_run_dir(self, run_dir) -> bool:
+        """Persist this run in ``run_dir`` from now on; resume it from there if it holds a
+        checkpoint.  Returns True when it resumed.
+
+        Guarantees (a crash = SIGKILL or power loss at any instant):
+          * every completed outer iteration (one ``record``) is in checkpoint.npz before the
+            progress callback hears of it; a resumed run continues at the next iteration;
+          * every real batch is in RUN_DIR/real/ before the run uses it; a resumed run takes it
+            from there (with the RNG state collecting it left), so no episode is collected twice
+            and none collected is lost;
+          * in process, with the same seed, the resumed run's theta trajectory and records
+            equal the uninterrupted run's bit for bit (wall times aside).
+        Not covered: work in flight at the crash (an inner solve, a sensitivity) is redone;
+        a real batch whose episodes ran but whose data never reached this process (a remote
+        robot) cannot be recovered here."""
+        self.run_dir = Path(run_dir)
+        loaded = checkpoint.load_checkpoint(self.run_dir)
+        if loaded is None:
+            return False
+        meta, arrays = loaded
+        self.load_state_dict({'meta': meta, 'arrays': arrays})
+        return True
 
 
 class BilevelOuterLoop(MethodRun):
@@ -278,6 +393,11 @@ class BilevelOuterLoop(MethodRun):
         self.solver = make_solver(config)
         self.learn_mask = self._learn_mask()
         self.adam = Adam(self.theta.size, config.step_size, config.adam_betas)
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.solver = make_solver(self.config)
+        self.learn_mask = self._learn_mask()
 
     def _learn_mask(self) -> np.ndarray:
         if self.config.learn == 'all':

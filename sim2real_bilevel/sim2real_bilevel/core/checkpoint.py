@@ -1,0 +1,214 @@
+"""Crash-safe persistence of an outer-loop run (npz + json, never pickle).
+
+A run directory holds
+
+  checkpoint.npz       the state after the last completed outer iteration (``MethodRun.state_dict``)
+  checkpoint.prev.npz  the one before it: the fallback when the newest file is torn or corrupted
+  real/batch_NNNNNN.npz  every real batch, written the moment it arrives (the real data collected);
+                       NNNNNN is the run's real-batch counter, so a batch collected after the last
+                       checkpoint is found and reused on resume instead of re-running the robot.
+
+Every file is one ``.npz`` archive whose members are plain arrays (``np.load(...,
+allow_pickle=False)`` reads it), plus two members of our own: ``__meta__`` (UTF-8 JSON: format
+name, version, the caller's JSON state) and ``__sha256__`` (hex digest over the metadata and
+every array's name, dtype, shape and bytes).  A file that does not open, has another format
+version, or whose digest does not match is rejected with ``CheckpointError``.
+
+Writes are atomic: the bytes go to a temporary file in the same directory, are flushed and
+fsync'd, replace the target with ``os.replace`` and the directory is fsync'd, so after a
+crash (SIGKILL, power loss) the target is either the old or the new complete file.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .problem import Trajectories
+
+FORMAT = 'sim2real_bilevel.checkpoint'
+VERSION = 1
+CHECKPOINT = 'checkpoint.npz'
+PREVIOUS = 'checkpoint.prev.npz'
+REAL_DIR = 'real'
+_META, _DIGEST = '__meta__', '__sha256__'
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be trusted (missing, torn, corrupted, other version)."""
+
+
+def _digest(meta_bytes: bytes, arrays: dict[str, np.ndarray]) -> str:
+    hasher = hashlib.sha256(meta_bytes)
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        hasher.update(f'\0{name}\0{array.dtype.str}\0{array.shape}\0'.encode())
+        hasher.update(array.tobytes())
+    return hasher.hexdigest()
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:          # platforms without directory handles: the rename is all we have
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, whole."""
+    path = Path(path)
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    with open(tmp, 'wb') as stream:
+        stream.write(data)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def encode(meta: dict, arrays: dict[str, np.ndarray]) -> bytes:
+    """The bytes of one checkpoint file: the arrays, the JSON metadata and their digest."""
+    for name, array in arrays.items():
+        if name.startswith('__') or np.asarray(array).dtype == object:
+            raise ValueError(f'checkpoint array {name!r}: reserved name or object dtype')
+    meta_bytes = json.dumps({'format': FORMAT, 'version': VERSION, 'state': meta},
+                            allow_nan=True, sort_keys=True).encode()
+    arrays = {name: np.asarray(array) for name, array in arrays.items()}
+    members = dict(arrays)
+    members[_META] = np.frombuffer(meta_bytes, dtype=np.uint8)
+    members[_DIGEST] = np.frombuffer(_digest(meta_bytes, arrays).encode(), dtype=np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, **members)
+    return buffer.getvalue()
+
+
+def write(path: Path, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+    atomic_write_bytes(Path(path), encode(meta, arrays))
+
+
+def read(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(meta, arrays) of one file; ``CheckpointError`` says why it cannot be trusted."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            members = {name: archive[name] for name in archive.files}
+    except FileNotFoundError:
+        raise CheckpointError(f'{path}: no such file') from None
+    except Exception as err:        # torn zip, bad member: zipfile/ValueError/OSError/EOFError
+        raise CheckpointError(f'{path}: unreadable ({type(err).__name__}: {err})') from None
+    if _META not in members or _DIGEST not in members:
+        raise CheckpointError(f'{path}: not a {FORMAT} file (no {_META}/{_DIGEST} member)')
+    meta_bytes = members.pop(_META).tobytes()
+    digest = members.pop(_DIGEST).tobytes().decode(errors='replace')
+    if _digest(meta_bytes, members) != digest:
+        raise CheckpointError(f'{path}: checksum mismatch (torn or corrupted file)')
+    document = json.loads(meta_bytes)
+    if document.get('format') != FORMAT or document.get('version') != VERSION:
+        raise CheckpointError(f'{path}: format {document.get("format")!r} version {document.get("version")!r}; '
+                              f'expected {FORMAT!r} version {VERSION}')
+    return document['state'], members
+
+
+def save_checkpoint(run_dir: Path, meta: dict, arrays: dict[str, np.ndarray]) -> Path:
+    """Atomically replace RUN_DIR/checkpoint.npz, keeping the one it replaces as
+    checkpoint.prev.npz.  ``checkpoint.npz`` exists at every instant once written: the
+    previous one is hard-linked (or copied) aside before the new one is renamed over it."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = encode(meta, arrays)
+    current, previous = run_dir / CHECKPOINT, run_dir / PREVIOUS
+    if current.exists():
+        aside = run_dir / f'.{PREVIOUS}.{os.getpid()}.tmp'
+        aside.unlink(missing_ok=True)
+        try:
+            os.link(current, aside)
+        except OSError:              # file systems without hard links
+            shutil.copyfile(current, aside)
+        os.replace(aside, previous)
+    atomic_write_bytes(current, data)
+    return current
+
+
+def load_checkpoint(run_dir: Path) -> Optional[tuple[dict, dict[str, np.ndarray]]]:
+    """The newest trustworthy checkpoint of RUN_DIR as (meta, arrays), or None if the run
+    has none.  A rejected newest file is logged and the previous one used; if both exist
+    and both are rejected, ``CheckpointError`` (never silently start over)."""
+    run_dir = Path(run_dir)
+    errors = []
+    for name in (CHECKPOINT, PREVIOUS):
+        path = run_dir / name
+        if not path.exists():
+            continue
+        try:
+            loaded = read(path)
+        except CheckpointError as err:
+            log.warning('%s; trying the previous checkpoint', err)
+            errors.append(str(err))
+            continue
+        if errors:
+            log.warning('resuming %s from %s (one iteration older than the rejected newest file)',
+                        run_dir, path.name)
+        return loaded
+    if errors:
+        raise CheckpointError(f'{run_dir}: no usable checkpoint: ' + '; '.join(errors))
+    return None
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    run_dir = Path(run_dir)
+    return (run_dir / CHECKPOINT).exists() or (run_dir / PREVIOUS).exists()
+
+
+# --- trajectories ------------------------------------------------------------------------------------------
+_BATCH_FIELDS = ('states', 'actions', 'rewards', 'dones', 'log_probs', 'score_theta')
+
+
+def batch_arrays(batch: Trajectories, prefix: str = '') -> tuple[dict, dict[str, np.ndarray]]:
+    """(JSON fields, arrays) of one batch, array names prefixed with ``prefix``."""
+    arrays = {prefix + name: getattr(batch, name) for name in _BATCH_FIELDS if getattr(batch, name) is not None}
+    return {'source': batch.source, 'policy_version': int(batch.policy_version)}, arrays
+
+
+def batch_from_arrays(fields: dict, arrays: dict[str, np.ndarray], prefix: str = '') -> Trajectories:
+    values = {name: arrays.get(prefix + name) for name in _BATCH_FIELDS}
+    return Trajectories(source=fields['source'], policy_version=int(fields['policy_version']), **values)
+
+
+def real_batch_path(run_dir: Path, index: int) -> Path:
+    return Path(run_dir) / REAL_DIR / f'batch_{index:06d}.npz'
+
+
+def save_real_batch(run_dir: Path, index: int, batch: Trajectories, meta: dict) -> Path:
+    """Persist real batch number ``index`` (1-based) the moment it arrived, with ``meta``
+    (what the run needs to continue as if it had never stopped: the RNG state after it)."""
+    path = real_batch_path(run_dir, index)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields, arrays = batch_arrays(batch)
+    write(path, {'batch': fields, 'index': int(index), **meta}, arrays)
+    return path
+
+
+def load_real_batch(run_dir: Path, index: int) -> Optional[tuple[Trajectories, dict]]:
+    """Real batch number ``index`` and its meta, or None when it was never collected.
+    A batch file that is present but corrupt raises ``CheckpointError``: real data is never
+    silently dropped or re-collected."""
+    path = real_batch_path(run_dir, index)
+    if not path.exists():
+        return None
+    meta, arrays = read(path)
+    return batch_from_arrays(meta['batch'], arrays), meta

@@ -1,0 +1,160 @@
+"""Crash-safe runs in process: the checkpoint file format (atomic, checksummed, previous file
+as fallback) and resuming an interrupted outer loop bit for bit."""
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from sim2real_bilevel.core import checkpoint
+from sim2real_bilevel.core.experiments import make_run
+from sim2real_bilevel.core.problems import load_problem
+from sim2real_bilevel.core.cli import builtin_config, main as cli_main
+
+PROBLEM = 'discrete_3s2a'
+
+
+class Crash(Exception):
+    """Stands for SIGKILL inside one of the loop's calls."""
+
+
+def _problem():
+    return load_problem(builtin_config(PROBLEM))
+
+
+# --- file format -------------------------------------------------------------------------------------------
+def test_round_trip_and_previous_kept(tmp_path):
+    checkpoint.save_checkpoint(tmp_path, {'iteration': 1, 'x': float('nan')}, {'theta': np.arange(3.0)})
+    checkpoint.save_checkpoint(tmp_path, {'iteration': 2}, {'theta': np.arange(3.0) + 1})
+    meta, arrays = checkpoint.load_checkpoint(tmp_path)
+    assert meta == {'iteration': 2} and np.array_equal(arrays['theta'], [1.0, 2.0, 3.0])
+    previous, _ = checkpoint.read(tmp_path / checkpoint.PREVIOUS)
+    assert previous['iteration'] == 1
+    # a plain npz: loadable without pickle
+    with np.load(tmp_path / checkpoint.CHECKPOINT, allow_pickle=False) as archive:
+        assert json.loads(archive['__meta__'].tobytes())['version'] == checkpoint.VERSION
+    assert not list(tmp_path.glob('.*tmp'))
+
+
+@pytest.mark.parametrize('damage', ['truncate', 'flip', 'garbage'])
+def test_damaged_newest_falls_back_to_previous(tmp_path, caplog, damage):
+    checkpoint.save_checkpoint(tmp_path, {'iteration': 1}, {'theta': np.full(50, 1.0)})
+    checkpoint.save_checkpoint(tmp_path, {'iteration': 2}, {'theta': np.full(50, 2.0)})
+    path = tmp_path / checkpoint.CHECKPOINT
+    data = bytearray(path.read_bytes())
+    if damage == 'truncate':
+        data = data[:len(data) // 2]
+    elif damage == 'flip':      # one bit inside the theta member's data (stored, not compressed)
+        offset = data.find(np.full(50, 2.0).tobytes())
+        assert offset > 0
+        data[offset + 17] ^= 0x01
+    else:
+        data = bytearray(b'not a checkpoint at all')
+    path.write_bytes(bytes(data))
+    with pytest.raises(checkpoint.CheckpointError):
+        checkpoint.read(path)
+    with caplog.at_level(logging.WARNING):
+        meta, arrays = checkpoint.load_checkpoint(tmp_path)
+    assert meta['iteration'] == 1 and np.all(arrays['theta'] == 1.0)
+    assert 'trying the previous checkpoint' in caplog.text
+
+
+def test_both_damaged_is_an_error_not_a_fresh_start(tmp_path):
+    checkpoint.save_checkpoint(tmp_path, {'iteration': 1}, {'theta': np.zeros(2)})
+    checkpoint.save_checkpoint(tmp_path, {'iteration': 2}, {'theta': np.zeros(2)})
+    for name in (checkpoint.CHECKPOINT, checkpoint.PREVIOUS):
+        (tmp_path / name).write_bytes(b'PK\x03\x04 torn')
+    with pytest.raises(checkpoint.CheckpointError, match='no usable checkpoint'):
+        checkpoint.load_checkpoint(tmp_path)
+    assert checkpoint.load_checkpoint(tmp_path / 'empty') is None
+
+
+def test_object_arrays_refused(tmp_path):
+    with pytest.raises(ValueError, match='object dtype'):
+        checkpoint.save_checkpoint(tmp_path, {}, {'bad': np.array([{'a': 1}], dtype=object)})
+
+
+# --- resuming the outer loop -------------------------------------------------------------------------------
+def _trajectory(run):
+    """What must match between runs: every record but its wall-clock fields (as JSON text: NaN == NaN,
+    floats written exactly)."""
+    return json.dumps([{k: v for k, v in r.to_json().items() if k not in ('wall_time_s', 'timing')}
+                       for r in run.history])
+
+
+def _run(method, iterations, run_dir=None, crash_in=None, crash_at=None, seed=3):
+    """Run ``method``; with ``crash_in`` (a problem method) raise Crash on its ``crash_at``-th call."""
+    problem = _problem()
+    if crash_in is not None:
+        original, calls = getattr(problem, crash_in), [0]
+
+        def crashing(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == crash_at:
+                raise Crash(f'{crash_in} call {crash_at}')
+            return original(*args, **kwargs)
+        setattr(problem, crash_in, crashing)
+    run = make_run(problem, method, seed=seed, iterations=iterations, overrides={'real_episodes': 2})
+    resumed = run.attach_run_dir(run_dir) if run_dir is not None else False
+    run.run()
+    return run, resumed
+
+
+@pytest.mark.parametrize('method,crash_in,crash_at', [
+    ('bilevel', 'real_policy_gradient', 3),      # after iteration 3's episodes, before its step
+    ('bilevel', 'inner_solve', 5),               # after iteration 4's theta step, before its record
+    ('bilevel', 'sample_real', 2),               # while iteration 2's episodes run
+    ('bilevel-sampled', 'sensitivity_terms', 4),  # RNG-consuming sensitivities after the episodes
+    ('sysid', 'system_identification', 3),
+])
+def test_interrupted_run_resumes_bit_identical(tmp_path, method, crash_in, crash_at):
+    iterations = 6
+    reference, _ = _run(method, iterations)
+    with pytest.raises(Crash):
+        _run(method, iterations, tmp_path, crash_in, crash_at)
+    batches_before = len(list((tmp_path / 'real').glob('batch_*.npz')))
+    resumed_run, resumed = _run(method, iterations, tmp_path)
+    assert resumed
+    assert _trajectory(resumed_run) == _trajectory(reference)
+    assert np.array_equal(resumed_run.theta, reference.theta)
+    assert resumed_run.rng.bit_generator.state == reference.rng.bit_generator.state
+    # the real data: every batch collected exactly once, the interrupted one reused
+    files = sorted((tmp_path / 'real').glob('batch_*.npz'))
+    assert len(files) == resumed_run.real_batch_count == reference.real_batch_count == iterations
+    assert resumed_run.real_episode_count == reference.real_episode_count == 2 * iterations
+    # crashed after collecting the iteration's batch: it is read back; while collecting: none to read
+    assert resumed_run.replayed_real_batches == (0 if crash_in == 'sample_real' else 1)
+    assert batches_before == crash_at - (1 if crash_in in ('sample_real', 'inner_solve') else 0)
+
+
+def test_resume_from_previous_checkpoint_reuses_real_data(tmp_path):
+    """Newest checkpoint torn: one iteration is recomputed, its real batch is read back, not re-collected."""
+    reference, _ = _run('bilevel', 5)
+    with pytest.raises(Crash):
+        _run('bilevel', 5, tmp_path, 'real_policy_gradient', 4)
+    (tmp_path / checkpoint.CHECKPOINT).write_bytes(b'torn')
+    run, resumed = _run('bilevel', 5, tmp_path)
+    assert resumed and run.replayed_real_batches == 2
+    assert _trajectory(run) == _trajectory(reference)
+    assert len(list((tmp_path / 'real').glob('batch_*.npz'))) == 5
+
+
+def test_cli_solve_then_resume(tmp_path, capsys):
+    run_dir = tmp_path / 'run'
+    assert cli_main(['solve', PROBLEM, '--iterations', '3', '--real-episodes', '2', '--quiet',
+                     '--run-dir', str(run_dir)]) == 0
+    def records():
+        document = json.loads((run_dir / 'results.json').read_text())
+        return document['methods']['bilevel']['seeds'][0]['iterations']
+    first = records()
+    # resuming a finished run changes nothing; raising the iteration count continues it
+    assert cli_main(['resume', str(run_dir), '--quiet']) == 0
+    assert json.dumps(records(), sort_keys=True) == json.dumps(first, sort_keys=True) and len(first) == 4
+    assert cli_main(['solve', PROBLEM, '--run-dir', str(run_dir), '--quiet']) == 2     # never overwritten
+    assert cli_main(['resume', str(run_dir), '--iterations', '5', '--quiet']) == 0
+    longer = records()
+    reference, _ = _run('bilevel', 5, seed=0)     # the command line's first seed
+    assert [r['theta'] for r in longer] == [r.theta for r in reference.history]
+    assert cli_main(['resume', str(tmp_path / 'nothing-here'), '--quiet']) == 2
