@@ -8,6 +8,19 @@ arithmetic is the in-process core's.  Publishes theta (latched), OuterMetrics, s
 ``metrics/*`` topics for rqt_plot, DiagnosticArray on /diagnostics; records the run to
 RUN_DIR/bag and writes RUN_DIR/results.json and results.png at the end.
 
+Crash safety: the loop persists itself in RUN_DIR (core/checkpoint.py: checkpoint.npz after
+every completed iteration, every real batch in RUN_DIR/real/ the moment it arrives).  Started
+with a ``run_dir`` that holds a checkpoint, the node resumes that run: it continues at the next
+iteration, reuses a real batch collected after the last checkpoint instead of asking the robot
+again, and keeps its theta/policy version numbering.  A peer that dies (SIGKILL) while it holds a
+goal is waited for: the goal times out (``action_timeout_s``), the node waits for the server to
+be back and sends the goal again (at most ``action_retries`` times in a row); only results that
+arrive are counted, so no real batch is counted twice.  The other nodes keep no run state that
+this node needs (sensitivity: caches of the latched theta/policy; simulator: stateless; bridge:
+version checks re-read from the latched policy topic), except the inner_trainer's policy version
+counter and the emulator's RNG stream (see test/test_resume_nodes.py for what a restart of each
+costs).
+
 The loop runs in ``main()``'s thread and waits on futures with ``spin_once``, so parameter
 changes (``ros2 param set``) are served between and during iterations and take effect on
 the next iteration.
@@ -31,6 +44,7 @@ from sim2real_bilevel_interfaces.action import ComputeSensitivity, RunEpisodes, 
 from sim2real_bilevel_interfaces.msg import OuterGradient, OuterMetrics, PolicyParameters, SimParameters, \
     TrajectoryBatch
 
+from ..core.checkpoint import CheckpointError
 from ..core.outer import BilevelOuterLoop, IterationRecord, OuterConfig
 from . import conversions
 from .runtime import (EVENTS, LATCHED, PROBLEM, SEED, DeclaredParameters, ParameterSpec, ShutdownRequested,
@@ -41,6 +55,11 @@ LIVE_PARAMETERS = ('iterations', 'step_size', 'real_episodes')
 
 class ActionFailed(RuntimeError):
     pass
+
+
+class PeerLost(ActionFailed):
+    """A goal that may succeed when sent again: no answer in time, rejected or aborted by a
+    peer that may be restarting, or a malformed result."""
 
 
 class GraphBilevelLoop(BilevelOuterLoop):
@@ -54,13 +73,28 @@ class GraphBilevelLoop(BilevelOuterLoop):
         return self.node.train_policy(theta, phi_init)
 
     def collect_real(self, phi, keep: bool = True):
-        batch = self.node.run_episodes(self.config.real_episodes)
-        # the same real-data accounting as the core's collect_real
-        self.real_transitions += batch.n_transitions
-        self.real_episode_count += batch.rewards.shape[0]
-        if keep:
-            self.real_batches.append(batch)
+        # the same persistence (reuse on resume) and real-data accounting as the core's collect_real
+        batch = self.take_real_batch(lambda: self.node.run_episodes(self.config.real_episodes))
+        self.count_real_batch(batch, keep)
         return batch
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        policy = self.node.policy
+        state['meta']['graph'] = {
+            'theta_version': int(self.node.theta_version),
+            'policy': None if policy is None else {
+                'version': int(policy.version), 'theta_version': int(policy.theta_version),
+                'inner_grad_norm': float(policy.inner_grad_norm), 'kind': policy.kind}}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        graph = state['meta']['graph']
+        self.node.theta_version = int(graph['theta_version'])
+        saved = graph['policy']
+        self.node.policy = None if saved is None else conversions.policy_to_msg(
+            self.phi, saved['version'], saved['theta_version'], saved['inner_grad_norm'], saved['kind'])
 
     def outer_gradient(self, phi, theta, real_gradient):
         return self.node.compute_sensitivity(real_gradient)
@@ -94,7 +128,10 @@ class OuterOptimizer(Node):
                           '(empty: runs/<problem>-<time>)', read_only=True),
             ParameterSpec('record_bag', True, 'record theta, policies, gradients, metrics and real '
                           'trajectories to RUN_DIR/bag (read at startup)', read_only=True),
-            ParameterSpec('action_timeout_s', 600.0, 'longest wait for one action result', low=0.1, high=1e6),
+            ParameterSpec('action_timeout_s', 600.0, 'longest wait for one action result (then the goal is '
+                          'sent again, see action_retries)', low=0.1, high=1e6),
+            ParameterSpec('action_retries', 3, 'times in a row a goal is sent again after no answer, a '
+                          'rejection, an abort or a malformed result (a peer restarting)', low=0, high=10 ** 6),
             ParameterSpec('server_timeout_s', 60.0, 'longest wait for the other nodes to come up', low=0.1,
                           high=1e6),
             ParameterSpec('progress_period_s', 0.5, 'least time between two progress lines on stdout',
@@ -122,6 +159,8 @@ class OuterOptimizer(Node):
         self.run_dir = Path(self.parameters['run_dir'] or
                             Path('runs') / f'{Path(self.problem.source).stem}-{datetime.now():%Y%m%d-%H%M%S}')
         self.recorder = None
+        self.retries = 0
+        """Goals sent again after a peer failed to answer (see ``_call``)."""
         self.last_progress = 0.0
         self.status = 'starting'
 
@@ -130,16 +169,14 @@ class OuterOptimizer(Node):
         from ..core.problem import InnerResult
         if self.policy is not None:      # theta moved: a new version for everyone downstream
             self.theta_version += 1
-        lower, upper = self.problem.theta_bounds()
-        theta_msg = conversions.theta_to_msg(self.theta_names, theta, lower, upper, self.theta_version,
-                                             self.problem.source)
-        theta_msg.header.stamp = self.get_clock().now().to_msg()
-        self.theta_publisher.publish(theta_msg)
-        goal = TrainPolicy.Goal(theta=theta_msg)
+        goal = TrainPolicy.Goal(theta=self.publish_theta(theta))
         if phi_init is not None and self.policy is not None:
             goal.warm_start = self.policy
         result = self._call(self.train_client, goal, 'train_policy')
         phi, version, trained_on = conversions.policy_from_msg(result.policy, self.problem.phi_size())
+        if self.policy is not None and version <= self.policy.version:
+            raise ActionFailed(f'train_policy returned policy version {version}, not newer than {self.policy.version} '
+                               '(a restarted inner_trainer counts from 1 again; the bridge would refuse it as stale)')
         if trained_on != self.theta_version:
             raise ActionFailed(f'train_policy returned a policy for theta version {trained_on}, '
                                f'expected {self.theta_version}')
@@ -147,15 +184,30 @@ class OuterOptimizer(Node):
         return InnerResult(phi=phi, grad_norm=float(result.policy.inner_grad_norm),
                            iterations=int(result.iterations))
 
+    def publish_theta(self, theta: np.ndarray) -> SimParameters:
+        """Publish (latched) theta at the current version; returns the message."""
+        lower, upper = self.problem.theta_bounds()
+        theta_msg = conversions.theta_to_msg(self.theta_names, theta, lower, upper, self.theta_version,
+                                             self.problem.source)
+        theta_msg.header.stamp = self.get_clock().now().to_msg()
+        self.theta_publisher.publish(theta_msg)
+        return theta_msg
+
     def run_episodes(self, n_episodes: int):
-        result = self._call(self.episodes_client, RunEpisodes.Goal(policy=self.policy, n_episodes=int(n_episodes)),
-                            'run_episodes')
-        batch = conversions.trajectories_from_msg(result.trajectories)
-        if batch.policy_version != self.policy.version:
-            raise ActionFailed(f'run_episodes returned episodes of policy version {batch.policy_version}, '
-                               f'expected {self.policy.version}')
-        self.trajectory_publisher.publish(result.trajectories)
+        goal = RunEpisodes.Goal(policy=self.policy, n_episodes=int(n_episodes))
+        # a malformed batch (faulty bridge) is logged and asked for again, never used
+        batch, trajectories = self._call(self.episodes_client, goal, 'run_episodes', read=self._read_episodes)
+        self.trajectory_publisher.publish(trajectories)
         return batch
+
+    def _read_episodes(self, result):
+        tabular = getattr(self.problem, 'kind', '') == 'tabular'
+        sizes = {'n_states': self.problem.n_states, 'n_actions': self.problem.n_actions} if tabular else {}
+        batch = conversions.trajectories_from_msg(result.trajectories, **sizes)
+        if batch.policy_version != self.policy.version:
+            raise PeerLost(f'returned episodes of policy version {batch.policy_version}, '
+                           f'expected {self.policy.version}')
+        return batch, result.trajectories
 
     def compute_sensitivity(self, real_gradient: np.ndarray) -> np.ndarray:
         lower, upper = self.problem.theta_bounds()
@@ -168,15 +220,31 @@ class OuterOptimizer(Node):
         self.gradient_message = result.gradient
         return conversions.gradient_from_msg(result.gradient, len(self.theta_names), self.problem.phi_size())
 
-    def _call(self, client: ActionClient, goal, name: str):
-        """Send a goal and wait for its result; the reason of any failure is raised."""
+    def _call(self, client: ActionClient, goal, name: str, read=None):
+        """Send a goal and wait for its result, ``read(result)`` if given; sent again (after the
+        server is back) when the attempt fails in a way a restarted peer may fix, at most
+        ``action_retries`` times in a row; then the last reason is raised."""
+        retries = self.parameters['action_retries']
+        for attempt in range(retries + 1):
+            try:
+                result = self._call_once(client, goal, name)
+                return result if read is None else read(result)
+            except (PeerLost, TimeoutError, conversions.MessageValidationError) as err:
+                if attempt == retries:
+                    raise ActionFailed(f'{name}: {err} (after {retries} retries)') from err
+                self.retries += 1
+                self.get_logger().warning(f'{name}: {err}; sending it again once {client._action_name} is up '
+                                          f'(retry {attempt + 1} of {retries})')
+                self._wait_for_server(client)
+
+    def _call_once(self, client: ActionClient, goal, name: str):
         timeout = self.parameters['action_timeout_s']
         sent = wait_for(self.executor_, client.send_goal_async(goal), timeout, f'{name} goal')
         if not sent.accepted:
-            raise ActionFailed(f'{name}: goal rejected by {client._action_name} (its log says why)')
+            raise PeerLost(f'goal rejected by {client._action_name} (its log says why)')
         response = wait_for(self.executor_, sent.get_result_async(), timeout, f'{name} result')
         if not response.result.success:
-            raise ActionFailed(f'{name} failed (status {response.status}): {response.result.message}')
+            raise PeerLost(f'failed (status {response.status}): {response.result.message}')
         return response.result
 
     # --- the run ------------------------------------------------------------------------------------------
@@ -194,13 +262,18 @@ class OuterOptimizer(Node):
         return self.loop
 
     def wait_for_servers(self) -> None:
+        for client in (self.train_client, self.episodes_client, self.sensitivity_client):
+            self._wait_for_server(client)
+
+    def _wait_for_server(self, client: ActionClient) -> None:
         timeout = self.parameters['server_timeout_s']
         deadline = time.monotonic() + timeout
-        for client in (self.train_client, self.episodes_client, self.sensitivity_client):
-            while not client.server_is_ready():
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f'action server {client._action_name} did not appear within {timeout:g} s')
-                self.executor_.spin_once(timeout_sec=0.05)
+        while not client.server_is_ready():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f'action server {client._action_name} did not appear within {timeout:g} s')
+            if not self.executor_.context.ok():
+                raise ShutdownRequested(client._action_name)
+            self.executor_.spin_once(timeout_sec=0.05)
 
     def start_recording(self) -> None:
         """The recorder gets its own node and executor thread, so its subscriptions stay out
@@ -217,7 +290,7 @@ class OuterOptimizer(Node):
         # no global arguments: the command line's __node remap must not rename this node too
         self.recorder_node = rclpy.create_node(f'{self.get_name()}_recorder', namespace=self.get_namespace(),
                                                use_global_arguments=False, start_parameter_services=False)
-        self.recorder = BagRecorder(self.recorder_node, self.run_dir / 'bag', topics)
+        self.recorder = BagRecorder(self.recorder_node, self._bag_folder(), topics)
         self.recorder_executor = SingleThreadedExecutor()
         self.recorder_executor.add_node(self.recorder_node)
         self.recording = True
@@ -228,6 +301,14 @@ class OuterOptimizer(Node):
 
         self.recorder_thread = threading.Thread(target=spin, daemon=True, name='recorder')
         self.recorder_thread.start()
+
+    def _bag_folder(self) -> Path:
+        """RUN_DIR/bag, or RUN_DIR/bag.resumed-N for the N-th resumed session of the run."""
+        folder, resumed = self.run_dir / 'bag', 0
+        while folder.exists() and any(folder.iterdir()):
+            resumed += 1
+            folder = self.run_dir / f'bag.resumed-{resumed}'
+        return folder
 
     def stop_recording(self) -> None:
         if self.recorder is None:
@@ -247,18 +328,27 @@ class OuterOptimizer(Node):
         self.start_recording()
         loop = self.make_loop()
         started = time.perf_counter()
-        self.get_logger().info(f'waiting for the graph ({self.problem.source}, seed {self.parameters["seed"]}, '
-                               f'{loop.config.iterations} iterations, run_dir {self.run_dir})')
         outcome = 0
         try:
+            if loop.attach_run_dir(self.run_dir):
+                self.apply_live_parameters(loop)       # this launch's iterations, step size, episodes
+                self.get_logger().info(
+                    f'resuming {self.run_dir} after iteration {loop.iteration} ({loop.real_episode_count} real '
+                    f'episodes in {loop.real_batch_count} batches, theta version {self.theta_version})')
+            self.get_logger().info(f'waiting for the graph ({self.problem.source}, seed {self.parameters["seed"]}, '
+                                   f'{loop.config.iterations} iterations, run_dir {self.run_dir})')
             self.wait_for_servers()
             self.status = 'running'
-            loop.start()
+            if loop.phi is None:
+                loop.start()
+            else:
+                self.publish_theta(loop.theta)
             while loop.iteration < loop.config.iterations:
                 loop.step()
                 self.apply_live_parameters(loop)
             self.status = 'finished'
-        except (ActionFailed, TimeoutError, FloatingPointError, conversions.MessageValidationError) as err:
+        except (ActionFailed, TimeoutError, FloatingPointError, conversions.MessageValidationError,
+                CheckpointError) as err:
             self.status = f'failed: {err}'
             self.get_logger().error(f'outer loop stopped at iteration {loop.iteration}: {err}')
             outcome = 1
