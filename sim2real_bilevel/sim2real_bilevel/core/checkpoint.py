@@ -193,22 +193,29 @@ def real_batch_path(run_dir: Path, index: int) -> Path:
     return Path(run_dir) / REAL_DIR / f'batch_{index:06d}.npz'
 
 
-def save_real_batch(run_dir: Path, index: int, batch: Trajectories, meta: dict) -> Path:
+def save_real_batch(run_dir: Path, index: int, batch: Trajectories, meta: dict,
+                    phi: Optional[np.ndarray] = None) -> Path:
     """Persist real batch number ``index`` (1-based) the moment it arrived, with ``meta``
-    (what the run needs to continue as if it had never stopped: the RNG state after it)."""
+    (what the run needs to continue as if it had never stopped: the RNG state after it) and
+    ``phi``, the policy that collected it (array ``policy_phi``)."""
     path = real_batch_path(run_dir, index)
     path.parent.mkdir(parents=True, exist_ok=True)
     fields, arrays = batch_arrays(batch)
+    if phi is not None:
+        arrays['policy_phi'] = np.asarray(phi, dtype=np.float64)
     write(path, {'batch': fields, 'index': int(index), **meta}, arrays)
     return path
 
 
 def load_real_batch(run_dir: Path, index: int) -> Optional[tuple[Trajectories, dict]]:
-    """Real batch number ``index`` and its meta, or None when it was never collected.
+    """Real batch number ``index`` and its meta (``meta['policy_phi']``: the policy that collected
+    it, when saved), or None when it was never collected.
     A batch file that is present but corrupt raises ``CheckpointError``: real data is never
     silently dropped or re-collected."""
     path = real_batch_path(run_dir, index)
     if not path.exists():
         return None
     meta, arrays = read(path)
+    if 'policy_phi' in arrays:
+        meta['policy_phi'] = arrays['policy_phi']
     return batch_from_arrays(meta['batch'], arrays), meta

@@ -210,7 +210,7 @@ class MethodRun:
 
     def collect_real(self, phi: np.ndarray, keep: bool = True) -> Trajectories:
         """Real episodes with pi_phi, counted in the real-data accounting."""
-        batch = self.take_real_batch(lambda: self.problem.sample_real(phi, self.config.real_episodes, self.rng))
+        batch = self.take_real_batch(lambda: self.problem.sample_real(phi, self.config.real_episodes, self.rng), phi)
         self.count_real_batch(batch, keep)
         return batch
 
@@ -221,10 +221,11 @@ class MethodRun:
         if keep:
             self.real_batches.append(batch)
 
-    def take_real_batch(self, collect: Callable[[], Trajectories]) -> Trajectories:
+    def take_real_batch(self, collect: Callable[[], Trajectories], phi: Optional[np.ndarray] = None) -> Trajectories:
         """The next real batch: from RUN_DIR/real/ when an earlier, interrupted attempt of this
         run already collected it (the RNG is then put where collecting it left it), else
-        ``collect()``, persisted atomically before anything else uses it."""
+        ``collect()``, persisted atomically (with ``phi``, the policy that collected it) before
+        anything else uses it."""
         index = self.real_batch_count + 1
         if self.run_dir is not None:
             stored = checkpoint.load_real_batch(self.run_dir, index)
@@ -238,7 +239,7 @@ class MethodRun:
         self.real_batch_count = index
         if self.run_dir is not None:
             checkpoint.save_real_batch(self.run_dir, index, batch, {
-                'iteration': self.iteration + 1, 'rng_after': self.rng.bit_generator.state})
+                'iteration': self.iteration + 1, 'rng_after': self.rng.bit_generator.state}, phi)
         return batch
 
     def mean_real_return(self, batch: Trajectories) -> float:

@@ -12,7 +12,9 @@ Crash safety: the loop persists itself in RUN_DIR (core/checkpoint.py: checkpoin
 every completed iteration, every real batch in RUN_DIR/real/ the moment it arrives).  Started
 with a ``run_dir`` that holds a checkpoint, the node resumes that run: it continues at the next
 iteration, reuses a real batch collected after the last checkpoint instead of asking the robot
-again, and keeps its theta/policy version numbering.  A peer that dies (SIGKILL) while it holds a
+again, and keeps its theta version numbering; its first goal re-registers the saved policy
+(one inner solve at the saved theta warm-started at the saved phi), so a relaunched graph
+accepts it.  A peer that dies (SIGKILL) while it holds a
 goal is waited for: the goal times out (``action_timeout_s``), the node waits for the server to
 be back and sends the goal again (at most ``action_retries`` times in a row); only results that
 arrive are counted, so no real batch is counted twice.  The other nodes keep no run state that
@@ -74,7 +76,7 @@ class GraphBilevelLoop(BilevelOuterLoop):
 
     def collect_real(self, phi, keep: bool = True):
         # the same persistence (reuse on resume) and real-data accounting as the core's collect_real
-        batch = self.take_real_batch(lambda: self.node.run_episodes(self.config.real_episodes))
+        batch = self.take_real_batch(lambda: self.node.run_episodes(self.config.real_episodes), phi)
         self.count_real_batch(batch, keep)
         return batch
 
@@ -165,9 +167,9 @@ class OuterOptimizer(Node):
         self.status = 'starting'
 
     # --- the replaced expensive calls ---------------------------------------------------------------------
-    def train_policy(self, theta: np.ndarray, phi_init):
+    def train_policy(self, theta: np.ndarray, phi_init, new_theta: bool = True):
         from ..core.problem import InnerResult
-        if self.policy is not None:      # theta moved: a new version for everyone downstream
+        if self.policy is not None and new_theta:      # theta moved: a new version for everyone downstream
             self.theta_version += 1
         goal = TrainPolicy.Goal(theta=self.publish_theta(theta))
         if phi_init is not None and self.policy is not None:
@@ -175,8 +177,10 @@ class OuterOptimizer(Node):
         result = self._call(self.train_client, goal, 'train_policy')
         phi, version, trained_on = conversions.policy_from_msg(result.policy, self.problem.phi_size())
         if self.policy is not None and version <= self.policy.version:
-            raise ActionFailed(f'train_policy returned policy version {version}, not newer than {self.policy.version} '
-                               '(a restarted inner_trainer counts from 1 again; the bridge would refuse it as stale)')
+            self.get_logger().warning(
+                f'train_policy returned policy version {version}, not newer than {self.policy.version}: the '
+                'inner_trainer was restarted and counts from 1 again; a hardware_bridge that was not restarted '
+                'will refuse these versions as stale')
         if trained_on != self.theta_version:
             raise ActionFailed(f'train_policy returned a policy for theta version {trained_on}, '
                                f'expected {self.theta_version}')
@@ -342,7 +346,10 @@ class OuterOptimizer(Node):
             if loop.phi is None:
                 loop.start()
             else:
-                self.publish_theta(loop.theta)
+                # re-register the saved policy with the graph (a relaunched trainer and bridge know no
+                # version of it): the inner solve at the saved theta, warm-started at the saved phi,
+                # returns phi up to the solver's tolerance under a version the bridge accepts
+                loop.set_policy(self.train_policy(loop.theta, loop.phi, new_theta=False))
             while loop.iteration < loop.config.iterations:
                 loop.step()
                 self.apply_live_parameters(loop)
