@@ -20,8 +20,8 @@ class Crash(Exception):
     """Stands for SIGKILL inside one of the loop's calls."""
 
 
-def _problem():
-    return load_problem(builtin_config(PROBLEM))
+def _problem(name=PROBLEM):
+    return load_problem(builtin_config(name))
 
 
 # --- file format -------------------------------------------------------------------------------------------
@@ -84,9 +84,9 @@ def _trajectory(run):
                        for r in run.history])
 
 
-def _run(method, iterations, run_dir=None, crash_in=None, crash_at=None, seed=3):
+def _run(method, iterations, run_dir=None, crash_in=None, crash_at=None, seed=3, problem_name=PROBLEM):
     """Run ``method``; with ``crash_in`` (a problem method) raise Crash on its ``crash_at``-th call."""
-    problem = _problem()
+    problem = _problem(problem_name)
     if crash_in is not None:
         original, calls = getattr(problem, crash_in), [0]
 
@@ -102,20 +102,22 @@ def _run(method, iterations, run_dir=None, crash_in=None, crash_at=None, seed=3)
     return run, resumed
 
 
-@pytest.mark.parametrize('method,crash_in,crash_at', [
-    ('bilevel', 'real_policy_gradient', 3),      # after iteration 3's episodes, before its step
-    ('bilevel', 'inner_solve', 5),               # after iteration 4's theta step, before its record
-    ('bilevel', 'sample_real', 2),               # while iteration 2's episodes run
-    ('bilevel-sampled', 'sensitivity_terms', 4),  # RNG-consuming sensitivities after the episodes
-    ('sysid', 'system_identification', 3),
+@pytest.mark.parametrize('method,crash_in,crash_at,problem_name', [
+    ('bilevel', 'real_policy_gradient', 3, PROBLEM),      # after iteration 3's episodes, before its step
+    ('bilevel', 'inner_solve', 5, PROBLEM),               # after iteration 4's theta step, before its record
+    ('bilevel', 'sample_real', 2, PROBLEM),               # while iteration 2's episodes run
+    ('bilevel-sampled', 'sensitivity_terms', 4, PROBLEM),  # RNG-consuming sensitivities after the episodes
+    ('sysid', 'system_identification', 3, PROBLEM),
+    ('real-rl', 'real_policy_gradient', 4, PROBLEM),      # Adam on phi, created in start()
+    ('bilevel', 'real_policy_gradient', 3, 'lqr'),        # continuous states and actions
 ])
-def test_interrupted_run_resumes_bit_identical(tmp_path, method, crash_in, crash_at):
+def test_interrupted_run_resumes_bit_identical(tmp_path, method, crash_in, crash_at, problem_name):
     iterations = 6
-    reference, _ = _run(method, iterations)
+    reference, _ = _run(method, iterations, problem_name=problem_name)
     with pytest.raises(Crash):
-        _run(method, iterations, tmp_path, crash_in, crash_at)
+        _run(method, iterations, tmp_path, crash_in, crash_at, problem_name=problem_name)
     batches_before = len(list((tmp_path / 'real').glob('batch_*.npz')))
-    resumed_run, resumed = _run(method, iterations, tmp_path)
+    resumed_run, resumed = _run(method, iterations, tmp_path, problem_name=problem_name)
     assert resumed
     assert _trajectory(resumed_run) == _trajectory(reference)
     assert np.array_equal(resumed_run.theta, reference.theta)
@@ -124,6 +126,9 @@ def test_interrupted_run_resumes_bit_identical(tmp_path, method, crash_in, crash
     files = sorted((tmp_path / 'real').glob('batch_*.npz'))
     assert len(files) == resumed_run.real_batch_count == reference.real_batch_count == iterations
     assert resumed_run.real_episode_count == reference.real_episode_count == 2 * iterations
+    first_policy = make_run(_problem(problem_name), method, seed=3, iterations=iterations)
+    first_policy.start()
+    assert np.array_equal(checkpoint.load_real_batch(tmp_path, 1)[1]['policy_phi'], first_policy.phi)
     # crashed after collecting the iteration's batch: it is read back; while collecting: none to read
     assert resumed_run.replayed_real_batches == (0 if crash_in == 'sample_real' else 1)
     assert batches_before == crash_at - (1 if crash_in in ('sample_real', 'inner_solve') else 0)
@@ -158,3 +163,13 @@ def test_cli_solve_then_resume(tmp_path, capsys):
     reference, _ = _run('bilevel', 5, seed=0)     # the command line's first seed
     assert [r['theta'] for r in longer] == [r.theta for r in reference.history]
     assert cli_main(['resume', str(tmp_path / 'nothing-here'), '--quiet']) == 2
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path):
+    _run('bilevel', 2, tmp_path)
+    lqr = make_run(load_problem(builtin_config('lqr')), 'bilevel', seed=0, iterations=2)
+    with pytest.raises(checkpoint.CheckpointError, match='checkpoint is of a BilevelOuterLoop run on'):
+        lqr.attach_run_dir(tmp_path)
+    sysid = make_run(_problem(), 'sysid', seed=0, iterations=2)
+    with pytest.raises(checkpoint.CheckpointError, match='this is a SysIdRun run'):
+        sysid.attach_run_dir(tmp_path)

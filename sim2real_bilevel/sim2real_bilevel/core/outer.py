@@ -331,8 +331,12 @@ class MethodRun:
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state_dict()``'s output (the configuration is the saved one)."""
         meta, arrays = state['meta'], state['arrays']
-        if meta['class'] != type(self).__name__:
-            raise ValueError(f'checkpoint of a {meta["class"]} run cannot resume a {type(self).__name__}')
+        source = str(getattr(self.problem, 'source', ''))
+        if meta['class'] != type(self).__name__ or meta['source'] != source \
+                or arrays['theta'].shape != self.theta.shape:
+            raise checkpoint.CheckpointError(
+                f'the checkpoint is of a {meta["class"]} run on {meta["source"]!r} with {arrays["theta"].size} '
+                f'theta entries; this is a {type(self).__name__} run on {source!r} with {self.theta.size}')
         saved = OuterConfig.from_mapping(dict(meta['config'], adam_betas=tuple(meta['config']['adam_betas'])))
         for name, value in vars(saved).items():     # in place: subclasses and nodes hold this object
             setattr(self.config, name, value)
