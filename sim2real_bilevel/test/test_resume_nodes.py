@@ -101,8 +101,24 @@ class Graph:
                     process.wait()
 
 
-def reference_run():
-    run = make_run(load_problem(builtin_config(PROBLEM)), 'bilevel', SEED, iterations=ITERATIONS)
+def reference_run(events: tuple = ()):
+    """The uninterrupted in-process run; ``events``: what happened to the robot during the ROS
+    run, as ``emulator_accounting`` found it -- ('lost', k, n): before real batch k, n episodes
+    ran whose data never arrived; ('restart', k): the emulator's stream started again before
+    batch k.  The core then draws its real data exactly as that emulator did."""
+    problem = load_problem(builtin_config(PROBLEM))
+    emulator, sample_real, calls = [np.random.default_rng(SEED)], problem.sample_real, [0]
+
+    def emulated(phi, n_episodes, rng):        # exact inner solve and sensitivities: rng is the emulator's only
+        calls[0] += 1
+        for event in events:
+            if event[1] == calls[0] and event[0] == 'restart':
+                emulator[0] = np.random.default_rng(SEED)
+            elif event[1] == calls[0] and event[0] == 'lost':
+                sample_real(phi, event[2], emulator[0])
+        return sample_real(phi, n_episodes, emulator[0])
+    problem.sample_real = emulated
+    run = make_run(problem, 'bilevel', SEED, iterations=ITERATIONS)
     run.run()
     return run
 
@@ -136,24 +152,26 @@ def run_with_fault(environment: dict, run_dir: Path, node: str | None, kill_afte
             resumed_after = int(found.group(1)) if found else None
         retries = len(re.findall(r'sending it again', '\n'.join(graph.log('outer_optimizer', i)
                                                                  for i in range(len(graph.logs['outer_optimizer'])))))
+        reused = re.search(r'(\d+) real batch\(es\) reused', output)
         return {'returncode': optimizer.returncode, 'output': output, 'reported_before_kill': reported_before_kill,
-                'resumed_after': resumed_after, 'retries': retries}
+                'resumed_after': resumed_after, 'retries': retries, 'batches_reused': int(reused.group(1)) if reused
+                else None}
     finally:
         graph.close()
 
 
-def emulator_accounting(stored: list) -> tuple[int, int] | None:
+def emulator_accounting(stored: list) -> list | None:
     """Replays the robot_emulator's RNG stream (seeded with SEED, drawn from by nothing but
-    ``sample_real``) with the policy stored beside each real batch: (episodes the emulator ran
-    whose data never reached the run, emulator restarts), or None if the stored batches are not
-    explained by at most 5 lost batches between two stored ones."""
+    ``sample_real``) with the policy stored beside each real batch; returns the events that
+    explain the stored batches (see ``reference_run``), or None if at most 5 lost batches
+    between two stored ones do not explain them."""
     problem = load_problem(builtin_config(PROBLEM))
-    rng, lost, restarts = np.random.default_rng(SEED), 0, 0
+    rng, events = np.random.default_rng(SEED), []
 
     def same(a, b):
         return np.array_equal(a.states, b.states) and np.array_equal(a.actions, b.actions)
 
-    for batch, meta in stored:
+    for index, (batch, meta) in enumerate(stored, start=1):
         phi, n = meta['policy_phi'], batch.rewards.shape[0]
         for _ in range(6):
             before = rng.bit_generator.state
@@ -161,25 +179,29 @@ def emulator_accounting(stored: list) -> tuple[int, int] | None:
                 break
             fresh = np.random.default_rng(SEED)           # a restarted emulator starts its stream again
             if same(problem.sample_real(phi, n, fresh), batch):
-                rng, restarts = fresh, restarts + 1
+                rng = fresh
+                events.append(('restart', index))
                 break
             rng.bit_generator.state = before              # or a batch with this policy ran and was lost
             problem.sample_real(phi, n, rng)
-            lost += n
+            events.append(('lost', index, n))
         else:
             return None
-    return lost, restarts
+    return events
 
 
 def measure(run_dir: Path, outcome: dict, reference) -> dict:
-    """Iterations and episodes lost or repeated, theta compared with the uninterrupted run."""
+    """Iterations and episodes lost or repeated; theta compared with the uninterrupted run, and
+    with the uninterrupted run that met the same robot events (episodes lost in transit, an
+    emulator restart): the difference that is not the robot's."""
     records = json.loads((run_dir / 'results.json').read_text())['methods']['bilevel']['seeds'][0]['iterations']
     iterations = [r['iteration'] for r in records]
     files = sorted((run_dir / 'real').glob('batch_*.npz'))
     stored_with_meta = [checkpoint.load_real_batch(run_dir, i + 1) for i in range(len(files))]
     stored = [batch for batch, _ in stored_with_meta]
     episodes_stored = sum(b.rewards.shape[0] for b in stored)
-    accounting = emulator_accounting(stored_with_meta)
+    events = emulator_accounting(stored_with_meta)
+    same_events = reference_run(tuple(events)) if events else reference
     same_data = len(stored) == len(reference.real_batches) and all(
         np.array_equal(a.states, b.states) and np.array_equal(a.actions, b.actions)
         for a, b in zip(stored, reference.real_batches))
@@ -198,12 +220,17 @@ def measure(run_dir: Path, outcome: dict, reference) -> dict:
         'episodes_stored': episodes_stored,
         'episodes_repeated': records[-1]['real_episodes'] - ITERATIONS * REAL_EPISODES,
         'same_real_data': same_data,
-        'episodes_lost_in_transit': None if accounting is None else accounting[0],
-        'emulator_restarts': None if accounting is None else accounting[1],
-        'theta_max_abs_diff': float(np.max(np.abs(theta - reference_theta))) if theta.shape == reference_theta.shape
-        else float('inf'),
+        'episodes_lost_in_transit': None if events is None else sum(e[2] for e in events if e[0] == 'lost'),
+        'emulator_restarts': None if events is None else sum(e[0] == 'restart' for e in events),
+        'theta_max_abs_diff': _max_diff(theta, reference_theta),
+        'theta_max_abs_diff_same_robot_events': _max_diff(theta, np.array([r.theta for r in same_events.history])),
         'retries': outcome['retries'],
+        'batches_reused': outcome['batches_reused'],
     }
+
+
+def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a - b))) if a.shape == b.shape else float('inf')
 
 
 def check_lossless(figures: dict) -> None:
@@ -212,6 +239,8 @@ def check_lossless(figures: dict) -> None:
     # every episode counted is stored exactly once and none was collected twice
     assert figures['episodes_counted'] == figures['episodes_stored'] == ITERATIONS * REAL_EPISODES, figures
     assert figures['episodes_lost_in_transit'] is not None, figures
+    # all that differs from the uninterrupted run is the robot's: the data in flight at a kill
+    assert figures['theta_max_abs_diff_same_robot_events'] <= 1e-9, figures
 
 
 @pytest.fixture(scope='module')
@@ -219,7 +248,7 @@ def reference():
     return reference_run()
 
 
-def test_outer_optimizer_sigkilled_between_iterations_resumes_without_loss(tmp_path, ros_env, reference):
+def test_outer_optimizer_sigkilled_mid_run_resumes_without_loss(tmp_path, ros_env, reference):
     run_dir = tmp_path / 'run'
     outcome = run_with_fault(ros_env, run_dir, 'outer_optimizer', kill_after=4)
     assert outcome['returncode'] == 0, outcome['output'][-3000:]
@@ -227,9 +256,10 @@ def test_outer_optimizer_sigkilled_between_iterations_resumes_without_loss(tmp_p
     figures = measure(run_dir, outcome, reference)
     print('outer_optimizer SIGKILL after iteration 4:', figures)
     check_lossless(figures)
-    # the emulator kept its RNG stream and no episode was in flight: the uninterrupted run exactly
-    assert figures['same_real_data'] and figures['episodes_lost_in_transit'] == 0, figures
-    assert figures['theta_max_abs_diff'] <= 1e-9, figures
+    # the emulator kept running: at most the one batch in flight at the kill is lost to the run
+    assert figures['emulator_restarts'] == 0 and figures['episodes_lost_in_transit'] <= REAL_EPISODES, figures
+    if figures['episodes_lost_in_transit'] == 0:
+        assert figures['same_real_data'] and figures['theta_max_abs_diff'] <= 1e-9, figures
 
 
 @pytest.mark.slow

@@ -12,9 +12,9 @@ Crash safety: the loop persists itself in RUN_DIR (core/checkpoint.py: checkpoin
 every completed iteration, every real batch in RUN_DIR/real/ the moment it arrives).  Started
 with a ``run_dir`` that holds a checkpoint, the node resumes that run: it continues at the next
 iteration, reuses a real batch collected after the last checkpoint instead of asking the robot
-again, and keeps its theta version numbering; its first goal re-registers the saved policy
-(one inner solve at the saved theta warm-started at the saved phi), so a relaunched graph
-accepts it.  A peer that dies (SIGKILL) while it holds a
+again, and keeps numbering theta versions upwards; its first goal re-registers the saved policy
+(one inner solve at the saved theta warm-started at the saved phi, under a new theta version),
+so a relaunched graph accepts it.  A peer that dies (SIGKILL) while it holds a
 goal is waited for: the goal times out (``action_timeout_s``), the node waits for the server to
 be back and sends the goal again (at most ``action_retries`` times in a row); only results that
 arrive are counted, so no real batch is counted twice.  The other nodes keep no run state that
@@ -167,9 +167,9 @@ class OuterOptimizer(Node):
         self.status = 'starting'
 
     # --- the replaced expensive calls ---------------------------------------------------------------------
-    def train_policy(self, theta: np.ndarray, phi_init, new_theta: bool = True):
+    def train_policy(self, theta: np.ndarray, phi_init):
         from ..core.problem import InnerResult
-        if self.policy is not None and new_theta:      # theta moved: a new version for everyone downstream
+        if self.policy is not None:      # theta moved: a new version for everyone downstream
             self.theta_version += 1
         goal = TrainPolicy.Goal(theta=self.publish_theta(theta))
         if phi_init is not None and self.policy is not None:
@@ -240,6 +240,7 @@ class OuterOptimizer(Node):
                 self.get_logger().warning(f'{name}: {err}; sending it again once {client._action_name} is up '
                                           f'(retry {attempt + 1} of {retries})')
                 self._wait_for_server(client)
+                self._pause(min(0.25 * 2 ** attempt, 5.0))    # a restarted peer may still be activating
 
     def _call_once(self, client: ActionClient, goal, name: str):
         timeout = self.parameters['action_timeout_s']
@@ -264,6 +265,14 @@ class OuterOptimizer(Node):
         config = make_run(self.problem, 'bilevel', self.parameters['seed'], overrides=overrides).config
         self.loop = GraphBilevelLoop(self, self.problem, config, self.parameters['seed'], self.record_callback)
         return self.loop
+
+    def _pause(self, seconds: float) -> None:
+        """Wait, serving callbacks (parameters) meanwhile."""
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            if not self.executor_.context.ok():
+                raise ShutdownRequested('pause')
+            self.executor_.spin_once(timeout_sec=max(0.0, min(0.05, until - time.monotonic())))
 
     def wait_for_servers(self) -> None:
         for client in (self.train_client, self.episodes_client, self.sensitivity_client):
@@ -348,8 +357,9 @@ class OuterOptimizer(Node):
             else:
                 # re-register the saved policy with the graph (a relaunched trainer and bridge know no
                 # version of it): the inner solve at the saved theta, warm-started at the saved phi,
-                # returns phi up to the solver's tolerance under a version the bridge accepts
-                loop.set_policy(self.train_policy(loop.theta, loop.phi, new_theta=False))
+                # returns phi up to the solver's tolerance under a version the bridge accepts.  The
+                # theta version moves on: the crashed session may have sent the next one already.
+                loop.set_policy(self.train_policy(loop.theta, loop.phi))
             while loop.iteration < loop.config.iterations:
                 loop.step()
                 self.apply_live_parameters(loop)
@@ -386,7 +396,9 @@ class OuterOptimizer(Node):
         print(format_summary(document['summary']), flush=True)
         self.get_logger().info(f'{self.status}: {loop.iteration} iterations in {wall_time:.2f} s; '
                                f'wrote {json_path}, {png_path}' +
-                               (f', {self.run_dir / "bag"}' if self.recorder else ''))
+                               (f', {self.run_dir / "bag"}' if self.recorder else '') +
+                               f'; {loop.replayed_real_batches} real batch(es) reused from before a restart, '
+                               f'{self.retries} goal(s) sent again')
 
     # --- reporting -------------------------------------------------------------------------------------------
     def record_callback(self, record: IterationRecord) -> None:
