@@ -254,7 +254,7 @@ def test_outer_optimizer_sigkilled_mid_run_resumes_without_loss(tmp_path, ros_en
     assert outcome['returncode'] == 0, outcome['output'][-3000:]
     assert outcome['resumed_after'] is not None and outcome['resumed_after'] >= 4, outcome['output'][-3000:]
     figures = measure(run_dir, outcome, reference)
-    print('outer_optimizer SIGKILL after iteration 4:', figures)
+    print('FAULT outer_optimizer SIGKILL 0.0s after iteration 4 reported: rc 0', figures)
     check_lossless(figures)
     # the emulator kept running: at most the one batch in flight at the kill is lost to the run
     assert figures['emulator_restarts'] == 0 and figures['episodes_lost_in_transit'] <= REAL_EPISODES, figures
@@ -264,7 +264,7 @@ def test_outer_optimizer_sigkilled_mid_run_resumes_without_loss(tmp_path, ros_en
 
 @pytest.mark.slow
 @pytest.mark.parametrize('node,delay_s', [
-    ('outer_optimizer', 0.05), ('outer_optimizer', 0.15),       # at some moment inside an iteration
+    ('outer_optimizer', 0.02), ('outer_optimizer', 0.05), ('outer_optimizer', 0.1),   # somewhere in an iteration
     ('differentiable_simulator', 0.0), ('inner_trainer', 0.0), ('sensitivity', 0.0),
     ('hardware_bridge', 0.0), ('robot_emulator', 0.0), ('all', 0.0),
 ])
@@ -272,7 +272,7 @@ def test_node_sigkilled_mid_run(tmp_path, ros_env, reference, node, delay_s):
     run_dir = tmp_path / 'run'
     outcome = run_with_fault(ros_env, run_dir, node, kill_after=4, delay_s=delay_s)
     figures = measure(run_dir, outcome, reference) if (run_dir / 'results.json').exists() else {}
-    print(f'{node} SIGKILL {delay_s}s after iteration 4: rc {outcome["returncode"]}', figures)
+    print(f'FAULT {node} SIGKILL {delay_s}s after iteration 4 reported: rc {outcome["returncode"]}', figures)
     if node == 'inner_trainer':
         # known: a restarted inner_trainer numbers its policies from 1 again and the (running)
         # bridge refuses them as stale; the optimizer says why and stops (the run dir stays resumable)
