@@ -273,15 +273,9 @@ def test_node_sigkilled_mid_run(tmp_path, ros_env, reference, node, delay_s):
     outcome = run_with_fault(ros_env, run_dir, node, kill_after=4, delay_s=delay_s)
     figures = measure(run_dir, outcome, reference) if (run_dir / 'results.json').exists() else {}
     print(f'FAULT {node} SIGKILL {delay_s}s after iteration 4 reported: rc {outcome["returncode"]}', figures)
-    if node == 'inner_trainer':
-        # known: a restarted inner_trainer numbers its policies from 1 again and the (running)
-        # bridge refuses them as stale; the optimizer says why and stops (the run dir stays resumable)
-        assert outcome['returncode'] == 1 and 'inner_trainer was restarted' in outcome['output']
-        assert checkpoint.has_checkpoint(run_dir)
-        return
     assert outcome['returncode'] == 0, outcome['output'][-3000:]
     check_lossless(figures)
-    if node in ('differentiable_simulator', 'sensitivity'):       # hold no real data: nothing changes
+    if node in ('differentiable_simulator', 'sensitivity', 'inner_trainer'):   # hold no real data
         assert figures['same_real_data'] and figures['theta_max_abs_diff'] <= 1e-9, figures
     if node not in ('robot_emulator', 'all'):
         assert figures['emulator_restarts'] == 0, figures

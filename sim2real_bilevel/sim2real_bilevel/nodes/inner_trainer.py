@@ -48,18 +48,21 @@ class InnerTrainer(Node):
                                f'parameters, method {self.parameters["inner_method"]}')
 
     def _read_goal(self, goal):
-        """(theta, theta_version, phi_init) or MessageValidationError."""
+        """(theta, theta_version, phi_init, warm_start_version) or MessageValidationError."""
         theta, theta_version = conversions.theta_from_msg(goal.theta, self.problem.theta_names,
                                                           self.problem.theta_bounds())
         conversions.check_version(theta_version, max(self.theta_version, 0), 'TrainPolicy.theta.version')
-        phi_init = None
+        phi_init, warm_version = None, 0
         if len(goal.warm_start.values):
-            phi_init, _, _ = conversions.policy_from_msg(goal.warm_start, self.problem.phi_size())
-        return theta, theta_version, phi_init
+            phi_init, warm_version, _ = conversions.policy_from_msg(goal.warm_start, self.problem.phi_size())
+        return theta, theta_version, phi_init, int(warm_version)
 
     async def train_policy_callback(self, goal_handle):
         result = TrainPolicy.Result()
-        theta, theta_version, phi_init = self._read_goal(goal_handle.request)
+        theta, theta_version, phi_init, warm_version = self._read_goal(goal_handle.request)
+        # a restarted trainer continues the policy numbering of the warm start it is given,
+        # so the bridge (which refuses stale versions) accepts what it trains next
+        self.policy_version = max(self.policy_version, warm_version)
         method = self.parameters['inner_method']
         if not self.parameters['warm_start']:
             phi_init = None
