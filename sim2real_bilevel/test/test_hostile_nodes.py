@@ -315,8 +315,6 @@ def test_outer_optimizer_refuses_hostile_parameters_while_waiting_for_the_graph(
     assert tally.tried == tally.refused
 
 
-@pytest.mark.xfail(strict=True, reason='hardware_bridge.policy_callback adopts the version of any policy message '
-                                       'unchecked: one hostile far-future version makes every genuine goal "stale"')
 def test_bridge_keeps_its_policy_version_after_a_hostile_policy_message(ros):
     bridge = ros.start('hardware_bridge', problem=PROBLEM, autostart='true')
     ros.start('robot_emulator', problem=PROBLEM)

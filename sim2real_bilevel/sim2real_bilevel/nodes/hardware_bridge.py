@@ -65,11 +65,14 @@ class HardwareBridge(LifecycleNode):
                           low=0.001, high=600.0),
             ParameterSpec('episode_timeout_s', 600.0, 'longest wait for a batched run_episodes result',
                           low=0.1, high=1e6),
+            ParameterSpec('max_episodes', 1000, 'largest n_episodes one run_episodes goal may ask for', low=1,
+                          high=1_000_000),
         ])
         self.problem = load_problem(self.parameters['problem'])
         self.active = False
         self.newest_policy_version = None
         self.deployed = 0
+        self.estopped = ''                 # latched e-stop reason; '' = not stopped
         self.last_reason = 'unconfigured'
         self.step_waiters: list = []
         self.latest_state = None
@@ -99,6 +102,8 @@ class HardwareBridge(LifecycleNode):
         self.policy_subscription = self.create_subscription(PolicyParameters, 'policy', self.policy_callback, LATCHED)
         self.emulator_client = ActionClient(self, RunEpisodes, self.parameters['emulator_action'])
         self.reset_client = self.create_client(Trigger, self.parameters['reset_service'])
+        self.estop_service = self.create_service(Trigger, '~/estop', self.estop_callback)
+        self.reset_estop_service = self.create_service(Trigger, '~/reset_estop', self.reset_estop_callback)
         self.episodes_server = ActionServer(self, RunEpisodes, 'run_episodes',
                                             execute_callback=self.run_episodes_callback,
                                             goal_callback=self.goal_callback, result_timeout=2)
@@ -144,6 +149,8 @@ class HardwareBridge(LifecycleNode):
         self.episodes_server.destroy()
         self.emulator_client.destroy()
         self.destroy_client(self.reset_client)
+        self.destroy_service(self.estop_service)
+        self.destroy_service(self.reset_estop_service)
         for subscription in (self.joint_state_subscription, self.reward_subscription, self.policy_subscription):
             self.destroy_subscription(subscription)
         self.destroy_lifecycle_publisher(self.command_publisher)
@@ -154,14 +161,47 @@ class HardwareBridge(LifecycleNode):
         if self.entities_created:
             self.command_publisher.publish(Float64MultiArray(data=[0.0] * len(self.joints)))
 
+    # --- e-stop ----------------------------------------------------------------------------------------
+    def estop_callback(self, request, response):
+        """Latch a stop: zero command now, running episodes abort at their next step, every goal
+        is refused until ``~/reset_estop`` is called -- deactivating and activating does not clear it."""
+        self.estopped = 'e-stop requested through ~/estop'
+        self.send_zero_command()
+        self.last_reason = f'E-STOP: {self.estopped}'
+        self.get_logger().error('E-STOP latched: zero command sent, goals refused until ~/reset_estop')
+        self.publish_diagnostics(DiagnosticStatus.ERROR)
+        response.success, response.message = True, 'e-stop latched; call ~/reset_estop to clear it'
+        return response
+
+    def reset_estop_callback(self, request, response):
+        was = self.estopped
+        self.estopped = ''
+        self.last_reason = 'active' if self.active else 'inactive'
+        self.get_logger().warning(f'e-stop reset by ~/reset_estop (was: {was or "not latched"})')
+        self.publish_diagnostics()
+        response.success = True
+        response.message = 'e-stop cleared' if was else 'no e-stop was latched'
+        return response
+
     # --- goals -----------------------------------------------------------------------------------------
     def policy_callback(self, msg: PolicyParameters) -> None:
-        if self.newest_policy_version is None or msg.version > self.newest_policy_version:
-            self.newest_policy_version = int(msg.version)
+        """Track the newest published policy version -- only from well-formed messages whose
+        version is a plausible successor (a hostile far-future version would otherwise make
+        every genuine goal 'stale')."""
+        try:
+            conversions.policy_from_msg(msg, self.problem.phi_size())
+            version = conversions.check_version(msg.version, self.newest_policy_version or 0,
+                                                'PolicyParameters.version')
+        except conversions.MessageValidationError as err:
+            self.get_logger().error(f'ignored policy message: {err}')
+            return
+        self.newest_policy_version = version
         self.publish_diagnostics()
 
     def refusal(self, goal) -> str:
         """Why a goal must not run now, or ''."""
+        if self.estopped:
+            return f'E-STOP latched ({self.estopped}): call ~/reset_estop first'
         if not self.active:
             return 'the bridge is not active: no command leaves it unless active'
         try:
@@ -176,8 +216,8 @@ class HardwareBridge(LifecycleNode):
             return f'policy version {version} is from the future: the newest published policy is version {newest}'
         if version < self.deployed:
             return f'stale policy version {version}: version {self.deployed} was already deployed'
-        if goal.n_episodes < 1:
-            return f'n_episodes={goal.n_episodes}: expected at least 1'
+        if not 1 <= goal.n_episodes <= self.parameters['max_episodes']:
+            return f'n_episodes={goal.n_episodes}: expected 1..{self.parameters["max_episodes"]} (max_episodes)'
         return ''
 
     def goal_callback(self, goal) -> GoalResponse:
@@ -191,12 +231,14 @@ class HardwareBridge(LifecycleNode):
 
     async def run_episodes_callback(self, goal_handle):
         goal = goal_handle.request
-        self.deployed = max(self.deployed, int(goal.policy.version))
         if self.parameters['transport'] == 'batched':
             result = await self._forward(goal)
         else:
             result = await self._run_on_topics(goal, goal_handle)
+        if self.estopped and result.success:
+            result = RunEpisodes.Result(success=False, message=f'E-STOP during the episodes: {self.estopped}')
         if result.success and self.active:
+            self.deployed = max(self.deployed, int(goal.policy.version))
             goal_handle.succeed()
         else:
             if self.active is False and result.success:
@@ -240,7 +282,7 @@ class HardwareBridge(LifecycleNode):
     async def _await_robot(self, condition, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
         while not condition():
-            if time.monotonic() > deadline or not self.active:
+            if time.monotonic() > deadline or not self.active or self.estopped:
                 return False
             waiter = Future()
             self.step_waiters.append(waiter)
@@ -296,6 +338,7 @@ class HardwareBridge(LifecycleNode):
             values=[KeyValue(key='active', value=str(self.active)),
                     KeyValue(key='transport', value=self.parameters['transport']),
                     KeyValue(key='deployed_policy_version', value=str(self.deployed)),
+                    KeyValue(key='estop', value=self.estopped or 'clear'),
                     KeyValue(key='newest_policy_version', value=str(self.newest_policy_version))])
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
