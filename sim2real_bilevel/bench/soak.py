@@ -47,6 +47,7 @@ from sim2real_bilevel.tools import launcher  # noqa: E402
 MODE = 'sim_only'
 KIB_PER_MIB = 1024.0
 CLOCK_TICKS = os.sysconf('SC_CLK_TCK')
+SETTLE_S = 1.5
 # shared with test/conftest.py: a domain held there is never used here, and the other way round
 DOMAIN_LOCK_DIR = Path(tempfile.gettempdir()) / 'sim2real_bilevel_ros_domains'
 
@@ -169,7 +170,7 @@ class FaultReport:
     held_s: float = 0.0
     resumed: Optional[bool] = None
     stall_s: Optional[float] = None
-    """seconds from the fault's start until the iteration count first rose past iteration_before"""
+    """longest time without a new iteration from the fault until the loop went on"""
     new_pid: Optional[int] = None
     hang: Optional[str] = None
 
@@ -187,6 +188,9 @@ class SoakResult:
     shutdown_s: float = 0.0
     leftover: list[str] = field(default_factory=list)
     early_exit: Optional[str] = None
+    run_dir_files: int = 0
+    run_dir_mib: float = 0.0
+    """what the optimizer's run folder (results, bag, checkpoints) holds at the end"""
     out: str = ''
 
 
@@ -230,6 +234,21 @@ class OutputPump:
                 return stamp
         return None
 
+    def longest_gap(self, start_s: float, end_s: float) -> float:
+        """The longest time without a rising iteration count between the last rise before
+        ``start_s`` and ``end_s``."""
+        rises, previous = [], -1
+        for stamp, value in self.progress:
+            if value > previous:
+                rises.append(stamp)
+            previous = max(previous, value)
+        before = [t for t in rises if t <= start_s][-1:]
+        window = before + [t for t in rises if start_s < t <= end_s]
+        return max((b - a for a, b in zip(window, window[1:])), default=float('nan'))
+
+    def latest_until(self, until_s: float) -> int:
+        return max((value for stamp, value in self.progress if stamp <= until_s), default=-1)
+
     def close(self) -> None:
         self.running = False
         self.thread.join(timeout=2.0)
@@ -272,6 +291,7 @@ def run_soak(duration_s: float, out: Path, environment: dict, problem: str = 'di
     test's ros_env); ROS_LOG_DIR is set to ``out/ros_log`` so that every process of the run
     can be found afterwards."""
     out.mkdir(parents=True, exist_ok=True)
+    (out / 'samples.csv').unlink(missing_ok=True)
     environment = graph_environment(out, environment)
     params = soak_params_file(problem, iterations, parameter_overrides or {}, out)
     arguments = launcher.parse_assignments(MODE, [f'problem:={problem}', f'params_file:={params}',
@@ -297,6 +317,9 @@ def run_soak(duration_s: float, out: Path, environment: dict, problem: str = 'di
         result.exit_codes = {name: p.returncode for name, p in processes.processes.items()}
         result.leftover = [describe_process(pid) for pid in
                            processes_with_environment(f'ROS_LOG_DIR={environment["ROS_LOG_DIR"]}')]
+        files = [f for f in (out / 'run').rglob('*') if f.is_file()]
+        result.run_dir_files = len(files)
+        result.run_dir_mib = round(sum(f.stat().st_size for f in files) / 2**20, 2)
     result.nodes = summarize_nodes(result.samples, duration_s)
     write_outputs(result, out)
     return result
@@ -355,13 +378,23 @@ def _sample_loop(processes: SoakGraph, pump: OutputPump, result: SoakResult, sta
 
 def _take_sample(processes: SoakGraph, pump: OutputPump, result: SoakResult, t_s: float) -> None:
     parents = parent_map()
+    taken = []
     for name, p in processes.processes.items():
         reading = read_process(p.pid)
         if reading is None:
             continue
         children = sum(1 for parent in parents.values() if parent == p.pid)
-        result.samples.append(Sample(round(t_s, 2), name, p.pid, round(reading.rss_mib, 2), reading.threads,
-                                     reading.fds, children, pump.iteration()))
+        taken.append(Sample(round(t_s, 2), name, p.pid, round(reading.rss_mib, 2), reading.threads,
+                            reading.fds, children, pump.iteration()))
+    result.samples += taken
+    # written as taken, so a soak that is cut short still leaves its figures
+    path = Path(result.out) / 'samples.csv'
+    new = not path.exists()
+    with open(path, 'a', newline='') as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(Sample.__dataclass_fields__))
+        if new:
+            writer.writeheader()
+        writer.writerows(asdict(s) for s in taken)
 
 
 def _inject(kind: str, processes: SoakGraph, pump: OutputPump, now: float, stall_s: float, kill_node: str,
@@ -393,10 +426,17 @@ def _update_faults(faults: list[FaultReport], pump: OutputPump, processes: SoakG
     for report in faults:
         if report.resumed:
             continue
-        moved = pump.first_above(report.iteration_before, report.clock_s)
+        # progress lines come every progress_period_s (0.5 s), so iterations finished before
+        # the fault may be printed just after it: the loop counts as going on only once it
+        # passes what it had printed by SETTLE_S after the fault ended
+        settled = report.clock_s + report.held_s + SETTLE_S
+        if now < settled and not final:
+            continue
+        baseline = max(report.iteration_before, pump.latest_until(settled))
+        moved = pump.first_above(baseline, settled)
         if moved is not None:
-            report.resumed, report.stall_s, report.hang = True, round(moved - report.clock_s, 2), None
-            log(f'[soak] loop went on after the {report.kind} of {report.node}: stalled {report.stall_s:.1f} s')
+            report.resumed, report.stall_s, report.hang = True, round(pump.longest_gap(report.clock_s, moved), 2), None
+            log(f'[soak] loop went on after the {report.kind} of {report.node}: no new iteration for {report.stall_s:.1f} s')
             continue
         waited = now - report.clock_s
         if report.hang is None and (final or waited >= hang_after_s):
@@ -409,7 +449,7 @@ def _update_faults(faults: list[FaultReport], pump: OutputPump, processes: SoakG
                 else:
                     states.append(f'{name}: state {reading.state}, {reading.cpu_s - cpu_at_fault.get(name, 0):.1f} '
                                   f'CPU s since the fault')
-            report.hang = (f'no outer iteration past {report.iteration_before} for {waited:.0f} s after the '
+            report.hang = (f'no outer iteration past {baseline} for {waited:.0f} s after the '
                            f'{report.kind} of {report.node}; ' + '; '.join(states)
                            + f'; optimizer last said: {pump.last_lines[-3:]}')
             log(f'[soak] HANG: {report.hang}')
@@ -452,13 +492,14 @@ def format_table(result: SoakResult) -> str:
                      f'{row["fds_start"]:4d}/{row["fds_end"]:<4d} {row["children_max"]:8d} '
                      f'{",".join(map(str, row["pids"]))}')
     for fault in result.faults:
-        outcome = (f'loop went on, first new iteration {fault.stall_s:.1f} s after the fault' if fault.resumed
+        outcome = (f'loop went on, longest time without a new iteration {fault.stall_s:.1f} s' if fault.resumed
                    else f'HANG: {fault.hang}')
         lines.append(f'fault {fault.kind} {fault.node} at t={fault.t_s:.0f} s (iteration {fault.iteration_before}'
                      + (f', held {fault.held_s:g} s' if fault.kind == 'stall' else f', restarted as pid {fault.new_pid}')
                      + f'): {outcome}')
     if result.early_exit:
         lines.append(f'early exit: {result.early_exit}')
+    lines.append(f'run folder: {result.run_dir_files} files, {result.run_dir_mib:.1f} MiB')
     lines.append(f'shutdown took {result.shutdown_s:.1f} s; exit codes {result.exit_codes}')
     lines.append('processes left after shutdown: ' + ('none' if not result.leftover else '; '.join(result.leftover)))
     return '\n'.join(lines)
