@@ -91,3 +91,74 @@ def test_no_goal_runs_unless_active_and_deactivation_sends_a_zero_command(ros):
     ros.spin_until(lambda: [0.0] in commands, 10.0, 'the zero command on deactivate')
     assert not ros.send_goal(episodes, goal(size), 30.0).accepted
     assert bridge.alive()
+
+
+# --- continuous robot on the ros2_control topics -------------------------------------------------------
+PENDULUM = str(PACKAGE_ROOT / 'config' / 'pendulum.yaml')
+
+
+def pendulum_goal(n_episodes=1, version=1):
+    problem = load_problem(PENDULUM)
+    phi = problem.policy.init_params(np.random.default_rng(0))
+    return RunEpisodes.Goal(policy=conversions.policy_to_msg(phi, version, 0, 0.0), n_episodes=n_episodes), problem
+
+
+def start_pendulum(ros, **bridge_parameters):
+    parameters = dict(problem=PENDULUM, autostart='true', transport='topics', position_limit='100.0')
+    parameters.update(bridge_parameters)
+    bridge = ros.start('hardware_bridge', **parameters)
+    emulator = ros.start('robot_emulator', problem=PENDULUM)
+    episodes = ActionClient(ros.node, RunEpisodes, 'run_episodes')
+    commands = []
+    ros.node.create_subscription(Float64MultiArray, 'forward_command_controller/commands',
+                                 lambda msg: commands.append(list(msg.data)), ROBOT_STREAM)
+    ros.spin_until(episodes.server_is_ready, 60.0, 'the bridge')
+    reset = ros.node.create_client(Trigger, 'robot_emulator/reset')
+    ros.spin_until(reset.service_is_ready, 60.0, 'the emulator')
+    return bridge, emulator, episodes, commands
+
+
+def test_pendulum_episode_on_topics_with_effort_clamp_and_rate_limit(ros):
+    bridge, _, episodes, commands = start_pendulum(ros, effort_limit='0.05', max_effort_rate='0.02')
+    request, problem = pendulum_goal()
+    response = run(ros, episodes, request, timeout=120.0)
+    assert response.result.success, response.result.message
+    batch = conversions.trajectories_from_msg(response.result.trajectories)
+    assert batch.states.shape == (1, problem.horizon + 1, 2) and batch.actions.shape == (1, problem.horizon, 1)
+    assert np.abs(batch.actions).max() <= 0.05 + 1e-12
+    assert np.abs(np.diff(batch.actions[0, :, 0], prepend=0.0)).max() <= 0.02 + 1e-12
+    assert 'clamped' in response.result.message and "'clamped': 0," not in response.result.message
+    sent = np.array([c[0] for c in commands])
+    assert np.abs(sent).max() <= 0.05 + 1e-12 and sent[-1] == 0.0          # zero command after the episode
+    assert bridge.alive()
+
+
+def test_state_bounds_abort_the_episode_with_a_zero_command(ros):
+    bridge, _, episodes, commands = start_pendulum(ros, position_limit='0.0001')
+    request, _ = pendulum_goal()
+    response = run(ros, episodes, request, timeout=60.0)
+    assert not response.result.success and 'state bounds' in response.result.message
+    ros.spin_until(lambda: commands and commands[-1] == [0.0], 10.0, 'the zero command')
+    assert 'episode discarded' in response.result.message and bridge.alive()
+
+
+def test_watchdog_zeroes_the_command_and_aborts_when_joint_states_go_stale(ros):
+    import os
+    import signal
+    import threading
+    bridge, emulator, episodes, commands = start_pendulum(ros, watchdog_timeout_s='0.3')
+    request, _ = pendulum_goal(n_episodes=50)
+    # stall the robot (SIGSTOP) once the episodes are under way, resume it later
+    def stall():
+        while len(commands) < 20:
+            threading.Event().wait(0.01)
+        os.killpg(emulator.process.pid, signal.SIGSTOP)
+        threading.Event().wait(1.5)
+        os.killpg(emulator.process.pid, signal.SIGCONT)
+    staller = threading.Thread(target=stall, daemon=True)
+    staller.start()
+    response = run(ros, episodes, request, timeout=120.0)
+    staller.join(5.0)
+    assert not response.result.success and 'watchdog' in response.result.message, response.result.message
+    ros.spin_until(lambda: commands and commands[-1] == [0.0], 10.0, 'the zero command')
+    assert bridge.alive() and emulator.alive()

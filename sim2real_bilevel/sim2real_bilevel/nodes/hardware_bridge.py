@@ -65,6 +65,16 @@ class HardwareBridge(LifecycleNode):
                           low=0.001, high=600.0),
             ParameterSpec('episode_timeout_s', 600.0, 'longest wait for a batched run_episodes result',
                           low=0.1, high=1e6),
+            ParameterSpec('effort_limit', 2.0, 'largest |effort| commanded to any joint (N m); larger requests are '
+                          'clamped and counted', low=1e-9, high=1e6),
+            ParameterSpec('max_effort_rate', 1.0, 'largest change of a joint\'s effort per control step (N m)',
+                          low=1e-9, high=1e6),
+            ParameterSpec('watchdog_timeout_s', 0.5, 'joint_states older than this during an episode: zero '
+                          'command, episode aborted', low=1e-3, high=60.0),
+            ParameterSpec('position_limit', 3.2, 'largest |joint position| (rad) before the episode is aborted',
+                          low=1e-9, high=1e6),
+            ParameterSpec('velocity_limit', 20.0, 'largest |joint velocity| (rad/s) before the episode is aborted',
+                          low=1e-9, high=1e6),
             ParameterSpec('max_episodes', 1000, 'largest n_episodes one run_episodes goal may ask for', low=1,
                           high=1_000_000),
         ])
@@ -76,6 +86,8 @@ class HardwareBridge(LifecycleNode):
         self.last_reason = 'unconfigured'
         self.step_waiters: list = []
         self.latest_state = None
+        self.latest_velocity = None
+        self.filter_counts: dict = {}
         self.rewards: list[float] = []
         self.entities_created = False
         if self.parameters['autostart']:
@@ -260,13 +272,18 @@ class HardwareBridge(LifecycleNode):
 
     # --- topic transport --------------------------------------------------------------------------------
     def joint_state_callback(self, msg: JointState) -> None:
+        """Joints are read by name (other joints and any order are fine)."""
+        names = list(msg.name)
         try:
-            positions = [msg.position[list(msg.name).index(joint)] for joint in self.joints]
+            index = [names.index(joint) for joint in self.joints]
+            positions = [msg.position[i] for i in index]
+            velocities = [msg.velocity[i] for i in index] if len(msg.velocity) else [0.0] * len(index)
         except (ValueError, IndexError):
-            self.get_logger().error(f'joint_states without the joints {self.joints}: names {list(msg.name)}',
+            self.get_logger().error(f'joint_states without the joints {self.joints}: names {names}',
                                     throttle_duration_sec=5.0)
             return
         self.latest_state = np.asarray(positions, dtype=np.float64)
+        self.latest_velocity = np.asarray(velocities, dtype=np.float64)
         self._wake_step_waiters()
 
     def reward_callback(self, msg: Float64) -> None:
@@ -292,9 +309,11 @@ class HardwareBridge(LifecycleNode):
         return True
 
     async def _run_on_topics(self, goal, goal_handle) -> RunEpisodes.Result:
+        if getattr(self.problem, 'kind', '') == 'robot':
+            return await self._run_robot_on_topics(goal, goal_handle)
         if getattr(self.problem, 'kind', '') != 'tabular':
-            return RunEpisodes.Result(success=False, message=f'the topic transport runs tabular policies only, '
-                                                             f'not {self.problem.kind!r}')
+            return RunEpisodes.Result(success=False, message=f'the topic transport runs tabular and robot '
+                                                             f'policies, not {self.problem.kind!r}')
         phi, version, _ = conversions.policy_from_msg(goal.policy, self.problem.phi_size())
         pi, log_pi = self.problem.policy_table(phi)
         rng = np.random.default_rng()
@@ -329,6 +348,78 @@ class HardwareBridge(LifecycleNode):
                              log_probs=log_pi[states[:, :-1], actions], source='real', policy_version=version)
         return RunEpisodes.Result(success=True, trajectories=conversions.trajectories_to_msg(batch))
 
+    async def _run_robot_on_topics(self, goal, goal_handle) -> RunEpisodes.Result:
+        """Continuous policies on the ros2_control topics, one command per fresh joint_states,
+        every command through the CommandFilter (effort clamp, rate limit).  Stale joint_states
+        (watchdog), a joint outside its bounds, an e-stop or a deactivation: zero command and
+        the whole goal fails with the reason -- an aborted episode is never returned as data."""
+        import torch
+        from .safety import CommandFilter, state_violation
+        problem = self.problem
+        phi, version, _ = conversions.policy_from_msg(goal.policy, problem.phi_size())
+        phi_t = torch.as_tensor(phi, dtype=torch.float64)
+        std = float(np.exp(problem.policy.log_std(phi_t).numpy())[0])
+        command_filter = CommandFilter(self.parameters['effort_limit'], self.parameters['max_effort_rate'],
+                                       joints=len(self.joints))
+        rng = np.random.default_rng()
+        horizon, n = int(problem.horizon), int(goal.n_episodes)
+        states = np.zeros((n, horizon + 1, 2))
+        actions = np.zeros((n, horizon, 1))
+        watchdog = self.parameters['watchdog_timeout_s']
+        limits = (self.parameters['position_limit'], self.parameters['velocity_limit'])
+
+        def fail(reason: str) -> RunEpisodes.Result:
+            self.send_zero_command()
+            self.last_reason = f'episode aborted: {reason}'
+            self.publish_diagnostics(DiagnosticStatus.WARN)
+            return RunEpisodes.Result(success=False, message=f'{reason}; zero command sent, episode discarded '
+                                                             f'(filter: {command_filter.counts()})')
+
+        for episode in range(n):
+            self.latest_state = None
+            reset = await self.reset_client.call_async(Trigger.Request())
+            if not reset.success:
+                return fail(f'reset failed: {reset.message}')
+            if not await self._await_robot(lambda: self.latest_state is not None, watchdog):
+                return fail(f'watchdog: no joint_states within {watchdog} s of the reset')
+            command_filter.reset()
+            for t in range(horizon + 1):
+                states[episode, t] = (self.latest_state[0], self.latest_velocity[0])
+                violation = state_violation(self.joints, self.latest_state, self.latest_velocity, *limits)
+                if violation:
+                    return fail(f'state bounds: {violation} (episode {episode}, step {t})')
+                if t == horizon:
+                    break
+                with torch.no_grad():
+                    observation = problem.model.observation(torch.as_tensor(states[episode, t]))
+                    mean = float(problem.policy.mean(phi_t, observation).numpy()[0])
+                requested = mean + std * rng.standard_normal()
+                command = command_filter([requested])
+                actions[episode, t, 0] = command[0]
+                self.latest_state = None
+                self.command_publisher.publish(Float64MultiArray(data=[float(c) for c in command]))
+                if not await self._await_robot(lambda: self.latest_state is not None, watchdog):
+                    if self.estopped:
+                        return fail(f'E-STOP: {self.estopped}')
+                    return fail(f'watchdog: joint_states stale for {watchdog} s (episode {episode}, step {t})')
+            goal_handle.publish_feedback(RunEpisodes.Feedback(episodes_done=episode + 1))
+        self.send_zero_command()
+        counts = command_filter.counts()
+        if any(counts.values()):
+            self.get_logger().warning(f'command filter changed commands in these episodes: {counts}')
+        self.filter_counts = counts
+        with torch.no_grad():
+            states_t, actions_t = torch.as_tensor(states), torch.as_tensor(actions)
+            rewards = problem.model.reward(states_t[:, :-1], actions_t,
+                                           torch.as_tensor(np.log(problem.task_weights))).numpy()
+            log_probs = problem.policy.log_prob(phi_t, problem.model.observation(states_t[:, :-1]), actions_t).numpy()
+        dones = np.zeros((n, horizon), dtype=bool)
+        dones[:, -1] = True
+        batch = Trajectories(states=states, actions=actions, rewards=rewards, dones=dones, log_probs=log_probs,
+                             source='real', policy_version=version)
+        return RunEpisodes.Result(success=True, trajectories=conversions.trajectories_to_msg(batch),
+                                  message=f'command filter: {counts}')
+
     def publish_diagnostics(self, level=DiagnosticStatus.OK) -> None:
         if not self.entities_created:
             return
@@ -339,6 +430,7 @@ class HardwareBridge(LifecycleNode):
                     KeyValue(key='transport', value=self.parameters['transport']),
                     KeyValue(key='deployed_policy_version', value=str(self.deployed)),
                     KeyValue(key='estop', value=self.estopped or 'clear'),
+                    KeyValue(key='command_filter', value=str(self.filter_counts)),
                     KeyValue(key='newest_policy_version', value=str(self.newest_policy_version))])
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()

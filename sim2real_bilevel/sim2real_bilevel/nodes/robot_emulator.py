@@ -9,8 +9,11 @@ Two transports, the bridge picks one:
 - the robot-facing topics of real hardware: ``joint_states`` (sensor_msgs/JointState) out,
   ``<controller>/commands`` (std_msgs/Float64MultiArray) in, one transition per command,
   with ``reward`` (std_msgs/Float64) for the step and ``~/reset`` (std_srvs/Trigger) to start
-  an episode.  Supported for tabular problems (state index as the joint position, action
-  index as the command).
+  an episode.  Tabular problems: state index as the joint position, action index as the
+  command.  Robot problems (the pendulum): the pybullet robot with the hidden parameters
+  (``problem.make_emulator()``), stepped one control period per command (lockstep: as fast as
+  the bridge commands it), measured position / velocity / effort on ``joint_states``; no
+  reward topic (the bridge computes the task reward from what it measures).
 """
 from __future__ import annotations
 
@@ -76,14 +79,22 @@ class RobotEmulator(Node):
 
     # --- topic transport (tabular) ---------------------------------------------------------------------
     def _require_tabular(self) -> str:
-        if getattr(self.problem, 'kind', '') != 'tabular':
-            return f'the topic transport emulates tabular problems only, not {self.problem.kind!r}'
+        if getattr(self.problem, 'kind', '') not in ('tabular', 'robot'):
+            return f'the topic transport emulates tabular and robot problems, not {self.problem.kind!r}'
         return ''
 
     def reset_callback(self, request, response):
         reason = self._require_tabular()
         if reason:
             response.success, response.message = False, reason
+            return response
+        if self.problem.kind == 'robot':
+            if getattr(self, 'robot', None) is None:
+                self.robot = self.problem.make_emulator()
+            sample = self.robot.reset(int(self.rng.integers(0, 2 ** 31 - 1)))
+            self.state = 'running'
+            self._publish_sample(sample)
+            response.success, response.message = True, f'position {sample.position[0]:.3f} rad'
             return response
         rho0 = self.problem.initial_distribution
         self.state = int(min(np.searchsorted(np.cumsum(rho0), self.rng.random(), side='right'), len(rho0) - 1))
@@ -94,6 +105,13 @@ class RobotEmulator(Node):
 
     def command_callback(self, msg: Float64MultiArray) -> None:
         if self.state is None or self._require_tabular():
+            return
+        if self.problem.kind == 'robot':
+            if len(msg.data) != 1 or not np.isfinite(msg.data[0]):
+                self.get_logger().error(f'ignored command {list(msg.data)}: expected one finite effort')
+                return
+            self.robot.apply_effort([float(msg.data[0])])
+            self._publish_sample(self.robot.step())
             return
         if len(msg.data) != 1 or not np.isfinite(msg.data[0]):
             self.get_logger().error(f'ignored command {list(msg.data)}: expected one finite action index')
@@ -110,6 +128,12 @@ class RobotEmulator(Node):
         self.reward_publisher.publish(Float64(data=reward))
         self.state = next_state
         self._publish_state()
+
+    def _publish_sample(self, sample) -> None:
+        msg = JointState(name=list(self.parameters['joints'])[:1], position=[float(v) for v in sample.position],
+                         velocity=[float(v) for v in sample.velocity], effort=[float(v) for v in sample.effort])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.joint_state_publisher.publish(msg)
 
     def _publish_state(self) -> None:
         msg = JointState(name=list(self.parameters['joints'])[:1], position=[float(self.state)])
