@@ -162,3 +162,42 @@ def test_watchdog_zeroes_the_command_and_aborts_when_joint_states_go_stale(ros):
     assert not response.result.success and 'watchdog' in response.result.message, response.result.message
     ros.spin_until(lambda: commands and commands[-1] == [0.0], 10.0, 'the zero command')
     assert bridge.alive() and emulator.alive()
+
+
+def test_emulator_publishes_clock_and_link_pose_in_lockstep(ros):
+    from geometry_msgs.msg import PoseStamped
+    from rosgraph_msgs.msg import Clock
+    from sim2real_bilevel.nodes.robot_emulator import link_pose
+    ros.start('robot_emulator', problem=PENDULUM, publish_clock='true')
+    clocks, poses, states = [], [], []
+    ros.node.create_subscription(Clock, '/clock', lambda m: clocks.append(m.clock.sec * 10**9 + m.clock.nanosec), 10)
+    ros.node.create_subscription(PoseStamped, 'robot_emulator/link_pose', poses.append, 10)
+    from sensor_msgs.msg import JointState
+    ros.node.create_subscription(JointState, 'joint_states', states.append, ROBOT_STREAM)
+    reset = ros.node.create_client(Trigger, 'robot_emulator/reset')
+    ros.spin_until(reset.service_is_ready, 60.0, 'the emulator')
+    publisher = ros.node.create_publisher(Float64MultiArray, 'forward_command_controller/commands', ROBOT_STREAM)
+    ros.spin_until(lambda: publisher.get_subscription_count() > 0, 30.0, 'the command subscription')
+    assert ros.call(reset, Trigger.Request()).success
+    ros.spin_until(lambda: len(states) >= 1, 10.0, 'joint_states after reset')
+    for step in range(5):
+        publisher.publish(Float64MultiArray(data=[0.1]))
+        ros.spin_until(lambda s=step: len(states) >= s + 2, 10.0, 'joint_states after a command')
+    ros.spin_until(lambda: len(clocks) >= 6 and len(poses) >= 6, 10.0, '/clock and link_pose')
+    assert np.diff(clocks[-6:]).tolist() == [20_000_000] * 5                  # one 20 ms control period per step
+    last = states[-1]
+    assert last.header.stamp.sec * 10**9 + last.header.stamp.nanosec == clocks[-1]   # stamped with sim time
+    expected = link_pose(last.position[0], 0.5, last.header.stamp).pose
+    got = poses[-1].pose
+    assert [got.orientation.w, got.orientation.y] == pytest.approx([expected.orientation.w, expected.orientation.y])
+    assert got.position.x == pytest.approx(0.5 * np.sin(last.position[0]))
+
+
+def test_link_pose_quaternion_is_the_rotation_about_the_joint_axis():
+    from sim2real_bilevel.nodes.robot_emulator import link_pose
+    from transforms3d.quaternions import quat2mat
+    from builtin_interfaces.msg import Time
+    pose = link_pose(0.7, 0.5, Time()).pose
+    rotation = quat2mat([pose.orientation.w, pose.orientation.x, pose.orientation.y, pose.orientation.z])
+    tip = rotation @ np.array([0.0, 0.0, 0.5])                                  # the upright link, rotated
+    assert tip == pytest.approx([pose.position.x, pose.position.y, pose.position.z])

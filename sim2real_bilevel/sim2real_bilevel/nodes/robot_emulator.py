@@ -13,12 +13,22 @@ Two transports, the bridge picks one:
   command.  Robot problems (the pendulum): the pybullet robot with the hidden parameters
   (``problem.make_emulator()``), stepped one control period per command (lockstep: as fast as
   the bridge commands it), measured position / velocity / effort on ``joint_states``; no
-  reward topic (the bridge computes the task reward from what it measures).
+  reward topic (the bridge computes the task reward from what it measures).  With
+  ``publish_clock`` the emulator is the time source of a lockstep run: it publishes /clock
+  (rosgraph_msgs/Clock, one control period per step, faster than real time) and stamps its
+  joint_states with that time, so nodes started with use_sim_time follow the robot's time.
+  ``~/link_pose`` (geometry_msgs/PoseStamped, frame ``pendulum_base``: the link's tip and
+  orientation, from transforms3d) shows the pendulum in rviz.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from geometry_msgs.msg import PoseStamped
 from rclpy.action import ActionServer, GoalResponse
+from rclpy.time import Time
+from rosgraph_msgs.msg import Clock
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64, Float64MultiArray
@@ -40,6 +50,8 @@ class RobotEmulator(Node):
                           read_only=True, allow_empty=False),
             ParameterSpec('joints', ['state'], 'joint names published on joint_states (read at startup)',
                           read_only=True),
+            ParameterSpec('publish_clock', False, 'publish /clock from the robot\'s steps (lockstep, faster than '
+                          'real time); other nodes then run with use_sim_time (read at startup)', read_only=True),
             ParameterSpec('max_episodes', 100000, 'largest n_episodes one run_episodes goal may ask for', low=1,
                           high=10 ** 7),
         ])
@@ -55,6 +67,10 @@ class RobotEmulator(Node):
         self.command_subscription = self.create_subscription(
             Float64MultiArray, f'{self.parameters["controller"]}/commands', self.command_callback, ROBOT_STREAM)
         self.reset_service = self.create_service(Trigger, '~/reset', self.reset_callback)
+        self.sim_time_ns = 0
+        self.clock_publisher = (self.create_publisher(Clock, '/clock', 10) if self.parameters['publish_clock']
+                                else None)
+        self.pose_publisher = self.create_publisher(PoseStamped, '~/link_pose', 10)
         self.get_logger().info(f'emulating the real system of {self.problem.source} (seed {self.parameters["seed"]})')
 
     # --- batched transport ---------------------------------------------------------------------------
@@ -111,7 +127,9 @@ class RobotEmulator(Node):
                 self.get_logger().error(f'ignored command {list(msg.data)}: expected one finite effort')
                 return
             self.robot.apply_effort([float(msg.data[0])])
-            self._publish_sample(self.robot.step())
+            sample = self.robot.step()
+            self.sim_time_ns += int(round(self.problem.geometry.control_period * 1e9))
+            self._publish_sample(sample)
             return
         if len(msg.data) != 1 or not np.isfinite(msg.data[0]):
             self.get_logger().error(f'ignored command {list(msg.data)}: expected one finite action index')
@@ -130,15 +148,35 @@ class RobotEmulator(Node):
         self._publish_state()
 
     def _publish_sample(self, sample) -> None:
+        if self.clock_publisher is not None:
+            stamp = Time(nanoseconds=self.sim_time_ns).to_msg()
+            self.clock_publisher.publish(Clock(clock=stamp))
+        else:
+            stamp = self.get_clock().now().to_msg()
         msg = JointState(name=list(self.parameters['joints'])[:1], position=[float(v) for v in sample.position],
                          velocity=[float(v) for v in sample.velocity], effort=[float(v) for v in sample.effort])
-        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.stamp = stamp
         self.joint_state_publisher.publish(msg)
+        self.pose_publisher.publish(link_pose(float(sample.position[0]), self.problem.geometry.link_length, stamp))
 
     def _publish_state(self) -> None:
         msg = JointState(name=list(self.parameters['joints'])[:1], position=[float(self.state)])
         msg.header.stamp = self.get_clock().now().to_msg()
         self.joint_state_publisher.publish(msg)
+
+
+def link_pose(angle: float, length: float, stamp) -> PoseStamped:
+    """The pendulum tip in the frame ``pendulum_base`` (x forward, z up; the joint turns about
+    y, angle 0 upright): position L (sin q, 0, cos q), orientation the rotation by q about y."""
+    from transforms3d.euler import euler2quat
+    w, x, y, z = euler2quat(0.0, angle, 0.0, 'sxyz')
+    pose = PoseStamped()
+    pose.header.frame_id = 'pendulum_base'
+    pose.header.stamp = stamp
+    pose.pose.position.x, pose.pose.position.z = length * math.sin(angle), length * math.cos(angle)
+    pose.pose.orientation.w, pose.pose.orientation.x = float(w), float(x)
+    pose.pose.orientation.y, pose.pose.orientation.z = float(y), float(z)
+    return pose
 
 
 def main(args=None) -> int:
