@@ -15,7 +15,8 @@ iteration, reuses a real batch collected after the last checkpoint instead of as
 again, and keeps numbering theta versions upwards; its first goal re-registers the saved policy
 (one inner solve at the saved theta warm-started at the saved phi, under a new theta version),
 so a relaunched graph accepts it.  A peer that dies (SIGKILL) while it holds a
-goal is waited for: the goal times out (``action_timeout_s``), the node waits for the server to
+goal is waited for: the goal times out (``goal_timeout_s`` for the acceptance -- a goal sent
+while its server restarts is lost --, ``action_timeout_s`` for the result), the node waits for the server to
 be back and sends the goal again (at most ``action_retries`` times in a row); only results that
 arrive are counted, so no real batch is counted twice.  The other nodes keep no run state that
 this node needs (sensitivity: caches of the latched theta/policy; simulator: stateless; bridge:
@@ -132,6 +133,9 @@ class OuterOptimizer(Node):
                           'trajectories to RUN_DIR/bag (read at startup)', read_only=True),
             ParameterSpec('action_timeout_s', 600.0, 'longest wait for one action result (then the goal is '
                           'sent again, see action_retries)', low=0.1, high=1e6),
+            ParameterSpec('goal_timeout_s', 10.0, 'longest wait for a goal to be accepted or rejected (a goal '
+                          'sent while its server restarts is lost: it is sent again after this)', low=0.1,
+                          high=1e6),
             ParameterSpec('action_retries', 3, 'times in a row a goal is sent again after no answer, a '
                           'rejection, an abort or a malformed result (a peer restarting)', low=0, high=10 ** 6),
             ParameterSpec('server_timeout_s', 60.0, 'longest wait for the other nodes to come up', low=0.1,
@@ -244,7 +248,8 @@ class OuterOptimizer(Node):
 
     def _call_once(self, client: ActionClient, goal, name: str):
         timeout = self.parameters['action_timeout_s']
-        sent = wait_for(self.executor_, client.send_goal_async(goal), timeout, f'{name} goal')
+        sent = wait_for(self.executor_, client.send_goal_async(goal), self.parameters['goal_timeout_s'],
+                        f'{name} goal')
         if not sent.accepted:
             raise PeerLost(f'goal rejected by {client._action_name} (its log says why)')
         response = wait_for(self.executor_, sent.get_result_async(), timeout, f'{name} result')
