@@ -201,3 +201,44 @@ def test_link_pose_quaternion_is_the_rotation_about_the_joint_axis():
     rotation = quat2mat([pose.orientation.w, pose.orientation.x, pose.orientation.y, pose.orientation.z])
     tip = rotation @ np.array([0.0, 0.0, 0.5])                                  # the upright link, rotated
     assert tip == pytest.approx([pose.position.x, pose.position.y, pose.position.z])
+
+
+def test_joints_are_mapped_by_name_and_shutdown_sends_a_zero_command(ros):
+    """The test is the robot: its joint_states carry an extra joint first and the pendulum's
+    joint second; the bridge must read the named joint (the extra one's wild values would
+    trip the state bounds) and command it.  SIGINT (shutdown) while active: zero command."""
+    from sensor_msgs.msg import JointState
+    bridge = ros.start('hardware_bridge', problem=PENDULUM, autostart='true', transport='topics',
+                       joints='[pendulum_joint]', reset_service='fake_robot/reset')
+    size_goal, problem = pendulum_goal()
+    states = ros.node.create_publisher(JointState, 'joint_states', ROBOT_STREAM)
+    robot = {'q': 0.1, 'qd': 0.0, 'commands': []}
+
+    def publish():
+        states.publish(JointState(name=['gripper', 'pendulum_joint'], position=[1e6, robot['q']],
+                                  velocity=[-1e6, robot['qd']], effort=[0.0, 0.0]))
+
+    def on_reset(request, response):
+        robot['q'], robot['qd'] = 0.1, 0.0
+        publish()
+        response.success = True
+        return response
+
+    def on_command(msg):
+        robot['commands'].append(list(msg.data))
+        robot['q'] += 0.001
+        publish()
+
+    ros.node.create_service(Trigger, 'fake_robot/reset', on_reset)
+    ros.node.create_subscription(Float64MultiArray, 'forward_command_controller/commands', on_command, ROBOT_STREAM)
+    episodes = ActionClient(ros.node, RunEpisodes, 'run_episodes')
+    ros.spin_until(episodes.server_is_ready, 60.0, 'the bridge')
+    response = run(ros, episodes, size_goal, timeout=120.0)
+    assert response.result.success, response.result.message
+    batch = conversions.trajectories_from_msg(response.result.trajectories)
+    assert batch.states[0, :, 0] == pytest.approx(0.1 + 0.001 * np.arange(problem.horizon + 1))
+    assert all(len(c) == 1 for c in robot['commands'])
+    # shutdown while active
+    robot['commands'].clear()
+    bridge.stop()
+    ros.spin_until(lambda: robot['commands'] and robot['commands'][-1] == [0.0], 10.0, 'the zero command on shutdown')

@@ -169,6 +169,12 @@ class HardwareBridge(LifecycleNode):
         self.destroy_publisher(self.diagnostics_publisher)
         self.entities_created = False
 
+    def before_exit(self) -> None:
+        """SIGINT / SIGTERM: the last word to the robot is a zero command."""
+        if self.active:
+            self.send_zero_command()
+            self.get_logger().info('shutting down: zero command sent')
+
     def send_zero_command(self) -> None:
         if self.entities_created:
             self.command_publisher.publish(Float64MultiArray(data=[0.0] * len(self.joints)))
@@ -438,7 +444,7 @@ class HardwareBridge(LifecycleNode):
 
 
 def main(args=None) -> int:
-    return run_node(HardwareBridge, args)
+    return run_node(HardwareBridge, args, own_signals=True)
 
 
 if __name__ == '__main__':

@@ -242,11 +242,26 @@ def accept_cancel(goal_handle):
 
 # --- main ----------------------------------------------------------------------------------------------
 def run_node(make_node: Callable[[], Any], args=None,
-             body: Optional[Callable[[Any, SingleThreadedExecutor], int]] = None) -> int:
+             body: Optional[Callable[[Any, SingleThreadedExecutor], int]] = None,
+             own_signals: bool = False) -> int:
     """Init, build the node, spin one SingleThreadedExecutor (or run ``body(node, executor)``,
     which spins it itself), always shut down; the exit status is returned (and the process
-    ends right after, see ``exit_now``)."""
-    rclpy.init(args=args)
+    ends right after, see ``exit_now``).
+
+    ``own_signals``: SIGINT and SIGTERM raise KeyboardInterrupt here instead of rclpy shutting
+    the context down at once, so the node's ``before_exit()`` still runs with a live context
+    (the hardware bridge's last zero command)."""
+    if own_signals:
+        import signal
+        from rclpy.signals import SignalHandlerOptions
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+        signal.signal(signal.SIGINT, interrupt)
+        signal.signal(signal.SIGTERM, interrupt)
+    else:
+        rclpy.init(args=args)
     node = None
     status = 0
     try:
@@ -259,6 +274,11 @@ def run_node(make_node: Callable[[], Any], args=None,
             status = body(node, executor)
     except (KeyboardInterrupt, ExternalShutdownException, ShutdownRequested):
         status = 130 if body is not None else 0
+        if node is not None and hasattr(node, 'before_exit') and rclpy.ok():
+            try:
+                node.before_exit()
+            except Exception as err:      # noqa: BLE001 -- exiting anyway; say why it failed
+                _log_fatal(node, err)
     except ValueError as err:           # invalid parameters or problem file: say why, exit 2
         _log_fatal(node, err)
         status = 2
