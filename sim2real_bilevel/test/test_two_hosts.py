@@ -32,6 +32,9 @@ def _ip(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture
 def two_hosts():
     """(robot namespace, compute namespace), joined by a veth pair; removed afterwards."""
+    import shutil
+    if shutil.which('ip') is None:
+        pytest.skip('the ip command (iproute2) is not installed')
     tag = f'{os.getpid() % 100000}'
     robot, compute = f's2r_robot_{tag}', f's2r_compute_{tag}'
     probe = _ip('netns', 'add', robot)
