@@ -2,7 +2,8 @@
 
 A run directory holds
 
-  checkpoint.npz       the state after the last completed outer iteration (``MethodRun.state_dict``)
+  checkpoint.npz       the state after the last completed outer iteration (``MethodRun.state_dict``;
+                       the real batches it keeps are referred to by their number in real/)
   checkpoint.prev.npz  the one before it: the fallback when the newest file is torn or corrupted
   real/batch_NNNNNN.npz  every real batch, written the moment it arrives (the real data collected);
                        NNNNNN is the run's real-batch counter, so a batch collected after the last
@@ -178,14 +179,14 @@ def has_checkpoint(run_dir: Path) -> bool:
 _BATCH_FIELDS = ('states', 'actions', 'rewards', 'dones', 'log_probs', 'score_theta')
 
 
-def batch_arrays(batch: Trajectories, prefix: str = '') -> tuple[dict, dict[str, np.ndarray]]:
-    """(JSON fields, arrays) of one batch, array names prefixed with ``prefix``."""
-    arrays = {prefix + name: getattr(batch, name) for name in _BATCH_FIELDS if getattr(batch, name) is not None}
+def batch_arrays(batch: Trajectories) -> tuple[dict, dict[str, np.ndarray]]:
+    """(JSON fields, arrays) of one batch."""
+    arrays = {name: getattr(batch, name) for name in _BATCH_FIELDS if getattr(batch, name) is not None}
     return {'source': batch.source, 'policy_version': int(batch.policy_version)}, arrays
 
 
-def batch_from_arrays(fields: dict, arrays: dict[str, np.ndarray], prefix: str = '') -> Trajectories:
-    values = {name: arrays.get(prefix + name) for name in _BATCH_FIELDS}
+def batch_from_arrays(fields: dict, arrays: dict[str, np.ndarray]) -> Trajectories:
+    values = {name: arrays.get(name) for name in _BATCH_FIELDS}
     return Trajectories(source=fields['source'], policy_version=int(fields['policy_version']), **values)
 
 

@@ -203,23 +203,28 @@ class MethodRun:
         """Where the run persists itself (None: in memory only); see ``attach_run_dir``."""
         self.replayed_real_batches = 0
         """Real batches taken from RUN_DIR/real/ on resume instead of being collected again."""
+        self.kept_batch_numbers: list[int] = []
+        """RUN_DIR/real/ file number of each kept batch; its tail lines up with ``real_batches``
+        (which only grows at the end and is only cut at the front)."""
 
     # --- the expensive calls (replaceable by remote calls) --------------------------------------
     def solve_inner(self, theta: np.ndarray, phi_init: Optional[np.ndarray]) -> InnerResult:
         return self.problem.inner_solve(theta, phi_init, method=self.config.inner_method, rng=self.rng)
 
-    def collect_real(self, phi: np.ndarray, keep: bool = True) -> Trajectories:
-        """Real episodes with pi_phi, counted in the real-data accounting."""
-        batch = self.take_real_batch(lambda: self.problem.sample_real(phi, self.config.real_episodes, self.rng), phi)
-        self.count_real_batch(batch, keep)
-        return batch
+    def sample_real_batch(self, phi: np.ndarray) -> Trajectories:
+        """``config.real_episodes`` real episodes of pi_phi (a ROS node asks the robot instead)."""
+        return self.problem.sample_real(phi, self.config.real_episodes, self.rng)
 
-    def count_real_batch(self, batch: Trajectories, keep: bool = True) -> None:
-        """The real-data accounting of one collected batch."""
+    def collect_real(self, phi: np.ndarray, keep: bool = True) -> Trajectories:
+        """Real episodes with pi_phi (persisted, reused on resume: ``take_real_batch``), counted
+        in the real-data accounting."""
+        batch = self.take_real_batch(lambda: self.sample_real_batch(phi), phi)
         self.real_transitions += batch.n_transitions
         self.real_episode_count += batch.rewards.shape[0]
         if keep:
             self.real_batches.append(batch)
+            self.kept_batch_numbers.append(self.real_batch_count)
+        return batch
 
     def take_real_batch(self, collect: Callable[[], Trajectories], phi: Optional[np.ndarray] = None) -> Trajectories:
         """The next real batch: from RUN_DIR/real/ when an earlier, interrupted attempt of this
@@ -302,8 +307,9 @@ class MethodRun:
 
     # --- persistence --------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Everything needed to continue the run: ``{'meta': JSON-able dict, 'arrays': {name:
-        ndarray}}``.  Subclasses with more state extend both (call ``super()`` first)."""
+        """Everything needed to continue the run from its run dir: ``{'meta': JSON-able dict,
+        'arrays': {name: ndarray}}``; the real batches it keeps are referred to by their number
+        in RUN_DIR/real/.  Subclasses with more state extend both (call ``super()`` first)."""
         meta = {
             'class': type(self).__name__, 'method': self.name, 'seed': int(self.seed),
             'source': str(getattr(self.problem, 'source', '')),
@@ -312,15 +318,15 @@ class MethodRun:
             'real_episode_count': int(self.real_episode_count), 'real_batch_count': int(self.real_batch_count),
             'inner_grad_norm': float(self.inner_grad_norm), 'elapsed': float(self.elapsed),
             'rng': self.rng.bit_generator.state, 'history': [r.to_json() for r in self.history],
-            'real_batches': [], 'has_phi': self.phi is not None,
+            'has_phi': self.phi is not None,
         }
         arrays = {'theta': self.theta}
         if self.phi is not None:
             arrays['phi'] = np.asarray(self.phi, dtype=np.float64)
-        for index, batch in enumerate(self.real_batches):
-            fields_, batch_arrays = checkpoint.batch_arrays(batch, prefix=f'real_batch{index}.')
-            meta['real_batches'].append(fields_)
-            arrays.update(batch_arrays)
+        # the kept batches are already in RUN_DIR/real/: the checkpoint refers to them by number
+        # instead of copying them into every save (which made each save grow with the run)
+        self.kept_batch_numbers = self.kept_batch_numbers[len(self.kept_batch_numbers) - len(self.real_batches):]
+        meta['real_batch_numbers'] = [int(n) for n in self.kept_batch_numbers]
         adam = getattr(self, 'adam', None)
         if isinstance(adam, Adam):
             meta['adam'] = {'t': int(adam.t), 'step_size': float(adam.step_size), 'betas': list(adam.betas),
@@ -351,13 +357,20 @@ class MethodRun:
         self.real_batch_count = int(meta['real_batch_count'])
         self.elapsed = float(meta['elapsed'])
         self.history = [IterationRecord(**record) for record in meta['history']]
-        self.real_batches = [checkpoint.batch_from_arrays(fields_, arrays, prefix=f'real_batch{index}.')
-                             for index, fields_ in enumerate(meta['real_batches'])]
+        self.kept_batch_numbers = [int(n) for n in meta['real_batch_numbers']]
+        self.real_batches = [self._stored_batch(n) for n in self.kept_batch_numbers]
         if 'adam' in meta:
             saved = meta['adam']
             self.adam = Adam(arrays['adam.m'].size, saved['step_size'], saved['betas'], saved['eps'])
             self.adam.m, self.adam.v = np.array(arrays['adam.m']), np.array(arrays['adam.v'])
             self.adam.t = int(saved['t'])
+
+    def _stored_batch(self, number: int) -> Trajectories:
+        stored = None if self.run_dir is None else checkpoint.load_real_batch(self.run_dir, number)
+        if stored is None:
+            raise checkpoint.CheckpointError(f'the checkpoint refers to real batch {number}, which is not in '
+                                             f'{self.run_dir}/{checkpoint.REAL_DIR}/')
+        return stored[0]
 
     def save_checkpoint(self) -> Path:
         state = self.state_dict()

@@ -414,11 +414,7 @@ class HardwareBridge(LifecycleNode):
         if any(counts.values()):
             self.get_logger().warning(f'command filter changed commands in these episodes: {counts}')
         self.filter_counts = counts
-        with torch.no_grad():
-            states_t, actions_t = torch.as_tensor(states), torch.as_tensor(actions)
-            rewards = problem.model.reward(states_t[:, :-1], actions_t,
-                                           torch.as_tensor(np.log(problem.task_weights))).numpy()
-            log_probs = problem.policy.log_prob(phi_t, problem.model.observation(states_t[:, :-1]), actions_t).numpy()
+        rewards, log_probs = problem.score_episodes(phi, states, actions)
         dones = np.zeros((n, horizon), dtype=bool)
         dones[:, -1] = True
         batch = Trajectories(states=states, actions=actions, rewards=rewards, dones=dones, log_probs=log_probs,

@@ -20,9 +20,9 @@ while its server restarts is lost --, ``action_timeout_s`` for the result), the 
 be back and sends the goal again (at most ``action_retries`` times in a row); only results that
 arrive are counted, so no real batch is counted twice.  The other nodes keep no run state that
 this node needs (sensitivity: caches of the latched theta/policy; simulator: stateless; bridge:
-version checks re-read from the latched policy topic), except the inner_trainer's policy version
-counter and the emulator's RNG stream (see test/test_resume_nodes.py for what a restart of each
-costs).
+version checks re-read from the latched policy topic; inner_trainer: continues the policy
+numbering of the warm start it is sent), except the emulator's RNG stream (see
+test/test_resume_nodes.py for what a restart of each costs).
 
 The loop runs in ``main()``'s thread and waits on futures with ``spin_once``, so parameter
 changes (``ros2 param set``) are served between and during iterations and take effect on
@@ -75,11 +75,8 @@ class GraphBilevelLoop(BilevelOuterLoop):
     def solve_inner(self, theta, phi_init):
         return self.node.train_policy(theta, phi_init)
 
-    def collect_real(self, phi, keep: bool = True):
-        # the same persistence (reuse on resume) and real-data accounting as the core's collect_real
-        batch = self.take_real_batch(lambda: self.node.run_episodes(self.config.real_episodes), phi)
-        self.count_real_batch(batch, keep)
-        return batch
+    def sample_real_batch(self, phi):
+        return self.node.run_episodes(self.config.real_episodes)
 
     def state_dict(self) -> dict:
         state = super().state_dict()
@@ -182,9 +179,9 @@ class OuterOptimizer(Node):
         phi, version, trained_on = conversions.policy_from_msg(result.policy, self.problem.phi_size())
         if self.policy is not None and version <= self.policy.version:
             self.get_logger().warning(
-                f'train_policy returned policy version {version}, not newer than {self.policy.version}: the '
-                'inner_trainer was restarted and counts from 1 again; a hardware_bridge that was not restarted '
-                'will refuse these versions as stale')
+                f'train_policy returned policy version {version}, not newer than {self.policy.version}: an '
+                'inner_trainer restarted without a warm start counts from 1 again; a hardware_bridge that was '
+                'not restarted will refuse these versions as stale')
         if trained_on != self.theta_version:
             raise ActionFailed(f'train_policy returned a policy for theta version {trained_on}, '
                                f'expected {self.theta_version}')

@@ -59,6 +59,7 @@ class RobotEmulator(Node):
         # one stream for all real data, exactly like MethodRun.rng in the core
         self.rng = np.random.default_rng(self.parameters['seed'])
         self.state = None
+        self.robot = None            # the pybullet robot of the topic transport (robot problems), made on first reset
         self.episodes_server = ActionServer(self, RunEpisodes, '~/run_episodes',
                                             execute_callback=self.run_episodes_callback,
                                             goal_callback=self.goal_callback, result_timeout=2)
@@ -93,19 +94,19 @@ class RobotEmulator(Node):
         goal_handle.succeed()
         return RunEpisodes.Result(success=True, trajectories=conversions.trajectories_to_msg(batch))
 
-    # --- topic transport (tabular) ---------------------------------------------------------------------
-    def _require_tabular(self) -> str:
+    # --- topic transport ---------------------------------------------------------------------------------
+    def _topic_refusal(self) -> str:
         if getattr(self.problem, 'kind', '') not in ('tabular', 'robot'):
             return f'the topic transport emulates tabular and robot problems, not {self.problem.kind!r}'
         return ''
 
     def reset_callback(self, request, response):
-        reason = self._require_tabular()
+        reason = self._topic_refusal()
         if reason:
             response.success, response.message = False, reason
             return response
         if self.problem.kind == 'robot':
-            if getattr(self, 'robot', None) is None:
+            if self.robot is None:
                 self.robot = self.problem.make_emulator()
             sample = self.robot.reset(int(self.rng.integers(0, 2 ** 31 - 1)))
             self.state = 'running'
@@ -120,7 +121,7 @@ class RobotEmulator(Node):
         return response
 
     def command_callback(self, msg: Float64MultiArray) -> None:
-        if self.state is None or self._require_tabular():
+        if self.state is None or self._topic_refusal():
             return
         if self.problem.kind == 'robot':
             if len(msg.data) != 1 or not np.isfinite(msg.data[0]):

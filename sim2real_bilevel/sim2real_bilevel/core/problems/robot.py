@@ -51,7 +51,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..config import FieldReader, ProblemConfigError
+from ..config import MAX_HORIZON, FieldReader, ProblemConfigError
 from ..problem import BilevelProblem, InnerResult, SensitivityTerms, Trajectories
 from ..robot_model import (ACTION_DIM, N_PHYSICAL, OBSERVATION_DIM, PHYSICAL_NAMES, REWARD_NAMES, STATE_DIM,
                            THETA_NAMES, PendulumGeometry, PendulumModel)
@@ -161,7 +161,7 @@ class RobotProblem(BilevelProblem):
         if robot != 'pendulum':
             raise root.error('robot', robot, "'pendulum' (the only robot so far)")
         gamma = root.scalar('gamma', low=0.0, high=1.0, low_open=True, high_open=True)
-        horizon = root.integer('horizon', low=1, high=10 ** 6)   # = config.MAX_HORIZON
+        horizon = root.integer('horizon', low=1, high=MAX_HORIZON)
 
         geo = root.section('geometry', {})
         geo.reject_unknown({'link_length', 'rod_radius', 'rod_mass', 'gravity', 'control_period'})
@@ -340,8 +340,10 @@ class RobotProblem(BilevelProblem):
 
     def _solve(self, theta_full: torch.Tensor, phi_init: Optional[np.ndarray], *, method: str,
                rng: Optional[np.random.Generator], max_iterations: Optional[int] = None,
-               tolerance: Optional[float] = None) -> InnerResult:
+               tolerance: Optional[float] = None, crn: Optional[CommonNoise] = None) -> InnerResult:
+        """Minimise -J_sim on the CRN set ``crn`` (default: the problem's) from ``phi_init``."""
         settings = self.inner
+        crn = self._crn if crn is None else crn
         tolerance = settings.tolerance if tolerance is None else tolerance
         started = time.perf_counter()
         cold = phi_init is None
@@ -354,24 +356,26 @@ class RobotProblem(BilevelProblem):
         def loss_on(noise):
             return -self.sim_objective(phi, theta_full, noise, full=True)
 
+        def crn_grad_norm():
+            return self._crn_grad_norm(phi, theta_full, crn)
+
         if method == 'sampled':
             rng = rng if rng is not None else np.random.default_rng()
             iterations = self._adam(phi, max_iterations, lambda: loss_on(
                 CommonNoise.draw(settings.sampled_episodes, self.horizon, self.initial, rng)),
-                stop=lambda: self._crn_grad_norm(phi, theta_full) <= tolerance, check_every=10)
+                stop=lambda: crn_grad_norm() <= tolerance, check_every=10)
         elif method == 'ppo':
             rng = rng if rng is not None else np.random.default_rng()
             iterations = self._ppo(phi, theta_full, max_iterations, rng,
-                                   stop=lambda: self._crn_grad_norm(phi, theta_full) <= tolerance)
+                                   stop=lambda: crn_grad_norm() <= tolerance)
         elif method == 'exact':
-            iterations = self._adam(phi, settings.warmup_iterations, lambda: loss_on(None)) if cold else 0
-            iterations += self._lbfgs(phi, lambda: loss_on(None), max_iterations, tolerance)
+            iterations = self._adam(phi, settings.warmup_iterations, lambda: loss_on(crn)) if cold else 0
+            iterations += self._lbfgs(phi, lambda: loss_on(crn), max_iterations, tolerance)
         else:
             raise ValueError(f"inner_solve: method={method!r}: expected one of {INNER_SOLVERS}")
-        grad_norm = self._crn_grad_norm(phi, theta_full)
-        return InnerResult(phi=phi.detach().numpy().copy(), grad_norm=grad_norm, iterations=iterations,
+        return InnerResult(phi=phi.detach().numpy().copy(), grad_norm=crn_grad_norm(), iterations=iterations,
                            info={'method': method, 'seconds': time.perf_counter() - started,
-                                 'objective': float(-loss_on(None).detach())})
+                                 'objective': float(-loss_on(crn).detach())})
 
     def _ppo(self, phi: torch.Tensor, theta_full: torch.Tensor, iterations: int, rng: np.random.Generator,
              stop, check_every: int = 5) -> int:
@@ -391,13 +395,8 @@ class RobotProblem(BilevelProblem):
                 states, actions, rewards = self.rollout(phi, theta_full, noise)
                 observations = self.model.observation(states)                      # (T+1, N, 3)
                 old_log_probs = self.policy.log_prob(phi, observations[:-1], actions)
-            rewards_np = rewards.T.numpy()                                          # (N, T)
-            n, horizon = rewards_np.shape
-            discounts = self.gamma ** np.arange(horizon)
-            to_go = np.flip(np.cumsum(np.flip(rewards_np * discounts, 1), 1), 1) / discounts
-            features = _value_features(observations.transpose(0, 1).numpy(), self.gamma, horizon)
-            values = _cross_fitted_values(features, to_go)
-            advantages = _gae(rewards_np, values, self.gamma, PPO_GAE_LAMBDA)
+            horizon = rewards.shape[0]
+            advantages = self._advantages(rewards.T.numpy(), observations.transpose(0, 1).numpy(), PPO_GAE_LAMBDA)
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-12)
             advantages_t = torch.as_tensor(advantages.T, dtype=DTYPE)              # (T, N)
             for _ in range(PPO_EPOCHS):
@@ -411,9 +410,10 @@ class RobotProblem(BilevelProblem):
                 optimizer.step()
         return iterations
 
-    def _crn_grad_norm(self, phi: torch.Tensor, theta_full: torch.Tensor) -> float:
+    def _crn_grad_norm(self, phi: torch.Tensor, theta_full: torch.Tensor,
+                       crn: Optional[CommonNoise] = None) -> float:
         point = phi.detach().clone().requires_grad_(True)
-        (gradient,) = torch.autograd.grad(self.sim_objective(point, theta_full, full=True), point)
+        (gradient,) = torch.autograd.grad(self.sim_objective(point, theta_full, crn, full=True), point)
         return float(gradient.norm())
 
     def _adam(self, phi, iterations, loss, stop=None, check_every=10) -> int:
@@ -579,12 +579,20 @@ class RobotProblem(BilevelProblem):
                     emulator.apply_effort(action)
                 samples = [emulator.step() for emulator in emulators]
             states[:, -1] = [(sample.position[0], sample.velocity[0]) for sample in samples]
+        rewards, log_probs = self.score_episodes(phi, states, actions)
+        return states, actions, rewards, log_probs
+
+    def score_episodes(self, phi: np.ndarray, states: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Task rewards (n, T) and log pi_phi (n, T) of measured episodes: states (n, T+1, 2),
+        efforts (n, T, 1) -- what the robot's own data gives, wherever it was collected."""
+        with torch.no_grad():
+            phi_t = torch.as_tensor(phi, dtype=DTYPE)
             states_t = torch.as_tensor(states, dtype=DTYPE)
             actions_t = torch.as_tensor(actions, dtype=DTYPE)
             task_log_weights = torch.as_tensor(np.log(self.task_weights), dtype=DTYPE)
             rewards = self.model.reward(states_t[:, :-1], actions_t, task_log_weights).numpy()
             log_probs = self.policy.log_prob(phi_t, self.model.observation(states_t[:, :-1]), actions_t).numpy()
-        return states, actions, rewards, log_probs
+        return rewards, log_probs
 
     def sample_real(self, phi: np.ndarray, n_episodes: int, rng: np.random.Generator) -> Trajectories:
         states, actions, rewards, log_probs = self.real_episodes(phi, rng.integers(0, 2 ** 31 - 1, size=n_episodes))
@@ -635,16 +643,22 @@ class RobotProblem(BilevelProblem):
         rewards = np.where(_alive(batch.dones), batch.rewards, 0.0)
         n, horizon = rewards.shape
         discounts = self.gamma ** np.arange(horizon)
-        to_go = np.flip(np.cumsum(np.flip(rewards * discounts, 1), 1), 1) / discounts
         observations = self.model.observation(torch.as_tensor(batch.states, dtype=DTYPE))
-        features = _value_features(observations.numpy(), self.gamma, horizon)
-        values = _cross_fitted_values(features, to_go)          # (n, T+1), V(s_T) = 0
-        advantages = _gae(rewards, values, self.gamma, self.real_gradient_lambda)
+        advantages = self._advantages(rewards, observations.numpy(), self.real_gradient_lambda)
         weights = torch.as_tensor(discounts * advantages / n, dtype=DTYPE)
         phi_t = torch.tensor(np.asarray(phi, dtype=np.float64), dtype=DTYPE, requires_grad=True)
         log_probs = self.policy.log_prob(phi_t, observations[:, :-1], torch.as_tensor(batch.actions, dtype=DTYPE))
         (gradient,) = torch.autograd.grad((weights * log_probs).sum(), phi_t)
         return gradient.numpy()
+
+    def _advantages(self, rewards: np.ndarray, observations: np.ndarray, lam: float) -> np.ndarray:
+        """GAE(lam) advantages (n, T) of rewards (n, T) from observations (n, T+1, k), with the
+        linear value function cross-fitted to the discounted reward-to-go (V(s_T) = 0)."""
+        horizon = rewards.shape[1]
+        discounts = self.gamma ** np.arange(horizon)
+        to_go = np.flip(np.cumsum(np.flip(rewards * discounts, 1), 1), 1) / discounts
+        values = _cross_fitted_values(_value_features(observations, self.gamma, horizon), to_go)
+        return _gae(rewards, values, self.gamma, lam)
 
     def real_return(self, phi: np.ndarray) -> float:
         """Mean discounted real return of pi_phi over the fixed evaluation seeds (cached)."""
@@ -694,11 +708,7 @@ class RobotProblem(BilevelProblem):
         draws[:, randomized] = np.log(natural)
         noise = CommonNoise.draw(episodes, self.horizon, self.initial, rng)
         theta_full = torch.as_tensor(draws, dtype=DTYPE)        # (episodes, 7): one simulator per rollout
-        saved, self._crn = self._crn, noise
-        try:
-            return self._solve(theta_full, phi_init, method='exact', rng=rng)
-        finally:
-            self._crn = saved
+        return self._solve(theta_full, phi_init, method='exact', rng=rng, crn=noise)
 
     def system_identification(self, batches: list[Trajectories], theta_init: np.ndarray) -> np.ndarray:
         """Maximum likelihood of the learnable dynamics entries under the Gaussian transition
