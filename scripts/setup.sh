@@ -114,13 +114,29 @@ else
     mark_done package "$hash"
 fi
 # An editable install leaves setup.py's data_files out, so the ament index marker,
-# package.xml, launch/ and config/ are linked into .venv/share the way
-# `colcon build --symlink-install` links them: edits show at once, nothing is stale.
+# package.xml, launch/ and config/ are linked into .venv/share file by file, the way
+# `colcon build --symlink-install` links them (edits show at once; `ros2 launch` does not
+# look into a linked folder), and the node executables into .venv/lib/sim2real_bilevel,
+# where launch_ros's Node action looks for them.
 share="$VENV/share/sim2real_bilevel"
 mkdir -p "$share" "$VENV/share/ament_index/resource_index/packages"
 ln -sfn "$PACKAGE/resource/sim2real_bilevel" "$VENV/share/ament_index/resource_index/packages/sim2real_bilevel"
-for item in package.xml launch config; do
-    ln -sfn "$PACKAGE/$item" "$share/$item"
+ln -sfn "$PACKAGE/package.xml" "$share/package.xml"
+for folder in launch config; do
+    [[ -L "$share/$folder" ]] && rm "$share/$folder"        # an earlier setup linked the whole folder
+    mkdir -p "$share/$folder"
+    find "$share/$folder" -maxdepth 1 -type l -delete        # links to files since removed
+    for file in "$PACKAGE/$folder"/*; do
+        ln -sfn "$file" "$share/$folder/$(basename "$file")"
+    done
+done
+mkdir -p "$VENV/lib/sim2real_bilevel"
+nodes=$("$VENV/bin/python" -c 'from sim2real_bilevel.graph import MODES
+print(" ".join(sorted({spec.executable for specs in MODES.values() for spec in specs})))') \
+    || fail "could not list the node executables (sim2real_bilevel.graph)"
+for node in $nodes; do
+    [[ -x "$VENV/bin/$node" ]] || fail "the $node executable is missing from $VENV/bin"
+    ln -sfn "$VENV/bin/$node" "$VENV/lib/sim2real_bilevel/$node"
 done
 
 "$VENV/bin/python" - <<'EOF' || fail "the final import check failed"
