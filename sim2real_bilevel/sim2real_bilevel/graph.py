@@ -14,6 +14,10 @@ from pathlib import Path
 from typing import Optional
 
 PACKAGE = 'sim2real_bilevel'
+POLICY_KEY_ENV = 'SIM2REAL_POLICY_KEY_FILE'
+"""Environment variable the outer_optimizer and hardware_bridge read their policy key file from
+when their ``policy_key_file`` parameter is empty (like ROS_SECURITY_KEYSTORE: set once for the
+whole graph, and a params file without the key does not switch signing off)."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,8 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument('run_dir', '',
                    'folder for results.json, results.png and the MCAP bag (default: runs/<problem>-<time>)'),
     LaunchArgument('log_level', 'info', 'ROS log level of every node (debug, info, warn, error)'),
+    LaunchArgument('policy_key_file', '', 'key file signing run_episodes goals (`sim2real-bilevel keygen`), '
+                   f'given to the nodes as ${POLICY_KEY_ENV}; empty: goals are not signed'),
 )
 
 
@@ -177,10 +183,12 @@ def launch_description(mode: str):
     installed ``config/<problem>_params.yaml``; the namespace is pushed onto the whole group;
     when the outer optimizer exits, the launch shuts down (as the pip-only launcher does)."""
     from launch import LaunchDescription
-    from launch.actions import DeclareLaunchArgument, EmitEvent, GroupAction, RegisterEventHandler
+    from launch.actions import DeclareLaunchArgument, EmitEvent, GroupAction, RegisterEventHandler, \
+        SetEnvironmentVariable
+    from launch.conditions import IfCondition
     from launch.event_handlers import OnProcessExit
     from launch.events import Shutdown
-    from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+    from launch.substitutions import LaunchConfiguration, NotEqualsSubstitution, PathJoinSubstitution
     from launch_ros.actions import LifecycleNode, Node, PushROSNamespace
     from launch_ros.parameter_descriptions import ParameterValue
     from launch_ros.substitutions import FindPackageShare
@@ -200,7 +208,12 @@ def launch_description(mode: str):
         description='configure and activate the hardware_bridge lifecycle node right away'))
 
     types = {'use_sim_time': bool, 'autostart_bridge': bool, 'seed': int, 'problem': str, 'run_dir': str}
-    actions = [PushROSNamespace(LaunchConfiguration('namespace'))]
+    actions = [PushROSNamespace(LaunchConfiguration('namespace')),
+               # only when given: an empty policy_key_file keeps an exported $SIM2REAL_POLICY_KEY_FILE
+               # (as the pip-only launcher does) instead of overwriting it with ''
+               SetEnvironmentVariable(POLICY_KEY_ENV, LaunchConfiguration('policy_key_file'),
+                                      condition=IfCondition(NotEqualsSubstitution(
+                                          LaunchConfiguration('policy_key_file'), '')))]
     optimizer = None
     for spec in nodes(mode):
         overrides = {('autostart' if name == 'autostart_bridge' else name):

@@ -31,13 +31,6 @@ def goal(size: int, version: int = 1, n_episodes: int = 1) -> RunEpisodes.Goal:
     return RunEpisodes.Goal(policy=policy, n_episodes=n_episodes)
 
 
-def run(ros, client, request, timeout=30.0):
-    handle = ros.send_goal(client, request, timeout)
-    if not handle.accepted:
-        return None
-    future = handle.get_result_async()
-    ros.spin_until(future.done, timeout, 'the run_episodes result')
-    return future.result()
 
 
 def test_estop_latches_until_reset_and_zeroes_the_command(ros):
@@ -54,7 +47,7 @@ def test_estop_latches_until_reset_and_zeroes_the_command(ros):
     ros.spin_until(episodes.server_is_ready, 60.0, 'the bridge')
     ros.spin_until(estop.service_is_ready, 30.0, 'the e-stop service')
 
-    assert run(ros, episodes, goal(size)).result.success                        # works before the e-stop
+    assert ros.run_goal(episodes, goal(size)).result.success                        # works before the e-stop
     assert ros.call(estop, Trigger.Request()).success
     ros.spin_until(lambda: [0.0] in commands, 10.0, 'the zero command of the e-stop')
     assert not ros.send_goal(episodes, goal(size, version=1), 30.0).accepted      # latched
@@ -65,7 +58,7 @@ def test_estop_latches_until_reset_and_zeroes_the_command(ros):
     assert 'E-STOP latched' in bridge.log()
     # only the explicit reset does
     assert ros.call(reset, Trigger.Request()).message == 'e-stop cleared'
-    assert run(ros, episodes, goal(size, version=1)).result.success
+    assert ros.run_goal(episodes, goal(size, version=1)).result.success
     assert bridge.alive()
 
 
@@ -85,7 +78,7 @@ def test_no_goal_runs_unless_active_and_deactivation_sends_a_zero_command(ros):
     assert 'not active' in bridge.log()
     assert ros.call(change_state, ChangeState.Request(transition=Transition(id=Transition.TRANSITION_ACTIVATE))).success
     assert not ros.send_goal(episodes, goal(size, n_episodes=10 ** 6 + 1), 30.0).accepted   # over max_episodes
-    assert run(ros, episodes, goal(size)).result.success
+    assert ros.run_goal(episodes, goal(size)).result.success
     commands.clear()
     assert ros.call(change_state, ChangeState.Request(transition=Transition(id=Transition.TRANSITION_DEACTIVATE))).success
     ros.spin_until(lambda: [0.0] in commands, 10.0, 'the zero command on deactivate')
@@ -121,7 +114,7 @@ def start_pendulum(ros, **bridge_parameters):
 def test_pendulum_episode_on_topics_with_effort_clamp_and_rate_limit(ros):
     bridge, _, episodes, commands = start_pendulum(ros, effort_limit='0.05', max_effort_rate='0.02')
     request, problem = pendulum_goal()
-    response = run(ros, episodes, request, timeout=120.0)
+    response = ros.run_goal(episodes, request, timeout=120.0)
     assert response.result.success, response.result.message
     batch = conversions.trajectories_from_msg(response.result.trajectories)
     assert batch.states.shape == (1, problem.horizon + 1, 2) and batch.actions.shape == (1, problem.horizon, 1)
@@ -136,7 +129,7 @@ def test_pendulum_episode_on_topics_with_effort_clamp_and_rate_limit(ros):
 def test_state_bounds_abort_the_episode_with_a_zero_command(ros):
     bridge, _, episodes, commands = start_pendulum(ros, position_limit='0.0001')
     request, _ = pendulum_goal()
-    response = run(ros, episodes, request, timeout=60.0)
+    response = ros.run_goal(episodes, request, timeout=60.0)
     assert not response.result.success and 'state bounds' in response.result.message
     ros.spin_until(lambda: commands and commands[-1] == [0.0], 10.0, 'the zero command')
     assert 'episode discarded' in response.result.message and bridge.alive()
@@ -157,7 +150,7 @@ def test_watchdog_zeroes_the_command_and_aborts_when_joint_states_go_stale(ros):
         os.killpg(emulator.process.pid, signal.SIGCONT)
     staller = threading.Thread(target=stall, daemon=True)
     staller.start()
-    response = run(ros, episodes, request, timeout=120.0)
+    response = ros.run_goal(episodes, request, timeout=120.0)
     staller.join(5.0)
     assert not response.result.success and 'watchdog' in response.result.message, response.result.message
     ros.spin_until(lambda: commands and commands[-1] == [0.0], 10.0, 'the zero command')
@@ -168,7 +161,7 @@ def test_emulator_publishes_clock_and_link_pose_in_lockstep(ros):
     from geometry_msgs.msg import PoseStamped
     from rosgraph_msgs.msg import Clock
     from sim2real_bilevel.nodes.robot_emulator import link_pose
-    ros.start('robot_emulator', problem=PENDULUM, publish_clock='true')
+    ros.start('robot_emulator', problem=PENDULUM, publish_clock='true', commanders='[test_client]')  # the test commands
     clocks, poses, states = [], [], []
     ros.node.create_subscription(Clock, '/clock', lambda m: clocks.append(m.clock.sec * 10**9 + m.clock.nanosec), 10)
     ros.node.create_subscription(PoseStamped, 'robot_emulator/link_pose', poses.append, 10)
@@ -233,7 +226,7 @@ def test_joints_are_mapped_by_name_and_shutdown_sends_a_zero_command(ros):
     ros.node.create_subscription(Float64MultiArray, 'forward_command_controller/commands', on_command, ROBOT_STREAM)
     episodes = ActionClient(ros.node, RunEpisodes, 'run_episodes')
     ros.spin_until(episodes.server_is_ready, 60.0, 'the bridge')
-    response = run(ros, episodes, size_goal, timeout=120.0)
+    response = ros.run_goal(episodes, size_goal, timeout=120.0)
     assert response.result.success, response.result.message
     batch = conversions.trajectories_from_msg(response.result.trajectories)
     assert batch.states[0, :, 0] == pytest.approx(0.1 + 0.001 * np.arange(problem.horizon + 1))

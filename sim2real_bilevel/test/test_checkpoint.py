@@ -173,3 +173,53 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
     sysid = make_run(_problem(), 'sysid', seed=0, iterations=2)
     with pytest.raises(checkpoint.CheckpointError, match='this is a SysIdRun run'):
         sysid.attach_run_dir(tmp_path)
+
+
+# --- the append-only history -------------------------------------------------------------------------------
+def test_crash_between_history_append_and_checkpoint_resumes_bit_identical(tmp_path, monkeypatch):
+    reference, _ = _run('bilevel', 6)
+    original, calls = checkpoint.save_checkpoint, [0]
+
+    def crashing(*args, **kwargs):                 # history.jsonl already holds the new record
+        calls[0] += 1
+        if calls[0] == 4:
+            raise Crash('between history.jsonl and checkpoint.npz')
+        return original(*args, **kwargs)
+    monkeypatch.setattr(checkpoint, 'save_checkpoint', crashing)
+    with pytest.raises(Crash):
+        _run('bilevel', 6, tmp_path)
+    monkeypatch.setattr(checkpoint, 'save_checkpoint', original)
+    lines_at_crash = len((tmp_path / checkpoint.HISTORY).read_text().splitlines())
+    assert lines_at_crash == checkpoint.load_checkpoint(tmp_path)[0]['history_length'] + 1   # one uncounted line
+    run, resumed = _run('bilevel', 6, tmp_path)
+    assert resumed and _trajectory(run) == _trajectory(reference)
+    lines = (tmp_path / checkpoint.HISTORY).read_text().splitlines()
+    assert [json.loads(line)['iteration'] for line in lines] == list(range(7))          # no duplicate, no gap
+
+
+def test_checkpoint_size_does_not_grow_with_the_run(tmp_path):
+    run = make_run(_problem(), 'bilevel', seed=0, iterations=40)
+    run.attach_run_dir(tmp_path)
+    sizes = {}
+    while run.iteration < 40:
+        run.step()
+        run.save_checkpoint()
+        sizes[run.iteration] = (tmp_path / checkpoint.CHECKPOINT).stat().st_size
+    assert abs(sizes[40] - sizes[5]) < 1024, sizes        # the history is no longer copied into every checkpoint
+    assert len((tmp_path / checkpoint.HISTORY).read_text().splitlines()) == 41
+
+
+def test_history_of_a_run_that_never_checkpointed_is_replaced(tmp_path):
+    (tmp_path / checkpoint.HISTORY).write_text('{"iteration": 99}\n{"iteration": 100}\n{"torn')
+    run, resumed = _run('bilevel', 2, tmp_path)
+    assert not resumed
+    lines = (tmp_path / checkpoint.HISTORY).read_text().splitlines()
+    assert [json.loads(line)['iteration'] for line in lines] == [0, 1, 2]
+
+
+def test_history_shorter_than_the_checkpoint_says_is_an_error(tmp_path):
+    _run('bilevel', 3, tmp_path)
+    lines = (tmp_path / checkpoint.HISTORY).read_text().splitlines(keepends=True)
+    (tmp_path / checkpoint.HISTORY).write_text(''.join(lines[:2]))
+    with pytest.raises(checkpoint.CheckpointError, match='holds 2 complete iteration records; the checkpoint counts 4'):
+        _run('bilevel', 3, tmp_path)

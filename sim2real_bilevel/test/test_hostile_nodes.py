@@ -122,7 +122,7 @@ def goal_refused(ros, client, goal, what: str, process) -> bool:
     before = process.log().count(logged)
     handle = ros.send_goal(client, goal, 30.0)
     if not handle.accepted:
-        return wait_for_log(ros, process, logged, before + 1)
+        return ros.wait_for_log(process, logged, before + 1)
     future = handle.get_result_async()
     ros.spin_until(future.done, 30.0, 'the result of an accepted hostile goal')
     result = future.result().result
@@ -136,22 +136,13 @@ def parameter_refused(result) -> bool:
     return not result.successful and bool(result.reason)
 
 
-def wait_for_log(ros, process, text: str, count: int, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while process.log().count(text) < count:
-        if time.monotonic() > deadline:
-            return False
-        ros.executor.spin_once(timeout_sec=0.05)
-    return True
-
-
 def test_hostile_inputs_are_refused_and_every_node_survives(ros):
     started = time.monotonic()
     problem = load_problem(PACKAGE_ROOT / 'config' / f'{PROBLEM}.yaml')
     size = problem.phi_size()
-    processes = {name: ros.start(name, problem=PROBLEM, **({'autostart': 'true'} if name == 'hardware_bridge'
-                                                            else {}))
-                 for name in NODES}
+    extra = {'hardware_bridge': {'autostart': 'true'},
+             'robot_emulator': {'commanders': '[hardware_bridge, test_client]'}}   # the test sends commands too
+    processes = {name: ros.start(name, problem=PROBLEM, **extra.get(name, {})) for name in NODES}
     tally = Tally()
     simulate = ros.node.create_client(SimulateRollouts, '/differentiable_simulator/simulate')
     train = ActionClient(ros.node, TrainPolicy, 'train_policy')
@@ -161,8 +152,6 @@ def test_hostile_inputs_are_refused_and_every_node_survives(ros):
     reset = ros.node.create_client(Trigger, '/robot_emulator/reset')
     theta_publisher = ros.node.create_publisher(SimParameters, 'theta', LATCHED)
     policy_publisher = ros.node.create_publisher(PolicyParameters, 'policy', LATCHED)
-    command_publisher = ros.node.create_publisher(Float64MultiArray, 'forward_command_controller/commands',
-                                                  ROBOT_STREAM)
     theta0 = conversions.theta_to_msg(problem.theta_names, problem.theta0(), *problem.theta_bounds(), 0)
     valid_request = SimulateRollouts.Request(policy=policy(np.zeros(size)), n_episodes=2, horizon=3)
 
@@ -197,7 +186,7 @@ def test_hostile_inputs_are_refused_and_every_node_survives(ros):
     # --- the theta topic (simulator and sensitivity subscribe) -----------------------------------------
     for index, (what, msg) in enumerate(hostile_thetas(problem, 1).items(), start=1):
         theta_publisher.publish(msg)
-        ignored = all(wait_for_log(ros, processes[name], 'ignored theta message', index)
+        ignored = all(ros.wait_for_log(processes[name], 'ignored theta message', index)
                       for name in ('differentiable_simulator', 'sensitivity'))
         tally.record('theta message', ignored, what)
     theta_publisher.publish(theta0)                 # the genuine theta, version 0, latched again
@@ -251,12 +240,6 @@ def test_hostile_inputs_are_refused_and_every_node_survives(ros):
     for what, goal in emulator_goals.items():
         refused = goal_refused(ros, emulator_episodes, goal, what, processes['robot_emulator'])
         tally.record('emulator RunEpisodes goal', refused, what)
-    assert ros.call(reset, Trigger.Request(), 30.0).success
-    commands = [[math.nan], [math.inf], [1e300], [], [0.0, 1.0], [-1.0], [0.5], [float(problem.n_actions)]]
-    for index, data in enumerate(commands, start=1):
-        command_publisher.publish(Float64MultiArray(data=data))
-        tally.record('emulator command', wait_for_log(ros, processes['robot_emulator'], 'ignored command', index),
-                     f'command {data}')
 
     # --- hardware bridge: RunEpisodes goals --------------------------------------------------------------
     policy_publisher.publish(trained.policy)        # what the trainer latched; the bridge knows its version
@@ -278,6 +261,18 @@ def test_hostile_inputs_are_refused_and_every_node_survives(ros):
     batch = conversions.trajectories_from_msg(future.result().result.trajectories, problem.n_states,
                                               problem.n_actions)
     assert batch.rewards.shape[0] == 2 and batch.policy_version == policy_version
+
+    # --- emulator: commands (the bridge sees a second commander and latches its e-stop) ------------------
+    command_publisher = ros.node.create_publisher(Float64MultiArray, 'forward_command_controller/commands',
+                                                  ROBOT_STREAM)
+    ros.spin_until(lambda: command_publisher.get_subscription_count() > 0, 30.0, 'the emulator\'s commands')
+    assert ros.call(reset, Trigger.Request(), 30.0).success
+    commands = [[math.nan], [math.inf], [1e300], [], [0.0, 1.0], [-1.0], [0.5], [float(problem.n_actions)]]
+    for index, data in enumerate(commands, start=1):
+        command_publisher.publish(Float64MultiArray(data=data))
+        tally.record('emulator command', ros.wait_for_log(processes['robot_emulator'], 'ignored command', index),
+                     f'command {data}')
+    assert ros.wait_for_log(processes['hardware_bridge'], 'another node publishes on', 1)
 
     # --- every node alive, the held state intact, valid requests still served -------------------------
     dead = [name for name, process in processes.items() if not process.alive()]

@@ -57,13 +57,18 @@ def test_ros_loop_matches_the_in_process_core_and_records_the_run(tmp_path, ros_
     from sim2real_bilevel.core.cli import builtin_config
     from sim2real_bilevel.core.experiments import make_run
     from sim2real_bilevel.core.problems import load_problem
+    from sim2real_bilevel.nodes.provenance import generate_key_file
 
     iterations, seed = 25, 3
     run_dir = tmp_path / 'run'
+    key_file = generate_key_file(tmp_path / 'policy.key')            # goals to the bridge signed, as on a robot
     process = _launch(ros_env, tmp_path, f'problem:={PROBLEM}', f'seed:={seed}', f'run_dir:={run_dir}',
-                      f'params_file:={_params_file(tmp_path, iterations)}', 'namespace:=loop_test')
+                      f'params_file:={_params_file(tmp_path, iterations)}', 'namespace:=loop_test',
+                      f'policy_key_file:={key_file}')
     output, _ = process.communicate(timeout=240)
     assert process.returncode == 0, output
+    assert f'run_episodes goals are signed with the key in {key_file}' in output
+    assert f'only run_episodes goals signed with the key in {key_file} are run' in output
     assert 'first outer iteration done' in output
     assert not _processes_of(Path(ros_env['ROS_LOG_DIR'])), 'processes of the launch outlived it'
 

@@ -86,7 +86,8 @@ class RosSession:
     def spin_until(self, predicate, timeout: float = 20.0, what: str = 'condition') -> None:
         deadline = time.monotonic() + timeout
         while not predicate():
-            assert time.monotonic() < deadline, f'timed out waiting for {what}'
+            assert time.monotonic() < deadline, f'timed out waiting for {what}' + ''.join(
+                f'\n--- {process.name} ---\n{process.log()[-1500:]}' for process in self.processes)
             self.executor.spin_once(timeout_sec=0.05)
 
     def call(self, client, request, timeout: float = 20.0):
@@ -100,6 +101,24 @@ class RosSession:
         future = client.send_goal_async(goal)
         self.spin_until(future.done, timeout, 'goal response')
         return future.result()
+
+    def run_goal(self, client: ActionClient, goal, timeout: float = 30.0):
+        """Send a goal and wait for its result response; None when the goal is rejected."""
+        handle = self.send_goal(client, goal, timeout)
+        if not handle.accepted:
+            return None
+        future = handle.get_result_async()
+        self.spin_until(future.done, timeout, 'the goal\'s result')
+        return future.result()
+
+    def wait_for_log(self, process, text: str, count: int = 1, timeout: float = 10.0) -> bool:
+        """Spin until ``text`` appears ``count`` times in a node process's output; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while process.log().count(text) < count:
+            if time.monotonic() > deadline:
+                return False
+            self.executor.spin_once(timeout_sec=0.05)
+        return True
 
     def close(self) -> None:
         for process in self.processes:

@@ -3,7 +3,11 @@
 A run directory holds
 
   checkpoint.npz       the state after the last completed outer iteration (``MethodRun.state_dict``;
-                       the real batches it keeps are referred to by their number in real/)
+                       the real batches it keeps are referred to by their number in real/, the
+                       iteration records by their count in history.jsonl)
+  history.jsonl        one JSON iteration record per line, appended (and fsync'd) before the
+                       checkpoint that counts it; lines past that count (a crash between the
+                       two writes) are cut off at the next save
   checkpoint.prev.npz  the one before it: the fallback when the newest file is torn or corrupted
   real/batch_NNNNNN.npz  every real batch, written the moment it arrives (the real data collected);
                        NNNNNN is the run's real-batch counter, so a batch collected after the last
@@ -35,7 +39,7 @@ import numpy as np
 from .problem import Trajectories
 
 FORMAT = 'sim2real_bilevel.checkpoint'
-VERSION = 1
+VERSION = 2          # 2: history.jsonl and real/ referred to, not copied into every checkpoint
 CHECKPOINT = 'checkpoint.npz'
 PREVIOUS = 'checkpoint.prev.npz'
 REAL_DIR = 'real'
@@ -220,3 +224,102 @@ def load_real_batch(run_dir: Path, index: int) -> Optional[tuple[Trajectories, d
     if 'policy_phi' in arrays:
         meta['policy_phi'] = arrays['policy_phi']
     return batch_from_arrays(meta['batch'], arrays), meta
+
+
+PENDING = 'pending.json'
+
+
+def save_pending_request(run_dir: Path, record: dict) -> Path:
+    """Persist (atomically) the real-data request about to be sent -- RUN_DIR/real/pending.json,
+    one at a time -- so a run that dies while the robot runs it can ask for that result again
+    instead of running the robot a second time.  ``record`` is JSON-able and holds ``index``
+    (the real batch number it will become)."""
+    path = Path(run_dir) / REAL_DIR / PENDING
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, json.dumps(record).encode())
+    return path
+
+
+def load_pending_request(run_dir: Path) -> Optional[dict]:
+    """The last request saved by ``save_pending_request``, or None (never saved, or unreadable:
+    a request that cannot be read is only a chance lost, never data lost)."""
+    path = Path(run_dir) / REAL_DIR / PENDING
+    try:
+        record = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get('index'), int) else None
+
+
+HISTORY = 'history.jsonl'
+
+
+class HistoryLog:
+    """RUN_DIR/history.jsonl: the run's iteration records, one JSON object per line.  Saving
+    appends only the records not yet written (constant cost per iteration, where rewriting the
+    whole history made each checkpoint grow with the run)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / HISTORY
+        self.written: Optional[int] = None      # lines known to be in the file (None: not checked yet)
+        self.base = 0                           # lines that belong to this run: those a checkpoint counted
+
+    def read(self, count: int) -> list[dict]:
+        """The first ``count`` records; fewer in the file is a ``CheckpointError``."""
+        records = []
+        try:
+            with open(self.path, 'rb') as stream:
+                for number, line in enumerate(stream, start=1):
+                    if len(records) == count:
+                        break
+                    if not line.endswith(b'\n'):
+                        break                   # a torn last line: beyond what any checkpoint counts
+                    try:
+                        records.append(json.loads(line))
+                    except ValueError as err:
+                        raise CheckpointError(f'{self.path}, line {number}: not a JSON record ({err})') from None
+        except FileNotFoundError:
+            pass
+        if len(records) < count:
+            raise CheckpointError(f'{self.path} holds {len(records)} complete iteration records; the checkpoint '
+                                  f'counts {count}')
+        self.base = count
+        return records
+
+    def sync(self, records: list, encode=lambda record: record) -> None:
+        """Make the file hold exactly ``records`` (``encode(record)``: a JSON-able dict): the
+        first call cuts it to the lines the loaded checkpoint counted (``read``; none for a new
+        run) -- a crashed save may have left more --, every call appends the missing tail (only
+        the tail is encoded), flushed and fsync'd."""
+        if self.written is None:
+            self.written = self._truncate_to(min(self.base, len(records)))
+        elif self.written > len(records):
+            self.written = self._truncate_to(len(records))
+        if self.written == len(records):
+            return
+        tail = b''.join(json.dumps(encode(record)).encode() + b'\n' for record in records[self.written:])
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, 'ab') as stream:
+            stream.write(tail)
+            stream.flush()
+            os.fsync(stream.fileno())
+        if self.written == 0:
+            _fsync_dir(self.path.parent)
+        self.written = len(records)
+
+    def _truncate_to(self, count: int) -> int:
+        """Cut the file after its first ``count`` complete lines; returns the lines kept."""
+        kept, offset = 0, 0
+        try:
+            with open(self.path, 'rb') as stream:
+                for line in stream:
+                    if kept == count or not line.endswith(b'\n'):
+                        break
+                    kept, offset = kept + 1, offset + len(line)
+            with open(self.path, 'r+b') as stream:
+                stream.truncate(offset)
+                stream.flush()
+                os.fsync(stream.fileno())
+        except FileNotFoundError:
+            return 0
+        return kept

@@ -317,7 +317,7 @@ class MethodRun:
             'iteration': int(self.iteration), 'real_transitions': int(self.real_transitions),
             'real_episode_count': int(self.real_episode_count), 'real_batch_count': int(self.real_batch_count),
             'inner_grad_norm': float(self.inner_grad_norm), 'elapsed': float(self.elapsed),
-            'rng': self.rng.bit_generator.state, 'history': [r.to_json() for r in self.history],
+            'rng': self.rng.bit_generator.state, 'history_length': len(self.history),
             'has_phi': self.phi is not None,
         }
         arrays = {'theta': self.theta}
@@ -356,7 +356,7 @@ class MethodRun:
         self.real_episode_count = int(meta['real_episode_count'])
         self.real_batch_count = int(meta['real_batch_count'])
         self.elapsed = float(meta['elapsed'])
-        self.history = [IterationRecord(**record) for record in meta['history']]
+        self.history = [IterationRecord(**record) for record in self._history_log().read(meta['history_length'])]
         self.kept_batch_numbers = [int(n) for n in meta['real_batch_numbers']]
         self.real_batches = [self._stored_batch(n) for n in self.kept_batch_numbers]
         if 'adam' in meta:
@@ -372,7 +372,16 @@ class MethodRun:
                                              f'{self.run_dir}/{checkpoint.REAL_DIR}/')
         return stored[0]
 
+    def _history_log(self) -> checkpoint.HistoryLog:
+        if self.run_dir is None:
+            raise checkpoint.CheckpointError('the run has no run dir to keep its history in')
+        if getattr(self, '_history', None) is None or self._history.path.parent != self.run_dir:
+            self._history = checkpoint.HistoryLog(self.run_dir)
+        return self._history
+
     def save_checkpoint(self) -> Path:
+        """history.jsonl first (the records the checkpoint will count), then the checkpoint."""
+        self._history_log().sync(self.history, IterationRecord.to_json)
         state = self.state_dict()
         return checkpoint.save_checkpoint(self.run_dir, state['meta'], state['arrays'])
 

@@ -8,6 +8,15 @@ bridge is not active, when the policy is malformed (wrong length, non-finite val
 when its version is stale (older than the newest policy seen on ``policy``) or from the
 future (more than one ahead of it).
 
+Provenance (docs/security.md): with ``policy_key_file`` set, only goals signed with that key
+(HMAC-SHA256, ``nodes/provenance.py``), fresh (``max_goal_age_s``) and not replayed are run,
+and the ``policy`` topic is no longer trusted for version checks.  The bridge is the only
+node allowed to publish on ``<controller>/commands``: another publisher there (seen in the
+ROS graph at configure, before every goal, every second and at every step) latches the e-stop.
+A goal whose ``request_id`` matches a goal that already succeeded here, with the same policy
+and episode count, gets the kept result again instead of running the robot a second time
+(``result_cache_size`` results are kept, in memory).
+
 Transports (parameter ``transport``):
 - ``batched``: forwards the goal to the emulator's ``robot_emulator/run_episodes`` action
   (sim-only loops, where one DDS round trip per transition would dominate);
@@ -32,7 +41,7 @@ from sim2real_bilevel_interfaces.action import RunEpisodes
 from sim2real_bilevel_interfaces.msg import PolicyParameters
 
 from ..core.problem import Trajectories
-from . import conversions
+from . import conversions, provenance
 from .runtime import EVENTS, LATCHED, PROBLEM, ROBOT_STREAM, DeclaredParameters, ParameterSpec, load_problem, \
     run_node
 
@@ -77,6 +86,14 @@ class HardwareBridge(LifecycleNode):
                           low=1e-9, high=1e6),
             ParameterSpec('max_episodes', 1000, 'largest n_episodes one run_episodes goal may ask for', low=1,
                           high=1_000_000),
+            ParameterSpec('policy_key_file', '', "shared key (`sim2real-bilevel keygen`) run_episodes goals must be "
+                          "signed with; '' = $SIM2REAL_POLICY_KEY_FILE, or when that is unset too goals are not "
+                          'authenticated (warned at configure; read at configure)',
+                          read_only=True),
+            ParameterSpec('max_goal_age_s', 30.0, 'signed goals older (or further in the future) than this are '
+                          'refused as replays; the hosts\' clocks must agree to well within it', low=0.1, high=3600.0),
+            ParameterSpec('result_cache_size', 16, 'succeeded goals whose result is kept for a repeated request_id',
+                          low=0, high=1000),
         ])
         self.problem = load_problem(self.parameters['problem'])
         self.active = False
@@ -90,6 +107,10 @@ class HardwareBridge(LifecycleNode):
         self.filter_counts: dict = {}
         self.rewards: list[float] = []
         self.entities_created = False
+        self.verifier = None               # provenance.GoalVerifier when policy_key_file is set
+        self.results: dict = {}            # request_id -> (fingerprint, RunEpisodes.Result), oldest first
+        self.running: dict = {}            # request_id -> (fingerprint, Future done when it finishes)
+        self.results_resent = 0
         if self.parameters['autostart']:
             self.autostart_timer = self.create_timer(0.0, self.autostart_callback)
 
@@ -105,6 +126,20 @@ class HardwareBridge(LifecycleNode):
             self.get_logger().error('configure failed: the joints parameter is empty')
             return TransitionCallbackReturn.FAILURE
         self.joints = joints
+        key_file = provenance.key_file_setting(self.parameters['policy_key_file'])
+        if key_file:
+            try:
+                self.verifier = provenance.GoalVerifier(provenance.load_key(key_file),
+                                                        self.parameters['max_goal_age_s'])
+                self.get_logger().info(f'only run_episodes goals signed with the key in {key_file} are run')
+            except provenance.ProvenanceError as err:
+                self.get_logger().error(f'configure failed: {err}')
+                return TransitionCallbackReturn.FAILURE
+        else:
+            self.verifier = None
+            self.get_logger().warning('no policy key (policy_key_file and $SIM2REAL_POLICY_KEY_FILE are empty): any '
+                                      'participant on this ROS domain can deploy a policy on the robot '
+                                      '(docs/security.md)')
         self.command_publisher = self.create_lifecycle_publisher(
             Float64MultiArray, f'{self.parameters["controller"]}/commands', ROBOT_STREAM)
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, '/diagnostics', EVENTS)
@@ -119,6 +154,7 @@ class HardwareBridge(LifecycleNode):
         self.episodes_server = ActionServer(self, RunEpisodes, 'run_episodes',
                                             execute_callback=self.run_episodes_callback,
                                             goal_callback=self.goal_callback, result_timeout=2)
+        self.commander_timer = self.create_timer(1.0, self.check_commanders)
         self.entities_created = True
         self.last_reason = 'configured'
         self.get_logger().info(f'configured: commands on {self.command_publisher.topic_name} for joints {joints}, '
@@ -159,6 +195,7 @@ class HardwareBridge(LifecycleNode):
         if not self.entities_created:
             return
         self.episodes_server.destroy()
+        self.destroy_timer(self.commander_timer)
         self.emulator_client.destroy()
         self.destroy_client(self.reset_client)
         self.destroy_service(self.estop_service)
@@ -180,16 +217,42 @@ class HardwareBridge(LifecycleNode):
             self.command_publisher.publish(Float64MultiArray(data=[0.0] * len(self.joints)))
 
     # --- e-stop ----------------------------------------------------------------------------------------
-    def estop_callback(self, request, response):
+    def latch_estop(self, reason: str) -> None:
         """Latch a stop: zero command now, running episodes abort at their next step, every goal
         is refused until ``~/reset_estop`` is called -- deactivating and activating does not clear it."""
-        self.estopped = 'e-stop requested through ~/estop'
+        self.estopped = reason
         self.send_zero_command()
-        self.last_reason = f'E-STOP: {self.estopped}'
-        self.get_logger().error('E-STOP latched: zero command sent, goals refused until ~/reset_estop')
+        self.last_reason = f'E-STOP: {reason}'
+        self.get_logger().error(f'E-STOP latched ({reason}): zero command sent, goals refused until ~/reset_estop')
         self.publish_diagnostics(DiagnosticStatus.ERROR)
+
+    def estop_callback(self, request, response):
+        self.latch_estop('e-stop requested through ~/estop')
         response.success, response.message = True, 'e-stop latched; call ~/reset_estop to clear it'
         return response
+
+    def foreign_commanders(self) -> list[str]:
+        """Nodes other than this bridge that publish on the command topic (from the ROS graph;
+        a second publisher under this bridge's own name counts too)."""
+        if not self.entities_created:
+            return []
+        own = self.get_fully_qualified_name()
+        names = [_qualified(info.node_namespace, info.node_name)
+                 for info in self.get_publishers_info_by_topic(self.command_publisher.topic_name)]
+        if names.count(own) > 1:
+            return [f'{own} (a second publisher under this bridge\'s name)']
+        return sorted(name for name in names if name != own)
+
+    def check_commanders(self) -> str:
+        """Latch the e-stop when another node publishes robot commands; returns the reason or ''."""
+        foreign = self.foreign_commanders()
+        if not foreign:
+            return ''
+        reason = (f'another node publishes on {self.command_publisher.topic_name}: {", ".join(foreign)} -- only '
+                  'this bridge may command the robot')
+        if self.estopped != reason:
+            self.latch_estop(reason)
+        return reason
 
     def reset_estop_callback(self, request, response):
         was = self.estopped
@@ -205,7 +268,9 @@ class HardwareBridge(LifecycleNode):
     def policy_callback(self, msg: PolicyParameters) -> None:
         """Track the newest published policy version -- only from well-formed messages whose
         version is a plausible successor (a hostile far-future version would otherwise make
-        every genuine goal 'stale')."""
+        every genuine goal 'stale'), and not at all when goals are signed (the topic is not)."""
+        if self.verifier is not None:
+            return
         try:
             conversions.policy_from_msg(msg, self.problem.phi_size())
             version = conversions.check_version(msg.version, self.newest_policy_version or 0,
@@ -218,6 +283,7 @@ class HardwareBridge(LifecycleNode):
 
     def refusal(self, goal) -> str:
         """Why a goal must not run now, or ''."""
+        self.check_commanders()
         if self.estopped:
             return f'E-STOP latched ({self.estopped}): call ~/reset_estop first'
         if not self.active:
@@ -226,6 +292,18 @@ class HardwareBridge(LifecycleNode):
             conversions.policy_from_msg(goal.policy, self.problem.phi_size())
         except conversions.MessageValidationError as err:
             return f'malformed policy: {err}'
+        if self.verifier is not None:
+            reason = self.verifier.refusal(goal)
+            if reason:
+                return reason
+        kept = (self.results.get(str(goal.request_id)) or self.running.get(str(goal.request_id))
+                if goal.request_id else None)
+        if kept is not None:
+            if kept[0] != _fingerprint(goal):
+                return f'request_id {goal.request_id!r} already ran with another policy or episode count'
+            return ''                      # the kept (or running) result is sent: the robot does not move again
+        if goal.kept_result_only:
+            return f'no kept result for request_id {goal.request_id!r} (kept_result_only: the robot is not run)'
         version = int(goal.policy.version)
         newest = self.newest_policy_version
         if newest is not None and version < newest:
@@ -249,6 +327,32 @@ class HardwareBridge(LifecycleNode):
 
     async def run_episodes_callback(self, goal_handle):
         goal = goal_handle.request
+        request = str(goal.request_id)
+        running = self.running.get(request) if request else None
+        if running is not None:            # sent again while it runs (its sender restarted): wait for it
+            self.get_logger().info(f'run_episodes {request!r} is running: this goal waits for its result')
+            await running[1]
+        kept = self.results.get(request) if request else None
+        if kept is not None and kept[0] == _fingerprint(goal):
+            self.results_resent += 1
+            self.get_logger().info(f'run_episodes {request!r} already ran: its result is sent again, the robot is '
+                                   'not run')
+            goal_handle.succeed()
+            return kept[1]
+        if goal.kept_result_only:
+            goal_handle.abort()
+            return RunEpisodes.Result(success=False, message=f'request_id {request!r} did not succeed: no result kept')
+        finished = Future()
+        if request:
+            self.running[request] = (_fingerprint(goal), finished)
+        try:
+            result = await self._run(goal, goal_handle)
+        finally:
+            self.running.pop(request, None)
+            finished.set_result(True)
+        return result
+
+    async def _run(self, goal, goal_handle) -> RunEpisodes.Result:
         if self.parameters['transport'] == 'batched':
             result = await self._forward(goal)
         else:
@@ -257,6 +361,7 @@ class HardwareBridge(LifecycleNode):
             result = RunEpisodes.Result(success=False, message=f'E-STOP during the episodes: {self.estopped}')
         if result.success and self.active:
             self.deployed = max(self.deployed, int(goal.policy.version))
+            self.keep_result(goal, result)
             goal_handle.succeed()
         else:
             if self.active is False and result.success:
@@ -265,6 +370,15 @@ class HardwareBridge(LifecycleNode):
             self.get_logger().error(f'run_episodes aborted: {result.message}')
         self.last_reason = 'active' if self.active else self.last_reason
         return result
+
+    def keep_result(self, goal, result) -> None:
+        size = self.parameters['result_cache_size']
+        if not goal.request_id or size == 0:
+            return
+        self.results.pop(str(goal.request_id), None)
+        self.results[str(goal.request_id)] = (_fingerprint(goal), result)
+        while len(self.results) > size:
+            del self.results[next(iter(self.results))]
 
     async def _forward(self, goal) -> RunEpisodes.Result:
         if not self.emulator_client.server_is_ready() and not self.emulator_client.wait_for_server(timeout_sec=5.0):
@@ -341,6 +455,8 @@ class HardwareBridge(LifecycleNode):
                 action = int(rng.choice(pi.shape[1], p=pi[states[episode, t]]))
                 actions[episode, t] = action
                 self.latest_state, reward_count = None, len(self.rewards)
+                if self.check_commanders():
+                    return RunEpisodes.Result(success=False, message=f'E-STOP: {self.estopped}')
                 self.command_publisher.publish(Float64MultiArray(data=[float(action)]))
                 arrived = await self._await_robot(
                     lambda c=reward_count: self.latest_state is not None and len(self.rewards) > c, timeout)
@@ -403,6 +519,8 @@ class HardwareBridge(LifecycleNode):
                 command = command_filter([requested])
                 actions[episode, t, 0] = command[0]
                 self.latest_state = None
+                if self.check_commanders():
+                    return fail(f'E-STOP: {self.estopped}')
                 self.command_publisher.publish(Float64MultiArray(data=[float(c) for c in command]))
                 if not await self._await_robot(lambda: self.latest_state is not None, watchdog):
                     if self.estopped:
@@ -433,10 +551,23 @@ class HardwareBridge(LifecycleNode):
                     KeyValue(key='deployed_policy_version', value=str(self.deployed)),
                     KeyValue(key='estop', value=self.estopped or 'clear'),
                     KeyValue(key='command_filter', value=str(self.filter_counts)),
-                    KeyValue(key='newest_policy_version', value=str(self.newest_policy_version))])
+                    KeyValue(key='newest_policy_version', value=str(self.newest_policy_version)),
+                    KeyValue(key='signed_goals_only', value=str(self.verifier is not None)),
+                    KeyValue(key='results_resent', value=str(self.results_resent))])
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self.diagnostics_publisher.publish(array)
+
+
+def _qualified(namespace: str, name: str) -> str:
+    return f'{namespace.rstrip("/")}/{name}'
+
+
+def _fingerprint(goal) -> tuple:
+    """What a repeated request_id must match to get the kept result: the policy and the count."""
+    policy = goal.policy
+    return (int(goal.n_episodes), str(policy.kind), tuple(int(s) for s in policy.shape),
+            np.asarray(policy.values, dtype='<f8').tobytes(), int(policy.version), int(policy.theta_version))
 
 
 def main(args=None) -> int:

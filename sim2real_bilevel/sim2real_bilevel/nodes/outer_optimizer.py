@@ -24,6 +24,13 @@ version checks re-read from the latched policy topic; inner_trainer: continues t
 numbering of the warm start it is sent), except the emulator's RNG stream (see
 test/test_resume_nodes.py for what a restart of each costs).
 
+Real episodes in transit: every run_episodes goal carries a ``request_id`` (the same for its
+re-sends), saved in RUN_DIR/real/pending.json before it is sent; the bridge keeps the results
+of succeeded requests.  A restarted optimizer whose last request has no stored batch asks the
+bridge for that request's kept result (``kept_result_only``) before anything else, so episodes
+the robot ran while the optimizer was dead are used, not run again.  With ``policy_key_file``
+every goal to the bridge is signed (nodes/provenance.py, docs/security.md).
+
 The loop runs in ``main()``'s thread and waits on futures with ``spin_once``, so parameter
 changes (``ros2 param set``) are served between and during iterations and take effect on
 the next iteration.
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Optional
@@ -47,9 +55,10 @@ from sim2real_bilevel_interfaces.action import ComputeSensitivity, RunEpisodes, 
 from sim2real_bilevel_interfaces.msg import OuterGradient, OuterMetrics, PolicyParameters, SimParameters, \
     TrajectoryBatch
 
+from ..core import checkpoint
 from ..core.checkpoint import CheckpointError
 from ..core.outer import BilevelOuterLoop, IterationRecord, OuterConfig
-from . import conversions
+from . import conversions, provenance
 from .runtime import (EVENTS, LATCHED, PROBLEM, SEED, DeclaredParameters, ParameterSpec, ShutdownRequested,
                       load_problem, outer_config_defaults, run_node, wait_for)
 
@@ -139,7 +148,14 @@ class OuterOptimizer(Node):
                           high=1e6),
             ParameterSpec('progress_period_s', 0.5, 'least time between two progress lines on stdout',
                           low=0.0, high=3600.0),
+            ParameterSpec('policy_key_file', '', "key (`sim2real-bilevel keygen`) every run_episodes goal is signed "
+                          "with; the bridge's policy_key_file must hold the same key; '' = $SIM2REAL_POLICY_KEY_FILE, "
+                          "else unsigned (read at startup)", read_only=True),
         ])
+        key_file = provenance.key_file_setting(self.parameters['policy_key_file'])
+        self.policy_key = provenance.load_key(key_file) if key_file else None
+        if self.policy_key is not None:
+            self.get_logger().info(f'run_episodes goals are signed with the key in {key_file}')
         self.executor_: Optional[SingleThreadedExecutor] = None
         self.theta_version = 0
         self.policy: Optional[PolicyParameters] = None
@@ -199,20 +215,56 @@ class OuterOptimizer(Node):
         return theta_msg
 
     def run_episodes(self, n_episodes: int):
-        goal = RunEpisodes.Goal(policy=self.policy, n_episodes=int(n_episodes))
+        """Real batch number ``loop.real_batch_count + 1``: the request is saved (pending.json)
+        before it is sent, so a restarted optimizer can ask for its result again."""
+        goal = RunEpisodes.Goal(policy=self.policy, n_episodes=int(n_episodes), request_id=uuid.uuid4().hex)
+        checkpoint.save_pending_request(self.run_dir, {
+            'index': int(self.loop.real_batch_count + 1), 'request_id': goal.request_id,
+            'n_episodes': int(n_episodes), 'policy': _policy_fields(self.policy)})
         # a malformed batch (faulty bridge) is logged and asked for again, never used
-        batch, trajectories = self._call(self.episodes_client, goal, 'run_episodes', read=self._read_episodes)
+        batch, trajectories = self._call(self.episodes_client, goal, 'run_episodes',
+                                         read=lambda result: self._read_episodes(result, self.policy.version),
+                                         prepare=self.sign)
         self.trajectory_publisher.publish(trajectories)
         return batch
 
-    def _read_episodes(self, result):
+    def sign(self, goal) -> None:
+        """Sign a run_episodes goal (again at every send: the bridge refuses old signatures)."""
+        if self.policy_key is not None:
+            provenance.sign_goal(self.policy_key, goal)
+
+    def _read_episodes(self, result, version: int):
         tabular = getattr(self.problem, 'kind', '') == 'tabular'
         sizes = {'n_states': self.problem.n_states, 'n_actions': self.problem.n_actions} if tabular else {}
         batch = conversions.trajectories_from_msg(result.trajectories, **sizes)
-        if batch.policy_version != self.policy.version:
-            raise PeerLost(f'returned episodes of policy version {batch.policy_version}, '
-                           f'expected {self.policy.version}')
+        if batch.policy_version != version:
+            raise PeerLost(f'returned episodes of policy version {batch.policy_version}, expected {version}')
         return batch, result.trajectories
+
+    def recover_in_transit(self, loop: 'GraphBilevelLoop') -> bool:
+        """On resume: the last request sent before the crash, when its batch was never stored,
+        is asked of the bridge once with ``kept_result_only``; a kept result is stored as that
+        batch (the loop then takes it like any batch collected before a crash).  True if one was."""
+        pending = checkpoint.load_pending_request(self.run_dir)
+        index = loop.real_batch_count + 1
+        if pending is None or pending['index'] != index or checkpoint.real_batch_path(self.run_dir, index).exists():
+            return False
+        try:
+            policy = _policy_message(pending['policy'])
+            phi, version, _ = conversions.policy_from_msg(policy, self.problem.phi_size())
+            goal = RunEpisodes.Goal(policy=policy, n_episodes=int(pending['n_episodes']),
+                                    request_id=str(pending['request_id']), kept_result_only=True)
+            self.sign(goal)
+            batch, _ = self._read_episodes(self._call_once(self.episodes_client, goal, 'run_episodes'), version)
+        except (KeyError, TypeError, ValueError, PeerLost, TimeoutError) as err:
+            self.get_logger().info(f'real batch {index} was requested before the restart but the bridge has no '
+                                   f'result kept for it ({err}): it is collected anew')
+            return False
+        checkpoint.save_real_batch(self.run_dir, index, batch, {
+            'iteration': loop.iteration + 1, 'rng_after': loop.rng.bit_generator.state}, phi)
+        self.get_logger().info(f'real batch {index} ({batch.rewards.shape[0]} episodes), run on the robot while this '
+                               'node was down, recovered from the bridge')
+        return True
 
     def compute_sensitivity(self, real_gradient: np.ndarray) -> np.ndarray:
         lower, upper = self.problem.theta_bounds()
@@ -225,13 +277,16 @@ class OuterOptimizer(Node):
         self.gradient_message = result.gradient
         return conversions.gradient_from_msg(result.gradient, len(self.theta_names), self.problem.phi_size())
 
-    def _call(self, client: ActionClient, goal, name: str, read=None):
+    def _call(self, client: ActionClient, goal, name: str, read=None, prepare=None):
         """Send a goal and wait for its result, ``read(result)`` if given; sent again (after the
         server is back) when the attempt fails in a way a restarted peer may fix, at most
-        ``action_retries`` times in a row; then the last reason is raised."""
+        ``action_retries`` times in a row; then the last reason is raised.  ``prepare(goal)``
+        runs before every send."""
         retries = self.parameters['action_retries']
         for attempt in range(retries + 1):
             try:
+                if prepare is not None:
+                    prepare(goal)
                 result = self._call_once(client, goal, name)
                 return result if read is None else read(result)
             except (PeerLost, TimeoutError, conversions.MessageValidationError) as err:
@@ -311,8 +366,11 @@ class OuterOptimizer(Node):
         self.recording = True
 
         def spin():
-            while self.recording and self.recorder_executor.context.ok():
-                self.recorder_executor.spin_once(timeout_sec=0.1)
+            try:
+                while self.recording and self.recorder_executor.context.ok():
+                    self.recorder_executor.spin_once(timeout_sec=0.1)
+            except ExternalShutdownException:      # SIGINT / SIGTERM: the context went down under us
+                pass
 
         self.recorder_thread = threading.Thread(target=spin, daemon=True, name='recorder')
         self.recorder_thread.start()
@@ -354,6 +412,8 @@ class OuterOptimizer(Node):
                                    f'{loop.config.iterations} iterations, run_dir {self.run_dir})')
             self.wait_for_servers()
             self.status = 'running'
+            if loop.phi is not None:
+                self.recover_in_transit(loop)
             if loop.phi is None:
                 loop.start()
             else:
@@ -404,6 +464,18 @@ class OuterOptimizer(Node):
 
     # --- reporting -------------------------------------------------------------------------------------------
     def record_callback(self, record: IterationRecord) -> None:
+        """Publish an iteration's record (already checkpointed).  A shutdown signal may have
+        taken the context down mid-iteration: that ends the run as interrupted, not failed."""
+        if not self.executor_.context.ok():
+            raise ShutdownRequested('record')
+        try:
+            self._publish_record(record)
+        except Exception:                          # noqa: BLE001 -- RCLError 'context is invalid' and kin
+            if self.executor_.context.ok():
+                raise
+            raise ShutdownRequested('record') from None
+
+    def _publish_record(self, record: IterationRecord) -> None:
         stamp = self.get_clock().now().to_msg()
         metrics = conversions.metrics_to_msg(record, self.theta_version,
                                              self.policy.version if self.policy is not None else 0)
@@ -440,6 +512,20 @@ class OuterOptimizer(Node):
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self.diagnostics_publisher.publish(array)
+
+
+def _policy_fields(policy: PolicyParameters) -> dict:
+    """A policy message as JSON-able fields (floats round-trip exactly through JSON)."""
+    return {'kind': policy.kind, 'shape': [int(s) for s in policy.shape], 'values': [float(v) for v in policy.values],
+            'version': int(policy.version), 'theta_version': int(policy.theta_version),
+            'inner_grad_norm': float(policy.inner_grad_norm)}
+
+
+def _policy_message(fields: dict) -> PolicyParameters:
+    return PolicyParameters(kind=str(fields['kind']), shape=[int(s) for s in fields['shape']],
+                            values=[float(v) for v in fields['values']], version=int(fields['version']),
+                            theta_version=int(fields['theta_version']),
+                            inner_grad_norm=float(fields['inner_grad_norm']))
 
 
 def _topic_token(name: str) -> str:

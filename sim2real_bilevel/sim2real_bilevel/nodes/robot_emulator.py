@@ -19,6 +19,12 @@ Two transports, the bridge picks one:
   joint_states with that time, so nodes started with use_sim_time follow the robot's time.
   ``~/link_pose`` (geometry_msgs/PoseStamped, frame ``pendulum_base``: the link's tip and
   orientation, from transforms3d) shows the pendulum in rviz.
+
+Only the nodes named in ``commanders`` may drive the robot: while any other node publishes on
+``<controller>/commands`` (seen in the ROS graph, checked at every command), every command is
+ignored and counted.  rclpy gives no per-message sender, so this is a graph-level check: it
+stops a stray ``ros2 topic pub`` or a second controller, not a participant that takes the
+bridge's name (docs/security.md).
 """
 from __future__ import annotations
 
@@ -52,6 +58,9 @@ class RobotEmulator(Node):
                           read_only=True),
             ParameterSpec('publish_clock', False, 'publish /clock from the robot\'s steps (lockstep, faster than '
                           'real time); other nodes then run with use_sim_time (read at startup)', read_only=True),
+            ParameterSpec('commanders', ['hardware_bridge'], 'nodes allowed to publish commands (names relative to '
+                          'this node\'s namespace, or absolute); while another node publishes there, commands are '
+                          "ignored; [''] = any node (read at startup)", read_only=True),
             ParameterSpec('max_episodes', 100000, 'largest n_episodes one run_episodes goal may ask for', low=1,
                           high=10 ** 7),
         ])
@@ -60,6 +69,10 @@ class RobotEmulator(Node):
         self.rng = np.random.default_rng(self.parameters['seed'])
         self.state = None
         self.robot = None            # the pybullet robot of the topic transport (robot problems), made on first reset
+        namespace = self.get_namespace().rstrip('/')
+        self.commanders = {name if name.startswith('/') else f'{namespace}/{name}'
+                           for name in self.parameters['commanders'] if name}
+        self.refused_commands = 0
         self.episodes_server = ActionServer(self, RunEpisodes, '~/run_episodes',
                                             execute_callback=self.run_episodes_callback,
                                             goal_callback=self.goal_callback, result_timeout=2)
@@ -120,8 +133,25 @@ class RobotEmulator(Node):
         response.message = f'state {self.state}'
         return response
 
+    def intruders(self) -> list[str]:
+        """Publishers on the command topic that are not allowed commanders (a name listed once
+        but published under twice counts: somebody took an allowed name)."""
+        if not self.commanders:
+            return []
+        names = [f'{info.node_namespace.rstrip("/")}/{info.node_name}'
+                 for info in self.get_publishers_info_by_topic(self.command_subscription.topic_name)]
+        return sorted({name for name in names if name not in self.commanders or names.count(name) > 1})
+
     def command_callback(self, msg: Float64MultiArray) -> None:
         if self.state is None or self._topic_refusal():
+            return
+        intruders = self.intruders()
+        if intruders:
+            self.refused_commands += 1
+            self.get_logger().error(f'ignored command {list(msg.data)}: {", ".join(intruders)} also publish(es) on '
+                                    f'{self.command_subscription.topic_name}; only {sorted(self.commanders)} may '
+                                    f'command the robot ({self.refused_commands} refused so far)',
+                                    throttle_duration_sec=1.0)
             return
         if self.problem.kind == 'robot':
             if len(msg.data) != 1 or not np.isfinite(msg.data[0]):

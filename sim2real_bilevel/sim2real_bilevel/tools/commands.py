@@ -5,7 +5,8 @@ imports (rclpy, mcap, matplotlib) happen only when that command runs.
 """
 from __future__ import annotations
 
+from ..nodes.provenance import add_keygen_command
 from .launcher import add_launch_command
 from .report import add_report_command
 
-REGISTRARS = [add_launch_command, add_report_command]
+REGISTRARS = [add_launch_command, add_report_command, add_keygen_command]

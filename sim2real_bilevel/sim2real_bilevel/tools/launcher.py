@@ -208,6 +208,8 @@ def launch(mode: str, assignments: list[str], shutdown_timeout: float = 10.0,
     environment = dict(os.environ)
     environment.setdefault('PYTHONUNBUFFERED', '1')
     environment.setdefault('RCUTILS_COLORIZED_OUTPUT', '1' if sys.stderr.isatty() else '0')
+    if arguments['policy_key_file']:
+        environment[graph.POLICY_KEY_ENV] = str(Path(arguments['policy_key_file']).expanduser().resolve())
     if 'ROS_LOG_DIR' not in environment and 'HOME' not in environment:
         environment['ROS_LOG_DIR'] = str(Path(arguments['run_dir'] or '.').resolve() / 'ros_log')
 
