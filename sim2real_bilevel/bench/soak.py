@@ -275,6 +275,13 @@ def graph_environment(out: Path, base: Optional[dict] = None) -> dict:
                        ROS_LOG_DIR=str(out / 'ros_log'), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
     environment.pop('ROS_LOCALHOST_ONLY', None)
     environment['PYTHONPATH'] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), environment.get('PYTHONPATH')]))
+    # goals to the bridge signed, as on a robot (nodes/provenance.py): a key of this soak's own
+    from sim2real_bilevel.graph import POLICY_KEY_ENV
+    from sim2real_bilevel.nodes.provenance import generate_key_file
+    key_file = out / 'policy.key'
+    if not key_file.exists():
+        generate_key_file(key_file)
+    environment[POLICY_KEY_ENV] = str(key_file)
     return environment
 
 
