@@ -18,6 +18,11 @@ process still carrying the run's ROS_LOG_DIR in its environment is listed: none 
 Writes samples.csv, soak.png, summary.json and one log per node into ``--out``.
 
     python sim2real_bilevel/bench/soak.py --minutes 10 --faults stall,kill --out /tmp/soak
+
+discrete_3s2a keeps every real batch for its real critic (``real_history: 100000``), so the
+optimizer's memory grows with the run by design; ``--set outer_optimizer.real_history=50``
+bounds it, and then any growth left is the per-iteration record kept for results.json
+(~0.8 KiB per iteration) or a leak.
 """
 from __future__ import annotations
 

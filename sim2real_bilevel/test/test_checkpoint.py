@@ -209,6 +209,13 @@ def test_checkpoint_size_does_not_grow_with_the_run(tmp_path):
     assert len((tmp_path / checkpoint.HISTORY).read_text().splitlines()) == 41
 
 
+def test_kept_batch_numbers_are_stored_as_runs():
+    numbers = [3, 4, 5, 9, 11, 12]
+    assert checkpoint.number_runs(numbers) == [[3, 5], [9, 9], [11, 12]]
+    assert checkpoint.numbers_from_runs(checkpoint.number_runs(numbers)) == numbers
+    assert checkpoint.number_runs(range(1, 100001)) == [[1, 100000]]
+
+
 def test_history_of_a_run_that_never_checkpointed_is_replaced(tmp_path):
     (tmp_path / checkpoint.HISTORY).write_text('{"iteration": 99}\n{"iteration": 100}\n{"torn')
     run, resumed = _run('bilevel', 2, tmp_path)

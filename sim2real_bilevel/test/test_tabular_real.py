@@ -197,3 +197,24 @@ def test_system_identification_recovers_the_truth_when_the_family_contains_it():
     np.testing.assert_array_equal(fitted[~logit_part], theta_init[~logit_part])      # rewards stay nominal
     f, _ = problem.simulator_model(fitted)
     np.testing.assert_allclose(f, transitions, atol=1e-5)
+
+
+def test_real_statistics_of_a_growing_list_equal_the_sum_from_scratch_bit_for_bit():
+    """The prefix cache (one new batch per call) must not change a single bit."""
+    import copy
+    from sim2real_bilevel.core.cli import builtin_config
+    from sim2real_bilevel.core.problems import load_problem
+    problem = load_problem(builtin_config('discrete_3s2a'))
+    fresh = copy.deepcopy(problem)
+    rng = np.random.default_rng(0)
+    phi = np.zeros(problem.phi_size())
+    batches = []
+    for step in range(30):
+        batches.append(problem.sample_real(phi, 2, rng))
+        window = batches[-20:]                               # the front is cut once past 20
+        for view in (window, window[:-1], window[-1:]):
+            got = problem.real_statistics(view)
+            fresh.__dict__.pop('_statistics_prefixes', None)
+            expected = fresh.real_statistics(view)
+            assert all(np.array_equal(g, e) for g, e in zip(got, expected)), step
+    assert len(problem._statistics_prefixes) <= 4

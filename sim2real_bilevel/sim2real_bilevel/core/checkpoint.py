@@ -194,6 +194,23 @@ def batch_from_arrays(fields: dict, arrays: dict[str, np.ndarray]) -> Trajectori
     return Trajectories(source=fields['source'], policy_version=int(fields['policy_version']), **values)
 
 
+def number_runs(numbers) -> list[list[int]]:
+    """Increasing integers as [first, last] runs of consecutive ones: a checkpoint refers to
+    thousands of kept real batches in a few bytes."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        n = int(n)
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return runs
+
+
+def numbers_from_runs(runs) -> list[int]:
+    return [n for first, last in runs for n in range(int(first), int(last) + 1)]
+
+
 def real_batch_path(run_dir: Path, index: int) -> Path:
     return Path(run_dir) / REAL_DIR / f'batch_{index:06d}.npz'
 

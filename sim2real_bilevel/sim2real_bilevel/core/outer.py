@@ -155,7 +155,7 @@ class Adam:
         return self.step_size * m_hat / (np.sqrt(v_hat) + self.eps)
 
 
-@dataclass
+@dataclass(slots=True)
 class IterationRecord:
     iteration: int
     normalized_return: float
@@ -326,7 +326,7 @@ class MethodRun:
         # the kept batches are already in RUN_DIR/real/: the checkpoint refers to them by number
         # instead of copying them into every save (which made each save grow with the run)
         self.kept_batch_numbers = self.kept_batch_numbers[len(self.kept_batch_numbers) - len(self.real_batches):]
-        meta['real_batch_numbers'] = [int(n) for n in self.kept_batch_numbers]
+        meta['real_batch_runs'] = checkpoint.number_runs(self.kept_batch_numbers)
         adam = getattr(self, 'adam', None)
         if isinstance(adam, Adam):
             meta['adam'] = {'t': int(adam.t), 'step_size': float(adam.step_size), 'betas': list(adam.betas),
@@ -357,7 +357,7 @@ class MethodRun:
         self.real_batch_count = int(meta['real_batch_count'])
         self.elapsed = float(meta['elapsed'])
         self.history = [IterationRecord(**record) for record in self._history_log().read(meta['history_length'])]
-        self.kept_batch_numbers = [int(n) for n in meta['real_batch_numbers']]
+        self.kept_batch_numbers = checkpoint.numbers_from_runs(meta['real_batch_runs'])
         self.real_batches = [self._stored_batch(n) for n in self.kept_batch_numbers]
         if 'adam' in meta:
             saved = meta['adam']

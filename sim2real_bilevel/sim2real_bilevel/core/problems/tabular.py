@@ -611,13 +611,22 @@ class TabularProblem(BilevelProblem):
         return gradient / n_episodes
 
     def real_statistics(self, batches: list[Trajectories]) -> tuple[np.ndarray, np.ndarray]:
-        """(transition counts (S, A, S), reward sums (S, A)) of real batches."""
-        counts = np.zeros((self.n_states, self.n_actions, self.n_states))
-        reward_sums = np.zeros((self.n_states, self.n_actions))
-        for b in batches:
-            counts += transition_counts(b, self.n_states, self.n_actions)
-            reward_sums += _reward_sums(b.states[:, :-1], b.actions, b.rewards, self.n_states, self.n_actions)
-        return counts, reward_sums
+        """(transition counts (S, A, S), reward sums (S, A)) of real batches, summed batch by
+        batch from the first.  The running sums after each batch are kept (``_StatisticsPrefix``,
+        per first batch), so an outer loop that keeps all its real data and appends one batch per
+        iteration pays for the new batch only -- with the same additions in the same order as a
+        sum from scratch, so the result is bit-identical to it (and to a resumed run's)."""
+        if not batches:
+            return (np.zeros((self.n_states, self.n_actions, self.n_states)),
+                    np.zeros((self.n_states, self.n_actions)))
+        caches = self.__dict__.setdefault('_statistics_prefixes', {})
+        cache = caches.pop(id(batches[0]), None)      # re-inserted last: least recently used first out
+        if cache is None or cache.batches[0] is not batches[0]:
+            cache = _StatisticsPrefix(self.n_states, self.n_actions)
+        caches[id(batches[0])] = cache
+        while len(caches) > 4:                         # the loop's lists start at <= 2 batches at a time
+            caches.pop(next(iter(caches)))
+        return cache.sums(batches)
 
     def real_critic(self, pi: np.ndarray, batches: list[Trajectories]) -> tuple[np.ndarray, np.ndarray]:
         """Q_hat, V_hat of the policy table ``pi`` under the tabular model of the real batches."""
@@ -832,6 +841,30 @@ def _sample_rows(probabilities: np.ndarray, rng: np.random.Generator) -> np.ndar
     cumulative = np.cumsum(probabilities, axis=-1)
     cumulative[..., -1] = 1.0
     return (rng.random((probabilities.shape[0], 1)) > cumulative).sum(axis=-1).astype(np.int64)
+
+
+class _StatisticsPrefix:
+    """Running (counts, reward sums) after each batch of a list of batches that grows at the end."""
+
+    def __init__(self, n_states: int, n_actions: int):
+        self.n_states, self.n_actions = n_states, n_actions
+        self.batches: list[Trajectories] = []          # held: their ids stay theirs
+        self.counts = [np.zeros((n_states, n_actions, n_states))]
+        self.rewards = [np.zeros((n_states, n_actions))]
+
+    def sums(self, batches: list[Trajectories]) -> tuple[np.ndarray, np.ndarray]:
+        shared = 0
+        for mine, theirs in zip(self.batches, batches):
+            if mine is not theirs:
+                break
+            shared += 1
+        del self.batches[shared:], self.counts[shared + 1:], self.rewards[shared + 1:]
+        for b in batches[shared:]:
+            self.batches.append(b)
+            self.counts.append(self.counts[-1] + transition_counts(b, self.n_states, self.n_actions))
+            self.rewards.append(self.rewards[-1] + _reward_sums(b.states[:, :-1], b.actions, b.rewards,
+                                                                self.n_states, self.n_actions))
+        return self.counts[len(batches)].copy(), self.rewards[len(batches)].copy()
 
 
 def transition_counts(batch: Trajectories, n_states: int, n_actions: int) -> np.ndarray:
