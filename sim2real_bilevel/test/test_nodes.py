@@ -104,12 +104,15 @@ class RosSession:
 
     def run_goal(self, client: ActionClient, goal, timeout: float = 30.0):
         """Send a goal and wait for its result response; None when the goal is rejected."""
+        from sim2real_bilevel.nodes.runtime import wait_for_result
         handle = self.send_goal(client, goal, timeout)
         if not handle.accepted:
             return None
-        future = handle.get_result_async()
-        self.spin_until(future.done, timeout, 'the goal\'s result')
-        return future.result()
+        try:
+            return wait_for_result(self.executor, handle, timeout, 'the goal\'s result')
+        except TimeoutError as err:
+            raise AssertionError(f'{err}' + ''.join(f'\n--- {process.name} ---\n{process.log()[-1500:]}'
+                                                    for process in self.processes)) from None
 
     def wait_for_log(self, process, text: str, count: int = 1, timeout: float = 10.0) -> bool:
         """Spin until ``text`` appears ``count`` times in a node process's output; False on timeout."""

@@ -86,20 +86,23 @@ def run_graph(tmp_path, robot, compute, robot_env, compute_env, label):
     from sim2real_bilevel.core.cli import builtin_config
     from sim2real_bilevel.core.experiments import make_run
     from sim2real_bilevel.core.problems import load_problem
+    from sim2real_bilevel.nodes.provenance import generate_key_file
 
     iterations, seed = 15, 2
+    key_file = str(generate_key_file(tmp_path / 'policy.key'))     # on real hosts: a copy on each
     run_dir = tmp_path / 'run'
     problem = str(builtin_config(PROBLEM))
     started = time.monotonic()
     processes = [
         _start(robot, 'robot_emulator', robot_env, tmp_path, problem=problem, seed=seed),
-        _start(robot, 'hardware_bridge', robot_env, tmp_path, problem=problem, autostart='true'),
+        _start(robot, 'hardware_bridge', robot_env, tmp_path, problem=problem, autostart='true',
+               policy_key_file=key_file),
         _start(compute, 'differentiable_simulator', compute_env, tmp_path, problem=problem, seed=seed),
         _start(compute, 'inner_trainer', compute_env, tmp_path, problem=problem, seed=seed),
         _start(compute, 'sensitivity', compute_env, tmp_path, problem=problem, seed=seed),
     ]
     optimizer = _start(compute, 'outer_optimizer', compute_env, tmp_path, problem=problem, seed=seed,
-                       iterations=iterations, run_dir=str(run_dir), record_bag='false')
+                       iterations=iterations, run_dir=str(run_dir), record_bag='false', policy_key_file=key_file)
     try:
         optimizer.wait(timeout=240)
     finally:

@@ -42,8 +42,8 @@ from sim2real_bilevel_interfaces.msg import PolicyParameters
 
 from ..core.problem import Trajectories
 from . import conversions, provenance
-from .runtime import EVENTS, LATCHED, PROBLEM, ROBOT_STREAM, DeclaredParameters, ParameterSpec, load_problem, \
-    run_node
+from .runtime import EVENTS, LATCHED, PROBLEM, RESULT_KEPT_S, ROBOT_STREAM, DeclaredParameters, ParameterSpec, \
+    load_problem, run_node
 
 TRANSPORTS = ('batched', 'topics')
 
@@ -72,6 +72,8 @@ class HardwareBridge(LifecycleNode):
                           'configure)', allow_empty=False),
             ParameterSpec('step_timeout_s', 2.0, 'longest wait for the robot\'s answer to one command',
                           low=0.001, high=600.0),
+            ParameterSpec('reset_timeout_s', 10.0, 'longest wait for the reset service to start an episode',
+                          low=0.01, high=600.0),
             ParameterSpec('episode_timeout_s', 600.0, 'longest wait for a batched run_episodes result',
                           low=0.1, high=1e6),
             ParameterSpec('effort_limit', 2.0, 'largest |effort| commanded to any joint (N m); larger requests are '
@@ -153,7 +155,7 @@ class HardwareBridge(LifecycleNode):
         self.reset_estop_service = self.create_service(Trigger, '~/reset_estop', self.reset_estop_callback)
         self.episodes_server = ActionServer(self, RunEpisodes, 'run_episodes',
                                             execute_callback=self.run_episodes_callback,
-                                            goal_callback=self.goal_callback, result_timeout=2)
+                                            goal_callback=self.goal_callback, result_timeout=RESULT_KEPT_S)
         self.commander_timer = self.create_timer(1.0, self.check_commanders)
         self.entities_created = True
         self.last_reason = 'configured'
@@ -381,14 +383,29 @@ class HardwareBridge(LifecycleNode):
             del self.results[next(iter(self.results))]
 
     async def _forward(self, goal) -> RunEpisodes.Result:
-        if not self.emulator_client.server_is_ready() and not self.emulator_client.wait_for_server(timeout_sec=5.0):
-            return RunEpisodes.Result(success=False, message=f'{self.parameters["emulator_action"]} is not available')
-        handle = await self.emulator_client.send_goal_async(RunEpisodes.Goal(policy=goal.policy,
-                                                                             n_episodes=goal.n_episodes))
+        """The episodes on the emulator's action, every wait bounded: a goal or result message
+        lost before DDS matched both ends would otherwise hold this goal (and every re-send of
+        its request_id) forever.  A result that does not come although the emulator's status says
+        the goal finished is asked for again."""
+        from action_msgs.msg import GoalStatus
+        client, name = self.emulator_client, self.parameters['emulator_action']
+        timeout = self.parameters['episode_timeout_s']
+        if not await self._await_robot(client.server_is_ready, 5.0):
+            return RunEpisodes.Result(success=False, message=f'{name} is not available')
+        sent = client.send_goal_async(RunEpisodes.Goal(policy=goal.policy, n_episodes=goal.n_episodes))
+        if not await self._await_robot(sent.done, 10.0):
+            return RunEpisodes.Result(success=False, message=f'{name} did not answer the goal within 10 s')
+        handle = sent.result()
         if not handle.accepted:
             return RunEpisodes.Result(success=False, message='the emulator rejected the episodes (its log says why)')
-        response = await handle.get_result_async()
-        return response.result
+        deadline = time.monotonic() + timeout
+        result = handle.get_result_async()
+        while not await self._await_robot(result.done, 1.0):
+            if time.monotonic() > deadline or not self.active or self.estopped:
+                return RunEpisodes.Result(success=False, message=f'no result from {name} within {timeout:g} s')
+            if handle.status in (GoalStatus.STATUS_SUCCEEDED, GoalStatus.STATUS_ABORTED):
+                result = handle.get_result_async()        # finished, but its result was lost: ask again
+        return result.result().result
 
     # --- topic transport --------------------------------------------------------------------------------
     def joint_state_callback(self, msg: JointState) -> None:
@@ -428,6 +445,26 @@ class HardwareBridge(LifecycleNode):
             self.destroy_timer(timer)
         return True
 
+    async def _reset_robot(self) -> Trigger.Response:
+        """Start an episode through the reset service, within ``reset_timeout_s``.  A request sent
+        before DDS has matched the client with the service is dropped without an answer, so the
+        service must be ready first, and a request unanswered after a while is sent once more."""
+        timeout = self.parameters['reset_timeout_s']
+        name = self.reset_client.srv_name
+
+        def stopped(reason: str) -> Trigger.Response:
+            if self.estopped or not self.active:
+                reason = f'E-STOP: {self.estopped}' if self.estopped else 'the bridge was deactivated'
+            return Trigger.Response(success=False, message=reason)
+        if not await self._await_robot(self.reset_client.service_is_ready, timeout):
+            return stopped(f'{name} not available within {timeout:g} s')
+        for attempt in range(2):
+            future = self.reset_client.call_async(Trigger.Request())
+            if await self._await_robot(future.done, timeout / 2):
+                return future.result()
+            self.reset_client.remove_pending_request(future)
+        return stopped(f'{name} did not answer within {timeout:g} s')
+
     async def _run_on_topics(self, goal, goal_handle) -> RunEpisodes.Result:
         if getattr(self.problem, 'kind', '') == 'robot':
             return await self._run_robot_on_topics(goal, goal_handle)
@@ -445,7 +482,7 @@ class HardwareBridge(LifecycleNode):
         timeout = self.parameters['step_timeout_s']
         for episode in range(n):
             self.latest_state = None
-            reset = await self.reset_client.call_async(Trigger.Request())
+            reset = await self._reset_robot()
             if not reset.success:
                 return RunEpisodes.Result(success=False, message=f'reset failed: {reset.message}')
             if not await self._await_robot(lambda: self.latest_state is not None, timeout):
@@ -499,7 +536,7 @@ class HardwareBridge(LifecycleNode):
 
         for episode in range(n):
             self.latest_state = None
-            reset = await self.reset_client.call_async(Trigger.Request())
+            reset = await self._reset_robot()
             if not reset.success:
                 return fail(f'reset failed: {reset.message}')
             if not await self._await_robot(lambda: self.latest_state is not None, watchdog):

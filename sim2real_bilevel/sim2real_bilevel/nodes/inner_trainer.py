@@ -17,7 +17,7 @@ from sim2real_bilevel_interfaces.msg import PolicyParameters
 
 from ..core.outer import INNER_METHODS
 from . import conversions
-from .runtime import (LATCHED, PROBLEM, SEED, BackgroundWork, DeclaredParameters, ParameterSpec, accept_cancel,
+from .runtime import (LATCHED, PROBLEM, RESULT_KEPT_S, SEED, BackgroundWork, DeclaredParameters, ParameterSpec, accept_cancel,
                       goal_validator, load_problem, outer_config_defaults, run_node)
 
 
@@ -43,7 +43,7 @@ class InnerTrainer(Node):
         self.train_server = ActionServer(
             self, TrainPolicy, 'train_policy', execute_callback=self.train_policy_callback,
             goal_callback=goal_validator(self, self._read_goal, 'train_policy'), cancel_callback=accept_cancel,
-            result_timeout=2)
+            result_timeout=RESULT_KEPT_S)
         self.get_logger().info(f'inner trainer for {self.problem.source}: {self.problem.phi_size()} policy '
                                f'parameters, method {self.parameters["inner_method"]}')
 

@@ -60,7 +60,7 @@ from ..core.checkpoint import CheckpointError
 from ..core.outer import BilevelOuterLoop, IterationRecord, OuterConfig
 from . import conversions, provenance
 from .runtime import (EVENTS, LATCHED, PROBLEM, SEED, DeclaredParameters, ParameterSpec, ShutdownRequested,
-                      load_problem, outer_config_defaults, run_node, wait_for)
+                      load_problem, outer_config_defaults, run_node, wait_for, wait_for_result)
 
 LIVE_PARAMETERS = ('iterations', 'step_size', 'real_episodes')
 
@@ -304,7 +304,7 @@ class OuterOptimizer(Node):
                         f'{name} goal')
         if not sent.accepted:
             raise PeerLost(f'goal rejected by {client._action_name} (its log says why)')
-        response = wait_for(self.executor_, sent.get_result_async(), timeout, f'{name} result')
+        response = wait_for_result(self.executor_, sent, timeout, f'{name} result')
         if not response.result.success:
             raise PeerLost(f'failed (status {response.status}): {response.result.message}')
         return response.result

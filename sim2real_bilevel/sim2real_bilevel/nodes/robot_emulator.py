@@ -42,7 +42,8 @@ from std_srvs.srv import Trigger
 from sim2real_bilevel_interfaces.action import RunEpisodes
 
 from . import conversions
-from .runtime import PROBLEM, ROBOT_STREAM, SEED, DeclaredParameters, ParameterSpec, load_problem, run_node
+from .runtime import PROBLEM, RESULT_KEPT_S, ROBOT_STREAM, SEED, DeclaredParameters, ParameterSpec, load_problem, \
+    run_node
 
 
 class RobotEmulator(Node):
@@ -75,7 +76,7 @@ class RobotEmulator(Node):
         self.refused_commands = 0
         self.episodes_server = ActionServer(self, RunEpisodes, '~/run_episodes',
                                             execute_callback=self.run_episodes_callback,
-                                            goal_callback=self.goal_callback, result_timeout=2)
+                                            goal_callback=self.goal_callback, result_timeout=RESULT_KEPT_S)
         self.joint_state_publisher = self.create_publisher(JointState, 'joint_states', ROBOT_STREAM)
         self.reward_publisher = self.create_publisher(Float64, 'reward', ROBOT_STREAM)
         self.command_subscription = self.create_subscription(

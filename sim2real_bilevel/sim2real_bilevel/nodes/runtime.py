@@ -22,6 +22,7 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.task import Future
 
 # "Latest value" topics (theta, policy): late joiners and restarted nodes get the last one.
@@ -190,6 +191,37 @@ def wait_for(executor: SingleThreadedExecutor, future: Future, timeout_s: Option
     return future.result()
 
 
+RESULT_KEPT_S = 10.0
+"""How long the action servers keep a finished goal's result (their ``result_timeout``): time for
+a client to ask for it again (``wait_for_result``)."""
+
+
+def wait_for_result(executor: SingleThreadedExecutor, handle, timeout_s: Optional[float], what: str,
+                    rerequest_s: float = 1.0):
+    """Spin until the result of an accepted goal (``ClientGoalHandle``) arrives; returns the
+    GetResult response.  A result response can be lost -- the server answers before DDS has
+    matched its response writer with this client's reader (seen under load) --, so when the
+    goal's status says it finished and no result came within ``rerequest_s``, the result is asked
+    for again (the server keeps it ``RESULT_KEPT_S``).  TimeoutError / ShutdownRequested as
+    ``wait_for``."""
+    from action_msgs.msg import GoalStatus
+    terminal = (GoalStatus.STATUS_SUCCEEDED, GoalStatus.STATUS_ABORTED, GoalStatus.STATUS_CANCELED)
+    deadline = None if timeout_s is None or timeout_s <= 0 else time.monotonic() + timeout_s
+    future, finished_at = handle.get_result_async(), None
+    while not future.done():
+        if not executor.context.ok():
+            raise ShutdownRequested(what)
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            raise TimeoutError(f'{what}: no answer within {timeout_s:g} s')
+        if handle.status in terminal:
+            finished_at = now if finished_at is None else finished_at
+            if now - finished_at > rerequest_s:
+                future, finished_at = handle.get_result_async(), now
+        executor.spin_once(timeout_sec=0.1 if deadline is None else max(0.0, min(0.1, deadline - now)))
+    return future.result()
+
+
 class BackgroundWork:
     """Runs one computation at a time in a worker thread; ``await work.run(fn)`` from an
     async callback lets the executor go on serving (cancel requests, parameters) meanwhile.
@@ -282,6 +314,12 @@ def run_node(make_node: Callable[[], Any], args=None,
     except ValueError as err:           # invalid parameters or problem file: say why, exit 2
         _log_fatal(node, err)
         status = 2
+    except _rclpy.RCLError:
+        # SIGINT between the executor's context check and its wait set: rclpy raises "context is
+        # not valid" instead of ExternalShutdownException -- a clean shutdown all the same
+        if rclpy.ok():
+            raise
+        status = 130 if body is not None else 0
     finally:
         if node is not None:
             node.destroy_node()

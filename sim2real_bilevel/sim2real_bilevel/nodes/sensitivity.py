@@ -21,7 +21,7 @@ from sim2real_bilevel_interfaces.srv import SimulateRollouts
 from ..core import implicit
 from ..core.outer import SENSITIVITY_METHODS, SOLVERS, OuterConfig, make_solver
 from . import conversions
-from .runtime import (EVENTS, LATCHED, PROBLEM, SEED, BackgroundWork, DeclaredParameters, ParameterSpec, accept_cancel,
+from .runtime import (EVENTS, LATCHED, PROBLEM, RESULT_KEPT_S, SEED, BackgroundWork, DeclaredParameters, ParameterSpec, accept_cancel,
                       goal_validator, load_problem, outer_config_defaults, run_node)
 
 SOLVER_PARAMETERS = ('sensitivity_method', 'solver', 'damping', 'cg_maxiter', 'cg_tol', 'first_order_step',
@@ -72,7 +72,7 @@ class Sensitivity(Node):
         self.sensitivity_server = ActionServer(
             self, ComputeSensitivity, 'compute_sensitivity', execute_callback=self.compute_sensitivity_callback,
             goal_callback=goal_validator(self, self._read_goal, 'compute_sensitivity'), cancel_callback=accept_cancel,
-            result_timeout=2)
+            result_timeout=RESULT_KEPT_S)
 
     def theta_callback(self, msg: SimParameters) -> None:
         try:
