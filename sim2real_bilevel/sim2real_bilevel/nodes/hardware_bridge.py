@@ -42,6 +42,7 @@ from sim2real_bilevel_interfaces.msg import PolicyParameters
 
 from ..core.problem import Trajectories
 from . import conversions, provenance
+from .requests import KeptResults
 from .runtime import EVENTS, LATCHED, PROBLEM, RESULT_KEPT_S, ROBOT_STREAM, DeclaredParameters, ParameterSpec, \
     load_problem, run_node
 
@@ -110,9 +111,7 @@ class HardwareBridge(LifecycleNode):
         self.rewards: list[float] = []
         self.entities_created = False
         self.verifier = None               # provenance.GoalVerifier when policy_key_file is set
-        self.results: dict = {}            # request_id -> (fingerprint, RunEpisodes.Result), oldest first
-        self.running: dict = {}            # request_id -> (fingerprint, Future done when it finishes)
-        self.results_resent = 0
+        self.requests = KeptResults(lambda: self.parameters['result_cache_size'])
         if self.parameters['autostart']:
             self.autostart_timer = self.create_timer(0.0, self.autostart_callback)
 
@@ -298,14 +297,9 @@ class HardwareBridge(LifecycleNode):
             reason = self.verifier.refusal(goal)
             if reason:
                 return reason
-        kept = (self.results.get(str(goal.request_id)) or self.running.get(str(goal.request_id))
-                if goal.request_id else None)
-        if kept is not None:
-            if kept[0] != _fingerprint(goal):
-                return f'request_id {goal.request_id!r} already ran with another policy or episode count'
-            return ''                      # the kept (or running) result is sent: the robot does not move again
-        if goal.kept_result_only:
-            return f'no kept result for request_id {goal.request_id!r} (kept_result_only: the robot is not run)'
+        reason = self.requests.refusal(goal)
+        if reason or self.requests.known(goal):
+            return reason                  # '' for a kept or running request: the robot does not move again
         version = int(goal.policy.version)
         newest = self.newest_policy_version
         if newest is not None and version < newest:
@@ -330,28 +324,25 @@ class HardwareBridge(LifecycleNode):
     async def run_episodes_callback(self, goal_handle):
         goal = goal_handle.request
         request = str(goal.request_id)
-        running = self.running.get(request) if request else None
+        running = self.requests.running_future(goal)
         if running is not None:            # sent again while it runs (its sender restarted): wait for it
             self.get_logger().info(f'run_episodes {request!r} is running: this goal waits for its result')
-            await running[1]
-        kept = self.results.get(request) if request else None
-        if kept is not None and kept[0] == _fingerprint(goal):
-            self.results_resent += 1
+            await running
+        kept = self.requests.kept(goal)
+        if kept is not None:
             self.get_logger().info(f'run_episodes {request!r} already ran: its result is sent again, the robot is '
                                    'not run')
             goal_handle.succeed()
-            return kept[1]
+            return kept
         if goal.kept_result_only:
             goal_handle.abort()
             return RunEpisodes.Result(success=False, message=f'request_id {request!r} did not succeed: no result kept')
-        finished = Future()
-        if request:
-            self.running[request] = (_fingerprint(goal), finished)
+        self.requests.start(goal, Future())
+        result = None
         try:
             result = await self._run(goal, goal_handle)
         finally:
-            self.running.pop(request, None)
-            finished.set_result(True)
+            self.requests.finish(goal, result if result is not None and result.success else None)
         return result
 
     async def _run(self, goal, goal_handle) -> RunEpisodes.Result:
@@ -363,7 +354,6 @@ class HardwareBridge(LifecycleNode):
             result = RunEpisodes.Result(success=False, message=f'E-STOP during the episodes: {self.estopped}')
         if result.success and self.active:
             self.deployed = max(self.deployed, int(goal.policy.version))
-            self.keep_result(goal, result)
             goal_handle.succeed()
         else:
             if self.active is False and result.success:
@@ -372,15 +362,6 @@ class HardwareBridge(LifecycleNode):
             self.get_logger().error(f'run_episodes aborted: {result.message}')
         self.last_reason = 'active' if self.active else self.last_reason
         return result
-
-    def keep_result(self, goal, result) -> None:
-        size = self.parameters['result_cache_size']
-        if not goal.request_id or size == 0:
-            return
-        self.results.pop(str(goal.request_id), None)
-        self.results[str(goal.request_id)] = (_fingerprint(goal), result)
-        while len(self.results) > size:
-            del self.results[next(iter(self.results))]
 
     async def _forward(self, goal) -> RunEpisodes.Result:
         """The episodes on the emulator's action, every wait bounded: a goal or result message
@@ -392,7 +373,9 @@ class HardwareBridge(LifecycleNode):
         timeout = self.parameters['episode_timeout_s']
         if not await self._await_robot(client.server_is_ready, 5.0):
             return RunEpisodes.Result(success=False, message=f'{name} is not available')
-        sent = client.send_goal_async(RunEpisodes.Goal(policy=goal.policy, n_episodes=goal.n_episodes))
+        # the request_id goes along: a bridge restarted while the emulator ran gets those episodes
+        sent = client.send_goal_async(RunEpisodes.Goal(policy=goal.policy, n_episodes=goal.n_episodes,
+                                                       request_id=goal.request_id))
         if not await self._await_robot(sent.done, 10.0):
             return RunEpisodes.Result(success=False, message=f'{name} did not answer the goal within 10 s')
         handle = sent.result()
@@ -590,7 +573,7 @@ class HardwareBridge(LifecycleNode):
                     KeyValue(key='command_filter', value=str(self.filter_counts)),
                     KeyValue(key='newest_policy_version', value=str(self.newest_policy_version)),
                     KeyValue(key='signed_goals_only', value=str(self.verifier is not None)),
-                    KeyValue(key='results_resent', value=str(self.results_resent))])
+                    KeyValue(key='results_resent', value=str(self.requests.resent))])
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self.diagnostics_publisher.publish(array)
@@ -598,13 +581,6 @@ class HardwareBridge(LifecycleNode):
 
 def _qualified(namespace: str, name: str) -> str:
     return f'{namespace.rstrip("/")}/{name}'
-
-
-def _fingerprint(goal) -> tuple:
-    """What a repeated request_id must match to get the kept result: the policy and the count."""
-    policy = goal.policy
-    return (int(goal.n_episodes), str(policy.kind), tuple(int(s) for s in policy.shape),
-            np.asarray(policy.values, dtype='<f8').tobytes(), int(policy.version), int(policy.theta_version))
 
 
 def main(args=None) -> int:

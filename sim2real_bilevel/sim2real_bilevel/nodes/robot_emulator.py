@@ -42,6 +42,7 @@ from std_srvs.srv import Trigger
 from sim2real_bilevel_interfaces.action import RunEpisodes
 
 from . import conversions
+from .requests import KeptResults
 from .runtime import PROBLEM, RESULT_KEPT_S, ROBOT_STREAM, SEED, DeclaredParameters, ParameterSpec, load_problem, \
     run_node
 
@@ -74,6 +75,7 @@ class RobotEmulator(Node):
         self.commanders = {name if name.startswith('/') else f'{namespace}/{name}'
                            for name in self.parameters['commanders'] if name}
         self.refused_commands = 0
+        self.requests = KeptResults(lambda: 16)    # a bridge restarted while episodes ran asks again
         self.episodes_server = ActionServer(self, RunEpisodes, '~/run_episodes',
                                             execute_callback=self.run_episodes_callback,
                                             goal_callback=self.goal_callback, result_timeout=RESULT_KEPT_S)
@@ -90,6 +92,10 @@ class RobotEmulator(Node):
 
     # --- batched transport ---------------------------------------------------------------------------
     def goal_callback(self, goal) -> GoalResponse:
+        reason = self.requests.refusal(goal)
+        if reason:
+            self.get_logger().error(f'rejected run_episodes goal: {reason}')
+            return GoalResponse.REJECT
         try:
             conversions.policy_from_msg(goal.policy, self.problem.phi_size())
         except conversions.MessageValidationError as err:
@@ -102,11 +108,19 @@ class RobotEmulator(Node):
         return GoalResponse.ACCEPT
 
     def run_episodes_callback(self, goal_handle):
-        phi, version, _ = conversions.policy_from_msg(goal_handle.request.policy, self.problem.phi_size())
-        batch = self.problem.sample_real(phi, int(goal_handle.request.n_episodes), self.rng)
+        goal = goal_handle.request
+        kept = self.requests.kept(goal)
+        if kept is not None:
+            self.get_logger().info(f'run_episodes {goal.request_id!r} already ran: its result is sent again')
+            goal_handle.succeed()
+            return kept
+        phi, version, _ = conversions.policy_from_msg(goal.policy, self.problem.phi_size())
+        batch = self.problem.sample_real(phi, int(goal.n_episodes), self.rng)
         batch.policy_version = version
         goal_handle.succeed()
-        return RunEpisodes.Result(success=True, trajectories=conversions.trajectories_to_msg(batch))
+        result = RunEpisodes.Result(success=True, trajectories=conversions.trajectories_to_msg(batch))
+        self.requests.finish(goal, result)
+        return result
 
     # --- topic transport ---------------------------------------------------------------------------------
     def _topic_refusal(self) -> str:
