@@ -77,6 +77,7 @@ class RosSession:
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.processes: list[NodeProcess] = []
+        self.settled: set = set()          # action clients given time to be matched both ways
 
     def start(self, executable: str, **parameters) -> NodeProcess:
         process = NodeProcess(executable, self.environment, self.log_dir, parameters)
@@ -97,6 +98,15 @@ class RosSession:
         return future.result()
 
     def send_goal(self, client: ActionClient, goal, timeout: float = 20.0):
+        if id(client) not in self.settled:
+            self.spin_until(client.server_is_ready, timeout, 'action server')
+            # server_is_ready means the server's readers see this client; its answers need the
+            # other direction matched too, or they are dropped ("failed to send response"):
+            # give discovery a moment before the first goal
+            settle = time.monotonic() + 1.0
+            while time.monotonic() < settle:
+                self.executor.spin_once(timeout_sec=0.05)
+            self.settled.add(id(client))
         self.spin_until(client.server_is_ready, timeout, 'action server')
         future = client.send_goal_async(goal)
         self.spin_until(future.done, timeout, 'goal response')

@@ -155,7 +155,13 @@ class RobotEmulator(Node):
             return []
         names = [f'{info.node_namespace.rstrip("/")}/{info.node_name}'
                  for info in self.get_publishers_info_by_topic(self.command_subscription.topic_name)]
-        return sorted({name for name in names if name not in self.commanders or names.count(name) > 1})
+        intruders = {name for name in names if name not in self.commanders or names.count(name) > 1}
+        # DDS matches a writer before its data arrives, but its node name reaches the ROS graph
+        # separately (and later): a matched writer the graph does not show yet is not trusted
+        unnamed = self.command_subscription.get_publisher_count() - len(names)
+        if unnamed > 0:
+            intruders.add(f'{unnamed} publisher(s) not yet in the ROS graph')
+        return sorted(intruders)
 
     def command_callback(self, msg: Float64MultiArray) -> None:
         if self.state is None or self._topic_refusal():
