@@ -203,6 +203,7 @@ class MethodRun:
         """Where the run persists itself (None: in memory only); see ``attach_run_dir``."""
         self.replayed_real_batches = 0
         """Real batches taken from RUN_DIR/real/ on resume instead of being collected again."""
+        self._history: Optional[checkpoint.HistoryLog] = None    # RUN_DIR/history.jsonl, made when first needed
         self.kept_batch_numbers: list[int] = []
         """RUN_DIR/real/ file number of each kept batch; its tail lines up with ``real_batches``
         (which only grows at the end and is only cut at the front)."""
@@ -375,7 +376,7 @@ class MethodRun:
     def _history_log(self) -> checkpoint.HistoryLog:
         if self.run_dir is None:
             raise checkpoint.CheckpointError('the run has no run dir to keep its history in')
-        if getattr(self, '_history', None) is None or self._history.path.parent != self.run_dir:
+        if self._history is None or self._history.path.parent != self.run_dir:
             self._history = checkpoint.HistoryLog(self.run_dir)
         return self._history
 

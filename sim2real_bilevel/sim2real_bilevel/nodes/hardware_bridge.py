@@ -44,7 +44,7 @@ from ..core.problem import Trajectories
 from . import conversions, provenance
 from .requests import KeptResults
 from .runtime import EVENTS, LATCHED, PROBLEM, RESULT_KEPT_S, ROBOT_STREAM, DeclaredParameters, ParameterSpec, \
-    load_problem, run_node
+    ResultRequest, command_publishers, load_problem, run_node
 
 TRANSPORTS = ('batched', 'topics')
 
@@ -238,8 +238,7 @@ class HardwareBridge(LifecycleNode):
         if not self.entities_created:
             return []
         own = self.get_fully_qualified_name()
-        names = [_qualified(info.node_namespace, info.node_name)
-                 for info in self.get_publishers_info_by_topic(self.command_publisher.topic_name)]
+        names = command_publishers(self, self.command_publisher.topic_name)
         if names.count(own) > 1:
             return [f'{own} (a second publisher under this bridge\'s name)']
         return sorted(name for name in names if name != own)
@@ -368,7 +367,6 @@ class HardwareBridge(LifecycleNode):
         lost before DDS matched both ends would otherwise hold this goal (and every re-send of
         its request_id) forever.  A result that does not come although the emulator's status says
         the goal finished is asked for again."""
-        from action_msgs.msg import GoalStatus
         client, name = self.emulator_client, self.parameters['emulator_action']
         timeout = self.parameters['episode_timeout_s']
         if not await self._await_robot(client.server_is_ready, 5.0):
@@ -382,13 +380,12 @@ class HardwareBridge(LifecycleNode):
         if not handle.accepted:
             return RunEpisodes.Result(success=False, message='the emulator rejected the episodes (its log says why)')
         deadline = time.monotonic() + timeout
-        result = handle.get_result_async()
-        while not await self._await_future(result, 1.0):
+        result = ResultRequest(handle, on_done=self._wake_step_waiters)
+        while not await self._await_robot(lambda: result.future.done(), 1.0):
             if time.monotonic() > deadline or not self.active or self.estopped:
                 return RunEpisodes.Result(success=False, message=f'no result from {name} within {timeout:g} s')
-            if handle.status in (GoalStatus.STATUS_SUCCEEDED, GoalStatus.STATUS_ABORTED):
-                result = handle.get_result_async()        # finished, but its result was lost: ask again
-        return result.result().result
+            result.poll()                                     # finished, but its result was lost: ask again
+        return result.future.result().result
 
     # --- topic transport --------------------------------------------------------------------------------
     def joint_state_callback(self, msg: JointState) -> None:
@@ -584,10 +581,6 @@ class HardwareBridge(LifecycleNode):
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self.diagnostics_publisher.publish(array)
-
-
-def _qualified(namespace: str, name: str) -> str:
-    return f'{namespace.rstrip("/")}/{name}'
 
 
 def main(args=None) -> int:

@@ -43,8 +43,8 @@ from sim2real_bilevel_interfaces.action import RunEpisodes
 
 from . import conversions
 from .requests import KeptResults
-from .runtime import PROBLEM, RESULT_KEPT_S, ROBOT_STREAM, SEED, DeclaredParameters, ParameterSpec, load_problem, \
-    run_node
+from .runtime import PROBLEM, RESULT_KEPT_S, ROBOT_STREAM, SEED, DeclaredParameters, ParameterSpec, \
+    command_publishers, load_problem, run_node
 
 
 class RobotEmulator(Node):
@@ -153,8 +153,7 @@ class RobotEmulator(Node):
         but published under twice counts: somebody took an allowed name)."""
         if not self.commanders:
             return []
-        names = [f'{info.node_namespace.rstrip("/")}/{info.node_name}'
-                 for info in self.get_publishers_info_by_topic(self.command_subscription.topic_name)]
+        names = command_publishers(self, self.command_subscription.topic_name)
         intruders = {name for name in names if name not in self.commanders or names.count(name) > 1}
         # DDS matches a writer before its data arrives, but its node name reaches the ROS graph
         # separately (and later): a matched writer the graph does not show yet is not trusted

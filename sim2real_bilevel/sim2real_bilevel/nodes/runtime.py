@@ -196,30 +196,59 @@ RESULT_KEPT_S = 10.0
 a client to ask for it again (``wait_for_result``)."""
 
 
+class ResultRequest:
+    """The result of an accepted goal (``ClientGoalHandle``), asked for again when it was lost.
+
+    A result response can be lost -- the server answers before DDS has matched its response
+    writer with this client's reader (seen under load) --, so when the goal's status says it
+    finished and no result came within ``rerequest_s``, ``poll`` asks again (the server keeps it
+    ``RESULT_KEPT_S``).  ``future`` is the latest request's; ``on_done`` is attached to each."""
+
+    def __init__(self, handle, rerequest_s: float = 1.0, on_done: Optional[Callable[[], None]] = None):
+        from action_msgs.msg import GoalStatus
+        self.terminal = (GoalStatus.STATUS_SUCCEEDED, GoalStatus.STATUS_ABORTED, GoalStatus.STATUS_CANCELED)
+        self.handle, self.rerequest_s, self.on_done = handle, rerequest_s, on_done
+        self.finished_at: Optional[float] = None
+        self.future = self._request()
+
+    def _request(self) -> Future:
+        future = self.handle.get_result_async()
+        if self.on_done is not None:
+            future.add_done_callback(lambda _: self.on_done())
+        return future
+
+    def poll(self) -> None:
+        if self.future.done() or self.handle.status not in self.terminal:
+            return
+        now = time.monotonic()
+        if self.finished_at is None:
+            self.finished_at = now
+        elif now - self.finished_at > self.rerequest_s:
+            self.future, self.finished_at = self._request(), now
+
+
 def wait_for_result(executor: SingleThreadedExecutor, handle, timeout_s: Optional[float], what: str,
                     rerequest_s: float = 1.0):
-    """Spin until the result of an accepted goal (``ClientGoalHandle``) arrives; returns the
-    GetResult response.  A result response can be lost -- the server answers before DDS has
-    matched its response writer with this client's reader (seen under load) --, so when the
-    goal's status says it finished and no result came within ``rerequest_s``, the result is asked
-    for again (the server keeps it ``RESULT_KEPT_S``).  TimeoutError / ShutdownRequested as
+    """Spin until the result of an accepted goal arrives (asked for again when lost:
+    ``ResultRequest``); returns the GetResult response.  TimeoutError / ShutdownRequested as
     ``wait_for``."""
-    from action_msgs.msg import GoalStatus
-    terminal = (GoalStatus.STATUS_SUCCEEDED, GoalStatus.STATUS_ABORTED, GoalStatus.STATUS_CANCELED)
     deadline = None if timeout_s is None or timeout_s <= 0 else time.monotonic() + timeout_s
-    future, finished_at = handle.get_result_async(), None
-    while not future.done():
+    request = ResultRequest(handle, rerequest_s)
+    while not request.future.done():
         if not executor.context.ok():
             raise ShutdownRequested(what)
         now = time.monotonic()
         if deadline is not None and now >= deadline:
             raise TimeoutError(f'{what}: no answer within {timeout_s:g} s')
-        if handle.status in terminal:
-            finished_at = now if finished_at is None else finished_at
-            if now - finished_at > rerequest_s:
-                future, finished_at = handle.get_result_async(), now
+        request.poll()
         executor.spin_once(timeout_sec=0.1 if deadline is None else max(0.0, min(0.1, deadline - now)))
-    return future.result()
+    return request.future.result()
+
+
+def command_publishers(node, topic: str) -> list[str]:
+    """Fully qualified names of the nodes publishing on ``topic``, one entry per publisher (a
+    name twice: two publishers claim it), as the ROS graph of ``node`` sees them now."""
+    return [f'{info.node_namespace.rstrip("/")}/{info.node_name}' for info in node.get_publishers_info_by_topic(topic)]
 
 
 class BackgroundWork:
