@@ -122,5 +122,5 @@ def test_ctrl_c_stops_every_node_and_leaves_no_orphans(tmp_path, ros_env):
     assert 'all nodes stopped' in output
     assert not _processes_of(Path(ros_env['ROS_LOG_DIR'])), 'processes of the launch outlived it'
     # the interrupted run still leaves its partial results and a readable bag
-    assert (tmp_path / 'run' / 'results.json').is_file()
-    assert (tmp_path / 'run' / 'bag' / 'metadata.yaml').is_file()
+    assert (tmp_path / 'run' / 'results.json').is_file(), ''.join(lines) + output
+    assert (tmp_path / 'run' / 'bag' / 'metadata.yaml').is_file(), ''.join(lines) + output

@@ -440,27 +440,35 @@ class OuterOptimizer(Node):
         return outcome
 
     def finish(self, loop: GraphBilevelLoop, wall_time: float) -> None:
+        """Write the run's results, then take leave of the graph.  The results come first and
+        touch no ROS entity: a shutdown that took the context down under the loop must not
+        keep them from being written."""
         from ..core.experiments import summarize, write_results, format_summary
-        if self.executor_.context.ok():
-            self.publish_diagnostics(loop)
+        written = None
+        if loop.history:
+            document = {'config': str(self.problem.source), 'problem_kind': self.problem.kind,
+                        'theta_names': self.theta_names, 'target': 0.95, 'transport': 'ros2',
+                        'status': self.status,
+                        'methods': {'bilevel': {
+                            'config': vars(loop.config) | {'adam_betas': list(loop.config.adam_betas)},
+                            'seeds': [{'seed': loop.seed, 'wall_time_s': wall_time,
+                                       'iterations': [r.to_json() for r in loop.history]}]}}}
+            document['summary'] = summarize(document)
+            written = write_results(document, self.run_dir)
+            print(format_summary(document['summary']), flush=True)
+        try:
+            if self.executor_.context.ok():
+                self.publish_diagnostics(loop)
+        except Exception as err:      # noqa: BLE001 -- the context went down meanwhile; nothing to tell
+            self.get_logger().debug(f'last diagnostics not published: {err}')
         self.stop_recording()
-        if not loop.history:
-            return
-        document = {'config': str(self.problem.source), 'problem_kind': self.problem.kind,
-                    'theta_names': self.theta_names, 'target': 0.95, 'transport': 'ros2',
-                    'status': self.status,
-                    'methods': {'bilevel': {
-                        'config': vars(loop.config) | {'adam_betas': list(loop.config.adam_betas)},
-                        'seeds': [{'seed': loop.seed, 'wall_time_s': wall_time,
-                                   'iterations': [r.to_json() for r in loop.history]}]}}}
-        document['summary'] = summarize(document)
-        json_path, png_path = write_results(document, self.run_dir)
-        print(format_summary(document['summary']), flush=True)
-        self.get_logger().info(f'{self.status}: {loop.iteration} iterations in {wall_time:.2f} s; '
-                               f'wrote {json_path}, {png_path}' +
-                               (f', {self.run_dir / "bag"}' if self.recorder else '') +
-                               f'; {loop.replayed_real_batches} real batch(es) reused from before a restart, '
-                               f'{self.retries} goal(s) sent again')
+        if written is not None:
+            json_path, png_path = written
+            self.get_logger().info(f'{self.status}: {loop.iteration} iterations in {wall_time:.2f} s; '
+                                   f'wrote {json_path}, {png_path}' +
+                                   (f', {self.run_dir / "bag"}' if self.recorder else '') +
+                                   f'; {loop.replayed_real_batches} real batch(es) reused from before a restart, '
+                                   f'{self.retries} goal(s) sent again')
 
     # --- reporting -------------------------------------------------------------------------------------------
     def record_callback(self, record: IterationRecord) -> None:

@@ -322,6 +322,13 @@ def run_node(make_node: Callable[[], Any], args=None,
         signal.signal(signal.SIGINT, interrupt)
         signal.signal(signal.SIGTERM, interrupt)
     else:
+        import signal
+        # rclpy's handler shuts the context down, then calls the handler it replaced.  Python's
+        # default one would also raise KeyboardInterrupt at whatever line the main thread is on --
+        # possibly while the node is already handling the shutdown (the optimizer writing its
+        # results) -- so it is replaced by one that only takes note: the context going down is
+        # the one way these nodes learn that they must stop.
+        signal.signal(signal.SIGINT, _note_signal)
         rclpy.init(args=args)
     node = None
     status = 0
@@ -355,6 +362,10 @@ def run_node(make_node: Callable[[], Any], args=None,
         rclpy.try_shutdown()
     exit_now(status)
     return status
+
+
+def _note_signal(signum, frame) -> None:
+    """SIGINT after rclpy's handler: nothing more to do (see ``run_node``)."""
 
 
 def exit_now(status: int) -> None:
