@@ -6,7 +6,15 @@ import torch
 from sim2real_bilevel.core import implicit
 from sim2real_bilevel.core.problem import SensitivityTerms
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    """Gradients are checked in float64; the default dtype is restored for the tests after."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def quadratic_inner(size=5, theta_size=3, seed=0):

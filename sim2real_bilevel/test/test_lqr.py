@@ -218,7 +218,9 @@ def test_score_and_pathwise_critic_terms_agree_on_reward_parameters(shipped):
 def test_sensitivity_error_table_reports_each_cell(shipped):
     rows = sampled_sensitivity_table(shipped, horizons=(10, 25), episodes=(100, 400), repeats=1)
     assert [(r['horizon'], r['episodes']) for r in rows] == [(10, 100), (10, 400), (25, 100), (25, 400)]
-    assert all(r['transitions'] == r['horizon'] * r['episodes'] and 0 < r['median_error'] < 10 for r in rows)
+    assert all(r['transitions'] == r['horizon'] * r['episodes'] for r in rows)
+    # relative errors of 0.07-0.30 over seeds 0-2: a broken estimator lands near 1 or beyond
+    assert all(0 < r['median_error'] < 0.6 for r in rows), [r['median_error'] for r in rows]
 
 
 def test_sampled_error_table_shrinks_with_more_trajectories(shipped):

@@ -221,10 +221,12 @@ def test_bridge_sends_nothing_unless_active_and_zero_on_deactivate(ros):
     assert commands == [[0.0]]
     handle = ros.send_goal(episodes, RunEpisodes.Goal(policy=_policy(1), n_episodes=1))
     assert not handle.accepted
-    time.sleep(0.3)
+    ros.spin_until(lambda: bridge.log().count('not active') >= 2, 10.0, 'the second refusal')
+    # a round trip through the bridge's executor after the refusal: a command it had sent
+    # meanwhile would be here by the time the transition's answer is
+    assert _change_state(ros, Transition.TRANSITION_CLEANUP)
     ros.executor.spin_once(timeout_sec=0.1)
     assert commands == [[0.0]], 'a command left the inactive bridge'
-    assert _change_state(ros, Transition.TRANSITION_CLEANUP)
     assert bridge.alive()
 
 

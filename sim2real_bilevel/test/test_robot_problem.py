@@ -348,7 +348,9 @@ def test_domain_randomisation_method_runs_and_needs_a_robot_problem(problem):
     run = make_run(problem, 'domain-randomization', seed=0)
     history = run.run()
     assert len(history) == 1 and history[0].real_episodes == 0
-    assert 0.0 < history[0].normalized_return < 2.0
+    # the tiny problem has almost no gap: a policy trained on randomised physics is near the oracle
+    # (1.003-1.006 over seeds 0-2), not a policy that fails to balance
+    assert 0.9 < history[0].normalized_return < 1.1
     tabular = load_problem(str(Path(__file__).resolve().parents[1] / 'config' / 'discrete_3s2a.yaml'))
     with pytest.raises(ValueError, match='randomized_inner_solve'):
         make_run(tabular, 'domain-randomization', seed=0).run()

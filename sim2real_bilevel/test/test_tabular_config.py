@@ -62,16 +62,27 @@ def test_a_simulator_inside_the_bounds_trains_a_near_optimal_policy(shipped):
     assert shipped.normalized_return(phi) >= 0.99
 
 
-def test_bilevel_loop_with_sampled_real_gradients_converges_on_five_seeds(shipped):
-    """The shipped outer defaults: >= 0.95 within 600 outer iterations, >= 0.99 at the end."""
+def _converges(problem, seed: int, iterations: int) -> None:
+    """From below 0.75, >= 0.95 within 40 outer iterations (seeds 0-4 took 6-15), >= 0.99 at the end."""
     from sim2real_bilevel.core.experiments import make_run
 
+    run = make_run(problem, 'bilevel', seed, iterations=iterations)
+    history = run.run()
+    returns = np.array([record.normalized_return for record in history])
+    assert returns[0] < 0.75
+    reached = np.flatnonzero(returns >= 0.95)
+    assert reached.size and reached[0] <= 40, (seed, reached[:1])
+    assert returns[-1] >= 0.99, seed
+    assert history[-1].real_transitions == iterations * problem.real_horizon
+
+
+def test_bilevel_loop_with_sampled_real_gradients_converges(shipped):
+    """The shipped outer defaults, one seed, 60 of the file's 200 iterations."""
+    _converges(shipped, seed=0, iterations=60)
+
+
+@pytest.mark.slow
+def test_bilevel_loop_with_sampled_real_gradients_converges_on_five_seeds(shipped):
+    """The shipped outer defaults, the file's 200 iterations."""
     for seed in range(5):
-        run = make_run(shipped, 'bilevel', seed)
-        history = run.run()
-        returns = np.array([record.normalized_return for record in history])
-        assert returns[0] < 0.75
-        reached = np.flatnonzero(returns >= 0.95)
-        assert reached.size and reached[0] <= 600, seed
-        assert returns[-1] >= 0.99, seed
-        assert history[-1].real_transitions == run.config.iterations * shipped.real_horizon
+        _converges(shipped, seed, shipped.outer_defaults['iterations'])
