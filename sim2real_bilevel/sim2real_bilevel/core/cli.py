@@ -103,12 +103,16 @@ def _solve(invocation: dict, out, quiet: bool, run_dir) -> int:
 
 
 def cmd_gradcheck(args) -> int:
-    from .gradcheck import format_rows, gradcheck
+    from .gradcheck import GradcheckUnavailable, format_rows, gradcheck
     from .problems import load_problem
 
     problem = load_problem(builtin_config(args.config))
-    rows, context = gradcheck(problem, step=args.step, seed=args.seed, sim_episodes=args.sim_episodes,
-                              sim_horizon=args.sim_horizon)
+    try:
+        rows, context = gradcheck(problem, step=args.step, seed=args.seed, sim_episodes=args.sim_episodes,
+                                  sim_horizon=args.sim_horizon)
+    except GradcheckUnavailable as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
     print(f'{args.config}: {context["theta_size"]} theta entries, {context["phi_size"]} policy parameters, '
           f'central differences with step {context["step"]:g}')
     print(format_rows(rows))

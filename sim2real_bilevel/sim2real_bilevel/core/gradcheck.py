@@ -34,6 +34,20 @@ def finite_difference_jacobians(problem: BilevelProblem, theta: np.ndarray, step
     return np.stack(columns, axis=1), np.asarray(objective)
 
 
+class GradcheckUnavailable(ValueError):
+    """The problem offers no exact reference to check against."""
+
+
+def require_differentiable_real_objective(problem: BilevelProblem) -> None:
+    probe = torch.zeros(problem.phi_size(), dtype=torch.float64, requires_grad=True)
+    if not problem.real_objective(probe).requires_grad:
+        raise GradcheckUnavailable(
+            f'{problem.source}: gradcheck needs the exact real objective as a differentiable function of '
+            f'the policy, and this {problem.kind} problem has none (its real return is a Monte-Carlo '
+            'estimate on the physical stand-in), so dJ_real/dtheta has no finite-difference reference; '
+            'gradcheck runs on tabular and lqr problems')
+
+
 def real_objective(problem: BilevelProblem, phi: np.ndarray) -> float:
     return float(problem.real_objective(torch.as_tensor(phi, dtype=torch.float64)))
 
@@ -56,8 +70,13 @@ def gradcheck(problem: BilevelProblem, theta: Optional[np.ndarray] = None, *, st
               estimators=('exact', 'sampled'), solvers=('dense', 'cg', 'first_order'),
               seed: int = 0, sim_episodes: Optional[int] = None,
               sim_horizon: Optional[int] = None) -> tuple[list[GradcheckRow], dict]:
-    """Compare every (estimator, solver) pair with central finite differences at theta."""
+    """Compare every (estimator, solver) pair with central finite differences at theta.
+
+    Needs an exact real objective that is differentiable in phi (tabular, LQR): a problem whose
+    real return is only a Monte-Carlo estimate on its physical stand-in (robots) is refused with
+    the reason, before any work, by ``GradcheckUnavailable``."""
     theta = np.asarray(problem.theta0() if theta is None else theta, dtype=np.float64)
+    require_differentiable_real_objective(problem)
     phi = problem.inner_solve(theta, method='exact').phi
     fd_jacobian, fd_objective = finite_difference_jacobians(problem, theta, step)
     real_gradient = real_objective_gradient(problem, phi)
