@@ -337,7 +337,13 @@ def run_node(make_node: Callable[[], Any], args=None,
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         if body is None:
-            executor.spin()
+            # Bounded waits.  Python runs a signal handler only between bytecodes, never inside the
+            # executor's wait, so a node with nothing to wake it (an unconfigured bridge has no
+            # timer) would not see its own SIGINT handler run; and rclpy's handler may wake the
+            # wait a moment before it takes the context down, so one unbounded wait more can
+            # last forever.
+            while own_signals or executor.context.ok():
+                executor.spin_once(timeout_sec=SIGNAL_CHECK_S)
         else:
             status = body(node, executor)
     except (KeyboardInterrupt, ExternalShutdownException, ShutdownRequested):
@@ -362,6 +368,10 @@ def run_node(make_node: Callable[[], Any], args=None,
         rclpy.try_shutdown()
     exit_now(status)
     return status
+
+
+SIGNAL_CHECK_S = 0.1
+"""Longest wait of a node's executor before it looks again for a signal or a shut-down context."""
 
 
 def _note_signal(signum, frame) -> None:
