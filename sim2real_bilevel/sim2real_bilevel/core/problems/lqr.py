@@ -88,7 +88,7 @@ with ``score_theta``):
   with k, hence short default trajectories (N = 25) and many of them (n = 4000).
 At an inner optimum E = 0, so dS enters only through E dS and the sampled d phi*/d theta is
 essentially -(H_uu)^-1 (dH_uu K - dH_ux) from the critic sensitivities (S cancels).
-``sampled_sensitivity_table`` tabulates the error against finite differences over N and n.
+``bench/accuracy_tables.py`` tabulates the error against finite differences over N and n.
 
 Real side: ``real_policy_gradient`` (LSTD-Q critic from every real batch -- valid off-policy --
 and the newest batch's discounted second moment), ``system_identification`` (generalised least
@@ -99,7 +99,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -107,6 +107,7 @@ import scipy.linalg
 import torch
 
 from ..config import MAX_HORIZON, FieldReader, ProblemConfigError, check_symmetric_psd
+from ..settings import override_settings, read_settings, setting
 from .common import read_outer_section
 from ..policies import linear_gaussian as policy
 from ..problem import BilevelProblem, InnerResult, SensitivityTerms, Trajectories
@@ -129,31 +130,31 @@ class UnstableClosedLoopError(ValueError):
 @dataclass
 class InnerSettings:
     """The ``inner:`` section of an LQR problem file."""
-    sampled_episodes: int = 20
+    sampled_episodes: int = setting(20, low=1)
     """Sampled solver: simulated episodes per actor-critic iteration."""
-    sampled_horizon: int = 50
+    sampled_horizon: int = setting(50, low=1)
     """Sampled solver: their length."""
-    sampled_step: float = 1.0
+    sampled_step: float = setting(1.0, low=0.0, high=1.0, low_open=True)
     """Sampled solver: step as a fraction of a full policy-improvement (Gauss-Newton) step
     K <- K - H_uu^-1 E; in (0, 1]."""
-    sampled_tolerance: float = 0.05
+    sampled_tolerance: float = setting(0.05, low=0.0, low_open=True)
     """Sampled solver: stop when the held-out estimate of ||F|| falls below this (on
     config/lqr.yaml ||F|| = 0.05 is about 3 % off the Riccati gain)."""
-    sampled_max_iterations: int = 300
+    sampled_max_iterations: int = setting(300, low=1)
     """Sampled solver: iteration cap."""
-    sampled_moment_window: int = 5
+    sampled_moment_window: int = setting(5, low=1)
     """Sampled solver: the stopping rule's S_hat averages this many most recent batches."""
-    critic_dynamics_term: str = 'pathwise'
+    critic_dynamics_term: str = setting('pathwise', choices=('pathwise', 'score'))
     """Sampled sensitivities: how the dynamics term gamma d/dtheta E[V(x')|z] of the critic-
     sensitivity recursion is estimated per transition: 'pathwise' (2 x'' P_hat (dA x + dB u),
     the reparametrised derivative through the differentiable simulator) or 'score'
     (score_theta (V_hat(x') - V_hat(x_bar')), the likelihood-ratio form of the paper's
     Theorem 1).  Both are unbiased; see the module docstring for their measured variance."""
-    sensitivity_episodes: int = 4000
+    sensitivity_episodes: int = setting(4000, low=1)
     """Default number n of simulated trajectories for sampled sensitivities (with the default
     horizon: sampled d phi*/d theta within 5 % of finite differences on config/lqr.yaml, see
     ``sampled_sensitivity_table``)."""
-    sensitivity_horizon: int = 25
+    sensitivity_horizon: int = setting(25, low=1)
     """Default trajectory length N for sampled sensitivities (short: the variance of the score
     weights W_k grows with k)."""
 
@@ -528,7 +529,6 @@ class LQRProblem(BilevelProblem):
         self.source = source
         self.n_states, self.n_inputs = self.real_b.shape
         self.theta_names = list(family.names)
-        self.default_sim_episodes = self.inner.sensitivity_episodes
         self.default_sim_horizon = self.inner.sensitivity_horizon
         self._initial_factor = _factor(self.initial_covariance)
         self._real_noise_factor = _factor(self.real_noise)
@@ -593,7 +593,7 @@ class LQRProblem(BilevelProblem):
             return InnerResult(phi=phi, grad_norm=self._sim_gradient_norm(phi, theta), iterations=1,
                                info={'method': 'exact'})
         if method == 'sampled':
-            settings = _override(self.inner, options)
+            settings = override_settings(self.inner, options, source=self.source)
             return self._sampled_inner_solve(theta, phi_init, settings, rng or np.random.default_rng())
         raise ValueError(f"inner_solve: method {method!r}: expected 'exact' or 'sampled'")
 
@@ -752,6 +752,10 @@ class LQRProblem(BilevelProblem):
         return self._trajectories(phi, states, actions, q, r, 'sim', score)
 
     # --- sensitivities ----------------------------------------------------------------------------
+    @property
+    def default_sim_episodes(self) -> int:
+        return self.inner.sensitivity_episodes
+
     def sensitivity_terms(self, phi: np.ndarray, theta: np.ndarray, *, method: str = 'exact',
                           trajectories: Optional[Trajectories] = None,
                           rng: Optional[np.random.Generator] = None) -> SensitivityTerms:
@@ -1036,7 +1040,7 @@ def _parse(data: dict, source: str) -> LQRProblem:
     problem = LQRProblem(gamma=gamma, real_a=real_a, real_b=real_b, real_noise=real_noise, cost_q=cost_q,
                          cost_r=cost_r, initial_mean=initial_mean, initial_covariance=initial_covariance, std=std,
                          family=family, sim_noise=sim_noise, real_horizon=horizon,
-                         inner=_read_inner(root.section('inner', {})), outer_defaults=read_outer_section(root),
+                         inner=read_settings(InnerSettings, root.section('inner', {})), outer_defaults=read_outer_section(root),
                          source=source)
     return problem
 
@@ -1112,89 +1116,3 @@ def _check_cost_parametrisation(reader: FieldReader, label: str, values: np.ndar
                                f'a bound that keeps {label}_hat {kind} for every learnable correlation in '
                                f'[-bound, bound] (at the vertex {dict(zip(map(str, map(tuple, pairs)), signs))} the '
                                f'correlation matrix has eigenvalue {smallest:.3g}); use a smaller correlation_bound')
-
-
-def _read_inner(reader: FieldReader) -> InnerSettings:
-    allowed = {f.name for f in fields(InnerSettings)}
-    reader.reject_unknown(allowed)
-    settings = InnerSettings()
-    for name in sorted(allowed & set(reader.data)):
-        if name == 'critic_dynamics_term':
-            value = reader.raw(name)
-            if value not in ('pathwise', 'score'):
-                raise reader.error(name, value, "'pathwise' or 'score'")
-        elif isinstance(getattr(settings, name), int):
-            value = reader.integer(name, low=1)
-        elif name == 'sampled_step':
-            value = reader.scalar(name, low=0.0, high=1.0, low_open=True)
-        else:
-            value = reader.scalar(name, low=0.0, low_open=True)
-        setattr(settings, name, value)
-    return settings
-
-
-def _override(settings: InnerSettings, options: dict) -> InnerSettings:
-    """A copy of ``settings`` with keyword options (unknown names rejected)."""
-    allowed = {f.name for f in fields(InnerSettings)}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise TypeError(f'inner_solve: unknown option(s) {unknown}; known: {sorted(allowed)}')
-    values = {f.name: getattr(settings, f.name) for f in fields(InnerSettings)}
-    values.update(options)
-    return InnerSettings(**values)
-
-
-# --- sampled-sensitivity accuracy -----------------------------------------------------------------
-def finite_difference_gain_jacobian(problem: LQRProblem, theta: np.ndarray, step: float = 1e-5) -> np.ndarray:
-    """Central differences of the exact inner optimum phi*(theta) (P x D)."""
-    theta = np.asarray(theta, dtype=np.float64)
-    columns = []
-    for offset in np.eye(theta.size) * step:
-        columns.append((problem.inner_solve(theta + offset).phi - problem.inner_solve(theta - offset).phi) / (2 * step))
-    return np.stack(columns, axis=1)
-
-
-def sampled_sensitivity_table(problem: LQRProblem, theta: Optional[np.ndarray] = None, *,
-                              horizons=(10, 25, 50), episodes=(250, 1000, 4000), repeats: int = 3,
-                              seed: int = 0, step: float = 1e-5) -> list[dict]:
-    """Relative error ||J_sampled - J_fd|| / ||J_fd|| of the sampled d phi*/d theta (dense
-    implicit-function solve of the sampled terms at the exact inner optimum) against central
-    finite differences of the exact phi*(theta), for each trajectory length N (``horizons``)
-    and number of trajectories n (``episodes``), over ``repeats`` seeds."""
-    import time
-
-    theta = np.asarray(problem.theta0() if theta is None else theta, dtype=np.float64)
-    phi = problem.inner_solve(theta).phi
-    reference = finite_difference_gain_jacobian(problem, theta, step)
-    rows = []
-    for horizon in horizons:
-        for count in episodes:
-            errors, started = [], time.perf_counter()
-            for repeat in range(repeats):
-                rng = np.random.default_rng([seed, horizon, count, repeat])
-                terms = problem.sensitivity_terms(phi, theta, method='sampled',
-                                                  trajectories=problem.simulate(phi, theta, count, horizon, rng))
-                estimate = -np.linalg.solve(terms.hessian, terms.mixed)
-                errors.append(float(np.linalg.norm(estimate - reference) / np.linalg.norm(reference)))
-            rows.append({'horizon': horizon, 'episodes': count, 'transitions': horizon * count,
-                         'median_error': float(np.median(errors)), 'max_error': float(np.max(errors)),
-                         'seconds_per_estimate': (time.perf_counter() - started) / repeats})
-    return rows
-
-
-def sampled_error_table(problem: LQRProblem, Ns=(10, 25, 50), ns=(250, 1000, 4000),
-                        seed: int = 0) -> list[tuple[int, int, float]]:
-    """(N, n, relative error) rows: one seeded sampled d phi*/d theta per trajectory length N
-    and number of trajectories n, against finite differences at the nominal theta (the compact
-    form of ``sampled_sensitivity_table``)."""
-    rows = sampled_sensitivity_table(problem, horizons=Ns, episodes=ns, repeats=1, seed=seed)
-    return [(row['horizon'], row['episodes'], row['median_error']) for row in rows]
-
-
-def format_sensitivity_table(rows: list[dict]) -> str:
-    header = f'{"N":>5}{"n":>7}{"transitions":>13}{"median rel.err":>16}{"max rel.err":>13}{"s/estimate":>12}'
-    lines = [header, '-' * len(header)]
-    for row in rows:
-        lines.append(f'{row["horizon"]:>5}{row["episodes"]:>7}{row["transitions"]:>13}{row["median_error"]:>16.4f}'
-                     f'{row["max_error"]:>13.4f}{row["seconds_per_estimate"]:>12.3f}')
-    return '\n'.join(lines)

@@ -51,10 +51,12 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..config import MAX_HORIZON, FieldReader, ProblemConfigError
+from ..config import MAX_HORIZON, FieldReader
 from ..problem import BilevelProblem, InnerResult, SensitivityTerms, Trajectories
 from ..robot_model import (ACTION_DIM, N_PHYSICAL, OBSERVATION_DIM, PHYSICAL_NAMES, REWARD_NAMES, STATE_DIM,
                            THETA_NAMES, PendulumGeometry, PendulumModel)
+from ..settings import read_settings, setting
+from .common import read_outer_section
 
 DTYPE = torch.float64
 MAX_PARALLEL_EPISODES = 64       # emulators stepped side by side (one pybullet client each)
@@ -68,17 +70,17 @@ TOP_LEVEL_FIELDS = {'kind', 'robot', 'gamma', 'horizon', 'geometry', 'initial_st
 @dataclass(frozen=True)
 class InnerSettings:
     """How the inner problem is posed and solved (the ``inner:`` section)."""
-    episodes: int = 32                 # CRN rollouts in J_sim
-    seed: int = 0                      # seed of the CRN set (and of the initial policy)
-    entropy: float = 0.1               # entropy bonus on sum log sigma
-    l2: float = 1e-4                   # ridge on phi
-    tolerance: float = 0.2             # stop when ||F|| <= tolerance
-    max_iterations: int = 60           # per warm-started solve: L-BFGS iterations (exact) / Adam steps (sampled)
-    cold_iterations: int = 300         # the same budget for a solve without a warm start
-    warmup_iterations: int = 150       # Adam steps before L-BFGS when there is no warm start
-    learning_rate: float = 1e-2        # Adam step size
-    oracle_iterations: int = 600       # iteration budget of the oracle's (cold) solve
-    sampled_episodes: int = 32         # fresh rollouts per stochastic gradient ('sampled')
+    episodes: int = setting(32, low=1)                 # CRN rollouts in J_sim
+    seed: int = setting(0, low=0)                      # seed of the CRN set (and of the initial policy)
+    entropy: float = setting(0.1, low=0.0)             # entropy bonus on sum log sigma
+    l2: float = setting(1e-4, low=0.0)                 # ridge on phi
+    tolerance: float = setting(0.2, low=0.0, low_open=True)    # stop when ||F|| <= tolerance
+    max_iterations: int = setting(60, low=1)           # per warm-started solve: L-BFGS iterations (exact) / Adam steps (sampled)
+    cold_iterations: int = setting(300, low=1)         # the same budget for a solve without a warm start
+    warmup_iterations: int = setting(150, low=0)       # Adam steps before L-BFGS when there is no warm start
+    learning_rate: float = setting(1e-2, low=0.0, low_open=True)   # Adam step size
+    oracle_iterations: int = setting(600, low=1)       # iteration budget of the oracle's (cold) solve
+    sampled_episodes: int = setting(32, low=1)         # fresh rollouts per stochastic gradient ('sampled')
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,6 @@ class RobotProblem(BilevelProblem):
         self.evaluation_seed = evaluation_seed
         self.outer_defaults = dict(outer_defaults or {})
         self.theta_names = [THETA_NAMES[i] for i in self.learn_index]
-        self.default_sim_episodes = inner.episodes
         self.default_sim_horizon = horizon
         self._discounts = gamma ** torch.arange(horizon, dtype=DTYPE)
         self._crn = CommonNoise.draw(inner.episodes, horizon, initial, np.random.default_rng([inner.seed, 1]))
@@ -238,21 +239,8 @@ class RobotProblem(BilevelProblem):
             raise pol.error('hidden_sizes', hidden, 'a non-empty list of positive integers')
         initial_std = pol.scalar('initial_std', 0.3, low=0.0, low_open=True)
 
-        inn = root.section('inner', {})
-        inn.reject_unknown(set(InnerSettings.__dataclass_fields__))
-        defaults = InnerSettings()
-        inner = InnerSettings(
-            episodes=inn.integer('episodes', defaults.episodes, low=1, high=10 ** 7 // horizon),  # CRN: n x T
-            seed=inn.integer('seed', defaults.seed, low=0),
-            entropy=inn.scalar('entropy', defaults.entropy, low=0.0),
-            l2=inn.scalar('l2', defaults.l2, low=0.0),
-            tolerance=inn.scalar('tolerance', defaults.tolerance, low=0.0, low_open=True),
-            max_iterations=inn.integer('max_iterations', defaults.max_iterations, low=1),
-            cold_iterations=inn.integer('cold_iterations', defaults.cold_iterations, low=1),
-            warmup_iterations=inn.integer('warmup_iterations', defaults.warmup_iterations, low=0),
-            learning_rate=inn.scalar('learning_rate', defaults.learning_rate, low=0.0, low_open=True),
-            oracle_iterations=inn.integer('oracle_iterations', defaults.oracle_iterations, low=1),
-            sampled_episodes=inn.integer('sampled_episodes', defaults.sampled_episodes, low=1))
+        # CRN: the fixed random numbers are n x T per step
+        inner = read_settings(InnerSettings, root.section('inner', {}), limits={'episodes': {'high': 10 ** 7 // horizon}})
 
         ev = root.section('evaluation', {})
         ev.reject_unknown({'episodes', 'seed'})
@@ -262,8 +250,7 @@ class RobotProblem(BilevelProblem):
         estimator = real_gradient.raw('estimator', 'pathwise')
         if estimator not in REAL_GRADIENT_ESTIMATORS:
             raise real_gradient.error('estimator', estimator, f'one of {list(REAL_GRADIENT_ESTIMATORS)}')
-        outer = root.raw('outer', {})
-        _check_outer(outer, source)
+        outer = read_outer_section(root)
         return cls(source=source, gamma=gamma, horizon=horizon, geometry=geometry, initial=initial,
                    task_weights=task_weights, real_parameters=real_parameters, real_substeps=real_substeps,
                    nominal_full=np.array(nominal), learn_mask=np.array(learn), lower_full=np.array(lower),
@@ -475,6 +462,10 @@ class RobotProblem(BilevelProblem):
             transition_noise = ((states[1:] - self.model.step_mean(states[:-1], actions, theta_phys))
                                 / self.model.noise_std)
         return CommonNoise(states[0], action_noise, transition_noise)
+
+    @property
+    def default_sim_episodes(self) -> int:
+        return self.inner.episodes
 
     def sensitivity_terms(self, phi: np.ndarray, theta: np.ndarray, *, method: str = 'exact',
                           trajectories: Optional[Trajectories] = None,
@@ -791,15 +782,3 @@ def _range(reader: FieldReader, key: str, positive: bool = False) -> tuple[float
         expected = '[low, high] with 0 < low <= high' if positive else '[low, high] with low <= high'
         raise reader.error(key, value.tolist(), expected)
     return low, high
-
-
-def _check_outer(outer, source: str) -> None:
-    """Validate the ``outer:`` overrides now, so a typo fails at load time with the file named."""
-    from ..outer import OuterConfig
-    if not isinstance(outer, dict):
-        raise ProblemConfigError(source, 'outer', outer, 'a mapping of outer-loop settings')
-    values = {k: v for k, v in outer.items() if k != 'methods'}
-    try:
-        OuterConfig.from_mapping(values)
-    except (ValueError, TypeError) as err:
-        raise ProblemConfigError(source, 'outer', outer, f'valid outer-loop settings ({err})')

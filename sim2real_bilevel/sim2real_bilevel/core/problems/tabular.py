@@ -56,7 +56,7 @@ over deterministic policies, exact from the initial distribution.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -67,12 +67,15 @@ from ..policies import tabular_softmax as policy
 from ..problem import BilevelProblem, InnerResult, SensitivityTerms, Trajectories
 # the outer: section is validated the same way for every problem kind
 from .common import read_outer_section
+from ..settings import override_settings, read_settings, setting
 
 TOP_LEVEL_FIELDS = {'kind', 'gamma', 'initial_distribution', 'real', 'simulator', 'inner', 'outer',
                     'real_gradient'}
 REAL_GRADIENT_FIELDS = {'estimator', 'prior_transitions'}
 REAL_GRADIENT_ESTIMATORS = ('critic', 'doubly_robust')
 REAL_FIELDS = {'transitions', 'rewards', 'horizon'}
+# inner settings that are part of the problem, not of the solver (no runtime override)
+SOLVER_FIXED = frozenset({'temperature'})
 SIMULATOR_FIELDS = {'transition_logits', 'learn_transition_logits', 'rewards', 'learn_rewards',
                     'logit_bound', 'reward_bound'}
 
@@ -80,34 +83,34 @@ SIMULATOR_FIELDS = {'transition_logits', 'learn_transition_logits', 'rewards', '
 @dataclass
 class InnerSettings:
     """The ``inner:`` section of a tabular problem file."""
-    temperature: float = 0.1
+    temperature: float = setting(0.1, low=0.0, low_open=True)
     """Entropy temperature tau > 0 of the in-sim objective (larger: softer policies)."""
-    tolerance: float = 1e-12
+    tolerance: float = setting(1e-12, low=0.0, low_open=True)
     """Exact solver: stop soft value iteration when the sup-norm Bellman residual, relative to
     max(1, |V|), falls below this."""
-    max_iterations: int = 100000
+    max_iterations: int = setting(100000, low=1)
     """Exact solver: iteration cap of soft value iteration."""
-    sampled_tolerance: float = 1e-2
+    sampled_tolerance: float = setting(1e-2, low=0.0, low_open=True)
     """Sampled solver: stop when ||F(phi, theta)|| falls below this.  Near the optimum ||F|| is
     about the error of phi; the critic's sampling error sets a floor of roughly
     1 / sqrt(transitions per state-action pair), so tighter tolerances need more samples."""
-    sampled_stop: str = 'exact'
+    sampled_stop: str = setting('exact', choices=('exact', 'estimated'))
     """Sampled solver: which ||F|| the stop rule reads: 'exact' (computed from f_theta, cheap in
     a table) or 'estimated' (from the sampled critic and visitation)."""
-    sampled_episodes: int = 20
+    sampled_episodes: int = setting(20, low=1)
     """Sampled solver: simulated episodes per actor-critic iteration."""
-    sampled_horizon: int = 30
+    sampled_horizon: int = setting(30, low=1)
     """Sampled solver: their length."""
-    sampled_step: float = 1.0
+    sampled_step: float = setting(1.0, low=0.0, high=1.0, low_open=True)
     """Sampled solver: natural-gradient step as a fraction of a full soft policy-iteration step
     (1.0 = replace the policy by softmax(Q_hat / tau)); in (0, 1]."""
-    sampled_max_iterations: int = 500
+    sampled_max_iterations: int = setting(500, low=1)
     """Sampled solver: iteration cap."""
-    sensitivity_episodes: int = 400
+    sensitivity_episodes: int = setting(400, low=1)
     """Default number n of simulated trajectories for sampled sensitivities."""
-    sensitivity_horizon: int = 40
+    sensitivity_horizon: int = setting(40, low=1)
     """Default trajectory length N for sampled sensitivities."""
-    sensitivity_min_pair_samples: int = 20000
+    sensitivity_min_pair_samples: int = setting(20000, low=0)
     """Sampled sensitivities and sampled solver: state-action pairs with fewer simulated
     transitions than this get extra ones by resetting the simulator to (s, a) (critic data
     only; 0 disables).  Rarely chosen actions otherwise leave their critic rows unestimated."""
@@ -146,7 +149,6 @@ class TabularProblem(BilevelProblem):
         self.theta_names = ([f'L[{s}][{a}][{t}]' for s, a, t in self.logit_index]
                             + [f'R[{s}][{a}]' for s, a in self.reward_index])
         self._nominal_model = self.simulator_model(self.theta0())
-        self.default_sim_episodes = self.inner.sensitivity_episodes
         self.default_sim_horizon = self.inner.sensitivity_horizon
         if real_gradient_estimator not in REAL_GRADIENT_ESTIMATORS:
             raise ValueError(f'real_gradient_estimator {real_gradient_estimator!r}: expected one of '
@@ -198,7 +200,7 @@ class TabularProblem(BilevelProblem):
                             'at least one learnable entry in learn_transition_logits or learn_rewards '
                             '(theta would be empty)')
 
-        inner = _read_inner(root.section('inner', {}))
+        inner = read_settings(InnerSettings, root.section('inner', {}))
         outer = read_outer_section(root)
         gradient = root.section('real_gradient', {})
         gradient.reject_unknown(REAL_GRADIENT_FIELDS)
@@ -271,7 +273,7 @@ class TabularProblem(BilevelProblem):
         """phi*(theta).  'exact': soft value iteration (warm-started from the soft value of
         pi_{phi_init}).  'sampled': natural actor-critic on simulated episodes, see
         ``_sampled_inner_solve``.  ``options`` override ``InnerSettings`` fields."""
-        settings = _override(self.inner, options)
+        settings = override_settings(self.inner, options, source=self.source, fixed=SOLVER_FIXED)
         if method == 'exact':
             return self._exact_inner_solve(np.asarray(theta, dtype=np.float64), phi_init, settings)
         if method == 'sampled':
@@ -429,6 +431,10 @@ class TabularProblem(BilevelProblem):
         return states, actions, next_states, scores
 
     # --- sensitivities ----------------------------------------------------------------------------
+    @property
+    def default_sim_episodes(self) -> int:
+        return self.inner.sensitivity_episodes
+
     def sensitivity_terms(self, phi: np.ndarray, theta: np.ndarray, *, method: str = 'exact',
                           trajectories: Optional[Trajectories] = None,
                           rng: Optional[np.random.Generator] = None) -> SensitivityTerms:
@@ -723,43 +729,12 @@ def _check_inside(reader: FieldReader, key: str, values: np.ndarray, mask: np.nd
                                  f'({reader.path(bound_key)}); nothing is clipped')
 
 
-def _read_inner(reader: FieldReader) -> InnerSettings:
-    known = {f.name for f in fields(InnerSettings)}
-    reader.reject_unknown(known)
-    defaults = InnerSettings()
-    values = {}
-    for spec in fields(InnerSettings):
-        default = getattr(defaults, spec.name)
-        if spec.name == 'sampled_stop':
-            value = reader.raw(spec.name, default)
-            if value not in ('exact', 'estimated'):
-                raise reader.error(spec.name, value, "'exact' or 'estimated'")
-        elif isinstance(default, int):
-            value = reader.integer(spec.name, default, low=0 if spec.name == 'sensitivity_min_pair_samples' else 1)
-        elif spec.name == 'sampled_step':
-            value = reader.scalar(spec.name, default, low=0.0, high=1.0, low_open=True)
-        else:
-            value = reader.scalar(spec.name, default, low=0.0, low_open=True)
-        values[spec.name] = value
-    return InnerSettings(**values)
-
 
 def _rng_from_content(batch: Trajectories) -> np.random.Generator:
     """A generator seeded by the batch's transitions: repeated calls on one batch agree and
     different batches draw independently (the critic top-up when no rng is given)."""
     return np.random.default_rng(zlib.crc32(batch.states.tobytes() + batch.actions.tobytes()))
 
-
-def _override(settings: InnerSettings, options: dict) -> InnerSettings:
-    if not options:
-        return settings
-    known = {f.name for f in fields(InnerSettings)} - {'temperature'}   # part of the problem, not the solver
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ValueError(f'inner_solve: unknown option(s) {unknown}; known: {sorted(known)}')
-    values = {f.name: getattr(settings, f.name) for f in fields(InnerSettings)}
-    values.update(options)
-    return InnerSettings(**values)
 
 
 # --- tabular MDP arithmetic (numpy float64) -------------------------------------------------------
@@ -916,38 +891,3 @@ def optimal_return(transitions, rewards, gamma, rho0) -> float:
             break
         actions = improved
     return float(rho0 @ value)
-
-
-# --- sampled-sensitivity accuracy -----------------------------------------------------------------
-def sampled_sensitivity_table(problem: TabularProblem, theta: Optional[np.ndarray] = None, *,
-                              horizons=(10, 20, 40), episodes=(100, 400, 1600),
-                              min_pair_samples=(0, None), repeats: int = 5, seed: int = 0) -> list[dict]:
-    """Relative error of the sampled d phi*/d theta against central finite differences of the
-    exact phi*(theta), per trajectory length N (``horizons``), number of trajectories n
-    (``episodes``) and critic top-up (``min_pair_samples``; None = the problem's setting, 0 =
-    trajectories only).  Rows as ``lqr.sampled_sensitivity_table`` plus 'min_pair_samples'."""
-    from .lqr import sampled_sensitivity_table as table_over_sizes
-
-    configured = problem.inner.sensitivity_min_pair_samples
-    rows = []
-    try:
-        for minimum in min_pair_samples:
-            problem.inner.sensitivity_min_pair_samples = configured if minimum is None else int(minimum)
-            for row in table_over_sizes(problem, theta, horizons=horizons, episodes=episodes,
-                                        repeats=repeats, seed=seed):
-                rows.append(dict(row, min_pair_samples=problem.inner.sensitivity_min_pair_samples))
-    finally:
-        problem.inner.sensitivity_min_pair_samples = configured
-    return rows
-
-
-def format_sensitivity_table(rows: list[dict]) -> str:
-    """The table of ``sampled_sensitivity_table`` as text, one block per critic top-up."""
-    from .lqr import format_sensitivity_table as format_block
-
-    blocks = []
-    for minimum in dict.fromkeys(row['min_pair_samples'] for row in rows):
-        blocks.append(f'critic top-up to {minimum} transitions per state-action pair'
-                      + (' (trajectories only)' if minimum == 0 else ''))
-        blocks.append(format_block([row for row in rows if row['min_pair_samples'] == minimum]))
-    return '\n'.join(blocks)
