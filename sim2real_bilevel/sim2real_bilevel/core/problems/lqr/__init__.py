@@ -76,16 +76,17 @@ with ``score_theta``):
   (the reparametrised derivative through the differentiable simulator; the default), or
   'score', gamma score_theta(x'|z) (V_hat(x') - V_hat(x_bar')), x_bar' the simulator's mean
   next state (the likelihood-ratio form, with a control variate: the score has zero mean given
-  z).  Both are unbiased; at the default sample size on config/lqr.yaml (5 seeds) the sampled
-  d phi*/d theta is off by 1.9-3.3 % with 'pathwise' and 3-32 % (median 17 %) with 'score'
-  (``inner.critic_dynamics_term``).  For gain entries dQ(z) = gamma E[d/dK E_u'[Q_hat(x', u')]
-  + dV(x')], whose reward gamma 2 (E_hat x') x'' is the expectation over the policy's own
-  Gaussian in closed form;
+  z).  Both are unbiased; 'pathwise' has the lower variance, because it differentiates through
+  the noise instead of weighting V_hat(x') by a score, so it is the default
+  (``inner.critic_dynamics_term``; ``bench/accuracy_tables.py`` measures both).  For gain
+  entries dQ(z) = gamma E[d/dK E_u'[Q_hat(x', u')] + dV(x')], whose reward gamma 2 (E_hat x') x''
+  is the expectation over the policy's own Gaussian in closed form;
 - S by the empirical discounted second moment of the simulated states (``discounted_second_moment``);
 - dS by accumulated score weights (the paper's Lemma 1): W_k = sum_{i<k} score_theta_i for theta
   and sum_{i<k} grad_phi log pi(u_i|x_i) for the gain, dS ~ sum_k gamma^k mean[(x_k x_k' - m_k) W_k]
   (centring by the per-step mean m_k is a baseline: E[W_k] = 0).  The variance of W_k grows
-  with k, hence short default trajectories (N = 25) and many of them (n = 4000).
+  with k, hence short default trajectories and many of them (``inner.sensitivity_horizon``,
+  ``inner.sensitivity_episodes``).
 At an inner optimum E = 0, so dS enters only through E dS and the sampled d phi*/d theta is
 essentially -(H_uu)^-1 (dH_uu K - dH_ux) from the critic sensitivities (S cancels).
 ``bench/accuracy_tables.py`` tabulates the error against finite differences over N and n.

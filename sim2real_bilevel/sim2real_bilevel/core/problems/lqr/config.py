@@ -34,8 +34,8 @@ class InnerSettings:
     """Sampled solver: step as a fraction of a full policy-improvement (Gauss-Newton) step
     K <- K - H_uu^-1 E; in (0, 1]."""
     sampled_tolerance: float = setting(0.05, low=0.0, low_open=True)
-    """Sampled solver: stop when the held-out estimate of ||F|| falls below this (on
-    config/lqr.yaml ||F|| = 0.05 is about 3 % off the Riccati gain)."""
+    """Sampled solver: stop when the held-out estimate of ||F|| falls below this (||F|| shrinks
+    with the distance to the Riccati gain, in units set by the problem's scale)."""
     sampled_max_iterations: int = setting(300, low=1)
     """Sampled solver: iteration cap."""
     sampled_moment_window: int = setting(5, low=1)
@@ -45,11 +45,11 @@ class InnerSettings:
     sensitivity recursion is estimated per transition: 'pathwise' (2 x'' P_hat (dA x + dB u),
     the reparametrised derivative through the differentiable simulator) or 'score'
     (score_theta (V_hat(x') - V_hat(x_bar')), the likelihood-ratio form of the paper's
-    Theorem 1).  Both are unbiased; see the package docstring for their measured variance."""
+    Theorem 1).  Both are unbiased; the package docstring compares their variance."""
     sensitivity_episodes: int = setting(4000, low=1)
     """Default number n of simulated trajectories for sampled sensitivities (with the default
-    horizon: sampled d phi*/d theta within 5 % of finite differences on config/lqr.yaml, see
-    ``bench/accuracy_tables.py``)."""
+    horizon, enough for the sampled d phi*/d theta to stay within the tests' 5 % of finite
+    differences on config/lqr.yaml; ``bench/accuracy_tables.py`` tabulates the error)."""
     sensitivity_horizon: int = setting(25, low=1)
     """Default trajectory length N for sampled sensitivities (short: the variance of the score
     weights W_k grows with k)."""
@@ -127,7 +127,8 @@ def read_problem_file(data: dict, source: str) -> dict:
             raise reader.error(key, a.tolist(), f'{what} to be stabilisable with a finite optimal cost ({err})')
     return dict(gamma=gamma, real_a=real_a, real_b=real_b, real_noise=real_noise, cost_q=cost_q, cost_r=cost_r,
                 initial_mean=initial_mean, initial_covariance=initial_covariance, std=std, family=family,
-                sim_noise=sim_noise, real_horizon=horizon, inner=read_settings(InnerSettings, root.section('inner', {})),
+                sim_noise=sim_noise, real_horizon=horizon,
+                inner=read_settings(InnerSettings, root.section('inner', {})),
                 outer_defaults=read_outer_section(root), source=source)
 
 

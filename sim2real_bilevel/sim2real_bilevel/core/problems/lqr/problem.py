@@ -341,7 +341,7 @@ class LQRProblem(BilevelProblem):
         h, _ = critic.solve(costs)
         h_uu, h_ux = h[n:, n:], h[n:, :n]
         e = h_uu @ k - h_ux
-        value = mean_action_lift(k).T @ h @ mean_action_lift(k)                                     # V_hat(x) = x' P_hat x + c
+        value = mean_action_lift(k).T @ h @ mean_action_lift(k)               # V_hat(x) = x' P_hat x + c
         # Critic-sensitivity rewards, one column per direction (gain entries first, then theta).
         z = np.concatenate([x, u], axis=-1)
         d_cost = np.concatenate([np.zeros((size,) + h.shape),

@@ -26,7 +26,8 @@ class InnerSettings:
     entropy: float = setting(0.1, low=0.0)             # entropy bonus on sum log sigma
     l2: float = setting(1e-4, low=0.0)                 # ridge on phi
     tolerance: float = setting(0.2, low=0.0, low_open=True)    # stop when ||F|| <= tolerance
-    max_iterations: int = setting(60, low=1)           # per warm-started solve: L-BFGS iterations (exact) / Adam steps (sampled)
+    # per warm-started solve: L-BFGS iterations (exact) / Adam steps (sampled)
+    max_iterations: int = setting(60, low=1)
     cold_iterations: int = setting(300, low=1)         # the same budget for a solve without a warm start
     warmup_iterations: int = setting(150, low=0)       # Adam steps before L-BFGS when there is no warm start
     learning_rate: float = setting(1e-2, low=0.0, low_open=True)   # Adam step size

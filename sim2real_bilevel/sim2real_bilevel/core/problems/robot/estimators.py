@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def _value_features(observations: np.ndarray, gamma: float, horizon: int) -> np.ndarray:
+def value_features(observations: np.ndarray, gamma: float, horizon: int) -> np.ndarray:
     """(n, T+1, k) features of a linear value function: 1, o, o o^T (upper triangle), t/T and
     gamma^(T-t) (with 1 they span the value of any constant reward exactly)."""
     n, steps = observations.shape[:2]
@@ -16,7 +16,7 @@ def _value_features(observations: np.ndarray, gamma: float, horizon: int) -> np.
     return np.concatenate([np.ones((n, steps, 1)), observations, quadratic, time_features], axis=-1)
 
 
-def _cross_fitted_values(features: np.ndarray, to_go: np.ndarray) -> np.ndarray:
+def cross_fitted_values(features: np.ndarray, to_go: np.ndarray) -> np.ndarray:
     """V(s_t) for t < T from a two-fold cross-fitted least-squares fit (minimum norm: the
     features are collinear, e.g. sin^2 + cos^2 = 1) of the reward-to-go; V(s_T) = 0."""
     n, horizon = to_go.shape
@@ -33,7 +33,7 @@ def _cross_fitted_values(features: np.ndarray, to_go: np.ndarray) -> np.ndarray:
     return values
 
 
-def _gae(rewards: np.ndarray, values: np.ndarray, gamma: float, lam: float) -> np.ndarray:
+def gae(rewards: np.ndarray, values: np.ndarray, gamma: float, lam: float) -> np.ndarray:
     """Generalised advantage estimates (n, T) from rewards (n, T) and values (n, T+1)."""
     deltas = rewards + gamma * values[:, 1:] - values[:, :-1]
     advantages = np.zeros_like(rewards)
@@ -44,5 +44,5 @@ def _gae(rewards: np.ndarray, values: np.ndarray, gamma: float, lam: float) -> n
     return advantages
 
 
-def _alive(dones: np.ndarray) -> np.ndarray:
+def alive_mask(dones: np.ndarray) -> np.ndarray:
     return (np.cumsum(dones, axis=1) - dones) == 0

@@ -11,8 +11,8 @@ import torch
 from ...problem import BilevelProblem, InnerResult, SensitivityTerms, Trajectories
 from ...robot_model import ACTION_DIM, N_PHYSICAL, STATE_DIM, THETA_NAMES, PendulumGeometry, PendulumModel
 from .config import REAL_GRADIENT_ESTIMATORS, InnerSettings, read_problem_file
-from .estimators import _alive, _cross_fitted_values, _gae, _value_features
-from .simulator import DTYPE, CommonNoise, InitialStateRange, PendulumSimulatorFamily, _make_policy
+from .estimators import alive_mask, cross_fitted_values, gae, value_features
+from .simulator import DTYPE, CommonNoise, InitialStateRange, PendulumSimulatorFamily, make_policy
 
 MAX_PARALLEL_EPISODES = 64       # emulators stepped side by side (one pybullet client each)
 INNER_SOLVERS = ('exact', 'sampled', 'ppo')
@@ -42,7 +42,7 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         self.learn_index = np.flatnonzero(self.learn_mask)
         self._lower_full, self._upper_full = lower_full, upper_full
         self.model = PendulumModel(geometry, transition_noise_std)
-        self.policy = policy if policy is not None else _make_policy(hidden_sizes, initial_std)
+        self.policy = policy if policy is not None else make_policy(hidden_sizes, initial_std)
         self.inner = inner
         self.evaluation_episodes = evaluation_episodes
         self.evaluation_seed = evaluation_seed
@@ -207,8 +207,8 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         of the linearisation of the expected objective.
 
         F's graph is built once (create_graph) and each product is one backward pass through
-        it: forward-over-reverse (torch.func.jvp of grad) through a T-step Python loop costs
-        over 10x more on CPU.  F = grad_phi J is a gradient, so dF/dphi is symmetric and
+        it: forward-over-reverse (torch.func.jvp of grad) would trace the T-step Python loop again
+        for every product.  F = grad_phi J is a gradient, so dF/dphi is symmetric and
         hvp_t = hvp.
         """
         if method == 'exact':
@@ -338,7 +338,7 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         reproduction then uses the states the robot really visited and the simulator's
         Jacobians d s_{t+1} / d(s_t, a_t).  Biased only through those Jacobians (e.g. the
         robot's actuation delay is not in them); its variance is far below the
-        likelihood-ratio estimator's (measured in the issue-4 note)."""
+        likelihood-ratio estimator's, which weights whole returns by a score."""
         noise = self.noise_of(phi, theta, batch)
         theta_phys = self.model.split(self.full_theta(torch.as_tensor(theta, dtype=DTYPE)))[0]
         theta_full = torch.cat([theta_phys, torch.as_tensor(np.log(self.task_weights), dtype=DTYPE)])
@@ -360,7 +360,7 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         lambda trades a bias (V is only approximate) for much less variance.  One episode:
         no value function (plain REINFORCE)."""
         batch = batches[-1]
-        rewards = np.where(_alive(batch.dones), batch.rewards, 0.0)
+        rewards = np.where(alive_mask(batch.dones), batch.rewards, 0.0)
         n, horizon = rewards.shape
         discounts = self.gamma ** np.arange(horizon)
         observations = self.model.observation(torch.as_tensor(batch.states, dtype=DTYPE))
@@ -377,8 +377,8 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         horizon = rewards.shape[1]
         discounts = self.gamma ** np.arange(horizon)
         to_go = np.flip(np.cumsum(np.flip(rewards * discounts, 1), 1), 1) / discounts
-        values = _cross_fitted_values(_value_features(observations, self.gamma, horizon), to_go)
-        return _gae(rewards, values, self.gamma, lam)
+        values = cross_fitted_values(value_features(observations, self.gamma, horizon), to_go)
+        return gae(rewards, values, self.gamma, lam)
 
     def real_return(self, phi: np.ndarray) -> float:
         """Mean discounted real return of pi_phi over the fixed evaluation seeds (cached)."""

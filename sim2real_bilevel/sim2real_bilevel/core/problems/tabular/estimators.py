@@ -8,10 +8,10 @@ import zlib
 import numpy as np
 
 from ...problem import Trajectories
-from .maths import _sample_rows
+from .maths import sample_rows
 
 
-def _reward_sums(states, actions, rewards, n_states: int, n_actions: int) -> np.ndarray:
+def reward_sums(states, actions, rewards, n_states: int, n_actions: int) -> np.ndarray:
     """Sum of observed rewards per state-action pair."""
     return np.bincount((states * n_actions + actions).ravel(), weights=np.ravel(rewards),
                        minlength=n_states * n_actions).reshape(n_states, n_actions)
@@ -24,10 +24,10 @@ def top_up_pairs(pair_counts: np.ndarray, model: np.ndarray, minimum: int, rng: 
     missing = np.maximum(minimum - np.asarray(pair_counts, dtype=np.int64), 0)
     pairs = np.repeat(np.arange(missing.size), missing)
     states, actions = pairs // n_actions, pairs % n_actions
-    return states, actions, _sample_rows(model[states, actions], rng)
+    return states, actions, sample_rows(model[states, actions], rng)
 
 
-class _StatisticsPrefix:
+class StatisticsPrefix:
     """Running (counts, reward sums) after each batch of a list of batches that grows at the end."""
 
     def __init__(self, n_states: int, n_actions: int):
@@ -46,7 +46,7 @@ class _StatisticsPrefix:
         for b in batches[shared:]:
             self.batches.append(b)
             self.counts.append(self.counts[-1] + transition_counts(b, self.n_states, self.n_actions))
-            self.rewards.append(self.rewards[-1] + _reward_sums(b.states[:, :-1], b.actions, b.rewards,
+            self.rewards.append(self.rewards[-1] + reward_sums(b.states[:, :-1], b.actions, b.rewards,
                                                                 self.n_states, self.n_actions))
         return self.counts[len(batches)].copy(), self.rewards[len(batches)].copy()
 
@@ -86,7 +86,7 @@ def sampled_chain(states: np.ndarray, scores: np.ndarray, gamma: float, n_states
     return chain / n_episodes
 
 
-def _rng_from_content(batch: Trajectories) -> np.random.Generator:
+def rng_from_content(batch: Trajectories) -> np.random.Generator:
     """A generator seeded by the batch's transitions: repeated calls on one batch agree and
     different batches draw independently (the critic top-up when no rng is given)."""
     return np.random.default_rng(zlib.crc32(batch.states.tobytes() + batch.actions.tobytes()))

@@ -7,7 +7,7 @@ import numpy as np
 from ...policies import tabular_softmax as policy
 
 
-def _logsumexp(x: np.ndarray) -> np.ndarray:
+def logsumexp(x: np.ndarray) -> np.ndarray:
     top = x.max(axis=1)
     return top + np.log(np.exp(x - top[:, None]).sum(axis=1))
 
@@ -58,14 +58,14 @@ def rollout(pi, model, rho0, n_episodes, horizon, rng):
     """States (n, T+1) and actions (n, T) of pi in the MDP ``model``."""
     states = np.zeros((n_episodes, horizon + 1), dtype=np.int64)
     actions = np.zeros((n_episodes, horizon), dtype=np.int64)
-    states[:, 0] = _sample_rows(np.broadcast_to(rho0, (n_episodes, len(rho0))), rng)
+    states[:, 0] = sample_rows(np.broadcast_to(rho0, (n_episodes, len(rho0))), rng)
     for t in range(horizon):
         actions[:, t] = policy.sample_actions(pi, states[:, t], rng)
-        states[:, t + 1] = _sample_rows(model[states[:, t], actions[:, t]], rng)
+        states[:, t + 1] = sample_rows(model[states[:, t], actions[:, t]], rng)
     return states, actions
 
 
-def _sample_rows(probabilities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def sample_rows(probabilities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     cumulative = np.cumsum(probabilities, axis=-1)
     cumulative[..., -1] = 1.0
     return (rng.random((probabilities.shape[0], 1)) > cumulative).sum(axis=-1).astype(np.int64)

@@ -11,10 +11,9 @@ from ...policies import tabular_softmax as policy
 from ...problem import BilevelProblem, InnerResult, SensitivityTerms, Trajectories
 from ...settings import override_settings
 from .config import REAL_GRADIENT_ESTIMATORS, SOLVER_FIXED, InnerSettings, read_problem_file
-from .estimators import (_StatisticsPrefix, _reward_sums, _rng_from_content, count_transitions, empirical_model,
+from .estimators import (StatisticsPrefix, count_transitions, empirical_model, reward_sums, rng_from_content,
                          sampled_chain, sampled_visitation, top_up_pairs, transition_counts)
-from .maths import (_logsumexp, discounted_visitation, evaluate_policy, optimal_return, residual_jacobian,
-                    rollout)
+from .maths import discounted_visitation, evaluate_policy, logsumexp, optimal_return, residual_jacobian, rollout
 from .simulator import SoftmaxSimulatorFamily
 
 
@@ -100,7 +99,7 @@ class TabularProblem(SoftmaxSimulatorFamily, BilevelProblem):
         iterations = 0
         while iterations < settings.max_iterations:
             q = rewards + self.gamma * f @ value
-            new_value = tau * _logsumexp(q / tau)
+            new_value = tau * logsumexp(q / tau)
             residual = float(np.abs(new_value - value).max())
             value = new_value
             iterations += 1
@@ -252,7 +251,7 @@ class TabularProblem(SoftmaxSimulatorFamily, BilevelProblem):
             if trajectories.score_theta is None:
                 raise ValueError('sampled sensitivities need simulated trajectories with score_theta')
             return self._sampled_terms(phi, theta, trajectories,
-                                       rng if rng is not None else _rng_from_content(trajectories))
+                                       rng if rng is not None else rng_from_content(trajectories))
         raise ValueError(f"sensitivity_terms: method {method!r}: expected 'exact' or 'sampled'")
 
     def _exact_terms(self, phi, theta) -> SensitivityTerms:
@@ -397,7 +396,7 @@ class TabularProblem(SoftmaxSimulatorFamily, BilevelProblem):
             mine = folds == fold
             fold_counts = count_transitions(newest.states[mine, :-1], actions[mine], newest.states[mine, 1:],
                                             self.n_states, self.n_actions)
-            fold_rewards = _reward_sums(states[mine], actions[mine], rewards[mine], self.n_states, self.n_actions)
+            fold_rewards = reward_sums(states[mine], actions[mine], rewards[mine], self.n_states, self.n_actions)
             q, v = self.critic_from_statistics(pi, older_counts + new_counts - fold_counts,
                                                older_rewards + new_rewards - fold_rewards)
             # model errors delta_j = r_j + gamma V_hat(s_{j+1}) - Q_hat(s_j, a_j); their discounted
@@ -416,7 +415,7 @@ class TabularProblem(SoftmaxSimulatorFamily, BilevelProblem):
 
     def real_statistics(self, batches: list[Trajectories]) -> tuple[np.ndarray, np.ndarray]:
         """(transition counts (S, A, S), reward sums (S, A)) of real batches, summed batch by
-        batch from the first.  The running sums after each batch are kept (``_StatisticsPrefix``,
+        batch from the first.  The running sums after each batch are kept (``StatisticsPrefix``,
         per first batch), so an outer loop that keeps all its real data and appends one batch per
         iteration pays for the new batch only -- with the same additions in the same order as a
         sum from scratch, so the result is bit-identical to it (and to a resumed run's)."""
@@ -426,7 +425,7 @@ class TabularProblem(SoftmaxSimulatorFamily, BilevelProblem):
         caches = self.__dict__.setdefault('_statistics_prefixes', {})
         cache = caches.pop(id(batches[0]), None)      # re-inserted last: least recently used first out
         if cache is None or cache.batches[0] is not batches[0]:
-            cache = _StatisticsPrefix(self.n_states, self.n_actions)
+            cache = StatisticsPrefix(self.n_states, self.n_actions)
         caches[id(batches[0])] = cache
         while len(caches) > 4:                         # the loop's lists start at <= 2 batches at a time
             caches.pop(next(iter(caches)))
