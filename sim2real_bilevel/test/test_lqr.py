@@ -11,9 +11,8 @@ import torch
 
 from sim2real_bilevel.core.policies import linear_gaussian as policy
 from sim2real_bilevel.core.problems import load_problem
-from sim2real_bilevel.core.problems.lqr import (LQRProblem, UnstableClosedLoopError, discounted_second_moment,
-                                                finite_difference_gain_jacobian, sampled_error_table,
-                                                sampled_sensitivity_table)
+from bench.accuracy_tables import finite_difference_gain_jacobian, sampled_error_table, sampled_sensitivity_table
+from sim2real_bilevel.core.problems.lqr import LQRProblem, UnstableClosedLoopError, discounted_second_moment
 
 torch.set_num_threads(1)
 CONFIG = Path(__file__).resolve().parents[1] / 'config' / 'lqr.yaml'

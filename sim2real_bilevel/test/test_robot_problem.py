@@ -270,7 +270,7 @@ def test_real_policy_gradient_is_unbiased_on_a_known_objective(problem):
 
 
 def test_generalised_advantages_interpolate_between_td_and_monte_carlo():
-    from sim2real_bilevel.core.problems.robot import _gae
+    from sim2real_bilevel.core.problems.robot.estimators import gae as _gae
     rng = np.random.default_rng(19)
     rewards, values, gamma = rng.standard_normal((3, 5)), rng.standard_normal((3, 6)), 0.9
     values[:, -1] = 0.0

@@ -254,7 +254,8 @@ def test_sampled_terms_without_rng_are_reproducible_per_batch(shipped):
 
 
 def test_sensitivity_table_reports_each_size_and_improves_with_samples(shipped):
-    from sim2real_bilevel.core.problems.tabular import format_sensitivity_table, sampled_sensitivity_table
+    from bench.accuracy_tables import format_top_up_table as format_sensitivity_table
+    from bench.accuracy_tables import top_up_sensitivity_table as sampled_sensitivity_table
 
     configured = shipped.inner.sensitivity_min_pair_samples
     rows = sampled_sensitivity_table(shipped, horizons=(20,), episodes=(25, 1600), min_pair_samples=(0, None),

@@ -90,7 +90,7 @@ def gradcheck(problem: BilevelProblem, theta: Optional[np.ndarray] = None, *, st
         trajectories = None
         if estimator == 'sampled':
             rng = np.random.default_rng(seed)
-            n = sim_episodes or getattr(problem, 'default_sim_episodes', 200)
+            n = sim_episodes or problem.default_sim_episodes
             horizon = sim_horizon or getattr(problem, 'default_sim_horizon', 50)
             trajectories = problem.simulate(phi, theta, n, horizon, rng)
         terms = problem.sensitivity_terms(phi, theta, method=estimator, trajectories=trajectories,

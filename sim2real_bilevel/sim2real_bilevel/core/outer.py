@@ -442,7 +442,7 @@ class BilevelOuterLoop(MethodRun):
         """dJ_real/dtheta = (d phi*/d theta)^T g by one implicit-function solve."""
         trajectories = None
         if self.config.sensitivity_method == 'sampled':
-            n = self.config.sim_episodes or getattr(self.problem, 'default_sim_episodes', 200)
+            n = self.config.sim_episodes or self.problem.default_sim_episodes
             horizon = self.config.sim_horizon or getattr(self.problem, 'default_sim_horizon', 50)
             trajectories = self.problem.simulate(phi, theta, n, horizon, self.rng)
         terms = self.problem.sensitivity_terms(phi, theta, method=self.config.sensitivity_method,

@@ -106,6 +106,12 @@ class BilevelProblem(abc.ABC):
                  rng: np.random.Generator) -> Trajectories:
         """Roll out pi_phi in f_theta, with score_theta filled in."""
 
+    @property
+    def default_sim_episodes(self) -> int:
+        """How many simulated episodes a sampled sensitivity estimate uses when the caller
+        names none (each kind overrides it with the size its estimators need)."""
+        return 200
+
     @abc.abstractmethod
     def sensitivity_terms(self, phi: np.ndarray, theta: np.ndarray, *, method: str = 'exact',
                           trajectories: Optional[Trajectories] = None,

@@ -187,7 +187,7 @@ class Sensitivity(Node):
 
     async def _simulate(self, policy_msg, config: OuterConfig):
         """Simulated rollouts of the goal's policy at its theta, or (None, reason)."""
-        n = config.sim_episodes or getattr(self.problem, 'default_sim_episodes', 200)
+        n = config.sim_episodes or self.problem.default_sim_episodes
         horizon = config.sim_horizon or getattr(self.problem, 'default_sim_horizon', 50)
         if not self.simulate_client.wait_for_service(timeout_sec=self.parameters['simulate_timeout_s']):
             return None, f'simulator service {self.simulate_client.srv_name} is not available'

@@ -8,7 +8,7 @@ in-sim optimality residual F(phi, theta) = grad_phi J_sim would have a singular 
 dF/dphi (one flat direction per state) and the implicit-function step
 d phi*/d theta = -(dF/dphi)^{-1} dF/dtheta would be ill-posed.  Fixing the last action's logit
 to 0 removes exactly those directions.  Together with the entropy bonus of the inner problem
-(temperature tau > 0; see ``core/problems/tabular.py``) the inner optimum
+(temperature tau > 0; see ``core/problems/tabular/``) the inner optimum
 pi* = softmax(Q*_soft / tau) has finite logits phi*[s, a] = (Q*(s, a) - Q*(s, A-1)) / tau, it
 is the unique stationary point (every state has positive discounted visitation because the
 simulator's softmax dynamics have full support), and dF/dphi there is negative definite.

@@ -8,6 +8,8 @@ from ..outer import OuterConfig
 def read_outer_section(root: FieldReader) -> dict:
     """The ``outer:`` section, kept as a plain dict (``outer_defaults``) after checking it with
     ``OuterConfig`` -- including each ``methods: {NAME: {...}}`` override merged over it."""
+    if not isinstance(root.raw('outer', {}), dict):
+        raise root.error('outer', root.raw('outer'), 'a mapping of outer-loop settings')
     section = root.section('outer', {})
     values = dict(section.data)
     shared = {key: value for key, value in values.items() if key != 'methods'}

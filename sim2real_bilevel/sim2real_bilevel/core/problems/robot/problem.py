@@ -1,115 +1,25 @@
-"""The continuous robot problem: a torque-controlled pendulum stabilised from perturbed starts.
-
-- Real system: ``robots.PendulumEmulator`` (pybullet, hidden ``real:`` parameters, actuation
-  delay, hard torque limit, stiction, sensor noise), sampled in-process by ``sample_real``.
-- Simulator: ``core.robot_model.PendulumModel`` (torch, differentiable) with theta = the
-  learnable entries of [log payload_mass, log damping, log coulomb_friction, log motor_gain,
-  log w_angle, log w_velocity, log w_effort].
-- Policy: MLP Gaussian over the observation (sin q, cos q, qd / 4).
-
-The in-sim objective and its gradient F
----------------------------------------
-J_sim(phi, theta) is the pathwise (reparametrised) Monte-Carlo return on a FIXED set of common
-random numbers (CRN: initial states, standard action noise, standard transition noise drawn
-once from ``inner.seed``), plus two regularisers that make the inner optimum an isolated root:
-
-    J_sim = 1/N sum_n sum_t gamma^t r_theta(s_t, a_t)   with a_t = mu_phi(o_t) + sigma_phi eps_t,
-                                                             s_{t+1} = f_theta(s_t, a_t) + std xi_t
-            + entropy * sum log sigma_phi - l2 / 2 ||phi||^2.
-
-With the random numbers fixed, J_sim is a deterministic, smooth function of (phi, theta), so
-F = grad_phi J_sim is an exact pure torch function and its derivatives (Hessian-vector
-products, the mixed theta term) are exact derivatives of the F whose root the inner solver
-finds.  The entropy bonus keeps sigma from collapsing to zero (the pathwise return alone
-always prefers less noise); the ridge gives curvature to the MLP's flat directions.
-
-Inner solvers: 'exact' minimises -J_sim on the CRN set (Adam, then L-BFGS) to ||F|| <= tol;
-'sampled' is a stochastic policy gradient: pathwise gradients through fresh simulated
-rollouts each iteration (Adam), warm-started, stopping on the CRN ||F||; 'ppo' is a PPO-style
-actor-critic on fresh rollouts that uses the simulator only as a sampler (for simulators
-without derivatives).  Both stop near, not at, the CRN optimum: the implicit-function step
-is then taken at an approximate stationary point, whose ||F|| is reported.
-
-Normalised return
------------------
-real return of pi_phi / real return of the ORACLE policy, the 'exact' inner optimum in the
-simulator at the true physical parameters and the task's reward weights (cached per problem
-instance).  Both are Monte-Carlo estimates on the emulator with the SAME fixed evaluation
-seeds (initial state, sensor noise and action noise per episode: common random numbers, so
-the ratio's noise is much smaller than either return's), ``evaluation.episodes`` episodes.
-The oracle is the best policy the simulator family can produce from exact knowledge of the
-physical parameters; it knows nothing of the delay or the torque clipping, so a policy tuned
-by the real return can exceed 1.
-"""
+"""``RobotProblem``: the torque-controlled pendulum (see the package docstring)."""
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import torch
 
-from ..config import MAX_HORIZON, FieldReader, ProblemConfigError
-from ..problem import BilevelProblem, InnerResult, SensitivityTerms, Trajectories
-from ..robot_model import (ACTION_DIM, N_PHYSICAL, OBSERVATION_DIM, PHYSICAL_NAMES, REWARD_NAMES, STATE_DIM,
-                           THETA_NAMES, PendulumGeometry, PendulumModel)
+from ...problem import BilevelProblem, InnerResult, SensitivityTerms, Trajectories
+from ...robot_model import ACTION_DIM, N_PHYSICAL, STATE_DIM, THETA_NAMES, PendulumGeometry, PendulumModel
+from .config import REAL_GRADIENT_ESTIMATORS, InnerSettings, read_problem_file
+from .estimators import alive_mask, cross_fitted_values, gae, value_features
+from .simulator import DTYPE, CommonNoise, InitialStateRange, PendulumSimulatorFamily, make_policy
 
-DTYPE = torch.float64
 MAX_PARALLEL_EPISODES = 64       # emulators stepped side by side (one pybullet client each)
-REAL_GRADIENT_ESTIMATORS = ('pathwise', 'reinforce')
 INNER_SOLVERS = ('exact', 'sampled', 'ppo')
 PPO_EPOCHS, PPO_CLIP, PPO_GAE_LAMBDA = 4, 0.2, 0.95
-TOP_LEVEL_FIELDS = {'kind', 'robot', 'gamma', 'horizon', 'geometry', 'initial_state', 'task', 'real',
-                    'simulator', 'policy', 'inner', 'evaluation', 'real_gradient', 'outer'}
 
 
-@dataclass(frozen=True)
-class InnerSettings:
-    """How the inner problem is posed and solved (the ``inner:`` section)."""
-    episodes: int = 32                 # CRN rollouts in J_sim
-    seed: int = 0                      # seed of the CRN set (and of the initial policy)
-    entropy: float = 0.1               # entropy bonus on sum log sigma
-    l2: float = 1e-4                   # ridge on phi
-    tolerance: float = 0.2             # stop when ||F|| <= tolerance
-    max_iterations: int = 60           # per warm-started solve: L-BFGS iterations (exact) / Adam steps (sampled)
-    cold_iterations: int = 300         # the same budget for a solve without a warm start
-    warmup_iterations: int = 150       # Adam steps before L-BFGS when there is no warm start
-    learning_rate: float = 1e-2        # Adam step size
-    oracle_iterations: int = 600       # iteration budget of the oracle's (cold) solve
-    sampled_episodes: int = 32         # fresh rollouts per stochastic gradient ('sampled')
-
-
-@dataclass(frozen=True)
-class InitialStateRange:
-    position: tuple[float, float]
-    velocity: tuple[float, float]
-
-
-@dataclass(frozen=True)
-class CommonNoise:
-    """Random numbers that make a simulated rollout a deterministic function of (phi, theta)."""
-    initial_states: torch.Tensor      # (N, 2)
-    action_noise: torch.Tensor        # (T, N, 1) standard normal
-    transition_noise: torch.Tensor    # (T, N, 2) standard normal
-
-    @staticmethod
-    def draw(episodes: int, horizon: int, initial: InitialStateRange, rng: np.random.Generator) -> 'CommonNoise':
-        low = np.array([initial.position[0], initial.velocity[0]])
-        high = np.array([initial.position[1], initial.velocity[1]])
-        return CommonNoise(
-            initial_states=torch.as_tensor(rng.uniform(low, high, size=(episodes, STATE_DIM)), dtype=DTYPE),
-            action_noise=torch.as_tensor(rng.standard_normal((horizon, episodes, ACTION_DIM)), dtype=DTYPE),
-            transition_noise=torch.as_tensor(rng.standard_normal((horizon, episodes, STATE_DIM)), dtype=DTYPE))
-
-
-def _make_policy(hidden_sizes: tuple[int, ...], initial_std: float):
-    from ..policies.mlp_gaussian import MLPGaussianPolicy
-    return MLPGaussianPolicy(OBSERVATION_DIM, ACTION_DIM, hidden=hidden_sizes, log_std_init=math.log(initial_std))
-
-
-class RobotProblem(BilevelProblem):
+class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
     kind = 'robot'
 
     def __init__(self, *, source: str, gamma: float, horizon: int, geometry: PendulumGeometry,
@@ -132,13 +42,12 @@ class RobotProblem(BilevelProblem):
         self.learn_index = np.flatnonzero(self.learn_mask)
         self._lower_full, self._upper_full = lower_full, upper_full
         self.model = PendulumModel(geometry, transition_noise_std)
-        self.policy = policy if policy is not None else _make_policy(hidden_sizes, initial_std)
+        self.policy = policy if policy is not None else make_policy(hidden_sizes, initial_std)
         self.inner = inner
         self.evaluation_episodes = evaluation_episodes
         self.evaluation_seed = evaluation_seed
         self.outer_defaults = dict(outer_defaults or {})
         self.theta_names = [THETA_NAMES[i] for i in self.learn_index]
-        self.default_sim_episodes = inner.episodes
         self.default_sim_horizon = horizon
         self._discounts = gamma ** torch.arange(horizon, dtype=DTYPE)
         self._crn = CommonNoise.draw(inner.episodes, horizon, initial, np.random.default_rng([inner.seed, 1]))
@@ -154,143 +63,13 @@ class RobotProblem(BilevelProblem):
     # --- construction from a problem file ------------------------------------------------------
     @classmethod
     def from_dict(cls, data: dict, source: str, policy=None) -> 'RobotProblem':
-        from ...robots import PendulumParameters, SensorNoise
-        root = FieldReader(data, source)
-        root.reject_unknown(TOP_LEVEL_FIELDS)
-        robot = root.raw('robot', 'pendulum')
-        if robot != 'pendulum':
-            raise root.error('robot', robot, "'pendulum' (the only robot so far)")
-        gamma = root.scalar('gamma', low=0.0, high=1.0, low_open=True, high_open=True)
-        horizon = root.integer('horizon', low=1, high=MAX_HORIZON)
+        """Validate a loaded problem file and build the problem (``policy``: a policy object to use
+        instead of the MLP the file describes)."""
+        return cls(policy=policy, **read_problem_file(data, source))
 
-        geo = root.section('geometry', {})
-        geo.reject_unknown({'link_length', 'rod_radius', 'rod_mass', 'gravity', 'control_period'})
-        sim = root.section('simulator')
-        sim.reject_unknown({'physics_substeps', 'effort_limit', 'friction_velocity_scale', 'transition_noise_std',
-                            'parameters', 'reward_weights'})
-        geometry = PendulumGeometry(
-            link_length=geo.scalar('link_length', 0.5, low=0.0, low_open=True),
-            rod_radius=geo.scalar('rod_radius', 0.02, low=0.0, low_open=True),
-            rod_mass=geo.scalar('rod_mass', 0.4, low=0.0, low_open=True),
-            gravity=geo.scalar('gravity', 9.81, low=0.0),
-            control_period=geo.scalar('control_period', 0.02, low=0.0, low_open=True),
-            physics_substeps=sim.integer('physics_substeps', 2, low=1),
-            effort_limit=sim.scalar('effort_limit', low=0.0, low_open=True),
-            friction_velocity_scale=sim.scalar('friction_velocity_scale', 0.05, low=0.0, low_open=True))
-        transition_noise_std = sim.array('transition_noise_std', (STATE_DIM,))
-        if np.any(transition_noise_std <= 0):
-            raise sim.error('transition_noise_std', transition_noise_std.tolist(), 'two numbers > 0 (rad, rad/s)')
-
-        init = root.section('initial_state')
-        init.reject_unknown({'position_range', 'velocity_range'})
-        initial = InitialStateRange(_range(init, 'position_range'), _range(init, 'velocity_range'))
-
-        task = root.section('task')
-        task.reject_unknown({'reward_weights'})
-        weights = task.section('reward_weights')
-        weights.reject_unknown(set(REWARD_NAMES))
-        task_weights = np.array([weights.scalar(n, low=0.0, low_open=True) for n in REWARD_NAMES])
-
-        real = root.section('real')
-        real.reject_unknown(set(PHYSICAL_NAMES) | {'actuation_delay_steps', 'effort_limit', 'sensor_noise',
-                                                   'physics_substeps'})
-        noise = real.section('sensor_noise', {})
-        noise.reject_unknown({'position', 'velocity', 'effort'})
-        real_parameters = PendulumParameters(
-            payload_mass=real.scalar('payload_mass', low=0.0),
-            damping=real.scalar('damping', low=0.0),
-            coulomb_friction=real.scalar('coulomb_friction', low=0.0),
-            motor_gain=real.scalar('motor_gain', low=0.0, low_open=True),
-            actuation_delay_steps=real.integer('actuation_delay_steps', 0, low=0),
-            effort_limit=real.scalar('effort_limit', low=0.0, low_open=True) if real.has('effort_limit') else math.inf,
-            sensor_noise=SensorNoise(*(noise.scalar(n, 0.0, low=0.0) for n in ('position', 'velocity', 'effort'))))
-        real_substeps = real.integer('physics_substeps', 8, low=1)
-
-        nominal, learn, lower, upper = [], [], [], []
-        for section_name, names in (('parameters', PHYSICAL_NAMES), ('reward_weights', REWARD_NAMES)):
-            section = sim.section(section_name)
-            section.reject_unknown(set(names))
-            for name in names:
-                entry = section.section(name)
-                entry.reject_unknown({'value', 'learn', 'bounds'})
-                value = entry.scalar('value', low=0.0, low_open=True)
-                learns = entry.raw('learn', False)
-                if not isinstance(learns, bool):
-                    raise entry.error('learn', learns, 'true or false')
-                if entry.has('bounds') or learns:
-                    low, high = _range(entry, 'bounds', positive=True)
-                    if not low <= value <= high:
-                        raise entry.error('value', value, f'a value inside bounds [{low!r}, {high!r}]')
-                else:
-                    low = high = value
-                nominal.append(math.log(value))
-                learn.append(learns)
-                lower.append(math.log(low))
-                upper.append(math.log(high))
-        if not any(learn):
-            raise sim.error('parameters', '<no learn: true>', 'at least one learnable entry (learn: true)')
-
-        pol = root.section('policy', {})
-        pol.reject_unknown({'hidden_sizes', 'initial_std'})
-        hidden = pol.raw('hidden_sizes', [32, 32])
-        if (not isinstance(hidden, list) or not hidden
-                or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden)):
-            raise pol.error('hidden_sizes', hidden, 'a non-empty list of positive integers')
-        initial_std = pol.scalar('initial_std', 0.3, low=0.0, low_open=True)
-
-        inn = root.section('inner', {})
-        inn.reject_unknown(set(InnerSettings.__dataclass_fields__))
-        defaults = InnerSettings()
-        inner = InnerSettings(
-            episodes=inn.integer('episodes', defaults.episodes, low=1, high=10 ** 7 // horizon),  # CRN: n x T
-            seed=inn.integer('seed', defaults.seed, low=0),
-            entropy=inn.scalar('entropy', defaults.entropy, low=0.0),
-            l2=inn.scalar('l2', defaults.l2, low=0.0),
-            tolerance=inn.scalar('tolerance', defaults.tolerance, low=0.0, low_open=True),
-            max_iterations=inn.integer('max_iterations', defaults.max_iterations, low=1),
-            cold_iterations=inn.integer('cold_iterations', defaults.cold_iterations, low=1),
-            warmup_iterations=inn.integer('warmup_iterations', defaults.warmup_iterations, low=0),
-            learning_rate=inn.scalar('learning_rate', defaults.learning_rate, low=0.0, low_open=True),
-            oracle_iterations=inn.integer('oracle_iterations', defaults.oracle_iterations, low=1),
-            sampled_episodes=inn.integer('sampled_episodes', defaults.sampled_episodes, low=1))
-
-        ev = root.section('evaluation', {})
-        ev.reject_unknown({'episodes', 'seed'})
-        real_gradient = root.section('real_gradient', {})
-        real_gradient.reject_unknown({'gae_lambda', 'estimator'})
-        gae_lambda = real_gradient.scalar('gae_lambda', 1.0, low=0.0, high=1.0)
-        estimator = real_gradient.raw('estimator', 'pathwise')
-        if estimator not in REAL_GRADIENT_ESTIMATORS:
-            raise real_gradient.error('estimator', estimator, f'one of {list(REAL_GRADIENT_ESTIMATORS)}')
-        outer = root.raw('outer', {})
-        _check_outer(outer, source)
-        return cls(source=source, gamma=gamma, horizon=horizon, geometry=geometry, initial=initial,
-                   task_weights=task_weights, real_parameters=real_parameters, real_substeps=real_substeps,
-                   nominal_full=np.array(nominal), learn_mask=np.array(learn), lower_full=np.array(lower),
-                   upper_full=np.array(upper), transition_noise_std=transition_noise_std,
-                   hidden_sizes=tuple(hidden), initial_std=initial_std, inner=inner,
-                   evaluation_episodes=ev.integer('episodes', 32, low=1),
-                   evaluation_seed=ev.integer('seed', 100000, low=0), outer_defaults=outer, policy=policy,
-                   real_gradient_lambda=gae_lambda, real_gradient_estimator=estimator)
-
-    # --- the simulator family ------------------------------------------------------------------------
-    def theta0(self) -> np.ndarray:
-        return self.nominal_full[self.learn_index].copy()
-
-    def theta_bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        return self._lower_full[self.learn_index].copy(), self._upper_full[self.learn_index].copy()
-
+    # --- the policy and the true parameters (the simulator family is ``PendulumSimulatorFamily``) ---
     def phi_size(self) -> int:
         return int(self.policy.num_params)
-
-    def theta_groups(self) -> dict[str, np.ndarray]:
-        dynamics = self.learn_index < N_PHYSICAL
-        return {'dynamics': dynamics, 'reward': ~dynamics}
-
-    def full_theta(self, theta: torch.Tensor) -> torch.Tensor:
-        """The 7-vector of log parameters with the learnable entries replaced by ``theta``."""
-        base = torch.as_tensor(self.nominal_full, dtype=theta.dtype)
-        return base.index_put((torch.as_tensor(self.learn_index),), theta)
 
     def oracle_theta_full(self) -> np.ndarray:
         """True physical parameters and the task's reward weights (reporting only).  A zero
@@ -301,34 +80,6 @@ class RobotProblem(BilevelProblem):
         return np.concatenate([logs, np.log(self.task_weights)])
 
     # --- differentiable simulation -------------------------------------------------------------------
-    def rollout(self, phi: torch.Tensor, theta_full: torch.Tensor, noise: CommonNoise):
-        """Reparametrised rollout: states (T+1, N, 2), actions (T, N, 1), rewards (T, N)."""
-        theta_phys, theta_reward = self.model.split(theta_full)
-        coefficients = self.model.coefficients(theta_phys)      # once per rollout, not per step
-        noise_std = self.model.noise_std.to(phi.dtype)
-        std = torch.exp(self.policy.log_std(phi))
-        state = noise.initial_states.to(phi.dtype)
-        states, actions = [state], []
-        for t in range(noise.action_noise.shape[0]):
-            action = self.policy.mean(phi, self.model.observation(state)) + std * noise.action_noise[t]
-            state = self.model.step_mean_with(state, action, coefficients) + noise_std * noise.transition_noise[t]
-            states.append(state)
-            actions.append(action)
-        states, actions = torch.stack(states), torch.stack(actions)
-        # Rewards in one batched call after the loop: fewer autograd nodes, ~1/3 less time.
-        return states, actions, self.model.reward(states[:-1], actions, theta_reward)
-
-    def sim_objective(self, phi: torch.Tensor, theta: torch.Tensor, noise: Optional[CommonNoise] = None,
-                      *, full: bool = False) -> torch.Tensor:
-        """J_sim(phi, theta) on ``noise`` (default: the fixed CRN set); ``theta`` is the
-        learnable vector, or the full 7-vector when ``full``."""
-        noise = self._crn if noise is None else noise
-        theta_full = theta if full else self.full_theta(theta)
-        _, _, rewards = self.rollout(phi, theta_full, noise)
-        discounted = (self._discounts[:rewards.shape[0], None].to(rewards.dtype) * rewards).sum(0).mean()
-        return (discounted + self.inner.entropy * self.policy.log_std(phi).sum()
-                - 0.5 * self.inner.l2 * (phi ** 2).sum())
-
     def inner_gradient(self, phi: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         return torch.func.grad(self.sim_objective)(phi, theta)
 
@@ -441,40 +192,9 @@ class RobotProblem(BilevelProblem):
         return int(optimizer.state[phi].get('n_iter', 0))
 
     # --- sampled trajectories and sensitivities --------------------------------------------------------
-    def simulate(self, phi: np.ndarray, theta: np.ndarray, n_episodes: int, horizon: int,
-                 rng: np.random.Generator) -> Trajectories:
-        phi_t = torch.as_tensor(phi, dtype=DTYPE)
-        theta_t = torch.as_tensor(theta, dtype=DTYPE)
-        theta_full = self.full_theta(theta_t)
-        noise = CommonNoise.draw(n_episodes, horizon, self.initial, rng)
-        with torch.no_grad():
-            states, actions, rewards = self.rollout(phi_t, theta_full, noise)
-            log_probs = self.policy.log_prob(phi_t, self.model.observation(states[:-1]), actions)
-        theta_phys = lambda th: self.model.split(self.full_theta(th))[0]
-        score = torch.func.vmap(torch.func.grad(
-            lambda th, s2, s, a: self.model.log_prob(s2, s, a, theta_phys(th))), in_dims=(None, 0, 0, 0))(
-            theta_t, states[1:].reshape(-1, STATE_DIM), states[:-1].reshape(-1, STATE_DIM),
-            actions.reshape(-1, ACTION_DIM))
-        dones = np.zeros((n_episodes, horizon), dtype=bool)
-        dones[:, -1] = True
-        return Trajectories(
-            states=states.transpose(0, 1).numpy(), actions=actions.transpose(0, 1).numpy(),
-            rewards=rewards.T.numpy(), dones=dones, log_probs=log_probs.T.numpy(), source='sim',
-            score_theta=score.reshape(horizon, n_episodes, -1).transpose(0, 1).numpy())
-
-    def noise_of(self, phi: np.ndarray, theta: np.ndarray, trajectories: Trajectories) -> CommonNoise:
-        """The standard random numbers that reproduce simulated ``trajectories`` exactly
-        (actions and transitions are reparametrised, so they can be solved for)."""
-        phi_t = torch.as_tensor(phi, dtype=DTYPE)
-        theta_phys = self.model.split(self.full_theta(torch.as_tensor(theta, dtype=DTYPE)))[0]
-        states = torch.as_tensor(trajectories.states, dtype=DTYPE).transpose(0, 1)     # (T+1, N, 2)
-        actions = torch.as_tensor(trajectories.actions, dtype=DTYPE).transpose(0, 1)   # (T, N, 1)
-        with torch.no_grad():
-            mean = self.policy.mean(phi_t, self.model.observation(states[:-1]))
-            action_noise = (actions - mean) / torch.exp(self.policy.log_std(phi_t))
-            transition_noise = ((states[1:] - self.model.step_mean(states[:-1], actions, theta_phys))
-                                / self.model.noise_std)
-        return CommonNoise(states[0], action_noise, transition_noise)
+    @property
+    def default_sim_episodes(self) -> int:
+        return self.inner.episodes
 
     def sensitivity_terms(self, phi: np.ndarray, theta: np.ndarray, *, method: str = 'exact',
                           trajectories: Optional[Trajectories] = None,
@@ -487,8 +207,8 @@ class RobotProblem(BilevelProblem):
         of the linearisation of the expected objective.
 
         F's graph is built once (create_graph) and each product is one backward pass through
-        it: forward-over-reverse (torch.func.jvp of grad) through a T-step Python loop costs
-        over 10x more on CPU.  F = grad_phi J is a gradient, so dF/dphi is symmetric and
+        it: forward-over-reverse (torch.func.jvp of grad) would trace the T-step Python loop again
+        for every product.  F = grad_phi J is a gradient, so dF/dphi is symmetric and
         hvp_t = hvp.
         """
         if method == 'exact':
@@ -536,7 +256,7 @@ class RobotProblem(BilevelProblem):
     # --- real system -----------------------------------------------------------------------------------
     def make_emulator(self):
         """A fresh pybullet emulator with the hidden true parameters (for the robot_emulator node)."""
-        from ...robots import PendulumEmulator
+        from ....robots import PendulumEmulator
         g = self.geometry
         return PendulumEmulator(self._real_parameters, link_length=g.link_length, rod_mass=g.rod_mass,
                                 rod_radius=g.rod_radius, gravity=g.gravity, control_period=g.control_period,
@@ -618,7 +338,7 @@ class RobotProblem(BilevelProblem):
         reproduction then uses the states the robot really visited and the simulator's
         Jacobians d s_{t+1} / d(s_t, a_t).  Biased only through those Jacobians (e.g. the
         robot's actuation delay is not in them); its variance is far below the
-        likelihood-ratio estimator's (measured in the issue-4 note)."""
+        likelihood-ratio estimator's, which weights whole returns by a score."""
         noise = self.noise_of(phi, theta, batch)
         theta_phys = self.model.split(self.full_theta(torch.as_tensor(theta, dtype=DTYPE)))[0]
         theta_full = torch.cat([theta_phys, torch.as_tensor(np.log(self.task_weights), dtype=DTYPE)])
@@ -640,7 +360,7 @@ class RobotProblem(BilevelProblem):
         lambda trades a bias (V is only approximate) for much less variance.  One episode:
         no value function (plain REINFORCE)."""
         batch = batches[-1]
-        rewards = np.where(_alive(batch.dones), batch.rewards, 0.0)
+        rewards = np.where(alive_mask(batch.dones), batch.rewards, 0.0)
         n, horizon = rewards.shape
         discounts = self.gamma ** np.arange(horizon)
         observations = self.model.observation(torch.as_tensor(batch.states, dtype=DTYPE))
@@ -657,8 +377,8 @@ class RobotProblem(BilevelProblem):
         horizon = rewards.shape[1]
         discounts = self.gamma ** np.arange(horizon)
         to_go = np.flip(np.cumsum(np.flip(rewards * discounts, 1), 1), 1) / discounts
-        values = _cross_fitted_values(_value_features(observations, self.gamma, horizon), to_go)
-        return _gae(rewards, values, self.gamma, lam)
+        values = cross_fitted_values(value_features(observations, self.gamma, horizon), to_go)
+        return gae(rewards, values, self.gamma, lam)
 
     def real_return(self, phi: np.ndarray) -> float:
         """Mean discounted real return of pi_phi over the fixed evaluation seeds (cached)."""
@@ -739,67 +459,3 @@ class RobotProblem(BilevelProblem):
                           bounds=list(zip(lower[dynamics], upper[dynamics])))
         theta[dynamics] = result.x
         return theta
-
-
-def _value_features(observations: np.ndarray, gamma: float, horizon: int) -> np.ndarray:
-    """(n, T+1, k) features of a linear value function: 1, o, o o^T (upper triangle), t/T and
-    gamma^(T-t) (with 1 they span the value of any constant reward exactly)."""
-    n, steps = observations.shape[:2]
-    rows, cols = np.triu_indices(observations.shape[-1])
-    quadratic = observations[..., rows] * observations[..., cols]
-    t = np.arange(steps)
-    time_features = np.broadcast_to(np.stack([t / horizon, gamma ** (horizon - t)], -1), (n, steps, 2))
-    return np.concatenate([np.ones((n, steps, 1)), observations, quadratic, time_features], axis=-1)
-
-
-def _cross_fitted_values(features: np.ndarray, to_go: np.ndarray) -> np.ndarray:
-    """V(s_t) for t < T from a two-fold cross-fitted least-squares fit (minimum norm: the
-    features are collinear, e.g. sin^2 + cos^2 = 1) of the reward-to-go; V(s_T) = 0."""
-    n, horizon = to_go.shape
-    values = np.zeros((n, horizon + 1))
-    if n < 2:
-        return values
-    inputs = features[:, :horizon]
-    folds = np.arange(n) % 2
-    for fold in (0, 1):
-        train, test = folds != fold, folds == fold
-        coefficients = np.linalg.lstsq(inputs[train].reshape(-1, inputs.shape[-1]), to_go[train].reshape(-1),
-                                       rcond=None)[0]
-        values[test, :horizon] = inputs[test] @ coefficients
-    return values
-
-
-def _gae(rewards: np.ndarray, values: np.ndarray, gamma: float, lam: float) -> np.ndarray:
-    """Generalised advantage estimates (n, T) from rewards (n, T) and values (n, T+1)."""
-    deltas = rewards + gamma * values[:, 1:] - values[:, :-1]
-    advantages = np.zeros_like(rewards)
-    running = np.zeros(rewards.shape[0])
-    for t in range(rewards.shape[1] - 1, -1, -1):
-        running = deltas[:, t] + gamma * lam * running
-        advantages[:, t] = running
-    return advantages
-
-
-def _alive(dones: np.ndarray) -> np.ndarray:
-    return (np.cumsum(dones, axis=1) - dones) == 0
-
-
-def _range(reader: FieldReader, key: str, positive: bool = False) -> tuple[float, float]:
-    value = reader.array(key, (2,))
-    low, high = float(value[0]), float(value[1])
-    if low > high or (positive and low <= 0):
-        expected = '[low, high] with 0 < low <= high' if positive else '[low, high] with low <= high'
-        raise reader.error(key, value.tolist(), expected)
-    return low, high
-
-
-def _check_outer(outer, source: str) -> None:
-    """Validate the ``outer:`` overrides now, so a typo fails at load time with the file named."""
-    from ..outer import OuterConfig
-    if not isinstance(outer, dict):
-        raise ProblemConfigError(source, 'outer', outer, 'a mapping of outer-loop settings')
-    values = {k: v for k, v in outer.items() if k != 'methods'}
-    try:
-        OuterConfig.from_mapping(values)
-    except (ValueError, TypeError) as err:
-        raise ProblemConfigError(source, 'outer', outer, f'valid outer-loop settings ({err})')

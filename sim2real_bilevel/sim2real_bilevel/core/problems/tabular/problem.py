@@ -1,119 +1,23 @@
-"""Tabular bi-level problem: a finite real MDP and a softmax-parametrised simulator.
-
-Problem file (``kind: tabular``)::
-
-    kind: tabular
-    gamma: 0.9                          # 0 < gamma < 1
-    initial_distribution: [p0, ...]     # S probabilities summing to 1
-    real:                               # the physical system: methods only sample it
-      transitions: P[s][a][s']          # rows sum to 1
-      rewards: r[s][a]
-      horizon: 50                       # optional: steps per real episode (truncation)
-    simulator:
-      transition_logits: L[s][a][s']    # f_theta(s'|s,a) = softmax_s'(L[s][a])
-      learn_transition_logits: M[s][a][s']   # 0/1 per entry, or true/false for all
-      rewards: R[s][a]                  # in-sim reward R_theta
-      learn_rewards: M[s][a]            # 0/1, or true/false
-      logit_bound: 10                   # optional: learnable logits live in [-b, b]
-      reward_bound: 10                  # optional: learnable rewards live in [-b, b]
-    inner: {...}                        # optional, see ``InnerSettings``
-    outer: {...}                        # optional outer-loop defaults (``OuterConfig`` fields)
-    real_gradient:                      # optional, see ``real_policy_gradient``
-      estimator: critic                 # or doubly_robust
-      prior_transitions: 1.0            # weight of the nominal simulator as the critic's prior
-
-theta = the learnable logit entries (row-major order of the mask), then the learnable reward
-entries; ``theta_names`` spells them ``L[s][a][s']`` and ``R[s][a]``.  Nominal values must
-already lie inside the bounds (nothing is clipped).
-
-Inner problem: maximise the entropy-regularised in-sim return
-    J_sim(phi, theta) = E[sum_t gamma^t (R_theta(s_t, a_t) - tau log pi_phi(a_t|s_t))],
-s_0 ~ initial_distribution, over the reduced softmax policy of
-``core/policies/tabular_softmax.py``.  F(phi, theta) = grad_phi J_sim is, per state s and
-non-last action b,
-    F[s, b] = d(s) pi(b|s) A(s, b),   A = Q - tau log pi - V  (soft advantage),
-with d the discounted visitation d^T = rho0^T (I - gamma P_pi)^{-1}.  Its unique zero is
-pi* = softmax(Q*_soft / tau).
-
-Sensitivities (``sensitivity_terms``), for x = phi (hessian) and x = theta (mixed):
-    dQ = dR + gamma [df V] + gamma P Pi dQ + gamma P [sum_a' pi dlog pi (Q - tau log pi)]
-(the Bellman-like recursion, one linear solve over state-action pairs), dV = sum_a pi
-(dlog pi (Q - tau log pi) + dQ), and the Markov-chain sensitivity
-d(d)^T = gamma d^T dP_pi (I - gamma P_pi)^{-1}.  Then
-    dF[s, b] = d(d)(s) pi A + d(s) pi (dlog pi A + dQ - tau dlog pi - dV).
-'exact' evaluates these with f_theta; 'sampled' estimates every piece from simulated
-trajectories (see ``_sampled_terms``): a tabular critic (certainty-equivalence = tabular
-LSTD) for Q, V, A, its data topped up by one-step simulator resets for state-action pairs the
-policy rarely tries (``inner.sensitivity_min_pair_samples``); the dynamics term [df V] as the
-sample covariance of the score grad_theta log f(s'|s,a) with V(s'); and the Markov-chain sensitivities from accumulated
-score weights W_k = sum_{i<k} grad_theta log f(s_{i+1}|s_i,a_i) (theta) and
-sum_{i<k} grad_phi log pi(a_i|s_i) (phi):  d(d)(s) ~ E[sum_k gamma^k 1{s_k = s} W_k].
-
-Real side: episodes of ``real.horizon`` steps; the real policy gradient is described in
-``real_policy_gradient``; ``normalized_return`` = (J - J_min) / (J* - J_min) with J_min, J*
-over deterministic policies, exact from the initial distribution.
-"""
+"""``TabularProblem``: a finite real MDP and a softmax-parametrised simulator (the formulas are
+in the package docstring)."""
 from __future__ import annotations
 
-import zlib
-from dataclasses import dataclass, fields
 from typing import Optional
 
 import numpy as np
 import torch
 
-from ..config import MAX_HORIZON, FieldReader, ProblemConfigError, check_probability_rows
-from ..policies import tabular_softmax as policy
-from ..problem import BilevelProblem, InnerResult, SensitivityTerms, Trajectories
-# the outer: section is validated the same way for every problem kind
-from .common import read_outer_section
-
-TOP_LEVEL_FIELDS = {'kind', 'gamma', 'initial_distribution', 'real', 'simulator', 'inner', 'outer',
-                    'real_gradient'}
-REAL_GRADIENT_FIELDS = {'estimator', 'prior_transitions'}
-REAL_GRADIENT_ESTIMATORS = ('critic', 'doubly_robust')
-REAL_FIELDS = {'transitions', 'rewards', 'horizon'}
-SIMULATOR_FIELDS = {'transition_logits', 'learn_transition_logits', 'rewards', 'learn_rewards',
-                    'logit_bound', 'reward_bound'}
+from ...policies import tabular_softmax as policy
+from ...problem import BilevelProblem, InnerResult, SensitivityTerms, Trajectories
+from ...settings import override_settings
+from .config import REAL_GRADIENT_ESTIMATORS, SOLVER_FIXED, InnerSettings, read_problem_file
+from .estimators import (StatisticsPrefix, count_transitions, empirical_model, reward_sums, rng_from_content,
+                         sampled_chain, sampled_visitation, top_up_pairs, transition_counts)
+from .maths import discounted_visitation, evaluate_policy, logsumexp, optimal_return, residual_jacobian, rollout
+from .simulator import SoftmaxSimulatorFamily
 
 
-@dataclass
-class InnerSettings:
-    """The ``inner:`` section of a tabular problem file."""
-    temperature: float = 0.1
-    """Entropy temperature tau > 0 of the in-sim objective (larger: softer policies)."""
-    tolerance: float = 1e-12
-    """Exact solver: stop soft value iteration when the sup-norm Bellman residual, relative to
-    max(1, |V|), falls below this."""
-    max_iterations: int = 100000
-    """Exact solver: iteration cap of soft value iteration."""
-    sampled_tolerance: float = 1e-2
-    """Sampled solver: stop when ||F(phi, theta)|| falls below this.  Near the optimum ||F|| is
-    about the error of phi; the critic's sampling error sets a floor of roughly
-    1 / sqrt(transitions per state-action pair), so tighter tolerances need more samples."""
-    sampled_stop: str = 'exact'
-    """Sampled solver: which ||F|| the stop rule reads: 'exact' (computed from f_theta, cheap in
-    a table) or 'estimated' (from the sampled critic and visitation)."""
-    sampled_episodes: int = 20
-    """Sampled solver: simulated episodes per actor-critic iteration."""
-    sampled_horizon: int = 30
-    """Sampled solver: their length."""
-    sampled_step: float = 1.0
-    """Sampled solver: natural-gradient step as a fraction of a full soft policy-iteration step
-    (1.0 = replace the policy by softmax(Q_hat / tau)); in (0, 1]."""
-    sampled_max_iterations: int = 500
-    """Sampled solver: iteration cap."""
-    sensitivity_episodes: int = 400
-    """Default number n of simulated trajectories for sampled sensitivities."""
-    sensitivity_horizon: int = 40
-    """Default trajectory length N for sampled sensitivities."""
-    sensitivity_min_pair_samples: int = 20000
-    """Sampled sensitivities and sampled solver: state-action pairs with fewer simulated
-    transitions than this get extra ones by resetting the simulator to (s, a) (critic data
-    only; 0 disables).  Rarely chosen actions otherwise leave their critic rows unestimated."""
-
-
-class TabularProblem(BilevelProblem):
+class TabularProblem(SoftmaxSimulatorFamily, BilevelProblem):
     """A finite MDP (real P, r) and a simulator f_theta = softmax(L), R_theta with masks."""
 
     kind = 'tabular'
@@ -146,7 +50,6 @@ class TabularProblem(BilevelProblem):
         self.theta_names = ([f'L[{s}][{a}][{t}]' for s, a, t in self.logit_index]
                             + [f'R[{s}][{a}]' for s, a in self.reward_index])
         self._nominal_model = self.simulator_model(self.theta0())
-        self.default_sim_episodes = self.inner.sensitivity_episodes
         self.default_sim_horizon = self.inner.sensitivity_horizon
         if real_gradient_estimator not in REAL_GRADIENT_ESTIMATORS:
             raise ValueError(f'real_gradient_estimator {real_gradient_estimator!r}: expected one of '
@@ -157,107 +60,12 @@ class TabularProblem(BilevelProblem):
     # --- loading ----------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: dict, source: str) -> 'TabularProblem':
-        """Validate a loaded problem file (see the module docstring) and build the problem."""
-        root = FieldReader(data, source)
-        root.reject_unknown(TOP_LEVEL_FIELDS)
-        kind = root.raw('kind')
-        if kind != 'tabular':
-            raise root.error('kind', kind, "'tabular'")
-        gamma = root.scalar('gamma', low=0.0, high=1.0, low_open=True, high_open=True)
+        """Validate a loaded problem file (see the package docstring) and build the problem."""
+        return cls(**read_problem_file(data, source))
 
-        real = root.section('real')
-        real.reject_unknown(REAL_FIELDS)
-        transitions = real.array('transitions', (None, None, None))
-        n_states, n_actions = transitions.shape[:2]
-        if n_states < 1 or transitions.shape[2] != n_states:
-            raise real.error('transitions', transitions.tolist(),
-                             f'an S x A x S array (next-state axis as long as the state axis); '
-                             f'got shape {"x".join(map(str, transitions.shape))}')
-        if n_actions < 2:
-            raise real.error('transitions', transitions.tolist(),
-                             'at least 2 actions per state (a single action leaves no policy to learn)')
-        check_probability_rows(transitions, source, real.path('transitions'))
-        real_rewards = real.array('rewards', (n_states, n_actions))
-        horizon = real.integer('horizon', 50, low=1, high=MAX_HORIZON)
-
-        initial = root.array('initial_distribution', (n_states,))
-        check_probability_rows(initial, source, 'initial_distribution')
-
-        sim = root.section('simulator')
-        sim.reject_unknown(SIMULATOR_FIELDS)
-        logit_bound = sim.scalar('logit_bound', 10.0, low=0.0, low_open=True)
-        reward_bound = sim.scalar('reward_bound', 10.0, low=0.0, low_open=True)
-        logits = sim.array('transition_logits', (n_states, n_actions, n_states))
-        learn_logits = sim.mask('learn_transition_logits', (n_states, n_actions, n_states), default=False)
-        rewards = sim.array('rewards', (n_states, n_actions))
-        learn_rewards = sim.mask('learn_rewards', (n_states, n_actions), default=False)
-        _check_inside(sim, 'transition_logits', logits, learn_logits, logit_bound, 'logit_bound')
-        _check_inside(sim, 'rewards', rewards, learn_rewards, reward_bound, 'reward_bound')
-        if not learn_logits.any() and not learn_rewards.any():
-            raise sim.error('learn_transition_logits', sim.raw('learn_transition_logits', False),
-                            'at least one learnable entry in learn_transition_logits or learn_rewards '
-                            '(theta would be empty)')
-
-        inner = _read_inner(root.section('inner', {}))
-        outer = read_outer_section(root)
-        gradient = root.section('real_gradient', {})
-        gradient.reject_unknown(REAL_GRADIENT_FIELDS)
-        estimator = gradient.raw('estimator', 'critic')
-        if estimator not in REAL_GRADIENT_ESTIMATORS:
-            raise gradient.error('estimator', estimator, f'one of {list(REAL_GRADIENT_ESTIMATORS)}')
-        prior = gradient.scalar('prior_transitions', 1.0, low=0.0)
-        return cls(gamma=gamma, initial_distribution=initial, real_transitions=transitions,
-                   real_rewards=real_rewards, transition_logits=logits, learn_transition_logits=learn_logits,
-                   rewards=rewards, learn_rewards=learn_rewards, inner=inner, real_horizon=horizon,
-                   logit_bound=logit_bound, reward_bound=reward_bound, outer_defaults=outer,
-                   real_gradient_estimator=estimator, critic_prior_transitions=prior, source=source)
-
-    # --- the simulator family ---------------------------------------------------------------------
-    def theta0(self) -> np.ndarray:
-        return np.concatenate([self.nominal_logits[tuple(self.logit_index.T)],
-                               self.nominal_rewards[tuple(self.reward_index.T)]])
-
-    def theta_bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        bound = np.concatenate([np.full(self.n_logit_params, self.logit_bound),
-                                np.full(len(self.reward_index), self.reward_bound)])
-        return -bound, bound
-
-    def theta_groups(self) -> dict[str, np.ndarray]:
-        dynamics = np.arange(len(self.theta_names)) < self.n_logit_params
-        return {'dynamics': dynamics, 'reward': ~dynamics}
-
+    # --- the policy (the simulator family is ``SoftmaxSimulatorFamily``) ---------------------------
     def phi_size(self) -> int:
         return policy.parameter_count(self.n_states, self.n_actions)
-
-    def simulator_model(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(f_theta (S, A, S), R_theta (S, A)) as numpy arrays."""
-        theta = np.asarray(theta, dtype=np.float64)
-        logits = self.nominal_logits.copy()
-        logits[tuple(self.logit_index.T)] = theta[:self.n_logit_params]
-        rewards = self.nominal_rewards.copy()
-        rewards[tuple(self.reward_index.T)] = theta[self.n_logit_params:]
-        shifted = logits - logits.max(axis=2, keepdims=True)
-        f = np.exp(shifted)
-        return f / f.sum(axis=2, keepdims=True), rewards
-
-    def simulator_model_torch(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(f_theta, R_theta) as differentiable torch float64 tensors."""
-        logits = torch.as_tensor(self.nominal_logits).index_put(
-            tuple(torch.as_tensor(self.logit_index.T)), theta[:self.n_logit_params])
-        rewards = torch.as_tensor(self.nominal_rewards).index_put(
-            tuple(torch.as_tensor(self.reward_index.T)), theta[self.n_logit_params:])
-        return torch.softmax(logits, dim=2), rewards
-
-    def dynamics_jacobians(self, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(df/dtheta (S, A, S, D), dR/dtheta (S, A, D)) of the simulator at f = f_theta."""
-        d_total = len(self.theta_names)
-        df = np.zeros(f.shape + (d_total,))
-        for k, (s, a, t) in enumerate(self.logit_index):
-            df[s, a, :, k] = f[s, a, t] * ((np.arange(self.n_states) == t) - f[s, a])
-        dr = np.zeros((self.n_states, self.n_actions, d_total))
-        for k, (s, a) in enumerate(self.reward_index):
-            dr[s, a, self.n_logit_params + k] = 1.0
-        return df, dr
 
     # --- inner level ------------------------------------------------------------------------------
     def policy_table(self, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -271,7 +79,7 @@ class TabularProblem(BilevelProblem):
         """phi*(theta).  'exact': soft value iteration (warm-started from the soft value of
         pi_{phi_init}).  'sampled': natural actor-critic on simulated episodes, see
         ``_sampled_inner_solve``.  ``options`` override ``InnerSettings`` fields."""
-        settings = _override(self.inner, options)
+        settings = override_settings(self.inner, options, source=self.source, fixed=SOLVER_FIXED)
         if method == 'exact':
             return self._exact_inner_solve(np.asarray(theta, dtype=np.float64), phi_init, settings)
         if method == 'sampled':
@@ -291,7 +99,7 @@ class TabularProblem(BilevelProblem):
         iterations = 0
         while iterations < settings.max_iterations:
             q = rewards + self.gamma * f @ value
-            new_value = tau * _logsumexp(q / tau)
+            new_value = tau * logsumexp(q / tau)
             residual = float(np.abs(new_value - value).max())
             value = new_value
             iterations += 1
@@ -399,15 +207,6 @@ class TabularProblem(BilevelProblem):
                             dones=np.zeros((n_episodes, horizon), dtype=bool),
                             log_probs=log_pi[states[:, :-1], actions], source='sim', score_theta=score)
 
-    def transition_scores(self, states, actions, next_states, f: np.ndarray) -> np.ndarray:
-        """grad_theta log f_theta(s'|s, a) for arrays of transitions: (..., D), zero on rewards.
-        d log f(s'|s,a) / d L[s,a,t] = [s' == t] - f(t|s,a)."""
-        score = np.zeros(np.shape(states) + (len(self.theta_names),))
-        for k, (ls, la, lt) in enumerate(self.logit_index):
-            here = (states == ls) & (actions == la)
-            score[..., k] = np.where(here, (next_states == lt) - f[ls, la, lt], 0.0)
-        return score
-
     def critic_transitions(self, batch: Trajectories, f: np.ndarray, minimum: int,
                            rng: np.random.Generator) -> tuple[np.ndarray, ...]:
         """Flat (s, a, s', score_theta) of a simulated batch, topped up so that every
@@ -429,6 +228,10 @@ class TabularProblem(BilevelProblem):
         return states, actions, next_states, scores
 
     # --- sensitivities ----------------------------------------------------------------------------
+    @property
+    def default_sim_episodes(self) -> int:
+        return self.inner.sensitivity_episodes
+
     def sensitivity_terms(self, phi: np.ndarray, theta: np.ndarray, *, method: str = 'exact',
                           trajectories: Optional[Trajectories] = None,
                           rng: Optional[np.random.Generator] = None) -> SensitivityTerms:
@@ -448,7 +251,7 @@ class TabularProblem(BilevelProblem):
             if trajectories.score_theta is None:
                 raise ValueError('sampled sensitivities need simulated trajectories with score_theta')
             return self._sampled_terms(phi, theta, trajectories,
-                                       rng if rng is not None else _rng_from_content(trajectories))
+                                       rng if rng is not None else rng_from_content(trajectories))
         raise ValueError(f"sensitivity_terms: method {method!r}: expected 'exact' or 'sampled'")
 
     def _exact_terms(self, phi, theta) -> SensitivityTerms:
@@ -489,7 +292,7 @@ class TabularProblem(BilevelProblem):
 
         Critic: transition counts give the tabular (certainty-equivalence / tabular LSTD) model
         P_hat; Q_hat, V_hat, A_hat solve the soft Bellman equations of pi_phi under P_hat with the
-        simulator's known reward table.  Critic sensitivities: the recursion of the module
+        simulator's known reward table.  Critic sensitivities: the recursion of the package
         docstring under P_hat, with [df V](s, a) estimated by the sample covariance of
         grad_theta log f(s'|s,a) and V_hat(s') over the transitions leaving (s, a) (the score has
         mean zero, so subtracting the mean of V_hat is a free control variate).  Visitation and
@@ -593,7 +396,7 @@ class TabularProblem(BilevelProblem):
             mine = folds == fold
             fold_counts = count_transitions(newest.states[mine, :-1], actions[mine], newest.states[mine, 1:],
                                             self.n_states, self.n_actions)
-            fold_rewards = _reward_sums(states[mine], actions[mine], rewards[mine], self.n_states, self.n_actions)
+            fold_rewards = reward_sums(states[mine], actions[mine], rewards[mine], self.n_states, self.n_actions)
             q, v = self.critic_from_statistics(pi, older_counts + new_counts - fold_counts,
                                                older_rewards + new_rewards - fold_rewards)
             # model errors delta_j = r_j + gamma V_hat(s_{j+1}) - Q_hat(s_j, a_j); their discounted
@@ -612,7 +415,7 @@ class TabularProblem(BilevelProblem):
 
     def real_statistics(self, batches: list[Trajectories]) -> tuple[np.ndarray, np.ndarray]:
         """(transition counts (S, A, S), reward sums (S, A)) of real batches, summed batch by
-        batch from the first.  The running sums after each batch are kept (``_StatisticsPrefix``,
+        batch from the first.  The running sums after each batch are kept (``StatisticsPrefix``,
         per first batch), so an outer loop that keeps all its real data and appends one batch per
         iteration pays for the new batch only -- with the same additions in the same order as a
         sum from scratch, so the result is bit-identical to it (and to a resumed run's)."""
@@ -622,7 +425,7 @@ class TabularProblem(BilevelProblem):
         caches = self.__dict__.setdefault('_statistics_prefixes', {})
         cache = caches.pop(id(batches[0]), None)      # re-inserted last: least recently used first out
         if cache is None or cache.batches[0] is not batches[0]:
-            cache = _StatisticsPrefix(self.n_states, self.n_actions)
+            cache = StatisticsPrefix(self.n_states, self.n_actions)
         caches[id(batches[0])] = cache
         while len(caches) > 4:                         # the loop's lists start at <= 2 batches at a time
             caches.pop(next(iter(caches)))
@@ -709,245 +512,3 @@ class TabularProblem(BilevelProblem):
                           bounds=list(zip(lower[:self.n_logit_params], upper[:self.n_logit_params])),
                           options={'maxiter': 1000, 'ftol': 1e-15, 'gtol': 1e-10})
         return np.concatenate([result.x, theta_init[self.n_logit_params:]])
-
-
-# --- validation helpers ---------------------------------------------------------------------------
-def _check_inside(reader: FieldReader, key: str, values: np.ndarray, mask: np.ndarray, bound: float,
-                  bound_key: str) -> None:
-    outside = mask & (np.abs(values) > bound)
-    if outside.any():
-        index = tuple(int(i) for i in np.argwhere(outside)[0])
-        raise ProblemConfigError(reader.source, reader.path(key) + ''.join(f'[{i}]' for i in index),
-                                 float(values[index]),
-                                 f'a learnable entry inside [-{bound:g}, {bound:g}] '
-                                 f'({reader.path(bound_key)}); nothing is clipped')
-
-
-def _read_inner(reader: FieldReader) -> InnerSettings:
-    known = {f.name for f in fields(InnerSettings)}
-    reader.reject_unknown(known)
-    defaults = InnerSettings()
-    values = {}
-    for spec in fields(InnerSettings):
-        default = getattr(defaults, spec.name)
-        if spec.name == 'sampled_stop':
-            value = reader.raw(spec.name, default)
-            if value not in ('exact', 'estimated'):
-                raise reader.error(spec.name, value, "'exact' or 'estimated'")
-        elif isinstance(default, int):
-            value = reader.integer(spec.name, default, low=0 if spec.name == 'sensitivity_min_pair_samples' else 1)
-        elif spec.name == 'sampled_step':
-            value = reader.scalar(spec.name, default, low=0.0, high=1.0, low_open=True)
-        else:
-            value = reader.scalar(spec.name, default, low=0.0, low_open=True)
-        values[spec.name] = value
-    return InnerSettings(**values)
-
-
-def _rng_from_content(batch: Trajectories) -> np.random.Generator:
-    """A generator seeded by the batch's transitions: repeated calls on one batch agree and
-    different batches draw independently (the critic top-up when no rng is given)."""
-    return np.random.default_rng(zlib.crc32(batch.states.tobytes() + batch.actions.tobytes()))
-
-
-def _override(settings: InnerSettings, options: dict) -> InnerSettings:
-    if not options:
-        return settings
-    known = {f.name for f in fields(InnerSettings)} - {'temperature'}   # part of the problem, not the solver
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ValueError(f'inner_solve: unknown option(s) {unknown}; known: {sorted(known)}')
-    values = {f.name: getattr(settings, f.name) for f in fields(InnerSettings)}
-    values.update(options)
-    return InnerSettings(**values)
-
-
-# --- tabular MDP arithmetic (numpy float64) -------------------------------------------------------
-def _logsumexp(x: np.ndarray) -> np.ndarray:
-    top = x.max(axis=1)
-    return top + np.log(np.exp(x - top[:, None]).sum(axis=1))
-
-
-def evaluate_policy(pi, log_pi, model, rewards, gamma, temperature):
-    """Q, V of the policy table under ``model`` (S, A, S) with the entropy bonus
-    -temperature log pi (0: the plain return)."""
-    n_states = pi.shape[0]
-    transition = np.einsum('sa,sat->st', pi, model)
-    reward = (pi * (rewards - temperature * log_pi)).sum(axis=1)
-    value = np.linalg.solve(np.eye(n_states) - gamma * transition, reward)
-    return rewards + gamma * model @ value, value
-
-
-def discounted_visitation(pi, model, rho0, gamma):
-    """d^T = rho0^T (I - gamma P_pi)^{-1} (sums to 1 / (1 - gamma))."""
-    transition = np.einsum('sa,sat->st', pi, model)
-    return np.linalg.solve((np.eye(len(rho0)) - gamma * transition).T, rho0)
-
-
-def residual_jacobian(*, pi, log_pi, model, q, v, visitation, gamma, temperature, chain, score, d_rewards,
-                      dynamics_term):
-    """dF/dx for F[s, b] = d(s) pi(b|s) A(s, b) (b < A-1), x = phi or theta.
-
-    score: (S, A, K) d log pi / dx; d_rewards: (S, A, K) dR/dx; dynamics_term: (S, A, K)
-    [df/dx V](s, a); chain: (S, K) d(visitation)/dx.  The critic sensitivity dQ solves
-    (I - gamma P Pi) dQ = dR + gamma [df V] + gamma P [sum_a' pi dlog pi (Q - tau log pi)].
-    """
-    n_states, n_actions = pi.shape
-    size = chain.shape[1]
-    soft_q = q - temperature * log_pi
-    policy_term = np.einsum('sa,sak,sa->sk', pi, score, soft_q)          # d V through pi only
-    right = d_rewards + gamma * (dynamics_term + np.einsum('sat,tk->sak', model, policy_term))
-    pairs = n_states * n_actions
-    propagate = np.einsum('sat,tb->satb', model, pi).reshape(pairs, pairs)
-    d_q = np.linalg.solve(np.eye(pairs) - gamma * propagate, right.reshape(pairs, size)).reshape(
-        n_states, n_actions, size)
-    d_v = policy_term + np.einsum('sa,sak->sk', pi, d_q)
-    advantage = soft_q - v[:, None]
-    d_advantage = d_q - temperature * score - d_v[:, None, :]
-    d_residual = (chain[:, None, :] * (pi * advantage)[..., None]
-                  + visitation[:, None, None] * (pi * advantage)[..., None] * score
-                  + visitation[:, None, None] * pi[..., None] * d_advantage)
-    return d_residual[:, :-1, :].reshape(-1, size)
-
-
-def rollout(pi, model, rho0, n_episodes, horizon, rng):
-    """States (n, T+1) and actions (n, T) of pi in the MDP ``model``."""
-    states = np.zeros((n_episodes, horizon + 1), dtype=np.int64)
-    actions = np.zeros((n_episodes, horizon), dtype=np.int64)
-    states[:, 0] = _sample_rows(np.broadcast_to(rho0, (n_episodes, len(rho0))), rng)
-    for t in range(horizon):
-        actions[:, t] = policy.sample_actions(pi, states[:, t], rng)
-        states[:, t + 1] = _sample_rows(model[states[:, t], actions[:, t]], rng)
-    return states, actions
-
-
-def _reward_sums(states, actions, rewards, n_states: int, n_actions: int) -> np.ndarray:
-    """Sum of observed rewards per state-action pair."""
-    return np.bincount((states * n_actions + actions).ravel(), weights=np.ravel(rewards),
-                       minlength=n_states * n_actions).reshape(n_states, n_actions)
-
-
-def top_up_pairs(pair_counts: np.ndarray, model: np.ndarray, minimum: int, rng: np.random.Generator):
-    """(s, a, s') of extra one-step transitions from ``model`` for every state-action pair (flat
-    index s * A + a) whose count is below ``minimum``, bringing it up to ``minimum``."""
-    n_actions = model.shape[1]
-    missing = np.maximum(minimum - np.asarray(pair_counts, dtype=np.int64), 0)
-    pairs = np.repeat(np.arange(missing.size), missing)
-    states, actions = pairs // n_actions, pairs % n_actions
-    return states, actions, _sample_rows(model[states, actions], rng)
-
-
-def _sample_rows(probabilities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    cumulative = np.cumsum(probabilities, axis=-1)
-    cumulative[..., -1] = 1.0
-    return (rng.random((probabilities.shape[0], 1)) > cumulative).sum(axis=-1).astype(np.int64)
-
-
-class _StatisticsPrefix:
-    """Running (counts, reward sums) after each batch of a list of batches that grows at the end."""
-
-    def __init__(self, n_states: int, n_actions: int):
-        self.n_states, self.n_actions = n_states, n_actions
-        self.batches: list[Trajectories] = []          # held: their ids stay theirs
-        self.counts = [np.zeros((n_states, n_actions, n_states))]
-        self.rewards = [np.zeros((n_states, n_actions))]
-
-    def sums(self, batches: list[Trajectories]) -> tuple[np.ndarray, np.ndarray]:
-        shared = 0
-        for mine, theirs in zip(self.batches, batches):
-            if mine is not theirs:
-                break
-            shared += 1
-        del self.batches[shared:], self.counts[shared + 1:], self.rewards[shared + 1:]
-        for b in batches[shared:]:
-            self.batches.append(b)
-            self.counts.append(self.counts[-1] + transition_counts(b, self.n_states, self.n_actions))
-            self.rewards.append(self.rewards[-1] + _reward_sums(b.states[:, :-1], b.actions, b.rewards,
-                                                                self.n_states, self.n_actions))
-        return self.counts[len(batches)].copy(), self.rewards[len(batches)].copy()
-
-
-def transition_counts(batch: Trajectories, n_states: int, n_actions: int) -> np.ndarray:
-    """counts[s, a, s'] of the transitions in a batch."""
-    return count_transitions(batch.states[:, :-1], batch.actions, batch.states[:, 1:], n_states, n_actions)
-
-
-def count_transitions(states, actions, next_states, n_states: int, n_actions: int) -> np.ndarray:
-    """counts[s, a, s'] of transitions given as equally shaped integer arrays."""
-    flat = ((np.asarray(states) * n_actions + actions) * n_states + next_states).ravel()
-    return np.bincount(flat, minlength=n_states * n_actions * n_states).reshape(
-        n_states, n_actions, n_states).astype(np.float64)
-
-
-def empirical_model(counts: np.ndarray, fallback: np.ndarray) -> np.ndarray:
-    """Row-normalised counts; rows without data take ``fallback``'s row."""
-    totals = counts.sum(axis=2, keepdims=True)
-    return np.where(totals > 0, counts / np.maximum(totals, 1), fallback)
-
-
-def sampled_visitation(states: np.ndarray, gamma: float, n_states: int) -> np.ndarray:
-    """d_hat(s) = mean over episodes of sum_k gamma^k [s_k = s] for states (n, T)."""
-    weights = np.broadcast_to(gamma ** np.arange(states.shape[1]), states.shape)
-    return np.bincount(states.ravel(), weights=weights.ravel(), minlength=n_states) / states.shape[0]
-
-
-def sampled_chain(states: np.ndarray, scores: np.ndarray, gamma: float, n_states: int) -> np.ndarray:
-    """d(d_hat)(s) = mean over episodes of sum_k gamma^k [s_k = s] W_k with the accumulated
-    score weights W_k = sum_{i<k} scores_i (scores (n, T, K) per transition or action)."""
-    n_episodes, horizon, size = scores.shape
-    accumulated = np.cumsum(scores, axis=1) - scores                       # exclusive: i < k
-    weighted = accumulated * (gamma ** np.arange(horizon))[None, :, None]
-    chain = np.zeros((n_states, size))
-    np.add.at(chain, states.ravel(), weighted.reshape(-1, size))
-    return chain / n_episodes
-
-
-def optimal_return(transitions, rewards, gamma, rho0) -> float:
-    """max over policies of the return from rho0 (policy iteration, exact; a deterministic
-    policy attains it)."""
-    n_states, n_actions = rewards.shape
-    actions = np.zeros(n_states, dtype=np.int64)
-    for _ in range(10 * n_states * n_actions + 100):
-        pi = np.eye(n_actions)[actions]
-        q, value = evaluate_policy(pi, np.zeros_like(pi), transitions, rewards, gamma, 0.0)
-        improved = np.where(q.max(axis=1) > q[np.arange(n_states), actions] + 1e-12 * (1 + np.abs(q).max()),
-                            q.argmax(axis=1), actions)
-        if np.array_equal(improved, actions):
-            break
-        actions = improved
-    return float(rho0 @ value)
-
-
-# --- sampled-sensitivity accuracy -----------------------------------------------------------------
-def sampled_sensitivity_table(problem: TabularProblem, theta: Optional[np.ndarray] = None, *,
-                              horizons=(10, 20, 40), episodes=(100, 400, 1600),
-                              min_pair_samples=(0, None), repeats: int = 5, seed: int = 0) -> list[dict]:
-    """Relative error of the sampled d phi*/d theta against central finite differences of the
-    exact phi*(theta), per trajectory length N (``horizons``), number of trajectories n
-    (``episodes``) and critic top-up (``min_pair_samples``; None = the problem's setting, 0 =
-    trajectories only).  Rows as ``lqr.sampled_sensitivity_table`` plus 'min_pair_samples'."""
-    from .lqr import sampled_sensitivity_table as table_over_sizes
-
-    configured = problem.inner.sensitivity_min_pair_samples
-    rows = []
-    try:
-        for minimum in min_pair_samples:
-            problem.inner.sensitivity_min_pair_samples = configured if minimum is None else int(minimum)
-            for row in table_over_sizes(problem, theta, horizons=horizons, episodes=episodes,
-                                        repeats=repeats, seed=seed):
-                rows.append(dict(row, min_pair_samples=problem.inner.sensitivity_min_pair_samples))
-    finally:
-        problem.inner.sensitivity_min_pair_samples = configured
-    return rows
-
-
-def format_sensitivity_table(rows: list[dict]) -> str:
-    """The table of ``sampled_sensitivity_table`` as text, one block per critic top-up."""
-    from .lqr import format_sensitivity_table as format_block
-
-    blocks = []
-    for minimum in dict.fromkeys(row['min_pair_samples'] for row in rows):
-        blocks.append(f'critic top-up to {minimum} transitions per state-action pair'
-                      + (' (trajectories only)' if minimum == 0 else ''))
-        blocks.append(format_block([row for row in rows if row['min_pair_samples'] == minimum]))
-    return '\n'.join(blocks)

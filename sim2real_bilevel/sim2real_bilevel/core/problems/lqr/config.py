@@ -1,0 +1,205 @@
+"""Reading and validating a ``kind: lqr`` problem file (the format is in the package docstring)."""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...config import MAX_HORIZON, FieldReader, ProblemConfigError, check_symmetric_psd
+from ...settings import read_settings, setting
+from ..common import read_outer_section
+from .maths import UnstableClosedLoopError, correlation_of, discounted_riccati, sym
+from .simulator import SimulatorFamily
+
+TOP_LEVEL_FIELDS = {'kind', 'gamma', 'real', 'cost', 'initial_state', 'policy', 'simulator', 'inner', 'outer'}
+REAL_FIELDS = {'A', 'B', 'noise_covariance', 'horizon'}
+COST_FIELDS = {'Q', 'R'}
+INITIAL_FIELDS = {'mean', 'covariance'}
+POLICY_FIELDS = {'std'}
+SIMULATOR_FIELDS = {'A', 'learn_A', 'B', 'learn_B', 'Q', 'learn_Q', 'R', 'learn_R', 'noise_covariance',
+                    'dynamics_bound', 'cost_scale_bound', 'correlation_bound'}
+MAX_CORRELATION_VERTICES = 2 ** 12
+
+
+@dataclass
+class InnerSettings:
+    """The ``inner:`` section of an LQR problem file."""
+    sampled_episodes: int = setting(20, low=1)
+    """Sampled solver: simulated episodes per actor-critic iteration."""
+    sampled_horizon: int = setting(50, low=1)
+    """Sampled solver: their length."""
+    sampled_step: float = setting(1.0, low=0.0, high=1.0, low_open=True)
+    """Sampled solver: step as a fraction of a full policy-improvement (Gauss-Newton) step
+    K <- K - H_uu^-1 E; in (0, 1]."""
+    sampled_tolerance: float = setting(0.05, low=0.0, low_open=True)
+    """Sampled solver: stop when the held-out estimate of ||F|| falls below this (||F|| shrinks
+    with the distance to the Riccati gain, in units set by the problem's scale)."""
+    sampled_max_iterations: int = setting(300, low=1)
+    """Sampled solver: iteration cap."""
+    sampled_moment_window: int = setting(5, low=1)
+    """Sampled solver: the stopping rule's S_hat averages this many most recent batches."""
+    critic_dynamics_term: str = setting('pathwise', choices=('pathwise', 'score'))
+    """Sampled sensitivities: how the dynamics term gamma d/dtheta E[V(x')|z] of the critic-
+    sensitivity recursion is estimated per transition: 'pathwise' (2 x'' P_hat (dA x + dB u),
+    the reparametrised derivative through the differentiable simulator) or 'score'
+    (score_theta (V_hat(x') - V_hat(x_bar')), the likelihood-ratio form of the paper's
+    Theorem 1).  Both are unbiased; the package docstring compares their variance."""
+    sensitivity_episodes: int = setting(4000, low=1)
+    """Default number n of simulated trajectories for sampled sensitivities (with the default
+    horizon, enough for the sampled d phi*/d theta to stay within the tests' 5 % of finite
+    differences on config/lqr.yaml; ``bench/accuracy_tables.py`` tabulates the error)."""
+    sensitivity_horizon: int = setting(25, low=1)
+    """Default trajectory length N for sampled sensitivities (short: the variance of the score
+    weights W_k grows with k)."""
+
+
+def read_problem_file(data: dict, source: str) -> dict:
+    """The ``LQRProblem`` constructor arguments of a loaded problem file (see the package docstring)."""
+    root = FieldReader(data, source)
+    root.reject_unknown(TOP_LEVEL_FIELDS)
+    if root.raw('kind') != 'lqr':
+        raise root.error('kind', root.raw('kind'), "'lqr'")
+    gamma = root.scalar('gamma', low=0.0, high=1.0, low_open=True, high_open=True)
+
+    real = root.section('real')
+    real.reject_unknown(REAL_FIELDS)
+    real_a = _square(real, 'A')
+    n = real_a.shape[0]
+    real_b = real.array('B', (n, None))
+    m = real_b.shape[1]
+    if m < 1:
+        raise real.error('B', real_b.tolist(), f'an {n} x m matrix with m >= 1 inputs')
+    real_noise = _covariance(real, 'noise_covariance', n, definite=False)
+    horizon = real.integer('horizon', 50, low=1, high=MAX_HORIZON)
+
+    cost = root.section('cost')
+    cost.reject_unknown(COST_FIELDS)
+    cost_q = _covariance(cost, 'Q', n, definite=False)
+    cost_r = _covariance(cost, 'R', m, definite=True)
+
+    initial = root.section('initial_state')
+    initial.reject_unknown(INITIAL_FIELDS)
+    initial_mean = initial.array('mean', (n,))
+    initial_covariance = _covariance(initial, 'covariance', n, definite=False)
+
+    policy_section = root.section('policy')
+    policy_section.reject_unknown(POLICY_FIELDS)
+    std = policy_section.scalar('std', low=0.0, low_open=True)
+
+    sim = root.section('simulator')
+    sim.reject_unknown(SIMULATOR_FIELDS)
+    sim_a, sim_b = sim.array('A', (n, n)), sim.array('B', (n, m))
+    learn_a, learn_b = sim.mask('learn_A', (n, n), default=False), sim.mask('learn_B', (n, m), default=False)
+    sim_q = _covariance(sim, 'Q', n, definite=False)
+    sim_r = _covariance(sim, 'R', m, definite=True)
+    learn_q = _symmetric_mask(sim, 'learn_Q', n)
+    learn_r = _symmetric_mask(sim, 'learn_R', m)
+    if sim.has('noise_covariance'):
+        sim_noise = _covariance(sim, 'noise_covariance', n, definite=True)
+    else:
+        if np.linalg.eigvalsh(real_noise).min() <= 1e-12 * max(1.0, np.abs(real_noise).max()):
+            raise sim.error('noise_covariance', '<missing>',
+                            'a symmetric positive definite n x n matrix: the default (real.noise_covariance) is '
+                            'singular, and the simulator noise must be definite for its score to exist')
+        sim_noise = real_noise
+    dynamics_bound = _dynamics_bounds(sim)
+    cost_scale_bound = sim.scalar('cost_scale_bound', 100.0, low=1.0, low_open=True)
+    correlation_bounds = {}
+    for label, values, mask in (('Q', sim_q, learn_q), ('R', sim_r, learn_r)):
+        default = 0.9 / max(1, values.shape[0] - 1)
+        bound = sim.scalar('correlation_bound', default, low=0.0, high=1.0, low_open=True, high_open=True)
+        correlation_bounds[label] = bound
+        _check_cost_parametrisation(sim, label, values, mask, bound, definite=(label == 'R'))
+    if not (learn_a.any() or learn_b.any() or learn_q.any() or learn_r.any()):
+        raise sim.error('learn_A', sim.raw('learn_A', False),
+                        'at least one learnable entry in learn_A, learn_B, learn_Q or learn_R (theta would be empty)')
+
+    family = SimulatorFamily(a=sim_a, learn_a=learn_a, b=sim_b, learn_b=learn_b, q=sim_q, learn_q=learn_q,
+                             r=sim_r, learn_r=learn_r, dynamics_bounds=dynamics_bound,
+                             cost_scale_bound=cost_scale_bound, correlation_bounds=correlation_bounds)
+    for reader, key, (a, b, q, r), what in ((real, 'A', (real_a, real_b, cost_q, cost_r), 'the real system'),
+                                             (sim, 'A', (sim_a, sim_b, sim_q, sim_r), 'the nominal simulator')):
+        try:
+            discounted_riccati(a, b, q, r, gamma)
+        except UnstableClosedLoopError as err:
+            raise reader.error(key, a.tolist(), f'{what} to be stabilisable with a finite optimal cost ({err})')
+    return dict(gamma=gamma, real_a=real_a, real_b=real_b, real_noise=real_noise, cost_q=cost_q, cost_r=cost_r,
+                initial_mean=initial_mean, initial_covariance=initial_covariance, std=std, family=family,
+                sim_noise=sim_noise, real_horizon=horizon,
+                inner=read_settings(InnerSettings, root.section('inner', {})),
+                outer_defaults=read_outer_section(root), source=source)
+
+
+def _dynamics_bounds(sim: FieldReader) -> dict:
+    """``dynamics_bound``: one number for every learnable A and B entry, or {A: .., B: ..}."""
+    value = sim.raw('dynamics_bound', 1.0)
+    if isinstance(value, dict):
+        bounds = sim.section('dynamics_bound')
+        bounds.reject_unknown({'A', 'B'})
+        return {label: bounds.scalar(label, 1.0, low=0.0, low_open=True) for label in 'AB'}
+    bound = sim.scalar('dynamics_bound', 1.0, low=0.0, low_open=True)
+    return {'A': bound, 'B': bound}
+
+
+def _square(reader: FieldReader, key: str) -> np.ndarray:
+    value = reader.array(key, (None, None))
+    if value.shape[0] < 1 or value.shape[0] != value.shape[1]:
+        raise reader.error(key, value.tolist(), f'a square n x n matrix with n >= 1; got shape '
+                                                f'{"x".join(map(str, value.shape))}')
+    return value
+
+
+def _covariance(reader: FieldReader, key: str, size: int, *, definite: bool) -> np.ndarray:
+    value = reader.array(key, (size, size))
+    check_symmetric_psd(value, reader.source, reader.path(key), definite=definite)
+    return sym(value)
+
+
+def _symmetric_mask(reader: FieldReader, key: str, size: int) -> np.ndarray:
+    mask = reader.mask(key, (size, size), default=False)
+    asymmetric = np.argwhere(mask != mask.T)
+    if len(asymmetric):
+        i, j = asymmetric[0]
+        raise ProblemConfigError(reader.source, f'{reader.path(key)}[{i}][{j}]', int(mask[i, j]),
+                                 f'{int(mask[j, i])}, like [{j}][{i}]: a cost matrix is symmetric, so an '
+                                 f'off-diagonal pair is learnable together or not at all')
+    return mask
+
+
+def _check_cost_parametrisation(reader: FieldReader, label: str, values: np.ndarray, mask: np.ndarray,
+                                bound: float, *, definite: bool) -> None:
+    """Learnable diagonals > 0 (log space); learnable correlations have positive diagonals and a
+    nominal value inside the bound; the correlation box keeps the matrix PSD (PD for R)."""
+    diagonal = np.diag(values)
+    for i, j in np.argwhere(np.triu(mask)):
+        for index in {i, j}:
+            if not diagonal[index] > 0:
+                what = 'it is optimised in log space' if i == j else f'entry [{i}][{j}] is a learnable correlation'
+                raise ProblemConfigError(reader.source, f'{reader.path(label)}[{index}][{index}]',
+                                         float(diagonal[index]), f'a value > 0 ({what})')
+    correlation = correlation_of(values)
+    pairs = [(i, j) for i, j in np.argwhere(np.triu(mask, 1))]
+    for i, j in pairs:
+        if abs(correlation[i, j]) > bound:
+            raise ProblemConfigError(reader.source, f'{reader.path(label)}[{i}][{j}]', float(values[i, j]),
+                                     f'a correlation Q[i][j] / sqrt(Q[i][i] Q[j][j]) within +-correlation_bound '
+                                     f'= {bound:g} (it is {correlation[i, j]:.6g}); raise simulator.correlation_bound')
+    if not pairs:
+        return
+    if 2 ** len(pairs) > MAX_CORRELATION_VERTICES:
+        raise reader.error(f'learn_{label}', mask.astype(int).tolist(),
+                           f'at most {int(math.log2(MAX_CORRELATION_VERTICES))} learnable off-diagonal pairs '
+                           f'(the PSD check visits every vertex of the correlation box)')
+    for signs in itertools.product((-bound, bound), repeat=len(pairs)):
+        vertex = correlation.copy()
+        for (i, j), value in zip(pairs, signs):
+            vertex[i, j] = vertex[j, i] = value
+        smallest = float(np.linalg.eigvalsh(vertex).min())
+        if smallest < -1e-12 or (definite and smallest <= 1e-12):
+            kind = 'positive definite' if definite else 'positive semidefinite'
+            raise reader.error('correlation_bound', bound,
+                               f'a bound that keeps {label}_hat {kind} for every learnable correlation in '
+                               f'[-bound, bound] (at the vertex {dict(zip(map(str, map(tuple, pairs)), signs))} the '
+                               f'correlation matrix has eigenvalue {smallest:.3g}); use a smaller correlation_bound')

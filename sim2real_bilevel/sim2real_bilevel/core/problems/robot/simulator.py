@@ -1,0 +1,126 @@
+"""The pendulum simulator family: ``core.robot_model.PendulumModel`` with theta the learnable
+log parameters, rolled out with reparametrised (common) random numbers."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ...problem import Trajectories
+from ...robot_model import ACTION_DIM, N_PHYSICAL, OBSERVATION_DIM, STATE_DIM
+
+DTYPE = torch.float64
+
+
+@dataclass(frozen=True)
+class InitialStateRange:
+    position: tuple[float, float]
+    velocity: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class CommonNoise:
+    """Random numbers that make a simulated rollout a deterministic function of (phi, theta)."""
+    initial_states: torch.Tensor      # (N, 2)
+    action_noise: torch.Tensor        # (T, N, 1) standard normal
+    transition_noise: torch.Tensor    # (T, N, 2) standard normal
+
+    @staticmethod
+    def draw(episodes: int, horizon: int, initial: InitialStateRange, rng: np.random.Generator) -> 'CommonNoise':
+        low = np.array([initial.position[0], initial.velocity[0]])
+        high = np.array([initial.position[1], initial.velocity[1]])
+        return CommonNoise(
+            initial_states=torch.as_tensor(rng.uniform(low, high, size=(episodes, STATE_DIM)), dtype=DTYPE),
+            action_noise=torch.as_tensor(rng.standard_normal((horizon, episodes, ACTION_DIM)), dtype=DTYPE),
+            transition_noise=torch.as_tensor(rng.standard_normal((horizon, episodes, STATE_DIM)), dtype=DTYPE))
+
+
+def make_policy(hidden_sizes: tuple[int, ...], initial_std: float):
+    from ...policies.mlp_gaussian import MLPGaussianPolicy
+    return MLPGaussianPolicy(OBSERVATION_DIM, ACTION_DIM, hidden=hidden_sizes, log_std_init=math.log(initial_std))
+
+
+class PendulumSimulatorFamily:
+    """The differentiable simulator family of ``RobotProblem`` (a mixin over its ``model``,
+    ``policy``, nominal log parameters ``nominal_full``, mask ``learn_index`` and CRN set)."""
+
+    def theta0(self) -> np.ndarray:
+        return self.nominal_full[self.learn_index].copy()
+
+    def theta_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._lower_full[self.learn_index].copy(), self._upper_full[self.learn_index].copy()
+
+    def theta_groups(self) -> dict[str, np.ndarray]:
+        dynamics = self.learn_index < N_PHYSICAL
+        return {'dynamics': dynamics, 'reward': ~dynamics}
+
+    def full_theta(self, theta: torch.Tensor) -> torch.Tensor:
+        """The 7-vector of log parameters with the learnable entries replaced by ``theta``."""
+        base = torch.as_tensor(self.nominal_full, dtype=theta.dtype)
+        return base.index_put((torch.as_tensor(self.learn_index),), theta)
+
+    def rollout(self, phi: torch.Tensor, theta_full: torch.Tensor, noise: CommonNoise):
+        """Reparametrised rollout: states (T+1, N, 2), actions (T, N, 1), rewards (T, N)."""
+        theta_phys, theta_reward = self.model.split(theta_full)
+        coefficients = self.model.coefficients(theta_phys)      # once per rollout, not per step
+        noise_std = self.model.noise_std.to(phi.dtype)
+        std = torch.exp(self.policy.log_std(phi))
+        state = noise.initial_states.to(phi.dtype)
+        states, actions = [state], []
+        for t in range(noise.action_noise.shape[0]):
+            action = self.policy.mean(phi, self.model.observation(state)) + std * noise.action_noise[t]
+            state = self.model.step_mean_with(state, action, coefficients) + noise_std * noise.transition_noise[t]
+            states.append(state)
+            actions.append(action)
+        states, actions = torch.stack(states), torch.stack(actions)
+        # Rewards in one batched call after the loop: one autograd node instead of one per step.
+        return states, actions, self.model.reward(states[:-1], actions, theta_reward)
+
+    def sim_objective(self, phi: torch.Tensor, theta: torch.Tensor, noise: Optional[CommonNoise] = None,
+                      *, full: bool = False) -> torch.Tensor:
+        """J_sim(phi, theta) on ``noise`` (default: the fixed CRN set); ``theta`` is the
+        learnable vector, or the full 7-vector when ``full``."""
+        noise = self._crn if noise is None else noise
+        theta_full = theta if full else self.full_theta(theta)
+        _, _, rewards = self.rollout(phi, theta_full, noise)
+        discounted = (self._discounts[:rewards.shape[0], None].to(rewards.dtype) * rewards).sum(0).mean()
+        return (discounted + self.inner.entropy * self.policy.log_std(phi).sum()
+                - 0.5 * self.inner.l2 * (phi ** 2).sum())
+
+    def simulate(self, phi: np.ndarray, theta: np.ndarray, n_episodes: int, horizon: int,
+                 rng: np.random.Generator) -> Trajectories:
+        phi_t = torch.as_tensor(phi, dtype=DTYPE)
+        theta_t = torch.as_tensor(theta, dtype=DTYPE)
+        theta_full = self.full_theta(theta_t)
+        noise = CommonNoise.draw(n_episodes, horizon, self.initial, rng)
+        with torch.no_grad():
+            states, actions, rewards = self.rollout(phi_t, theta_full, noise)
+            log_probs = self.policy.log_prob(phi_t, self.model.observation(states[:-1]), actions)
+        theta_phys = lambda th: self.model.split(self.full_theta(th))[0]
+        score = torch.func.vmap(torch.func.grad(
+            lambda th, s2, s, a: self.model.log_prob(s2, s, a, theta_phys(th))), in_dims=(None, 0, 0, 0))(
+            theta_t, states[1:].reshape(-1, STATE_DIM), states[:-1].reshape(-1, STATE_DIM),
+            actions.reshape(-1, ACTION_DIM))
+        dones = np.zeros((n_episodes, horizon), dtype=bool)
+        dones[:, -1] = True
+        return Trajectories(
+            states=states.transpose(0, 1).numpy(), actions=actions.transpose(0, 1).numpy(),
+            rewards=rewards.T.numpy(), dones=dones, log_probs=log_probs.T.numpy(), source='sim',
+            score_theta=score.reshape(horizon, n_episodes, -1).transpose(0, 1).numpy())
+
+    def noise_of(self, phi: np.ndarray, theta: np.ndarray, trajectories: Trajectories) -> CommonNoise:
+        """The standard random numbers that reproduce simulated ``trajectories`` exactly
+        (actions and transitions are reparametrised, so they can be solved for)."""
+        phi_t = torch.as_tensor(phi, dtype=DTYPE)
+        theta_phys = self.model.split(self.full_theta(torch.as_tensor(theta, dtype=DTYPE)))[0]
+        states = torch.as_tensor(trajectories.states, dtype=DTYPE).transpose(0, 1)     # (T+1, N, 2)
+        actions = torch.as_tensor(trajectories.actions, dtype=DTYPE).transpose(0, 1)   # (T, N, 1)
+        with torch.no_grad():
+            mean = self.policy.mean(phi_t, self.model.observation(states[:-1]))
+            action_noise = (actions - mean) / torch.exp(self.policy.log_std(phi_t))
+            transition_noise = ((states[1:] - self.model.step_mean(states[:-1], actions, theta_phys))
+                                / self.model.noise_std)
+        return CommonNoise(states[0], action_noise, transition_noise)
