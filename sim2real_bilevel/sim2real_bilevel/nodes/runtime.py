@@ -163,7 +163,7 @@ class DeclaredParameters:
 # --- problems ------------------------------------------------------------------------------------------
 def load_problem(name: str):
     """Load a problem by shipped name or path (the same resolution as the CLI)."""
-    from ..core.cli import builtin_config
+    from ..core.config import builtin_config
     from ..core.problems import load_problem as load
     return load(builtin_config(name))
 
