@@ -42,9 +42,10 @@ from sim2real_bilevel_interfaces.msg import PolicyParameters
 
 from ..core.problem import Trajectories
 from . import conversions, provenance
-from .requests import KeptResults
-from .runtime import EVENTS, LATCHED, PROBLEM, RESULT_KEPT_S, ROBOT_STREAM, DeclaredParameters, ParameterSpec, \
-    ResultRequest, command_publishers, load_problem, run_node
+from .kept_results import KeptResults
+from .action_calls import RESULT_KEPT_S, GoalRejected, PeerLost, call_async
+from .runtime import EVENTS, LATCHED, PROBLEM, ROBOT_STREAM, DeclaredParameters, ParameterSpec, \
+    command_publishers, load_problem, run_node
 
 TRANSPORTS = ('batched', 'topics')
 
@@ -367,25 +368,18 @@ class HardwareBridge(LifecycleNode):
         lost before DDS matched both ends would otherwise hold this goal (and every re-send of
         its request_id) forever.  A result that does not come although the emulator's status says
         the goal finished is asked for again."""
-        client, name = self.emulator_client, self.parameters['emulator_action']
-        timeout = self.parameters['episode_timeout_s']
-        if not await self._await_robot(client.server_is_ready, 5.0):
-            return RunEpisodes.Result(success=False, message=f'{name} is not available')
+        name = self.parameters['emulator_action']
         # the request_id goes along: a bridge restarted while the emulator ran gets those episodes
-        sent = client.send_goal_async(RunEpisodes.Goal(policy=goal.policy, n_episodes=goal.n_episodes,
-                                                       request_id=goal.request_id))
-        if not await self._await_future(sent, 10.0):
-            return RunEpisodes.Result(success=False, message=f'{name} did not answer the goal within 10 s')
-        handle = sent.result()
-        if not handle.accepted:
+        forwarded = RunEpisodes.Goal(policy=goal.policy, n_episodes=goal.n_episodes, request_id=goal.request_id)
+        try:
+            response = await call_async(self.emulator_client, forwarded, name, self._await_robot, self._await_future,
+                                        self.parameters['episode_timeout_s'], on_done=self._wake_step_waiters,
+                                        stopped=lambda: not self.active or bool(self.estopped))
+        except GoalRejected:
             return RunEpisodes.Result(success=False, message='the emulator rejected the episodes (its log says why)')
-        deadline = time.monotonic() + timeout
-        result = ResultRequest(handle, on_done=self._wake_step_waiters)
-        while not await self._await_robot(lambda: result.future.done(), 1.0):
-            if time.monotonic() > deadline or not self.active or self.estopped:
-                return RunEpisodes.Result(success=False, message=f'no result from {name} within {timeout:g} s')
-            result.poll()                                     # finished, but its result was lost: ask again
-        return result.future.result().result
+        except PeerLost as err:
+            return RunEpisodes.Result(success=False, message=str(err))
+        return response.result
 
     # --- topic transport --------------------------------------------------------------------------------
     def joint_state_callback(self, msg: JointState) -> None:
