@@ -21,8 +21,7 @@ import time
 
 import numpy as np
 
-from ..core.provenance import (KEY_BYTES, SCHEME, ProvenanceError, SignatureVerifier, digest,  # noqa: F401
-                               generate_key_file, load_key)
+from ..core.provenance import ProvenanceError, SignatureVerifier, digest, load_key  # noqa: F401 (the nodes' names)
 from ..graph import POLICY_KEY_ENV
 
 
