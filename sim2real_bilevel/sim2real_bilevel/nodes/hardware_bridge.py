@@ -270,7 +270,7 @@ class HardwareBridge(LifecycleNode):
         self.get_logger().warning(f'e-stop reset by ~/reset_estop (was: {was or "not latched"})')
         self.publish_diagnostics()
         response.success = True
-        response.message = 'e-stop cleared' if was else 'no e-stop was latched'
+        response.message = 'e-stop cleared' if was is not None else 'no e-stop was latched'
         return response
 
     # --- goals -----------------------------------------------------------------------------------------

@@ -307,9 +307,9 @@ def run_node(make_node: Callable[[], Any], args=None,
 def exit_now(status: int) -> None:
     """End the node process once its node is destroyed and rclpy is shut down.
 
-    The interpreter's own teardown (torch and friends) takes 1-2 s per process, longer when
-    a whole graph stops at once on two cores -- beyond ros2 launch's 5 s SIGINT grace, after
-    which it escalates to SIGTERM.  Everything that matters is released explicitly before."""
+    The interpreter's own teardown (torch and friends) is slow, slower still when a whole graph
+    stops at once on few cores, and may outlast ros2 launch's SIGINT grace period, after which it
+    escalates to SIGTERM.  Everything that matters is released explicitly before."""
     import os
     import sys
     sys.stdout.flush()
