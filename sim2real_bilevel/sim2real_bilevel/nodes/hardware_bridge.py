@@ -10,7 +10,7 @@ future (more than one ahead of it).
 
 Provenance (docs/security.md): with ``policy_key_file`` set, only goals signed with that key
 (HMAC-SHA256, ``nodes/provenance.py``), fresh (``max_goal_age_s``) and not replayed are run,
-and the ``policy`` topic is no longer trusted for version checks.  The bridge is the only
+and the (unsigned) ``policy`` topic is not trusted for version checks.  The bridge is the only
 node allowed to publish on ``<controller>/commands``: another publisher there (seen in the
 ROS graph at configure, before every goal, every second and at every step) latches the e-stop.
 A goal whose ``request_id`` matches a goal that already succeeded here, with the same policy
