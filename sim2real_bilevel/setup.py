@@ -43,7 +43,7 @@ setup(
                 'return of the policy trained in the simulator.',
     license='Apache-2.0',
     entry_points={
-        'console_scripts': ['sim2real-bilevel = sim2real_bilevel.core.cli:main']
+        'console_scripts': ['sim2real-bilevel = sim2real_bilevel.cli:main']
         + [f'{node} = sim2real_bilevel.nodes.{node}:main' for node in NODES],
     },
 )

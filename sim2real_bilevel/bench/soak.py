@@ -282,7 +282,7 @@ def graph_environment(out: Path, base: Optional[dict] = None) -> dict:
     environment['PYTHONPATH'] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), environment.get('PYTHONPATH')]))
     # goals to the bridge signed, as on a robot (nodes/provenance.py): a key of this soak's own
     from sim2real_bilevel.graph import POLICY_KEY_ENV
-    from sim2real_bilevel.nodes.provenance import generate_key_file
+    from sim2real_bilevel.core.provenance import generate_key_file
     key_file = out / 'policy.key'
     if not key_file.exists():
         generate_key_file(key_file)

@@ -11,7 +11,8 @@ import pytest
 from sim2real_bilevel.core import checkpoint
 from sim2real_bilevel.core.experiments import make_run
 from sim2real_bilevel.core.problems import load_problem
-from sim2real_bilevel.core.cli import builtin_config, main as cli_main
+from sim2real_bilevel.cli import main as cli_main
+from sim2real_bilevel.core.config import builtin_config
 
 PROBLEM = 'discrete_3s2a'
 

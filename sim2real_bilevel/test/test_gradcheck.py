@@ -30,6 +30,6 @@ def test_robot_problems_are_refused_with_the_reason_before_any_work():
 
 
 def test_the_command_exits_2_with_the_reason(capsys):
-    from sim2real_bilevel.core.cli import main
+    from sim2real_bilevel.cli import main
     assert main(['gradcheck', 'pendulum']) == 2
     assert 'no finite-difference reference' in capsys.readouterr().err

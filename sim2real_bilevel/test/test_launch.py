@@ -49,15 +49,15 @@ def _processes_of(log_dir: Path) -> list[int]:
 
 
 def _launch(environment: dict, cwd: Path, *arguments: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, '-m', 'sim2real_bilevel.core.cli', 'launch', 'sim_only', *arguments],
+    return subprocess.Popen([sys.executable, '-m', 'sim2real_bilevel.cli', 'launch', 'sim_only', *arguments],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment, cwd=cwd)
 
 
 def test_ros_loop_matches_the_in_process_core_and_records_the_run(tmp_path, ros_env):
-    from sim2real_bilevel.core.cli import builtin_config
+    from sim2real_bilevel.core.config import builtin_config
     from sim2real_bilevel.core.experiments import make_run
     from sim2real_bilevel.core.problems import load_problem
-    from sim2real_bilevel.nodes.provenance import generate_key_file
+    from sim2real_bilevel.core.provenance import generate_key_file
 
     iterations, seed = 25, 3
     run_dir = tmp_path / 'run'
@@ -89,7 +89,7 @@ def test_ros_loop_matches_the_in_process_core_and_records_the_run(tmp_path, ros_
     assert counts['/loop_test/outer_metrics'] == iterations + 1
     assert counts['/loop_test/metrics/normalized_return'] == iterations + 1
     assert counts['/loop_test/theta'] == iterations + 1
-    report = subprocess.run([sys.executable, '-m', 'sim2real_bilevel.core.cli', 'report', str(run_dir)],
+    report = subprocess.run([sys.executable, '-m', 'sim2real_bilevel.cli', 'report', str(run_dir)],
                             capture_output=True, text=True, env=ros_env, timeout=120)
     assert report.returncode == 0, report.stderr
     assert f'{iterations} outer iterations' in report.stdout and (run_dir / 'report.png').is_file()

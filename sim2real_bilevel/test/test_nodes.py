@@ -114,7 +114,7 @@ class RosSession:
 
     def run_goal(self, client: ActionClient, goal, timeout: float = 30.0):
         """Send a goal and wait for its result response; None when the goal is rejected."""
-        from sim2real_bilevel.nodes.runtime import wait_for_result
+        from sim2real_bilevel.nodes.action_calls import wait_for_result
         handle = self.send_goal(client, goal, timeout)
         if not handle.accepted:
             return None

@@ -1,4 +1,4 @@
-"""Policy provenance (nodes/provenance.py): keys, signatures, freshness and replays."""
+"""Policy provenance (core/provenance.py, nodes/provenance.py): keys, signatures, freshness and replays."""
 from __future__ import annotations
 
 import os
@@ -8,8 +8,8 @@ import pytest
 pytest.importorskip('sim2real_bilevel_interfaces')
 
 from sim2real_bilevel.nodes import conversions  # noqa: E402
-from sim2real_bilevel.nodes.provenance import (GoalVerifier, ProvenanceError, generate_key_file,  # noqa: E402
-                                               load_key, sign_goal)
+from sim2real_bilevel.core.provenance import ProvenanceError, generate_key_file, load_key  # noqa: E402
+from sim2real_bilevel.nodes.provenance import GoalVerifier, sign_goal  # noqa: E402
 from sim2real_bilevel_interfaces.action import RunEpisodes  # noqa: E402
 
 NOW = 1_800_000_000.0

@@ -23,10 +23,10 @@ pytest.importorskip('rclpy')
 pytest.importorskip('sim2real_bilevel_interfaces')
 
 from sim2real_bilevel.core import checkpoint  # noqa: E402
-from sim2real_bilevel.core.cli import builtin_config  # noqa: E402
+from sim2real_bilevel.core.config import builtin_config  # noqa: E402
 from sim2real_bilevel.core.experiments import make_run  # noqa: E402
 from sim2real_bilevel.core.problems import load_problem  # noqa: E402
-from sim2real_bilevel.nodes.provenance import generate_key_file  # noqa: E402
+from sim2real_bilevel.core.provenance import generate_key_file  # noqa: E402
 
 pytestmark = pytest.mark.ros
 

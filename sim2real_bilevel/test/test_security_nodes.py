@@ -23,7 +23,8 @@ from sim2real_bilevel_interfaces.msg import PolicyParameters  # noqa: E402
 
 from sim2real_bilevel.core.problems import load_problem  # noqa: E402
 from sim2real_bilevel.nodes import conversions  # noqa: E402
-from sim2real_bilevel.nodes.provenance import generate_key_file, load_key, sign_goal  # noqa: E402
+from sim2real_bilevel.core.provenance import generate_key_file, load_key
+from sim2real_bilevel.nodes.provenance import sign_goal  # noqa: E402
 from sim2real_bilevel.nodes.runtime import LATCHED, ROBOT_STREAM  # noqa: E402
 from test_nodes import PACKAGE_ROOT, ros  # noqa: E402,F401 (ros: the fixture)
 

@@ -202,7 +202,7 @@ def test_system_identification_recovers_the_truth_when_the_family_contains_it():
 def test_real_statistics_of_a_growing_list_equal_the_sum_from_scratch_bit_for_bit():
     """The prefix cache (one new batch per call) must not change a single bit."""
     import copy
-    from sim2real_bilevel.core.cli import builtin_config
+    from sim2real_bilevel.core.config import builtin_config
     from sim2real_bilevel.core.problems import load_problem
     problem = load_problem(builtin_config('discrete_3s2a'))
     fresh = copy.deepcopy(problem)

@@ -83,10 +83,10 @@ def test_the_same_graph_on_one_host_for_comparison(ros_env, tmp_path):
 
 
 def run_graph(tmp_path, robot, compute, robot_env, compute_env, label):
-    from sim2real_bilevel.core.cli import builtin_config
+    from sim2real_bilevel.core.config import builtin_config
     from sim2real_bilevel.core.experiments import make_run
     from sim2real_bilevel.core.problems import load_problem
-    from sim2real_bilevel.nodes.provenance import generate_key_file
+    from sim2real_bilevel.core.provenance import generate_key_file
 
     iterations, seed = 15, 2
     key_file = str(generate_key_file(tmp_path / 'policy.key'))     # on real hosts: a copy on each

@@ -21,6 +21,25 @@ MAX_INTEGER = 2 ** 31 - 1
 MAX_HORIZON = 10 ** 6
 
 
+def builtin_config(name: str | Path) -> Path:
+    """Resolve a problem argument: a path, or the name of a shipped config (``lqr``)."""
+    path = Path(name)
+    if path.exists():
+        return path
+    here = Path(__file__).resolve().parents[2] / 'config'          # source checkout
+    candidates = [here / name, here / f'{name}.yaml']
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        share = Path(get_package_share_directory('sim2real_bilevel')) / 'config'
+        candidates += [share / name, share / f'{name}.yaml']
+    except Exception:       # not installed in an ament index: source checkout only
+        pass
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    return path            # the loader reports the missing file with its name
+
+
 class ProblemConfigError(ValueError):
     """A problem file is malformed.  ``str(err)`` is a complete, user-facing message."""
 

@@ -65,8 +65,7 @@ def run_experiment(config_path: str | Path, methods: list[str], seeds: int = 1,
         if refused:
             raise ValueError(f'--run-dir: method(s) without crash-safe state: {refused}')
     problem = load_problem(config_path)
-    document = {'config': str(config_path), 'problem_kind': problem.kind,
-                'theta_names': list(problem.theta_names), 'target': TARGET, 'methods': {}}
+    entries = {}
     for method in methods:
         seed_results = []
         for seed in range(seeds):
@@ -81,10 +80,26 @@ def run_experiment(config_path: str | Path, methods: list[str], seeds: int = 1,
                             callback(record)
             started = time.perf_counter()
             run.run()
-            seed_results.append({'seed': seed, 'wall_time_s': time.perf_counter() - started,
-                                 'iterations': [r.to_json() for r in run.history]})
-        document['methods'][method] = {'config': vars(run.config) | {'adam_betas': list(run.config.adam_betas)},
-                                       'seeds': seed_results}
+            seed_results.append(seed_entry(run, seed, time.perf_counter() - started))
+        entries[method] = method_entry(run, seed_results)
+    return results_document(config_path, problem, entries)
+
+
+def seed_entry(run, seed: int, wall_time_s: float) -> dict:
+    """One seed of a method in results.json: its iteration records."""
+    return {'seed': seed, 'wall_time_s': wall_time_s, 'iterations': [r.to_json() for r in run.history]}
+
+
+def method_entry(run, seeds: list[dict]) -> dict:
+    """One method in results.json: its configuration (that of ``run``) and its seeds."""
+    return {'config': vars(run.config) | {'adam_betas': list(run.config.adam_betas)}, 'seeds': seeds}
+
+
+def results_document(config, problem, methods: dict, **context) -> dict:
+    """The results.json document: the problem, ``context`` (e.g. the graph's ``transport`` and
+    ``status``), ``methods`` (name -> ``method_entry``) and their summary."""
+    document = {'config': str(config), 'problem_kind': problem.kind, 'theta_names': list(problem.theta_names),
+                'target': TARGET, **context, 'methods': methods}
     document['summary'] = summarize(document)
     return document
 

@@ -9,7 +9,7 @@ expected, so that a node can log the reason and refuse the message instead of cr
 
 Large float64 arrays are handed to rclpy as ``array.array('d')`` filled from the ndarray's
 memory: the generated setters take an ``array.array`` as it is, whereas an ndarray or list
-is checked and converted element by element (about 100x slower for 10k values).  They are
+is checked and converted element by element (far slower for large arrays).  They are
 read back with ``np.frombuffer`` on the message's own buffer (no per-element objects) and
 copied, so the arrays returned never alias a message.
 """

@@ -10,43 +10,42 @@ future (more than one ahead of it).
 
 Provenance (docs/security.md): with ``policy_key_file`` set, only goals signed with that key
 (HMAC-SHA256, ``nodes/provenance.py``), fresh (``max_goal_age_s``) and not replayed are run,
-and the ``policy`` topic is no longer trusted for version checks.  The bridge is the only
+and the (unsigned) ``policy`` topic is not trusted for version checks.  The bridge is the only
 node allowed to publish on ``<controller>/commands``: another publisher there (seen in the
 ROS graph at configure, before every goal, every second and at every step) latches the e-stop.
 A goal whose ``request_id`` matches a goal that already succeeded here, with the same policy
 and episode count, gets the kept result again instead of running the robot a second time
 (``result_cache_size`` results are kept, in memory).
 
-Transports (parameter ``transport``):
+Transports (parameter ``transport``, package ``nodes/transports``):
 - ``batched``: forwards the goal to the emulator's ``robot_emulator/run_episodes`` action
   (sim-only loops, where one DDS round trip per transition would dominate);
 - ``topics``: the ros2_control contract of real hardware -- reads ``joint_states`` (joints
   mapped by name through the ``joints`` parameter), writes ``<controller>/commands``
-  (std_msgs/Float64MultiArray ordered like ``joints``), takes the step reward from ``reward``
-  and starts episodes through the ``reset_service``; implemented for tabular policies.
+  (std_msgs/Float64MultiArray ordered like ``joints``) through this node's checks, takes the
+  step reward from ``reward`` and starts episodes through the ``reset_service``.
+This node keeps the lifecycle, the e-stop, the goal checks (signatures, versions, kept results)
+and the command publisher; a transport only runs the episodes.
 """
 from __future__ import annotations
 
-import time
+from typing import Optional, Sequence
 
-import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.action import ActionClient, ActionServer, GoalResponse
+from rclpy.action import ActionServer, GoalResponse
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.task import Future
-from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64, Float64MultiArray
+from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 from sim2real_bilevel_interfaces.action import RunEpisodes
 from sim2real_bilevel_interfaces.msg import PolicyParameters
 
-from ..core.problem import Trajectories
 from . import conversions, provenance
-from .requests import KeptResults
-from .runtime import EVENTS, LATCHED, PROBLEM, RESULT_KEPT_S, ROBOT_STREAM, DeclaredParameters, ParameterSpec, \
-    ResultRequest, command_publishers, load_problem, run_node
-
-TRANSPORTS = ('batched', 'topics')
+from .action_calls import RESULT_KEPT_S
+from .kept_results import KeptResults
+from .runtime import EVENTS, LATCHED, PROBLEM, ROBOT_STREAM, DeclaredParameters, ParameterSpec, \
+    command_publishers, load_problem, run_node
+from .transports import TRANSPORTS, RobotWaits, Transport
 
 
 class HardwareBridge(LifecycleNode):
@@ -59,7 +58,7 @@ class HardwareBridge(LifecycleNode):
                           'hardware leave false and activate deliberately', read_only=True),
             ParameterSpec('transport', 'batched', "'batched' (emulator action) or 'topics' (joint_states / "
                           'commands, one transition per command); applies from the next goal',
-                          choices=TRANSPORTS),
+                          choices=tuple(TRANSPORTS)),
             ParameterSpec('controller', 'forward_command_controller',
                           'controller whose <controller>/commands topic takes the commands (read at configure)',
                           allow_empty=False),
@@ -102,13 +101,12 @@ class HardwareBridge(LifecycleNode):
         self.active = False
         self.newest_policy_version = None
         self.deployed = 0
-        self.estopped = ''                 # latched e-stop reason; '' = not stopped
+        self.estopped = False              # latched until ~/reset_estop
+        self.estop_reason = ''             # why it latched (while estopped)
         self.last_reason = 'unconfigured'
-        self.step_waiters: list = []
-        self.latest_state = None
-        self.latest_velocity = None
+        self.waits = RobotWaits(self, stopped=lambda: not self.active or self.estopped)
         self.filter_counts: dict = {}
-        self.rewards: list[float] = []
+        self.transports: dict[str, Transport] = {}
         self.entities_created = False
         self.verifier = None               # provenance.GoalVerifier when policy_key_file is set
         self.requests = KeptResults(lambda: self.parameters['result_cache_size'])
@@ -144,12 +142,9 @@ class HardwareBridge(LifecycleNode):
         self.command_publisher = self.create_lifecycle_publisher(
             Float64MultiArray, f'{self.parameters["controller"]}/commands', ROBOT_STREAM)
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, '/diagnostics', EVENTS)
-        self.joint_state_subscription = self.create_subscription(JointState, 'joint_states',
-                                                                 self.joint_state_callback, ROBOT_STREAM)
-        self.reward_subscription = self.create_subscription(Float64, 'reward', self.reward_callback, ROBOT_STREAM)
         self.policy_subscription = self.create_subscription(PolicyParameters, 'policy', self.policy_callback, LATCHED)
-        self.emulator_client = ActionClient(self, RunEpisodes, self.parameters['emulator_action'])
-        self.reset_client = self.create_client(Trigger, self.parameters['reset_service'])
+        # every transport, so that the transport parameter can change between goals
+        self.transports = {name: transport(self) for name, transport in TRANSPORTS.items()}
         self.estop_service = self.create_service(Trigger, '~/estop', self.estop_callback)
         self.reset_estop_service = self.create_service(Trigger, '~/reset_estop', self.reset_estop_callback)
         self.episodes_server = ActionServer(self, RunEpisodes, 'run_episodes',
@@ -197,12 +192,12 @@ class HardwareBridge(LifecycleNode):
             return
         self.episodes_server.destroy()
         self.destroy_timer(self.commander_timer)
-        self.emulator_client.destroy()
-        self.destroy_client(self.reset_client)
+        for transport in self.transports.values():
+            transport.destroy()
+        self.transports = {}
         self.destroy_service(self.estop_service)
         self.destroy_service(self.reset_estop_service)
-        for subscription in (self.joint_state_subscription, self.reward_subscription, self.policy_subscription):
-            self.destroy_subscription(subscription)
+        self.destroy_subscription(self.policy_subscription)
         self.destroy_lifecycle_publisher(self.command_publisher)
         self.destroy_publisher(self.diagnostics_publisher)
         self.entities_created = False
@@ -217,11 +212,24 @@ class HardwareBridge(LifecycleNode):
         if self.entities_created:
             self.command_publisher.publish(Float64MultiArray(data=[0.0] * len(self.joints)))
 
+    def send_command(self, values: Sequence[float]) -> Optional[str]:
+        """Publish a command to the robot, unless another node publishes robot commands: then the
+        e-stop latches and its reason is returned (nothing is sent)."""
+        if self.check_commanders() is not None:
+            return self.estop_reason
+        self.command_publisher.publish(Float64MultiArray(data=list(values)))
+        return None
+
+    def set_reason(self, reason: str, level=DiagnosticStatus.OK) -> None:
+        """The state line of the diagnostics becomes ``reason``, published at once."""
+        self.last_reason = reason
+        self.publish_diagnostics(level)
+
     # --- e-stop ----------------------------------------------------------------------------------------
     def latch_estop(self, reason: str) -> None:
         """Latch a stop: zero command now, running episodes abort at their next step, every goal
         is refused until ``~/reset_estop`` is called -- deactivating and activating does not clear it."""
-        self.estopped = reason
+        self.estopped, self.estop_reason = True, reason
         self.send_zero_command()
         self.last_reason = f'E-STOP: {reason}'
         self.get_logger().error(f'E-STOP latched ({reason}): zero command sent, goals refused until ~/reset_estop')
@@ -243,25 +251,26 @@ class HardwareBridge(LifecycleNode):
             return [f'{own} (a second publisher under this bridge\'s name)']
         return sorted(name for name in names if name != own)
 
-    def check_commanders(self) -> str:
-        """Latch the e-stop when another node publishes robot commands; returns the reason or ''."""
+    def check_commanders(self) -> Optional[str]:
+        """Latch the e-stop when another node publishes robot commands; returns the reason, or
+        None when this bridge is the only commander."""
         foreign = self.foreign_commanders()
         if not foreign:
-            return ''
+            return None
         reason = (f'another node publishes on {self.command_publisher.topic_name}: {", ".join(foreign)} -- only '
                   'this bridge may command the robot')
-        if self.estopped != reason:
+        if not self.estopped or self.estop_reason != reason:
             self.latch_estop(reason)
         return reason
 
     def reset_estop_callback(self, request, response):
-        was = self.estopped
-        self.estopped = ''
+        was = self.estop_reason if self.estopped else None
+        self.estopped, self.estop_reason = False, ''
         self.last_reason = 'active' if self.active else 'inactive'
         self.get_logger().warning(f'e-stop reset by ~/reset_estop (was: {was or "not latched"})')
         self.publish_diagnostics()
         response.success = True
-        response.message = 'e-stop cleared' if was else 'no e-stop was latched'
+        response.message = 'e-stop cleared' if was is not None else 'no e-stop was latched'
         return response
 
     # --- goals -----------------------------------------------------------------------------------------
@@ -281,11 +290,11 @@ class HardwareBridge(LifecycleNode):
         self.newest_policy_version = version
         self.publish_diagnostics()
 
-    def refusal(self, goal) -> str:
-        """Why a goal must not run now, or ''."""
+    def refusal(self, goal) -> Optional[str]:
+        """Why a goal must not run now, or None."""
         self.check_commanders()
         if self.estopped:
-            return f'E-STOP latched ({self.estopped}): call ~/reset_estop first'
+            return f'E-STOP latched ({self.estop_reason}): call ~/reset_estop first'
         if not self.active:
             return 'the bridge is not active: no command leaves it unless active'
         try:
@@ -297,8 +306,8 @@ class HardwareBridge(LifecycleNode):
             if reason:
                 return reason
         reason = self.requests.refusal(goal)
-        if reason or self.requests.known(goal):
-            return reason                  # '' for a kept or running request: the robot does not move again
+        if reason is not None or self.requests.known(goal):
+            return reason                  # None for a kept or running request: the robot does not move again
         version = int(goal.policy.version)
         newest = self.newest_policy_version
         if newest is not None and version < newest:
@@ -309,14 +318,13 @@ class HardwareBridge(LifecycleNode):
             return f'stale policy version {version}: version {self.deployed} was already deployed'
         if not 1 <= goal.n_episodes <= self.parameters['max_episodes']:
             return f'n_episodes={goal.n_episodes}: expected 1..{self.parameters["max_episodes"]} (max_episodes)'
-        return ''
+        return None
 
     def goal_callback(self, goal) -> GoalResponse:
         reason = self.refusal(goal)
-        if reason:
-            self.last_reason = f'rejected: {reason}'
+        if reason is not None:
             self.get_logger().error(f'rejected run_episodes goal: {reason}')
-            self.publish_diagnostics(DiagnosticStatus.WARN)
+            self.set_reason(f'rejected: {reason}', DiagnosticStatus.WARN)
             return GoalResponse.REJECT
         return GoalResponse.ACCEPT
 
@@ -345,12 +353,9 @@ class HardwareBridge(LifecycleNode):
         return result
 
     async def _run(self, goal, goal_handle) -> RunEpisodes.Result:
-        if self.parameters['transport'] == 'batched':
-            result = await self._forward(goal)
-        else:
-            result = await self._run_on_topics(goal, goal_handle)
+        result = await self.transports[self.parameters['transport']].run(goal, goal_handle)
         if self.estopped and result.success:
-            result = RunEpisodes.Result(success=False, message=f'E-STOP during the episodes: {self.estopped}')
+            result = RunEpisodes.Result(success=False, message=f'E-STOP during the episodes: {self.estop_reason}')
         if result.success and self.active:
             self.deployed = max(self.deployed, int(goal.policy.version))
             goal_handle.succeed()
@@ -362,208 +367,6 @@ class HardwareBridge(LifecycleNode):
         self.last_reason = 'active' if self.active else self.last_reason
         return result
 
-    async def _forward(self, goal) -> RunEpisodes.Result:
-        """The episodes on the emulator's action, every wait bounded: a goal or result message
-        lost before DDS matched both ends would otherwise hold this goal (and every re-send of
-        its request_id) forever.  A result that does not come although the emulator's status says
-        the goal finished is asked for again."""
-        client, name = self.emulator_client, self.parameters['emulator_action']
-        timeout = self.parameters['episode_timeout_s']
-        if not await self._await_robot(client.server_is_ready, 5.0):
-            return RunEpisodes.Result(success=False, message=f'{name} is not available')
-        # the request_id goes along: a bridge restarted while the emulator ran gets those episodes
-        sent = client.send_goal_async(RunEpisodes.Goal(policy=goal.policy, n_episodes=goal.n_episodes,
-                                                       request_id=goal.request_id))
-        if not await self._await_future(sent, 10.0):
-            return RunEpisodes.Result(success=False, message=f'{name} did not answer the goal within 10 s')
-        handle = sent.result()
-        if not handle.accepted:
-            return RunEpisodes.Result(success=False, message='the emulator rejected the episodes (its log says why)')
-        deadline = time.monotonic() + timeout
-        result = ResultRequest(handle, on_done=self._wake_step_waiters)
-        while not await self._await_robot(lambda: result.future.done(), 1.0):
-            if time.monotonic() > deadline or not self.active or self.estopped:
-                return RunEpisodes.Result(success=False, message=f'no result from {name} within {timeout:g} s')
-            result.poll()                                     # finished, but its result was lost: ask again
-        return result.future.result().result
-
-    # --- topic transport --------------------------------------------------------------------------------
-    def joint_state_callback(self, msg: JointState) -> None:
-        """Joints are read by name (other joints and any order are fine)."""
-        names = list(msg.name)
-        try:
-            index = [names.index(joint) for joint in self.joints]
-            positions = [msg.position[i] for i in index]
-            velocities = [msg.velocity[i] for i in index] if len(msg.velocity) else [0.0] * len(index)
-        except (ValueError, IndexError):
-            self.get_logger().error(f'joint_states without the joints {self.joints}: names {names}',
-                                    throttle_duration_sec=5.0)
-            return
-        self.latest_state = np.asarray(positions, dtype=np.float64)
-        self.latest_velocity = np.asarray(velocities, dtype=np.float64)
-        self._wake_step_waiters()
-
-    def reward_callback(self, msg: Float64) -> None:
-        self.rewards.append(float(msg.data))
-        self._wake_step_waiters()
-
-    def _wake_step_waiters(self) -> None:
-        waiters, self.step_waiters = self.step_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(True)
-
-    async def _await_robot(self, condition, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while not condition():
-            if time.monotonic() > deadline or not self.active or self.estopped:
-                return False
-            waiter = Future()
-            self.step_waiters.append(waiter)
-            timer = self.create_timer(min(0.05, timeout_s), lambda w=waiter: None if w.done() else w.set_result(False))
-            await waiter
-            self.destroy_timer(timer)
-            if waiter in self.step_waiters:      # woken by its timer: nothing else would drop it (leak
-                self.step_waiters.remove(waiter)  # found by the soak on the batched transport)
-        return True
-
-    async def _await_future(self, future, timeout_s: float) -> bool:
-        """``_await_robot`` for a future: woken the moment it completes (not at the next 50 ms tick)."""
-        future.add_done_callback(lambda _: self._wake_step_waiters())
-        return await self._await_robot(future.done, timeout_s)
-
-    async def _reset_robot(self) -> Trigger.Response:
-        """Start an episode through the reset service, within ``reset_timeout_s``.  A request sent
-        before DDS has matched the client with the service is dropped without an answer, so the
-        service must be ready first, and a request unanswered after a while is sent once more."""
-        timeout = self.parameters['reset_timeout_s']
-        name = self.reset_client.srv_name
-
-        def stopped(reason: str) -> Trigger.Response:
-            if self.estopped or not self.active:
-                reason = f'E-STOP: {self.estopped}' if self.estopped else 'the bridge was deactivated'
-            return Trigger.Response(success=False, message=reason)
-        if not await self._await_robot(self.reset_client.service_is_ready, timeout):
-            return stopped(f'{name} not available within {timeout:g} s')
-        for attempt in range(2):
-            future = self.reset_client.call_async(Trigger.Request())
-            if await self._await_future(future, timeout / 2):
-                return future.result()
-            self.reset_client.remove_pending_request(future)
-        return stopped(f'{name} did not answer within {timeout:g} s')
-
-    async def _run_on_topics(self, goal, goal_handle) -> RunEpisodes.Result:
-        if getattr(self.problem, 'kind', '') == 'robot':
-            return await self._run_robot_on_topics(goal, goal_handle)
-        if getattr(self.problem, 'kind', '') != 'tabular':
-            return RunEpisodes.Result(success=False, message=f'the topic transport runs tabular and robot '
-                                                             f'policies, not {self.problem.kind!r}')
-        phi, version, _ = conversions.policy_from_msg(goal.policy, self.problem.phi_size())
-        pi, log_pi = self.problem.policy_table(phi)
-        rng = np.random.default_rng()
-        horizon = int(self.problem.real_horizon)
-        n = int(goal.n_episodes)
-        states = np.zeros((n, horizon + 1), dtype=np.int64)
-        actions = np.zeros((n, horizon), dtype=np.int64)
-        rewards = np.zeros((n, horizon))
-        timeout = self.parameters['step_timeout_s']
-        for episode in range(n):
-            self.latest_state = None
-            reset = await self._reset_robot()
-            if not reset.success:
-                return RunEpisodes.Result(success=False, message=f'reset failed: {reset.message}')
-            if not await self._await_robot(lambda: self.latest_state is not None, timeout):
-                return RunEpisodes.Result(success=False, message='no joint_states after reset')
-            states[episode, 0] = int(self.latest_state[0])
-            for t in range(horizon):
-                action = int(rng.choice(pi.shape[1], p=pi[states[episode, t]]))
-                actions[episode, t] = action
-                self.latest_state, reward_count = None, len(self.rewards)
-                if self.check_commanders():
-                    return RunEpisodes.Result(success=False, message=f'E-STOP: {self.estopped}')
-                self.command_publisher.publish(Float64MultiArray(data=[float(action)]))
-                arrived = await self._await_robot(
-                    lambda c=reward_count: self.latest_state is not None and len(self.rewards) > c, timeout)
-                if not arrived:
-                    return RunEpisodes.Result(success=False, message=f'no answer from the robot within {timeout} s '
-                                                                     f'(episode {episode}, step {t})')
-                rewards[episode, t] = self.rewards[-1]
-                states[episode, t + 1] = int(self.latest_state[0])
-            goal_handle.publish_feedback(RunEpisodes.Feedback(episodes_done=episode + 1))
-        batch = Trajectories(states=states, actions=actions, rewards=rewards, dones=np.zeros((n, horizon), bool),
-                             log_probs=log_pi[states[:, :-1], actions], source='real', policy_version=version)
-        return RunEpisodes.Result(success=True, trajectories=conversions.trajectories_to_msg(batch))
-
-    async def _run_robot_on_topics(self, goal, goal_handle) -> RunEpisodes.Result:
-        """Continuous policies on the ros2_control topics, one command per fresh joint_states,
-        every command through the CommandFilter (effort clamp, rate limit).  Stale joint_states
-        (watchdog), a joint outside its bounds, an e-stop or a deactivation: zero command and
-        the whole goal fails with the reason -- an aborted episode is never returned as data."""
-        import torch
-        from .safety import CommandFilter, state_violation
-        problem = self.problem
-        phi, version, _ = conversions.policy_from_msg(goal.policy, problem.phi_size())
-        phi_t = torch.as_tensor(phi, dtype=torch.float64)
-        std = float(np.exp(problem.policy.log_std(phi_t).numpy())[0])
-        command_filter = CommandFilter(self.parameters['effort_limit'], self.parameters['max_effort_rate'],
-                                       joints=len(self.joints))
-        rng = np.random.default_rng()
-        horizon, n = int(problem.horizon), int(goal.n_episodes)
-        states = np.zeros((n, horizon + 1, 2))
-        actions = np.zeros((n, horizon, 1))
-        watchdog = self.parameters['watchdog_timeout_s']
-        limits = (self.parameters['position_limit'], self.parameters['velocity_limit'])
-
-        def fail(reason: str) -> RunEpisodes.Result:
-            self.send_zero_command()
-            self.last_reason = f'episode aborted: {reason}'
-            self.publish_diagnostics(DiagnosticStatus.WARN)
-            return RunEpisodes.Result(success=False, message=f'{reason}; zero command sent, episode discarded '
-                                                             f'(filter: {command_filter.counts()})')
-
-        for episode in range(n):
-            self.latest_state = None
-            reset = await self._reset_robot()
-            if not reset.success:
-                return fail(f'reset failed: {reset.message}')
-            if not await self._await_robot(lambda: self.latest_state is not None, watchdog):
-                return fail(f'watchdog: no joint_states within {watchdog} s of the reset')
-            command_filter.reset()
-            for t in range(horizon + 1):
-                states[episode, t] = (self.latest_state[0], self.latest_velocity[0])
-                violation = state_violation(self.joints, self.latest_state, self.latest_velocity, *limits)
-                if violation:
-                    return fail(f'state bounds: {violation} (episode {episode}, step {t})')
-                if t == horizon:
-                    break
-                with torch.no_grad():
-                    observation = problem.model.observation(torch.as_tensor(states[episode, t]))
-                    mean = float(problem.policy.mean(phi_t, observation).numpy()[0])
-                requested = mean + std * rng.standard_normal()
-                command = command_filter([requested])
-                actions[episode, t, 0] = command[0]
-                self.latest_state = None
-                if self.check_commanders():
-                    return fail(f'E-STOP: {self.estopped}')
-                self.command_publisher.publish(Float64MultiArray(data=[float(c) for c in command]))
-                if not await self._await_robot(lambda: self.latest_state is not None, watchdog):
-                    if self.estopped:
-                        return fail(f'E-STOP: {self.estopped}')
-                    return fail(f'watchdog: joint_states stale for {watchdog} s (episode {episode}, step {t})')
-            goal_handle.publish_feedback(RunEpisodes.Feedback(episodes_done=episode + 1))
-        self.send_zero_command()
-        counts = command_filter.counts()
-        if any(counts.values()):
-            self.get_logger().warning(f'command filter changed commands in these episodes: {counts}')
-        self.filter_counts = counts
-        rewards, log_probs = problem.score_episodes(phi, states, actions)
-        dones = np.zeros((n, horizon), dtype=bool)
-        dones[:, -1] = True
-        batch = Trajectories(states=states, actions=actions, rewards=rewards, dones=dones, log_probs=log_probs,
-                             source='real', policy_version=version)
-        return RunEpisodes.Result(success=True, trajectories=conversions.trajectories_to_msg(batch),
-                                  message=f'command filter: {counts}')
-
     def publish_diagnostics(self, level=DiagnosticStatus.OK) -> None:
         if not self.entities_created:
             return
@@ -573,7 +376,7 @@ class HardwareBridge(LifecycleNode):
             values=[KeyValue(key='active', value=str(self.active)),
                     KeyValue(key='transport', value=self.parameters['transport']),
                     KeyValue(key='deployed_policy_version', value=str(self.deployed)),
-                    KeyValue(key='estop', value=self.estopped or 'clear'),
+                    KeyValue(key='estop', value=self.estop_reason if self.estopped else 'clear'),
                     KeyValue(key='command_filter', value=str(self.filter_counts)),
                     KeyValue(key='newest_policy_version', value=str(self.newest_policy_version)),
                     KeyValue(key='signed_goals_only', value=str(self.verifier is not None)),

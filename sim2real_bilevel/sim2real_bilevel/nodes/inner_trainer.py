@@ -17,7 +17,8 @@ from sim2real_bilevel_interfaces.msg import PolicyParameters
 
 from ..core.outer import INNER_METHODS
 from . import conversions
-from .runtime import (LATCHED, PROBLEM, RESULT_KEPT_S, SEED, BackgroundWork, DeclaredParameters, ParameterSpec, accept_cancel,
+from .action_calls import RESULT_KEPT_S
+from .runtime import (LATCHED, PROBLEM, SEED, BackgroundWork, DeclaredParameters, ParameterSpec, accept_cancel,
                       goal_validator, load_problem, outer_config_defaults, run_node)
 
 

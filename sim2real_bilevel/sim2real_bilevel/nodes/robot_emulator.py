@@ -29,6 +29,7 @@ bridge's name (docs/security.md).
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped
@@ -42,8 +43,9 @@ from std_srvs.srv import Trigger
 from sim2real_bilevel_interfaces.action import RunEpisodes
 
 from . import conversions
-from .requests import KeptResults
-from .runtime import PROBLEM, RESULT_KEPT_S, ROBOT_STREAM, SEED, DeclaredParameters, ParameterSpec, \
+from .kept_results import KeptResults
+from .action_calls import RESULT_KEPT_S
+from .runtime import PROBLEM, ROBOT_STREAM, SEED, DeclaredParameters, ParameterSpec, \
     command_publishers, load_problem, run_node
 
 
@@ -93,7 +95,7 @@ class RobotEmulator(Node):
     # --- batched transport ---------------------------------------------------------------------------
     def goal_callback(self, goal) -> GoalResponse:
         reason = self.requests.refusal(goal)
-        if reason:
+        if reason is not None:
             self.get_logger().error(f'rejected run_episodes goal: {reason}')
             return GoalResponse.REJECT
         try:
@@ -123,10 +125,11 @@ class RobotEmulator(Node):
         return result
 
     # --- topic transport ---------------------------------------------------------------------------------
-    def _topic_refusal(self) -> str:
+    def _topic_refusal(self) -> Optional[str]:
+        """Why this problem cannot be emulated on the topics, or None."""
         if getattr(self.problem, 'kind', '') not in ('tabular', 'robot'):
             return f'the topic transport emulates tabular and robot problems, not {self.problem.kind!r}'
-        return ''
+        return None
 
     def reset_callback(self, request, response):
         reason = self._topic_refusal()
@@ -163,7 +166,7 @@ class RobotEmulator(Node):
         return sorted(intruders)
 
     def command_callback(self, msg: Float64MultiArray) -> None:
-        if self.state is None or self._topic_refusal():
+        if self.state is None or self._topic_refusal() is not None:
             return
         intruders = self.intruders()
         if intruders:

@@ -1,5 +1,6 @@
 """What every node of the graph shares: QoS profiles, declared-and-validated parameters,
-problem loading, waiting on futures, background work and the ``main()`` skeleton.
+problem loading, waiting on futures, background work and the ``main()`` skeleton (action
+calls with their timeouts and re-sends: ``action_calls.py``).
 
 Executor choice: these rclpy builds livelock intermittently in ``MultiThreadedExecutor``, so
 every process runs one ``SingleThreadedExecutor``.  Long computations (inner training,
@@ -163,7 +164,7 @@ class DeclaredParameters:
 # --- problems ------------------------------------------------------------------------------------------
 def load_problem(name: str):
     """Load a problem by shipped name or path (the same resolution as the CLI)."""
-    from ..core.cli import builtin_config
+    from ..core.config import builtin_config
     from ..core.problems import load_problem as load
     return load(builtin_config(name))
 
@@ -189,60 +190,6 @@ def wait_for(executor: SingleThreadedExecutor, future: Future, timeout_s: Option
             raise TimeoutError(f'{what}: no answer within {timeout_s:g} s')
         executor.spin_once(timeout_sec=remaining)
     return future.result()
-
-
-RESULT_KEPT_S = 10.0
-"""How long the action servers keep a finished goal's result (their ``result_timeout``): time for
-a client to ask for it again (``wait_for_result``)."""
-
-
-class ResultRequest:
-    """The result of an accepted goal (``ClientGoalHandle``), asked for again when it was lost.
-
-    A result response can be lost -- the server answers before DDS has matched its response
-    writer with this client's reader (seen under load) --, so when the goal's status says it
-    finished and no result came within ``rerequest_s``, ``poll`` asks again (the server keeps it
-    ``RESULT_KEPT_S``).  ``future`` is the latest request's; ``on_done`` is attached to each."""
-
-    def __init__(self, handle, rerequest_s: float = 1.0, on_done: Optional[Callable[[], None]] = None):
-        from action_msgs.msg import GoalStatus
-        self.terminal = (GoalStatus.STATUS_SUCCEEDED, GoalStatus.STATUS_ABORTED, GoalStatus.STATUS_CANCELED)
-        self.handle, self.rerequest_s, self.on_done = handle, rerequest_s, on_done
-        self.finished_at: Optional[float] = None
-        self.future = self._request()
-
-    def _request(self) -> Future:
-        future = self.handle.get_result_async()
-        if self.on_done is not None:
-            future.add_done_callback(lambda _: self.on_done())
-        return future
-
-    def poll(self) -> None:
-        if self.future.done() or self.handle.status not in self.terminal:
-            return
-        now = time.monotonic()
-        if self.finished_at is None:
-            self.finished_at = now
-        elif now - self.finished_at > self.rerequest_s:
-            self.future, self.finished_at = self._request(), now
-
-
-def wait_for_result(executor: SingleThreadedExecutor, handle, timeout_s: Optional[float], what: str,
-                    rerequest_s: float = 1.0):
-    """Spin until the result of an accepted goal arrives (asked for again when lost:
-    ``ResultRequest``); returns the GetResult response.  TimeoutError / ShutdownRequested as
-    ``wait_for``."""
-    deadline = None if timeout_s is None or timeout_s <= 0 else time.monotonic() + timeout_s
-    request = ResultRequest(handle, rerequest_s)
-    while not request.future.done():
-        if not executor.context.ok():
-            raise ShutdownRequested(what)
-        now = time.monotonic()
-        if deadline is not None and now >= deadline:
-            raise TimeoutError(f'{what}: no answer within {timeout_s:g} s')
-        request.poll()
-        executor.spin_once(timeout_sec=0.1 if deadline is None else max(0.0, min(0.1, deadline - now)))
-    return request.future.result()
 
 
 def command_publishers(node, topic: str) -> list[str]:
@@ -381,9 +328,9 @@ def _note_signal(signum, frame) -> None:
 def exit_now(status: int) -> None:
     """End the node process once its node is destroyed and rclpy is shut down.
 
-    The interpreter's own teardown (torch and friends) takes 1-2 s per process, longer when
-    a whole graph stops at once on two cores -- beyond ros2 launch's 5 s SIGINT grace, after
-    which it escalates to SIGTERM.  Everything that matters is released explicitly before."""
+    The interpreter's own teardown (torch and friends) is slow, slower still when a whole graph
+    stops at once on few cores, and may outlast ros2 launch's SIGINT grace period, after which it
+    escalates to SIGTERM.  Everything that matters is released explicitly before."""
     import os
     import sys
     sys.stdout.flush()

@@ -21,7 +21,8 @@ from sim2real_bilevel_interfaces.srv import SimulateRollouts
 from ..core import implicit
 from ..core.outer import SENSITIVITY_METHODS, SOLVERS, OuterConfig, make_solver
 from . import conversions
-from .runtime import (EVENTS, LATCHED, PROBLEM, RESULT_KEPT_S, SEED, BackgroundWork, DeclaredParameters, ParameterSpec, accept_cancel,
+from .action_calls import RESULT_KEPT_S
+from .runtime import (EVENTS, LATCHED, PROBLEM, SEED, BackgroundWork, DeclaredParameters, ParameterSpec, accept_cancel,
                       goal_validator, load_problem, outer_config_defaults, run_node)
 
 SOLVER_PARAMETERS = ('sensitivity_method', 'solver', 'damping', 'cg_maxiter', 'cg_tol', 'first_order_step',

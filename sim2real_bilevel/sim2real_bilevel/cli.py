@@ -1,4 +1,8 @@
-"""The ``sim2real-bilevel`` command line."""
+"""The ``sim2real-bilevel`` command line.
+
+The in-process commands (solve, resume, gradcheck, keygen) need only ``core``; the commands of
+the ROS layer (launch, report) come from ``tools/commands.py``, imported only when ``tools`` is
+there.  This module sits above ``core``, ``tools`` and ``nodes``; none of them imports it."""
 from __future__ import annotations
 
 import argparse
@@ -6,27 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from .checkpoint import CheckpointError
-from .config import ProblemConfigError
-
-
-def builtin_config(name: str) -> Path:
-    """Resolve a problem argument: a path, or the name of a shipped config (``lqr``)."""
-    path = Path(name)
-    if path.exists():
-        return path
-    here = Path(__file__).resolve().parents[2] / 'config'          # source checkout
-    candidates = [here / name, here / f'{name}.yaml']
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        share = Path(get_package_share_directory('sim2real_bilevel')) / 'config'
-        candidates += [share / name, share / f'{name}.yaml']
-    except Exception:       # not installed in an ament index: source checkout only
-        pass
-    for candidate in candidates:
-        if candidate.exists():
-            return candidate
-    return path            # the loader reports the missing file with its name
+from .core.checkpoint import CheckpointError
+from .core.config import ProblemConfigError, builtin_config
 
 
 RUN_FILE = 'run.json'
@@ -38,7 +23,7 @@ def cmd_solve(args) -> int:
     invocation = {'config': str(builtin_config(args.config).resolve()), 'methods': methods, 'seeds': args.seeds,
                   'iterations': args.iterations, 'real_episodes': args.real_episodes}
     if run_dir is not None:
-        from .checkpoint import atomic_write_bytes
+        from .core.checkpoint import atomic_write_bytes
         if (run_dir / RUN_FILE).exists():
             print(f'error: {run_dir} already holds a run; continue it with `sim2real-bilevel resume {run_dir}`',
                   file=sys.stderr)
@@ -64,8 +49,8 @@ def cmd_resume(args) -> int:
 
 def _solve(invocation: dict, out, quiet: bool, run_dir) -> int:
     from tqdm import tqdm
-    from .experiments import METHODS, format_summary, run_experiment, write_results
-    from .problems import load_problem
+    from .core.experiments import METHODS, format_summary, run_experiment, write_results
+    from .core.problems import load_problem
 
     methods = invocation['methods']
     for method in methods:
@@ -103,8 +88,8 @@ def _solve(invocation: dict, out, quiet: bool, run_dir) -> int:
 
 
 def cmd_gradcheck(args) -> int:
-    from .gradcheck import GradcheckUnavailable, format_rows, gradcheck
-    from .problems import load_problem
+    from .core.gradcheck import GradcheckUnavailable, format_rows, gradcheck
+    from .core.problems import load_problem
 
     problem = load_problem(builtin_config(args.config))
     try:
@@ -119,8 +104,20 @@ def cmd_gradcheck(args) -> int:
     return 0
 
 
+def cmd_keygen(args) -> int:
+    from .core.provenance import ProvenanceError, generate_key_file
+    try:
+        path = generate_key_file(args.path)
+    except (ProvenanceError, OSError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
+    print(f'wrote {path} (mode 0600): set policy_key_file:={path.resolve()} on the outer_optimizer and the '
+          'hardware_bridge')
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='sim2real-bilevel', description=__doc__)
+    parser = argparse.ArgumentParser(prog='sim2real-bilevel', description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest='command', required=True)
 
     solve = commands.add_parser('solve', help='run methods on a problem file; write results.json/png')
@@ -156,12 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument('--sim-horizon', type=_positive_int, default=None)
     check.set_defaults(func=cmd_gradcheck)
 
-    for register in _extra_commands():
+    for register in _ros_commands():
         register(commands)
+    keygen = commands.add_parser('keygen', help='make a policy key (mode 0600) for signed run_episodes goals')
+    keygen.add_argument('path', help='key file to create (never overwritten); give it to the outer_optimizer and '
+                                     'the hardware_bridge as policy_key_file')
+    keygen.set_defaults(func=cmd_keygen)
     return parser
 
 
-def _extra_commands():
+def _ros_commands():
     """Sub-commands that live with the ROS layer (launch, report) register themselves here."""
     import importlib
     import importlib.util

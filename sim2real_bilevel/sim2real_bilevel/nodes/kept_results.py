@@ -29,8 +29,8 @@ class KeptResults:
         self.running: dict = {}            # request_id -> (fingerprint, future)
         self.resent = 0
 
-    def refusal(self, goal) -> str:
-        """'' when the goal may go on; else why not (a request_id reused for other episodes, or
+    def refusal(self, goal) -> Optional[str]:
+        """None when the goal may go on; else why not (a request_id reused for other episodes, or
         ``kept_result_only`` with nothing kept or running)."""
         request = str(goal.request_id)
         held = (self.results.get(request) or self.running.get(request)) if request else None
@@ -38,12 +38,12 @@ class KeptResults:
             return f'request_id {request!r} already ran with another policy or episode count'
         if held is None and getattr(goal, 'kept_result_only', False):
             return f'no kept result for request_id {request!r} (kept_result_only: the robot is not run)'
-        return ''
+        return None
 
     def known(self, goal) -> bool:
         """The goal's request is kept or running (and matches): the robot will not run for it."""
         request = str(goal.request_id)
-        return bool(request) and (request in self.results or request in self.running) and not self.refusal(goal)
+        return bool(request) and (request in self.results or request in self.running) and self.refusal(goal) is None
 
     def kept(self, goal):
         """The kept result of this request, or None."""

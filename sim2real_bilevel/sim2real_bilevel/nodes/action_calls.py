@@ -1,0 +1,191 @@
+"""Calling actions on peers that may restart or lose messages: the one place for goal timeouts,
+re-sends with back-off, and results asked for again.
+
+Why every wait is bounded and lost results are asked for again: a goal sent while its server
+restarts is dropped without an answer, and a goal response or result sent before DDS has
+matched the server's writer with the client's reader is lost.  Servers keep a finished goal's
+result ``RESULT_KEPT_S`` (their ``result_timeout``), so a client whose goal status says
+"finished" but whose result did not come asks again (``ResultRequest``).
+
+- ``ActionCaller``: the synchronous caller of a node whose loop spins its own executor
+  (outer_optimizer): ``goal_timeout_s`` for acceptance, ``action_timeout_s`` for the result,
+  up to ``action_retries`` re-sends in a row after the server is back, with back-off.
+- ``call_async``: the same one attempt for an async callback (hardware_bridge forwarding to
+  the robot emulator), its waits given by the caller.
+- ``wait_for_result``: spin until a goal's result arrives, asking again when lost (also the
+  test client's).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Awaitable, Callable, Optional
+
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.task import Future
+
+from .runtime import ShutdownRequested, wait_for
+
+RESULT_KEPT_S = 10.0
+"""How long the action servers keep a finished goal's result (their ``result_timeout``): time for
+a client to ask for it again (``wait_for_result``)."""
+
+
+class ActionFailed(RuntimeError):
+    pass
+
+
+class PeerLost(ActionFailed):
+    """A goal that may succeed when sent again: no answer in time, rejected or aborted by a
+    peer that may be restarting, or a malformed result."""
+
+
+class GoalRejected(PeerLost):
+    """The server rejected the goal (its log says why: the action protocol carries no reason)."""
+
+
+class ResultRequest:
+    """The result of an accepted goal (``ClientGoalHandle``), asked for again when it was lost.
+
+    A result response can be lost -- the server answers before DDS has matched its response
+    writer with this client's reader --, so when the goal's status says it finished and no
+    result came within ``rerequest_s``, ``poll`` asks again (the server keeps it
+    ``RESULT_KEPT_S``).  ``future`` is the latest request's; ``on_done`` is attached to each."""
+
+    def __init__(self, handle, rerequest_s: float = 1.0, on_done: Optional[Callable[[], None]] = None):
+        from action_msgs.msg import GoalStatus
+        self.terminal = (GoalStatus.STATUS_SUCCEEDED, GoalStatus.STATUS_ABORTED, GoalStatus.STATUS_CANCELED)
+        self.handle, self.rerequest_s, self.on_done = handle, rerequest_s, on_done
+        self.finished_at: Optional[float] = None
+        self.future = self._request()
+
+    def _request(self) -> Future:
+        future = self.handle.get_result_async()
+        if self.on_done is not None:
+            future.add_done_callback(lambda _: self.on_done())
+        return future
+
+    def poll(self) -> None:
+        if self.future.done() or self.handle.status not in self.terminal:
+            return
+        now = time.monotonic()
+        if self.finished_at is None:
+            self.finished_at = now
+        elif now - self.finished_at > self.rerequest_s:
+            self.future, self.finished_at = self._request(), now
+
+
+def wait_for_result(executor: SingleThreadedExecutor, handle, timeout_s: Optional[float], what: str,
+                    rerequest_s: float = 1.0):
+    """Spin until the result of an accepted goal arrives (asked for again when lost:
+    ``ResultRequest``); returns the GetResult response.  TimeoutError / ShutdownRequested as
+    ``wait_for``."""
+    deadline = None if timeout_s is None or timeout_s <= 0 else time.monotonic() + timeout_s
+    request = ResultRequest(handle, rerequest_s)
+    while not request.future.done():
+        if not executor.context.ok():
+            raise ShutdownRequested(what)
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            raise TimeoutError(f'{what}: no answer within {timeout_s:g} s')
+        request.poll()
+        executor.spin_once(timeout_sec=0.1 if deadline is None else max(0.0, min(0.1, deadline - now)))
+    return request.future.result()
+
+
+class ActionCaller:
+    """Synchronous action calls of a node that spins its own executor between them.
+
+    ``parameters`` is the node's ``DeclaredParameters`` with ``goal_timeout_s``,
+    ``action_timeout_s``, ``action_retries`` and ``server_timeout_s``; they are read at every
+    call, so ``ros2 param set`` changes apply to the next one.  ``executor`` is set once the
+    node spins."""
+
+    def __init__(self, node, parameters):
+        self.node = node
+        self.parameters = parameters
+        self.executor: Optional[SingleThreadedExecutor] = None
+        self.retries = 0
+        """Goals sent again after a peer failed to answer (see ``call``)."""
+
+    def call(self, client, goal, name: str, read: Optional[Callable[[Any], Any]] = None,
+             prepare: Optional[Callable[[Any], None]] = None):
+        """Send a goal and wait for its result, ``read(result)`` if given; sent again (after the
+        server is back) when the attempt fails in a way a restarted peer may fix, at most
+        ``action_retries`` times in a row; then the last reason is raised as ActionFailed.
+        ``prepare(goal)`` runs before every send."""
+        from .conversions import MessageValidationError
+        retries = self.parameters['action_retries']
+        for attempt in range(retries + 1):
+            try:
+                if prepare is not None:
+                    prepare(goal)
+                result = self.call_once(client, goal, name)
+                return result if read is None else read(result)
+            except (PeerLost, TimeoutError, MessageValidationError) as err:
+                if attempt == retries:
+                    raise ActionFailed(f'{name}: {err} (after {retries} retries)') from err
+                self.retries += 1
+                self.node.get_logger().warning(f'{name}: {err}; sending it again once {client._action_name} is up '
+                                               f'(retry {attempt + 1} of {retries})')
+                self.wait_for_server(client)
+                self.pause(min(0.25 * 2 ** attempt, 5.0))    # a restarted peer may still be activating
+
+    def call_once(self, client, goal, name: str):
+        """One attempt: the result, or PeerLost / TimeoutError saying why not."""
+        sent = wait_for(self.executor, client.send_goal_async(goal), self.parameters['goal_timeout_s'],
+                        f'{name} goal')
+        if not sent.accepted:
+            raise GoalRejected(f'goal rejected by {client._action_name} (its log says why)')
+        response = wait_for_result(self.executor, sent, self.parameters['action_timeout_s'], f'{name} result')
+        if not response.result.success:
+            raise PeerLost(f'failed (status {response.status}): {response.result.message}')
+        return response.result
+
+    def wait_for_server(self, client) -> None:
+        timeout = self.parameters['server_timeout_s']
+        deadline = time.monotonic() + timeout
+        while not client.server_is_ready():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f'action server {client._action_name} did not appear within {timeout:g} s')
+            if not self.executor.context.ok():
+                raise ShutdownRequested(client._action_name)
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def pause(self, seconds: float) -> None:
+        """Wait, serving callbacks (parameters) meanwhile."""
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            if not self.executor.context.ok():
+                raise ShutdownRequested('pause')
+            self.executor.spin_once(timeout_sec=max(0.0, min(0.05, until - time.monotonic())))
+
+
+Wait = Callable[[Callable[[], bool], float], Awaitable[bool]]
+"""``await wait(condition, timeout_s)``: True once ``condition()`` holds, False when the wait
+gives up (timeout, or the caller's own reason to stop)."""
+
+
+async def call_async(client, goal, name: str, wait: Wait, wait_future: Callable[[Future, float], Awaitable[bool]],
+                     result_timeout_s: float, on_done: Callable[[], None], stopped: Callable[[], bool],
+                     server_timeout_s: float = 5.0, goal_timeout_s: float = 10.0):
+    """One attempt from an async callback: the GetResult response of ``goal`` on ``client``.
+    Every wait is bounded (a lost goal or result message would otherwise hold the caller
+    forever); a result that does not come although the goal's status says it finished is asked
+    for again.  ``on_done`` runs when a result request completes (to wake ``wait``); the
+    result wait gives up early once ``stopped()``.  Raises GoalRejected, or PeerLost saying
+    which wait gave up."""
+    if not await wait(client.server_is_ready, server_timeout_s):
+        raise PeerLost(f'{name} is not available')
+    sent = client.send_goal_async(goal)
+    if not await wait_future(sent, goal_timeout_s):
+        raise PeerLost(f'{name} did not answer the goal within {goal_timeout_s:g} s')
+    handle = sent.result()
+    if not handle.accepted:
+        raise GoalRejected(f'goal rejected by {name} (its log says why)')
+    deadline = time.monotonic() + result_timeout_s
+    result = ResultRequest(handle, on_done=on_done)
+    while not await wait(lambda: result.future.done(), 1.0):
+        if time.monotonic() > deadline or stopped():
+            raise PeerLost(f'no result from {name} within {result_timeout_s:g} s')
+        result.poll()                                     # finished, but its result was lost: ask again
+    return result.future.result()

@@ -1,0 +1,83 @@
+"""What the outer optimizer tells the world about its loop: OuterMetrics, the std_msgs/Float64
+``metrics/*`` and ``metrics/theta/*`` topics (rqt_plot), DiagnosticArray on /diagnostics and the
+progress lines on stdout."""
+from __future__ import annotations
+
+import re
+import time
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from std_msgs.msg import Float64
+from sim2real_bilevel_interfaces.msg import OuterMetrics
+
+from ..core.outer import IterationRecord
+from . import conversions
+from .runtime import EVENTS
+
+SCALARS = ('real_return', 'normalized_return', 'inner_grad_norm', 'outer_grad_norm', 'real_return_estimate')
+
+
+def topic_token(name: str) -> str:
+    """'L[0][1][2]' -> 'L_0_1_2': a valid topic name token for each theta entry."""
+    token = re.sub(r'[^A-Za-z0-9_]+', '_', name).strip('_')
+    return token if token and not token[0].isdigit() else f'theta_{token}'
+
+
+class LoopReporter:
+    """The publishers of the loop's records and diagnostics, created on ``node``."""
+
+    def __init__(self, node, theta_names: list[str], hardware_id: str):
+        self.node = node
+        self.hardware_id = hardware_id
+        self.metric_names = [topic_token(name) for name in theta_names]
+        self.metrics_publisher = node.create_publisher(OuterMetrics, 'outer_metrics', EVENTS)
+        self.diagnostics_publisher = node.create_publisher(DiagnosticArray, '/diagnostics', EVENTS)
+        self.scalar_publishers = {name: node.create_publisher(Float64, f'metrics/{name}', EVENTS) for name in SCALARS}
+        self.theta_metric_publishers = [node.create_publisher(Float64, f'metrics/theta/{token}', EVENTS)
+                                        for token in self.metric_names]
+        self.last_progress = 0.0
+
+    def scalar_topics(self) -> list:
+        """(topic, type, QoS) of the Float64 metrics topics, for the bag."""
+        topics = [(f'metrics/{name}', Float64, EVENTS) for name in self.scalar_publishers]
+        topics += [(f'metrics/theta/{token}', Float64, EVENTS) for token in self.metric_names]
+        return topics
+
+    def publish_record(self, record: IterationRecord, loop, status: str, theta_version: int, policy_version: int,
+                       progress_period_s: float) -> None:
+        """An iteration's record on the metrics topics; diagnostics and a progress line at most
+        every ``progress_period_s`` (and always for the first and last iteration)."""
+        stamp = self.node.get_clock().now().to_msg()
+        metrics = conversions.metrics_to_msg(record, theta_version, policy_version)
+        metrics.header.stamp = stamp
+        self.metrics_publisher.publish(metrics)
+        for name, value in (('real_return', record.real_return), ('normalized_return', record.normalized_return),
+                            ('inner_grad_norm', record.inner_grad_norm), ('outer_grad_norm', record.grad_norm),
+                            ('real_return_estimate', record.real_return_estimate)):
+            self.scalar_publishers[name].publish(Float64(data=float(value)))
+        for publisher, value in zip(self.theta_metric_publishers, record.theta):
+            publisher.publish(Float64(data=float(value)))
+        now = time.monotonic()
+        total = loop.config.iterations
+        if now - self.last_progress >= progress_period_s or record.iteration >= total or record.iteration <= 1:
+            self.last_progress = now
+            self.publish_diagnostics(loop, status, theta_version)
+            print(f'progress iteration={record.iteration} total={total} '
+                  f'normalized_return={record.normalized_return:.4f} real_return={record.real_return:.4f} '
+                  f'inner_grad_norm={record.inner_grad_norm:.2e} real_transitions={record.real_transitions}',
+                  flush=True)
+
+    def publish_diagnostics(self, loop, status: str, theta_version: int) -> None:
+        level = DiagnosticStatus.OK if not status.startswith('failed') else DiagnosticStatus.ERROR
+        last = loop.history[-1] if loop.history else None
+        values = {'iteration': loop.iteration, 'iterations': loop.config.iterations,
+                  'theta_version': theta_version, 'real_transitions': loop.real_transitions}
+        if last is not None:
+            values.update(normalized_return=f'{last.normalized_return:.6f}',
+                          inner_grad_norm=f'{last.inner_grad_norm:.3e}')
+        status_msg = DiagnosticStatus(level=level, name=f'{self.node.get_fully_qualified_name()}: outer loop',
+                                      message=status, hardware_id=self.hardware_id,
+                                      values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+        array = DiagnosticArray(status=[status_msg])
+        array.header.stamp = self.node.get_clock().now().to_msg()
+        self.diagnostics_publisher.publish(array)
