@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ElementTree
 import numpy as np
 import pytest
 
-from sim2real_bilevel.robots import (JOINT_NAME, PendulumEmulator, PendulumParameters, SensorNoise,
+from sim2real_bilevel.core.robots import (JOINT_NAME, PendulumEmulator, PendulumParameters, SensorNoise,
                                      angle_about_y, pendulum_urdf)
 
 NOISY = PendulumParameters(payload_mass=0.5, damping=0.08, coulomb_friction=0.1, motor_gain=0.7,

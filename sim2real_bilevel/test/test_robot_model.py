@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sim2real_bilevel.core.robot_model import PendulumGeometry, PendulumModel
-from sim2real_bilevel.robots import PendulumEmulator, PendulumParameters
+from sim2real_bilevel.core.robots import PendulumEmulator, PendulumParameters
 
 TRUE = dict(payload_mass=0.5, damping=0.08, coulomb_friction=0.1, motor_gain=0.7)
 # Model-vs-pybullet tolerances (rad, rad/s).  Without friction both integrate the same

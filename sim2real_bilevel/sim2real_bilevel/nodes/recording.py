@@ -1,4 +1,4 @@
-"""The optimizer's recording of its run to RUN_DIR/bag (MCAP, tools/recorder.py).
+"""The optimizer's recording of its run to RUN_DIR/bag (MCAP, nodes/bag_recorder.py).
 
 The recorder gets its own node and executor thread, so its subscriptions stay out of the wait
 set the outer loop spins on between actions."""
@@ -26,7 +26,7 @@ class RunRecording:
     named ``name`` in ``namespace``, until ``stop``."""
 
     def __init__(self, name: str, namespace: str, folder: Path, topics: list):
-        from ..tools.recorder import BagRecorder
+        from .bag_recorder import BagRecorder
         # no global arguments: the command line's __node remap must not rename this node too
         self.node = rclpy.create_node(name, namespace=namespace, use_global_arguments=False,
                                       start_parameter_services=False)

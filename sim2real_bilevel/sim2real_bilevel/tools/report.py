@@ -17,7 +17,7 @@ METRIC_PREFIX = 'metrics/'
 def load_series(bag_folder: Path) -> dict[str, list[float]]:
     """{metric name relative to the namespace: values in publication order} of every
     std_msgs/Float64 topic under */metrics/."""
-    from .recorder import read_bag
+    from .bag_reader import read_bag
 
     series: dict[str, list[float]] = defaultdict(list)
     for topic, _, message in read_bag(bag_folder):

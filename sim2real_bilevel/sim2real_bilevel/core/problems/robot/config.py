@@ -37,7 +37,7 @@ class InnerSettings:
 
 def read_problem_file(data: dict, source: str) -> dict:
     """The ``RobotProblem`` constructor arguments of a loaded problem file (all but ``policy``)."""
-    from ....robots import PendulumParameters, SensorNoise
+    from ...robots import PendulumParameters, SensorNoise
     root = FieldReader(data, source)
     root.reject_unknown(TOP_LEVEL_FIELDS)
     robot = root.raw('robot', 'pendulum')

@@ -208,19 +208,3 @@ class BagRecorder:
         with open(self.folder / 'metadata.yaml', 'w') as stream:
             yaml.safe_dump({'rosbag2_bagfile_information': information}, stream, sort_keys=False)
         return self.folder
-
-
-# --- reading back -----------------------------------------------------------------------------------------
-def read_bag(folder: str | Path, topics: Optional[Iterable[str]] = None):
-    """Yield (topic, log_time_ns, decoded message) from a bag folder's MCAP files, using
-    only the schemas stored in the files (no ROS installation needed)."""
-    from mcap_ros2.reader import read_ros2_messages
-
-    folder = Path(folder)
-    metadata = yaml.safe_load((folder / 'metadata.yaml').read_text())['rosbag2_bagfile_information']
-    wanted = None if topics is None else set(topics)
-    for relative in metadata['relative_file_paths']:
-        for item in read_ros2_messages(str(folder / relative)):
-            topic = item.channel.topic
-            if wanted is None or topic in wanted:
-                yield topic, item.log_time_ns, item.ros_msg
