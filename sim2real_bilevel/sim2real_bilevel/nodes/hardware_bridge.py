@@ -150,7 +150,8 @@ class HardwareBridge(LifecycleNode):
         self.episodes_server = ActionServer(self, RunEpisodes, 'run_episodes',
                                             execute_callback=self.run_episodes_callback,
                                             goal_callback=self.goal_callback, result_timeout=RESULT_KEPT_S)
-        self.commander_timer = self.create_timer(1.0, self.check_commanders)
+        self.commander_timer = self.create_timer(1.0, self.watch_the_command_channel)
+        self.command_readers = 0
         self.entities_created = True
         self.last_reason = 'configured'
         self.get_logger().info(f'configured: commands on {self.command_publisher.topic_name} for joints {joints}, '
@@ -250,6 +251,15 @@ class HardwareBridge(LifecycleNode):
         if names.count(own) > 1:
             return [f'{own} (a second publisher under this bridge\'s name)']
         return sorted(name for name in names if name != own)
+
+    def watch_the_command_channel(self) -> None:
+        """Each second: no other commander (``check_commanders``), and a change in how many
+        readers (the robot's controller) the command publisher has goes to /diagnostics."""
+        self.check_commanders()
+        readers = self.command_publisher.get_subscription_count()
+        if readers != self.command_readers:
+            self.command_readers = readers
+            self.publish_diagnostics()
 
     def check_commanders(self) -> Optional[str]:
         """Latch the e-stop when another node publishes robot commands; returns the reason, or
@@ -375,6 +385,7 @@ class HardwareBridge(LifecycleNode):
             hardware_id=self.parameters['controller'],
             values=[KeyValue(key='active', value=str(self.active)),
                     KeyValue(key='transport', value=self.parameters['transport']),
+                    KeyValue(key='command_readers', value=str(self.command_readers)),
                     KeyValue(key='deployed_policy_version', value=str(self.deployed)),
                     KeyValue(key='estop', value=self.estop_reason if self.estopped else 'clear'),
                     KeyValue(key='command_filter', value=str(self.filter_counts)),
