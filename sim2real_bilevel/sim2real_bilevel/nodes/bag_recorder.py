@@ -157,6 +157,15 @@ class BagRecorder:
                 message_class, name, lambda data, topic=resolved: self.record_callback(topic, data),
                 qos, raw=True))
 
+    def records(self, topic: str) -> bool:
+        """Whether ``topic`` (fully qualified) is one of the recorded topics."""
+        return topic in self._topics
+
+    def count(self, topic: str) -> int:
+        """Messages of ``topic`` (fully qualified) recorded so far."""
+        entry = self._topics.get(topic)
+        return 0 if entry is None else entry['count']
+
     @property
     def message_count(self) -> int:
         return sum(t['count'] for t in self._topics.values())

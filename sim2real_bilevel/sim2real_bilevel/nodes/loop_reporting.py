@@ -26,8 +26,9 @@ def topic_token(name: str) -> str:
 class LoopReporter:
     """The publishers of the loop's records and diagnostics, created on ``node``."""
 
-    def __init__(self, node, theta_names: list[str], hardware_id: str):
+    def __init__(self, node, theta_names: list[str], hardware_id: str, publications):
         self.node = node
+        self.publications = publications
         self.hardware_id = hardware_id
         self.metric_names = [topic_token(name) for name in theta_names]
         self.metrics_publisher = node.create_publisher(OuterMetrics, 'outer_metrics', EVENTS)
@@ -50,13 +51,13 @@ class LoopReporter:
         stamp = self.node.get_clock().now().to_msg()
         metrics = conversions.metrics_to_msg(record, theta_version, policy_version)
         metrics.header.stamp = stamp
-        self.metrics_publisher.publish(metrics)
+        self.publications.publish(self.metrics_publisher, metrics)
         for name, value in (('real_return', record.real_return), ('normalized_return', record.normalized_return),
                             ('inner_grad_norm', record.inner_grad_norm), ('outer_grad_norm', record.grad_norm),
                             ('real_return_estimate', record.real_return_estimate)):
-            self.scalar_publishers[name].publish(Float64(data=float(value)))
+            self.publications.publish(self.scalar_publishers[name], Float64(data=float(value)))
         for publisher, value in zip(self.theta_metric_publishers, record.theta):
-            publisher.publish(Float64(data=float(value)))
+            self.publications.publish(publisher, Float64(data=float(value)))
         now = time.monotonic()
         total = loop.config.iterations
         if now - self.last_progress >= progress_period_s or record.iteration >= total or record.iteration <= 1:
@@ -80,4 +81,4 @@ class LoopReporter:
                                       values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
         array = DiagnosticArray(status=[status_msg])
         array.header.stamp = self.node.get_clock().now().to_msg()
-        self.diagnostics_publisher.publish(array)
+        self.publications.publish(self.diagnostics_publisher, array)

@@ -57,7 +57,7 @@ from . import conversions, provenance
 from .action_calls import ActionCaller, ActionFailed
 from .loop_reporting import LoopReporter
 from .real_episodes import RealEpisodeRequests
-from .recording import RunRecording, bag_folder
+from .recording import PublicationLog, RunRecording, bag_folder
 from .runtime import (EVENTS, LATCHED, PROBLEM, SEED, DeclaredParameters, ParameterSpec, ShutdownRequested,
                       load_problem, outer_config_defaults, run_node)
 
@@ -152,7 +152,8 @@ class OuterOptimizer(Node):
         self.gradient_message: Optional[OuterGradient] = None
         self.theta_names = list(self.problem.theta_names)
         self.theta_publisher = self.create_publisher(SimParameters, 'theta', LATCHED)
-        self.reporter = LoopReporter(self, self.theta_names, self.problem.kind)
+        self.publications = PublicationLog()
+        self.reporter = LoopReporter(self, self.theta_names, self.problem.kind, self.publications)
         self.trajectory_publisher = self.create_publisher(TrajectoryBatch, 'real_trajectories', EVENTS)
         self.train_client = ActionClient(self, TrainPolicy, 'train_policy')
         self.episodes_client = ActionClient(self, RunEpisodes, 'run_episodes')
@@ -192,7 +193,7 @@ class OuterOptimizer(Node):
         theta_msg = conversions.theta_to_msg(self.theta_names, theta, lower, upper, self.theta_version,
                                              self.problem.source)
         theta_msg.header.stamp = self.get_clock().now().to_msg()
-        self.theta_publisher.publish(theta_msg)
+        self.publications.publish(self.theta_publisher, theta_msg)
         return theta_msg
 
     def run_episodes(self, n_episodes: int):
@@ -203,7 +204,7 @@ class OuterOptimizer(Node):
         batch, trajectories = self.actions.call(self.episodes_client, goal, 'run_episodes',
                                                 read=lambda result: self.episodes.read(result, version),
                                                 prepare=self.episodes.sign)
-        self.trajectory_publisher.publish(trajectories)
+        self.publications.publish(self.trajectory_publisher, trajectories)
         return batch
 
     def compute_sensitivity(self, real_gradient: np.ndarray) -> np.ndarray:
@@ -247,7 +248,9 @@ class OuterOptimizer(Node):
 
     def stop_recording(self) -> None:
         if self.recording is not None:
-            self.recording.stop()
+            short = self.recording.stop(self.publications.counts)
+            if short:
+                self.get_logger().warning(f'the bag misses messages this node published: {short}')
 
     def run(self, executor: SingleThreadedExecutor) -> int:
         self.executor_ = self.actions.executor = executor

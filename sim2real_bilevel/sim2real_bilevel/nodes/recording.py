@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Mapping
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -44,12 +46,32 @@ class RunRecording:
         except ExternalShutdownException:      # SIGINT / SIGTERM: the context went down under us
             pass
 
-    def stop(self) -> None:
-        drain_until = time.monotonic() + 0.5        # let the recorder take the last messages
-        while time.monotonic() < drain_until and self.executor.context.ok():
-            time.sleep(0.05)
+    def stop(self, expected: Mapping[str, int] = {}, timeout_s: float = 5.0) -> dict:
+        """Stop once the recorder holds at least ``expected[topic]`` messages of each recorded
+        topic (what this process published: ``PublicationLog.counts``), or after ``timeout_s``;
+        returns {topic: messages missing} for the topics that fell short."""
+        def missing() -> dict:
+            return {topic: count - self.recorder.count(topic) for topic, count in expected.items()
+                    if self.recorder.records(topic) and self.recorder.count(topic) < count}
+        deadline = time.monotonic() + timeout_s
+        while missing() and time.monotonic() < deadline and self.executor.context.ok():
+            time.sleep(0.02)
+        short = missing()
         self.recording = False
         self.thread.join(timeout=5.0)
         self.recorder.close()
         self.executor.remove_node(self.node)
         self.node.destroy_node()
+        return short
+
+
+class PublicationLog:
+    """Publishes and counts what this process published per topic, so that the recording can
+    wait for exactly those messages before it closes the bag."""
+
+    def __init__(self):
+        self.counts: Counter = Counter()
+
+    def publish(self, publisher, message) -> None:
+        publisher.publish(message)
+        self.counts[publisher.topic_name] += 1
