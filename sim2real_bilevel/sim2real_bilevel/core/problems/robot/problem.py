@@ -259,7 +259,7 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
 
     # --- real system -----------------------------------------------------------------------------------
     def make_emulator(self):
-        """A fresh pybullet emulator with the hidden true parameters (for the robot_emulator node)."""
+        """A fresh pybullet emulator with the hidden true parameters (real episodes, ``real_system``)."""
         from ...robots import PendulumEmulator
         g = self.geometry
         return PendulumEmulator(self._real_parameters, link_length=g.link_length, rod_mass=g.rod_mass,
