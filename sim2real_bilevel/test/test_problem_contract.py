@@ -56,6 +56,7 @@ def check_batch(problem, batch, episodes):
 def test_defaults_of_the_base_class():
     assert BilevelProblem.default_sim_horizon.fget(None) == 50
     assert BilevelProblem.trajectory_sizes(None) == {}
+    assert dict(BilevelProblem.outer_defaults) == {}
 
 
 def test_sizes_and_horizons(tabular, lqr, pendulum):

@@ -12,6 +12,8 @@ Conventions used everywhere in ``core``:
   ``normalized_return`` are exact and used for reporting and gradchecks only.
 
 What a ``BilevelProblem`` gives (abstract unless a default is named):
+- its description: ``kind`` (a label), ``gamma``, ``source`` (the problem file) and
+  ``outer_defaults`` (the file's ``outer:`` section; default empty);
 - the simulator family: ``theta0``, ``theta_bounds``, ``phi_size``, ``theta_names``,
   ``theta_groups`` (ablations; default: not implemented);
 - the inner level: ``inner_solve``, ``inner_gradient``, ``simulate``, ``sensitivity_terms``
@@ -25,8 +27,9 @@ What a ``BilevelProblem`` gives (abstract unless a default is named):
     checks this problem's batches with (default ``{}``: nothing discrete to check);
   - ``real_system(rng)``: the real system as a step-by-step process (``RealSystem``:
     ``reset``/``step`` return a ``Sample``, ``command_refusal``, ``control_period``,
-    ``describe``, ``link_pose``), which the robot emulator serves on the ros2_control topics; every random
-    draw comes from ``rng``.  Default: ``NotImplementedError`` with the reason;
+    ``describe``, ``link_pose``), which the robot emulator serves on the ros2_control
+    topics; every random draw comes from ``rng``.  Default: ``NotImplementedError`` with
+    the reason;
   - ``controller(phi, rng)``: what the hardware bridge runs for pi_phi on those topics, one
     step at a time (``EpisodeController``), ending in a ``Trajectories`` batch; its flags say
     whether the bridge's effort safety applies (``commands_are_efforts``) and whether each
@@ -36,7 +39,8 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from types import MappingProxyType
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -169,6 +173,9 @@ class BilevelProblem(abc.ABC):
     gamma: float
     theta_names: list[str]        # one readable name per learnable entry, e.g. 'L[0][1][2]'
     source: str                   # the problem file it came from
+    # the file's ``outer:`` section (OuterConfig fields, per-method overrides under ``methods``);
+    # read-only, readers copy it
+    outer_defaults: Mapping = MappingProxyType({})
 
     # --- the simulator family ------------------------------------------------------------
     @abc.abstractmethod
