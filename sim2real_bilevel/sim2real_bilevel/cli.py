@@ -59,7 +59,7 @@ def _solve(invocation: dict, out, quiet: bool, run_dir) -> int:
             return 2
     config = Path(invocation['config'])
     problem = load_problem(config)     # validate before anything runs
-    defaults = getattr(problem, 'outer_defaults', {}) or {}
+    defaults = problem.outer_defaults
     iterations, seeds = invocation['iterations'], invocation['seeds']
     per_run = iterations if iterations is not None else defaults.get('iterations', 200)
     total = sum((0 if m == 'nominal' else per_run) + 1 for m in methods) * seeds

@@ -160,7 +160,11 @@ def test_watchdog_zeroes_the_command_and_aborts_when_joint_states_go_stale(ros):
 def test_emulator_publishes_clock_and_link_pose_in_lockstep(ros):
     from geometry_msgs.msg import PoseStamped
     from rosgraph_msgs.msg import Clock
-    from sim2real_bilevel.nodes.robot_emulator import link_pose
+    from sim2real_bilevel.core.robots.pendulum import BASE_FRAME, tip_pose
+    from sim2real_bilevel.nodes.robot_emulator import pose_stamped
+
+    def link_pose(angle, length, stamp):
+        return pose_stamped(*tip_pose(angle, length), BASE_FRAME, stamp)
     ros.start('robot_emulator', problem=PENDULUM, publish_clock='true', commanders='[test_client]')  # the test commands
     clocks, poses, states = [], [], []
     ros.node.create_subscription(Clock, '/clock', lambda m: clocks.append(m.clock.sec * 10**9 + m.clock.nanosec), 10)
@@ -187,9 +191,13 @@ def test_emulator_publishes_clock_and_link_pose_in_lockstep(ros):
 
 
 def test_link_pose_quaternion_is_the_rotation_about_the_joint_axis():
-    from sim2real_bilevel.nodes.robot_emulator import link_pose
+    from sim2real_bilevel.core.robots.pendulum import BASE_FRAME, tip_pose
+    from sim2real_bilevel.nodes.robot_emulator import pose_stamped
     from transforms3d.quaternions import quat2mat
     from builtin_interfaces.msg import Time
+
+    def link_pose(angle, length, stamp):
+        return pose_stamped(*tip_pose(angle, length), BASE_FRAME, stamp)
     pose = link_pose(0.7, 0.5, Time()).pose
     rotation = quat2mat([pose.orientation.w, pose.orientation.x, pose.orientation.y, pose.orientation.z])
     tip = rotation @ np.array([0.0, 0.0, 0.5])                                  # the upright link, rotated

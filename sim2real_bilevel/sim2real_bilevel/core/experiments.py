@@ -42,7 +42,7 @@ def make_run(problem, method: str, seed: int, iterations: Optional[int] = None,
     if method not in METHODS:
         raise ValueError(f'unknown method {method!r}; expected one of {sorted(METHODS)}')
     cls, method_overrides = METHODS[method]
-    values = dict(getattr(problem, 'outer_defaults', {}) or {})
+    values = dict(problem.outer_defaults)
     values.update(overrides or {})
     values.update(method_overrides)
     if iterations is not None and 'iterations' not in method_overrides:

@@ -91,7 +91,7 @@ def gradcheck(problem: BilevelProblem, theta: Optional[np.ndarray] = None, *, st
         if estimator == 'sampled':
             rng = np.random.default_rng(seed)
             n = sim_episodes or problem.default_sim_episodes
-            horizon = sim_horizon or getattr(problem, 'default_sim_horizon', 50)
+            horizon = sim_horizon or problem.default_sim_horizon
             trajectories = problem.simulate(phi, theta, n, horizon, rng)
         terms = problem.sensitivity_terms(phi, theta, method=estimator, trajectories=trajectories,
                                           rng=np.random.default_rng(seed))

@@ -443,7 +443,7 @@ class BilevelOuterLoop(MethodRun):
         trajectories = None
         if self.config.sensitivity_method == 'sampled':
             n = self.config.sim_episodes or self.problem.default_sim_episodes
-            horizon = self.config.sim_horizon or getattr(self.problem, 'default_sim_horizon', 50)
+            horizon = self.config.sim_horizon or self.problem.default_sim_horizon
             trajectories = self.problem.simulate(phi, theta, n, horizon, self.rng)
         terms = self.problem.sensitivity_terms(phi, theta, method=self.config.sensitivity_method,
                                                trajectories=trajectories, rng=self.rng)

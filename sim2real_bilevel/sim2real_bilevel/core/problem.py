@@ -10,12 +10,37 @@ Conventions used everywhere in ``core``:
   d phi*/d theta = -(dF/dphi)^{-1} dF/dtheta  (implicit function theorem).
 - Methods may only *sample* the real system (``sample_real``); ``real_objective`` and
   ``normalized_return`` are exact and used for reporting and gradchecks only.
+
+What a ``BilevelProblem`` gives (abstract unless a default is named):
+- its description: ``kind`` (a label), ``gamma``, ``source`` (the problem file) and
+  ``outer_defaults`` (the file's ``outer:`` section; default empty);
+- the simulator family: ``theta0``, ``theta_bounds``, ``phi_size``, ``theta_names``,
+  ``theta_groups`` (ablations; default: not implemented);
+- the inner level: ``inner_solve``, ``inner_gradient``, ``simulate``, ``sensitivity_terms``
+  and the sizes of sampled estimates, ``default_sim_episodes`` (default 200) and
+  ``default_sim_horizon`` (default 50);
+- the real system, sampled in whole episodes: ``sample_real``, ``real_policy_gradient``,
+  ``real_objective``, ``normalized_return``, and the baseline ``system_identification``;
+- what the ROS nodes need, so that no node switches on ``kind`` or reads a kind's attributes
+  (``kind`` is a label for messages only):
+  - ``trajectory_sizes()``: the keyword arguments ``nodes.conversions.trajectories_from_msg``
+    checks this problem's batches with (default ``{}``: nothing discrete to check);
+  - ``real_system(rng)``: the real system as a step-by-step process (``RealSystem``:
+    ``reset``/``step`` return a ``Sample``, ``command_refusal``, ``control_period``,
+    ``describe``, ``link_pose``), which the robot emulator serves on the ros2_control
+    topics; every random draw comes from ``rng``.  Default: ``NotImplementedError`` with
+    the reason;
+  - ``controller(phi, rng)``: what the hardware bridge runs for pi_phi on those topics, one
+    step at a time (``EpisodeController``), ending in a ``Trajectories`` batch; its flags say
+    whether the bridge's effort safety applies (``commands_are_efforts``) and whether each
+    step waits for a ``reward`` message (``needs_reward``).  Default: ``NotImplementedError``.
 """
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Optional
+from types import MappingProxyType
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -68,6 +93,79 @@ class SensitivityTerms:
     info: dict = field(default_factory=dict)
 
 
+@dataclass
+class Sample:
+    """What the real system reports after a reset or a step: one joint_states message (position;
+    velocity and effort may be empty) and the step's reward when the system measures one."""
+    position: list[float]
+    velocity: list[float] = field(default_factory=list)
+    effort: list[float] = field(default_factory=list)
+    reward: Optional[float] = None
+
+
+class RealSystem(abc.ABC):
+    """The physical system (or its stand-in) as a step-by-step process: what the robot
+    emulator serves on the ros2_control topics.  ``control_period``: seconds of physical time
+    per step (None: the system has no physical time, nothing advances a clock)."""
+
+    control_period: Optional[float] = None
+
+    @abc.abstractmethod
+    def reset(self) -> Sample:
+        """Start an episode; the first measurement."""
+
+    @abc.abstractmethod
+    def command_refusal(self, command: Sequence[float]) -> Optional[str]:
+        """None if ``step(command)`` may run, else why not: the refused value first, then what
+        was expected (the emulator logs 'ignored command ' + this)."""
+
+    @abc.abstractmethod
+    def step(self, command: Sequence[float]) -> Sample:
+        """Apply one valid command for one step; the measurement after it."""
+
+    def describe(self, sample: Sample) -> str:
+        """A short text of a measurement (the answer to the emulator's reset service)."""
+        return f'position {list(sample.position)}'
+
+    def link_pose(self, sample: Sample) -> Optional[tuple[Sequence[float], Sequence[float], str]]:
+        """(position xyz, orientation quaternion wxyz, frame id) of the robot's link at ``sample``,
+        for rviz; None when there is nothing to show."""
+        return None
+
+
+class EpisodeController(abc.ABC):
+    """A policy run on the robot one step at a time by the hardware bridge, which owns the
+    waits and the safety.  Per episode: ``start_episode()``, then for t = 0..horizon
+    ``observe(position, velocity)`` (the joint_states after the reset or the last command) and,
+    for t < horizon, ``command()`` (the request) and, once the robot answered,
+    ``record(applied, reward)`` (what was sent after the bridge's filter; the step's reward
+    message when ``needs_reward``, else None).  ``batch(policy_version)``: the episodes as
+    a real ``Trajectories`` batch.
+
+    ``commands_are_efforts``: commands are joint efforts, so the bridge's effort safety applies
+    (CommandFilter, state bounds, the joint_states watchdog, a zero command on any failure);
+    False for symbolic commands such as a discrete action index."""
+
+    horizon: int
+    commands_are_efforts: bool
+    needs_reward: bool
+
+    @abc.abstractmethod
+    def start_episode(self) -> None: ...
+
+    @abc.abstractmethod
+    def observe(self, position: Sequence[float], velocity: Sequence[float]) -> None: ...
+
+    @abc.abstractmethod
+    def command(self) -> list[float]: ...
+
+    @abc.abstractmethod
+    def record(self, applied: Sequence[float], reward: Optional[float]) -> None: ...
+
+    @abc.abstractmethod
+    def batch(self, policy_version: int) -> Trajectories: ...
+
+
 class BilevelProblem(abc.ABC):
     """One sim-to-real problem: a real system to sample and a parametrised simulator."""
 
@@ -75,6 +173,9 @@ class BilevelProblem(abc.ABC):
     gamma: float
     theta_names: list[str]        # one readable name per learnable entry, e.g. 'L[0][1][2]'
     source: str                   # the problem file it came from
+    # the file's ``outer:`` section (OuterConfig fields, per-method overrides under ``methods``);
+    # read-only, readers copy it
+    outer_defaults: Mapping = MappingProxyType({})
 
     # --- the simulator family ------------------------------------------------------------
     @abc.abstractmethod
@@ -111,6 +212,11 @@ class BilevelProblem(abc.ABC):
         """How many simulated episodes a sampled sensitivity estimate uses when the caller
         names none (each kind overrides it with the size its estimators need)."""
         return 200
+
+    @property
+    def default_sim_horizon(self) -> int:
+        """The horizon of those episodes when the caller names none."""
+        return 50
 
     @abc.abstractmethod
     def sensitivity_terms(self, phi: np.ndarray, theta: np.ndarray, *, method: str = 'exact',
@@ -150,3 +256,19 @@ class BilevelProblem(abc.ABC):
     def theta_groups(self) -> dict[str, np.ndarray]:
         """Boolean masks over theta: {'dynamics': ..., 'reward': ...} for ablations."""
         raise NotImplementedError
+
+    # --- what the ROS nodes use (see the module docstring) --------------------------------------------
+    def trajectory_sizes(self) -> dict:
+        """Keyword arguments of ``trajectories_from_msg`` that check this problem's batches
+        (``n_states``, ``n_actions`` for discrete problems)."""
+        return {}
+
+    def real_system(self, rng: np.random.Generator) -> RealSystem:
+        """The real system as a step-by-step process drawing from ``rng`` (robot emulator)."""
+        raise NotImplementedError(f'the {self.kind} problem has no step-by-step real system '
+                                  '(its real episodes are sampled whole by sample_real)')
+
+    def controller(self, phi: np.ndarray, rng: np.random.Generator) -> EpisodeController:
+        """pi_phi as a step-by-step controller drawing from ``rng`` (hardware bridge, topics)."""
+        raise NotImplementedError(f'the {self.kind} problem has no step-by-step controller '
+                                  '(its real episodes are sampled whole by sample_real)')

@@ -61,9 +61,7 @@ class RealEpisodeRequests:
     def read(self, result, version: int):
         """(Trajectories, the message) of a result, which must hold episodes of policy ``version``;
         a malformed batch (faulty bridge) raises, so it is asked for again, never used."""
-        tabular = getattr(self.problem, 'kind', '') == 'tabular'
-        sizes = {'n_states': self.problem.n_states, 'n_actions': self.problem.n_actions} if tabular else {}
-        batch = conversions.trajectories_from_msg(result.trajectories, **sizes)
+        batch = conversions.trajectories_from_msg(result.trajectories, **self.problem.trajectory_sizes())
         if batch.policy_version != version:
             raise PeerLost(f'returned episodes of policy version {batch.policy_version}, expected {version}')
         return batch, result.trajectories

@@ -8,17 +8,18 @@ Two transports, the bridge picks one:
   see the same real episodes;
 - the robot-facing topics of real hardware: ``joint_states`` (sensor_msgs/JointState) out,
   ``<controller>/commands`` (std_msgs/Float64MultiArray) in, one transition per command,
-  with ``reward`` (std_msgs/Float64) for the step and ``~/reset`` (std_srvs/Trigger) to start
-  an episode.  Tabular problems: state index as the joint position, action index as the
-  command.  Robot problems (the pendulum): the pybullet robot with the hidden parameters
-  (``problem.make_emulator()``), stepped one control period per command (lockstep: as fast as
-  the bridge commands it), measured position / velocity / effort on ``joint_states``; no
-  reward topic (the bridge computes the task reward from what it measures).  With
-  ``publish_clock`` the emulator is the time source of a lockstep run: it publishes /clock
-  (rosgraph_msgs/Clock, one control period per step, faster than real time) and stamps its
-  joint_states with that time, so nodes started with use_sim_time follow the robot's time.
-  ``~/link_pose`` (geometry_msgs/PoseStamped, frame ``pendulum_base``: the link's tip and
-  orientation, from transforms3d) shows the pendulum in rviz.
+  with ``reward`` (std_msgs/Float64) for the step when the system measures one and
+  ``~/reset`` (std_srvs/Trigger) to start an episode.  The system stepped is the problem's
+  ``real_system(rng)`` (the contract in ``core/problem.py``; e.g. tabular: state index as the
+  joint position, action index as the command; the pendulum: the pybullet robot with the
+  hidden parameters, one control period per command -- lockstep, as fast as the bridge
+  commands it -- and no reward topic, the bridge computes the task reward from what it
+  measures).  With ``publish_clock`` and a system with a control period, the emulator is the
+  time source of a lockstep run: it publishes /clock (rosgraph_msgs/Clock, one control period
+  per step, faster than real time) and stamps its joint_states with that time, so nodes
+  started with use_sim_time follow the robot's time.  ``~/link_pose``
+  (geometry_msgs/PoseStamped, e.g. the pendulum's tip in ``pendulum_base``) shows the robot
+  in rviz when the system gives a pose.
 
 Only the nodes named in ``commanders`` may drive the robot: while any other node publishes on
 ``<controller>/commands`` (seen in the ROS graph, checked at every command), every command is
@@ -28,8 +29,7 @@ bridge's name (docs/security.md).
 """
 from __future__ import annotations
 
-import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped
@@ -71,8 +71,9 @@ class RobotEmulator(Node):
         self.problem = load_problem(self.parameters['problem'])
         # one stream for all real data, exactly like MethodRun.rng in the core
         self.rng = np.random.default_rng(self.parameters['seed'])
-        self.state = None
-        self.robot = None            # the pybullet robot of the topic transport (robot problems), made on first reset
+        self.running = False         # an episode of the topic transport was started
+        self.system = None           # the problem's real_system of the topic transport, made on first reset
+        self.system_refusal: Optional[str] = None     # why the problem has none
         namespace = self.get_namespace().rstrip('/')
         self.commanders = {name if name.startswith('/') else f'{namespace}/{name}'
                            for name in self.parameters['commanders'] if name}
@@ -126,29 +127,25 @@ class RobotEmulator(Node):
 
     # --- topic transport ---------------------------------------------------------------------------------
     def _topic_refusal(self) -> Optional[str]:
-        """Why this problem cannot be emulated on the topics, or None."""
-        if getattr(self.problem, 'kind', '') not in ('tabular', 'robot'):
-            return f'the topic transport emulates tabular and robot problems, not {self.problem.kind!r}'
-        return None
+        """Why this problem cannot be emulated on the topics, or None (its real system is made
+        here, once: it draws from the one stream, ``self.rng``)."""
+        if self.system is None and self.system_refusal is None:
+            try:
+                self.system = self.problem.real_system(self.rng)
+            except NotImplementedError as err:
+                self.system_refusal = (f'the topic transport emulates problems with a step-by-step real system, '
+                                       f'not {self.problem.kind!r}: {err}')
+        return self.system_refusal
 
     def reset_callback(self, request, response):
         reason = self._topic_refusal()
         if reason:
             response.success, response.message = False, reason
             return response
-        if self.problem.kind == 'robot':
-            if self.robot is None:
-                self.robot = self.problem.make_emulator()
-            sample = self.robot.reset(int(self.rng.integers(0, 2 ** 31 - 1)))
-            self.state = 'running'
-            self._publish_sample(sample)
-            response.success, response.message = True, f'position {sample.position[0]:.3f} rad'
-            return response
-        rho0 = self.problem.initial_distribution
-        self.state = int(min(np.searchsorted(np.cumsum(rho0), self.rng.random(), side='right'), len(rho0) - 1))
-        self._publish_state()
-        response.success = True
-        response.message = f'state {self.state}'
+        sample = self.system.reset()
+        self.running = True
+        self._publish_sample(sample)
+        response.success, response.message = True, self.system.describe(sample)
         return response
 
     def intruders(self) -> list[str]:
@@ -166,7 +163,7 @@ class RobotEmulator(Node):
         return sorted(intruders)
 
     def command_callback(self, msg: Float64MultiArray) -> None:
-        if self.state is None or self._topic_refusal() is not None:
+        if not self.running:
             return
         intruders = self.intruders()
         if intruders:
@@ -176,60 +173,44 @@ class RobotEmulator(Node):
                                     f'command the robot ({self.refused_commands} refused so far)',
                                     throttle_duration_sec=1.0)
             return
-        if self.problem.kind == 'robot':
-            if len(msg.data) != 1 or not np.isfinite(msg.data[0]):
-                self.get_logger().error(f'ignored command {list(msg.data)}: expected one finite effort')
-                return
-            self.robot.apply_effort([float(msg.data[0])])
-            sample = self.robot.step()
-            self.sim_time_ns += int(round(self.problem.geometry.control_period * 1e9))
-            self._publish_sample(sample)
+        command = list(msg.data)
+        reason = self.system.command_refusal(command)
+        if reason is not None:
+            self.get_logger().error(f'ignored command {reason}')
             return
-        if len(msg.data) != 1 or not np.isfinite(msg.data[0]):
-            self.get_logger().error(f'ignored command {list(msg.data)}: expected one finite action index')
-            return
-        action = int(round(msg.data[0]))
-        if not 0 <= action < self.problem.n_actions or action != msg.data[0]:
-            self.get_logger().error(f'ignored command {msg.data[0]}: expected an integer in '
-                                    f'0..{self.problem.n_actions - 1}')
-            return
-        probabilities = self.problem.real_transitions[self.state, action]
-        reward = float(self.problem.real_rewards[self.state, action])
-        next_state = int(min(np.searchsorted(np.cumsum(probabilities), self.rng.random(), side='right'),
-                             len(probabilities) - 1))
-        self.reward_publisher.publish(Float64(data=reward))
-        self.state = next_state
-        self._publish_state()
+        sample = self.system.step(command)
+        if self.system.control_period is not None:
+            self.sim_time_ns += int(round(self.system.control_period * 1e9))
+        self._publish_sample(sample)
 
     def _publish_sample(self, sample) -> None:
-        if self.clock_publisher is not None:
+        """The step's reward (if measured), then joint_states stamped with the robot's time (and
+        /clock) when it has one, else with the node's clock; then the link pose, if any."""
+        if self.clock_publisher is not None and self.system.control_period is not None:
             stamp = Time(nanoseconds=self.sim_time_ns).to_msg()
             self.clock_publisher.publish(Clock(clock=stamp))
         else:
             stamp = self.get_clock().now().to_msg()
+        if sample.reward is not None:
+            self.reward_publisher.publish(Float64(data=float(sample.reward)))
         msg = JointState(name=list(self.parameters['joints'])[:1], position=[float(v) for v in sample.position],
                          velocity=[float(v) for v in sample.velocity], effort=[float(v) for v in sample.effort])
         msg.header.stamp = stamp
         self.joint_state_publisher.publish(msg)
-        self.pose_publisher.publish(link_pose(float(sample.position[0]), self.problem.geometry.link_length, stamp))
-
-    def _publish_state(self) -> None:
-        msg = JointState(name=list(self.parameters['joints'])[:1], position=[float(self.state)])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self.joint_state_publisher.publish(msg)
+        pose = self.system.link_pose(sample)
+        if pose is not None:
+            self.pose_publisher.publish(pose_stamped(*pose, stamp))
 
 
-def link_pose(angle: float, length: float, stamp) -> PoseStamped:
-    """The pendulum tip in the frame ``pendulum_base`` (x forward, z up; the joint turns about
-    y, angle 0 upright): position L (sin q, 0, cos q), orientation the rotation by q about y."""
-    from transforms3d.euler import euler2quat
-    w, x, y, z = euler2quat(0.0, angle, 0.0, 'sxyz')
+def pose_stamped(position: Sequence[float], orientation_wxyz: Sequence[float], frame_id: str,
+                 stamp) -> PoseStamped:
+    """A pose (position xyz, quaternion w x y z) as geometry_msgs/PoseStamped."""
     pose = PoseStamped()
-    pose.header.frame_id = 'pendulum_base'
+    pose.header.frame_id = frame_id
     pose.header.stamp = stamp
-    pose.pose.position.x, pose.pose.position.z = length * math.sin(angle), length * math.cos(angle)
-    pose.pose.orientation.w, pose.pose.orientation.x = float(w), float(x)
-    pose.pose.orientation.y, pose.pose.orientation.z = float(y), float(z)
+    pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = (float(v) for v in position)
+    w, x, y, z = (float(v) for v in orientation_wxyz)
+    pose.pose.orientation.w, pose.pose.orientation.x, pose.pose.orientation.y, pose.pose.orientation.z = w, x, y, z
     return pose
 
 

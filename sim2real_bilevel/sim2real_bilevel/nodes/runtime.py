@@ -171,7 +171,7 @@ def load_problem(name: str):
 
 def problem_outer_defaults(problem) -> dict:
     """The problem file's ``outer:`` section without per-method entries."""
-    values = dict(getattr(problem, 'outer_defaults', {}) or {})
+    values = dict(problem.outer_defaults)
     values.pop('methods', None)
     return values
 

@@ -189,7 +189,7 @@ class Sensitivity(Node):
     async def _simulate(self, policy_msg, config: OuterConfig):
         """Simulated rollouts of the goal's policy at its theta, or (None, reason)."""
         n = config.sim_episodes or self.problem.default_sim_episodes
-        horizon = config.sim_horizon or getattr(self.problem, 'default_sim_horizon', 50)
+        horizon = config.sim_horizon or self.problem.default_sim_horizon
         if not self.simulate_client.wait_for_service(timeout_sec=self.parameters['simulate_timeout_s']):
             return None, f'simulator service {self.simulate_client.srv_name} is not available'
         request = SimulateRollouts.Request(policy=policy_msg, n_episodes=int(n), horizon=int(horizon))
@@ -197,9 +197,7 @@ class Sensitivity(Node):
         if not response.success:
             return None, f'the simulator refused: {response.message}'
         try:
-            discrete = getattr(self.problem, 'kind', '') == 'tabular'
-            sizes = (self.problem.n_states, self.problem.n_actions) if discrete else (None, None)
-            return conversions.trajectories_from_msg(response.trajectories, *sizes), ''
+            return conversions.trajectories_from_msg(response.trajectories, **self.problem.trajectory_sizes()), ''
         except conversions.MessageValidationError as err:
             return None, f'malformed simulated trajectories: {err}'
 

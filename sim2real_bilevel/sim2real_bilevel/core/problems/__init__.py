@@ -2,7 +2,8 @@
 
 Each kind is a package (``tabular/``, ``lqr/``, ``robot/``) whose ``__init__`` exports its
 ``BilevelProblem`` subclass; ``LOADERS`` names it.  Adding a kind is a new package and one
-entry here.  Packages are imported on first use, so loading an LQR file never imports the
+entry here: the ROS nodes use only the contract of ``core/problem.py`` (``trajectory_sizes``,
+``real_system``, ``controller``, ...), never a kind's name or attributes.  Packages are imported on first use, so loading an LQR file never imports the
 robot's simulator stack.
 """
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 No rclpy here: the ``robot_emulator`` node wraps these classes.
 """
-from .pendulum import (JOINT_NAME, JointStateSample, PendulumEmulator, PendulumParameters, SensorNoise,
-                       angle_about_y, pendulum_urdf)
+from .pendulum import (BASE_FRAME, JOINT_NAME, JointStateSample, PendulumEmulator, PendulumParameters,
+                       SensorNoise, angle_about_y, pendulum_urdf, tip_pose)
 
-__all__ = ['JOINT_NAME', 'JointStateSample', 'PendulumEmulator', 'PendulumParameters', 'SensorNoise',
-           'angle_about_y', 'pendulum_urdf']
+__all__ = ['BASE_FRAME', 'JOINT_NAME', 'JointStateSample', 'PendulumEmulator', 'PendulumParameters',
+           'SensorNoise', 'angle_about_y', 'pendulum_urdf', 'tip_pose']

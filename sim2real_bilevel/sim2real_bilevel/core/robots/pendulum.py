@@ -135,6 +135,19 @@ def angle_about_y(quaternion_wxyz: Sequence[float]) -> float:
     return math.atan2(rotation[0, 2], rotation[2, 2])
 
 
+BASE_FRAME = 'pendulum_base'
+
+
+def tip_pose(angle: float, length: float) -> tuple[list[float], list[float]]:
+    """The pendulum tip in the frame ``BASE_FRAME`` (x forward, z up; the joint turns about y,
+    angle 0 upright): position L (sin q, 0, cos q) and orientation (w, x, y, z), the rotation by
+    q about y."""
+    from transforms3d.euler import euler2quat
+    w, x, y, z = euler2quat(0.0, angle, 0.0, 'sxyz')
+    return ([length * math.sin(angle), 0.0, length * math.cos(angle)],
+            [float(w), float(x), float(y), float(z)])
+
+
 def xyzw_to_wxyz(quaternion_xyzw: Sequence[float]) -> np.ndarray:
     """pybullet's (x, y, z, w) order to transforms3d's (w, x, y, z)."""
     x, y, z, w = quaternion_xyzw

@@ -3,7 +3,8 @@
 Reads ``joint_states`` (joints mapped by name through the bridge's ``joints``), writes
 ``<controller>/commands`` through the bridge (std_msgs/Float64MultiArray ordered like
 ``joints``), takes the step reward from ``reward`` and starts episodes through the
-``reset_service``; implemented for tabular and continuous (robot) policies."""
+``reset_service``.  What runs is the problem's ``controller(phi, rng)`` (the contract in
+``core/problem.py``); this transport owns the waits and, for effort commands, the safety."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,9 +14,9 @@ from std_msgs.msg import Float64
 from std_srvs.srv import Trigger
 from sim2real_bilevel_interfaces.action import RunEpisodes
 
-from ...core.problem import Trajectories
 from .. import conversions
 from ..runtime import ROBOT_STREAM
+from ..safety import CommandFilter, state_violation
 from .base import Transport
 
 
@@ -80,117 +81,74 @@ class TopicTransport(Transport):
 
     # --- episodes -------------------------------------------------------------------------------------------
     async def run(self, goal, goal_handle) -> RunEpisodes.Result:
-        problem = self.bridge.problem
-        if getattr(problem, 'kind', '') == 'robot':
-            return await self.run_robot(goal, goal_handle)
-        if getattr(problem, 'kind', '') != 'tabular':
-            return RunEpisodes.Result(success=False, message=f'the topic transport runs tabular and robot '
-                                                             f'policies, not {problem.kind!r}')
-        return await self.run_tabular(goal, goal_handle)
-
-    async def run_tabular(self, goal, goal_handle) -> RunEpisodes.Result:
+        """The goal's episodes, one command per fresh joint_states (and ``reward`` message, when
+        the controller needs one).  Effort commands (``commands_are_efforts``) pass the
+        CommandFilter (effort clamp, rate limit); stale joint_states (watchdog), a joint outside
+        its bounds, an e-stop or a deactivation then send a zero command and the whole goal
+        fails with the reason -- an aborted episode is never returned as data.  Other commands
+        (e.g. a discrete action index) wait ``step_timeout_s`` per answer."""
         bridge, waits, problem = self.bridge, self.bridge.waits, self.bridge.problem
         phi, version, _ = conversions.policy_from_msg(goal.policy, problem.phi_size())
-        pi, log_pi = problem.policy_table(phi)
-        rng = np.random.default_rng()
-        horizon = int(problem.real_horizon)
-        n = int(goal.n_episodes)
-        states = np.zeros((n, horizon + 1), dtype=np.int64)
-        actions = np.zeros((n, horizon), dtype=np.int64)
-        rewards = np.zeros((n, horizon))
-        timeout = bridge.parameters['step_timeout_s']
-        for episode in range(n):
-            self.latest_state = None
-            reset = await self.reset_robot()
-            if not reset.success:
-                return RunEpisodes.Result(success=False, message=f'reset failed: {reset.message}')
-            if not await waits.until(lambda: self.latest_state is not None, timeout):
-                return RunEpisodes.Result(success=False, message='no joint_states after reset')
-            states[episode, 0] = int(self.latest_state[0])
-            for t in range(horizon):
-                action = int(rng.choice(pi.shape[1], p=pi[states[episode, t]]))
-                actions[episode, t] = action
-                self.latest_state, reward_count = None, len(self.rewards)
-                estop = bridge.send_command([float(action)])
-                if estop is not None:
-                    return RunEpisodes.Result(success=False, message=f'E-STOP: {estop}')
-                arrived = await waits.until(
-                    lambda c=reward_count: self.latest_state is not None and len(self.rewards) > c, timeout)
-                if not arrived:
-                    return RunEpisodes.Result(success=False, message=f'no answer from the robot within {timeout} s '
-                                                                     f'(episode {episode}, step {t})')
-                rewards[episode, t] = self.rewards[-1]
-                states[episode, t + 1] = int(self.latest_state[0])
-            goal_handle.publish_feedback(RunEpisodes.Feedback(episodes_done=episode + 1))
-        batch = Trajectories(states=states, actions=actions, rewards=rewards, dones=np.zeros((n, horizon), bool),
-                             log_probs=log_pi[states[:, :-1], actions], source='real', policy_version=version)
-        return RunEpisodes.Result(success=True, trajectories=conversions.trajectories_to_msg(batch))
-
-    async def run_robot(self, goal, goal_handle) -> RunEpisodes.Result:
-        """Continuous policies, one command per fresh joint_states, every command through the
-        CommandFilter (effort clamp, rate limit).  Stale joint_states (watchdog), a joint outside
-        its bounds, an e-stop or a deactivation: zero command and the whole goal fails with the
-        reason -- an aborted episode is never returned as data."""
-        import torch
-        from ..safety import CommandFilter, state_violation
-        bridge, waits, problem = self.bridge, self.bridge.waits, self.bridge.problem
-        phi, version, _ = conversions.policy_from_msg(goal.policy, problem.phi_size())
-        phi_t = torch.as_tensor(phi, dtype=torch.float64)
-        std = float(np.exp(problem.policy.log_std(phi_t).numpy())[0])
-        command_filter = CommandFilter(bridge.parameters['effort_limit'], bridge.parameters['max_effort_rate'],
-                                       joints=len(bridge.joints))
-        rng = np.random.default_rng()
-        horizon, n = int(problem.horizon), int(goal.n_episodes)
-        states = np.zeros((n, horizon + 1, 2))
-        actions = np.zeros((n, horizon, 1))
-        watchdog = bridge.parameters['watchdog_timeout_s']
+        try:
+            controller = problem.controller(phi, np.random.default_rng())
+        except NotImplementedError as err:
+            return RunEpisodes.Result(success=False, message=f'the topic transport runs step-by-step controllers, '
+                                                             f'not {problem.kind!r} policies: {err}')
+        safety = controller.commands_are_efforts
+        command_filter = (CommandFilter(bridge.parameters['effort_limit'], bridge.parameters['max_effort_rate'],
+                                        joints=len(bridge.joints)) if safety else None)
+        timeout = bridge.parameters['watchdog_timeout_s' if safety else 'step_timeout_s']
         limits = (bridge.parameters['position_limit'], bridge.parameters['velocity_limit'])
 
         def fail(reason: str) -> RunEpisodes.Result:
+            if not safety:
+                return RunEpisodes.Result(success=False, message=reason)
             bridge.send_zero_command()
             bridge.set_reason(f'episode aborted: {reason}', DiagnosticStatus.WARN)
             return RunEpisodes.Result(success=False, message=f'{reason}; zero command sent, episode discarded '
                                                              f'(filter: {command_filter.counts()})')
 
-        for episode in range(n):
+        for episode in range(int(goal.n_episodes)):
             self.latest_state = None
             reset = await self.reset_robot()
             if not reset.success:
                 return fail(f'reset failed: {reset.message}')
-            if not await waits.until(lambda: self.latest_state is not None, watchdog):
-                return fail(f'watchdog: no joint_states within {watchdog} s of the reset')
-            command_filter.reset()
-            for t in range(horizon + 1):
-                states[episode, t] = (self.latest_state[0], self.latest_velocity[0])
-                violation = state_violation(bridge.joints, self.latest_state, self.latest_velocity, *limits)
+            if not await waits.until(lambda: self.latest_state is not None, timeout):
+                return fail(f'watchdog: no joint_states within {timeout} s of the reset' if safety
+                            else 'no joint_states after reset')
+            controller.start_episode()
+            if safety:
+                command_filter.reset()
+            for t in range(controller.horizon + 1):
+                controller.observe(self.latest_state, self.latest_velocity)
+                violation = safety and state_violation(bridge.joints, self.latest_state, self.latest_velocity, *limits)
                 if violation:
                     return fail(f'state bounds: {violation} (episode {episode}, step {t})')
-                if t == horizon:
+                if t == controller.horizon:
                     break
-                with torch.no_grad():
-                    observation = problem.model.observation(torch.as_tensor(states[episode, t]))
-                    mean = float(problem.policy.mean(phi_t, observation).numpy()[0])
-                requested = mean + std * rng.standard_normal()
-                command = command_filter([requested])
-                actions[episode, t, 0] = command[0]
-                self.latest_state = None
-                estop = bridge.send_command([float(c) for c in command])
+                requested = controller.command()
+                command = [float(c) for c in command_filter(requested)] if safety else requested
+                self.latest_state, reward_count = None, len(self.rewards)
+                estop = bridge.send_command(command)
                 if estop is not None:
                     return fail(f'E-STOP: {estop}')
-                if not await waits.until(lambda: self.latest_state is not None, watchdog):
+                answered = ((lambda c=reward_count: self.latest_state is not None and len(self.rewards) > c)
+                            if controller.needs_reward else (lambda: self.latest_state is not None))
+                if not await waits.until(answered, timeout):
+                    if not safety:
+                        return fail(f'no answer from the robot within {timeout} s (episode {episode}, step {t})')
                     if bridge.estopped:
                         return fail(f'E-STOP: {bridge.estop_reason}')
-                    return fail(f'watchdog: joint_states stale for {watchdog} s (episode {episode}, step {t})')
+                    return fail(f'watchdog: joint_states stale for {timeout} s (episode {episode}, step {t})')
+                controller.record(command, self.rewards[-1] if controller.needs_reward else None)
             goal_handle.publish_feedback(RunEpisodes.Feedback(episodes_done=episode + 1))
-        bridge.send_zero_command()
-        counts = command_filter.counts()
-        if any(counts.values()):
-            bridge.get_logger().warning(f'command filter changed commands in these episodes: {counts}')
-        bridge.filter_counts = counts
-        rewards, log_probs = problem.score_episodes(phi, states, actions)
-        dones = np.zeros((n, horizon), dtype=bool)
-        dones[:, -1] = True
-        batch = Trajectories(states=states, actions=actions, rewards=rewards, dones=dones, log_probs=log_probs,
-                             source='real', policy_version=version)
-        return RunEpisodes.Result(success=True, trajectories=conversions.trajectories_to_msg(batch),
-                                  message=f'command filter: {counts}')
+        message = ''
+        if safety:
+            bridge.send_zero_command()
+            counts = command_filter.counts()
+            if any(counts.values()):
+                bridge.get_logger().warning(f'command filter changed commands in these episodes: {counts}')
+            bridge.filter_counts = counts
+            message = f'command filter: {counts}'
+        batch = controller.batch(version)
+        return RunEpisodes.Result(success=True, trajectories=conversions.trajectories_to_msg(batch), message=message)

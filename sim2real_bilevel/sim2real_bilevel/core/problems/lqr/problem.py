@@ -47,7 +47,6 @@ class LQRProblem(BilevelProblem):
         self.source = source
         self.n_states, self.n_inputs = self.real_b.shape
         self.theta_names = list(family.names)
-        self.default_sim_horizon = self.inner.sensitivity_horizon
         self._initial_factor = psd_factor(self.initial_covariance)
         self._real_noise_factor = psd_factor(self.real_noise)
         self._sim_noise_factor = psd_factor(self.sim_noise)
@@ -273,6 +272,10 @@ class LQRProblem(BilevelProblem):
     @property
     def default_sim_episodes(self) -> int:
         return self.inner.sensitivity_episodes
+
+    @property
+    def default_sim_horizon(self) -> int:
+        return self.inner.sensitivity_horizon
 
     def sensitivity_terms(self, phi: np.ndarray, theta: np.ndarray, *, method: str = 'exact',
                           trajectories: Optional[Trajectories] = None,

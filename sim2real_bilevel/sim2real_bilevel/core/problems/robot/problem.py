@@ -13,6 +13,7 @@ from ...robot_model import ACTION_DIM, N_PHYSICAL, STATE_DIM, THETA_NAMES, Pendu
 from .config import REAL_GRADIENT_ESTIMATORS, InnerSettings, read_problem_file
 from .estimators import alive_mask, cross_fitted_values, gae, value_features
 from .simulator import DTYPE, CommonNoise, InitialStateRange, PendulumSimulatorFamily, make_policy
+from .stepwise import PendulumController, PendulumRealSystem
 
 MAX_PARALLEL_EPISODES = 64       # emulators stepped side by side (one pybullet client each)
 INNER_SOLVERS = ('exact', 'sampled', 'ppo')
@@ -48,7 +49,6 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         self.evaluation_seed = evaluation_seed
         self.outer_defaults = dict(outer_defaults or {})
         self.theta_names = [THETA_NAMES[i] for i in self.learn_index]
-        self.default_sim_horizon = horizon
         self._discounts = gamma ** torch.arange(horizon, dtype=DTYPE)
         self._crn = CommonNoise.draw(inner.episodes, horizon, initial, np.random.default_rng([inner.seed, 1]))
         self._emulators: list = []
@@ -196,6 +196,10 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
     def default_sim_episodes(self) -> int:
         return self.inner.episodes
 
+    @property
+    def default_sim_horizon(self) -> int:
+        return self.horizon
+
     def sensitivity_terms(self, phi: np.ndarray, theta: np.ndarray, *, method: str = 'exact',
                           trajectories: Optional[Trajectories] = None,
                           rng: Optional[np.random.Generator] = None) -> SensitivityTerms:
@@ -255,7 +259,7 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
 
     # --- real system -----------------------------------------------------------------------------------
     def make_emulator(self):
-        """A fresh pybullet emulator with the hidden true parameters (for the robot_emulator node)."""
+        """A fresh pybullet emulator with the hidden true parameters (real episodes, ``real_system``)."""
         from ...robots import PendulumEmulator
         g = self.geometry
         return PendulumEmulator(self._real_parameters, link_length=g.link_length, rod_mass=g.rod_mass,
@@ -320,6 +324,14 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         dones[:, -1] = True
         return Trajectories(states=states, actions=actions, rewards=rewards, dones=dones, log_probs=log_probs,
                             source='real')
+
+    def real_system(self, rng: np.random.Generator) -> PendulumRealSystem:
+        """A fresh emulator (``make_emulator``) one control period at a time (``stepwise``)."""
+        return PendulumRealSystem(self, rng)
+
+    def controller(self, phi: np.ndarray, rng: np.random.Generator) -> PendulumController:
+        """pi_phi one effort command at a time (``stepwise.PendulumController``)."""
+        return PendulumController(self, phi, rng)
 
     def real_policy_gradient(self, phi: np.ndarray, batches: list[Trajectories],
                              theta: Optional[np.ndarray] = None) -> np.ndarray:

@@ -15,6 +15,7 @@ from .estimators import (StatisticsPrefix, count_transitions, empirical_model, r
                          sampled_chain, sampled_visitation, top_up_pairs, transition_counts)
 from .maths import discounted_visitation, evaluate_policy, logsumexp, optimal_return, residual_jacobian, rollout
 from .simulator import SoftmaxSimulatorFamily
+from .stepwise import TabularController, TabularRealSystem
 
 
 class TabularProblem(SoftmaxSimulatorFamily, BilevelProblem):
@@ -50,7 +51,6 @@ class TabularProblem(SoftmaxSimulatorFamily, BilevelProblem):
         self.theta_names = ([f'L[{s}][{a}][{t}]' for s, a, t in self.logit_index]
                             + [f'R[{s}][{a}]' for s, a in self.reward_index])
         self._nominal_model = self.simulator_model(self.theta0())
-        self.default_sim_horizon = self.inner.sensitivity_horizon
         if real_gradient_estimator not in REAL_GRADIENT_ESTIMATORS:
             raise ValueError(f'real_gradient_estimator {real_gradient_estimator!r}: expected one of '
                              f'{REAL_GRADIENT_ESTIMATORS}')
@@ -232,6 +232,10 @@ class TabularProblem(SoftmaxSimulatorFamily, BilevelProblem):
     def default_sim_episodes(self) -> int:
         return self.inner.sensitivity_episodes
 
+    @property
+    def default_sim_horizon(self) -> int:
+        return self.inner.sensitivity_horizon
+
     def sensitivity_terms(self, phi: np.ndarray, theta: np.ndarray, *, method: str = 'exact',
                           trajectories: Optional[Trajectories] = None,
                           rng: Optional[np.random.Generator] = None) -> SensitivityTerms:
@@ -342,6 +346,17 @@ class TabularProblem(SoftmaxSimulatorFamily, BilevelProblem):
         return Trajectories(states=states, actions=actions, rewards=self.real_rewards[states[:, :-1], actions],
                             dones=np.zeros(actions.shape, dtype=bool),
                             log_probs=log_pi[states[:, :-1], actions], source='real')
+
+    def trajectory_sizes(self) -> dict:
+        return {'n_states': self.n_states, 'n_actions': self.n_actions}
+
+    def real_system(self, rng: np.random.Generator) -> TabularRealSystem:
+        """The real MDP one step at a time (``stepwise.TabularRealSystem``)."""
+        return TabularRealSystem(self, rng)
+
+    def controller(self, phi: np.ndarray, rng: np.random.Generator) -> TabularController:
+        """pi_phi one step at a time (``stepwise.TabularController``)."""
+        return TabularController(self, phi, rng)
 
     def real_policy_gradient(self, phi: np.ndarray, batches: list[Trajectories],
                              theta: Optional[np.ndarray] = None) -> np.ndarray:
