@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument('--sim-horizon', type=_positive_int, default=None)
     check.set_defaults(func=cmd_gradcheck)
 
+    from .generators import add_generate_command
+    add_generate_command(commands)
+
     for register in _extra_commands():
         register(commands)
     return parser
