@@ -175,3 +175,15 @@ def test_bad_options_are_refused_with_exit_2_naming_the_value(capsys, argv, name
     assert status == 2 and out == ''
     for needle in named:
         assert needle in err, (needle, err)
+
+
+def test_a_seed_without_an_accepted_candidate_fails_with_exit_1(capsys, monkeypatch):
+    monkeypatch.setattr(tabular_generator, 'MAX_DRAWS', 0)
+    status, out, err = run_cli(['generate', 'tabular', '--seed', '3'], capsys)
+    assert status == 1 and out == '' and 'no candidate passed the checks' in err
+
+
+def test_unwritable_output_is_refused_with_exit_2(capsys, tmp_path):
+    target = tmp_path / 'missing' / 'p.yaml'
+    status, _, err = run_cli(['generate', 'tabular', '--seed', '4', '--out', str(target)], capsys)
+    assert status == 2 and str(target) in err

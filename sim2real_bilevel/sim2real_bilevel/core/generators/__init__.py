@@ -290,7 +290,11 @@ def cmd_generate(args) -> int:
     if args.out == '-':
         sys.stdout.write(result.text)
     else:
-        Path(args.out).write_text(result.text)
+        try:
+            Path(args.out).write_text(result.text)
+        except OSError as err:
+            print(f'error: --out {args.out}: cannot write it ({err.strerror})', file=sys.stderr)
+            return 2
         print(f'wrote {args.out} ({args.kind}, seed {args.seed}, {result.draws} draw(s), '
               f'{result.seconds:.2f} s)', file=sys.stderr)
     return 0

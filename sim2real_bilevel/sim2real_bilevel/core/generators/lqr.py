@@ -23,6 +23,7 @@ a witness reaching >= MIN_REACHABLE.
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 
@@ -192,55 +193,52 @@ def generate_lqr(seed: int, options: dict):
     from ..problems.lqr import UnstableClosedLoopError
 
     settings = draw_settings(seed, options)
-    rejected = {}
-
-    def reject(why):
-        rejected[why] = rejected.get(why, 0) + 1
+    rejected = Counter()
 
     for draw in range(1, MAX_DRAWS + 1):
         candidate = draw_candidate(derived_rng('lqr', seed, draw), settings)
         radius = spectral_radius(candidate['a'])
         if (radius < 1.0) != (settings['open_loop'] == 'stable') or abs(radius - 1.0) < 0.02:
-            reject('open-loop class')
+            rejected['open-loop class'] += 1
             continue
         try:
             problem = load_text(write(candidate, []))
         except ProblemConfigError:              # e.g. the nominal simulator is not stabilisable
-            reject('invalid')
+            rejected['invalid'] += 1
             continue
         phi_nominal = problem.inner_solve(problem.theta0()).phi
         nominal = problem.normalized_return(phi_nominal)
         if real_radius(problem, phi_nominal) >= 1.0:
-            reject('nominal destabilises')
+            rejected['nominal destabilises'] += 1
             continue
         if nominal > MAX_BASELINE:
-            reject('nominal')
+            rejected['nominal'] += 1
             continue
         try:
             sysid = sysid_gains(problem, phi_nominal, derived_rng('lqr', seed, draw, 1))
         except UnstableClosedLoopError:
-            reject('sysid unsolvable')
+            rejected['sysid unsolvable'] += 1
             continue
         if any(radius >= 1.0 for _, radius in sysid):
-            reject('sysid destabilises')
+            rejected['sysid destabilises'] += 1
             continue
         if max(value for value, _ in sysid) > MAX_BASELINE:
-            reject('sysid')
+            rejected['sysid'] += 1
             continue
         reached, witness = find_witness(problem)
         if reached < MIN_REACHABLE:
-            reject('unreachable')
+            rejected['unreachable'] += 1
             continue
         info = {'states': settings['states'], 'inputs': settings['inputs'], 'open_loop': settings['open_loop'],
                 'open_loop_radius': radius, 'gamma': settings['gamma'], 'std': settings['std'],
                 'horizon': settings['horizon'], 'nominal': nominal, 'sysid': sysid[0][0],
                 'sysid_refit': sysid[-1][0], 'reachable': reached, 'theta_size': len(problem.theta_names),
-                'rejected': rejected}
+                'rejected': dict(rejected)}
         header = _header(seed, options, settings, candidate, problem, draw, rejected, info, witness,
                          nominal_radius=real_radius(problem, phi_nominal))
         return write(candidate, header), draw, info
     raise GenerationFailed(f'lqr seed {seed}: no candidate passed the checks in {MAX_DRAWS} draws '
-                           f'(rejected: {rejected}); try another seed or other sizes')
+                           f'(rejected: {dict(rejected)}); try another seed or other sizes')
 
 
 def _header(seed, options, settings, candidate, problem, draw, rejected, info, witness, nominal_radius):

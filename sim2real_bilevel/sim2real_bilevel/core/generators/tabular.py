@@ -24,6 +24,8 @@ exact sensitivities, Adam, as test_tabular_config.py does on the shipped problem
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
 from ..config import ProblemConfigError
@@ -234,39 +236,39 @@ def find_witness(problem, best_action) -> tuple[float, np.ndarray, str]:
 
 def generate_tabular(seed: int, options: dict):
     settings = draw_settings(seed, options)
-    rejected = {}
+    rejected = Counter()
     for draw in range(1, MAX_DRAWS + 1):
         rng = derived_rng('tabular', seed, draw)
         candidate = draw_candidate(rng, settings)
         try:
             problem = load_text(write(candidate, []))
         except ProblemConfigError as err:          # should not happen: counted, redrawn
-            rejected[f'invalid: {err.field}'] = rejected.get(f'invalid: {err.field}', 0) + 1
+            rejected[f'invalid {err.field}'] += 1
             continue
         phi_nominal = problem.inner_solve(problem.theta0()).phi
         nominal = problem.normalized_return(phi_nominal)
         if nominal > MAX_BASELINE:
-            rejected['nominal'] = rejected.get('nominal', 0) + 1
+            rejected['nominal'] += 1
             continue
         if problem.n_logit_params:
             sysid = sysid_returns(problem, phi_nominal, derived_rng('tabular', seed, draw, 1))
         else:
             sysid = [nominal, nominal]
         if max(sysid) > MAX_BASELINE:
-            rejected['sysid'] = rejected.get('sysid', 0) + 1
+            rejected['sysid'] += 1
             continue
         reached, witness, how = find_witness(problem, candidate['best_action'])
         if reached < MIN_REACHABLE:
-            rejected['unreachable'] = rejected.get('unreachable', 0) + 1
+            rejected['unreachable'] += 1
             continue
         info = {'states': settings['states'], 'actions': settings['actions'], 'learn': settings['learn'],
                 'gamma': settings['gamma'], 'horizon': settings['horizon'], 'nominal': nominal,
                 'sysid': sysid[0], 'sysid_refit': sysid[1], 'reachable': reached, 'witness_method': how,
-                'theta_size': len(problem.theta_names), 'rejected': rejected}
+                'theta_size': len(problem.theta_names), 'rejected': dict(rejected)}
         header = _header(seed, options, settings, candidate, problem, draw, rejected, info, witness)
         return write(candidate, header), draw, info
     raise GenerationFailed(f'tabular seed {seed}: no candidate passed the checks in {MAX_DRAWS} draws '
-                           f'(rejected: {rejected}); try another seed or other sizes')
+                           f'(rejected: {dict(rejected)}); try another seed or other sizes')
 
 
 def _header(seed, options, settings, candidate, problem, draw, rejected, info, witness) -> list[str]:
