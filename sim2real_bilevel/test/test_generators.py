@@ -187,3 +187,12 @@ def test_unwritable_output_is_refused_with_exit_2(capsys, tmp_path):
     target = tmp_path / 'missing' / 'p.yaml'
     status, _, err = run_cli(['generate', 'tabular', '--seed', '4', '--out', str(target)], capsys)
     assert status == 2 and str(target) in err
+
+
+def test_witness_rounding_stays_inside_bounds_that_are_not_decimals():
+    from sim2real_bilevel.core.generators import rounded_inside
+    upper = -0.911 + 0.5            # -0.41100000000000003: '-0.411' would lie outside
+    lower = -0.911 - 0.5
+    values = rounded_inside(np.array([upper, -0.4, lower - 1.0, 0.123456]), np.full(4, lower), np.full(4, upper), 4)
+    assert np.all((lower <= values) & (values <= upper))
+    assert values.tolist() == [-0.4111, -0.4111, -1.411, -0.4111]

@@ -211,10 +211,10 @@ def rounded_inside(theta, lower, upper, digits: int) -> np.ndarray:
     values = []
     for value, low, high in zip(np.ravel(theta), np.ravel(lower), np.ravel(upper)):
         value = float(number(min(max(value, low), high), digits))
-        if value < low:
-            value = float(number(math.ceil(low / unit) * unit, digits))
-        if value > high:
-            value = float(number(math.floor(high / unit) * unit, digits))
+        while value < low:
+            value = float(number(value + unit, digits))
+        while value > high:
+            value = float(number(value - unit, digits))
         values.append(value)
     return np.array(values)
 
