@@ -23,7 +23,7 @@ from sim2real_bilevel.core.problems import load_problem
 
 # a sample of seeds whose generation is quick (a few redraws at most)
 SAMPLE = [('tabular', 0), ('tabular', 4), ('tabular', 10), ('tabular', 23), ('tabular', 46),
-          ('lqr', 4), ('lqr', 8), ('lqr', 15)]
+          ('lqr', 4), ('lqr', 8), ('lqr', 9), ('lqr', 15)]
 
 
 def run_cli(argv, capsys):
