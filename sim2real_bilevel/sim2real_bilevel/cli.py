@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument('--sim-horizon', type=_positive_int, default=None)
     check.set_defaults(func=cmd_gradcheck)
 
+    from .core.generators import add_generate_command
+    add_generate_command(commands)
+
     for register in _ros_commands():
         register(commands)
     keygen = commands.add_parser('keygen', help='make a policy key (mode 0600) for signed run_episodes goals')
