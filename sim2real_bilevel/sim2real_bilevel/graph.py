@@ -73,6 +73,13 @@ MODES: dict[str, tuple[NodeSpec, ...]] = {
 # manager) configures and activates it: nothing moves the robot until someone says so.
 AUTOSTART_BRIDGE = {'sim_only': 'true', 'hardware': 'false'}
 
+# Parameters a mode fixes for a node, on top of the params file: on hardware the bridge talks to
+# the robot on its topics (there is no emulator to forward to) and runs only signed goals.
+MODE_PARAMETERS: dict[str, dict[str, dict]] = {
+    'sim_only': {},
+    'hardware': {'hardware_bridge': {'transport': 'topics', 'require_policy_key': True}},
+}
+
 LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument('problem', 'discrete_3s2a',
                    'problem file: a shipped name (discrete_3s2a, lqr, ...) or a path to a YAML file'),
@@ -121,11 +128,12 @@ def typed_value(name: str, text: str):
     return text
 
 
-def parameter_overrides(spec: NodeSpec, arguments: dict[str, str]) -> dict:
-    """The parameters a node gets from the launch arguments (applied after the params file).
+def parameter_overrides(spec: NodeSpec, arguments: dict[str, str], mode: str) -> dict:
+    """The parameters a node gets from the launch arguments and its mode (``MODE_PARAMETERS``),
+    applied after the params file.
 
     Empty ``run_dir`` means "the node's default" and is not passed."""
-    values = {}
+    values = dict(MODE_PARAMETERS[mode].get(spec.name, {}))
     for name in spec.overrides:
         if name not in arguments:
             continue
@@ -218,6 +226,7 @@ def launch_description(mode: str):
     for spec in nodes(mode):
         overrides = {('autostart' if name == 'autostart_bridge' else name):
                      ParameterValue(LaunchConfiguration(name), value_type=types[name]) for name in spec.overrides}
+        overrides.update(MODE_PARAMETERS[mode].get(spec.name, {}))
         common = dict(package=PACKAGE, executable=spec.executable, name=spec.name, output='screen',
                       parameters=[LaunchConfiguration('params_file'), overrides],
                       remappings=list(spec.remappings),

@@ -243,3 +243,32 @@ def test_joints_are_mapped_by_name_and_shutdown_sends_a_zero_command(ros):
     robot['commands'].clear()
     bridge.stop()
     ros.spin_until(lambda: robot['commands'] and robot['commands'][-1] == [0.0], 10.0, 'the zero command on shutdown')
+
+
+def test_joint_states_without_velocities_abort_a_velocity_limited_episode(ros):
+    """A robot whose joint_states carry positions only: the velocity limit cannot be checked, so
+    the episode is aborted with the reason and a zero command -- the missing velocity is never
+    taken for zero."""
+    from sensor_msgs.msg import JointState
+    bridge = ros.start('hardware_bridge', problem=PENDULUM, autostart='true', transport='topics',
+                       joints='[pendulum_joint]', reset_service='fake_robot/reset')
+    goal, _ = pendulum_goal()
+    states = ros.node.create_publisher(JointState, 'joint_states', ROBOT_STREAM)
+    commands = []
+
+    def on_reset(request, response):
+        states.publish(JointState(name=['pendulum_joint'], position=[0.1]))
+        response.success = True
+        return response
+
+    ros.node.create_service(Trigger, 'fake_robot/reset', on_reset)
+    ros.node.create_subscription(Float64MultiArray, 'forward_command_controller/commands',
+                                 lambda msg: commands.append(list(msg.data)), ROBOT_STREAM)
+    episodes = ActionClient(ros.node, RunEpisodes, 'run_episodes')
+    ros.spin_until(episodes.server_is_ready, 60.0, 'the bridge')
+    response = ros.run_goal(episodes, goal, timeout=120.0)
+    assert not response.result.success
+    assert 'joint_states without velocities' in response.result.message, response.result.message
+    assert 'zero command sent' in response.result.message
+    ros.spin_until(lambda: commands == [[0.0]], 10.0, 'the zero command')       # nothing else was sent
+    assert bridge.alive()

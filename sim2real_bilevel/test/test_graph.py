@@ -34,7 +34,8 @@ def test_every_executable_is_a_node_module_with_main():
 
 def test_ros_arguments_are_what_launch_ros_passes():
     spec = graph.OUTER_OPTIMIZER
-    overrides = graph.parameter_overrides(spec, graph.argument_defaults('sim_only') | {'seed': '3', 'run_dir': '/x'})
+    overrides = graph.parameter_overrides(spec, graph.argument_defaults('sim_only') | {'seed': '3', 'run_dir': '/x'},
+                                          'sim_only')
     assert overrides == {'problem': 'discrete_3s2a', 'use_sim_time': False, 'seed': 3, 'run_dir': '/x'}
     args = graph.ros_arguments(spec, 'robots/one', '/p.yaml', overrides, 'warn')
     assert args[:3] == ['--ros-args', '-r', '__node:=outer_optimizer']
@@ -44,11 +45,15 @@ def test_ros_arguments_are_what_launch_ros_passes():
 
 
 def test_empty_run_dir_is_left_to_the_node_and_bad_values_are_refused():
-    overrides = graph.parameter_overrides(graph.OUTER_OPTIMIZER, graph.argument_defaults('sim_only'))
+    overrides = graph.parameter_overrides(graph.OUTER_OPTIMIZER, graph.argument_defaults('sim_only'), 'sim_only')
     assert 'run_dir' not in overrides
-    bridge = graph.parameter_overrides(graph.HARDWARE_BRIDGE, graph.argument_defaults('hardware'))
+    bridge = graph.parameter_overrides(graph.HARDWARE_BRIDGE, graph.argument_defaults('hardware'), 'hardware')
     assert bridge['autostart'] is False
-    assert graph.parameter_overrides(graph.HARDWARE_BRIDGE, graph.argument_defaults('sim_only'))['autostart'] is True
+    # on hardware the bridge talks to the robot's topics and runs signed goals only
+    assert bridge['transport'] == 'topics' and bridge['require_policy_key'] is True
+    simulated = graph.parameter_overrides(graph.HARDWARE_BRIDGE, graph.argument_defaults('sim_only'), 'sim_only')
+    assert simulated['autostart'] is True
+    assert 'transport' not in simulated and 'require_policy_key' not in simulated      # the params file's
     with pytest.raises(ValueError, match='expected true or false'):
         graph.typed_value('use_sim_time', 'yes please')
     with pytest.raises(ValueError, match='expected an integer'):

@@ -5,6 +5,7 @@ answered from the bridge's kept results, and a node other than the bridge that p
 robot commands is ignored by the robot and latches the bridge's e-stop."""
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -113,6 +114,26 @@ def test_a_bridge_with_an_unusable_key_file_refuses_to_configure(ros, tmp_path):
     while time.monotonic() < deadline:
         ros.executor.spin_once(timeout_sec=0.1)
     assert not episodes.server_is_ready()                              # never configured: no action server
+
+
+def test_a_bridge_that_requires_a_key_refuses_to_configure_without_one(ros):
+    """What the hardware launch sets (graph.MODE_PARAMETERS): no key, no configured bridge."""
+    from lifecycle_msgs.srv import GetState
+    assert not os.environ.get('SIM2REAL_POLICY_KEY_FILE')
+    bridge = ros.start('hardware_bridge', problem=PROBLEM, autostart='true', require_policy_key='true')
+    assert ros.wait_for_log(bridge, 'configure failed: no policy key', timeout=60.0), bridge.log()[-2000:]
+    assert 'sim2real-bilevel keygen' in bridge.log()
+    client = ros.node.create_client(GetState, '/hardware_bridge/get_state')
+    ros.spin_until(client.service_is_ready, 30.0, 'get_state')
+    for _ in range(6):                  # an answer can be lost before discovery completes: ask again
+        future = client.call_async(GetState.Request())
+        deadline = time.monotonic() + 5.0
+        while not future.done() and time.monotonic() < deadline:
+            ros.executor.spin_once(timeout_sec=0.05)
+        if future.done():
+            break
+    assert future.done() and future.result().current_state.label == 'unconfigured'
+    assert bridge.alive()
 
 
 def test_a_second_commander_is_ignored_by_the_robot_and_latches_the_bridge_estop(ros):

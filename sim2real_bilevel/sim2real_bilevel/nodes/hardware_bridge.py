@@ -88,6 +88,8 @@ class HardwareBridge(LifecycleNode):
                           low=1e-9, high=1e6),
             ParameterSpec('max_episodes', 1000, 'largest n_episodes one run_episodes goal may ask for', low=1,
                           high=1_000_000),
+            ParameterSpec('require_policy_key', False, 'refuse to configure without a policy key (the hardware '
+                          'launch sets it: on a real robot every deployed policy must be signed)', read_only=True),
             ParameterSpec('policy_key_file', '', "shared key (`sim2real-bilevel keygen`) run_episodes goals must be "
                           "signed with; '' = $SIM2REAL_POLICY_KEY_FILE, or when that is unset too goals are not "
                           'authenticated (warned at configure; read at configure)',
@@ -134,6 +136,11 @@ class HardwareBridge(LifecycleNode):
             except provenance.ProvenanceError as err:
                 self.get_logger().error(f'configure failed: {err}')
                 return TransitionCallbackReturn.FAILURE
+        elif self.parameters['require_policy_key']:
+            self.get_logger().error('configure failed: no policy key (policy_key_file and $SIM2REAL_POLICY_KEY_FILE '
+                                    'are empty) and require_policy_key is set, as on hardware: make one with '
+                                    '`sim2real-bilevel keygen PATH` and launch with policy_key_file:=PATH')
+            return TransitionCallbackReturn.FAILURE
         else:
             self.verifier = None
             self.get_logger().warning('no policy key (policy_key_file and $SIM2REAL_POLICY_KEY_FILE are empty): any '

@@ -83,7 +83,7 @@ def plan(mode: str, arguments: dict[str, str]) -> list[graph.ProcessPlan]:
     params_file = resolve_params_file(arguments)
     plans = []
     for spec in graph.nodes(mode):
-        overrides = graph.parameter_overrides(spec, arguments)
+        overrides = graph.parameter_overrides(spec, arguments, mode)
         command = [sys.executable, '-m', f'sim2real_bilevel.nodes.{spec.executable}']
         command += graph.ros_arguments(spec, arguments['namespace'], str(params_file), overrides,
                                        arguments['log_level'])

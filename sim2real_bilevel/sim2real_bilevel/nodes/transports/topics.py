@@ -45,7 +45,8 @@ class TopicTransport(Transport):
         try:
             index = [names.index(joint) for joint in joints]
             positions = [msg.position[i] for i in index]
-            velocities = [msg.velocity[i] for i in index] if len(msg.velocity) else [0.0] * len(index)
+            # no velocities is not zero velocity: a velocity-limited episode refuses such states
+            velocities = [msg.velocity[i] for i in index] if len(msg.velocity) else []
         except (ValueError, IndexError):
             self.bridge.get_logger().error(f'joint_states without the joints {joints}: names {names}',
                                            throttle_duration_sec=5.0)
@@ -120,6 +121,9 @@ class TopicTransport(Transport):
             if safety:
                 command_filter.reset()
             for t in range(controller.horizon + 1):
+                if safety and self.latest_velocity.size != self.latest_state.size:
+                    return fail(f'joint_states without velocities for {bridge.joints}: the velocity limit '
+                                f'({limits[1]:g} rad/s) cannot be checked (episode {episode}, step {t})')
                 controller.observe(self.latest_state, self.latest_velocity)
                 violation = safety and state_violation(bridge.joints, self.latest_state, self.latest_velocity, *limits)
                 if violation:
