@@ -10,7 +10,6 @@ import json
 import sys
 from pathlib import Path
 
-from .core.checkpoint import CheckpointError
 from .core.config import ProblemConfigError, builtin_config
 
 
@@ -73,6 +72,7 @@ def _solve(invocation: dict, out, quiet: bool, run_dir) -> int:
     overrides = {}
     if invocation['real_episodes'] is not None:
         overrides['real_episodes'] = invocation['real_episodes']
+    from .core.checkpoint import CheckpointError     # here: the operator's commands need no torch
     try:
         document = run_experiment(config, methods, seeds=seeds, iterations=iterations, overrides=overrides,
                                   on_record=on_record, run_dir=run_dir)

@@ -33,6 +33,7 @@ from typing import Optional, Sequence
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.action import ActionServer, GoalResponse
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.task import Future
 from std_msgs.msg import Float64MultiArray
@@ -52,6 +53,7 @@ class HardwareBridge(LifecycleNode):
 
     def __init__(self):
         super().__init__('hardware_bridge')
+        self._refuse_transitions_not_available()
         self.parameters = DeclaredParameters(self, [
             PROBLEM,
             ParameterSpec('autostart', False, 'configure and activate right after start (sim-only loops); on '
@@ -121,6 +123,23 @@ class HardwareBridge(LifecycleNode):
             self.trigger_activate()
 
     # --- lifecycle -------------------------------------------------------------------------------------
+    def _refuse_transitions_not_available(self) -> None:
+        """rclpy's change_state service raises, and so ends the process, when asked for a
+        transition the current state does not have (e.g. activate while unconfigured).  Such a
+        request is refused with the reason instead: the bridge stays up, in its state."""
+        service = self._service_change_state
+        change_state = service.callback
+
+        def refusing(request, response):
+            try:
+                return change_state(request, response)
+            except _rclpy.RCLError as err:
+                self.get_logger().error(f'refused lifecycle transition id {request.transition.id} '
+                                        f'{request.transition.label!r}: not available from this state ({err})')
+                response.success = False
+                return response
+        service.callback = refusing
+
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         joints = list(self.parameters['joints'])
         if not joints:
@@ -260,13 +279,12 @@ class HardwareBridge(LifecycleNode):
         return sorted(name for name in names if name != own)
 
     def watch_the_command_channel(self) -> None:
-        """Each second: no other commander (``check_commanders``), and a change in how many
-        readers (the robot's controller) the command publisher has goes to /diagnostics."""
+        """Each second: no other commander (``check_commanders``), and the bridge's state on
+        /diagnostics (1 Hz, as diagnostic_updater does), with how many readers (the robot's
+        controller) its command publisher has."""
         self.check_commanders()
-        readers = self.command_publisher.get_subscription_count()
-        if readers != self.command_readers:
-            self.command_readers = readers
-            self.publish_diagnostics()
+        self.command_readers = self.command_publisher.get_subscription_count()
+        self.publish_diagnostics()
 
     def check_commanders(self) -> Optional[str]:
         """Latch the e-stop when another node publishes robot commands; returns the reason, or

@@ -5,7 +5,8 @@ imports (rclpy, mcap, matplotlib) happen only when that command runs.
 """
 from __future__ import annotations
 
+from .bridge_operator import add_bridge_command
 from .launcher import add_launch_command
 from .report import add_report_command
 
-REGISTRARS = [add_launch_command, add_report_command]
+REGISTRARS = [add_launch_command, add_report_command, add_bridge_command]

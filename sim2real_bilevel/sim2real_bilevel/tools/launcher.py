@@ -227,6 +227,14 @@ def launch(mode: str, assignments: list[str], shutdown_timeout: float = 10.0,
     status = 1
     try:
         processes.start()
+        if mode == 'hardware':
+            bridge = graph.normalize_namespace(arguments['namespace']).rstrip('/') + '/' + graph.HARDWARE_BRIDGE.name
+            print(f'[launch] the bridge {bridge} starts unconfigured: nothing moves the robot until you say so.\n'
+                  f'[launch]   when the robot is ready: sim2real-bilevel bridge configure --node {bridge}, '
+                  f'then sim2real-bilevel bridge activate --node {bridge}\n'
+                  f'[launch]   (or ros2 lifecycle set {bridge} configure / activate); software stop: '
+                  f'sim2real-bilevel bridge estop --node {bridge}; state: sim2real-bilevel bridge status',
+                  file=sys.stderr, flush=True)
         status = _supervise(processes, view, stop_requested, mode)
     finally:
         processes.stop()
