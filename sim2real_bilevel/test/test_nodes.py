@@ -93,21 +93,25 @@ class RosSession:
 
     def call(self, client, request, timeout: float = 20.0):
         self.spin_until(client.service_is_ready, timeout, f'service {client.srv_name}')
+        self.settle(client)
         future = client.call_async(request)
         self.spin_until(future.done, timeout, f'answer of {client.srv_name}')
         return future.result()
 
+    def settle(self, client) -> None:
+        """Ready means the server's readers see this client; its answers need the other
+        direction matched too, or they are dropped ("failed to send response (timeout)"): give
+        discovery a moment before a client's first request."""
+        if id(client) in self.settled:
+            return
+        settle = time.monotonic() + 1.0
+        while time.monotonic() < settle:
+            self.executor.spin_once(timeout_sec=0.05)
+        self.settled.add(id(client))
+
     def send_goal(self, client: ActionClient, goal, timeout: float = 20.0):
-        if id(client) not in self.settled:
-            self.spin_until(client.server_is_ready, timeout, 'action server')
-            # server_is_ready means the server's readers see this client; its answers need the
-            # other direction matched too, or they are dropped ("failed to send response"):
-            # give discovery a moment before the first goal
-            settle = time.monotonic() + 1.0
-            while time.monotonic() < settle:
-                self.executor.spin_once(timeout_sec=0.05)
-            self.settled.add(id(client))
         self.spin_until(client.server_is_ready, timeout, 'action server')
+        self.settle(client)
         future = client.send_goal_async(goal)
         self.spin_until(future.done, timeout, 'goal response')
         return future.result()
