@@ -233,3 +233,42 @@ def test_tabular_bilevel_refuses_worse_candidates_before_deploying_them():
     deployed.clear()
     JumpBack(problem, make_run(problem, 'bilevel', 0, 16).config, seed=0).run()
     assert min(deployed[JumpBack.turn:]) == pytest.approx(nominal)
+
+
+def test_over_ros_a_backtrack_re_registers_the_best_policy_with_the_graph():
+    """GraphBilevelLoop.restore_policy: the best phi goes to the inner_trainer as the warm start
+    of one inner solve at the best theta (new versions the bridge accepts), and later batches of
+    the re-registered policy pool with the best's."""
+    pytest.importorskip('rclpy')
+    pytest.importorskip('sim2real_bilevel_interfaces')
+    from sim2real_bilevel.core.problem import InnerResult
+    from sim2real_bilevel.nodes import conversions
+    from sim2real_bilevel.nodes.outer_optimizer import GraphBilevelLoop
+
+    problem = NoisyToy()
+
+    class Node:
+        theta_version = 4
+        policy = conversions.policy_to_msg(np.zeros(3), 7, 4, 0.0)
+        warm_starts = []
+
+        def train_policy(self, theta, phi_init):
+            self.warm_starts.append((conversions.policy_from_msg(self.policy)[0], np.array(theta)))
+            self.theta_version += 1
+            self.policy = conversions.policy_to_msg(phi_init + 1e-13, self.policy.version + 1, self.theta_version, 0.0)
+            return InnerResult(phi=phi_init + 1e-13, grad_norm=0.0, iterations=1)
+
+    node = Node()
+    loop = GraphBilevelLoop(node, problem, config(safe_improvement=True), 0, None)
+    loop.phi = np.array([0.5, -0.1, 0.9])
+    loop.note_deployed(loop.phi, loop.theta, np.array([1.0, 1.2, 0.8]))
+    best_phi, best_theta = loop.best.phi.copy(), loop.best.theta.copy()
+    loop.theta, loop.phi = loop.theta + 1.0, np.zeros(3)
+    loop.backtrack('test')
+    (warm, theta), = node.warm_starts
+    np.testing.assert_array_equal(warm, best_phi)
+    np.testing.assert_array_equal(theta, best_theta)
+    assert node.policy.version == 8 and node.theta_version == 5
+    np.testing.assert_array_equal(loop.best.phi, loop.phi)
+    loop.note_deployed(loop.phi, loop.theta, np.array([1.1, 0.9]))
+    assert loop.best.returns.size == 5

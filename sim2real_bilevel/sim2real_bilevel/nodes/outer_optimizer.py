@@ -77,8 +77,9 @@ class GraphBilevelLoop(BilevelOuterLoop):
         does (one inner solve at its theta, warm-started at its phi, under new versions the bridge
         accepts); later batches of it are pooled with its earlier ones."""
         node = self.node
+        grad_norm = best.inner_grad_norm if np.isfinite(best.inner_grad_norm) else node.policy.inner_grad_norm
         node.policy = conversions.policy_to_msg(best.phi, node.policy.version, node.theta_version,
-                                                best.inner_grad_norm, node.policy.kind)
+                                                float(grad_norm), node.policy.kind)
         self.set_policy(node.train_policy(self.theta, best.phi))
         best.phi = np.array(self.phi, dtype=np.float64)
 
