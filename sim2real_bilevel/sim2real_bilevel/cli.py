@@ -20,7 +20,8 @@ def cmd_solve(args) -> int:
     methods = args.method or ['bilevel']
     run_dir = Path(args.run_dir) if args.run_dir else None
     invocation = {'config': str(builtin_config(args.config).resolve()), 'methods': methods, 'seeds': args.seeds,
-                  'iterations': args.iterations, 'real_episodes': args.real_episodes}
+                  'iterations': args.iterations, 'real_episodes': args.real_episodes, 'evaluate': args.evaluate,
+                  'safe_improvement': args.safe_improvement}
     if run_dir is not None:
         from .core.checkpoint import atomic_write_bytes
         if (run_dir / RUN_FILE).exists():
@@ -67,15 +68,20 @@ def _solve(invocation: dict, out, quiet: bool, run_dir) -> int:
     def on_record(method, seed, record):
         bar.update(1)
         bar.set_description(f'{method} seed {seed}')
-        bar.set_postfix(norm_return=f'{record.normalized_return:.4f}', real=record.real_transitions)
+        if invocation.get('evaluate'):
+            bar.set_postfix(norm_return=f'{record.normalized_return:.4f}', real=record.real_transitions)
+        else:
+            bar.set_postfix(estimate=f'{record.real_return_estimate:.4g}', real=record.real_transitions)
 
     overrides = {}
     if invocation['real_episodes'] is not None:
         overrides['real_episodes'] = invocation['real_episodes']
+    if invocation.get('safe_improvement') is not None:
+        overrides['safe_improvement'] = invocation['safe_improvement']
     from .core.checkpoint import CheckpointError     # here: the operator's commands need no torch
     try:
         document = run_experiment(config, methods, seeds=seeds, iterations=iterations, overrides=overrides,
-                                  on_record=on_record, run_dir=run_dir)
+                                  on_record=on_record, run_dir=run_dir, evaluate=bool(invocation.get('evaluate')))
     except (ValueError, CheckpointError) as err:
         bar.close()
         print(f'error: {err}', file=sys.stderr)
@@ -134,6 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument('--run-dir', default=None,
                        help='persist the run here after every outer iteration and every real batch '
                             '(crash-safe; continue it with `resume DIR`)')
+    solve.add_argument('--evaluate', action='store_true',
+                       help="sim-only: evaluate every policy on the problem's hidden real model (the normalised "
+                            'return in records, summary and plots); without it a run sees only its real episodes '
+                            '(estimated real return with its confidence interval), as on a robot')
+    safe = solve.add_mutually_exclusive_group()
+    safe.add_argument('--safe-improvement', dest='safe_improvement', action='store_true', default=None,
+                      help='bi-level: backtrack to the best deployed policy (and halve the step) when the '
+                           'estimated real return drops significantly below it (default: the problem file\'s '
+                           'outer.safe_improvement, else off)')
+    safe.add_argument('--no-safe-improvement', dest='safe_improvement', action='store_false',
+                      help='turn safe improvement off even where the problem file turns it on')
     solve.add_argument('--quiet', action='store_true', help='no progress bar')
     solve.set_defaults(func=cmd_solve)
 

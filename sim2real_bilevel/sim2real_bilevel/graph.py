@@ -54,7 +54,7 @@ SENSITIVITY = NodeSpec(
 OUTER_OPTIMIZER = NodeSpec(
     'outer_optimizer', 'outer_optimizer',
     'Algorithm 1: drives the others, updates and publishes theta, metrics, records the run',
-    overrides=('problem', 'use_sim_time', 'seed', 'run_dir'))
+    overrides=('problem', 'use_sim_time', 'seed', 'run_dir', 'evaluator', 'safe_improvement'))
 HARDWARE_BRIDGE = NodeSpec(
     'hardware_bridge', 'hardware_bridge',
     'lifecycle node deploying a policy on the robot (action run_episodes)', lifecycle=True,
@@ -80,6 +80,21 @@ MODE_PARAMETERS: dict[str, dict[str, dict]] = {
     'hardware': {'hardware_bridge': {'transport': 'topics', 'require_policy_key': True}},
 }
 
+# Only a sim-only run has an evaluator (the emulator's hidden real model); on hardware nothing
+# reads the real model and the loop keeps to safe improvement (OuterConfig.safe_improvement).
+EVALUATOR = {'sim_only': 'robot_emulator/evaluate', 'hardware': ''}
+SAFE_IMPROVEMENT = {'sim_only': 'false', 'hardware': 'true'}
+
+# Launch arguments whose default depends on the mode: name -> (description, {mode: default}).
+MODE_ARGUMENTS: dict[str, tuple[str, dict[str, str]]] = {
+    'autostart_bridge': ('configure and activate the hardware_bridge lifecycle node right away', AUTOSTART_BRIDGE),
+    'evaluator': ("the outer_optimizer's sim-only evaluator service (EvaluatePolicy: the exact normalised return "
+                  "from the emulator's hidden model); empty: none, the normalised return is NaN", EVALUATOR),
+    'safe_improvement': ('the outer loop backtracks to the best deployed policy when the estimated real return '
+                         'drops significantly below it (true/false)', SAFE_IMPROVEMENT),
+}
+BOOLEAN_ARGUMENTS = ('use_sim_time', 'autostart_bridge', 'safe_improvement')
+
 LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument('problem', 'discrete_3s2a',
                    'problem file: a shipped name (discrete_3s2a, lqr, ...) or a path to a YAML file'),
@@ -98,7 +113,7 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
 
 def argument_defaults(mode: str) -> dict[str, str]:
     defaults = {a.name: a.default for a in LAUNCH_ARGUMENTS}
-    defaults['autostart_bridge'] = AUTOSTART_BRIDGE[mode]
+    defaults.update({name: by_mode[mode] for name, (_, by_mode) in MODE_ARGUMENTS.items()})
     return defaults
 
 
@@ -115,7 +130,7 @@ def params_file_name(problem: str) -> str:
 
 def typed_value(name: str, text: str):
     """A launch argument's text as the parameter type the nodes declare."""
-    if name in ('use_sim_time', 'autostart_bridge'):
+    if name in BOOLEAN_ARGUMENTS:
         lowered = text.strip().lower()
         if lowered not in ('true', 'false'):
             raise ValueError(f'launch argument {name}:={text!r}: expected true or false')
@@ -211,11 +226,11 @@ def launch_description(mode: str):
                        LaunchConfiguration('problem'), '_params.yaml']
         declared.append(DeclareLaunchArgument(argument.name, default_value=default,
                                               description=argument.description))
-    declared.append(DeclareLaunchArgument(
-        'autostart_bridge', default_value=defaults['autostart_bridge'],
-        description='configure and activate the hardware_bridge lifecycle node right away'))
+    for name, (description, _) in MODE_ARGUMENTS.items():
+        declared.append(DeclareLaunchArgument(name, default_value=defaults[name], description=description))
 
-    types = {'use_sim_time': bool, 'autostart_bridge': bool, 'seed': int, 'problem': str, 'run_dir': str}
+    types = {'use_sim_time': bool, 'autostart_bridge': bool, 'seed': int, 'problem': str, 'run_dir': str,
+             'evaluator': str, 'safe_improvement': bool}
     actions = [PushROSNamespace(LaunchConfiguration('namespace')),
                # only when given: an empty policy_key_file keeps an exported $SIM2REAL_POLICY_KEY_FILE
                # (as the pip-only launcher does) instead of overwriting it with ''

@@ -36,7 +36,8 @@ def test_ros_arguments_are_what_launch_ros_passes():
     spec = graph.OUTER_OPTIMIZER
     overrides = graph.parameter_overrides(spec, graph.argument_defaults('sim_only') | {'seed': '3', 'run_dir': '/x'},
                                           'sim_only')
-    assert overrides == {'problem': 'discrete_3s2a', 'use_sim_time': False, 'seed': 3, 'run_dir': '/x'}
+    assert overrides == {'problem': 'discrete_3s2a', 'use_sim_time': False, 'seed': 3, 'run_dir': '/x',
+                         'evaluator': 'robot_emulator/evaluate', 'safe_improvement': False}
     args = graph.ros_arguments(spec, 'robots/one', '/p.yaml', overrides, 'warn')
     assert args[:3] == ['--ros-args', '-r', '__node:=outer_optimizer']
     assert '__ns:=/robots/one' in args and args[args.index('--params-file') + 1] == '/p.yaml'
@@ -54,6 +55,12 @@ def test_empty_run_dir_is_left_to_the_node_and_bad_values_are_refused():
     simulated = graph.parameter_overrides(graph.HARDWARE_BRIDGE, graph.argument_defaults('sim_only'), 'sim_only')
     assert simulated['autostart'] is True
     assert 'transport' not in simulated and 'require_policy_key' not in simulated      # the params file's
+    # only a sim-only run has an evaluator; hardware runs keep to safe improvement
+    hardware = graph.parameter_overrides(graph.OUTER_OPTIMIZER, graph.argument_defaults('hardware'), 'hardware')
+    assert hardware['evaluator'] == '' and hardware['safe_improvement'] is True
+    assert launcher.parse_assignments('hardware', ['safe_improvement:=false'])['safe_improvement'] == 'false'
+    with pytest.raises(launcher.LaunchError, match='expected true or false'):
+        launcher.parse_assignments('sim_only', ['safe_improvement:=maybe'])
     with pytest.raises(ValueError, match='expected true or false'):
         graph.typed_value('use_sim_time', 'yes please')
     with pytest.raises(ValueError, match='expected an integer'):

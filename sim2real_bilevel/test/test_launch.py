@@ -25,9 +25,10 @@ CONFIG = PACKAGE_ROOT / 'config'
 PROBLEM = 'discrete_3s2a'
 
 
-def _params_file(tmp_path: Path, iterations: int) -> Path:
+def _params_file(tmp_path: Path, iterations: int, **optimizer) -> Path:
     document = yaml.safe_load((CONFIG / f'{PROBLEM}_params.yaml').read_text())
     document['/**/outer_optimizer']['ros__parameters']['iterations'] = iterations
+    document['/**/outer_optimizer']['ros__parameters'].update(optimizer)
     path = tmp_path / 'params.yaml'
     path.write_text(yaml.safe_dump(document))
     return path
@@ -74,7 +75,7 @@ def test_ros_loop_matches_the_in_process_core_and_records_the_run(tmp_path, ros_
 
     document = json.loads((run_dir / 'results.json').read_text())
     ros_records = document['methods']['bilevel']['seeds'][0]['iterations']
-    core = make_run(load_problem(builtin_config(PROBLEM)), 'bilevel', seed, iterations=iterations)
+    core = make_run(load_problem(builtin_config(PROBLEM)), 'bilevel', seed, iterations=iterations, evaluate=True)
     core.run()
     assert len(ros_records) == len(core.history) == iterations + 1
     ros_theta = np.array([r['theta'] for r in ros_records])
@@ -93,6 +94,37 @@ def test_ros_loop_matches_the_in_process_core_and_records_the_run(tmp_path, ros_
                             capture_output=True, text=True, env=ros_env, timeout=120)
     assert report.returncode == 0, report.stderr
     assert f'{iterations} outer iterations' in report.stdout and (run_dir / 'report.png').is_file()
+
+
+def test_without_an_evaluator_the_run_shows_estimates_and_keeps_the_best_policy(tmp_path, ros_env):
+    """As on hardware (evaluator:='' and safe_improvement:=true): nothing asks for the hidden model's
+    returns, which stay NaN everywhere; records, metrics, results and report carry the estimated
+    real return with its interval, and the result is the best deployed policy."""
+    iterations = 5
+    run_dir = tmp_path / 'run'
+    process = _launch(ros_env, tmp_path, f'problem:={PROBLEM}', f'run_dir:={run_dir}', 'evaluator:=',
+                      'safe_improvement:=true', f'params_file:={_params_file(tmp_path, iterations, real_episodes=3)}')
+    output, _ = process.communicate(timeout=240)
+    assert process.returncode == 0, output
+    assert 'no evaluator: records carry the estimated real return' in output
+    seed = json.loads((run_dir / 'results.json').read_text())['methods']['bilevel']['seeds'][0]
+    records = seed['iterations']
+    assert len(records) == iterations + 1
+    assert all(np.isnan(r['normalized_return']) and np.isnan(r['real_return']) for r in records)
+    for record in records[1:]:
+        assert record['real_return_ci_low'] <= record['real_return_estimate'] <= record['real_return_ci_high']
+    best = seed['best']
+    assert best['episodes'] >= 3 and best['real_return_ci_low'] <= best['real_return_estimate']
+    assert best['real_return_estimate'] == max(r['real_return_estimate'] for r in records[1:]) or best['episodes'] > 3
+    assert np.isnan(best['normalized_return'])
+    metadata = yaml.safe_load((run_dir / 'bag' / 'metadata.yaml').read_text())['rosbag2_bagfile_information']
+    counts = {t['topic_metadata']['name']: t['message_count'] for t in metadata['topics_with_message_count']}
+    assert counts['/metrics/real_return_ci_low'] == iterations + 1
+    report = subprocess.run([sys.executable, '-m', 'sim2real_bilevel.cli', 'report', str(run_dir)],
+                            capture_output=True, text=True, env=ros_env, timeout=120)
+    assert report.returncode == 0, report.stderr
+    assert 'normalised real return: not evaluated' in report.stdout
+    assert 'estimated real return (real episodes, confidence interval): last' in report.stdout
 
 
 @pytest.mark.slow

@@ -240,7 +240,7 @@ def test_shipped_family_contains_a_near_optimal_simulator(shipped):
 
 def run_bilevel(problem, seed, iterations, **overrides):
     from sim2real_bilevel.core.experiments import make_run
-    run = make_run(problem, 'bilevel', seed, iterations=iterations, overrides=overrides or None)
+    run = make_run(problem, 'bilevel', seed, iterations=iterations, overrides=overrides or None, evaluate=True)
     return run.run()
 
 

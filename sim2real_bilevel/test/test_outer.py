@@ -8,6 +8,7 @@ from sim2real_bilevel.core.experiments import format_summary, plot_results, summ
 from sim2real_bilevel.core.outer import Adam, BilevelOuterLoop, OuterConfig, discounted_returns
 from sim2real_bilevel.core.problem import Trajectories
 from sim2real_bilevel.core import baselines
+from sim2real_bilevel.core.evaluation import oracle_evaluator
 
 from toy_problem import ToyProblem
 
@@ -19,7 +20,8 @@ def toy():
 
 def test_bilevel_converges_and_accounts_real_data():
     problem = toy()
-    loop = BilevelOuterLoop(problem, OuterConfig(iterations=60, step_size=0.1, real_episodes=4), seed=1)
+    loop = BilevelOuterLoop(problem, OuterConfig(iterations=60, step_size=0.1, real_episodes=4), seed=1,
+                            evaluator=oracle_evaluator(problem))
     history = loop.run()
     assert len(history) == 61
     assert history[0].real_transitions == 0 and history[0].iteration == 0
@@ -65,7 +67,7 @@ def test_baselines_improve_on_the_toy_problem(run_class):
     problem = toy()
     config = OuterConfig(iterations=40, real_episodes=4, spsa_a=0.1, spsa_c=0.2, cma_sigma=0.1,
                          real_rl_step_size=0.1)
-    history = run_class(problem, config, seed=0).run()
+    history = run_class(problem, config, seed=0, evaluator=oracle_evaluator(problem)).run()
     assert history[-1].normalized_return > history[0].normalized_return + 0.2
     assert history[-1].real_transitions > 0
 
@@ -95,7 +97,8 @@ def test_summary_and_plot(tmp_path):
         seeds = []
         for seed in range(2):
             run = cls(problem, OuterConfig(iterations=40 if method == 'bilevel' else 0,
-                                           step_size=0.1, real_episodes=4), seed=seed)
+                                           step_size=0.1, real_episodes=4), seed=seed,
+                      evaluator=oracle_evaluator(problem))
             seeds.append({'seed': seed, 'iterations': [r.to_json() for r in run.run()]})
         document['methods'][method] = {'seeds': seeds}
     summary = summarize(document)

@@ -9,7 +9,7 @@ from test_robot_problem import tiny
 
 def test_bilevel_iterations_move_theta_inside_its_bounds_and_count_the_real_data():
     problem = tiny()
-    run = make_run(problem, 'bilevel', seed=0, iterations=2, overrides={'real_episodes': 2})
+    run = make_run(problem, 'bilevel', seed=0, iterations=2, overrides={'real_episodes': 2}, evaluate=True)
     history = run.run()
     assert len(history) == 3
     thetas = np.array([record.theta for record in history])

@@ -345,7 +345,7 @@ def test_domain_randomisation_optimises_the_average_over_drawn_simulators(proble
 def test_domain_randomisation_method_runs_and_needs_a_robot_problem(problem):
     from sim2real_bilevel.core.experiments import make_run
     from sim2real_bilevel.core.problems import load_problem
-    run = make_run(problem, 'domain-randomization', seed=0)
+    run = make_run(problem, 'domain-randomization', seed=0, evaluate=True)
     history = run.run()
     assert len(history) == 1 and history[0].real_episodes == 0
     # the tiny problem has almost no gap: a policy trained on randomised physics is near the oracle

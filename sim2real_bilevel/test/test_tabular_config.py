@@ -66,7 +66,7 @@ def _converges(problem, seed: int, iterations: int) -> None:
     """From below 0.75, >= 0.95 within 40 outer iterations (seeds 0-4 took 6-15), >= 0.99 at the end."""
     from sim2real_bilevel.core.experiments import make_run
 
-    run = make_run(problem, 'bilevel', seed, iterations=iterations)
+    run = make_run(problem, 'bilevel', seed, iterations=iterations, evaluate=True)
     history = run.run()
     returns = np.array([record.normalized_return for record in history])
     assert returns[0] < 0.75

@@ -102,7 +102,8 @@ def run_graph(tmp_path, robot, compute, robot_env, compute_env, label):
         _start(compute, 'sensitivity', compute_env, tmp_path, problem=problem, seed=seed),
     ]
     optimizer = _start(compute, 'outer_optimizer', compute_env, tmp_path, problem=problem, seed=seed,
-                       iterations=iterations, run_dir=str(run_dir), record_bag='false', policy_key_file=key_file)
+                       iterations=iterations, run_dir=str(run_dir), record_bag='false', policy_key_file=key_file,
+                       evaluator='robot_emulator/evaluate')
     try:
         optimizer.wait(timeout=240)
     finally:
@@ -118,7 +119,7 @@ def run_graph(tmp_path, robot, compute, robot_env, compute_env, label):
     log = (tmp_path / 'outer_optimizer.out').read_text(errors='replace')
     assert optimizer.returncode == 0, log[-3000:]
     records = json.loads((run_dir / 'results.json').read_text())['methods']['bilevel']['seeds'][0]['iterations']
-    core = make_run(load_problem(problem), 'bilevel', seed, iterations=iterations)
+    core = make_run(load_problem(problem), 'bilevel', seed, iterations=iterations, evaluate=True)
     core.run()
     np.testing.assert_allclose(np.array([r['theta'] for r in records]), np.array([r.theta for r in core.history]),
                                rtol=0, atol=1e-9)

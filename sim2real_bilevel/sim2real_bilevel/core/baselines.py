@@ -65,7 +65,7 @@ class BlackBoxRun(MethodRun):
 
     def score(self, theta: np.ndarray) -> float:
         result = self.solve_inner(theta, self.phi)
-        return self.mean_real_return(self.collect_real(result.phi, keep=False))
+        return self.mean_real_return(self.collect_real(result.phi, keep=False, theta=theta))
 
 
 class CMAESRun(BlackBoxRun):

@@ -10,6 +10,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import baselines
+from .evaluation import oracle_evaluator
 from .outer import BilevelOuterLoop, IterationRecord, OuterConfig
 from .problems import load_problem
 
@@ -38,7 +39,9 @@ EPISODE_BUDGETS = (0, 10, 20, 30, 100, 300)     # "at equal real data" columns o
 
 
 def make_run(problem, method: str, seed: int, iterations: Optional[int] = None,
-             overrides: Optional[dict] = None, progress=None):
+             overrides: Optional[dict] = None, progress=None, evaluate: bool = False):
+    """A run of ``method``; with ``evaluate`` (sim-only) its records carry the exact normalised and
+    real return from the problem's hidden real model, else those are NaN."""
     if method not in METHODS:
         raise ValueError(f'unknown method {method!r}; expected one of {sorted(METHODS)}')
     cls, method_overrides = METHODS[method]
@@ -50,16 +53,18 @@ def make_run(problem, method: str, seed: int, iterations: Optional[int] = None,
     per_method = values.pop('methods', {}) or {}
     values.update(per_method.get(method, {}))
     config = OuterConfig.from_mapping(values)
-    return cls(problem, config, seed=seed, progress=progress)
+    return cls(problem, config, seed=seed, progress=progress,
+               evaluator=oracle_evaluator(problem) if evaluate else None)
 
 
 def run_experiment(config_path: str | Path, methods: list[str], seeds: int = 1,
                    iterations: Optional[int] = None, overrides: Optional[dict] = None,
                    on_record: Optional[Callable[[str, int, IterationRecord], None]] = None,
-                   run_dir: Optional[str | Path] = None) -> dict:
+                   run_dir: Optional[str | Path] = None, evaluate: bool = False) -> dict:
     """Run every method for every seed; returns the results.json document.  With ``run_dir``
     each (method, seed) persists itself in RUN_DIR/<method>/seed<k>/ and continues from there
-    when that folder already holds a checkpoint (``MethodRun.attach_run_dir``)."""
+    when that folder already holds a checkpoint (``MethodRun.attach_run_dir``).  ``evaluate``: sim-only
+    evaluation of every record by the hidden real model (``make_run``)."""
     if run_dir is not None:
         refused = {m: NOT_RESUMABLE[m] for m in methods if m in NOT_RESUMABLE}
         if refused:
@@ -70,7 +75,7 @@ def run_experiment(config_path: str | Path, methods: list[str], seeds: int = 1,
         seed_results = []
         for seed in range(seeds):
             callback = (lambda record, m=method, s=seed: on_record(m, s, record)) if on_record else None
-            run = make_run(problem, method, seed, iterations, overrides, progress=callback)
+            run = make_run(problem, method, seed, iterations, overrides, progress=callback, evaluate=evaluate)
             if run_dir is not None:
                 wanted = run.config.iterations          # the caller's count wins over the saved one
                 if run.attach_run_dir(Path(run_dir) / method / f'seed{seed}'):
@@ -86,8 +91,13 @@ def run_experiment(config_path: str | Path, methods: list[str], seeds: int = 1,
 
 
 def seed_entry(run, seed: int, wall_time_s: float) -> dict:
-    """One seed of a method in results.json: its iteration records."""
-    return {'seed': seed, 'wall_time_s': wall_time_s, 'iterations': [r.to_json() for r in run.history]}
+    """One seed of a method in results.json: its iteration records and its result, the best policy
+    deployed (estimated real return with its interval; None when no policy was deployed)."""
+    best = None if run.best is None else run.best.to_json(run.config.confidence, run.evaluator)
+    if best is not None:
+        best['backtracks'] = int(run.backtracks)
+    return {'seed': seed, 'wall_time_s': wall_time_s, 'best': best,
+            'iterations': [r.to_json() for r in run.history]}
 
 
 def method_entry(run, seeds: list[dict]) -> dict:
@@ -106,20 +116,47 @@ def results_document(config, problem, methods: dict, **context) -> dict:
 
 def first_reaching(iterations: list[dict], target: float) -> Optional[dict]:
     for record in iterations:
-        if record['normalized_return'] >= target:
+        if record['normalized_return'] >= target:      # NaN (no evaluator) never reaches it
             return record
     return None
 
 
+def _stats(values) -> tuple:
+    """(mean, min, max) of the finite values; Nones when there are none (no evaluator)."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not finite or len(finite) < len(values):
+        return None, None, None
+    return float(np.mean(finite)), float(np.min(finite)), float(np.max(finite))
+
+
+def best_policies(seeds: list[dict]) -> list:
+    """Per seed: [estimated real return, CI low, CI high, episodes, normalised return or None] of
+    the best deployed policy (None for a seed that deployed none)."""
+    rows = []
+    for seed in seeds:
+        best = seed.get('best')
+        if best is None:
+            rows.append(None)
+            continue
+        normalized = best.get('normalized_return')
+        rows.append([best['real_return_estimate'], best['real_return_ci_low'], best['real_return_ci_high'],
+                     best['episodes'], normalized if normalized is not None and math.isfinite(normalized) else None])
+    return rows
+
+
 def summarize(document: dict) -> dict:
-    """Per method: final normalised return, iterations / real transitions to the target."""
+    """Per method: final normalised return and iterations / real transitions to the target (None
+    without an evaluator), the final estimated real return and the best deployed policy per seed."""
     target = document.get('target', TARGET)
     summary = {}
     for method, entry in document['methods'].items():
-        finals, hit_iterations, hit_transitions, per_iteration_s = [], [], [], []
+        finals, hit_iterations, hit_transitions, per_iteration_s, estimates = [], [], [], [], []
         for seed in entry['seeds']:
             records = seed['iterations']
             finals.append(records[-1]['normalized_return'])
+            measured = [r.get('real_return_estimate', math.nan) for r in records]
+            measured = [v for v in measured if v is not None and math.isfinite(v)]
+            estimates.append(measured[-1] if measured else None)
             hit = first_reaching(records, target)
             hit_iterations.append(hit['iteration'] if hit else math.inf)
             hit_transitions.append(hit['real_transitions'] if hit else math.inf)
@@ -127,10 +164,14 @@ def summarize(document: dict) -> dict:
                 per_iteration_s.append((records[-1]['wall_time_s'] - records[0]['wall_time_s'])
                                        / (len(records) - 1))
         reached = [t for t in hit_transitions if math.isfinite(t)]
+        final_mean, final_min, final_max = _stats(finals)
         summary[method] = {
-            'final_mean': float(np.mean(finals)),
-            'final_min': float(np.min(finals)),
-            'final_max': float(np.max(finals)),
+            'evaluated': final_mean is not None,
+            'final_mean': final_mean,
+            'final_min': final_min,
+            'final_max': final_max,
+            'final_estimate_mean': _stats(estimates)[0],
+            'best': best_policies(entry['seeds']),
             'seeds_reaching_target': len(reached),
             'seeds': len(finals),
             'iterations_to_target_max': _finite_or_none(max(hit_iterations)),
@@ -153,7 +194,7 @@ def return_at_episodes(seeds: list[dict], budgets) -> dict:
         values = []
         for seed in seeds:
             within = [r['normalized_return'] for r in seed['iterations'] if r.get('real_episodes', 0) <= budget]
-            values.append(within[-1] if within else None)
+            values.append(within[-1] if within and math.isfinite(within[-1]) else None)
         if any(v is None for v in values):
             table[str(budget)] = None
         else:
@@ -181,13 +222,31 @@ def format_summary(summary: dict, target: float = TARGET) -> str:
               f'{"s/iter":>10}')
     lines = [header, '-' * len(header)]
     for method, s in summary.items():
-        final = f'{s["final_mean"]:.4f} [{s["final_min"]:.3f},{s["final_max"]:.3f}]'
-        iters = f'{_fmt(s["iterations_to_target_median"])}/{_fmt(s["iterations_to_target_max"])}'
-        lines.append(f'{method:<22}{final:>26}{s["seeds_reaching_target"]:>6}/{s["seeds"]:<4}'
-                     f'{iters:>22}{_fmt(s["real_transitions_to_target_median"]):>28}'
+        if s.get('final_mean') is None:        # no evaluator: the target columns say nothing
+            final, reached, iters, transitions = 'not evaluated', f'{"-":>6} {"":<4}', '-', '-'
+        else:
+            final = f'{s["final_mean"]:.4f} [{s["final_min"]:.3f},{s["final_max"]:.3f}]'
+            reached = f'{s["seeds_reaching_target"]:>6}/{s["seeds"]:<4}'
+            iters = f'{_fmt(s["iterations_to_target_median"])}/{_fmt(s["iterations_to_target_max"])}'
+            transitions = _fmt(s["real_transitions_to_target_median"])
+        lines.append(f'{method:<22}{final:>26}{reached}{iters:>22}{transitions:>28}'
                      f'{_fmt(s["seconds_per_iteration"], ".4f"):>10}')
+    bests = {m: s['best'] for m, s in summary.items() if any(row is not None for row in s.get('best') or [])}
+    if bests:
+        lines += ['', 'result: the best deployed policy per seed, estimated real return [confidence interval] over '
+                      'its real episodes (n) -- and its normalised return where evaluated (sim-only)']
+        for method, rows in bests.items():
+            cells = []
+            for row in rows:
+                if row is None:
+                    cells.append('none deployed')
+                    continue
+                estimate, low, high, episodes, normalized = row
+                cell = f'{estimate:.4g} [{low:.4g}, {high:.4g}] (n={episodes})'
+                cells.append(cell + (f' -> {normalized:.4f}' if normalized is not None else ''))
+            lines.append(f'{method:<22}' + '; '.join(cells))
     budgets = sorted({int(b) for s in summary.values() for b in (s.get('return_at_episodes') or {})})
-    if budgets:
+    if budgets and any(s.get('final_mean') is not None for s in summary.values()):
         lines += ['', 'normalised real return after at most N real episodes (mean [min,max] over seeds;'
                       ' "-": the method needs more than N for its first step)',
                   f'{"method":<22}' + ''.join(f'{"N=" + str(b):>20}' for b in budgets)]
@@ -231,19 +290,25 @@ def _json_default(value):
 
 def plot_results(document: dict, path: str | Path) -> None:
     """Normalised real return vs outer iterations and vs real transitions, mean and
-    min-max band over seeds, one curve per method (the paper's Figure 3 with baselines)."""
+    min-max band over seeds, one curve per method (the paper's Figure 3 with baselines).  Without
+    an evaluator (hardware) the estimated real return of each iteration's real episodes instead."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
+    evaluated = any(math.isfinite(r['normalized_return']) for e in document['methods'].values()
+                    for s in e['seeds'] for r in s['iterations'])
+    key = 'normalized_return' if evaluated else 'real_return_estimate'
     fig, (ax_iter, ax_data) = plt.subplots(1, 2, figsize=(12, 4.5))
     for index, (method, entry) in enumerate(document['methods'].items()):
         color = plt.cm.tab10(index % 10)
-        curves = [np.array([r['normalized_return'] for r in s['iterations']]) for s in entry['seeds']]
+        curves = [np.array([r.get(key, math.nan) for r in s['iterations']], dtype=float) for s in entry['seeds']]
         data = [np.array([r['real_transitions'] for r in s['iterations']], dtype=float) for s in entry['seeds']]
         length = min(len(c) for c in curves)
         if length == 1:   # no adaptation (nominal): a horizontal reference line
             value = float(np.mean([c[0] for c in curves]))
+            if not math.isfinite(value):      # not evaluated and no real data: nothing to draw
+                continue
             for ax in (ax_iter, ax_data):
                 ax.axhline(value, color=color, linestyle='--', label=f'{method} ({value:.3f})')
             continue
@@ -257,8 +322,9 @@ def plot_results(document: dict, path: str | Path) -> None:
         ax_data.fill_between(np.maximum(transitions, 1), low, high, color=color, alpha=0.2)
     target = document.get('target', TARGET)
     for ax in (ax_iter, ax_data):
-        ax.axhline(target, color='grey', linewidth=0.8, linestyle=':')
-        ax.set_ylabel('normalised real return')
+        if evaluated:
+            ax.axhline(target, color='grey', linewidth=0.8, linestyle=':')
+        ax.set_ylabel('normalised real return' if evaluated else 'estimated real return (real episodes)')
         ax.grid(alpha=0.3)
     ax_iter.set_xlabel('outer iteration')
     ax_data.set_xlabel('real transitions (log scale)')

@@ -22,6 +22,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import checkpoint, implicit
+from .evaluation import BestPolicy, Evaluator, ReturnEstimate
 from .problem import BilevelProblem, InnerResult, Trajectories
 
 SOLVERS = ('dense', 'cg', 'first_order')
@@ -78,6 +79,19 @@ class OuterConfig:
     """SPSA perturbation gain c (c_k = c / (k + 1)^0.101), in theta units."""
     real_rl_step_size: float = 0.05
     """Adam step for direct policy-gradient RL on the real system."""
+    # --- what the real data says, and safe improvement ---
+    confidence: float = 0.95
+    """Level of the Student-t intervals of the estimated real return (records, best policy, safety)."""
+    safe_improvement: bool = False
+    """Bi-level only: never go on from a policy whose estimated real return is significantly below the
+    best deployed so far (its interval entirely below the best's): theta, phi and the optimiser state go
+    back to the best's and the step is halved (``backtrack_shrink``); where the problem can predict a
+    candidate's return from the real data already collected (``predict_improvement``) the candidate is
+    refused before it is deployed.  Off for ``solve`` unless asked (--safe-improvement); on in the
+    hardware params file."""
+    backtrack_shrink: float = 0.5
+    """Factor on the theta step after each backtrack (the step grows back by 1/shrink, up to its
+    configured size, with every new best policy)."""
 
     def validate(self) -> None:
         checks = [
@@ -96,6 +110,9 @@ class OuterConfig:
             (self.cma_popsize >= 0, 'cma_popsize', 'an integer >= 0 (0: default)'),
             (self.spsa_a > 0 and self.spsa_c > 0, 'spsa_a', 'spsa_a > 0 and spsa_c > 0'),
             (self.real_rl_step_size > 0, 'real_rl_step_size', 'a number > 0'),
+            (0 < self.confidence < 1, 'confidence', 'a number in (0, 1)'),
+            (isinstance(self.safe_improvement, (bool, np.bool_)), 'safe_improvement', 'true or false'),
+            (0 < self.backtrack_shrink < 1, 'backtrack_shrink', 'a number in (0, 1)'),
         ]
         for ok, name, expected in checks:
             if not ok:
@@ -157,6 +174,10 @@ class Adam:
 
 @dataclass(slots=True)
 class IterationRecord:
+    """One outer iteration.  ``normalized_return`` and ``real_return`` are the current policy's exact
+    values from the run's evaluator (sim-only); NaN without one.  ``real_return_estimate`` and its
+    interval come from the real episodes collected in this iteration (the policy deployed in it,
+    i.e. the previous record's); NaN at iteration 0."""
     iteration: int
     normalized_return: float
     real_transitions: int
@@ -168,6 +189,10 @@ class IterationRecord:
     inner_grad_norm: float = float('nan')
     real_episodes: int = 0
     timing: dict = field(default_factory=dict)
+    real_return_ci_low: float = float('nan')
+    real_return_ci_high: float = float('nan')
+    event: str = ''
+    """'' or what safe improvement did in this iteration ('backtracked: ...', 'refused: ...')."""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -180,9 +205,23 @@ class MethodRun:
     name = 'method'
 
     def __init__(self, problem: BilevelProblem, config: OuterConfig, seed: int = 0,
-                 progress: Optional[Callable[[IterationRecord], None]] = None):
+                 progress: Optional[Callable[[IterationRecord], None]] = None,
+                 evaluator: Optional[Evaluator] = None):
         config.validate()
         self.problem = problem
+        self.evaluator = evaluator
+        """Sim-only: ``phi -> {'normalized_return', 'real_return'}`` from the hidden real model
+        (``evaluation.oracle_evaluator``); None on a robot (those record fields are then NaN)."""
+        self.iteration_returns: list[np.ndarray] = []
+        """Per-episode discounted returns of the real batches collected since the last record."""
+        self.best: Optional[BestPolicy] = None
+        """The best policy deployed so far (highest mean estimated real return)."""
+        self.last_deployed: Optional[ReturnEstimate] = None
+        """The estimate of the policy deployed last (pooled with earlier batches when it is the best)."""
+        self.backtracks = 0
+        self.step_scale = 1.0
+        """Safe improvement's factor on the theta step (halved per backtrack)."""
+        self.event = ''
         self.config = config
         self.seed = seed
         self.rng = np.random.default_rng(seed)
@@ -216,16 +255,49 @@ class MethodRun:
         """``config.real_episodes`` real episodes of pi_phi (a ROS node asks the robot instead)."""
         return self.problem.sample_real(phi, self.config.real_episodes, self.rng)
 
-    def collect_real(self, phi: np.ndarray, keep: bool = True) -> Trajectories:
+    def collect_real(self, phi: np.ndarray, keep: bool = True, theta: Optional[np.ndarray] = None) -> Trajectories:
         """Real episodes with pi_phi (persisted, reused on resume: ``take_real_batch``), counted
-        in the real-data accounting."""
+        in the real-data accounting and in the estimates (``note_deployed``); ``theta`` is the
+        simulator phi was trained in (default: the run's)."""
         batch = self.take_real_batch(lambda: self.sample_real_batch(phi), phi)
         self.real_transitions += batch.n_transitions
         self.real_episode_count += batch.rewards.shape[0]
         if keep:
             self.real_batches.append(batch)
             self.kept_batch_numbers.append(self.real_batch_count)
+        self.note_deployed(phi, self.theta if theta is None else theta, discounted_returns(batch, self.problem.gamma))
         return batch
+
+    def note_deployed(self, phi: np.ndarray, theta: np.ndarray, returns: np.ndarray) -> None:
+        """Book a deployed policy's episode returns: into this iteration's estimate, and into the
+        best policy (pooled when phi is the best's, a new best when its mean is higher)."""
+        returns = np.asarray(returns, dtype=np.float64)
+        self.iteration_returns.append(returns)
+        confidence = self.config.confidence
+        best = self.best
+        if best is not None and np.array_equal(phi, best.phi):
+            best.returns = np.concatenate([best.returns, returns])
+            self.last_deployed = best.estimate(confidence)
+            return
+        self.last_deployed = ReturnEstimate.of(returns, confidence)
+        if best is None or self.last_deployed.mean > best.estimate(confidence).mean:
+            self.best = BestPolicy(iteration=self.iteration + 1, theta=np.array(theta, dtype=np.float64),
+                                   phi=np.array(phi, dtype=np.float64), inner_grad_norm=float(self.inner_grad_norm),
+                                   returns=returns.copy(), optimizer=self.optimizer_state())
+            if best is not None:
+                self.step_scale = min(1.0, self.step_scale / self.config.backtrack_shrink)
+
+    def optimizer_state(self) -> dict:
+        """A copy of the optimiser's state (Adam's moments and count), for backtracking."""
+        adam = getattr(self, 'adam', None)
+        if not isinstance(adam, Adam):
+            return {}
+        return {'adam.m': adam.m.copy(), 'adam.v': adam.v.copy(), 'adam.t': int(adam.t)}
+
+    def restore_optimizer_state(self, state: dict) -> None:
+        adam = getattr(self, 'adam', None)
+        if isinstance(adam, Adam) and state:
+            adam.m, adam.v, adam.t = state['adam.m'].copy(), state['adam.v'].copy(), int(state['adam.t'])
 
     def take_real_batch(self, collect: Callable[[], Trajectories], phi: Optional[np.ndarray] = None) -> Trajectories:
         """The next real batch: from RUN_DIR/real/ when an earlier, interrupted attempt of this
@@ -285,20 +357,29 @@ class MethodRun:
         return self.history
 
     def record(self, grad_norm: float, estimate: float, timing: dict) -> IterationRecord:
-        import torch
+        """The iteration's record: the estimate's interval from this iteration's real episodes; the
+        exact returns only from the evaluator (sim-only), else NaN."""
+        evaluated = self.evaluator(self.phi) if self.evaluator is not None else {}
+        pooled = np.concatenate(self.iteration_returns) if self.iteration_returns else np.zeros(0)
+        interval = ReturnEstimate.of(pooled, self.config.confidence)
+        self.iteration_returns = []
         record = IterationRecord(
             iteration=self.iteration,
-            normalized_return=float(self.problem.normalized_return(self.phi)),
+            normalized_return=float(evaluated.get('normalized_return', float('nan'))),
             real_transitions=int(self.real_transitions),
             grad_norm=grad_norm,
             theta=self.theta.tolist(),
             wall_time_s=float(self.elapsed),
-            real_return=float(self.problem.real_objective(torch.as_tensor(self.phi, dtype=torch.float64))),
+            real_return=float(evaluated.get('real_return', float('nan'))),
             real_return_estimate=estimate,
             inner_grad_norm=float(self.inner_grad_norm),
             real_episodes=int(self.real_episode_count),
             timing=timing,
+            real_return_ci_low=interval.low,
+            real_return_ci_high=interval.high,
+            event=self.event,
         )
+        self.event = ''
         self.history.append(record)
         if self.run_dir is not None:      # persisted before anyone is told the iteration happened
             self.save_checkpoint()
@@ -333,6 +414,13 @@ class MethodRun:
             meta['adam'] = {'t': int(adam.t), 'step_size': float(adam.step_size), 'betas': list(adam.betas),
                             'eps': float(adam.eps)}
             arrays['adam.m'], arrays['adam.v'] = adam.m, adam.v
+        meta['safety'] = {'backtracks': int(self.backtracks), 'step_scale': float(self.step_scale)}
+        if self.best is not None:
+            best = self.best
+            meta['best'] = {'iteration': int(best.iteration), 'inner_grad_norm': float(best.inner_grad_norm),
+                            'optimizer': {k: v for k, v in best.optimizer.items() if not isinstance(v, np.ndarray)}}
+            arrays.update({'best.theta': best.theta, 'best.phi': best.phi, 'best.returns': best.returns})
+            arrays.update({f'best.{k}': v for k, v in best.optimizer.items() if isinstance(v, np.ndarray)})
         return {'meta': meta, 'arrays': arrays}
 
     def load_state_dict(self, state: dict) -> None:
@@ -365,6 +453,18 @@ class MethodRun:
             self.adam = Adam(arrays['adam.m'].size, saved['step_size'], saved['betas'], saved['eps'])
             self.adam.m, self.adam.v = np.array(arrays['adam.m']), np.array(arrays['adam.v'])
             self.adam.t = int(saved['t'])
+        safety = meta.get('safety', {})
+        self.backtracks = int(safety.get('backtracks', 0))
+        self.step_scale = float(safety.get('step_scale', 1.0))
+        self.best = None
+        if 'best' in meta:
+            saved = meta['best']
+            optimizer = dict(saved['optimizer'])
+            optimizer.update({k[len('best.'):]: np.array(v) for k, v in arrays.items()
+                              if k.startswith('best.') and k not in ('best.theta', 'best.phi', 'best.returns')})
+            self.best = BestPolicy(iteration=int(saved['iteration']), theta=np.array(arrays['best.theta']),
+                                   phi=np.array(arrays['best.phi']), inner_grad_norm=float(saved['inner_grad_norm']),
+                                   returns=np.array(arrays['best.returns']), optimizer=optimizer)
 
     def _stored_batch(self, number: int) -> Trajectories:
         stored = None if self.run_dir is None else checkpoint.load_real_batch(self.run_dir, number)
@@ -416,8 +516,9 @@ class BilevelOuterLoop(MethodRun):
     name = 'bilevel'
 
     def __init__(self, problem: BilevelProblem, config: OuterConfig, seed: int = 0,
-                 progress: Optional[Callable[[IterationRecord], None]] = None):
-        super().__init__(problem, config, seed, progress)
+                 progress: Optional[Callable[[IterationRecord], None]] = None,
+                 evaluator: Optional[Evaluator] = None):
+        super().__init__(problem, config, seed, progress, evaluator)
         self.solver = make_solver(config)
         self.learn_mask = self._learn_mask()
         self.adam = Adam(self.theta.size, config.step_size, config.adam_betas)
@@ -455,6 +556,13 @@ class BilevelOuterLoop(MethodRun):
         batch = self.collect_real(self.phi)
         self.real_batches = self.real_batches[-self.config.real_history:]
         timing['real_s'] = time.perf_counter() - t0
+        if self.config.safe_improvement and self.last_deployed is not None and self.best is not None \
+                and self.last_deployed.significantly_below(self.best.estimate(self.config.confidence)):
+            t2 = time.perf_counter()
+            self.backtrack(f'backtracked: the deployed policy\'s estimated real return '
+                           f'{self._interval(self.last_deployed)} is below the best\'s')
+            timing['inner_s'] = time.perf_counter() - t2
+            return float('nan'), self.mean_real_return(batch), timing
 
         t1 = time.perf_counter()
         real_gradient = self.problem.real_policy_gradient(self.phi, self.real_batches, theta=self.theta)
@@ -469,7 +577,43 @@ class BilevelOuterLoop(MethodRun):
         t2 = time.perf_counter()
         self.set_policy(self.solve_inner(self.theta, self.phi))
         timing['inner_s'] = time.perf_counter() - t2
+        if self.config.safe_improvement and self.best is not None:
+            self.check_before_deploying()
         return float(np.linalg.norm(gradient)), self.mean_real_return(batch), timing
+
+    def check_before_deploying(self) -> None:
+        """Refuse the new policy before it runs on the real system when the real data already
+        collected says its return is significantly below the best's: the problem's
+        ``predict_improvement(phi, best_phi, batches, confidence)`` estimates J(phi) - J(best)
+        with an interval (tabular: both evaluated on the count model of all real episodes,
+        paired bootstrap); refused when that interval lies below 0.  Problems without it are
+        checked after their batch only."""
+        predict = getattr(self.problem, 'predict_improvement', None)
+        if predict is None or np.array_equal(self.phi, self.best.phi):
+            return
+        predicted = predict(self.phi, self.best.phi, self.real_batches, self.config.confidence)
+        if predicted is not None and predicted.high < 0:
+            self.backtrack(f'refused before deployment: predicted change of the real return '
+                           f'{self._interval(predicted)} against the best')
+
+    def backtrack(self, reason: str) -> None:
+        """theta, phi and the optimiser state back to the best deployed policy's; the step shrinks."""
+        best = self.best
+        self.backtracks += 1
+        self.step_scale *= self.config.backtrack_shrink
+        self.theta = best.theta.copy()
+        self.restore_optimizer_state(best.optimizer)
+        self.restore_policy(best)
+        self.event = (f'{reason} {self._interval(best.estimate(self.config.confidence))} (iteration '
+                      f'{best.iteration}); theta back to it, step x{self.step_scale:g}')
+
+    def restore_policy(self, best: BestPolicy) -> None:
+        """Make the best policy the current one (a ROS node re-registers it with the graph)."""
+        self.phi, self.inner_grad_norm = best.phi.copy(), best.inner_grad_norm
+
+    @staticmethod
+    def _interval(estimate: ReturnEstimate) -> str:
+        return f'{estimate.mean:.4g} [{estimate.low:.4g}, {estimate.high:.4g}]'
 
     def apply_step(self, gradient: np.ndarray) -> np.ndarray:
         if self.config.optimizer == 'adam':
@@ -478,5 +622,7 @@ class BilevelOuterLoop(MethodRun):
             norm = np.linalg.norm(gradient)
             scale = 1.0 / norm if (self.config.normalize_gradient and norm > 0) else 1.0
             direction = self.config.step_size * scale * gradient
+        if self.config.safe_improvement:
+            direction = direction * self.step_scale
         direction = np.where(self.learn_mask, direction, 0.0)
         return np.clip(self.theta + direction, self.lower, self.upper)

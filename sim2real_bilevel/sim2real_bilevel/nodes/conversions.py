@@ -16,6 +16,7 @@ copied, so the arrays returned never alias a message.
 from __future__ import annotations
 
 import array
+import math
 from typing import Optional, Sequence
 
 import numpy as np
@@ -354,6 +355,8 @@ def metrics_to_msg(record, theta_version: int, policy_version: int,
     msg = OuterMetrics(
         iteration=int(record.iteration), normalized_return=float(record.normalized_return),
         real_return=float(record.real_return), real_return_estimate=float(record.real_return_estimate),
+        real_return_ci_low=float(getattr(record, 'real_return_ci_low', math.nan)),
+        real_return_ci_high=float(getattr(record, 'real_return_ci_high', math.nan)),
         inner_grad_norm=float(record.inner_grad_norm), outer_grad_norm=float(record.grad_norm),
         real_transitions=int(record.real_transitions), real_episodes=int(record.real_episodes),
         wall_time_s=float(record.wall_time_s), theta_version=int(theta_version),

@@ -3,6 +3,7 @@
 progress lines on stdout."""
 from __future__ import annotations
 
+import math
 import re
 import time
 
@@ -14,7 +15,10 @@ from ..core.outer import IterationRecord
 from . import conversions
 from .runtime import EVENTS
 
-SCALARS = ('real_return', 'normalized_return', 'inner_grad_norm', 'outer_grad_norm', 'real_return_estimate')
+SCALARS = ('real_return', 'normalized_return', 'inner_grad_norm', 'outer_grad_norm', 'real_return_estimate',
+           'real_return_ci_low', 'real_return_ci_high')
+"""The Float64 ``metrics/*`` topics.  normalized_return and real_return are NaN without an evaluator
+(hardware); the estimate and its interval come from the real episodes."""
 
 
 def topic_token(name: str) -> str:
@@ -54,7 +58,9 @@ class LoopReporter:
         self.publications.publish(self.metrics_publisher, metrics)
         for name, value in (('real_return', record.real_return), ('normalized_return', record.normalized_return),
                             ('inner_grad_norm', record.inner_grad_norm), ('outer_grad_norm', record.grad_norm),
-                            ('real_return_estimate', record.real_return_estimate)):
+                            ('real_return_estimate', record.real_return_estimate),
+                            ('real_return_ci_low', record.real_return_ci_low),
+                            ('real_return_ci_high', record.real_return_ci_high)):
             self.publications.publish(self.scalar_publishers[name], Float64(data=float(value)))
         for publisher, value in zip(self.theta_metric_publishers, record.theta):
             self.publications.publish(publisher, Float64(data=float(value)))
@@ -63,10 +69,13 @@ class LoopReporter:
         if now - self.last_progress >= progress_period_s or record.iteration >= total or record.iteration <= 1:
             self.last_progress = now
             self.publish_diagnostics(loop, status, theta_version)
-            print(f'progress iteration={record.iteration} total={total} '
-                  f'normalized_return={record.normalized_return:.4f} real_return={record.real_return:.4f} '
-                  f'inner_grad_norm={record.inner_grad_norm:.2e} real_transitions={record.real_transitions}',
-                  flush=True)
+            evaluated = (f'normalized_return={record.normalized_return:.4f} real_return={record.real_return:.4f} '
+                         if math.isfinite(record.normalized_return) else '')
+            print(f'progress iteration={record.iteration} total={total} {evaluated}'
+                  f'real_return_estimate={record.real_return_estimate:.4g} '
+                  f'ci=[{record.real_return_ci_low:.4g},{record.real_return_ci_high:.4g}] '
+                  f'inner_grad_norm={record.inner_grad_norm:.2e} real_transitions={record.real_transitions}'
+                  + (f' event="{record.event}"' if record.event else ''), flush=True)
 
     def publish_diagnostics(self, loop, status: str, theta_version: int) -> None:
         level = DiagnosticStatus.OK if not status.startswith('failed') else DiagnosticStatus.ERROR
@@ -74,8 +83,20 @@ class LoopReporter:
         values = {'iteration': loop.iteration, 'iterations': loop.config.iterations,
                   'theta_version': theta_version, 'real_transitions': loop.real_transitions}
         if last is not None:
-            values.update(normalized_return=f'{last.normalized_return:.6f}',
+            if math.isfinite(last.normalized_return):        # only with a (sim-only) evaluator
+                values['normalized_return'] = f'{last.normalized_return:.6f}'
+            values.update(real_return_estimate=f'{last.real_return_estimate:.6g}',
+                          real_return_ci=f'[{last.real_return_ci_low:.6g}, {last.real_return_ci_high:.6g}]',
                           inner_grad_norm=f'{last.inner_grad_norm:.3e}')
+        best = getattr(loop, 'best', None)
+        if best is not None:
+            estimate = best.estimate(loop.config.confidence)
+            values.update(best_iteration=best.iteration, best_real_return_estimate=f'{estimate.mean:.6g}',
+                          best_real_return_ci=f'[{estimate.low:.6g}, {estimate.high:.6g}]',
+                          best_episodes=estimate.episodes)
+        values.update(safe_improvement=loop.config.safe_improvement, backtracks=getattr(loop, 'backtracks', 0))
+        if last is not None and last.event:
+            values['last_event'] = last.event
         status_msg = DiagnosticStatus(level=level, name=f'{self.node.get_fully_qualified_name()}: outer loop',
                                       message=status, hardware_id=self.hardware_id,
                                       values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])

@@ -55,6 +55,7 @@ from ..core.checkpoint import CheckpointError
 from ..core.outer import BilevelOuterLoop, IterationRecord, OuterConfig
 from . import conversions, provenance
 from .action_calls import ActionCaller, ActionFailed
+from .evaluation import EvaluatorClient
 from .loop_reporting import LoopReporter
 from .real_episodes import RealEpisodeRequests
 from .recording import PublicationLog, RunRecording, bag_folder
@@ -67,9 +68,20 @@ LIVE_PARAMETERS = ('iterations', 'step_size', 'real_episodes')
 class GraphBilevelLoop(BilevelOuterLoop):
     """``BilevelOuterLoop`` whose inner solve, real episodes and sensitivity are actions."""
 
-    def __init__(self, node: 'OuterOptimizer', problem, config: OuterConfig, seed: int, progress):
-        super().__init__(problem, config, seed, progress)
+    def __init__(self, node: 'OuterOptimizer', problem, config: OuterConfig, seed: int, progress, evaluator=None):
+        super().__init__(problem, config, seed, progress, evaluator)
         self.node = node
+
+    def restore_policy(self, best):
+        """Safe improvement went back to the best policy: re-register it with the graph as a resume
+        does (one inner solve at its theta, warm-started at its phi, under new versions the bridge
+        accepts); later batches of it are pooled with its earlier ones."""
+        node = self.node
+        grad_norm = best.inner_grad_norm if np.isfinite(best.inner_grad_norm) else node.policy.inner_grad_norm
+        node.policy = conversions.policy_to_msg(best.phi, node.policy.version, node.theta_version,
+                                                float(grad_norm), node.policy.kind)
+        self.set_policy(node.train_policy(self.theta, best.phi))
+        best.phi = np.array(self.phi, dtype=np.float64)
 
     def solve_inner(self, theta, phi_init):
         return self.node.train_policy(theta, phi_init)
@@ -138,6 +150,17 @@ class OuterOptimizer(Node):
                           high=1e6),
             ParameterSpec('progress_period_s', 0.5, 'least time between two progress lines on stdout',
                           low=0.0, high=3600.0),
+            ParameterSpec('evaluator', '', "sim-only evaluator: the EvaluatePolicy service (the robot_emulator's "
+                          "~/evaluate) that gives each record's exact normalised and real return; '' = none (hardware: "
+                          'those are NaN, records carry the estimate from the real episodes and its interval; read at '
+                          'startup)', read_only=True),
+            ParameterSpec('evaluator_timeout_s', 5.0, 'longest wait for the evaluator service and for each of its '
+                          'answers (a lost answer is asked for again, action_retries times; then NaN)', low=0.01,
+                          high=1e4),
+            ParameterSpec('safe_improvement', bool(d['safe_improvement']),
+                          'backtrack theta, phi and the optimiser to the best deployed policy (and halve the step) '
+                          'when the estimated real return drops significantly below it (read at startup)',
+                          read_only=True),
             ParameterSpec('policy_key_file', '', "key (`sim2real-bilevel keygen`) every run_episodes goal is signed "
                           "with; the bridge's policy_key_file must hold the same key; '' = $SIM2REAL_POLICY_KEY_FILE, "
                           "else unsigned (read at startup)", read_only=True),
@@ -227,10 +250,30 @@ class OuterOptimizer(Node):
     def make_loop(self) -> GraphBilevelLoop:
         from ..core.experiments import make_run
         overrides = {name: self.parameters[name] for name in
-                     ('iterations', 'step_size', 'optimizer', 'real_episodes', 'real_history', 'learn')}
+                     ('iterations', 'step_size', 'optimizer', 'real_episodes', 'real_history', 'learn',
+                      'safe_improvement')}
         config = make_run(self.problem, 'bilevel', self.parameters['seed'], overrides=overrides).config
-        self.loop = GraphBilevelLoop(self, self.problem, config, self.parameters['seed'], self.record_callback)
+        self.loop = GraphBilevelLoop(self, self.problem, config, self.parameters['seed'], self.record_callback,
+                                     evaluator=self.make_evaluator())
         return self.loop
+
+    def make_evaluator(self):
+        """The sim-only evaluator (``evaluator`` parameter), or None: nothing reads the real model."""
+        name = self.parameters['evaluator']
+        if not name:
+            self.get_logger().info('no evaluator: records carry the estimated real return from the real episodes '
+                                   'and its confidence interval; the normalised return is NaN')
+            return None
+        self.get_logger().info(f'sim-only evaluator: {name} (normalised return of each record)')
+
+        def policy_message(phi):
+            policy = self.policy
+            return conversions.policy_to_msg(phi, policy.version if policy else 0, self.theta_version,
+                                             float(policy.inner_grad_norm) if policy else 0.0,
+                                             policy.kind if policy else PolicyParameters.KIND_FLAT)
+        return EvaluatorClient(self, name, policy_message, lambda: self.executor_,
+                               timeout_s=self.parameters['evaluator_timeout_s'],
+                               retries=self.parameters['action_retries'])
 
     def wait_for_servers(self) -> None:
         for client in (self.train_client, self.episodes_client, self.sensitivity_client):

@@ -20,6 +20,8 @@ Two transports, the bridge picks one:
   started with use_sim_time follow the robot's time.  ``~/link_pose``
   (geometry_msgs/PoseStamped, e.g. the pendulum's tip in ``pendulum_base``) shows the robot
   in rviz when the system gives a pose.
+- ``~/evaluate`` (EvaluatePolicy, ``nodes/evaluation.py``): the sim-only evaluator, the exact
+  normalised and real return of a policy from the hidden model (the outer_optimizer's ``evaluator``).
 
 Only the nodes named in ``commanders`` may drive the robot: while any other node publishes on
 ``<controller>/commands`` (seen in the ROS graph, checked at every command), every command is
@@ -45,6 +47,7 @@ from sim2real_bilevel_interfaces.action import RunEpisodes
 from . import conversions
 from .kept_results import KeptResults
 from .action_calls import RESULT_KEPT_S
+from .evaluation import serve_evaluation
 from .runtime import PROBLEM, ROBOT_STREAM, SEED, DeclaredParameters, ParameterSpec, \
     command_publishers, load_problem, run_node
 
@@ -87,6 +90,7 @@ class RobotEmulator(Node):
         self.command_subscription = self.create_subscription(
             Float64MultiArray, f'{self.parameters["controller"]}/commands', self.command_callback, ROBOT_STREAM)
         self.reset_service = self.create_service(Trigger, '~/reset', self.reset_callback)
+        self.evaluate_service = serve_evaluation(self, self.problem)      # ~/evaluate: sim-only evaluator
         self.sim_time_ns = 0
         self.clock_publisher = (self.create_publisher(Clock, '/clock', 10) if self.parameters['publish_clock']
                                 else None)

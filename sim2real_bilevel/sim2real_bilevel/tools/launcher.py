@@ -34,7 +34,7 @@ class LaunchError(Exception):
 
 def parse_assignments(mode: str, assignments: list[str]) -> dict[str, str]:
     values = graph.argument_defaults(mode)
-    known = {a.name for a in graph.LAUNCH_ARGUMENTS}
+    known = {a.name for a in graph.LAUNCH_ARGUMENTS} | set(graph.MODE_ARGUMENTS)
     for item in assignments:
         name, separator, value = item.partition(':=')
         if not separator:
@@ -42,7 +42,7 @@ def parse_assignments(mode: str, assignments: list[str]) -> dict[str, str]:
         if name not in known:
             raise LaunchError(f'unknown launch argument {name!r}; known: {sorted(known)}')
         values[name] = value
-    for name in ('use_sim_time', 'seed'):
+    for name in ('use_sim_time', 'seed', 'autostart_bridge', 'safe_improvement'):
         try:
             graph.typed_value(name, values[name])
         except ValueError as err:
@@ -287,7 +287,9 @@ def add_launch_command(commands) -> None:
     parser = commands.add_parser(
         'launch', help='bring up the ROS 2 node graph (what ros2 launch does with launch/<mode>.launch.py)',
         description='Bring up the node graph of MODE with launch arguments NAME:=VALUE: '
-        + '; '.join(f'{a.name} ({a.description}; default {a.default or "empty"})' for a in graph.LAUNCH_ARGUMENTS))
+        + '; '.join(f'{a.name} ({a.description}; default {a.default or "empty"})' for a in graph.LAUNCH_ARGUMENTS)
+        + '; ' + '; '.join(f'{name} ({description}; default ' + ', '.join(f'{v or "empty"} in {m}' for m, v in by_mode.items())
+                           + ')' for name, (description, by_mode) in graph.MODE_ARGUMENTS.items()))
     parser.add_argument('mode', choices=sorted(graph.MODES), help='sim_only or hardware')
     parser.add_argument('assignments', nargs='*', metavar='NAME:=VALUE', help='launch arguments')
     parser.add_argument('--shutdown-timeout', type=float, default=10.0,

@@ -1,8 +1,9 @@
 """``sim2real-bilevel report RUN_DIR``: the run's plots, drawn from its recorded bag alone.
 
 Reads RUN_DIR/bag (MCAP rosbag2, decoded with the schemas stored in the file, so no ROS
-installation is needed) and draws, against the outer iteration: normalised and real return,
-the in-sim gradient norm ||phi_hat|| of the trained policy, the outer gradient norm, and every
+installation is needed) and draws, against the outer iteration: the estimated real return of
+each iteration's real episodes with its confidence interval, the normalised and exact real return
+(only a sim-only run with an evaluator has them; NaN and not drawn on hardware), the in-sim gradient norm ||phi_hat|| of the trained policy, the outer gradient norm, and every
 theta entry.  Writes RUN_DIR/report.png and prints a short summary.
 """
 from __future__ import annotations
@@ -33,19 +34,29 @@ def draw(series: dict[str, list[float]], path: Path, title: str) -> None:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
+    import numpy as np
+
     theta = {k[len('theta/'):]: v for k, v in series.items() if k.startswith('theta/')}
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     ax = axes[0][0]
-    for name in ('normalized_return',):
-        if name in series:
-            ax.plot(series[name], label=name)
-    ax.axhline(1.0, color='grey', linewidth=0.8, linestyle=':')
-    ax.set_title('normalised real return')
+    if evaluated(series):
+        ax.plot(series['normalized_return'], label='normalized_return')
+        ax.axhline(1.0, color='grey', linewidth=0.8, linestyle=':')
+        ax.set_title('normalised real return (sim-only evaluator)')
+    else:
+        ax.text(0.5, 0.5, 'no evaluator (hardware run):\nthe normalised return is not known;\n'
+                'see the estimated real return', ha='center', va='center', transform=ax.transAxes)
+        ax.set_title('normalised real return: not evaluated')
     ax = axes[0][1]
-    for name in ('real_return', 'real_return_estimate'):
-        if name in series:
-            ax.plot(series[name], label=name, alpha=0.8)
-    ax.set_title('real return (exact and sampled estimate)')
+    if 'real_return_estimate' in series:
+        estimate = np.asarray(series['real_return_estimate'], dtype=float)
+        ax.plot(estimate, label='estimate (real episodes)', marker='.')
+        low, high = series.get('real_return_ci_low'), series.get('real_return_ci_high')
+        if low and high and len(low) == len(high) == len(estimate):
+            ax.fill_between(np.arange(len(estimate)), low, high, alpha=0.25, label='confidence interval')
+    if evaluated(series) and 'real_return' in series:
+        ax.plot(series['real_return'], label='exact (evaluator)', alpha=0.8)
+    ax.set_title('real return: estimate from the real episodes with its interval')
     ax.legend(fontsize=8)
     ax = axes[1][0]
     for name in ('inner_grad_norm', 'outer_grad_norm'):
@@ -69,20 +80,53 @@ def draw(series: dict[str, list[float]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def evaluated(series: dict[str, list[float]]) -> bool:
+    """Whether the run had an evaluator (a finite normalised return somewhere)."""
+    import math
+    return any(math.isfinite(v) for v in series.get('normalized_return', []))
+
+
+def summary_lines(series: dict[str, list[float]]) -> list[str]:
+    """The printed summary: the estimated real return (last, and best with its interval), and the
+    normalised return only when the run had an evaluator."""
+    import math
+    lines = []
+    estimates = series.get('real_return_estimate', [])
+    lows, highs = series.get('real_return_ci_low', []), series.get('real_return_ci_high', [])
+    measured = [i for i, v in enumerate(estimates) if math.isfinite(v)]
+    if measured:
+        last = measured[-1]
+        best = max(measured, key=lambda i: estimates[i])
+
+        def cell(i):
+            interval = (f' [{lows[i]:.4g}, {highs[i]:.4g}]' if i < len(lows) and i < len(highs) else '')
+            return f'{estimates[i]:.4g}{interval}'
+        lines.append(f'estimated real return (real episodes, confidence interval): last {cell(last)} at iteration '
+                     f'{last}, highest {cell(best)} at iteration {best}')
+    returns = series.get('normalized_return', [])
+    if evaluated(series):
+        lines.append(f'normalised real return (sim-only evaluator) {returns[0]:.4f} -> {returns[-1]:.4f} '
+                     f'(best {max(v for v in returns if math.isfinite(v)):.4f})')
+    else:
+        lines.append('normalised real return: not evaluated (no evaluator: a hardware run)')
+    return lines
+
+
 def report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     bag = run_dir / 'bag'
     if not (bag / 'metadata.yaml').is_file():
         raise FileNotFoundError(f'{bag}: no recorded bag (expected metadata.yaml and an .mcap file)')
     series = load_series(bag)
-    if 'normalized_return' not in series and 'real_return' not in series:
-        raise ValueError(f'{bag}: no metrics/normalized_return or metrics/real_return messages recorded')
+    if not {'normalized_return', 'real_return', 'real_return_estimate'} & set(series):
+        raise ValueError(f'{bag}: no metrics/real_return_estimate, metrics/normalized_return or '
+                         'metrics/real_return messages recorded')
     path = run_dir / 'report.png'
     draw(series, path, f'{run_dir.name}: {max(len(v) for v in series.values())} records from {bag}')
-    returns = series.get('normalized_return', [])
-    if returns:
-        print(f'{run_dir}: {len(returns) - 1} outer iterations, normalised real return '
-              f'{returns[0]:.4f} -> {returns[-1]:.4f} (best {max(returns):.4f})')
+    records = max(len(v) for v in series.values())
+    print(f'{run_dir}: {records - 1} outer iterations')
+    for line in summary_lines(series):
+        print(f'  {line}')
     print(f'wrote {path}')
     return path
 

@@ -446,6 +446,12 @@ class TabularProblem(SoftmaxSimulatorFamily, BilevelProblem):
             caches.pop(next(iter(caches)))
         return cache.sums(batches)
 
+    def predict_improvement(self, phi, baseline_phi, batches: list[Trajectories], confidence: float):
+        """Safe improvement's check before deployment: J(phi) - J(baseline) from the real data
+        (``prediction.py``)."""
+        from .prediction import predict_improvement
+        return predict_improvement(self, phi, baseline_phi, batches, confidence)
+
     def real_critic(self, pi: np.ndarray, batches: list[Trajectories]) -> tuple[np.ndarray, np.ndarray]:
         """Q_hat, V_hat of the policy table ``pi`` under the tabular model of the real batches."""
         return self.critic_from_statistics(pi, *self.real_statistics(batches))
