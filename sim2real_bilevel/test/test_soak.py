@@ -86,6 +86,8 @@ def test_long_soak_survives_a_stall_and_a_node_restart_with_bounded_memory(tmp_p
     late = [s for s in result.samples if s.node == 'outer_optimizer' and s.t_s >= duration_s / 2]
     rate_per_min = (late[-1].iteration - late[0].iteration) / max(late[-1].t_s - late[0].t_s, 1e-9) * 60.0
     retained_mib_per_min = 1.5 * rate_per_min * _retained_bytes_per_iteration() / 2 ** 20
+    print(f'\n{table}\n[soak] optimizer: {rate_per_min:.0f} iterations/min, retained by design '
+          f'{retained_mib_per_min:.2f} MiB/min', flush=True)
     for node, row in result.nodes.items():
         by_design = retained_mib_per_min if node == 'outer_optimizer' else 0.0
         assert row['rss_slope_2nd_half_mib_per_min'] - by_design < 1.0, \
