@@ -61,10 +61,10 @@ def test_missing_key_file_says_how_to_make_one(tmp_path):
 def test_a_signed_goal_verifies_once(key):
     verifier = GoalVerifier(key, max_age_s=30.0)
     goal = sign_goal(key, make_goal(), now=NOW)
-    assert verifier.refusal(goal, now=NOW + 1.0) == ''
+    assert verifier.refusal(goal, now=NOW + 1.0) is None
     assert 'replayed' in verifier.refusal(goal, now=NOW + 2.0)
     # signed again (a re-send): a new signature, accepted
-    assert verifier.refusal(sign_goal(key, goal, now=NOW + 3.0), now=NOW + 3.5) == ''
+    assert verifier.refusal(sign_goal(key, goal, now=NOW + 3.0), now=NOW + 3.5) is None
 
 
 @pytest.mark.parametrize('field,value', [
@@ -99,13 +99,13 @@ def test_old_and_future_signatures_are_refused(key):
     verifier = GoalVerifier(key, max_age_s=30.0)
     assert '40.0 s ago' in verifier.refusal(sign_goal(key, make_goal(), now=NOW - 40.0), now=NOW)
     assert 'in the future' in verifier.refusal(sign_goal(key, make_goal(), now=NOW + 40.0), now=NOW)
-    assert verifier.refusal(sign_goal(key, make_goal(), now=NOW - 29.0), now=NOW) == ''
+    assert verifier.refusal(sign_goal(key, make_goal(), now=NOW - 29.0), now=NOW) is None
 
 
 def test_the_replay_memory_forgets_only_what_age_refuses_anyway(key):
     verifier = GoalVerifier(key, max_age_s=30.0)
     goals = [sign_goal(key, make_goal(), now=NOW + i) for i in range(50)]
-    assert [verifier.refusal(goal, now=NOW + i + 0.5) for i, goal in enumerate(goals)] == [''] * 50
+    assert [verifier.refusal(goal, now=NOW + i + 0.5) for i, goal in enumerate(goals)] == [None] * 50
     assert len(verifier.seen) <= 31                       # bounded by max_age_s, not by the run length
     replays = [verifier.refusal(goal, now=NOW + 50.0) for goal in goals]
     assert all('replayed' in r for r in replays[21:]) and all('s ago' in r for r in replays[:20])

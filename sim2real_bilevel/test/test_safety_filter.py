@@ -38,7 +38,7 @@ def test_limits_must_be_positive_numbers():
 
 
 def test_state_bounds():
-    assert state_violation(['j'], [0.1], [1.0], 1.0, 5.0) == ''
+    assert state_violation(['j'], [0.1], [1.0], 1.0, 5.0) is None
     assert 'position' in state_violation(['j'], [1.2], [0.0], 1.0, 5.0)
     assert 'velocity' in state_violation(['j'], [0.0], [-6.0], 1.0, 5.0)
     assert 'position' in state_violation(['j'], [math.nan], [0.0], 1.0, 5.0)

@@ -338,7 +338,7 @@ class HardwareBridge(LifecycleNode):
             return f'malformed policy: {err}'
         if self.verifier is not None:
             reason = self.verifier.refusal(goal)
-            if reason:
+            if reason is not None:
                 return reason
         reason = self.requests.refusal(goal)
         if reason is not None or self.requests.known(goal):

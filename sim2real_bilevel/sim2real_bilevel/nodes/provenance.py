@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Optional
 
 import numpy as np
 
@@ -67,7 +68,7 @@ class GoalVerifier:
         """Signatures taken, while younger than ``max_age_s`` (the replay memory)."""
         return self.verifier.seen
 
-    def refusal(self, goal, now: float | None = None) -> str:
+    def refusal(self, goal, now: float | None = None) -> Optional[str]:
         """Why the goal is not an authentic, fresh goal of the key's holder, or ''."""
         fields, payload = goal_record(goal)
-        return self.verifier.refusal(str(goal.signature), float(goal.signed_at), fields, payload, now) or ''
+        return self.verifier.refusal(str(goal.signature), float(goal.signed_at), fields, payload, now)

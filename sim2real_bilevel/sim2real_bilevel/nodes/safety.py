@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -51,11 +52,12 @@ class CommandFilter:
         return {'clamped': self.clamped, 'rate_limited': self.rate_limited, 'non_finite': self.non_finite}
 
 
-def state_violation(names, positions, velocities, position_limit: float, velocity_limit: float) -> str:
-    """'' if every joint is inside |q| <= position_limit and |qd| <= velocity_limit, else why."""
+def state_violation(names, positions, velocities, position_limit: float,
+                    velocity_limit: float) -> Optional[str]:
+    """None if every joint is inside |q| <= position_limit and |qd| <= velocity_limit, else why."""
     for name, q, qd in zip(names, positions, velocities):
         if not math.isfinite(q) or abs(q) > position_limit:
             return f'joint {name!r} position {q:.4g} outside +-{position_limit:g}'
         if not math.isfinite(qd) or abs(qd) > velocity_limit:
             return f'joint {name!r} velocity {qd:.4g} outside +-{velocity_limit:g}'
-    return ''
+    return None

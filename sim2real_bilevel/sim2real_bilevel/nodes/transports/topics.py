@@ -125,8 +125,9 @@ class TopicTransport(Transport):
                     return fail(f'joint_states without velocities for {bridge.joints}: the velocity limit '
                                 f'({limits[1]:g} rad/s) cannot be checked (episode {episode}, step {t})')
                 controller.observe(self.latest_state, self.latest_velocity)
-                violation = safety and state_violation(bridge.joints, self.latest_state, self.latest_velocity, *limits)
-                if violation:
+                violation = (state_violation(bridge.joints, self.latest_state, self.latest_velocity, *limits)
+                             if safety else None)
+                if violation is not None:
                     return fail(f'state bounds: {violation} (episode {episode}, step {t})')
                 if t == controller.horizon:
                     break
