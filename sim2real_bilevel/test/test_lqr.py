@@ -12,7 +12,7 @@ import torch
 from sim2real_bilevel.core.policies import linear_gaussian as policy
 from sim2real_bilevel.core.problems import load_problem
 from bench.accuracy_tables import finite_difference_gain_jacobian, sampled_error_table, sampled_sensitivity_table
-from sim2real_bilevel.core.problems.lqr import LQRProblem, UnstableClosedLoopError, discounted_second_moment
+from sim2real_bilevel.core.problems.lqr import LQRProblem, LSTDQ, UnstableClosedLoopError, discounted_second_moment
 
 torch.set_num_threads(1)
 CONFIG = Path(__file__).resolve().parents[1] / 'config' / 'lqr.yaml'
@@ -388,10 +388,66 @@ def test_theta_groups_and_bounds(shipped):
     assert shipped.outer_defaults and isinstance(shipped.outer_defaults, dict)
 
 
-def test_critic_needs_enough_transitions(shipped):
+def test_critic_with_too_few_transitions_does_not_abort(shipped):
+    """3 transitions for the 15 coefficients of the shipped problem's Q-function: the critic is
+    under-determined; the estimate is the minimum-norm one (finite, rank reported), never an
+    exception that would end the run (issue 11 item 3)."""
+    from sim2real_bilevel.core.problems.lqr.estimators import flat_transitions
     batch = shipped.sample_real(shipped.real_optimum()[0], 1, np.random.default_rng(0))
     short = dataclasses.replace(batch, states=batch.states[:, :4], actions=batch.actions[:, :3],
                                 rewards=batch.rewards[:, :3], dones=batch.dones[:, :3],
                                 log_probs=batch.log_probs[:, :3])
-    with pytest.raises(ValueError, match='do not determine'):
-        shipped.real_policy_gradient(shipped.real_optimum()[0], [short])
+    gradient = shipped.real_policy_gradient(shipped.real_optimum()[0], [short])
+    assert np.all(np.isfinite(gradient))
+    x, u, x_next, _ = flat_transitions(short)
+    critic = LSTDQ(x, u, x_next, shipped.gain(shipped.real_optimum()[0]), shipped.std, shipped.gamma)
+    assert critic.truncated and critic.rank <= 3 < critic.n_features
+
+
+# A state component that nothing excites: x1 starts at exactly 0 with no spread, no real noise
+# on it, no input into it and nothing feeding it (A[0][1] = 0).  Before issue 11 item 3 the
+# LSTD-Q system of the real transitions was singular (condition number inf; 3.26e+35 in the
+# issue's hand-written 2 x 1 problem) and ``solve`` exited at the first iteration.
+UNEXCITED = {
+    'kind': 'lqr', 'gamma': 0.95,
+    'real': {'A': [[0.93, 0.0], [0.2, 0.71]], 'B': [[0.0], [1.0]], 'noise_covariance': [[0.0, 0.0], [0.0, 0.01]]},
+    'cost': {'Q': [[1.0, 0.0], [0.0, 1.0]], 'R': [[0.1]]},
+    'initial_state': {'mean': [0.0, 1.0], 'covariance': [[0.0, 0.0], [0.0, 0.1]]},
+    'policy': {'std': 0.1},
+    'simulator': {'A': [[0.93, 0.0], [0.2, 0.6]], 'learn_A': [[0, 0], [0, 1]], 'B': [[0.0], [0.8]],
+                  'learn_B': [[0], [1]], 'Q': [[1.0, 0.0], [0.0, 1.0]], 'learn_Q': [[1, 0], [0, 1]],
+                  'R': [[0.1]], 'noise_covariance': [[0.01, 0.0], [0.0, 0.01]]},
+}
+
+
+def test_unexcited_state_component_gives_the_exact_gradient_not_an_abort():
+    problem = LQRProblem.from_dict(copy.deepcopy(UNEXCITED), '<unexcited>')
+    phi = problem.inner_solve(problem.theta0()).phi + np.array([0.0, 0.3])      # away from the optimum
+    rng = np.random.default_rng(3)
+    batches = [problem.sample_real(phi, 10, rng) for _ in range(8)]
+    assert np.all(batches[0].states[:, :, 0] == 0.0)
+    gradient = problem.real_policy_gradient(phi, batches)
+    phi_t = torch.as_tensor(phi, dtype=torch.float64).requires_grad_(True)
+    (exact,) = torch.autograd.grad(problem.real_objective(phi_t), phi_t)
+    exact = exact.numpy()
+    assert exact[0] == 0.0 and gradient[0] == 0.0                   # the unexcited column: no signal
+    assert gradient[1] == pytest.approx(exact[1], rel=0.25, abs=0.02 * np.abs(exact).max() + 1e-3)
+
+
+def test_lstd_feature_scaling_keeps_the_regular_solution(shipped):
+    """On well-determined data the scaled system has the unscaled system's solution."""
+    from sim2real_bilevel.core.problems.lqr.estimators import (expected_next_outer, flat_transitions,
+                                                                quadratic_features, weights_to_matrix)
+    phi = shipped.real_optimum()[0]
+    x, u, x_next, costs = flat_transitions(shipped.sample_real(phi, 20, np.random.default_rng(1)))
+    k = shipped.gain(phi)
+    critic = LSTDQ(x, u, x_next, k, shipped.std, shipped.gamma)
+    assert not critic.truncated and critic.conditioning < 1e6
+    z = np.concatenate([x, u], axis=-1)
+    features = quadratic_features(z[:, :, None] * z[:, None, :])
+    next_features = quadratic_features(expected_next_outer(k, x_next, shipped.std))
+    squared = np.sum(x ** 2, axis=-1)
+    w = 1.0 / (squared + 0.1 * squared.mean())
+    instruments = features * (w / w.mean())[:, None]
+    direct = np.linalg.solve(instruments.T @ (features - shipped.gamma * next_features), instruments.T @ costs)
+    np.testing.assert_allclose(critic.solve(costs)[0], weights_to_matrix(direct, critic.p)[0], rtol=1e-7, atol=1e-9)

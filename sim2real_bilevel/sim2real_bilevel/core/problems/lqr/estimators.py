@@ -3,12 +3,15 @@ empirical discounted second moment and its score-weighted derivative, and the fl
 transition arrays they read."""
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 import numpy as np
 import scipy.linalg
 
 from ...problem import Trajectories
+
+LOGGER = logging.getLogger(__name__)
 
 
 def quadratic_features(outer: np.ndarray) -> np.ndarray:
@@ -53,7 +56,24 @@ class LSTDQ:
     noise of a quadratic value grows like |x| while the features grow like |x|^2, so unweighted
     LSTD lets a few large states dominate.  Any weights that depend on (x_t, u_t) alone keep
     the estimator consistent, because the quadratic features represent Q exactly; the floor keeps
-    states near the origin from taking all the weight."""
+    states near the origin from taking all the weight.
+
+    Scaling: each feature (x_i x_j, x_i u_j, u_i u_j, 1) is divided by its root-mean-square over
+    the data before the system is formed, so the condition number measures how well the data
+    determine Q, not the units of the states (|x| ~ 10 makes x^2 ~ 100 next to the constant 1;
+    over a long horizon of a slowly decaying loop the spread is many decades).  The unscaled
+    system of the same data has the same solution when it is regular.
+
+    A feature that never varies in the data -- a state component that is exactly zero in every
+    transition (no noise, no initial spread and no input reaching it), or fewer transitions than
+    coefficients -- leaves its coefficient undetermined; its value does not matter on the data's
+    states (where that feature is zero, so the policy gradient's second moment is zero there too).
+    Such systems (condition number of the scaled system >= ``max_condition``, or a feature of
+    zero RMS) are solved by least squares truncated at that condition number: the minimum-norm
+    coefficients in the scaled units, never an exception.  ``rank`` (of the scaled system),
+    ``conditioning`` (before truncation) and ``truncated`` report it; a warning is logged."""
+
+    max_condition = 1e10
 
     def __init__(self, states: np.ndarray, actions: np.ndarray, next_states: np.ndarray,
                  k: np.ndarray, std: float, gamma: float, weight_floor: float = 0.1):
@@ -63,21 +83,36 @@ class LSTDQ:
         next_features = quadratic_features(expected_next_outer(k, next_states, std))
         squared = np.sum(states ** 2, axis=-1)
         weights = 1.0 / (squared + weight_floor * max(float(squared.mean()), 1e-300))
+        rms = np.sqrt(np.mean(features ** 2, axis=0)) if len(z) else np.zeros(features.shape[1])
+        self.scale = np.where(rms > 0, 1.0 / np.where(rms > 0, rms, 1.0), 0.0)     # unexcited: dropped
+        features, next_features = features * self.scale, next_features * self.scale
         self.instruments = features * (weights / weights.mean())[:, None]
         count = len(z)
-        matrix = self.instruments.T @ (features - gamma * next_features) / count
+        matrix = self.instruments.T @ (features - gamma * next_features) / max(count, 1)
         self.count = count
-        self.conditioning = float(np.linalg.cond(matrix))
-        if not self.conditioning < 1e14:
-            raise ValueError(f'LSTD-Q: {count} transitions do not determine the {features.shape[1]} '
-                             f'coefficients of the quadratic Q-function (condition number '
-                             f'{self.conditioning:.3g}); collect more, or more varied, transitions')
-        self.factor = scipy.linalg.lu_factor(matrix)
+        self.n_features = features.shape[1]
+        singular = np.linalg.svd(matrix, compute_uv=False)
+        self.conditioning = float(singular[0] / singular[-1]) if singular[-1] > 0 else float('inf')
+        self.truncated = not self.conditioning < self.max_condition
+        if self.truncated:
+            self.pseudo_inverse = np.linalg.pinv(matrix, rcond=1.0 / self.max_condition)
+            self.rank = int(np.sum(singular > singular[0] / self.max_condition)) if singular[0] > 0 else 0
+            LOGGER.warning('LSTD-Q: %d transitions determine %d of the %d coefficients of the quadratic '
+                           'Q-function (scaled condition number %.3g, unexcited features %d): minimum-norm '
+                           'solution on the determined ones', count, self.rank, self.n_features,
+                           self.conditioning, int(np.sum(rms == 0)))
+        else:
+            self.rank = self.n_features
+            self.factor = scipy.linalg.lu_factor(matrix)
 
     def solve(self, rewards: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """H (..., p, p), h0 of the fixed point for per-transition rewards (count,) or (count, C)."""
-        rhs = self.instruments.T @ rewards / self.count
-        weights = scipy.linalg.lu_solve(self.factor, rhs)
+        rhs = self.instruments.T @ rewards / max(self.count, 1)
+        if self.truncated:
+            weights = self.pseudo_inverse @ rhs
+        else:
+            weights = scipy.linalg.lu_solve(self.factor, rhs)
+        weights = weights * (self.scale if weights.ndim == 1 else self.scale[:, None])
         return weights_to_matrix(weights, self.p)
 
 

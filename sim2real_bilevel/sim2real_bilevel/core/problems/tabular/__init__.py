@@ -22,6 +22,16 @@ Problem file (``kind: tabular``)::
       estimator: critic                 # or doubly_robust
       prior_transitions: 1.0            # weight of the nominal simulator as the critic's prior
 
+Defaults derived from the problem's scales (``config.py``), used where the file does not set them:
+- ``inner.temperature`` = (the spread of in-sim rewards theta can reach: the nominal range, widened
+  to [-reward_bound, reward_bound] where rewards are learnable) / 40;
+- ``outer.step_size`` = 1 % of the narrowest learnable range (2 * logit_bound, 2 * reward_bound);
+- ``outer.real_history`` = every real batch (the real critic is valid off-policy).
+A constant tau = 0.1 saturated pi* at the nominal theta of generated problems (smallest
+pi(a|s) ~1e-10), which froze both the real policy gradient and d phi*/d theta; see
+``default_temperature``.  (config/discrete_3s2a.yaml's hand-tuned 1.0, 0.2 and 100000 are what
+these rules give for it.)
+
 theta = the learnable logit entries (row-major order of the mask), then the learnable reward
 entries; ``theta_names`` spells them ``L[s][a][s']`` and ``R[s][a]``.  Nominal values must
 already lie inside the bounds (nothing is clipped).
