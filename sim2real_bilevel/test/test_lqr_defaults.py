@@ -38,6 +38,6 @@ def test_generated_problem_keeps_every_real_batch():
 @pytest.mark.parametrize('seed', [17])
 def test_generated_failures_reach_095(seed):
     problem = load_text(generate('lqr', seed).text)
-    run = make_run(problem, 'bilevel', 0, iterations=150)
+    run = make_run(problem, 'bilevel', 0, iterations=150, evaluate=True)
     returns = [record.normalized_return for record in run.run(150)]
     assert max(returns[-10:]) >= 0.95, returns[-10:]          # before: 0.913 at 200

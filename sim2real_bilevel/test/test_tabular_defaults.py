@@ -26,7 +26,7 @@ def _generated(seed: int):
 
 
 def _returns(problem, iterations: int, seed: int = 0) -> list[float]:
-    run = make_run(problem, 'bilevel', seed, iterations=iterations)
+    run = make_run(problem, 'bilevel', seed, iterations=iterations, evaluate=True)
     return [record.normalized_return for record in run.run(iterations)]
 
 
