@@ -31,12 +31,13 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import json
-import math
 import multiprocessing
 import os
+import signal
 import sys
 import time
 import traceback
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -181,6 +182,7 @@ def latest_jobs(records: Iterable[dict], specs: list[dict]) -> dict:
 
 # --- running -----------------------------------------------------------------------------------------
 def _worker_init() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is the parent's: it stops the workers
     os.environ['OMP_NUM_THREADS'] = '1'
     import torch
     torch.set_num_threads(1)
@@ -247,16 +249,26 @@ def run_suite(out, kinds=KINDS, problems: int = 50, seeds: int = 3, methods=METH
             log.flush()
             os.fsync(log.fileno())
 
-        pool = cf.ProcessPoolExecutor(max_workers=workers or os.cpu_count(), initializer=_worker_init,
+        count = workers or os.cpu_count()
+        pool = cf.ProcessPoolExecutor(max_workers=count, initializer=_worker_init,
                                       mp_context=multiprocessing.get_context('fork'))
         try:
-            futures = {}
+            futures, to_generate = {}, []
             for (kind, seed), group in by_problem.items():
                 path = problem_path(out, kind, seed)
                 if path.exists():
                     futures.update({pool.submit(run_job, spec): spec for spec in group})
                 else:
-                    futures[pool.submit(generate_problem, kind, seed, str(path))] = group
+                    to_generate.append((kind, seed, str(path), group))
+
+            def generate_next():
+                # a few generations in flight, the next one queued behind the jobs of the last one
+                # generated (the pool runs in submission order): results come from the start
+                while to_generate and sum(isinstance(v, list) for v in futures.values()) < max(1, count // 2):
+                    kind, seed, path, group = to_generate.pop(0)
+                    futures[pool.submit(generate_problem, kind, seed, path)] = group
+
+            generate_next()
             while futures:
                 finished, _ = cf.wait(futures, return_when=cf.FIRST_COMPLETED)
                 for future in finished:
@@ -274,10 +286,14 @@ def run_suite(out, kinds=KINDS, problems: int = 50, seeds: int = 3, methods=METH
                                        'wall_s': 0.0, 'cpu_s': 0.0, 'load_s': 0.0, **outcome([])}
                                 write(job)
                                 progress(job)
+                        generate_next()
                     else:
                         progress(record)
-        except BaseException:
+        except BaseException:       # Ctrl-C, a dead worker: stop the jobs in flight, keep what is recorded
+            processes = list((getattr(pool, '_processes', None) or {}).values())
             pool.shutdown(wait=False, cancel_futures=True)
+            for process in processes:
+                process.terminate()
             raise
         pool.shutdown()
     records = read_records(jobs_file)
@@ -484,7 +500,8 @@ def plot(document: dict, records: list[dict], path: Path) -> None:
         curves.set_xlabel('outer iteration')
         curves.set_ylabel('normalised real return (median, IQR)')
         curves.grid(alpha=0.3)
-        curves.legend(fontsize=7, loc='lower right')
+        if curves.get_legend_handles_labels()[0]:
+            curves.legend(fontsize=7, loc='lower right')
     fig.suptitle(f'benchmark suite: {document["jobs"]["finished"]}/{document["jobs"]["total"]} jobs')
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -542,6 +559,10 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
+    except BrokenProcessPool as err:
+        print(f'error: a worker process died ({err}; killed, out of memory?): finished jobs are in '
+              f'{Path(args.out) / JOBS_FILE}; the same command resumes', file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f'interrupted: finished jobs are in {Path(args.out) / JOBS_FILE}; the same command resumes, '
               '--tabulate-only tabulates them', file=sys.stderr)
