@@ -183,6 +183,12 @@ def latest_jobs(records: Iterable[dict], specs: list[dict]) -> dict:
 # --- running -----------------------------------------------------------------------------------------
 def _worker_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is the parent's: it stops the workers
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)    # not the parent's handler (inherited by fork)
+    try:                                             # Linux: a worker dies with its parent (even SIGKILLed)
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)      # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
     os.environ['OMP_NUM_THREADS'] = '1'
     import torch
     torch.set_num_threads(1)
@@ -533,8 +539,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f'signal {signum}')
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None:        # the command: SIGTERM stops it as Ctrl-C does (workers stopped, records kept)
+        signal.signal(signal.SIGTERM, _interrupt)
     base = dict(QUICK) if args.quick else {'problems': 50, 'seeds': 3, 'methods': METHODS, 'iterations': None}
     kinds = args.kinds or list(KINDS)
     problems = args.problems if args.problems is not None else base['problems']
