@@ -401,10 +401,19 @@ def failures(jobs: dict, specs: list[dict]) -> list[dict]:
         entry = {'kind': spec['kind'], 'problem_seed': spec['problem_seed'], 'method': spec['method'],
                  'run_seed': spec['run_seed'], 'status': record['status'], 'reason': reason}
         if spec['method'] == 'bilevel':
-            reference = _succeeded(jobs.get(job_key(spec['kind'], spec['problem_seed'], REFERENCE, spec['run_seed'])))
-            entry['class'] = {True: 'estimator', False: 'landscape', None: 'no reference run'}[reference]
+            other = jobs.get(job_key(spec['kind'], spec['problem_seed'], REFERENCE, spec['run_seed']))
+            entry['class'] = {True: 'estimator', False: 'landscape', None: 'no reference run'}[_succeeded(other)]
+            if other is not None and other.get('curve'):
+                entry['reference'] = reference_note(other['curve'])
         listed.append(entry)
     return listed
+
+
+def reference_note(curve: list) -> str:
+    """The reference run's final return and how much it still rose over its last quarter (a
+    landscape failure still rising is short of iterations rather than stuck)."""
+    quarter = curve[-1 - max(1, (len(curve) - 1) // 4)] if len(curve) > 1 else curve[-1]
+    return f'reference final {curve[-1]:.4f} ({curve[-1] - quarter:+.4f} over the last quarter)'
 
 
 def _fmt(value, spec: str = '.0f', none: str = '-') -> str:
@@ -423,19 +432,23 @@ def format_markdown(document: dict) -> str:
              f'only).  Medians "to {document["target"]}" are over the runs that reached it at some iteration.  '
              f'`{REFERENCE}` is a REFERENCE (exact real gradient from the hidden model), not a method.', '',
              '| kind | method | runs | success | success rate | reached 0.95 | median iters to 0.95 | '
-             'median real transitions to 0.95 | median final | aborts | median s/run | max s/run |',
-             '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+             'median real transitions to 0.95 | median final | aborts | median s/run | max s/run | CPU s |',
+             '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
     for r in document['rows']:
         runs = f'{r["finished"]}' + (f'/{r["jobs"]}' if r['finished'] != r['jobs'] else '')
         lines.append(f'| {r["kind"]} | {r["method"]} | {runs} | {r["successes"]} | {_fmt(r["success_rate"], ".0%")} | '
                      f'{r["reached"]} | {_fmt(r["median_iterations_to_target"], ".1f")} | '
                      f'{_fmt(r["median_transitions_to_target"], ".0f")} | {_fmt(r["median_final"], ".3f")} | '
-                     f'{r["aborts"]} | {_fmt(r["median_wall_s"], ".1f")} | {_fmt(r["max_wall_s"], ".1f")} |')
+                     f'{r["aborts"]} | {_fmt(r["median_wall_s"], ".1f")} | {_fmt(r["max_wall_s"], ".1f")} | '
+                     f'{r["total_cpu_s"]:.0f} |')
     comparison = document['bilevel_vs_reference']
     if comparison:
         lines += ['', f'## bilevel vs {REFERENCE}', '',
                   'Same problem, same run seed (same real episodes collected).  Estimator failure: the reference '
-                  'reaches 0.95 and bilevel does not; landscape failure: neither does.', '',
+                  'ends at >= 0.95 and bilevel does not (the sampled real gradient is to blame); landscape failure: '
+                  'neither does (the exact outer gradient from the nominal theta does not get there within the '
+                  'iterations: a local optimum, a flat region, or too few iterations -- the failure list says how '
+                  'much the reference still rose over its last quarter).', '',
                   '| kind | pairs | both succeed | bilevel only | estimator failures | landscape failures |',
                   '|---|---:|---:|---:|---:|---:|']
         for kind, c in comparison.items():
@@ -450,10 +463,11 @@ def format_markdown(document: dict) -> str:
     listed = document['failures']
     lines += ['', f'## Failures ({len(listed)})', '']
     if listed:
-        lines += ['| kind | problem seed | method | run seed | reason | class |', '|---|---:|---|---:|---|---|']
+        lines += ['| kind | problem seed | method | run seed | reason | class (bilevel) |', '|---|---:|---|---:|---|---|']
         for f in listed:
+            label = f.get('class', '') + (f': {f["reference"]}' if f.get('reference') else '')
             lines.append(f'| {f["kind"]} | {f["problem_seed"]} | {f["method"]} | {f["run_seed"]} | '
-                         f'{f["reason"].replace("|", "/")} | {f.get("class", "")} |')
+                         f'{f["reason"].replace("|", "/")} | {label} |')
     return '\n'.join(lines) + '\n'
 
 
@@ -484,6 +498,10 @@ def plot(document: dict, records: list[dict], path: Path) -> None:
                  for m in methods]
         colors = [plt.cm.tab10(i % 10) for i in range(len(methods))]
         bars.bar(range(len(methods)), rates, color=colors)
+        for index, method in enumerate(methods):
+            row_of = next(r for r in document['rows'] if r['kind'] == kind and r['method'] == method)
+            bars.text(index, rates[index] + 0.01, f'{row_of["successes"]}/{row_of["finished"]}', ha='center',
+                      va='bottom', fontsize=8)
         bars.set_xticks(range(len(methods)), [m.replace('-exact-real-gradient', '\n(exact g, ref.)') for m in methods],
                         fontsize=8)
         bars.set_ylim(0, 1)

@@ -159,8 +159,8 @@ class ExactRealGradientRun(BilevelOuterLoop):
     ``FloatingPointError``."""
     name = 'bilevel-exact-real-gradient'
 
-    def __init__(self, problem, config, seed: int = 0, progress=None):
-        super().__init__(_ExactRealGradient(problem), config, seed, progress)
+    def __init__(self, problem, config, *args, **kwargs):     # BilevelOuterLoop's arguments, whatever they are
+        super().__init__(_ExactRealGradient(problem), config, *args, **kwargs)
 
 
 class _ExactRealGradient:
