@@ -250,6 +250,9 @@ def run_suite(out, kinds=KINDS, problems: int = 50, seeds: int = 3, methods=METH
               f'on {workers or os.cpu_count()} worker(s)', file=sys.stderr, flush=True)
     started = time.perf_counter()
     with open(jobs_file, 'a') as log:
+        if log.tell() and not jobs_file.read_bytes().endswith(b'\n'):
+            log.write('\n')        # a line cut by a kill stays a line of its own (skipped when read)
+
         def write(record):
             log.write(json.dumps(record, default=_json_default) + '\n')
             log.flush()
