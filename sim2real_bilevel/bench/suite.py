@@ -507,7 +507,7 @@ def plot(document: dict, records: list[dict], path: Path) -> None:
                       va='bottom', fontsize=8)
         bars.set_xticks(range(len(methods)), [m.replace('-exact-real-gradient', '\n(exact g, ref.)') for m in methods],
                         fontsize=8)
-        bars.set_ylim(0, 1)
+        bars.set_ylim(0, 1.1)
         bars.set_ylabel(f'{kind}: success rate (final >= {TARGET})')
         for index, method in enumerate(methods):
             got = [r['curve'] for k, r in jobs.items() if r['kind'] == kind and r['method'] == method and r['curve']]
