@@ -6,7 +6,10 @@
 - cmaes: CMA-ES over theta, each candidate scored by real episodes of its inner-optimal policy;
 - spsa: simultaneous-perturbation gradient ascent over theta on real returns;
 - real-rl: policy-gradient ascent on phi directly with real episodes (same estimator and policy
-  class as the bi-level outer loop's real gradient).
+  class as the bi-level outer loop's real gradient);
+- bilevel-exact-real-gradient: REFERENCE ONLY, not a method anyone can run on a robot: the
+  bi-level loop with the exact real policy gradient (autograd of the hidden real model's
+  objective) in place of the estimate from real episodes.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import time
 
 import numpy as np
 
-from .outer import Adam, MethodRun
+from .outer import Adam, BilevelOuterLoop, MethodRun
 
 
 class NominalRun(MethodRun):
@@ -137,3 +140,51 @@ class RealRLRun(MethodRun):
         self.phi = self.phi + self.adam.direction(gradient)
         self.inner_grad_norm = float('nan')
         return float(np.linalg.norm(gradient)), self.mean_real_return(batch), {'real_s': time.perf_counter() - t0}
+
+
+class ExactRealGradientRun(BilevelOuterLoop):
+    """REFERENCE ONLY (benchmark reporting; it reads the hidden real model): the bi-level loop
+    of ``BilevelOuterLoop`` with the real policy gradient g = grad_phi J_real(phi) computed
+    exactly by autograd of ``problem.real_objective`` instead of estimated from the real
+    episodes.  Everything else is the bi-level loop's: the same real episodes are collected
+    (so the real-data accounting and the random stream match ``bilevel`` run for run), the
+    same sensitivity, solver, outer optimiser and inner solve.  Side by side with ``bilevel``
+    it separates estimator failures (this reference succeeds where bi-level fails: the sampled
+    real gradient is to blame) from landscape failures (this reference fails too: following
+    the exact outer gradient from the nominal theta does not reach the target).
+
+    Needs an exact real objective differentiable in phi (tabular, lqr); on a problem without one
+    (the robots: a Monte-Carlo estimate) the first iteration raises ``ValueError``.  An LQR gain
+    that destabilises the real system has no gradient (J_real = -inf): the iteration raises
+    ``FloatingPointError``."""
+    name = 'bilevel-exact-real-gradient'
+
+    def __init__(self, problem, config, *args, **kwargs):     # BilevelOuterLoop's arguments, whatever they are
+        super().__init__(_ExactRealGradient(problem), config, *args, **kwargs)
+
+
+class _ExactRealGradient:
+    """A problem whose ``real_policy_gradient`` is the exact grad_phi J_real(phi) (batches unused);
+    every other attribute is the wrapped problem's."""
+
+    def __init__(self, problem):
+        self._problem = problem
+
+    def __getattr__(self, name):
+        if name == '_problem':          # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self._problem, name)
+
+    def real_policy_gradient(self, phi, batches, theta=None) -> np.ndarray:
+        import torch
+        phi_t = torch.as_tensor(phi, dtype=torch.float64).clone().requires_grad_(True)
+        value = self._problem.real_objective(phi_t)
+        if not torch.isfinite(value):
+            raise FloatingPointError(f'the exact real objective is {float(value)} at this policy (an LQR gain '
+                                     'that destabilises the real system?): no exact real gradient')
+        if not value.requires_grad:
+            raise ValueError(f'{ExactRealGradientRun.name} is a reference that needs the exact real objective as '
+                             f'a differentiable function of the policy; {self._problem.source} '
+                             f'({self._problem.kind}) has none')
+        (gradient,) = torch.autograd.grad(value, phi_t)
+        return gradient.detach().numpy()

@@ -29,6 +29,9 @@ METHODS: dict[str, tuple[type, dict]] = {
     'cmaes': (baselines.CMAESRun, {}),
     'spsa': (baselines.SPSARun, {}),
     'real-rl': (baselines.RealRLRun, {}),
+    # REFERENCE ONLY (reads the hidden real model; benchmark reporting, never a real run): bilevel
+    # with the exact real policy gradient, to separate estimator failures from landscape failures
+    'bilevel-exact-real-gradient': (baselines.ExactRealGradientRun, {}),
 }
 
 # Methods whose state is not plain arrays (the cma package's strategy object): no --run-dir.
