@@ -28,6 +28,8 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
+from sim2real_bilevel.tools.launcher import die_with_parent  # noqa: E402
+
 pytestmark = pytest.mark.ros
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -45,8 +47,10 @@ class NodeProcess:
         for key, value in (parameters or {}).items():
             command += ['-p', f'{key}:={value}']
         with open(self.output, 'w') as stream:
+            # a test process killed without its teardown must not leave nodes behind on its
+            # ROS_DOMAIN_ID (the next test to claim it would meet them): they die with it
             self.process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, env=environment,
-                                            process_group=0)
+                                            process_group=0, preexec_fn=die_with_parent)
 
     def log(self) -> str:
         return self.output.read_text(errors='replace')

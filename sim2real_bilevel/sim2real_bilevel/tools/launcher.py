@@ -91,7 +91,7 @@ def plan(mode: str, arguments: dict[str, str]) -> list[graph.ProcessPlan]:
     return plans
 
 
-def _die_with_parent():
+def die_with_parent():
     """Runs in each child before exec: SIGTERM it when the launcher dies, whatever the cause."""
     try:
         ctypes.CDLL('libc.so.6', use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -115,7 +115,7 @@ class GraphProcesses:
             process = subprocess.Popen(
                 item.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=self.environment, process_group=0 if self.group is None else self.group,
-                preexec_fn=_die_with_parent, text=True, bufsize=1, errors='replace')
+                preexec_fn=die_with_parent, text=True, bufsize=1, errors='replace')
             if self.group is None:
                 self.group = process.pid
             self.processes[item.spec.name] = process
