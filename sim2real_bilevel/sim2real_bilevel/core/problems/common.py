@@ -26,3 +26,17 @@ def read_outer_section(root: FieldReader) -> dict:
             raise ProblemConfigError(root.source, 'outer' + suffix, overrides or shared,
                                      f'valid outer-loop settings ({err})')
     return values
+
+
+class SampleSizesFromInnerSettings:
+    """``default_sim_episodes`` / ``default_sim_horizon`` (the contract in ``core/problem.py``)
+    read from the kind's ``inner:`` settings ``sensitivity_episodes`` / ``sensitivity_horizon``;
+    mixed in before ``BilevelProblem``."""
+
+    @property
+    def default_sim_episodes(self) -> int:
+        return self.inner.sensitivity_episodes
+
+    @property
+    def default_sim_horizon(self) -> int:
+        return self.inner.sensitivity_horizon

@@ -11,6 +11,7 @@ import torch
 from ...policies import linear_gaussian as policy
 from ...problem import BilevelProblem, InnerResult, SensitivityTerms, Trajectories
 from ...settings import override_settings
+from ..common import SampleSizesFromInnerSettings
 from .config import InnerSettings, read_problem_file
 from .estimators import (LSTDQ, accumulated_scores, block_diagonal, discounted_second_moment, flat_transitions,
                          mean_action_lift)
@@ -20,7 +21,7 @@ from .maths import (DTYPE, ClosedLoop, DiscountedLyapunov, UnstableClosedLoopErr
 from .simulator import SimulatorFamily
 
 
-class LQRProblem(BilevelProblem):
+class LQRProblem(SampleSizesFromInnerSettings, BilevelProblem):
     """A real linear Gaussian system and a simulator (A_hat, B_hat, Q_hat, R_hat)(theta)."""
 
     kind = 'lqr'
@@ -269,14 +270,6 @@ class LQRProblem(BilevelProblem):
         return self._trajectories(phi, states, actions, q, r, 'sim', score)
 
     # --- sensitivities ----------------------------------------------------------------------------
-    @property
-    def default_sim_episodes(self) -> int:
-        return self.inner.sensitivity_episodes
-
-    @property
-    def default_sim_horizon(self) -> int:
-        return self.inner.sensitivity_horizon
-
     def sensitivity_terms(self, phi: np.ndarray, theta: np.ndarray, *, method: str = 'exact',
                           trajectories: Optional[Trajectories] = None,
                           rng: Optional[np.random.Generator] = None) -> SensitivityTerms:

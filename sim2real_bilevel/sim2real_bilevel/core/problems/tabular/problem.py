@@ -10,6 +10,7 @@ import torch
 from ...policies import tabular_softmax as policy
 from ...problem import BilevelProblem, InnerResult, SensitivityTerms, Trajectories
 from ...settings import override_settings
+from ..common import SampleSizesFromInnerSettings
 from .config import REAL_GRADIENT_ESTIMATORS, SOLVER_FIXED, InnerSettings, read_problem_file
 from .estimators import (StatisticsPrefix, count_transitions, empirical_model, reward_sums, rng_from_content,
                          sampled_chain, sampled_visitation, top_up_pairs, transition_counts)
@@ -18,7 +19,7 @@ from .simulator import SoftmaxSimulatorFamily
 from .stepwise import TabularController, TabularRealSystem
 
 
-class TabularProblem(SoftmaxSimulatorFamily, BilevelProblem):
+class TabularProblem(SampleSizesFromInnerSettings, SoftmaxSimulatorFamily, BilevelProblem):
     """A finite MDP (real P, r) and a simulator f_theta = softmax(L), R_theta with masks."""
 
     kind = 'tabular'
@@ -228,14 +229,6 @@ class TabularProblem(SoftmaxSimulatorFamily, BilevelProblem):
         return states, actions, next_states, scores
 
     # --- sensitivities ----------------------------------------------------------------------------
-    @property
-    def default_sim_episodes(self) -> int:
-        return self.inner.sensitivity_episodes
-
-    @property
-    def default_sim_horizon(self) -> int:
-        return self.inner.sensitivity_horizon
-
     def sensitivity_terms(self, phi: np.ndarray, theta: np.ndarray, *, method: str = 'exact',
                           trajectories: Optional[Trajectories] = None,
                           rng: Optional[np.random.Generator] = None) -> SensitivityTerms:
