@@ -96,11 +96,11 @@ def pendulum_goal(n_episodes=1, version=1):
     return RunEpisodes.Goal(policy=conversions.policy_to_msg(phi, version, 0, 0.0), n_episodes=n_episodes), problem
 
 
-def start_pendulum(ros, **bridge_parameters):
+def start_pendulum(ros, emulator_parameters=None, **bridge_parameters):
     parameters = dict(problem=PENDULUM, autostart='true', transport='topics', position_limit='100.0')
     parameters.update(bridge_parameters)
     bridge = ros.start('hardware_bridge', **parameters)
-    emulator = ros.start('robot_emulator', problem=PENDULUM)
+    emulator = ros.start('robot_emulator', problem=PENDULUM, **(emulator_parameters or {}))
     episodes = ActionClient(ros.node, RunEpisodes, 'run_episodes')
     commands = []
     ros.node.create_subscription(Float64MultiArray, 'forward_command_controller/commands',

@@ -180,7 +180,7 @@ def has_checkpoint(run_dir: Path) -> bool:
 
 
 # --- trajectories ------------------------------------------------------------------------------------------
-_BATCH_FIELDS = ('states', 'actions', 'rewards', 'dones', 'log_probs', 'score_theta')
+_BATCH_FIELDS = ('states', 'actions', 'rewards', 'dones', 'log_probs', 'score_theta', 'state_times', 'command_times')
 
 
 def batch_arrays(batch: Trajectories) -> tuple[dict, dict[str, np.ndarray]]:

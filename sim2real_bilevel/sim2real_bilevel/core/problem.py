@@ -54,6 +54,9 @@ class Trajectories:
     actions: (n, T, da) float64, or (n, T) int64; rewards: (n, T); dones: (n, T) bool;
     log_probs: (n, T) log pi(a_t|s_t) of the behaviour policy;
     score_theta: optional (n, T, D): grad_theta log f_theta(s_{t+1}|s_t,a_t) (simulated only).
+    state_times, command_times: optional (n, T+1) and (n, T) seconds (ROS time) at which the robot
+    sensed each state and each command left the controller (real episodes of a timed control
+    loop): the delay the robot really had.
     """
     states: np.ndarray
     actions: np.ndarray
@@ -63,6 +66,8 @@ class Trajectories:
     source: str = 'sim'            # 'sim' or 'real'
     policy_version: int = 0
     score_theta: Optional[np.ndarray] = None
+    state_times: Optional[np.ndarray] = None
+    command_times: Optional[np.ndarray] = None
 
     @property
     def n_transitions(self) -> int:
@@ -144,11 +149,15 @@ class EpisodeController(abc.ABC):
 
     ``commands_are_efforts``: commands are joint efforts, so the bridge's effort safety applies
     (CommandFilter, state bounds, the joint_states watchdog, a zero command on any failure);
-    False for symbolic commands such as a discrete action index."""
+    False for symbolic commands such as a discrete action index.  ``control_period``: the
+    physical time of one step, the default period of the bridge's timer-driven loop."""
 
     horizon: int
     commands_are_efforts: bool
     needs_reward: bool
+    # seconds of physical time per step, the period a timed control loop runs at by default
+    # (None: the steps have no physical time, e.g. a discrete action index)
+    control_period: Optional[float] = None
 
     @abc.abstractmethod
     def start_episode(self) -> None: ...

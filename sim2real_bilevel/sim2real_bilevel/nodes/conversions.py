@@ -251,6 +251,12 @@ def trajectories_to_msg(batch: Trajectories) -> TrajectoryBatch:
     msg.dones = np.asarray(batch.dones, dtype=bool).reshape(-1).tolist()
     if score is not None:
         msg.score_theta = vector_to_field(score)
+    for field, shape in (('state_times', (n, horizon + 1)), ('command_times', (n, horizon))):
+        times = getattr(batch, field)
+        if times is not None:
+            if np.shape(times) != shape:
+                raise MessageValidationError(f'Trajectories.{field}: shape {np.shape(times)}, expected {shape}')
+            setattr(msg, field, vector_to_field(times))
     return msg
 
 
@@ -306,10 +312,16 @@ def trajectories_from_msg(msg: TrajectoryBatch, n_states: Optional[int] = None,
         states, actions = states.reshape(n, horizon + 1), actions.reshape(n, horizon)
     else:
         states, actions = states.reshape(n, horizon + 1, state_dim), actions.reshape(n, horizon, action_dim)
+    times = {field: (vector_from_field(values, f'TrajectoryBatch.{field}', n * steps_per_episode,
+                                       size_rule=f'n_episodes*{rule} = {n}*{steps_per_episode} or none')
+                     .reshape(n, steps_per_episode) if len(values) else None)
+             for field, values, steps_per_episode, rule in (
+                 ('state_times', msg.state_times, horizon + 1, '(horizon+1)'),
+                 ('command_times', msg.command_times, horizon, 'horizon'))}
     return Trajectories(states=states, actions=actions, rewards=rewards.reshape(n, horizon), dones=dones,
                         log_probs=log_probs.reshape(n, horizon), source=msg.source,
                         policy_version=_count(msg.policy_version, 'TrajectoryBatch.policy_version', low=0),
-                        score_theta=score)
+                        score_theta=score, **times)
 
 
 def _indices(values: np.ndarray, field: str, count: Optional[int]) -> np.ndarray:

@@ -43,6 +43,7 @@ from sim2real_bilevel_interfaces.msg import PolicyParameters
 
 from . import conversions, provenance
 from .action_calls import RESULT_KEPT_S
+from .control_loop import key_values
 from .kept_results import KeptResults
 from .runtime import EVENTS, LATCHED, PROBLEM, ROBOT_STREAM, DeclaredParameters, ParameterSpec, \
     command_publishers, load_problem, run_node
@@ -72,6 +73,15 @@ class HardwareBridge(LifecycleNode):
             ParameterSpec('reset_service', 'robot_emulator/reset',
                           'std_srvs/Trigger service that starts an episode on the topic transport (read at '
                           'configure)', allow_empty=False),
+            ParameterSpec('loop', 'lockstep', "topic transport: 'lockstep' (one command per fresh joint_states) or "
+                          "'timer' (a wall-clock control loop at control_rate, for a robot that does not wait; "
+                          'read at configure)', choices=('lockstep', 'timer')),
+            ParameterSpec('control_rate', 0.0, "timer loop: ticks per second (Hz); 0 = the controller's own rate "
+                          '(1 / its control period)', low=0.0, high=10000.0),
+            ParameterSpec('max_state_age_s', 0.1, 'timer loop: the newest joint_states older than this (by its '
+                          'stamp) at a tick: zero command, episode aborted', low=1e-4, high=60.0),
+            ParameterSpec('max_deadline_misses', 50, 'timer loop: more control slots than this without a command '
+                          'in time in one episode: zero command, episode aborted', low=0, high=10 ** 9),
             ParameterSpec('step_timeout_s', 2.0, 'longest wait for the robot\'s answer to one command',
                           low=0.001, high=600.0),
             ParameterSpec('reset_timeout_s', 10.0, 'longest wait for the reset service to start an episode',
@@ -110,6 +120,7 @@ class HardwareBridge(LifecycleNode):
         self.last_reason = 'unconfigured'
         self.waits = RobotWaits(self, stopped=lambda: not self.active or self.estopped)
         self.filter_counts: dict = {}
+        self.loop_timing: dict = {}        # the timer loop's timing of the last goal (control_loop.py)
         self.transports: dict[str, Transport] = {}
         self.entities_created = False
         self.verifier = None               # provenance.GoalVerifier when policy_key_file is set
@@ -416,7 +427,8 @@ class HardwareBridge(LifecycleNode):
                     KeyValue(key='command_filter', value=str(self.filter_counts)),
                     KeyValue(key='newest_policy_version', value=str(self.newest_policy_version)),
                     KeyValue(key='signed_goals_only', value=str(self.verifier is not None)),
-                    KeyValue(key='results_resent', value=str(self.requests.resent))])
+                    KeyValue(key='results_resent', value=str(self.requests.resent))]
+            + key_values(self.loop_timing, prefix='loop_'))
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self.diagnostics_publisher.publish(array)

@@ -17,7 +17,12 @@ Two transports, the bridge picks one:
   measures).  With ``publish_clock`` and a system with a control period, the emulator is the
   time source of a lockstep run: it publishes /clock (rosgraph_msgs/Clock, one control period
   per step, faster than real time) and stamps its joint_states with that time, so nodes
-  started with use_sim_time follow the robot's time.  ``~/link_pose``
+  started with use_sim_time follow the robot's time.  With ``mode: realtime``
+  (``nodes/realtime_robot.py``) the robot does not wait: physics steps on a wall-clock timer at
+  the system's own rate, the last command is held, joint_states (sensor-data QoS) comes at
+  ``state_rate`` with injected latency, jitter and drops on both directions, and there is no
+  reward topic, as on a real robot (the controller computes its reward from what it senses;
+  systems without a control period cannot run in real time).  ``~/link_pose``
   (geometry_msgs/PoseStamped, e.g. the pendulum's tip in ``pendulum_base``) shows the robot
   in rviz when the system gives a pose.
 - ``~/evaluate`` (EvaluatePolicy, ``nodes/evaluation.py``): the sim-only evaluator, the exact
@@ -48,7 +53,8 @@ from . import conversions
 from .kept_results import KeptResults
 from .action_calls import RESULT_KEPT_S
 from .evaluation import serve_evaluation
-from .runtime import PROBLEM, ROBOT_STREAM, SEED, DeclaredParameters, ParameterSpec, \
+from .realtime_robot import RealTimeRobot, fault_parameters
+from .runtime import PROBLEM, ROBOT_STREAM, SEED, SENSOR, DeclaredParameters, ParameterSpec, \
     command_publishers, load_problem, run_node
 
 
@@ -70,7 +76,17 @@ class RobotEmulator(Node):
                           "ignored; [''] = any node (read at startup)", read_only=True),
             ParameterSpec('max_episodes', 100000, 'largest n_episodes one run_episodes goal may ask for', low=1,
                           high=10 ** 7),
-        ])
+            ParameterSpec('mode', 'lockstep', "topic transport: 'lockstep' (one control period per command, as fast "
+                          "as the bridge commands) or 'realtime' (physics on a wall-clock timer, the last command "
+                          'held; read at startup)', choices=('lockstep', 'realtime'), read_only=True),
+            ParameterSpec('state_rate', 0.0, "realtime mode: joint_states rate (Hz); 0 = every physics step (the "
+                          "system's 1 / control_period)", low=0.0, high=100000.0),
+        ] + fault_parameters())
+        self.realtime_mode = self.parameters['mode'] == 'realtime'
+        if self.realtime_mode and self.parameters['publish_clock']:
+            raise ValueError('invalid parameters: publish_clock = true with mode = realtime: a real-time robot '
+                             'runs on the wall clock, /clock is for lockstep runs faster than real time')
+        self.realtime: Optional[RealTimeRobot] = None   # made at the first reset in realtime mode
         self.problem = load_problem(self.parameters['problem'])
         # one stream for all real data, exactly like MethodRun.rng in the core
         self.rng = np.random.default_rng(self.parameters['seed'])
@@ -85,8 +101,11 @@ class RobotEmulator(Node):
         self.episodes_server = ActionServer(self, RunEpisodes, '~/run_episodes',
                                             execute_callback=self.run_episodes_callback,
                                             goal_callback=self.goal_callback, result_timeout=RESULT_KEPT_S)
-        self.joint_state_publisher = self.create_publisher(JointState, 'joint_states', ROBOT_STREAM)
-        self.reward_publisher = self.create_publisher(Float64, 'reward', ROBOT_STREAM)
+        self.joint_state_publisher = self.create_publisher(JointState, 'joint_states',
+                                                           SENSOR if self.realtime_mode else ROBOT_STREAM)
+        # a real robot measures no reward: in realtime mode the controller computes it
+        self.reward_publisher = (None if self.realtime_mode else
+                                 self.create_publisher(Float64, 'reward', ROBOT_STREAM))
         self.command_subscription = self.create_subscription(
             Float64MultiArray, f'{self.parameters["controller"]}/commands', self.command_callback, ROBOT_STREAM)
         self.reset_service = self.create_service(Trigger, '~/reset', self.reset_callback)
@@ -139,6 +158,9 @@ class RobotEmulator(Node):
             except NotImplementedError as err:
                 self.system_refusal = (f'the topic transport emulates problems with a step-by-step real system, '
                                        f'not {self.problem.kind!r}: {err}')
+            if self.system is not None and self.realtime_mode and self.system.control_period is None:
+                self.system_refusal = (f'mode realtime: the real system of {self.problem.kind!r} has no control '
+                                       'period (no physical time); run it with mode lockstep')
         return self.system_refusal
 
     def reset_callback(self, request, response):
@@ -148,7 +170,16 @@ class RobotEmulator(Node):
             return response
         sample = self.system.reset()
         self.running = True
-        self._publish_sample(sample)
+        if self.realtime_mode:
+            if self.realtime is None:
+                self.realtime = RealTimeRobot(self, self.system, self.parameters,
+                                              np.random.default_rng([self.parameters['seed'], 1]),
+                                              self._publish_sample)
+            else:
+                self.get_logger().info(f'realtime robot so far: {self.realtime.counts}')
+            self.realtime.reset(sample)
+        else:
+            self._publish_sample(sample)
         response.success, response.message = True, self.system.describe(sample)
         return response
 
@@ -182,20 +213,24 @@ class RobotEmulator(Node):
         if reason is not None:
             self.get_logger().error(f'ignored command {reason}')
             return
+        if self.realtime is not None:
+            self.realtime.command(command)
+            return
         sample = self.system.step(command)
         if self.system.control_period is not None:
             self.sim_time_ns += int(round(self.system.control_period * 1e9))
         self._publish_sample(sample)
 
-    def _publish_sample(self, sample) -> None:
+    def _publish_sample(self, sample, sensed_at: Optional[Time] = None) -> None:
         """The step's reward (if measured), then joint_states stamped with the robot's time (and
-        /clock) when it has one, else with the node's clock; then the link pose, if any."""
+        /clock) when it has one, else with ``sensed_at`` (realtime) or the node's clock; then the
+        link pose, if any."""
         if self.clock_publisher is not None and self.system.control_period is not None:
             stamp = Time(nanoseconds=self.sim_time_ns).to_msg()
             self.clock_publisher.publish(Clock(clock=stamp))
         else:
-            stamp = self.get_clock().now().to_msg()
-        if sample.reward is not None:
+            stamp = (sensed_at or self.get_clock().now()).to_msg()
+        if sample.reward is not None and self.reward_publisher is not None:
             self.reward_publisher.publish(Float64(data=float(sample.reward)))
         msg = JointState(name=list(self.parameters['joints'])[:1], position=[float(v) for v in sample.position],
                          velocity=[float(v) for v in sample.velocity], effort=[float(v) for v in sample.effort])
@@ -216,6 +251,12 @@ def pose_stamped(position: Sequence[float], orientation_wxyz: Sequence[float], f
     w, x, y, z = (float(v) for v in orientation_wxyz)
     pose.pose.orientation.w, pose.pose.orientation.x, pose.pose.orientation.y, pose.pose.orientation.z = w, x, y, z
     return pose
+
+
+    def destroy_node(self) -> None:
+        if self.realtime is not None:
+            self.realtime.destroy()
+        super().destroy_node()
 
 
 def main(args=None) -> int:

@@ -4,7 +4,12 @@ Reads ``joint_states`` (joints mapped by name through the bridge's ``joints``), 
 ``<controller>/commands`` through the bridge (std_msgs/Float64MultiArray ordered like
 ``joints``), takes the step reward from ``reward`` and starts episodes through the
 ``reset_service``.  What runs is the problem's ``controller(phi, rng)`` (the contract in
-``core/problem.py``); this transport owns the waits and, for effort commands, the safety."""
+``core/problem.py``); this transport owns the waits and, for effort commands, the safety.
+
+Two loops (bridge parameter ``loop``, read at configure): ``lockstep``, one command per fresh
+joint_states (the lockstep emulator, tabular problems); ``timer``, the wall-clock control loop of
+``nodes/control_loop.py`` for a robot that does not wait (joint_states then read with sensor-data
+QoS, which matches reliable publishers too)."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,7 +20,8 @@ from std_srvs.srv import Trigger
 from sim2real_bilevel_interfaces.action import RunEpisodes
 
 from .. import conversions
-from ..runtime import ROBOT_STREAM
+from ..control_loop import run_timed
+from ..runtime import ROBOT_STREAM, SENSOR
 from ..safety import CommandFilter, state_violation
 from .base import Transport
 
@@ -26,9 +32,14 @@ class TopicTransport(Transport):
         super().__init__(bridge)
         self.latest_state = None
         self.latest_velocity = None
+        self.latest_stamp = None           # of latest_state, ns of ROS time
+        self.episode_stamps = None         # timer loop: the stamps of the episode's states, in arrival order
+        self.accept_after = 0              # timer loop: states sensed before the episode's reset are ignored
+        self.late_states = 0               # timer loop: states older than the newest one, ignored
         self.rewards: list[float] = []
-        self.joint_state_subscription = bridge.create_subscription(JointState, 'joint_states',
-                                                                   self.joint_state_callback, ROBOT_STREAM)
+        self.loop = bridge.parameters['loop']
+        self.joint_state_subscription = bridge.create_subscription(
+            JointState, 'joint_states', self.joint_state_callback, SENSOR if self.loop == 'timer' else ROBOT_STREAM)
         self.reward_subscription = bridge.create_subscription(Float64, 'reward', self.reward_callback, ROBOT_STREAM)
         self.reset_client = bridge.create_client(Trigger, bridge.parameters['reset_service'])
 
@@ -51,6 +62,15 @@ class TopicTransport(Transport):
             self.bridge.get_logger().error(f'joint_states without the joints {joints}: names {names}',
                                            throttle_duration_sec=5.0)
             return
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        if self.episode_stamps is not None:
+            if stamp < self.accept_after:
+                return
+            if self.latest_stamp is not None and stamp <= self.latest_stamp:
+                self.late_states += 1
+                return
+            self.episode_stamps.append(stamp)
+        self.latest_stamp = stamp
         self.latest_state = np.asarray(positions, dtype=np.float64)
         self.latest_velocity = np.asarray(velocities, dtype=np.float64)
         self.bridge.waits.wake()
@@ -58,6 +78,16 @@ class TopicTransport(Transport):
     def reward_callback(self, msg: Float64) -> None:
         self.rewards.append(float(msg.data))
         self.bridge.waits.wake()
+
+    def start_timed_episode(self, reset_at_ns: int) -> None:
+        """The timer loop starts an episode: only states sensed from ``reset_at_ns`` on count."""
+        self.latest_state = self.latest_velocity = self.latest_stamp = None
+        self.episode_stamps, self.accept_after, self.late_states = [], reset_at_ns, 0
+
+    def end_timed_episode(self) -> list[int]:
+        """The stamps of the states received in the episode, in arrival order."""
+        stamps, self.episode_stamps = self.episode_stamps, None
+        return stamps
 
     async def reset_robot(self) -> Trigger.Response:
         """Start an episode through the reset service, within ``reset_timeout_s``.  A request sent
@@ -109,6 +139,10 @@ class TopicTransport(Transport):
             return RunEpisodes.Result(success=False, message=f'{reason}; zero command sent, episode discarded '
                                                              f'(filter: {command_filter.counts()})')
 
+        if self.loop == 'timer':
+            if not safety:
+                return fail('the timer loop runs effort controllers only; use loop lockstep')
+            return await run_timed(self, goal, goal_handle, controller, command_filter, fail, version)
         for episode in range(int(goal.n_episodes)):
             self.latest_state = None
             reset = await self.reset_robot()

@@ -61,6 +61,7 @@ class PendulumController(EpisodeController):
         self.std = float(np.exp(problem.policy.log_std(self.phi_t).numpy())[0])
         self.rng = rng
         self.horizon = int(problem.horizon)
+        self.control_period = float(problem.geometry.control_period)
         self.states: list[list[tuple[float, float]]] = []
         self.actions: list[list[list[float]]] = []
 

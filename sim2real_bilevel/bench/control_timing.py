@@ -1,0 +1,212 @@
+"""Control-loop timing of the hardware bridge's timer loop against the real-time robot emulator.
+
+For each control rate (``--rates``, Hz) the pendulum problem is run with its control period set
+to 1 / rate (the emulator's physics and joint_states at the same rate, the bridge's timer loop
+at it), as real node processes: ``robot_emulator`` (``mode: realtime``) and ``hardware_bridge``
+(``transport: topics``, ``loop: timer``), the pendulum's MLP policy (its initial parameters,
+seed 0), enough episodes for ``--ticks`` control ticks.  The bridge's own figures come back in
+the RunEpisodes result: period jitter |dt - period| p50/p99/max, state age at use p50/p99,
+deadline misses per 1000 control slots, dropped states, policy evaluation time.
+
+Loads (``--loads``): ``idle`` (only these two nodes), ``busy`` (the whole sim-only learning
+graph of the pendulum runs in the same ROS domain under namespace /busy -- simulator, inner
+trainer, sensitivity, outer optimizer, its own bridge and lockstep emulator -- iterating
+while the timing is measured).  The abort limits are lifted (max_deadline_misses, a 1 s
+max_state_age_s) so that the loop is measured, not stopped.
+
+    python sim2real_bilevel/bench/control_timing.py --rates 100 500 --loads idle busy --ticks 2000
+
+Prints one table and writes ``timing.json`` into ``--out``.  Timings are upper bounds on a
+shared, loaded machine: the load average at the start of each row is printed with it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PACKAGE_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from soak import claim_domain_id, graph_environment, soak_params_file  # noqa: E402
+from sim2real_bilevel.tools import launcher  # noqa: E402
+
+PENDULUM = PACKAGE_ROOT / 'config' / 'pendulum.yaml'
+COLUMNS = ('load', 'rate_hz', 'ticks', 'jitter_p50_ms', 'jitter_p99_ms', 'jitter_max_ms', 'age_p50_ms',
+           'age_p99_ms', 'misses_per_1000', 'dropped', 'policy_p99_ms', 'policy_p99_of_period', 'loadavg')
+KEYS = {'ticks': 'ticks', 'jitter_p50_ms': 'period_jitter_p50_ms', 'jitter_p99_ms': 'period_jitter_p99_ms',
+        'jitter_max_ms': 'period_jitter_max_ms', 'age_p50_ms': 'state_age_p50_ms',
+        'age_p99_ms': 'state_age_p99_ms', 'misses_per_1000': 'misses_per_1000_ticks',
+        'dropped': 'dropped_states', 'policy_p99_ms': 'policy_time_p99_ms',
+        'policy_p99_of_period': 'policy_time_p99_of_period'}
+
+
+def problem_at_rate(rate: float, directory: Path) -> Path:
+    """The pendulum problem file with its control period 1 / rate."""
+    document = yaml.safe_load(PENDULUM.read_text())
+    document['geometry']['control_period'] = 1.0 / rate
+    path = directory / f'pendulum_{rate:g}hz.yaml'
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def start_node(executable: str, namespace: str, parameters: dict, environment: dict, log: Path):
+    command = [sys.executable, '-m', f'sim2real_bilevel.nodes.{executable}', '--ros-args',
+               '-r', f'__ns:={namespace}', '-r', f'__node:={executable}']
+    for key, value in parameters.items():
+        command += ['-p', f'{key}:={value}']
+    return subprocess.Popen(command, stdout=open(log, 'w'), stderr=subprocess.STDOUT, env=environment,
+                            preexec_fn=launcher.die_with_parent)
+
+
+def stop(processes) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(2)
+    for process in processes:
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def measure(rate: float, ticks: int, problem_file: Path, environment: dict, out: Path, node) -> dict:
+    """One run of the timer loop at ``rate``: the bridge's timing figures."""
+    from rclpy.action import ActionClient
+    from rclpy.executors import SingleThreadedExecutor
+    from sim2real_bilevel_interfaces.action import RunEpisodes
+    from sim2real_bilevel.core.problems import load_problem
+    from sim2real_bilevel.graph import POLICY_KEY_ENV
+    from sim2real_bilevel.nodes import conversions, provenance
+    from sim2real_bilevel.nodes.action_calls import wait_for_result
+
+    namespace = f'/timing_{int(rate)}'
+    problem = load_problem(problem_file)
+    bridge = start_node('hardware_bridge', namespace, {
+        'problem': problem_file, 'autostart': 'true', 'transport': 'topics', 'loop': 'timer',
+        'position_limit': '100.0', 'velocity_limit': '1000.0', 'max_deadline_misses': str(10 ** 9),
+        'max_state_age_s': '1.0', 'max_episodes': '100000'}, environment, out / f'bridge_{rate:g}.log')
+    emulator = start_node('robot_emulator', namespace, {'problem': problem_file, 'mode': 'realtime'},
+                          environment, out / f'emulator_{rate:g}.log')
+    executor = SingleThreadedExecutor(context=node.context)
+    executor.add_node(node)
+    client = ActionClient(node, RunEpisodes, f'{namespace}/run_episodes')
+    try:
+        deadline = time.monotonic() + 120
+        while not client.server_is_ready():
+            if time.monotonic() > deadline or bridge.poll() is not None or emulator.poll() is not None:
+                raise RuntimeError(f'the bridge at {rate:g} Hz did not come up (logs in {out})')
+            executor.spin_once(timeout_sec=0.1)
+        settle = time.monotonic() + 2.0
+        while time.monotonic() < settle:
+            executor.spin_once(timeout_sec=0.05)
+        phi = problem.policy.init_params(np.random.default_rng(0))
+        episodes = math.ceil(ticks / (problem.horizon + 1))
+        goal = RunEpisodes.Goal(policy=conversions.policy_to_msg(phi, 1, 0, 0.0), n_episodes=episodes)
+        provenance.sign_goal(provenance.load_key(environment[POLICY_KEY_ENV]), goal)   # graph_environment's key
+        future = client.send_goal_async(goal)
+        while not future.done():
+            executor.spin_once(timeout_sec=0.1)
+        handle = future.result()
+        if not handle.accepted:
+            raise RuntimeError(f'goal refused at {rate:g} Hz (logs in {out})')
+        result = wait_for_result(executor, handle, 600.0, 'the timing episodes').result
+        if not result.success:
+            raise RuntimeError(f'episodes failed at {rate:g} Hz: {result.message}')
+        return {kv.key: float(kv.value) for kv in result.timing}
+    finally:
+        client.destroy()
+        executor.remove_node(node)
+        executor.shutdown()
+        stop([bridge, emulator])
+
+
+def start_busy_graph(environment: dict, out: Path):
+    """The pendulum's sim-only learning graph under /busy, iterating (its first iteration seen)."""
+    params = soak_params_file('pendulum', 1_000_000, {}, out)
+    arguments = launcher.parse_assignments('sim_only', ['problem:=pendulum', 'namespace:=busy',
+                                                        f'params_file:={params}', f'run_dir:={out / "busy_run"}'])
+    processes = launcher.GraphProcesses(launcher.plan('sim_only', arguments), environment, 10.0)
+    processes.start()
+    deadline = time.monotonic() + 300
+    while True:
+        name, line = processes.lines.get(timeout=max(1.0, deadline - time.monotonic()))
+        if line is not None and launcher.PROGRESS.match(line):
+            return processes
+        if time.monotonic() > deadline or processes.alive() != [p.spec.name for p in processes.plans]:
+            processes.stop()
+            raise RuntimeError(f'the busy graph did not iterate (nodes alive: {processes.alive()})')
+
+
+def drain(processes) -> None:
+    """Keep the busy graph's output pipes flowing."""
+    while not processes.lines.empty():
+        processes.lines.get_nowait()
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = [' '.join(f'{c:>12}' for c in COLUMNS)]
+    for row in rows:
+        lines.append(' '.join(f'{row[c]:>12.4g}' if isinstance(row[c], float) else f'{row[c]:>12}' for c in COLUMNS))
+    return '\n'.join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--rates', type=float, nargs='+', default=[100.0, 500.0])
+    parser.add_argument('--loads', nargs='+', default=['idle', 'busy'], choices=['idle', 'busy'])
+    parser.add_argument('--ticks', type=int, default=2000, help='control ticks per rate and load (at least)')
+    parser.add_argument('--out', type=Path, default=Path(tempfile.mkdtemp(prefix='control_timing_')))
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    domain, _lock = claim_domain_id()
+    environment = graph_environment(args.out)
+    environment['ROS_DOMAIN_ID'] = str(domain)
+    os.environ.update({k: environment[k] for k in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_LOG_DIR')})
+    os.environ.pop('ROS_LOCALHOST_ONLY', None)
+    import rclpy
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node('control_timing', context=context)
+    rows = []
+    try:
+        for load in args.loads:
+            busy = start_busy_graph(environment, args.out) if load == 'busy' else None
+            try:
+                for rate in args.rates:
+                    if busy is not None:
+                        drain(busy)
+                    loadavg = os.getloadavg()[0]
+                    figures = measure(rate, args.ticks, problem_at_rate(rate, args.out), environment, args.out, node)
+                    row = {'load': load, 'rate_hz': f'{rate:g}', 'loadavg': loadavg,
+                           **{column: figures[key] for column, key in KEYS.items()}}
+                    row['ticks'] = int(row['ticks'])
+                    row['dropped'] = int(row['dropped'])
+                    rows.append(row)
+                    print(f'[control_timing] {load} {rate:g} Hz: {json.dumps(figures)}', flush=True)
+                    if busy is not None and len(busy.alive()) != len(busy.plans):
+                        raise RuntimeError(f'the busy graph lost nodes: alive {busy.alive()}')
+            finally:
+                if busy is not None:
+                    busy.stop()
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+    (args.out / 'timing.json').write_text(json.dumps(rows, indent=1))
+    print(format_table(rows))
+    print(f'(written to {args.out / "timing.json"}; logs in {args.out})')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
