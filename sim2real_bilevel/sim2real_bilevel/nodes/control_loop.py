@@ -209,6 +209,7 @@ async def run_timed(transport, goal, goal_handle, controller, command_filter,
     state_times, command_times = [], []
 
     def failed(reason: str) -> RunEpisodes.Result:
+        transport.end_timed_episode()
         result = fail(reason)
         result.timing = key_values(finish_timing(bridge, timing))
         return result

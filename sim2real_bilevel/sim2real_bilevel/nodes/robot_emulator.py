@@ -240,6 +240,12 @@ class RobotEmulator(Node):
         if pose is not None:
             self.pose_publisher.publish(pose_stamped(*pose, stamp))
 
+    def destroy_node(self) -> None:
+        """The real-time robot's timer and delivery thread go first."""
+        if self.realtime is not None:
+            self.realtime.destroy()
+        super().destroy_node()
+
 
 def pose_stamped(position: Sequence[float], orientation_wxyz: Sequence[float], frame_id: str,
                  stamp) -> PoseStamped:
@@ -251,12 +257,6 @@ def pose_stamped(position: Sequence[float], orientation_wxyz: Sequence[float], f
     w, x, y, z = (float(v) for v in orientation_wxyz)
     pose.pose.orientation.w, pose.pose.orientation.x, pose.pose.orientation.y, pose.pose.orientation.z = w, x, y, z
     return pose
-
-
-    def destroy_node(self) -> None:
-        if self.realtime is not None:
-            self.realtime.destroy()
-        super().destroy_node()
 
 
 def main(args=None) -> int:

@@ -85,8 +85,8 @@ class TopicTransport(Transport):
         self.episode_stamps, self.accept_after, self.late_states = [], reset_at_ns, 0
 
     def end_timed_episode(self) -> list[int]:
-        """The stamps of the states received in the episode, in arrival order."""
-        stamps, self.episode_stamps = self.episode_stamps, None
+        """The stamps of the states received in the episode, in arrival order (none once ended)."""
+        stamps, self.episode_stamps = self.episode_stamps or [], None
         return stamps
 
     async def reset_robot(self) -> Trigger.Response:
