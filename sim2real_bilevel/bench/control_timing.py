@@ -155,6 +155,16 @@ def drain(processes, progress: list) -> None:
             progress.append(int(match.group(1)))
 
 
+def bench_environment(out: Path) -> tuple[dict, object]:
+    """The node processes' environment on a ROS_DOMAIN_ID claimed for this process (its lock,
+    to be kept for the run), with soak's policy key and log folder under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    domain, lock = claim_domain_id()
+    environment = graph_environment(out)
+    environment['ROS_DOMAIN_ID'] = str(domain)
+    return environment, lock
+
+
 def format_table(rows: list[dict]) -> str:
     lines = [' '.join(f'{c:>12}' for c in COLUMNS)]
     for row in rows:
@@ -169,10 +179,7 @@ def main(argv=None) -> int:
     parser.add_argument('--ticks', type=int, default=2000, help='control ticks per rate and load (at least)')
     parser.add_argument('--out', type=Path, default=Path(tempfile.mkdtemp(prefix='control_timing_')))
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    domain, _lock = claim_domain_id()
-    environment = graph_environment(args.out)
-    environment['ROS_DOMAIN_ID'] = str(domain)
+    environment, _lock = bench_environment(args.out)
     os.environ.update({k: environment[k] for k in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_LOG_DIR')})
     os.environ.pop('ROS_LOCALHOST_ONLY', None)
     import rclpy

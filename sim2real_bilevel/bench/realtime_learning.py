@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -29,7 +28,8 @@ import numpy as np
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PACKAGE_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from soak import claim_domain_id, graph_environment, soak_params_file  # noqa: E402
+from control_timing import bench_environment  # noqa: E402
+from soak import soak_params_file  # noqa: E402
 from sim2real_bilevel.tools import launcher  # noqa: E402
 
 REALTIME = {'hardware_bridge.transport': 'topics', 'hardware_bridge.loop': 'timer',
@@ -87,10 +87,7 @@ def main(argv=None) -> int:
     parser.add_argument('--timeout-s', type=float, default=1200.0, help='per run')
     parser.add_argument('--out', type=Path, default=Path(tempfile.mkdtemp(prefix='realtime_learning_')))
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    domain, _lock = claim_domain_id()
-    environment = graph_environment(args.out)
-    environment['ROS_DOMAIN_ID'] = str(domain)
+    environment, _lock = bench_environment(args.out)
     runs = []
     for seed in args.seeds:
         for setting in args.settings:
