@@ -6,7 +6,8 @@ at it), as real node processes: ``robot_emulator`` (``mode: realtime``) and ``ha
 (``transport: topics``, ``loop: timer``), the pendulum's MLP policy (its initial parameters,
 seed 0), enough episodes for ``--ticks`` control ticks.  The bridge's own figures come back in
 the RunEpisodes result: period jitter |dt - period| p50/p99/max, state age at use p50/p99,
-deadline misses per 1000 control slots, dropped states, policy evaluation time.
+deadline misses per 1000 control slots, dropped states, policy evaluation time and the tick's
+whole work (tick start to command sent: state checks, policy, filter, publication).
 
 Loads (``--loads``): ``idle`` (only these two nodes), ``busy`` (the whole sim-only learning
 graph of the pendulum runs in the same ROS domain under namespace /busy -- simulator, inner
@@ -42,12 +43,13 @@ from sim2real_bilevel.tools import launcher  # noqa: E402
 
 PENDULUM = PACKAGE_ROOT / 'config' / 'pendulum.yaml'
 COLUMNS = ('load', 'rate_hz', 'ticks', 'jitter_p50_ms', 'jitter_p99_ms', 'jitter_max_ms', 'age_p50_ms',
-           'age_p99_ms', 'misses_per_1000', 'dropped', 'policy_p99_ms', 'policy_p99_of_period', 'loadavg')
+           'age_p99_ms', 'misses_per_1000', 'dropped', 'policy_p99_ms', 'policy_p99_of_period', 'work_p99_ms',
+           'loadavg')
 KEYS = {'ticks': 'ticks', 'jitter_p50_ms': 'period_jitter_p50_ms', 'jitter_p99_ms': 'period_jitter_p99_ms',
         'jitter_max_ms': 'period_jitter_max_ms', 'age_p50_ms': 'state_age_p50_ms',
         'age_p99_ms': 'state_age_p99_ms', 'misses_per_1000': 'misses_per_1000_ticks',
         'dropped': 'dropped_states', 'policy_p99_ms': 'policy_time_p99_ms',
-        'policy_p99_of_period': 'policy_time_p99_of_period'}
+        'policy_p99_of_period': 'policy_time_p99_of_period', 'work_p99_ms': 'tick_work_p99_ms'}
 
 
 def problem_at_rate(rate: float, directory: Path) -> Path:

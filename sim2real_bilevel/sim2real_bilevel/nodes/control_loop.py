@@ -49,6 +49,7 @@ class LoopTiming:
     periods: list = field(default_factory=list)       # time between consecutive ticks
     ages: list = field(default_factory=list)          # state age at use
     policy_times: list = field(default_factory=list)  # controller.command() evaluation time
+    work_times: list = field(default_factory=list)    # tick start to command sent (checks, policy, filter)
     ticks: int = 0                                    # ticks that ran
     slots: int = 0                                    # control periods elapsed (ticks + skipped)
     deadline_misses: int = 0
@@ -67,6 +68,7 @@ class LoopTiming:
     def summary(self) -> dict:
         jitter = np.abs(np.asarray(self.periods) - self.period) * 1e3
         ages, policy = np.asarray(self.ages) * 1e3, np.asarray(self.policy_times) * 1e3
+        work = np.asarray(self.work_times) * 1e3
         return {'control_rate_hz': 1.0 / self.period, 'ticks': self.ticks, 'slots': self.slots,
                 'period_jitter_p50_ms': percentile(jitter, 50), 'period_jitter_p99_ms': percentile(jitter, 99),
                 'period_jitter_max_ms': float(jitter.max()) if jitter.size else float('nan'),
@@ -78,7 +80,8 @@ class LoopTiming:
                 'late_states': self.late_states,
                 'policy_time_p50_ms': percentile(policy, 50), 'policy_time_p99_ms': percentile(policy, 99),
                 'policy_time_max_ms': float(policy.max()) if policy.size else float('nan'),
-                'policy_time_p99_of_period': percentile(policy, 99) / (self.period * 1e3)}
+                'policy_time_p99_of_period': percentile(policy, 99) / (self.period * 1e3),
+                'tick_work_p50_ms': percentile(work, 50), 'tick_work_p99_ms': percentile(work, 99)}
 
 
 def key_values(summary: dict, prefix: str = '') -> list[KeyValue]:
@@ -183,7 +186,9 @@ class EpisodeLoop:
         if estop is not None:
             return f'E-STOP: {estop}'
         self.command_times.append(bridge.get_clock().now().nanoseconds)
-        if time.monotonic() >= self.origin + (slot + 2) * period:       # the command went out too late
+        sent = time.monotonic()
+        timing.work_times.append(sent - now)
+        if sent >= self.origin + (slot + 2) * period:       # the command went out too late
             self.misses += 1
             timing.deadline_misses += 1
         self.controller.record(command, None)
