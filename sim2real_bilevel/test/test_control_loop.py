@@ -69,3 +69,88 @@ def test_timestamps_of_the_wrong_size_are_refused_with_the_field_named():
     batch.state_times = batch.state_times[:, :-1]
     with pytest.raises(conversions.MessageValidationError, match=r'Trajectories.state_times: shape \(2, 3\)'):
         conversions.trajectories_to_msg(batch)
+
+
+# --- the real-time robot's wire, driven by hand (no executor: its timer is never run) ---------------------
+class _Node:
+    """What RealTimeRobot uses of the emulator node: a timer that is never fired and a clock."""
+
+    def __init__(self):
+        from rclpy.clock import Clock, ClockType
+        self.clock = Clock(clock_type=ClockType.SYSTEM_TIME)
+
+    def create_timer(self, *args, **kwargs):
+        return None
+
+    def destroy_timer(self, timer):
+        pass
+
+    def get_clock(self):
+        return self.clock
+
+
+class _System:
+    """Records the command of every physics step."""
+    control_period = 0.01
+
+    def __init__(self):
+        self.applied = []
+
+    def step(self, command):
+        from sim2real_bilevel.core.problem import Sample
+        self.applied.append(list(command))
+        return Sample(position=[float(len(self.applied))], velocity=[0.0])
+
+
+def _robot(**faults):
+    from sim2real_bilevel.nodes.realtime_robot import RealTimeRobot, fault_parameters
+    parameters = {spec.name: spec.default for spec in fault_parameters()}
+    parameters.update(state_rate=0.0, **faults)
+    published = []
+    system = _System()
+    clock = [1000.0]
+    robot = RealTimeRobot(_Node(), system, parameters, np.random.default_rng(0),
+                          lambda sample, stamp: published.append((sample.position[0], stamp.nanoseconds)),
+                          clock=lambda: clock[0])
+    robot.test_clock = clock
+    from sim2real_bilevel.core.problem import Sample
+    robot.reset(Sample(position=[0.0], velocity=[0.0]))
+    return robot, system, published
+
+
+def _advance(robot, steps: int) -> None:
+    """``steps`` periods of the robot's clock pass (plus a little), then its timer ticks."""
+    robot.test_clock[0] += steps * robot.period + 1e-6
+    robot.tick()
+
+
+def test_realtime_robot_holds_the_last_command_and_applies_it_only_after_its_latency():
+    robot, system, published = _robot(command_latency_s=0.025)
+    _advance(robot, 2)
+    robot.command([1.0])                 # arrives 25 ms from now: 2.5 periods
+    _advance(robot, 4)
+    robot.delivery.close()
+    assert system.applied == [[0.0]] * 2 + [[0.0]] * 3 + [[1.0]]      # zero-order hold, then the command
+    assert [p for p, _ in published] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]   # the reset state, every step
+    # the steps one tick caught up with are stamped when each was sensed: one period apart
+    # (across ticks the ROS clock, not driven here, does not follow the hand-driven steady one)
+    second_tick = [s for _, s in published[3:]]
+    assert np.diff(second_tick) == pytest.approx([robot.period * 1e9] * 3, abs=2e3)
+
+
+def test_realtime_robot_drops_what_its_drop_rates_say():
+    robot, system, published = _robot(command_drop_rate=1.0, state_drop_rate=1.0)
+    for _ in range(5):
+        robot.command([1.0])
+    _advance(robot, 3)
+    robot.delivery.close()
+    assert system.applied == [[0.0]] * 3 and published == []
+    assert robot.counts['commands_dropped'] == 5 and robot.counts['states_dropped'] == 4   # reset state too
+
+
+def test_a_late_timer_is_caught_up_to_a_bound_and_the_rest_counted_as_overruns():
+    from sim2real_bilevel.nodes.realtime_robot import MAX_CATCH_UP
+    robot, system, _ = _robot()
+    _advance(robot, MAX_CATCH_UP + 7)
+    robot.delivery.close()
+    assert len(system.applied) == MAX_CATCH_UP and robot.counts['overruns'] == 7

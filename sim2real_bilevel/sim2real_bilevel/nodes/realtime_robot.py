@@ -81,8 +81,9 @@ class RealTimeRobot:
     ``parameters``; ``command(values)`` is a command as it arrives from the bridge."""
 
     def __init__(self, node, system, parameters, rng: np.random.Generator,
-                 publish: Callable[[object, object], None]):
+                 publish: Callable[[object, object], None], clock: Callable[[], float] = time.monotonic):
         self.node = node
+        self.clock = clock                   # the robot's steady clock (s); tests drive it by hand
         self.system = system
         self.parameters = parameters
         self.rng = rng
@@ -97,7 +98,7 @@ class RealTimeRobot:
                        'commands_received': 0, 'commands_dropped': 0}
         self.delivery = DelayedDelivery()
         self.steady = Clock(clock_type=ClockType.STEADY_TIME)
-        self.started = time.monotonic()
+        self.started = clock()
         self.timer = node.create_timer(self.period, self.tick, clock=self.steady)
 
     def destroy(self) -> None:
@@ -125,7 +126,7 @@ class RealTimeRobot:
         if delay is None:
             self.counts['commands_dropped'] += 1
             return
-        heapq.heappush(self.pending, (time.monotonic() + delay, next(self.order), list(values)))
+        heapq.heappush(self.pending, (self.clock() + delay, next(self.order), list(values)))
 
     def deliver(self, sample, stamp) -> None:
         """Publish a state now or after its delay, or lose it."""
@@ -142,7 +143,7 @@ class RealTimeRobot:
 
     def tick(self) -> None:
         """Physics up to the wall clock: each step applies the newest command that has arrived."""
-        now = time.monotonic()
+        now = self.clock()
         due = int((now - self.started) / self.period) - self.counts['physics_steps']
         if due > MAX_CATCH_UP:
             self.counts['overruns'] += due - MAX_CATCH_UP
