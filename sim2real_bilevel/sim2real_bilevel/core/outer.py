@@ -356,12 +356,16 @@ class MethodRun:
             self.step()
         return self.history
 
+    def return_interval(self) -> ReturnEstimate:
+        """The interval of the record's estimate: over this iteration's real episodes."""
+        pooled = np.concatenate(self.iteration_returns) if self.iteration_returns else np.zeros(0)
+        return ReturnEstimate.of(pooled, self.config.confidence)
+
     def record(self, grad_norm: float, estimate: float, timing: dict) -> IterationRecord:
         """The iteration's record: the estimate's interval from this iteration's real episodes; the
         exact returns only from the evaluator (sim-only), else NaN."""
         evaluated = self.evaluator(self.phi) if self.evaluator is not None else {}
-        pooled = np.concatenate(self.iteration_returns) if self.iteration_returns else np.zeros(0)
-        interval = ReturnEstimate.of(pooled, self.config.confidence)
+        interval = self.return_interval()
         self.iteration_returns = []
         record = IterationRecord(
             iteration=self.iteration,

@@ -84,7 +84,9 @@ class OfflineEstimator:
 
     DEFAULT_MIN_COVERAGE = DEFAULT_MIN_COVERAGE
 
-    def __init__(self, problem, dataset: Dataset, resamples: int = 100):
+    def __init__(self, problem, dataset: Dataset, resamples: int = 100, pessimism: bool = True):
+        # pessimism: the coverage constraint of the outer loop is all of it here (the quadratic
+        # critic is exact for every gain, so it needs no pessimistic model)
         self.problem, self.dataset, self.resamples = problem, dataset, int(resamples)
         self.episodes = []          # per episode: (x, u, x', cost) and x0
         for batch in dataset.batches:

@@ -10,13 +10,20 @@ controller serve.
 
 - ``value(phi)``: J_hat = rho0_hat' V_hat of pi_phi under the model (infinite horizon,
   unregularised: the quantity ``real_objective`` is);
-- ``gradient(phi)``: its exact policy gradient in the model,
+- ``gradient(phi)`` without pessimism: its exact policy gradient in the model,
   g[s, b] = d_hat(s) pi(b|s) (Q_hat(s, b) - V_hat(s)), d_hat the model's discounted visitation
   of pi from rho0_hat (``test_offline`` checks it against finite differences of ``value``);
 - ``interval``: percentile bootstrap over whole episodes;
-- ``coverage(phi)``: the share of pi's discounted state-action occupancy (in the model) on pairs
-  the data tried at least ``MIN_PAIR_COUNT`` times -- where the estimate rests on data, not on
-  the prior.  A policy that moves its mass to actions the behaviour never took loses coverage.
+- pessimism (on by default): ``gradient`` is the exact policy gradient of the return in the
+  PESSIMISTIC model (``pessimistic_model``): every pair the data tried fewer than
+  ``MIN_PAIR_COUNT`` times leads to an absorbing state paying the data's worst reward forever,
+  so the outer loop never gains by moving the policy to pairs the data lack, whatever the
+  nominal prior guesses there;
+- ``coverage(phi)``: (1 - gamma) x pi's discounted occupancy of covered pairs (>= ``MIN_PAIR_COUNT``
+  transitions) in that pessimistic model -- the share of its discounted time spent on data before
+  it first takes a pair the data lack.  (Measured in the plain count model instead, an untried
+  action that the prior sends to a good state looks covered: the occupancy after it is the
+  prior's guess.)
 """
 from __future__ import annotations
 
@@ -80,7 +87,7 @@ class OfflineEstimator:
 
     DEFAULT_MIN_COVERAGE = DEFAULT_MIN_COVERAGE
 
-    def __init__(self, problem, dataset: Dataset, resamples: int = 100):
+    def __init__(self, problem, dataset: Dataset, resamples: int = 100, pessimism: bool = True):
         self.problem, self.dataset, self.resamples = problem, dataset, int(resamples)
         size = (problem.n_states, problem.n_actions)
         counts, rewards, initial = [], [], []
@@ -97,6 +104,9 @@ class OfflineEstimator:
         self.initial = self.episode_initial.mean(axis=0)
         self.covered = self.counts.sum(axis=2) >= MIN_PAIR_COUNT
         self.model = self._model(self.counts, self.reward_sums)
+        self.pessimism = bool(pessimism)
+        self.dataset_worst_reward = min(float(np.min(b.rewards)) for b in dataset.batches)
+        self.pessimistic = self.pessimistic_model()
 
     def _model(self, counts: np.ndarray, reward_total: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(P_hat, r_hat) of counts and reward sums, with the nominal simulator as the prior."""
@@ -108,21 +118,58 @@ class OfflineEstimator:
         return empirical_model(counts, nominal_p), mean_rewards
 
     def _evaluate(self, phi, model, initial) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(J, Q, V, pi, discounted visitation) of pi_phi in ``model``; a model with one state more
+        than the problem (the pessimistic one) gets a uniform policy row for it."""
         pi, log_pi = self.problem.policy_table(phi)
+        extra = model[1].shape[0] - pi.shape[0]
+        if extra:
+            pi = np.vstack([pi, np.full((extra, pi.shape[1]), 1.0 / pi.shape[1])])
+            log_pi = np.log(pi)
+            initial = np.append(initial, np.zeros(extra))
         q, v = evaluate_policy(pi, log_pi, model[0], model[1], self.problem.gamma, 0.0)
         return float(initial @ v), q, v, pi, discounted_visitation(pi, model[0], initial, self.problem.gamma)
 
+    def pessimistic_model(self) -> tuple[np.ndarray, np.ndarray]:
+        """The count model with every pair tried fewer than ``MIN_PAIR_COUNT`` times leading to an
+        absorbing HALT state (index S) that pays the data's worst reward forever (the pessimistic
+        MDP of MOReL, Kidambi et al. 2020): a policy earns nothing by going where the data
+        have not been, whatever the prior guesses there."""
+        n_states, n_actions = self.problem.n_states, self.problem.n_actions
+        transitions, rewards = self.model
+        worst = self.dataset_worst_reward
+        model = np.zeros((n_states + 1, n_actions, n_states + 1))
+        model[:n_states, :, :n_states] = np.where(self.covered[..., None], transitions, 0.0)
+        model[:n_states, :, n_states] = ~self.covered
+        model[n_states, :, n_states] = 1.0
+        pessimistic_rewards = np.vstack([np.where(self.covered, rewards, worst), np.full((1, n_actions), worst)])
+        return model, pessimistic_rewards
+
     def value(self, phi: np.ndarray) -> float:
+        """The estimated real return (count model with the nominal prior)."""
         return self._evaluate(phi, self.model, self.initial)[0]
 
+    def pessimistic_value(self, phi: np.ndarray) -> float:
+        """The return in the pessimistic model (a lower estimate where pi leaves the data)."""
+        return self._evaluate(phi, self.pessimistic, self.initial)[0]
+
+    def objective(self, phi: np.ndarray) -> float:
+        """What ``gradient`` differentiates: the pessimistic return, or the plain one without pessimism."""
+        return self.pessimistic_value(phi) if self.pessimism else self.value(phi)
+
     def gradient(self, phi: np.ndarray) -> np.ndarray:
-        _, q, v, pi, visitation = self._evaluate(phi, self.model, self.initial)
-        return (visitation[:, None] * pi * (q - v[:, None]))[:, :-1].reshape(-1)
+        _, q, v, pi, visitation = self._evaluate(phi, self.pessimistic if self.pessimism else self.model,
+                                                 self.initial)
+        n_states = self.problem.n_states
+        advantage = (visitation[:, None] * pi * (q - v[:, None]))[:n_states]
+        return advantage[:, :-1].reshape(-1)
 
     def coverage(self, phi: np.ndarray) -> float:
-        _, _, _, pi, visitation = self._evaluate(phi, self.model, self.initial)
-        occupancy = visitation[:, None] * pi
-        return float(occupancy[self.covered].sum() / occupancy.sum())
+        """(1 - gamma) x pi's discounted occupancy of covered pairs in the pessimistic model: the
+        share of its discounted time spent on data before it first takes a pair the data lack."""
+        _, _, _, pi, visitation = self._evaluate(phi, self.pessimistic, self.initial)
+        n_states = self.problem.n_states
+        occupancy = visitation[:n_states, None] * pi[:n_states]
+        return float(min(1.0, occupancy[self.covered].sum() * (1.0 - self.problem.gamma)))   # 1 + rounding
 
     def interval(self, phi: np.ndarray, confidence: float) -> ReturnEstimate:
         episodes = self.episode_counts.shape[0]
