@@ -181,3 +181,32 @@ def test_solve_offline_from_the_command_line(tmp_path):
     assert refused.returncode == 2 and 'need new real episodes' in refused.stderr
     alone = cli('solve', 'discrete_3s2a', '--real-data', str(tmp_path / 'data'), '--quiet')
     assert alone.returncode == 2 and '--real-data and --offline go together' in alone.stderr
+
+
+def test_an_offline_run_resumes_from_its_run_dir_as_if_never_stopped(tabular, tmp_path):
+    dataset, _ = generate_dataset(tabular, 20, np.random.default_rng(13))
+    whole = make_offline_run(tabular, 'bilevel', dataset, seed=1, iterations=8)
+    whole.run()
+    first = make_offline_run(tabular, 'bilevel', dataset, seed=1, iterations=4)
+    assert not first.attach_run_dir(tmp_path / 'run')
+    first.run()
+    second = make_offline_run(tabular, 'bilevel', dataset, seed=1, iterations=8)
+    assert second.attach_run_dir(tmp_path / 'run') and second.iteration == 4
+    second.run(8)                                       # the saved config says 4 (solve/resume set the count)
+    np.testing.assert_array_equal(second.theta, whole.theta)
+    assert [r.theta for r in second.history] == [r.theta for r in whole.history]
+    other, _ = generate_dataset(tabular, 21, np.random.default_rng(14))
+    with pytest.raises(ValueError, match='recorded transitions'):
+        make_offline_run(tabular, 'bilevel', other, seed=1, iterations=8).attach_run_dir(tmp_path / 'run')
+
+
+def test_the_offline_bench_runs_its_quick_set(tmp_path):
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / 'bench' / 'offline.py'
+    done = subprocess.run([sys.executable, str(script), '--quick', '--workers', '1', '--out', str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    table = (tmp_path / 'offline.md').read_text()
+    assert '| discrete_3s2a |' in table and 'problems reach 0.9' in table
+    jobs = [json.loads(line) for line in (tmp_path / 'jobs.jsonl').read_text().splitlines()]
+    assert len(jobs) == 5 and all(job['status'] == 'ok' for job in jobs)

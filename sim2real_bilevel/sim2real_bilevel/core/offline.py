@@ -115,6 +115,22 @@ class OfflineBilevelRun(BilevelOuterLoop):
         self.refused_steps = 0
         self.halved_steps = 0
 
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state['meta']['offline'] = {'refused_steps': int(self.refused_steps), 'halved_steps': int(self.halved_steps),
+                                    'transitions': self.dataset.transitions}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = state['meta'].get('offline')
+        if saved is None or saved['transitions'] != self.dataset.transitions:
+            raise ValueError(f'the checkpoint is of a run on {None if saved is None else saved["transitions"]} '
+                             f'recorded transitions; the dataset given has {self.dataset.transitions}')
+        super().load_state_dict(state)
+        self.refused_steps, self.halved_steps = int(saved['refused_steps']), int(saved['halved_steps'])
+        if self.phi is not None:
+            self.coverage = self.estimator.coverage(self.phi)
+
     # --- the loop ---------------------------------------------------------------------------------------------
     def start(self) -> IterationRecord:
         t0 = time.perf_counter()
