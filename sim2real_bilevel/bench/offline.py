@@ -167,6 +167,19 @@ def tabulate(results: list[dict], sizes) -> tuple[str, dict]:
     reached = [r for r in ratios.values() if math.isfinite(r)]
     lines += ['', f'{sum(r >= 0.9 for r in reached)} of {len(reached)} problems reach 0.9 '
               f'(median ratio {float(np.median(reached)) if reached else math.nan:.3f})']
+    failures = [r for r in ok if r['type'] == 'offline' and r['bilevel'] < 0.9]
+    lines += ['', '## Where offline bi-level ends below 0.9 (per seed): what the coverage and the estimate said', '',
+              '| problem | N | behaviour | seed | offline | online | coverage start -> final | refused steps '
+              '| estimated return [95 % CI] | true return |', '|---|---|---|---|---|---|---|---|---|---|']
+    for r in failures:
+        online = mean(o['online'] for o in ok if o['type'] == 'online' and o['problem'] == r['problem']
+                      and o['episodes'] == r['episodes'] and o['seed'] == r['seed'])
+        estimate, low, high, true = r['bilevel_estimate']
+        lines.append(f'| {r["problem"]} | {r["episodes"]} | {r["behaviour"]} | {r["seed"]} | {r["bilevel"]:.3f} | '
+                     f'{online:.3f} | {r["start_coverage"]:.2f} -> {r["bilevel_coverage"]:.2f} | {r["refused_steps"]} | '
+                     f'{estimate:.4g} [{low:.4g}, {high:.4g}] | {true:.4g} |')
+    if not failures:
+        lines.append('| none | | | | | | | | | |')
     errors = [r for r in results if r.get('status') != 'ok']
     if errors:
         lines += ['', '## Failed jobs', ''] + [f'- {r["problem"]} {r["type"]} N={r.get("episodes")} '

@@ -33,12 +33,12 @@ from ...evaluation import ReturnEstimate, bootstrap_interval
 from .estimators import LSTDQ, discounted_second_moment, flat_transitions
 from .maths import DiscountedLyapunov, discounted_radius
 
-DEFAULT_MIN_COVERAGE = 0.1
-"""pi_K may ask about a direction of (x, u) at most 10 x more than the data spread into.  The
-quadratic critic is exact for every gain, so LSTD-Q extrapolates well past the data's spread:
-on config/lqr.yaml with 30 nominal episodes (seeds 0, 1; 100 iterations) the final normalised
-return was 0.998 / 0.996 at 0.1 and at 0 (no constraint), 0.84 / 0.91 at 0.25 (the constraint
-held the gain back); the final policy's coverage was 0.14."""
+DEFAULT_MIN_COVERAGE = 0.05
+"""pi_K may ask about a direction of (x, u) at most 20 x more than the data spread into.  The
+quadratic critic is exact for every gain, so LSTD-Q extrapolates well past the data's spread.
+Measured (30 nominal episodes, 2 seeds, 100 iterations, final normalised return): config/lqr.yaml
+0.945 / 0.998 at 0.05 and at 0 (no constraint), 0.856 / 0.999 at 0.1 (the constraint held one
+seed's gain back), 0.84 / 0.91 at 0.25; generated LQR seeds 0-2: the same at 0, 0.05 and 0.1."""
 
 
 def prepare_dataset(problem, dataset: Dataset) -> Dataset:
