@@ -231,3 +231,17 @@ def test_this_packages_bag_reads_back_its_real_batches(ros_context, tmp_path):
         np.testing.assert_array_equal(read.states, written.states)
         np.testing.assert_array_equal(read.actions, written.actions)
         np.testing.assert_allclose(read.log_probs, written.log_probs)
+
+
+def test_a_robot_bag_of_an_unknown_controller_feeds_the_offline_loop(tmp_path):
+    """The behaviour's probabilities are unknown (NaN); the tabular offline loop needs none of them."""
+    from sim2real_bilevel.core.offline import make_offline_run
+    problem, batch = tabular_batch(episodes=30, seed=3)
+    folder = write_robot_bag(tmp_path / 'bag', episodes_of(batch))
+    dataset = load_real_data([folder], RecordingOptions(joints=['state']))
+    run = make_offline_run(problem, 'bilevel', dataset, seed=0, iterations=5)
+    run.run()
+    report = run.final_report()
+    assert report['transitions'] == batch.n_transitions and 'probabilities unknown' in report['dataset']
+    assert report['real_return_ci_low'] <= report['real_return_estimate'] <= report['real_return_ci_high']
+    assert 0.0 <= report['coverage'] <= 1.0
