@@ -210,3 +210,18 @@ def test_the_offline_bench_runs_its_quick_set(tmp_path):
     assert '| discrete_3s2a |' in table and 'problems reach 0.9' in table
     jobs = [json.loads(line) for line in (tmp_path / 'jobs.jsonl').read_text().splitlines()]
     assert len(jobs) == 5 and all(job['status'] == 'ok' for job in jobs)
+
+
+def test_a_controller_without_action_noise_leaves_the_lqr_gain_where_it_is(lqr):
+    """Recorded data of a deterministic controller do not determine the critic's action terms:
+    coverage ~0 for every Gaussian policy, every step refused, and the run ends without error."""
+    phi = lqr.inner_solve(lqr.theta0()).phi
+    sampler, behaviour, words = offline_module(lqr).behaviour_sampler(lqr, phi, 1e-9)
+    dataset = Dataset([sampler.sample_real(behaviour, 30, np.random.default_rng(15))], behaviour=words,
+                      behaviour_known=False)
+    run = make_offline_run(lqr, 'bilevel', dataset, seed=0, iterations=5)
+    run.run()
+    report = run.final_report()
+    assert report['coverage'] < 1e-6 and run.refused_steps == 5
+    np.testing.assert_array_equal(run.phi, phi)
+    assert all(r.event.startswith('step refused') for r in run.history[1:])
