@@ -114,8 +114,8 @@ def test_containers_run_each_side_in_one_process_with_the_core_s_theta(tmp_path,
     assert process.returncode == 0, output
     assert 'sim_only: 6 nodes in 2 processes (containers: learning (differentiable_simulator, inner_trainer, ' \
            'sensitivity, outer_optimizer); robot (hardware_bridge, robot_emulator))' in output
-    assert '[learning] [INFO]' in output and '[inner_trainer]: inner trainer for' in output
-    assert '[robot] [INFO]' in output and '[hardware_bridge]: configured' in output
+    assert '[learning] [INFO]' in output and 'composed.inner_trainer]: inner trainer for' in output
+    assert '[robot] [INFO]' in output and 'composed.hardware_bridge]: configured' in output
     # every train_policy (iteration 0 and one per iteration) and compute_sensitivity goal in-process
     assert f'0 goal(s) sent again, {2 * iterations + 1} handed over in-process' in output, output
     assert 'all nodes stopped (learning=0, robot=0)' in output
