@@ -131,8 +131,8 @@ for folder in launch config; do
     done
 done
 mkdir -p "$VENV/lib/sim2real_bilevel"
-nodes=$("$VENV/bin/python" -c 'from sim2real_bilevel.graph import MODES
-print(" ".join(sorted({spec.executable for specs in MODES.values() for spec in specs})))') \
+nodes=$("$VENV/bin/python" -c 'from sim2real_bilevel.graph import CONTAINER_EXECUTABLE, MODES
+print(" ".join(sorted({spec.executable for specs in MODES.values() for spec in specs} | {CONTAINER_EXECUTABLE})))') \
     || fail "could not list the node executables (sim2real_bilevel.graph)"
 for node in $nodes; do
     [[ -x "$VENV/bin/$node" ]] || fail "the $node executable is missing from $VENV/bin"

@@ -6,7 +6,7 @@ package_name = 'sim2real_bilevel'
 
 # one console_scripts executable per node (ros2 run sim2real_bilevel <node>)
 NODES = ['differentiable_simulator', 'inner_trainer', 'sensitivity', 'outer_optimizer', 'hardware_bridge',
-         'robot_emulator']
+         'robot_emulator', 'container']
 
 setup(
     name=package_name,
