@@ -237,6 +237,17 @@ def test_scripted_reset_refuses_the_episode_when_the_pose_is_not_reached(ros):
 
 
 @ros_test
+def test_a_scripted_reset_pose_that_names_no_joint_refuses_to_configure(ros):
+    bridge, _, _ = start_bridge(ros, autostart='false', reset_mode='scripted', reset_pose='elbow=0.3')
+    configure = operator(ros, 'configure')
+    assert configure.returncode == 1 and 'configure: refused; the bridge is unconfigured' in configure.stdout, (
+        configure.stdout + configure.stderr)
+    assert ("configure failed: reset_mode scripted: reset_pose entry 'elbow=0.3': 'elbow' is not one of the joints "
+            "['state']") in bridge.log()
+    assert bridge.alive()
+
+
+@ros_test
 def test_operator_reset_waits_for_continue_and_abort_from_the_cli(ros):
     bridge, episodes, commands = start_bridge(ros, reset_mode='operator')
     start_emulator(ros)
@@ -305,14 +316,15 @@ def test_estop_and_deactivation_end_every_reset_at_once_with_a_zero_command(ros,
             goal = Goal(ros, episodes)
             ros.spin_until(lambda: under_way(goal, requests), 60.0, f'the {mode} reset under way')
             sent = len(commands)
-            stopped = time.monotonic()
             if stop == 'estop':
                 assert ros.call(estop, Trigger.Request()).success
             else:
                 assert _change_state(ros, Transition.TRANSITION_DEACTIVATE)
+            stopped = time.monotonic()                              # the bridge has answered: it has stopped
             result = goal.result()
             took = time.monotonic() - stopped
-            assert not result.success and reason in result.message, result.message
+            assert not result.success and f'{reason}' in result.message, result.message
+            assert 'reset' in result.message, result.message
             assert took < 10.0, took                            # the reset's own timeout is 60 s
             ros.spin_until(lambda: [0.0] in commands[sent:], 10.0, 'the zero command')
             # nothing but zero commands after the stop, still true once the bridge has published
@@ -323,7 +335,7 @@ def test_estop_and_deactivation_end_every_reset_at_once_with_a_zero_command(ros,
             assert all(c == [0.0] for c in commands[zero:]), commands[zero:]
             if robot is not None:
                 assert robot.requests == requests                   # no request sent again after the stop
-            print(f'{mode}: {stop} ended the reset in {took:.2f} s')
+            print(f'{mode}: the goal result came {took:.3f} s after the {stop} was answered')
             if stop == 'estop':
                 assert ros.call(reset_estop, Trigger.Request()).message == 'e-stop cleared'
         assert bridge.alive()

@@ -162,7 +162,7 @@ class EpisodeResets:
             self.bridge.get_logger().info(f'reset ({mode}): {result.message}')
         stop = stop_reason(self.bridge)
         if not result.success and stop is not None and stop not in result.message:
-            result.message = f'{stop} ({result.message})'      # a stop is the reason, whatever it cut short
+            result.message = f'{stop} during the {mode} reset'     # the stop is the reason, whatever it cut short
         return result
 
     # --- service ----------------------------------------------------------------------------------------
