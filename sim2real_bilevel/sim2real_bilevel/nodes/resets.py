@@ -10,7 +10,8 @@ episode, chosen by the hardware bridge's ``reset_mode`` (read before every episo
   under the bridge's own limits: the CommandFilter (``effort_limit``, ``max_effort_rate``, from
   a zero command like an episode) and the state bounds (``position_limit``,
   ``velocity_limit``).  One command per joint_states: a lockstep robot steps on them, a
-  real-time one follows them.  The pose is reached once every joint is within
+  real-time one follows them (a robot that has published no state yet is asked for one with
+  zero commands, one per ``watchdog_timeout_s``).  The pose is reached once every joint is within
   ``reset_position_tolerance`` of its target and ``reset_velocity_tolerance`` of rest for
   ``reset_settle_samples`` readings in a row; it is not reached within
   ``scripted_reset_timeout_s`` (or a bound is crossed, or joint_states go stale for
@@ -213,14 +214,18 @@ class EpisodeResets:
 
         def fresh() -> bool:
             return transport.latest_state is not None
-        if not fresh():
-            # no state yet (the first goal; a lockstep robot publishes only when commanded):
-            # a zero command -- the command in force between goals -- asks for one
+        asked = 0
+        while not fresh():
+            # no state yet (the first goal; a lockstep robot publishes only when commanded): a
+            # zero command -- the command in force between goals -- asks for one, once per
+            # watchdog period (a command sent before DDS matched the robot is lost)
+            if stop_reason(bridge) is not None or time.monotonic() - started > timeout:
+                return refuse(stop_reason(bridge) or f'no joint_states within scripted_reset_timeout_s ({timeout:g} s, '
+                              f'{asked} zero commands sent): the robot publishes none (the robot emulator moves '
+                              'only after a reset or with start_running)')
             bridge.send_zero_command()
-            if not await waits.until(fresh, watchdog):
-                return refuse(f'no joint_states within watchdog_timeout_s ({watchdog:g} s) of a zero command: the '
-                              'robot publishes none (the robot emulator moves only after a reset or with '
-                              'start_running)')
+            asked += 1
+            await waits.until(fresh, watchdog)
         while True:
             stop = stop_reason(bridge)               # (a state may arrive together with the stop)
             if stop is not None:
@@ -260,8 +265,8 @@ class EpisodeResets:
         node = bridge.get_fully_qualified_name()
         option = '' if node == '/hardware_bridge' else f' --node {node}'
         status = (f'waiting for the operator: put the robot in its start pose, then run `sim2real-bilevel bridge '
-                  f'continue{option}` (or `sim2real-bilevel bridge abort{option}`; the service {node}/continue_episode, '
-                  f'std_srvs/SetBool); aborts by itself after {timeout:g} s')
+                  f'continue{option}` (or `sim2real-bilevel bridge abort{option}`; the service '
+                  f'{node}/continue_episode, std_srvs/SetBool); aborts by itself after {timeout:g} s')
         self.operator_answer = Future()
         bridge.get_logger().warning(status)
         bridge.set_reason(status, DiagnosticStatus.WARN)
