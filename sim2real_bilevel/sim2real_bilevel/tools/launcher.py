@@ -250,7 +250,9 @@ def launch(mode: str, assignments: list[str], shutdown_timeout: float = 10.0,
                   f'[launch]   when the robot is ready: sim2real-bilevel bridge configure --node {bridge}, '
                   f'then sim2real-bilevel bridge activate --node {bridge}\n'
                   f'[launch]   (or ros2 lifecycle set {bridge} configure / activate); software stop: '
-                  f'sim2real-bilevel bridge estop --node {bridge}; state: sim2real-bilevel bridge status',
+                  f'sim2real-bilevel bridge estop --node {bridge}; state: sim2real-bilevel bridge status\n'
+                  f'[launch]   with reset_mode operator the bridge waits before each episode (its log and status '
+                  f'say so): reset the robot, then sim2real-bilevel bridge continue (or abort) --node {bridge}',
                   file=sys.stderr, flush=True)
         status = _supervise(processes, view, stop_requested, mode)
     finally:

@@ -333,6 +333,10 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         """pi_phi one effort command at a time (``stepwise.PendulumController``)."""
         return PendulumController(self, phi, rng)
 
+    def start_pose(self) -> list[float]:
+        """The middle of ``initial_state.position_range`` (the mean of the uniform initial angle)."""
+        return [0.5 * (self.initial.position[0] + self.initial.position[1])]
+
     def real_policy_gradient(self, phi: np.ndarray, batches: list[Trajectories],
                              theta: Optional[np.ndarray] = None) -> np.ndarray:
         """g = grad_phi J_real(phi) from the newest real batch (collected with phi), by the
