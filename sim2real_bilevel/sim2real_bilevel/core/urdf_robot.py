@@ -117,7 +117,7 @@ def resolve_urdf(uri: str, base_dir: Optional[Path] = None, *, source: str = '<u
                 from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
                 try:
                     candidates.append(Path(get_package_share_directory(package)) / relative)
-                except PackageNotFoundError:
+                except (PackageNotFoundError, OSError):      # OSError: AMENT_PREFIX_PATH unset
                     pass
             except ImportError:
                 pass
@@ -299,7 +299,7 @@ class RigidBodyDynamics:
         self.device = torch.device('cpu') if device is None else torch.device(device)
         self._kindyn = KinDynComputationsBatch(
             normalised_urdf_text(path), list(joint_names), device=self.device, dtype=dtype,
-            gravity=torch.tensor([0.0, 0.0, -gravity, 0.0, 0.0, 0.0]))
+            gravity=torch.tensor([0.0, 0.0, -gravity, 0.0, 0.0, 0.0], dtype=torch.float64))   # float32 would round g
         # Joint-space velocities and forces, not a mixed frame for the (fixed) base.
         self._kindyn.set_frame_velocity_representation(Representations.BODY_FIXED_REPRESENTATION)
         algorithms = self._kindyn.rbdalgos
