@@ -81,11 +81,19 @@ class AdamCandidate:
 
 
 class DifferentiableRobotModelCandidate:
-    name = 'differentiable-robot-model'
+    name = 'differentiable-robot-model (origin fix)'
 
     def __init__(self, path, joints):
+        import tempfile
         from differentiable_robot_model.robot_model import DifferentiableRobotModel
-        self.model = DifferentiableRobotModel(str(path), device='cpu')
+        from sim2real_bilevel.core.urdf_robot import normalised_urdf_text
+        # the same inertial-origin fix as adam gets (the library has the same parsing gap)
+        with tempfile.NamedTemporaryFile('w', suffix='.urdf', delete=False) as handle:
+            handle.write(normalised_urdf_text(path))
+        try:
+            self.model = DifferentiableRobotModel(handle.name, device='cpu')
+        finally:
+            Path(handle.name).unlink()
         names = [self.model._bodies[i].name for i in self.model._controlled_joints]
         if len(names) != len(joints):
             raise RuntimeError(f'controls {len(names)} joints, expected {len(joints)}')

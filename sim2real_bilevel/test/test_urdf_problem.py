@@ -147,3 +147,24 @@ def test_file_errors_name_the_field_and_the_value(pendulum_data, tmp_path, edit,
     edit(data)
     with pytest.raises(ProblemConfigError, match=message):
         UrdfProblem.from_dict(data, 'acrobot.yaml')
+
+
+def test_cli_solve_bilevel_evaluate_end_to_end(pendulum_data, tmp_path):
+    """`solve FILE --method bilevel --evaluate` on a URDF problem (tiny budgets: a smoke test)."""
+    import json
+    from sim2real_bilevel.cli import main as cli_main
+    data = acrobot_data(pendulum_data)
+    data['robot']['urdf'] = 'package://sim2real_bilevel/urdf/acrobot.urdf'
+    data['inner'] = {'episodes': 2, 'warmup_iterations': 2, 'cold_iterations': 3, 'max_iterations': 2,
+                     'oracle_iterations': 3}
+    data['outer'] = dict(data['outer'], cg_maxiter=2)
+    problem_file = tmp_path / 'acrobot_tiny.yaml'
+    problem_file.write_text(yaml.safe_dump(data))
+    out = tmp_path / 'out'
+    assert cli_main(['solve', str(problem_file), '--method', 'bilevel', '--method', 'domain-randomization',
+                     '--evaluate', '--iterations', '1', '--real-episodes', '1', '--quiet', '--out', str(out)]) == 0
+    document = json.loads((out / 'results.json').read_text())
+    for method in ('bilevel', 'domain-randomization'):
+        records = document['methods'][method]['seeds'][0]['iterations']
+        assert records and all(np.isfinite(r['normalized_return']) and r['normalized_return'] > 0 for r in records)
+    assert len(document['methods']['bilevel']['seeds'][0]['iterations']) == 2
