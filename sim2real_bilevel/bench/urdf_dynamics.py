@@ -109,7 +109,7 @@ class DifferentiableRobotModelCandidate:
         and a central FD of the same quantity with the mass set to m +- step."""
         from differentiable_robot_model.rigid_body_params import PositiveScalar
         inertia = self.model._bodies[self.model._name_to_idx_map[link]].inertia
-        nominal = float(inertia.mass)
+        nominal = float(inertia.mass())        # a callable (or a learnable module) in this library
 
         def value(mass):
             self.model.make_link_param_learnable(link, 'mass', PositiveScalar(init_param=torch.tensor(mass)))
@@ -118,7 +118,7 @@ class DifferentiableRobotModelCandidate:
         total, parameter = value(nominal)
         (gradient,) = torch.autograd.grad(total, parameter)
         step = 1e-3 * nominal      # float32: a larger step
-        difference = (float(value(nominal + step)[0]) - float(value(nominal - step)[0])) / (2 * step)
+        difference = (float(value(nominal + step)[0].detach()) - float(value(nominal - step)[0].detach())) / (2 * step)
         return float(gradient) / (2 * float(parameter)), difference      # d/dm = d/dl / (2 l)
 
 
