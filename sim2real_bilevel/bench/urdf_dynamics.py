@@ -15,6 +15,10 @@ float64 finite differences, and simulated transitions per second at batch 1024 (
 period, one substep, forward and forward + backward).
 
     OMP_NUM_THREADS=1 .venv/bin/python sim2real_bilevel/bench/urdf_dynamics.py [--batches 1 1024] [--repeats 3]
+        [--parts libraries simulator problems]
+
+Part 3 (the pendulum task): J_sim and F of config/pendulum.yaml (hand-written model) and
+config/pendulum_urdf.yaml (URDF simulator) on the same random numbers: value and seconds.
 
 Times are wall-clock medians in one process (OMP_NUM_THREADS as set by the caller); on a
 shared machine they are upper bounds.
@@ -243,13 +247,37 @@ def simulator_rows(repeats) -> list[dict]:
     return rows
 
 
+def problem_rows(repeats) -> list[dict]:
+    """J_sim (and its phi-gradient F) of config/pendulum.yaml (hand-written model) and
+    config/pendulum_urdf.yaml (URDF simulator) at the same phi, theta and random numbers."""
+    from sim2real_bilevel.core.problems import load_problem
+    config = Path(__file__).resolve().parents[1] / 'config'
+    robot, urdf = load_problem(config / 'pendulum.yaml'), load_problem(config / 'pendulum_urdf.yaml')
+    phi = torch.as_tensor(robot.policy.init_params(np.random.default_rng(0)))
+    theta = torch.as_tensor(robot.theta0())
+    noise = urdf._crn
+    rows = []
+    for name, problem in (('pendulum.yaml (kind: robot)', robot), ('pendulum_urdf.yaml (kind: urdf)', urdf)):
+        value = float(problem.sim_objective(phi, theta, noise))
+
+        def residual():
+            point = phi.clone().requires_grad_(True)
+            return torch.autograd.grad(problem.sim_objective(point, theta, noise), point)[0]
+        rows.append({'problem': name, 'episodes x steps': f'{noise.initial_states.shape[0]} x {noise.action_noise.shape[0]}',
+                     'J_sim': f'{value:.12g}',
+                     'J_sim s': median_seconds(lambda: problem.sim_objective(phi, theta, noise), repeats),
+                     'J_sim + F s': median_seconds(residual, repeats)})
+    return rows
+
+
 def print_table(rows: list[dict], title: str) -> None:
     columns = []
     for row in rows:
         columns += [key for key in row if key not in columns]
     def text(value):
-        return f'{value:.2e}' if isinstance(value, float) and (abs(value) < 1e-2 or abs(value) >= 1e5) else (
-            f'{value:.1f}' if isinstance(value, float) else str(value))
+        if not isinstance(value, float):
+            return str(value)
+        return f'{value:.2e}' if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e5) else f'{value:.3g}'
     cells = [[text(row.get(column, '-')) for column in columns] for row in rows]
     widths = [max(len(column), *(len(c[i]) for c in cells)) for i, column in enumerate(columns)]
     print(f'\n{title}')
@@ -262,14 +290,19 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--batches', type=int, nargs='+', default=[1, 1024])
     parser.add_argument('--repeats', type=int, default=3)
-    parser.add_argument('--skip-libraries', action='store_true', help='only part 2 (the simulator)')
+    parser.add_argument('--parts', nargs='+', choices=('libraries', 'simulator', 'problems'),
+                        default=['libraries', 'simulator', 'problems'])
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     print(f'torch {torch.__version__}, threads {torch.get_num_threads()}, float64 unless the library is float32 only')
-    if not args.skip_libraries:
+    if 'libraries' in args.parts:
         print_table(library_rows(args.batches, args.repeats), 'Part 1: rigid-body libraries vs pybullet '
                     '(errors: max abs over 5 random states; times: M + h + solve, ms)')
-    print_table(simulator_rows(args.repeats), 'Part 2: the URDF simulator (adam + project integrator) vs pybullet')
+    if 'simulator' in args.parts:
+        print_table(simulator_rows(args.repeats), 'Part 2: the URDF simulator (adam + project integrator) vs pybullet')
+    if 'problems' in args.parts:
+        print_table(problem_rows(args.repeats), 'Part 3: the pendulum task, hand-written model vs URDF simulator '
+                    '(same phi, theta, random numbers; seconds)')
 
 
 if __name__ == '__main__':
