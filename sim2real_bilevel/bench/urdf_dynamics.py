@@ -209,11 +209,14 @@ def simulator_rows(repeats) -> list[dict]:
                                   joint_damping=damping)
         rng = np.random.default_rng(0)
         q0, qd0 = rng.uniform(-0.4, 0.4, n), rng.uniform(-0.3, 0.3, n)
-        torque = reference.bias(q0, np.zeros(n)) + rng.uniform(-0.2, 0.2, n)
+        extra = rng.uniform(-0.2, 0.2, n)
         reference.set_state(q0, qd0)
         state = torch.as_tensor(np.concatenate([q0, qd0]))[None]
         coefficients = simulator.coefficients(theta_true)
         for _ in range(100):
+            # gravity compensation at the reference's state every period + a small random torque:
+            # no joint reaches a position limit (pybullet enforces them, the simulator's springs are off)
+            torque = reference.bias(reference.state()[0], np.zeros(n)) + extra
             for _ in range(10):
                 reference.step(torque)
             state = simulator.step_mean_with(state, torch.as_tensor(torque)[None], coefficients)
