@@ -17,6 +17,7 @@ setup(
         ('share/' + package_name, ['package.xml']),
         ('share/' + package_name + '/launch', sorted(glob('launch/*.launch.py'))),
         ('share/' + package_name + '/config', sorted(glob('config/*.yaml'))),
+        ('share/' + package_name + '/urdf', sorted(glob('urdf/*.urdf'))),
     ],
     # What pip can provide.  rclpy and the message packages come from the ROS 2 install (or
     # the ros-jazzy-* wheels scripts/setup.sh installs); torch must be installed with its pin
