@@ -114,7 +114,7 @@ else
     mark_done package "$hash"
 fi
 # An editable install leaves setup.py's data_files out, so the ament index marker,
-# package.xml, launch/ and config/ are linked into .venv/share file by file, the way
+# package.xml, launch/, config/ and urdf/ are linked into .venv/share file by file, the way
 # `colcon build --symlink-install` links them (edits show at once; `ros2 launch` does not
 # look into a linked folder), and the node executables into .venv/lib/sim2real_bilevel,
 # where launch_ros's Node action looks for them.
@@ -122,7 +122,7 @@ share="$VENV/share/sim2real_bilevel"
 mkdir -p "$share" "$VENV/share/ament_index/resource_index/packages"
 ln -sfn "$PACKAGE/resource/sim2real_bilevel" "$VENV/share/ament_index/resource_index/packages/sim2real_bilevel"
 ln -sfn "$PACKAGE/package.xml" "$share/package.xml"
-for folder in launch config; do
+for folder in launch config urdf; do
     [[ -L "$share/$folder" ]] && rm "$share/$folder"        # an earlier setup linked the whole folder
     mkdir -p "$share/$folder"
     find "$share/$folder" -maxdepth 1 -type l -delete        # links to files since removed
@@ -131,8 +131,8 @@ for folder in launch config; do
     done
 done
 mkdir -p "$VENV/lib/sim2real_bilevel"
-nodes=$("$VENV/bin/python" -c 'from sim2real_bilevel.graph import MODES
-print(" ".join(sorted({spec.executable for specs in MODES.values() for spec in specs})))') \
+nodes=$("$VENV/bin/python" -c 'from sim2real_bilevel.graph import CONTAINER_EXECUTABLE, MODES
+print(" ".join(sorted({spec.executable for specs in MODES.values() for spec in specs} | {CONTAINER_EXECUTABLE})))') \
     || fail "could not list the node executables (sim2real_bilevel.graph)"
 for node in $nodes; do
     [[ -x "$VENV/bin/$node" ]] || fail "the $node executable is missing from $VENV/bin"

@@ -6,7 +6,7 @@ package_name = 'sim2real_bilevel'
 
 # one console_scripts executable per node (ros2 run sim2real_bilevel <node>)
 NODES = ['differentiable_simulator', 'inner_trainer', 'sensitivity', 'outer_optimizer', 'hardware_bridge',
-         'robot_emulator']
+         'robot_emulator', 'container']
 
 setup(
     name=package_name,
@@ -17,6 +17,7 @@ setup(
         ('share/' + package_name, ['package.xml']),
         ('share/' + package_name + '/launch', sorted(glob('launch/*.launch.py'))),
         ('share/' + package_name + '/config', sorted(glob('config/*.yaml'))),
+        ('share/' + package_name + '/urdf', sorted(glob('urdf/*.urdf'))),
     ],
     # What pip can provide.  rclpy and the message packages come from the ROS 2 install (or
     # the ros-jazzy-* wheels scripts/setup.sh installs); torch must be installed with its pin

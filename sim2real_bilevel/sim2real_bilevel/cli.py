@@ -22,6 +22,17 @@ def cmd_solve(args) -> int:
     invocation = {'config': str(builtin_config(args.config).resolve()), 'methods': methods, 'seeds': args.seeds,
                   'iterations': args.iterations, 'real_episodes': args.real_episodes, 'evaluate': args.evaluate,
                   'safe_improvement': args.safe_improvement}
+    if args.real_data or args.offline:
+        if not (args.real_data and args.offline):
+            print('error: --real-data and --offline go together (the outer loop on recorded data only; online runs '
+                  'with prior data are not built yet)', file=sys.stderr)
+            return 2
+        invocation['offline'] = {
+            'real_data': [str(Path(p).resolve()) for p in args.real_data], 'min_coverage': args.min_coverage,
+            'recording': {'joint_states_topic': args.joint_states_topic, 'commands_topic': args.commands_topic,
+                          'reward_topic': args.reward_topic, 'joints': args.joints, 'velocities': args.velocities,
+                          'rule': {'rule': args.episode_rule, 'gap_s': args.episode_gap,
+                                   'reset_topic': args.reset_topic, 'length': args.episode_length}}}
     if run_dir is not None:
         from .core.checkpoint import atomic_write_bytes
         if (run_dir / RUN_FILE).exists():
@@ -80,8 +91,11 @@ def _solve(invocation: dict, out, quiet: bool, run_dir) -> int:
         overrides['safe_improvement'] = invocation['safe_improvement']
     from .core.checkpoint import CheckpointError     # here: the operator's commands need no torch
     try:
-        document = run_experiment(config, methods, seeds=seeds, iterations=iterations, overrides=overrides,
-                                  on_record=on_record, run_dir=run_dir, evaluate=bool(invocation.get('evaluate')))
+        if invocation.get('offline'):
+            document = _solve_offline(invocation, config, methods, seeds, iterations, overrides, on_record, run_dir)
+        else:
+            document = run_experiment(config, methods, seeds=seeds, iterations=iterations, overrides=overrides,
+                                      on_record=on_record, run_dir=run_dir, evaluate=bool(invocation.get('evaluate')))
     except (ValueError, CheckpointError) as err:
         bar.close()
         print(f'error: {err}', file=sys.stderr)
@@ -90,6 +104,43 @@ def _solve(invocation: dict, out, quiet: bool, run_dir) -> int:
     json_path, png_path = write_results(document, out)
     print(format_summary(document['summary']))
     print(f'wrote {json_path} and {png_path}')
+    return 0
+
+
+def _solve_offline(invocation, config, methods, seeds, iterations, overrides, on_record, run_dir) -> dict:
+    """``solve --real-data ... --offline``: read the recordings, then every run on that dataset."""
+    from .core.datasets import EpisodeRule
+    from .core.offline import OfflineSettings, run_offline_experiment
+    from .tools.recordings import RecordingOptions, load_real_data
+    offline = invocation['offline']
+    recording = dict(offline['recording'])
+    options = RecordingOptions(**{**recording, 'rule': EpisodeRule(**recording['rule'])})
+    dataset = load_real_data(offline['real_data'], options)
+    print(f'real data: {dataset.describe()}', file=sys.stderr)
+    for note in dataset.notes:
+        print(f'  {note}', file=sys.stderr)
+    return run_offline_experiment(config, methods, dataset, seeds=seeds, iterations=iterations, overrides=overrides,
+                                  on_record=on_record, run_dir=run_dir, evaluate=bool(invocation.get('evaluate')),
+                                  settings=OfflineSettings(min_coverage=offline['min_coverage']))
+
+
+def cmd_dataset(args) -> int:
+    """Sample a problem's real system with a behaviour policy; save it as a run folder's real/."""
+    import numpy as np
+    from .core.datasets import DatasetError, save_dataset
+    from .core.offline import generate_dataset
+    from .core.problems import load_problem
+
+    problem = load_problem(builtin_config(args.config))
+    try:
+        dataset, phi = generate_dataset(problem, args.episodes, np.random.default_rng(args.seed), args.behaviour,
+                                        args.noise)
+        out = save_dataset(dataset, args.out, policy_phi=phi, description={
+            'config': str(builtin_config(args.config).resolve()), 'seed': args.seed, 'noise': args.noise})
+    except (DatasetError, ValueError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
+    print(f'wrote {dataset.describe()} to {out}/real/ (use it with `solve {args.config} --real-data {out} --offline`)')
     return 0
 
 
@@ -152,7 +203,44 @@ def build_parser() -> argparse.ArgumentParser:
     safe.add_argument('--no-safe-improvement', dest='safe_improvement', action='store_false',
                       help='turn safe improvement off even where the problem file turns it on')
     solve.add_argument('--quiet', action='store_true', help='no progress bar')
+    offline = solve.add_argument_group('offline: learn from recorded real data, no new real episode')
+    offline.add_argument('--real-data', nargs='+', metavar='PATH', default=None,
+                         help='run folders or datasets (real/batch_*.npz), this package\'s bags (real_trajectories) '
+                              'or any MCAP bag of the robot (joint_states and <controller>/commands)')
+    offline.add_argument('--offline', action='store_true',
+                         help='the outer loop uses only --real-data (methods: bilevel, sysid, nominal)')
+    offline.add_argument('--min-coverage', type=float, default=None,
+                         help="pessimism: no step to a policy the data cover less than this, in [0, 1] (default: "
+                              "the problem kind's; 0: off)")
+    offline.add_argument('--joint-states-topic', default='/joint_states', help='robot bags: the JointState topic')
+    offline.add_argument('--commands-topic', default=None,
+                         help="robot bags: the commands topic (default: the bag's one '.../commands' topic)")
+    offline.add_argument('--reward-topic', default='/reward',
+                         help='robot bags: the step reward topic, read when present (LQR computes its cost)')
+    offline.add_argument('--joints', nargs='+', default=None,
+                         help='robot bags: joint names in state order (default: all, in the first message\'s order)')
+    offline.add_argument('--velocities', action='store_true', help='robot bags: states are positions and velocities')
+    offline.add_argument('--episode-rule', choices=('gap', 'reset', 'length'), default='gap',
+                         help='robot bags: cut episodes at pauses between commands (gap), at messages of '
+                              '--reset-topic (reset) or every --episode-length commands (length)')
+    offline.add_argument('--episode-gap', type=float, default=None,
+                         help='robot bags: the pause in seconds that starts an episode (default: 5 x the median '
+                              'command interval)')
+    offline.add_argument('--reset-topic', default=None, help='robot bags: a message here starts an episode')
+    offline.add_argument('--episode-length', type=_positive_int, default=None, help='robot bags: commands per episode')
     solve.set_defaults(func=cmd_solve)
+
+    dataset = commands.add_parser('dataset', help='sample a problem\'s real system with a behaviour policy and '
+                                                  'save the episodes as a dataset (sim-only)')
+    dataset.add_argument('config', help='problem YAML (path, or a shipped name)')
+    dataset.add_argument('--episodes', type=_positive_int, required=True, help='real episodes to sample')
+    dataset.add_argument('--behaviour', choices=('nominal', 'noisy'), default='nominal',
+                         help='the nominal policy (the inner optimum at the nominal theta), or a noisier one')
+    dataset.add_argument('--noise', type=float, default=2.0,
+                         help='noisy: temperature x NOISE (tabular) or action std x NOISE (LQR); > 1')
+    dataset.add_argument('--seed', type=int, default=0)
+    dataset.add_argument('--out', required=True, help='folder to write (its real/ must hold no batch yet)')
+    dataset.set_defaults(func=cmd_dataset)
 
     resume = commands.add_parser('resume', help='continue a run started with `solve --run-dir DIR`')
     resume.add_argument('run_dir', help='the run directory')

@@ -64,6 +64,17 @@ ROBOT_EMULATOR = NodeSpec(
     'the stand-in physical system with hidden true parameters (sim-only runs)',
     overrides=('problem', 'use_sim_time', 'seed'))
 
+# Containers: nodes of one side of the graph in one process on one executor (nodes/container.py,
+# the rclpy counterpart of a component container), chosen with the launch argument
+# ``containers:=learning[,robot]``.  The learning side and the robot side never share a process:
+# that boundary is the one a deployment splits across hosts (hardware: the bridge on the robot's
+# computer).  Members keep their names, parameters, topics, services and actions.
+CONTAINERS: dict[str, tuple[str, ...]] = {
+    'learning': ('differentiable_simulator', 'inner_trainer', 'sensitivity', 'outer_optimizer'),
+    'robot': ('hardware_bridge', 'robot_emulator'),
+}
+CONTAINER_EXECUTABLE = 'container'
+
 MODES: dict[str, tuple[NodeSpec, ...]] = {
     'sim_only': (SIMULATOR, INNER_TRAINER, SENSITIVITY, HARDWARE_BRIDGE, ROBOT_EMULATOR, OUTER_OPTIMIZER),
     'hardware': (SIMULATOR, INNER_TRAINER, SENSITIVITY, HARDWARE_BRIDGE, OUTER_OPTIMIZER),
@@ -108,6 +119,9 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument('log_level', 'info', 'ROS log level of every node (debug, info, warn, error)'),
     LaunchArgument('policy_key_file', '', 'key file signing run_episodes goals (`sim2real-bilevel keygen`), '
                    f'given to the nodes as ${POLICY_KEY_ENV}; empty: goals are not signed'),
+    LaunchArgument('containers', '', 'comma-separated sides of the graph to run as one process each, on one '
+                   'executor: ' + ', '.join(f'{name} ({"/".join(members)})' for name, members in CONTAINERS.items())
+                   + '; empty: one process per node'),
 )
 
 
@@ -121,6 +135,41 @@ def nodes(mode: str) -> tuple[NodeSpec, ...]:
     if mode not in MODES:
         raise ValueError(f'unknown mode {mode!r}; expected one of {sorted(MODES)}')
     return MODES[mode]
+
+
+def container_names(text: str) -> tuple[str, ...]:
+    """The ``containers`` launch argument as container names (validated)."""
+    names = tuple(name.strip() for name in text.split(',') if name.strip())
+    unknown = [name for name in names if name not in CONTAINERS]
+    if unknown:
+        raise ValueError(f'launch argument containers:={text!r}: unknown container(s) {unknown}; expected a '
+                         f'comma-separated list of {sorted(CONTAINERS)} (or empty)')
+    return tuple(dict.fromkeys(names))
+
+
+def processes(mode: str, containers: str = '') -> list[tuple[NodeSpec, tuple[NodeSpec, ...]]]:
+    """The processes of a mode: (process spec, member node specs), in the order of ``nodes(mode)``;
+    a container's process spec is named after the container and runs ``CONTAINER_EXECUTABLE``
+    with the members' launch-argument overrides.  A container of which the mode has one node
+    only (the robot side on hardware) is that node's own process."""
+    specs = nodes(mode)
+    grouped = {name: tuple(s for s in specs if s.name in CONTAINERS[name]) for name in container_names(containers)}
+    result, placed = [], set()
+    for spec in specs:
+        if spec.name in placed:
+            continue
+        group = next((name for name, members in grouped.items() if spec in members and len(members) > 1), None)
+        if group is None:
+            result.append((spec, (spec,)))
+            placed.add(spec.name)
+            continue
+        members = grouped[group]
+        overrides = tuple(dict.fromkeys(o for member in members for o in member.overrides))
+        container = NodeSpec(group, CONTAINER_EXECUTABLE, f'container of {", ".join(m.name for m in members)}',
+                             overrides=overrides)
+        result.append((container, members))
+        placed.update(m.name for m in members)
+    return result
 
 
 def params_file_name(problem: str) -> str:
@@ -143,12 +192,16 @@ def typed_value(name: str, text: str):
     return text
 
 
-def parameter_overrides(spec: NodeSpec, arguments: dict[str, str], mode: str) -> dict:
+def parameter_overrides(spec: NodeSpec, arguments: dict[str, str], mode: str,
+                        members: tuple[NodeSpec, ...] = ()) -> dict:
     """The parameters a node gets from the launch arguments and its mode (``MODE_PARAMETERS``),
-    applied after the params file.
+    applied after the params file; for a container (``members``), those of every member (a
+    parameter a member does not declare is ignored by it).
 
     Empty ``run_dir`` means "the node's default" and is not passed."""
-    values = dict(MODE_PARAMETERS[mode].get(spec.name, {}))
+    values = {}
+    for member in members or (spec,):
+        values.update(MODE_PARAMETERS[mode].get(member.name, {}))
     for name in spec.overrides:
         if name not in arguments:
             continue
@@ -161,16 +214,21 @@ def parameter_overrides(spec: NodeSpec, arguments: dict[str, str], mode: str) ->
 
 @dataclass
 class ProcessPlan:
-    """What the pip-only launcher runs for one node (the same the launch file asks for)."""
+    """What the pip-only launcher runs for one node or container (the same the launch file asks for)."""
     spec: NodeSpec
     command: list[str]
     parameters: dict = field(default_factory=dict)
+    members: tuple[NodeSpec, ...] = ()
+    """The nodes this process runs (a container: several)."""
 
 
 def ros_arguments(spec: NodeSpec, namespace: str, params_file: Optional[str], overrides: dict,
                   log_level: str = 'info') -> list[str]:
-    """``--ros-args`` for one node, as launch_ros's Node action builds them."""
-    args = ['--ros-args', '-r', f'__node:={spec.name}']
+    """``--ros-args`` for one node, as launch_ros's Node action builds them (a container's nodes
+    keep their own names: no ``__node`` remapping, which would rename them all)."""
+    args = ['--ros-args']
+    if spec.executable != CONTAINER_EXECUTABLE:
+        args += ['-r', f'__node:={spec.name}']
     if namespace:
         args += ['-r', f'__ns:={normalize_namespace(namespace)}']
     if params_file:
@@ -204,10 +262,11 @@ def launch_description(mode: str):
 
     Declares every launch argument with its description; ``params_file`` defaults to the
     installed ``config/<problem>_params.yaml``; the namespace is pushed onto the whole group;
-    when the outer optimizer exits, the launch shuts down (as the pip-only launcher does)."""
+    ``containers`` groups nodes into processes (``processes``); when the outer optimizer's process
+    exits, the launch shuts down (as the pip-only launcher does)."""
     from launch import LaunchDescription
-    from launch.actions import DeclareLaunchArgument, EmitEvent, GroupAction, RegisterEventHandler, \
-        SetEnvironmentVariable
+    from launch.actions import DeclareLaunchArgument, EmitEvent, GroupAction, OpaqueFunction, \
+        RegisterEventHandler, SetEnvironmentVariable
     from launch.conditions import IfCondition
     from launch.event_handlers import OnProcessExit
     from launch.events import Shutdown
@@ -231,27 +290,36 @@ def launch_description(mode: str):
 
     types = {'use_sim_time': bool, 'autostart_bridge': bool, 'seed': int, 'problem': str, 'run_dir': str,
              'evaluator': str, 'safe_improvement': bool}
-    actions = [PushROSNamespace(LaunchConfiguration('namespace')),
-               # only when given: an empty policy_key_file keeps an exported $SIM2REAL_POLICY_KEY_FILE
-               # (as the pip-only launcher does) instead of overwriting it with ''
-               SetEnvironmentVariable(POLICY_KEY_ENV, LaunchConfiguration('policy_key_file'),
-                                      condition=IfCondition(NotEqualsSubstitution(
-                                          LaunchConfiguration('policy_key_file'), '')))]
-    optimizer = None
-    for spec in nodes(mode):
-        overrides = {('autostart' if name == 'autostart_bridge' else name):
-                     ParameterValue(LaunchConfiguration(name), value_type=types[name]) for name in spec.overrides}
-        overrides.update(MODE_PARAMETERS[mode].get(spec.name, {}))
-        common = dict(package=PACKAGE, executable=spec.executable, name=spec.name, output='screen',
-                      parameters=[LaunchConfiguration('params_file'), overrides],
-                      remappings=list(spec.remappings),
-                      ros_arguments=['--log-level', LaunchConfiguration('log_level')])
-        node = LifecycleNode(namespace='', **common) if spec.lifecycle else Node(**common)
-        actions.append(node)
-        if spec is OUTER_OPTIMIZER:
-            optimizer = node
-    handlers = []
-    if optimizer is not None:
-        handlers.append(RegisterEventHandler(OnProcessExit(
-            target_action=optimizer, on_exit=[EmitEvent(event=Shutdown(reason='the outer optimizer finished'))])))
-    return LaunchDescription(declared + [GroupAction(actions)] + handlers)
+
+    def node_actions(context):
+        """The processes, once ``containers`` is known: one Node action per node or container."""
+        actions = [PushROSNamespace(LaunchConfiguration('namespace')),
+                   # only when given: an empty policy_key_file keeps an exported $SIM2REAL_POLICY_KEY_FILE
+                   # (as the pip-only launcher does) instead of overwriting it with ''
+                   SetEnvironmentVariable(POLICY_KEY_ENV, LaunchConfiguration('policy_key_file'),
+                                          condition=IfCondition(NotEqualsSubstitution(
+                                              LaunchConfiguration('policy_key_file'), '')))]
+        handlers = []
+        for spec, members in processes(mode, LaunchConfiguration('containers').perform(context)):
+            overrides = {('autostart' if name == 'autostart_bridge' else name):
+                         ParameterValue(LaunchConfiguration(name), value_type=types[name]) for name in spec.overrides}
+            for member in members:
+                overrides.update(MODE_PARAMETERS[mode].get(member.name, {}))
+            common = dict(package=PACKAGE, executable=spec.executable, output='screen',
+                          parameters=[LaunchConfiguration('params_file'), overrides],
+                          remappings=list(spec.remappings),
+                          ros_arguments=['--log-level', LaunchConfiguration('log_level')])
+            if spec.executable == CONTAINER_EXECUTABLE:     # the members keep their own names
+                node = Node(arguments=[member.executable for member in members], **common)
+            elif spec.lifecycle:
+                node = LifecycleNode(name=spec.name, namespace='', **common)
+            else:
+                node = Node(name=spec.name, **common)
+            actions.append(node)
+            if OUTER_OPTIMIZER in members:
+                handlers.append(RegisterEventHandler(OnProcessExit(
+                    target_action=node,
+                    on_exit=[EmitEvent(event=Shutdown(reason='the outer optimizer finished'))])))
+        return [GroupAction(actions)] + handlers
+
+    return LaunchDescription(declared + [OpaqueFunction(function=node_actions)])

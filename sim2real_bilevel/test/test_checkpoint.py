@@ -111,6 +111,7 @@ def _run(method, iterations, run_dir=None, crash_in=None, crash_at=None, seed=3,
     ('sysid', 'system_identification', 3, PROBLEM),
     ('real-rl', 'real_policy_gradient', 4, PROBLEM),      # Adam on phi, created in start()
     ('bilevel', 'real_policy_gradient', 3, 'lqr'),        # continuous states and actions
+    ('sysid', 'inner_solve', 4, 'lqr'),                   # incremental least squares rebuilt from the kept batches
 ])
 def test_interrupted_run_resumes_bit_identical(tmp_path, method, crash_in, crash_at, problem_name):
     iterations = 6

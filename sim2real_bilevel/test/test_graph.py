@@ -110,3 +110,69 @@ def test_launch_files_describe_the_graph(mode):
     declared = {a.name: a for a in description.entities if isinstance(a, DeclareLaunchArgument)}
     assert {a.name for a in graph.LAUNCH_ARGUMENTS} <= set(declared)
     assert all(a.description for a in declared.values())
+
+
+def test_containers_group_each_side_into_one_process_and_keep_the_node_names():
+    assert [(spec.name, [m.name for m in members]) for spec, members in graph.processes('sim_only')] == \
+        [(s.name, [s.name]) for s in graph.nodes('sim_only')]
+    grouped = {spec.name: (spec, [m.name for m in members])
+               for spec, members in graph.processes('sim_only', 'learning, robot')}
+    assert set(grouped) == {'learning', 'robot'}
+    assert grouped['learning'][1] == ['differentiable_simulator', 'inner_trainer', 'sensitivity', 'outer_optimizer']
+    assert grouped['robot'][1] == ['hardware_bridge', 'robot_emulator']
+    # the learning side never shares a process with the robot side
+    assert not set(graph.CONTAINERS['learning']) & set(graph.CONTAINERS['robot'])
+    # on hardware the robot side is the bridge alone: its own process, under its own name
+    hardware = {spec.name: [m.name for m in members] for spec, members in graph.processes('hardware', 'learning,robot')}
+    assert hardware == {'learning': list(graph.CONTAINERS['learning']), 'hardware_bridge': ['hardware_bridge']}
+    with pytest.raises(ValueError, match=r"containers:='learning,robots'.*unknown container\(s\) \['robots'\]"):
+        graph.processes('sim_only', 'learning,robots')
+    with pytest.raises(launcher.LaunchError, match='unknown container'):
+        launcher.parse_assignments('sim_only', ['containers:=everything'])
+
+
+def test_launcher_plans_a_container_per_side_with_every_members_overrides():
+    arguments = launcher.parse_assignments('sim_only', ['containers:=learning,robot', 'namespace:=ns', 'seed:=2',
+                                                        'run_dir:=/runs/x'])
+    plans = launcher.plan('sim_only', arguments)
+    assert [p.spec.name for p in plans] == ['learning', 'robot']
+    assert launcher.optimizer_process(plans) == 'learning'
+    learning, robot = (p.command for p in plans)
+    assert learning[1:7] == ['-m', 'sim2real_bilevel.nodes.container', 'differentiable_simulator', 'inner_trainer',
+                             'sensitivity', 'outer_optimizer']
+    assert not any(a.startswith('__node:=') for a in learning + robot)      # the members keep their names
+    assert '__ns:=/ns' in learning and "run_dir:='/runs/x'" in learning and 'seed:=2' in learning
+    assert 'autostart:=true' in robot and robot[3:5] == ['hardware_bridge', 'robot_emulator']
+    assert launcher.optimizer_process(launcher.plan('sim_only', launcher.parse_assignments('sim_only', []))) == \
+        'outer_optimizer'
+
+
+def test_every_node_module_can_be_a_container_member():
+    from sim2real_bilevel.nodes import container
+    assert set(container.MEMBERS) == {s.executable for s in graph.MODES['sim_only']}
+    for executable, name in container.MEMBERS.items():
+        assert f'class {name}(' in (PACKAGE_ROOT / 'sim2real_bilevel' / 'nodes' / f'{executable}.py').read_text()
+    assert container.member_names(['container', 'outer_optimizer', 'sensitivity', '--ros-args', '-p', 'seed:=1']) \
+        == ['sensitivity', 'outer_optimizer']
+    with pytest.raises(SystemExit, match='unknown'):
+        container.member_names(['container', 'optimizer'])
+
+
+@pytest.mark.skipif(importlib.util.find_spec('launch_ros') is None, reason='launch_ros is not installed')
+def test_launch_file_starts_the_containers_it_is_asked_for():
+    from launch import LaunchContext
+    from launch.actions import GroupAction, OpaqueFunction, RegisterEventHandler
+    from launch_ros.actions import Node
+    description = graph.launch_description('sim_only')
+    opaque = next(e for e in description.entities if isinstance(e, OpaqueFunction))
+    executables = {}
+    for containers in ('', 'learning,robot'):
+        context = LaunchContext()
+        context.launch_configurations.update(graph.argument_defaults('sim_only') | {'containers': containers})
+        entities = opaque.execute(context)
+        group = next(e for e in entities if isinstance(e, GroupAction))
+        nodes = [a for a in group.get_sub_entities() if isinstance(a, Node)]
+        executables[containers] = sorted(n.node_executable for n in nodes)
+        assert sum(isinstance(e, RegisterEventHandler) for e in entities) == 1      # the optimizer's process
+    assert executables[''] == sorted(s.executable for s in graph.nodes('sim_only'))
+    assert executables['learning,robot'] == ['container', 'container']

@@ -96,6 +96,41 @@ def test_ros_loop_matches_the_in_process_core_and_records_the_run(tmp_path, ros_
     assert f'{iterations} outer iterations' in report.stdout and (run_dir / 'report.png').is_file()
 
 
+def test_containers_run_each_side_in_one_process_with_the_core_s_theta(tmp_path, ros_env):
+    """containers:=learning,robot: six nodes in two processes, goals between the learning-side nodes
+    handed over in-process, run_episodes still over DDS to the robot side; theta is the core's."""
+    from sim2real_bilevel.core.config import builtin_config
+    from sim2real_bilevel.core.experiments import make_run
+    from sim2real_bilevel.core.problems import load_problem
+    from sim2real_bilevel.core.provenance import generate_key_file
+
+    iterations, seed = 12, 2
+    run_dir = tmp_path / 'run'
+    key_file = generate_key_file(tmp_path / 'policy.key')      # signed goals cross the learning/robot boundary
+    process = _launch(ros_env, tmp_path, f'problem:={PROBLEM}', f'seed:={seed}', f'run_dir:={run_dir}',
+                      f'params_file:={_params_file(tmp_path, iterations)}', 'namespace:=composed',
+                      'containers:=learning,robot', f'policy_key_file:={key_file}')
+    output, _ = process.communicate(timeout=240)
+    assert process.returncode == 0, output
+    assert 'sim_only: 6 nodes in 2 processes (containers: learning (differentiable_simulator, inner_trainer, ' \
+           'sensitivity, outer_optimizer); robot (hardware_bridge, robot_emulator))' in output
+    assert '[learning] [INFO]' in output and 'composed.inner_trainer]: inner trainer for' in output
+    assert '[robot] [INFO]' in output and 'composed.hardware_bridge]: configured' in output
+    # every train_policy (iteration 0 and one per iteration) and compute_sensitivity goal in-process
+    assert f'0 goal(s) sent again, {2 * iterations + 1} handed over in-process' in output, output
+    assert 'all nodes stopped (learning=0, robot=0)' in output
+    assert not _processes_of(Path(ros_env['ROS_LOG_DIR'])), 'processes of the launch outlived it'
+
+    seed_entry = json.loads((run_dir / 'results.json').read_text())['methods']['bilevel']['seeds'][0]
+    core = make_run(load_problem(builtin_config(PROBLEM)), 'bilevel', seed, iterations=iterations, evaluate=True)
+    core.run()
+    np.testing.assert_array_equal([r['theta'] for r in seed_entry['iterations']], [r.theta for r in core.history])
+    assert 0 < seed_entry['graph_startup_s'] < seed_entry['wall_time_s']
+    metadata = yaml.safe_load((run_dir / 'bag' / 'metadata.yaml').read_text())['rosbag2_bagfile_information']
+    counts = {t['topic_metadata']['name']: t['message_count'] for t in metadata['topics_with_message_count']}
+    assert counts['/composed/outer_metrics'] == counts['/composed/theta'] == iterations + 1
+
+
 def test_without_an_evaluator_the_run_shows_estimates_and_keeps_the_best_policy(tmp_path, ros_env):
     """As on hardware (evaluator:='' and safe_improvement:=true): nothing asks for the hidden model's
     returns, which stay NaN everywhere; records, metrics, results and report carry the estimated
@@ -137,9 +172,10 @@ def test_ros_loop_converges_on_the_discrete_example(tmp_path, ros_env):
     assert records[-1]['normalized_return'] >= 0.95 > records[0]['normalized_return']
 
 
-def test_ctrl_c_stops_every_node_and_leaves_no_orphans(tmp_path, ros_env):
+@pytest.mark.parametrize('containers, processes', [('', 6), ('learning,robot', 2)], ids=['nodes', 'containers'])
+def test_ctrl_c_stops_every_node_and_leaves_no_orphans(tmp_path, ros_env, containers, processes):
     process = _launch(ros_env, tmp_path, f'problem:={PROBLEM}', f'run_dir:={tmp_path / "run"}',
-                      f'params_file:={_params_file(tmp_path, 100000)}')
+                      f'params_file:={_params_file(tmp_path, 100000)}', f'containers:={containers}')
     lines = []
     deadline = time.monotonic() + 180
     for line in process.stdout:
@@ -147,7 +183,7 @@ def test_ctrl_c_stops_every_node_and_leaves_no_orphans(tmp_path, ros_env):
         if 'first outer iteration done' in line:
             break
         assert time.monotonic() < deadline, ''.join(lines)
-    assert len(_processes_of(Path(ros_env['ROS_LOG_DIR']))) >= 7      # the launcher and its six nodes
+    assert len(_processes_of(Path(ros_env['ROS_LOG_DIR']))) >= 1 + processes      # the launcher and its children
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 130, ''.join(lines) + output

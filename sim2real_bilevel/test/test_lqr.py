@@ -451,3 +451,34 @@ def test_lstd_feature_scaling_keeps_the_regular_solution(shipped):
     instruments = features * (w / w.mean())[:, None]
     direct = np.linalg.solve(instruments.T @ (features - shipped.gamma * next_features), instruments.T @ costs)
     np.testing.assert_allclose(critic.solve(costs)[0], weights_to_matrix(direct, critic.p)[0], rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize('case', ['full', 'unexcited'])
+def test_incremental_system_identification_equals_the_batch_refit(case):
+    """The sysid baseline's sufficient statistics (a QR factor updated batch by batch) give the batch
+    least-squares fit after every batch, to float tolerance -- also when a learnable entry multiplies
+    a state component the data never excite (minimum-norm change from theta_init in both)."""
+    if case == 'full':
+        data = copy.deepcopy(FULL)
+    else:
+        data = copy.deepcopy(UNEXCITED)
+        data['simulator']['learn_A'] = [[0, 0], [1, 1]]          # A[1][0] multiplies x_0 == 0: undetermined
+    problem = LQRProblem.from_dict(data, f'<{case}>')
+    rng = np.random.default_rng(4)
+    phi = problem.inner_solve(problem.theta0()).phi
+    theta_init = problem.theta0()
+    statistics = problem.system_identification_statistics(theta_init)
+    batches = []
+    for scale in (1.0, 0.5, 0.8, 1.2):
+        batches.append(problem.sample_real(phi * scale, 7, rng))
+        statistics.add(batches[-1])
+        batch_fit = problem.system_identification(batches, theta_init)
+        incremental = statistics.fit()
+        dynamics = problem.theta_groups()['dynamics']
+        assert np.all(batch_fit[dynamics] != theta_init[dynamics]) or case == 'unexcited'      # a fit happened
+        np.testing.assert_allclose(incremental, batch_fit, rtol=1e-9, atol=1e-11)
+    assert statistics.factor.shape[0] <= statistics.columns + 1       # the statistics do not grow with the data
+    if case == 'unexcited':
+        index = 0                                                    # theta: A[1][0], A[1][1], B[1][0], log Q
+        assert batch_fit[index] == pytest.approx(theta_init[index], abs=1e-12)     # untouched, in both
+        assert incremental[index] == pytest.approx(theta_init[index], abs=1e-12)

@@ -4,7 +4,7 @@
 Failure classes, reproduced by generated problems at default settings (no ``outer:`` section):
 - seed 14 (2 x 2, stable): 0.853 after 200 iterations; the exact real gradient did no better
   (0.854) -- the fixed Adam step 0.05 is too short for the log cost diagonals, which range
-  over +- ln 100 (0.18: 0.980); NOT fixed here, see ``outer_defaults``;
+  over +- ln 100 (0.18: 0.980); fixed by the per-coordinate step (test_outer_step.py);
 - seed 17 (5 x 3, unstable, policy std 0.055): 0.913; the critic saw only the newest 10
   episodes (real_history 1), too few for H_uu at that std (all batches: 0.986)."""
 import pytest

@@ -18,7 +18,7 @@ from sim2real_bilevel.core.config import builtin_config
 from sim2real_bilevel.core.experiments import make_run
 from sim2real_bilevel.core.generators import generate, load_text
 from sim2real_bilevel.core.problems import load_problem
-from sim2real_bilevel.core.problems.tabular.config import ALL_REAL_DATA, default_step_size, default_temperature
+from sim2real_bilevel.core.problems.tabular.config import ALL_REAL_DATA, default_temperature
 
 
 def _generated(seed: int):
@@ -63,13 +63,17 @@ def load_problem_from(data: dict):
 
 def test_derived_defaults_reproduce_the_hand_tuned_shipped_values():
     """discrete_3s2a.yaml was tuned by hand (tau 1.0, step 0.2, every real transition kept);
-    without those fields the scale rules give the same values."""
+    without those fields the scale rules give the same values (the step per coordinate: 1 % of the
+    logits' range 20 is 0.2; the rewards, range 40, get 0.4)."""
     data = yaml.safe_load(open(builtin_config('discrete_3s2a')).read())
     explicit = load_problem(builtin_config('discrete_3s2a'))
     del data['inner']['temperature'], data['outer']['step_size'], data['outer']['real_history']
     derived = load_problem_from(data)
     assert derived.temperature == pytest.approx(explicit.temperature) == pytest.approx(1.0)
-    assert derived.outer_defaults['step_size'] == pytest.approx(explicit.outer_defaults['step_size'])
+    run = make_run(derived, 'bilevel', 0, iterations=1)
+    logits = derived.theta_groups()['dynamics']
+    assert logits.any()
+    np.testing.assert_allclose(run.config.step_size * run.adam.scale[logits], explicit.outer_defaults['step_size'])
     assert derived.outer_defaults['real_history'] == explicit.outer_defaults['real_history'] == ALL_REAL_DATA
 
 
@@ -82,9 +86,6 @@ def test_derived_temperature_follows_the_reachable_reward_spread():
     assert default_temperature(rewards, one, 10.0) == pytest.approx(20.0 / 40)        # [-10, 10] reachable
     assert default_temperature(np.ones((2, 2)), fixed, 10.0) == pytest.approx(0.1)    # no scale: the constant
     assert default_temperature(10 * rewards, fixed, 10.0) == pytest.approx(10 * 3.0 / 40)   # units cancel
-    no_logits = np.zeros((2, 2, 2), dtype=bool)
-    assert default_step_size(no_logits, 10.0, one, 3.0) == pytest.approx(0.06)
-    assert default_step_size(~no_logits, 10.0, one, 3.0) == pytest.approx(0.06)       # the narrowest range
 
 
 def test_explicit_settings_still_win():

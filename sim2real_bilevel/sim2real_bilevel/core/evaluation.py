@@ -70,6 +70,21 @@ class ReturnEstimate:
                 'real_return_ci_high': self.high, 'episodes': self.episodes}
 
 
+def bootstrap_interval(point: float, episodes: int, statistic: Callable[[np.ndarray], float], resamples: int,
+                       confidence: float, seed: bytes) -> ReturnEstimate:
+    """``point`` with the percentile bootstrap interval over whole episodes: ``statistic(chosen)``
+    re-estimates it on the episodes ``chosen`` (indices drawn with replacement).  The resampling
+    stream is seeded by ``seed`` (the data's bytes), so the interval is a function of the data and
+    draws nothing from a run's RNG.  NaN bounds below two episodes."""
+    if episodes < 2:
+        return ReturnEstimate(point, NAN, NAN, episodes)
+    import zlib
+    rng = np.random.default_rng(zlib.crc32(seed))
+    samples = [statistic(rng.integers(0, episodes, episodes)) for _ in range(resamples)]
+    low, high = np.quantile(samples, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return ReturnEstimate(point, float(low), float(high), episodes)
+
+
 @dataclass
 class BestPolicy:
     """The best policy deployed so far (highest mean estimated real return): where it came from

@@ -48,6 +48,15 @@ def make_run(problem, method: str, seed: int, iterations: Optional[int] = None,
     if method not in METHODS:
         raise ValueError(f'unknown method {method!r}; expected one of {sorted(METHODS)}')
     cls, method_overrides = METHODS[method]
+    config = make_config(problem, method, iterations, overrides, method_overrides)
+    return cls(problem, config, seed=seed, progress=progress,
+               evaluator=oracle_evaluator(problem) if evaluate else None)
+
+
+def make_config(problem, method: str, iterations: Optional[int], overrides: Optional[dict],
+                method_overrides: dict) -> OuterConfig:
+    """The OuterConfig of a run: the problem file's outer defaults, then ``overrides``, then the
+    method's own, then ``iterations`` (unless the method fixes it), then the file's per-method section."""
     values = dict(problem.outer_defaults)
     values.update(overrides or {})
     values.update(method_overrides)
@@ -55,19 +64,19 @@ def make_run(problem, method: str, seed: int, iterations: Optional[int] = None,
         values['iterations'] = iterations
     per_method = values.pop('methods', {}) or {}
     values.update(per_method.get(method, {}))
-    config = OuterConfig.from_mapping(values)
-    return cls(problem, config, seed=seed, progress=progress,
-               evaluator=oracle_evaluator(problem) if evaluate else None)
+    return OuterConfig.from_mapping(values)
 
 
 def run_experiment(config_path: str | Path, methods: list[str], seeds: int = 1,
                    iterations: Optional[int] = None, overrides: Optional[dict] = None,
                    on_record: Optional[Callable[[str, int, IterationRecord], None]] = None,
-                   run_dir: Optional[str | Path] = None, evaluate: bool = False) -> dict:
+                   run_dir: Optional[str | Path] = None, evaluate: bool = False,
+                   make: Optional[Callable] = None) -> dict:
     """Run every method for every seed; returns the results.json document.  With ``run_dir``
     each (method, seed) persists itself in RUN_DIR/<method>/seed<k>/ and continues from there
     when that folder already holds a checkpoint (``MethodRun.attach_run_dir``).  ``evaluate``: sim-only
-    evaluation of every record by the hidden real model (``make_run``)."""
+    evaluation of every record by the hidden real model (``make_run``).  ``make``: what builds each
+    run, with ``make_run``'s arguments (default ``make_run``; ``solve --offline`` binds a dataset)."""
     if run_dir is not None:
         refused = {m: NOT_RESUMABLE[m] for m in methods if m in NOT_RESUMABLE}
         if refused:
@@ -78,7 +87,8 @@ def run_experiment(config_path: str | Path, methods: list[str], seeds: int = 1,
         seed_results = []
         for seed in range(seeds):
             callback = (lambda record, m=method, s=seed: on_record(m, s, record)) if on_record else None
-            run = make_run(problem, method, seed, iterations, overrides, progress=callback, evaluate=evaluate)
+            run = (make or make_run)(problem, method, seed, iterations, overrides, progress=callback,
+                                     evaluate=evaluate)
             if run_dir is not None:
                 wanted = run.config.iterations          # the caller's count wins over the saved one
                 if run.attach_run_dir(Path(run_dir) / method / f'seed{seed}'):
@@ -99,6 +109,9 @@ def seed_entry(run, seed: int, wall_time_s: float) -> dict:
     best = None if run.best is None else run.best.to_json(run.config.confidence, run.evaluator)
     if best is not None:
         best['backtracks'] = int(run.backtracks)
+    report = getattr(run, 'final_report', None)
+    if best is None and report is not None:      # offline runs deploy nothing: their final policy
+        best = report()
     return {'seed': seed, 'wall_time_s': wall_time_s, 'best': best,
             'iterations': [r.to_json() for r in run.history]}
 
@@ -133,8 +146,9 @@ def _stats(values) -> tuple:
 
 
 def best_policies(seeds: list[dict]) -> list:
-    """Per seed: [estimated real return, CI low, CI high, episodes, normalised return or None] of
-    the best deployed policy (None for a seed that deployed none)."""
+    """Per seed: [estimated real return, CI low, CI high, episodes, normalised return or None,
+    coverage or None] of the best deployed policy -- for offline runs, of the final policy, with
+    the dataset's coverage of it -- (None for a seed that deployed none)."""
     rows = []
     for seed in seeds:
         best = seed.get('best')
@@ -143,7 +157,8 @@ def best_policies(seeds: list[dict]) -> list:
             continue
         normalized = best.get('normalized_return')
         rows.append([best['real_return_estimate'], best['real_return_ci_low'], best['real_return_ci_high'],
-                     best['episodes'], normalized if normalized is not None and math.isfinite(normalized) else None])
+                     best['episodes'], normalized if normalized is not None and math.isfinite(normalized) else None,
+                     best.get('coverage')])
     return rows
 
 
@@ -237,15 +252,18 @@ def format_summary(summary: dict, target: float = TARGET) -> str:
     bests = {m: s['best'] for m, s in summary.items() if any(row is not None for row in s.get('best') or [])}
     if bests:
         lines += ['', 'result: the best deployed policy per seed, estimated real return [confidence interval] over '
-                      'its real episodes (n) -- and its normalised return where evaluated (sim-only)']
+                      'its real episodes (n) -- and its normalised return where evaluated (sim-only); offline runs: '
+                      'the final policy, estimated from the dataset (bootstrap interval), and its coverage']
         for method, rows in bests.items():
             cells = []
             for row in rows:
                 if row is None:
                     cells.append('none deployed')
                     continue
-                estimate, low, high, episodes, normalized = row
+                estimate, low, high, episodes, normalized = row[:5]
                 cell = f'{estimate:.4g} [{low:.4g}, {high:.4g}] (n={episodes})'
+                if len(row) > 5 and row[5] is not None:
+                    cell += f' offline, coverage {row[5]:.3g}'
                 cells.append(cell + (f' -> {normalized:.4f}' if normalized is not None else ''))
             lines.append(f'{method:<22}' + '; '.join(cells))
     budgets = sorted({int(b) for s in summary.values() for b in (s.get('return_at_episodes') or {})})

@@ -33,7 +33,12 @@ What a ``BilevelProblem`` gives (abstract unless a default is named):
   - ``controller(phi, rng)``: what the hardware bridge runs for pi_phi on those topics, one
     step at a time (``EpisodeController``), ending in a ``Trajectories`` batch; its flags say
     whether the bridge's effort safety applies (``commands_are_efforts``) and whether each
-    step waits for a ``reward`` message (``needs_reward``).  Default: ``NotImplementedError``.
+    step waits for a ``reward`` message (``needs_reward``).  Default: ``NotImplementedError``;
+  - ``start_pose()``: the joint positions (one per commanded joint, in command order) that a
+    scripted reset drives the robot to with efforts between episodes (hardware bridge
+    ``reset_mode: scripted``, ``nodes/resets.py``): the mean of the real initial-state
+    distribution.  Default None: efforts cannot drive this problem's robot to an initial state
+    (a scripted reset is refused).
 """
 from __future__ import annotations
 
@@ -281,3 +286,8 @@ class BilevelProblem(abc.ABC):
         """pi_phi as a step-by-step controller drawing from ``rng`` (hardware bridge, topics)."""
         raise NotImplementedError(f'the {self.kind} problem has no step-by-step controller '
                                   '(its real episodes are sampled whole by sample_real)')
+
+    def start_pose(self) -> Optional[list[float]]:
+        """Joint positions (command order) a scripted reset drives the robot to: the mean of the
+        real initial-state distribution; None when efforts cannot drive it there."""
+        return None

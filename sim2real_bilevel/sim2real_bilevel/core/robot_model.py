@@ -70,6 +70,8 @@ class PendulumModel:
     ``noise_std`` (2,) is the transition noise on (angle, velocity) after one control period.
     """
 
+    state_dim, action_dim, observation_dim, n_physical = STATE_DIM, ACTION_DIM, OBSERVATION_DIM, N_PHYSICAL
+
     def __init__(self, geometry: PendulumGeometry, noise_std):
         self.geometry = geometry
         noise_std = torch.as_tensor(noise_std, dtype=torch.float64)

@@ -14,6 +14,13 @@ result ``RESULT_KEPT_S`` (their ``result_timeout``), so a client whose goal stat
   the robot emulator), its waits given by the caller.
 - ``wait_for_result``: spin until a goal's result arrives, asking again when lost (also the
   test client's).
+- ``serve_action``: an action server that peers in the same process (a container,
+  nodes/container.py) may also be handed goals by a direct call: with ``intra_process_actions``
+  the ``ActionCaller`` of a node on the same executor calls its goal and execute callbacks
+  in-process -- the goal checked and run exactly as one over DDS, its result the same message --
+  instead of the two DDS round trips (goal, result) an action takes.  Like rclcpp's intra-process
+  communication, such a goal is not seen on the action's status topic; peers in other processes
+  use the server over DDS as always.
 """
 from __future__ import annotations
 
@@ -41,6 +48,49 @@ class PeerLost(ActionFailed):
 
 class GoalRejected(PeerLost):
     """The server rejected the goal (its log says why: the action protocol carries no reason)."""
+
+
+class InProcessEndpoint:
+    """What ``serve_action`` keeps for callers in the same process: the action's resolved name
+    and the server's goal and execute callbacks."""
+
+    def __init__(self, name: str, goal_callback: Callable, execute_callback: Callable):
+        self.name, self.goal_callback, self.execute_callback = name, goal_callback, execute_callback
+
+
+def serve_action(node, action_type, name: str, execute_callback: Callable, goal_callback: Callable, **options):
+    """``rclpy.action.ActionServer`` on ``node`` (``options``: its keyword arguments), which an
+    ``ActionCaller`` on the same executor may call in-process (``InProcessEndpoint``)."""
+    from rclpy.action import ActionServer
+    server = ActionServer(node, action_type, name, execute_callback=execute_callback, goal_callback=goal_callback,
+                          **options)
+    server.in_process = InProcessEndpoint(node.resolve_topic_name(name), goal_callback, execute_callback)
+    return server
+
+
+class InProcessGoalHandle:
+    """The goal handle of a goal handed over in-process: what an execute callback uses of
+    rclpy's ServerGoalHandle.  Feedback goes only to a goal's own client, which here does not
+    ask for it, so it is dropped."""
+
+    def __init__(self, request):
+        from action_msgs.msg import GoalStatus
+        self.request = request
+        self.is_cancel_requested = False
+        self.status = GoalStatus.STATUS_EXECUTING
+        self._codes = GoalStatus
+
+    def publish_feedback(self, feedback) -> None:
+        pass
+
+    def succeed(self) -> None:
+        self.status = self._codes.STATUS_SUCCEEDED
+
+    def abort(self) -> None:
+        self.status = self._codes.STATUS_ABORTED
+
+    def canceled(self) -> None:
+        self.status = self._codes.STATUS_CANCELED
 
 
 class ResultRequest:
@@ -106,6 +156,9 @@ class ActionCaller:
         self.executor: Optional[SingleThreadedExecutor] = None
         self.retries = 0
         """Goals sent again after a peer failed to answer (see ``call``)."""
+        self.in_process_calls = 0
+        """Goals handed to a server in this process (``serve_action``) instead of over DDS."""
+        self._endpoints: dict = {}
 
     def call(self, client, goal, name: str, read: Optional[Callable[[Any], Any]] = None,
              prepare: Optional[Callable[[Any], None]] = None):
@@ -132,6 +185,9 @@ class ActionCaller:
 
     def call_once(self, client, goal, name: str):
         """One attempt: the result, or PeerLost / TimeoutError saying why not."""
+        endpoint = self.in_process_endpoint(client)
+        if endpoint is not None:
+            return self.call_in_process(endpoint, goal, name)
         sent = wait_for(self.executor, client.send_goal_async(goal), self.parameters['goal_timeout_s'],
                         f'{name} goal')
         if not sent.accepted:
@@ -140,6 +196,32 @@ class ActionCaller:
         if not response.result.success:
             raise PeerLost(f'failed (status {response.status}): {response.result.message}')
         return response.result
+
+    def in_process_endpoint(self, client) -> Optional[InProcessEndpoint]:
+        """The in-process endpoint of ``client``'s server when a node on this executor serves it
+        (``serve_action``) and ``intra_process_actions`` is on; else None (DDS)."""
+        if not self.parameters['intra_process_actions']:
+            return None
+        if client not in self._endpoints:
+            name = self.node.resolve_topic_name(client._action_name)
+            self._endpoints[client] = next(
+                (waitable.in_process for node in self.executor.get_nodes() for waitable in node.waitables
+                 if getattr(waitable, 'in_process', None) is not None and waitable.in_process.name == name), None)
+        return self._endpoints[client]
+
+    def call_in_process(self, endpoint: InProcessEndpoint, goal, name: str):
+        """``call_once`` by a direct call: the server's goal check, then its execute callback as a
+        task of this executor (which it may await on, like over DDS), within ``action_timeout_s``."""
+        from rclpy.action import GoalResponse
+        if endpoint.goal_callback(goal) != GoalResponse.ACCEPT:
+            raise GoalRejected(f'goal rejected by {endpoint.name} (its log says why)')
+        handle = InProcessGoalHandle(goal)
+        task = self.executor.create_task(endpoint.execute_callback, handle)
+        result = wait_for(self.executor, task, self.parameters['action_timeout_s'], f'{name} result')
+        self.in_process_calls += 1
+        if not result.success:
+            raise PeerLost(f'failed (status {handle.status}): {result.message}')
+        return result
 
     def wait_for_server(self, client) -> None:
         timeout = self.parameters['server_timeout_s']

@@ -200,8 +200,10 @@ class EpisodeLoop:
 
 
 async def run_timed(transport, goal, goal_handle, controller, command_filter,
-                    fail: Callable[[str], RunEpisodes.Result], version: int) -> RunEpisodes.Result:
-    """The goal's episodes on the timer loop (the topic transport's ``run`` for ``loop: timer``)."""
+                    fail: Callable[[str], RunEpisodes.Result], version: int,
+                    feedback: Callable[[str, int], None]) -> RunEpisodes.Result:
+    """The goal's episodes on the timer loop (the topic transport's ``run`` for ``loop: timer``);
+    ``feedback(status, episodes_done)`` tells the goal's client what a reset waits for."""
     bridge, waits = transport.bridge, transport.bridge.waits
     rate = bridge.parameters['control_rate'] or (1.0 / controller.control_period if controller.control_period
                                                    else 0.0)
@@ -221,7 +223,7 @@ async def run_timed(transport, goal, goal_handle, controller, command_filter,
 
     for episode in range(int(goal.n_episodes)):
         transport.start_timed_episode(bridge.get_clock().now().nanoseconds)
-        reset = await transport.reset_robot()
+        reset = await transport.reset_robot(True, lambda status, done=episode: feedback(status, done))
         if not reset.success:
             return failed(f'reset failed: {reset.message}')
         timeout = bridge.parameters['watchdog_timeout_s']

@@ -23,7 +23,9 @@ Transports (parameter ``transport``, package ``nodes/transports``):
 - ``topics``: the ros2_control contract of real hardware -- reads ``joint_states`` (joints
   mapped by name through the ``joints`` parameter), writes ``<controller>/commands``
   (std_msgs/Float64MultiArray ordered like ``joints``) through this node's checks, takes the
-  step reward from ``reward`` and starts episodes through the ``reset_service``.
+  step reward from ``reward`` and starts each episode after a reset of ``reset_mode``
+  (``nodes/resets.py``): the robot's ``reset_service``, a scripted drive to ``reset_pose``
+  under the bridge's limits, or the operator's answer on ``~/continue_episode``.
 This node keeps the lifecycle, the e-stop, the goal checks (signatures, versions, kept results)
 and the command publisher; a transport only runs the episodes.
 """
@@ -45,6 +47,7 @@ from . import conversions, provenance
 from .action_calls import RESULT_KEPT_S
 from .control_loop import key_values
 from .kept_results import KeptResults
+from .resets import RESET_PARAMETERS, start_pose
 from .runtime import EVENTS, LATCHED, PROBLEM, ROBOT_STREAM, DeclaredParameters, ParameterSpec, \
     command_publishers, load_problem, run_node
 from .transports import TRANSPORTS, RobotWaits, Transport
@@ -86,6 +89,7 @@ class HardwareBridge(LifecycleNode):
                           low=0.001, high=600.0),
             ParameterSpec('reset_timeout_s', 10.0, 'longest wait for the reset service to start an episode',
                           low=0.01, high=600.0),
+            *RESET_PARAMETERS,
             ParameterSpec('episode_timeout_s', 600.0, 'longest wait for a batched run_episodes result',
                           low=0.1, high=1e6),
             ParameterSpec('effort_limit', 2.0, 'largest |effort| commanded to any joint (N m); larger requests are '
@@ -157,6 +161,13 @@ class HardwareBridge(LifecycleNode):
             self.get_logger().error('configure failed: the joints parameter is empty')
             return TransitionCallbackReturn.FAILURE
         self.joints = joints
+        if self.parameters['reset_mode'] == 'scripted':
+            try:
+                start_pose(self.parameters['reset_pose'], joints, self.problem.start_pose(),
+                           self.parameters['position_limit'])
+            except ValueError as err:
+                self.get_logger().error(f'configure failed: reset_mode scripted: {err}')
+                return TransitionCallbackReturn.FAILURE
         key_file = provenance.key_file_setting(self.parameters['policy_key_file'])
         if key_file:
             try:
@@ -421,6 +432,7 @@ class HardwareBridge(LifecycleNode):
             hardware_id=self.parameters['controller'],
             values=[KeyValue(key='active', value=str(self.active)),
                     KeyValue(key='transport', value=self.parameters['transport']),
+                    KeyValue(key='reset_mode', value=self.parameters['reset_mode']),
                     KeyValue(key='command_readers', value=str(self.command_readers)),
                     KeyValue(key='deployed_policy_version', value=str(self.deployed)),
                     KeyValue(key='estop', value=self.estop_reason if self.estopped else 'clear'),

@@ -10,14 +10,13 @@ was trained on.
 from __future__ import annotations
 
 import numpy as np
-from rclpy.action import ActionServer
 from rclpy.node import Node
 from sim2real_bilevel_interfaces.action import TrainPolicy
 from sim2real_bilevel_interfaces.msg import PolicyParameters
 
 from ..core.outer import INNER_METHODS
 from . import conversions
-from .action_calls import RESULT_KEPT_S
+from .action_calls import RESULT_KEPT_S, serve_action
 from .runtime import (LATCHED, PROBLEM, SEED, BackgroundWork, DeclaredParameters, ParameterSpec, accept_cancel,
                       goal_validator, load_problem, outer_config_defaults, run_node)
 
@@ -41,7 +40,7 @@ class InnerTrainer(Node):
         self.theta_version = -1
         self.work = BackgroundWork(self)
         self.policy_publisher = self.create_publisher(PolicyParameters, 'policy', LATCHED)
-        self.train_server = ActionServer(
+        self.train_server = serve_action(
             self, TrainPolicy, 'train_policy', execute_callback=self.train_policy_callback,
             goal_callback=goal_validator(self, self._read_goal, 'train_policy'), cancel_callback=accept_cancel,
             result_timeout=RESULT_KEPT_S)

@@ -148,6 +148,10 @@ class OuterOptimizer(Node):
                           'rejection, an abort or a malformed result (a peer restarting)', low=0, high=10 ** 6),
             ParameterSpec('server_timeout_s', 60.0, 'longest wait for the other nodes to come up', low=0.1,
                           high=1e6),
+            ParameterSpec('intra_process_actions', True, 'in a container (launch argument containers:=learning): '
+                          'hand goals to the action servers of the same process (inner_trainer, sensitivity) by a '
+                          'direct call instead of over DDS, as rclcpp\'s intra-process communication does; the '
+                          'servers check and run them as any goal (read at every goal)'),
             ParameterSpec('progress_period_s', 0.5, 'least time between two progress lines on stdout',
                           low=0.0, high=3600.0),
             ParameterSpec('evaluator', '', "sim-only evaluator: the EvaluatePolicy service (the robot_emulator's "
@@ -187,6 +191,8 @@ class OuterOptimizer(Node):
         self.episodes = RealEpisodeRequests(self.problem, self.run_dir, policy_key, self.get_logger())
         self.recording: Optional[RunRecording] = None
         self.status = 'starting'
+        self.startup_s: Optional[float] = None
+        """Seconds of the run's wall time spent waiting for the other nodes' servers to appear."""
 
     # --- the replaced expensive calls ---------------------------------------------------------------------
     def train_policy(self, theta: np.ndarray, phi_init):
@@ -311,6 +317,7 @@ class OuterOptimizer(Node):
             self.get_logger().info(f'waiting for the graph ({self.problem.source}, seed {self.parameters["seed"]}, '
                                    f'{loop.config.iterations} iterations, run_dir {self.run_dir})')
             self.wait_for_servers()
+            self.startup_s = time.perf_counter() - started
             self.status = 'running'
             if loop.phi is not None:
                 self.episodes.recover(loop, lambda goal: self.actions.call_once(self.episodes_client, goal,
@@ -354,7 +361,8 @@ class OuterOptimizer(Node):
                                f'wrote {json_path}, {png_path}' +
                                (f', {self.run_dir / "bag"}' if self.recording else '') +
                                f'; {loop.replayed_real_batches} real batch(es) reused from before a restart, '
-                               f'{self.actions.retries} goal(s) sent again')
+                               f'{self.actions.retries} goal(s) sent again, {self.actions.in_process_calls} '
+                               'handed over in-process')
 
     def _after_results(self, what: str, action) -> None:
         try:
@@ -365,8 +373,9 @@ class OuterOptimizer(Node):
     def write_results(self, loop: GraphBilevelLoop, wall_time: float):
         """RUN_DIR/results.json and results.png, the summary on stdout; returns both paths."""
         from ..core.experiments import format_summary, method_entry, results_document, seed_entry, write_results
-        document = results_document(self.problem.source, self.problem,
-                                    {'bilevel': method_entry(loop, [seed_entry(loop, loop.seed, wall_time)])},
+        seed = seed_entry(loop, loop.seed, wall_time)
+        seed['graph_startup_s'] = self.startup_s        # part of wall_time_s
+        document = results_document(self.problem.source, self.problem, {'bilevel': method_entry(loop, [seed])},
                                     transport='ros2', status=self.status)
         paths = write_results(document, self.run_dir)
         print(format_summary(document['summary']), flush=True)

@@ -9,7 +9,8 @@ Two transports, the bridge picks one:
 - the robot-facing topics of real hardware: ``joint_states`` (sensor_msgs/JointState) out,
   ``<controller>/commands`` (std_msgs/Float64MultiArray) in, one transition per command,
   with ``reward`` (std_msgs/Float64) for the step when the system measures one and
-  ``~/reset`` (std_srvs/Trigger) to start an episode.  The system stepped is the problem's
+  ``~/reset`` (std_srvs/Trigger) to start an episode (with ``start_running`` the robot is on from
+  startup, in a reset state, for a bridge that resets it itself).  The system stepped is the problem's
   ``real_system(rng)`` (the contract in ``core/problem.py``; e.g. tabular: state index as the
   joint position, action index as the command; the pendulum: the pybullet robot with the
   hidden parameters, one control period per command -- lockstep, as fast as the bridge
@@ -74,6 +75,10 @@ class RobotEmulator(Node):
             ParameterSpec('commanders', ['hardware_bridge'], 'nodes allowed to publish commands (names relative to '
                           'this node\'s namespace, or absolute); while another node publishes there, commands are '
                           "ignored; [''] = any node (read at startup)", read_only=True),
+            ParameterSpec('start_running', False, 'the robot is on from startup: its real system starts in a reset '
+                          'state (one draw from the seed\'s stream) and steps on commands before any ~/reset call, '
+                          'as a robot the bridge resets itself (reset_mode scripted or operator) (read at startup)',
+                          read_only=True),
             ParameterSpec('max_episodes', 100000, 'largest n_episodes one run_episodes goal may ask for', low=1,
                           high=10 ** 7),
             ParameterSpec('mode', 'lockstep', "topic transport: 'lockstep' (one control period per command, as fast "
@@ -114,6 +119,13 @@ class RobotEmulator(Node):
         self.clock_publisher = (self.create_publisher(Clock, '/clock', 10) if self.parameters['publish_clock']
                                 else None)
         self.pose_publisher = self.create_publisher(PoseStamped, '~/link_pose', 10)
+        if self.parameters['start_running']:
+            reason = self._topic_refusal()
+            if reason:
+                self.get_logger().error(f'start_running ignored: {reason}')
+            else:
+                self.running = True
+                self._publish_sample(self.system.reset())
         self.get_logger().info(f'emulating the real system of {self.problem.source} (seed {self.parameters["seed"]})')
 
     # --- batched transport ---------------------------------------------------------------------------

@@ -259,6 +259,16 @@ def run_node(make_node: Callable[[], Any], args=None,
     ``own_signals``: SIGINT and SIGTERM raise KeyboardInterrupt here instead of rclpy shutting
     the context down at once, so the node's ``before_exit()`` still runs with a live context
     (the hardware bridge's last zero command)."""
+    return run_nodes([make_node], args, own_signals=own_signals,
+                     body=None if body is None else (lambda nodes, executor: body(nodes[0], executor)))
+
+
+def run_nodes(makers: Sequence[Callable[[], Any]], args=None,
+              body: Optional[Callable[[list, SingleThreadedExecutor], int]] = None,
+              own_signals: bool = False) -> int:
+    """``run_node`` for several nodes in one process on one executor (``nodes/container.py``):
+    built in order, spun together (or by ``body(nodes, executor)``), each node's
+    ``before_exit()`` run on a signal, all destroyed in reverse order."""
     if own_signals:
         import signal
         from rclpy.signals import SignalHandlerOptions
@@ -277,12 +287,14 @@ def run_node(make_node: Callable[[], Any], args=None,
         # the one way these nodes learn that they must stop.
         signal.signal(signal.SIGINT, _note_signal)
         rclpy.init(args=args)
-    node = None
+    nodes: list = []
     status = 0
     try:
-        node = make_node()
+        for make_node in makers:
+            nodes.append(make_node())
         executor = SingleThreadedExecutor()
-        executor.add_node(node)
+        for node in nodes:
+            executor.add_node(node)
         if body is None:
             # Bounded waits.  Python runs a signal handler only between bytecodes, never inside the
             # executor's wait, so a node with nothing to wake it (an unconfigured bridge has no
@@ -292,16 +304,17 @@ def run_node(make_node: Callable[[], Any], args=None,
             while own_signals or executor.context.ok():
                 executor.spin_once(timeout_sec=SIGNAL_CHECK_S)
         else:
-            status = body(node, executor)
+            status = body(nodes, executor)
     except (KeyboardInterrupt, ExternalShutdownException, ShutdownRequested):
         status = 130 if body is not None else 0
-        if node is not None and hasattr(node, 'before_exit') and rclpy.ok():
-            try:
-                node.before_exit()
-            except Exception as err:      # noqa: BLE001 -- exiting anyway; say why it failed
-                _log_fatal(node, err)
+        for node in nodes:
+            if hasattr(node, 'before_exit') and rclpy.ok():
+                try:
+                    node.before_exit()
+                except Exception as err:      # noqa: BLE001 -- exiting anyway; say why it failed
+                    _log_fatal(node, err)
     except ValueError as err:           # invalid parameters or problem file: say why, exit 2
-        _log_fatal(node, err)
+        _log_fatal(nodes[-1] if len(nodes) == len(makers) else None, err)
         status = 2
     except _rclpy.RCLError:
         # SIGINT between the executor's context check and its wait set: rclpy raises "context is
@@ -310,7 +323,7 @@ def run_node(make_node: Callable[[], Any], args=None,
             raise
         status = 130 if body is not None else 0
     finally:
-        if node is not None:
+        for node in reversed(nodes):
             node.destroy_node()
         rclpy.try_shutdown()
     exit_now(status)

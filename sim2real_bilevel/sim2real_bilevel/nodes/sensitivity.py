@@ -12,7 +12,6 @@ executor keeps serving.
 from __future__ import annotations
 
 import numpy as np
-from rclpy.action import ActionServer
 from rclpy.node import Node
 from sim2real_bilevel_interfaces.action import ComputeSensitivity
 from sim2real_bilevel_interfaces.msg import OuterGradient, PolicyParameters, SimParameters
@@ -21,7 +20,7 @@ from sim2real_bilevel_interfaces.srv import SimulateRollouts
 from ..core import implicit
 from ..core.outer import SENSITIVITY_METHODS, SOLVERS, OuterConfig, make_solver
 from . import conversions
-from .action_calls import RESULT_KEPT_S
+from .action_calls import RESULT_KEPT_S, serve_action
 from .runtime import (EVENTS, LATCHED, PROBLEM, SEED, BackgroundWork, DeclaredParameters, ParameterSpec, accept_cancel,
                       goal_validator, load_problem, outer_config_defaults, run_node)
 
@@ -70,7 +69,7 @@ class Sensitivity(Node):
         self.theta_subscription = self.create_subscription(SimParameters, 'theta', self.theta_callback, LATCHED)
         self.policy_subscription = self.create_subscription(PolicyParameters, 'policy', self.policy_callback,
                                                             LATCHED)
-        self.sensitivity_server = ActionServer(
+        self.sensitivity_server = serve_action(
             self, ComputeSensitivity, 'compute_sensitivity', execute_callback=self.compute_sensitivity_callback,
             goal_callback=goal_validator(self, self._read_goal, 'compute_sensitivity'), cancel_callback=accept_cancel,
             result_timeout=RESULT_KEPT_S)

@@ -3,13 +3,15 @@
 
 They call the same services those tools call: ``<bridge>/change_state`` and
 ``<bridge>/get_state`` (lifecycle_msgs), ``<bridge>/estop`` and ``<bridge>/reset_estop``
-(std_srvs/Trigger), and read the bridge's latest ``/diagnostics`` status.
+(std_srvs/Trigger), ``<bridge>/continue_episode`` (std_srvs/SetBool: ``continue`` true,
+``abort`` false, answering a bridge that waits for the operator before an episode, reset_mode
+operator), and read the bridge's latest ``/diagnostics`` status (it says what the bridge waits for).
 
-    sim2real-bilevel bridge configure|activate|deactivate|cleanup|estop|reset-estop|status
+    sim2real-bilevel bridge configure|activate|deactivate|cleanup|estop|reset-estop|continue|abort|status
         [--node /ns/hardware_bridge] [--timeout 10]
 
-Exit status: 0 done, 1 refused by the bridge, 2 the bridge did not answer (not running, other
-ROS_DOMAIN_ID, ...).
+Exit status: 0 done, 1 refused by the bridge (e.g. continue while nothing awaits the operator),
+2 the bridge did not answer (not running, other ROS_DOMAIN_ID, ...).
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ import time
 TRANSITIONS = {'configure': ('TRANSITION_CONFIGURE', 'inactive'), 'activate': ('TRANSITION_ACTIVATE', 'active'),
                'deactivate': ('TRANSITION_DEACTIVATE', 'inactive'), 'cleanup': ('TRANSITION_CLEANUP', 'unconfigured')}
 TRIGGERS = {'estop': 'estop', 'reset-estop': 'reset_estop'}
-ACTIONS = tuple(TRANSITIONS) + tuple(TRIGGERS) + ('status',)
+OPERATOR_ANSWERS = {'continue': True, 'abort': False}
+ACTIONS = tuple(TRANSITIONS) + tuple(TRIGGERS) + tuple(OPERATOR_ANSWERS) + ('status',)
 ASK_AGAIN_S = 3.0
 """A request unanswered this long is sent again (an answer can be lost while discovery completes)."""
 
@@ -93,6 +96,14 @@ class BridgeOperator:
         response = self.call(Trigger, TRIGGERS[action], Trigger.Request())
         return bool(response.success), f'{action}: {response.message}'
 
+    def answer(self, action: str) -> tuple[bool, str]:
+        """Continue or abort what waits for the operator -- sent once: a repeated 'continue' could
+        start the next episode too."""
+        from std_srvs.srv import SetBool
+        response = self.call(SetBool, 'continue_episode', SetBool.Request(data=OPERATOR_ANSWERS[action]),
+                             idempotent=False)
+        return bool(response.success), f'{action}: {response.message}'
+
     def status(self) -> tuple[bool, str]:
         """The lifecycle state, then the bridge's newest diagnostics status if one arrives within
         a second (the bridge publishes on events and each second's command-channel check)."""
@@ -126,6 +137,8 @@ def cmd_bridge(args) -> int:
             ok, text = operator.transition(args.action)
         elif args.action in TRIGGERS:
             ok, text = operator.trigger(args.action)
+        elif args.action in OPERATOR_ANSWERS:
+            ok, text = operator.answer(args.action)
         else:
             ok, text = operator.status()
     except Unanswered as err:
@@ -138,7 +151,8 @@ def cmd_bridge(args) -> int:
 
 
 def add_bridge_command(commands) -> None:
-    bridge = commands.add_parser('bridge', help='operate the hardware bridge: lifecycle, e-stop, status '
+    bridge = commands.add_parser('bridge', help='operate the hardware bridge: lifecycle, e-stop, operator '
+                                                'resets (continue / abort), status '
                                                 '(the services ros2 lifecycle / ros2 service call use)')
     bridge.add_argument('action', choices=ACTIONS)
     bridge.add_argument('--node', default='/hardware_bridge',

@@ -47,6 +47,10 @@ def parse_assignments(mode: str, assignments: list[str]) -> dict[str, str]:
             graph.typed_value(name, values[name])
         except ValueError as err:
             raise LaunchError(str(err)) from None
+    try:
+        graph.container_names(values['containers'])
+    except ValueError as err:
+        raise LaunchError(str(err)) from None
     return values
 
 
@@ -82,13 +86,20 @@ def default_run_dir(problem: str) -> Path:
 def plan(mode: str, arguments: dict[str, str]) -> list[graph.ProcessPlan]:
     params_file = resolve_params_file(arguments)
     plans = []
-    for spec in graph.nodes(mode):
-        overrides = graph.parameter_overrides(spec, arguments, mode)
+    for spec, members in graph.processes(mode, arguments['containers']):
+        overrides = graph.parameter_overrides(spec, arguments, mode, members)
         command = [sys.executable, '-m', f'sim2real_bilevel.nodes.{spec.executable}']
+        if spec.executable == graph.CONTAINER_EXECUTABLE:
+            command += [member.executable for member in members]
         command += graph.ros_arguments(spec, arguments['namespace'], str(params_file), overrides,
                                        arguments['log_level'])
-        plans.append(graph.ProcessPlan(spec, command, overrides))
+        plans.append(graph.ProcessPlan(spec, command, overrides, members))
     return plans
+
+
+def optimizer_process(plans: list[graph.ProcessPlan]) -> str:
+    """The name of the process that runs the outer optimizer (its own, or its container's)."""
+    return next(item.spec.name for item in plans if graph.OUTER_OPTIMIZER in item.members)
 
 
 def die_with_parent():
@@ -159,8 +170,10 @@ class ProgressView:
     """Prints node output with a [name] prefix; renders the optimizer's progress lines as a
     bar on a terminal (plain lines otherwise)."""
 
-    def __init__(self, started: float, stream=sys.stderr):
+    def __init__(self, started: float, stream=sys.stderr, optimizer: str = graph.OUTER_OPTIMIZER.name):
         self.started = started
+        self.optimizer = optimizer
+        """The process whose output carries the progress lines."""
         self.stream = stream
         self.bar = None
         self.first_iteration_s: Optional[float] = None
@@ -168,7 +181,7 @@ class ProgressView:
         self.tty = stream.isatty()
 
     def line(self, name: str, text: str) -> None:
-        match = PROGRESS.match(text) if name == graph.OUTER_OPTIMIZER.name else None
+        match = PROGRESS.match(text) if name == self.optimizer else None
         if match is None:
             self._write(f'[{name}] {text}')
             return
@@ -213,7 +226,7 @@ def launch(mode: str, assignments: list[str], shutdown_timeout: float = 10.0,
     if 'ROS_LOG_DIR' not in environment and 'HOME' not in environment:
         environment['ROS_LOG_DIR'] = str(Path(arguments['run_dir'] or '.').resolve() / 'ros_log')
 
-    view = ProgressView(started)
+    view = ProgressView(started, optimizer=optimizer_process(plans))
     processes = GraphProcesses(plans, environment, shutdown_timeout)
     stop_requested = threading.Event()
 
@@ -221,8 +234,12 @@ def launch(mode: str, assignments: list[str], shutdown_timeout: float = 10.0,
         stop_requested.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    print(f'[launch] {mode}: {len(plans)} nodes, problem {arguments["problem"]}, params '
-          f'{plans[0].command[plans[0].command.index("--params-file") + 1]}'
+    containers = [f'{item.spec.name} ({", ".join(m.name for m in item.members)})' for item in plans
+                  if len(item.members) > 1]
+    params = plans[0].command[plans[0].command.index('--params-file') + 1]
+    print(f'[launch] {mode}: {sum(len(item.members) for item in plans)} nodes in {len(plans)} processes'
+          + (f' (containers: {"; ".join(containers)})' if containers else '')
+          + f', problem {arguments["problem"]}, params {params}'
           + (f', run_dir {arguments["run_dir"]}' if arguments['run_dir'] else ''), file=sys.stderr, flush=True)
     status = 1
     try:
@@ -233,7 +250,9 @@ def launch(mode: str, assignments: list[str], shutdown_timeout: float = 10.0,
                   f'[launch]   when the robot is ready: sim2real-bilevel bridge configure --node {bridge}, '
                   f'then sim2real-bilevel bridge activate --node {bridge}\n'
                   f'[launch]   (or ros2 lifecycle set {bridge} configure / activate); software stop: '
-                  f'sim2real-bilevel bridge estop --node {bridge}; state: sim2real-bilevel bridge status',
+                  f'sim2real-bilevel bridge estop --node {bridge}; state: sim2real-bilevel bridge status\n'
+                  f'[launch]   with reset_mode operator the bridge waits before each episode (its log and status '
+                  f'say so): reset the robot, then sim2real-bilevel bridge continue (or abort) --node {bridge}',
                   file=sys.stderr, flush=True)
         status = _supervise(processes, view, stop_requested, mode)
     finally:
@@ -252,7 +271,7 @@ def launch(mode: str, assignments: list[str], shutdown_timeout: float = 10.0,
 
 def _supervise(processes: GraphProcesses, view: ProgressView, stop_requested: threading.Event, mode: str) -> int:
     """Forward output until the optimizer exits, a node dies, or a stop is requested."""
-    optimizer = processes.processes[graph.OUTER_OPTIMIZER.name]
+    optimizer = processes.processes[optimizer_process(processes.plans)]
     while True:
         try:
             name, text = processes.lines.get(timeout=0.1)

@@ -18,6 +18,7 @@ LOADERS = {
     'tabular': ('.tabular', 'TabularProblem'),
     'lqr': ('.lqr', 'LQRProblem'),
     'robot': ('.robot', 'RobotProblem'),
+    'urdf': ('.urdf', 'UrdfProblem'),
 }
 KINDS = tuple(LOADERS)
 

@@ -2,8 +2,9 @@
 
 Reads ``joint_states`` (joints mapped by name through the bridge's ``joints``), writes
 ``<controller>/commands`` through the bridge (std_msgs/Float64MultiArray ordered like
-``joints``), takes the step reward from ``reward`` and starts episodes through the
-``reset_service``.  What runs is the problem's ``controller(phi, rng)`` (the contract in
+``joints``), takes the step reward from ``reward`` and starts each episode after the reset of
+``reset_mode`` (``nodes/resets.py``: the robot's ``reset_service``, a scripted drive to a start
+pose, or the operator).  What runs is the problem's ``controller(phi, rng)`` (the contract in
 ``core/problem.py``); this transport owns the waits and, for effort commands, the safety.
 
 Two loops (bridge parameter ``loop``, read at configure): ``lockstep``, one command per fresh
@@ -21,6 +22,7 @@ from sim2real_bilevel_interfaces.action import RunEpisodes
 
 from .. import conversions
 from ..control_loop import run_timed
+from ..resets import EpisodeResets
 from ..runtime import ROBOT_STREAM, SENSOR
 from ..safety import CommandFilter, state_violation
 from .base import Transport
@@ -41,10 +43,10 @@ class TopicTransport(Transport):
         self.joint_state_subscription = bridge.create_subscription(
             JointState, 'joint_states', self.joint_state_callback, SENSOR if self.loop == 'timer' else ROBOT_STREAM)
         self.reward_subscription = bridge.create_subscription(Float64, 'reward', self.reward_callback, ROBOT_STREAM)
-        self.reset_client = bridge.create_client(Trigger, bridge.parameters['reset_service'])
+        self.resets = EpisodeResets(self)
 
     def destroy(self) -> None:
-        self.bridge.destroy_client(self.reset_client)
+        self.resets.destroy()
         self.bridge.destroy_subscription(self.joint_state_subscription)
         self.bridge.destroy_subscription(self.reward_subscription)
 
@@ -89,26 +91,11 @@ class TopicTransport(Transport):
         stamps, self.episode_stamps = self.episode_stamps or [], None
         return stamps
 
-    async def reset_robot(self) -> Trigger.Response:
-        """Start an episode through the reset service, within ``reset_timeout_s``.  A request sent
-        before DDS has matched the client with the service is dropped without an answer, so the
-        service must be ready first, and a request unanswered after a while is sent once more."""
-        bridge, waits = self.bridge, self.bridge.waits
-        timeout = bridge.parameters['reset_timeout_s']
-        name = self.reset_client.srv_name
-
-        def stopped(reason: str) -> Trigger.Response:
-            if bridge.estopped or not bridge.active:
-                reason = f'E-STOP: {bridge.estop_reason}' if bridge.estopped else 'the bridge was deactivated'
-            return Trigger.Response(success=False, message=reason)
-        if not await waits.until(self.reset_client.service_is_ready, timeout):
-            return stopped(f'{name} not available within {timeout:g} s')
-        for attempt in range(2):
-            future = self.reset_client.call_async(Trigger.Request())
-            if await waits.future(future, timeout / 2):
-                return future.result()
-            self.reset_client.remove_pending_request(future)
-        return stopped(f'{name} did not answer within {timeout:g} s')
+    async def reset_robot(self, efforts: bool = True, feedback=None) -> Trigger.Response:
+        """Bring the robot to an initial state by ``reset_mode`` (``nodes/resets.py``); on success
+        ``latest_state`` is None or measured after the reset.  ``efforts``: commands are joint
+        efforts; ``feedback(status)``: what the goal's client is told while the bridge waits."""
+        return await self.resets.reset(efforts, feedback or (lambda status: None))
 
     # --- episodes -------------------------------------------------------------------------------------------
     async def run(self, goal, goal_handle) -> RunEpisodes.Result:
@@ -139,13 +126,15 @@ class TopicTransport(Transport):
             return RunEpisodes.Result(success=False, message=f'{reason}; zero command sent, episode discarded '
                                                              f'(filter: {command_filter.counts()})')
 
+        def feedback(status: str, episodes_done: int) -> None:
+            goal_handle.publish_feedback(RunEpisodes.Feedback(episodes_done=episodes_done, status=status))
+
         if self.loop == 'timer':
             if not safety:
                 return fail('the timer loop runs effort controllers only; use loop lockstep')
-            return await run_timed(self, goal, goal_handle, controller, command_filter, fail, version)
+            return await run_timed(self, goal, goal_handle, controller, command_filter, fail, version, feedback)
         for episode in range(int(goal.n_episodes)):
-            self.latest_state = None
-            reset = await self.reset_robot()
+            reset = await self.reset_robot(safety, lambda status, done=episode: feedback(status, done))
             if not reset.success:
                 return fail(f'reset failed: {reset.message}')
             if not await waits.until(lambda: self.latest_state is not None, timeout):

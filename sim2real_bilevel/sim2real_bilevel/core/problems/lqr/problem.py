@@ -434,12 +434,31 @@ class LQRProblem(SampleSizesFromInnerSettings, BilevelProblem):
             min sum_t (y_t - G_t theta)' W_sim^-1 (y_t - G_t theta),
         y_t = x_{t+1} - (fixed part of A) x_t - (fixed part of B) u_t, G_t[:, d] = dA_d x_t + dB_d u_t.
         Entries the data do not excite get the minimum-norm change from theta_init (lstsq).  Cost
-        entries keep theta_init; the result is not clipped (the caller projects onto bounds)."""
+        entries keep theta_init; the result is not clipped (the caller projects onto bounds).
+        ``system_identification_statistics`` gives the same fit batch by batch."""
         theta_init = np.asarray(theta_init, dtype=np.float64)
         dynamics = self.family.group('AB')
         theta = theta_init.copy()
         if not dynamics.any() or not batches:
             return theta
+        design_w, target_w = self._whitened_regression(batches, theta_init)
+        start = theta_init[dynamics]
+        change, *_ = np.linalg.lstsq(design_w, target_w - design_w @ start, rcond=_rcond(*design_w.shape))
+        theta[dynamics] = start + change
+        return theta
+
+    def system_identification_statistics(self, theta_init: np.ndarray) -> 'LeastSquaresStatistics':
+        """``system_identification`` kept up to date batch by batch (the sysid baseline refits after
+        every real batch): ``add(batch)`` folds a batch's whitened regression rows into the
+        triangular factor of the least squares, ``fit()`` returns what ``system_identification``
+        returns on every batch added so far, to float tolerance, at a cost that does not grow
+        with the data."""
+        return LeastSquaresStatistics(self, np.asarray(theta_init, dtype=np.float64))
+
+    def _whitened_regression(self, batches: list[Trajectories], theta_init: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The generalised least squares of ``system_identification`` whitened by W_sim^-1/2:
+        design (rows, learnable dynamics entries), target (rows,)."""
+        dynamics = self.family.group('AB')
         x, u, x_next, _ = (np.concatenate(column) for column in zip(*(flat_transitions(b) for b in batches)))
         d_a, d_b, _, _ = self.family.jacobians(theta_init)
         d_a, d_b = d_a[dynamics], d_b[dynamics]
@@ -449,8 +468,43 @@ class LQRProblem(SampleSizesFromInnerSettings, BilevelProblem):
         target = x_next - x @ fixed_a.T - u @ fixed_b.T
         whitening = np.linalg.cholesky(self.sim_noise_inverse).T                     # L'L = W^-1
         design_w = np.einsum('ij,tjd->tid', whitening, design).reshape(-1, int(dynamics.sum()))
-        target_w = (target @ whitening.T).reshape(-1)
-        start = theta_init[dynamics]
-        change, *_ = np.linalg.lstsq(design_w, target_w - design_w @ start, rcond=None)
-        theta[dynamics] = start + change
+        return design_w, (target @ whitening.T).reshape(-1)
+
+
+def _rcond(rows: int, columns: int) -> float:
+    """numpy's default lstsq cut-off for a (rows, columns) design, made explicit so that the
+    incremental fit (a smaller triangular system) cuts the same singular values."""
+    return float(np.finfo(np.float64).eps * max(rows, columns))
+
+
+class LeastSquaresStatistics:
+    """Sufficient statistics of ``LQRProblem.system_identification``: the R factor of the QR
+    decomposition of [design | target] over every row added (updated by one QR of the old R
+    stacked on the new rows), and the row count.  R' R = [G y]' [G y], and R's first columns
+    have the design's singular values, so the minimum-norm least-squares solution of
+    R_G c = r_y - R_G start is the batch fit's, with the same cut-off."""
+
+    def __init__(self, problem: LQRProblem, theta_init: np.ndarray):
+        self.problem, self.theta_init = problem, theta_init
+        self.dynamics = problem.family.group('AB')
+        self.columns = int(self.dynamics.sum())
+        self.factor = np.zeros((0, self.columns + 1))
+        self.rows = 0
+
+    def add(self, batch: Trajectories) -> None:
+        if not self.columns:
+            return
+        design_w, target_w = self.problem._whitened_regression([batch], self.theta_init)
+        stacked = np.vstack([self.factor, np.column_stack([design_w, target_w])])
+        self.factor = np.linalg.qr(stacked, mode='r')
+        self.rows += len(target_w)
+
+    def fit(self) -> np.ndarray:
+        theta = self.theta_init.copy()
+        if not self.columns or not self.rows:
+            return theta
+        design, target = self.factor[:, :-1], self.factor[:, -1]
+        start = self.theta_init[self.dynamics]
+        change, *_ = np.linalg.lstsq(design, target - design @ start, rcond=_rcond(self.rows, self.columns))
+        theta[self.dynamics] = start + change
         return theta

@@ -95,24 +95,41 @@ def read_problem_file(data: dict, source: str) -> dict:
         section.reject_unknown(set(names))
         for name in names:
             entry = section.section(name)
-            entry.reject_unknown({'value', 'learn', 'bounds'})
-            value = entry.scalar('value', low=0.0, low_open=True)
-            learns = entry.raw('learn', False)
-            if not isinstance(learns, bool):
-                raise entry.error('learn', learns, 'true or false')
-            if entry.has('bounds') or learns:
-                low, high = _range(entry, 'bounds', positive=True)
-                if not low <= value <= high:
-                    raise entry.error('value', value, f'a value inside bounds [{low!r}, {high!r}]')
-            else:
-                low = high = value
-            nominal.append(math.log(value))
-            learn.append(learns)
-            lower.append(math.log(low))
-            upper.append(math.log(high))
+            entry.reject_unknown(THETA_ENTRY_FIELDS)
+            for values, value in zip((nominal, learn, lower, upper), read_theta_entry(entry)):
+                values.append(value)
     if not any(learn):
         raise sim.error('parameters', '<no learn: true>', 'at least one learnable entry (learn: true)')
 
+    learning = read_learning_sections(root, horizon)
+    return dict(source=source, gamma=gamma, horizon=horizon, geometry=geometry, initial=initial,
+                task_weights=task_weights, real_parameters=real_parameters, real_substeps=real_substeps,
+                nominal_full=np.array(nominal), learn_mask=np.array(learn), lower_full=np.array(lower),
+                upper_full=np.array(upper), transition_noise_std=transition_noise_std,
+                **learning)
+
+
+THETA_ENTRY_FIELDS = {'value', 'learn', 'bounds'}
+
+
+def read_theta_entry(entry: FieldReader) -> tuple[float, bool, float, float]:
+    """One positive theta quantity {value, learn, bounds}: (log value, learns, log low, log high);
+    an entry that is not learned has bounds [value, value]."""
+    value = entry.scalar('value', low=0.0, low_open=True)
+    learns = entry.raw('learn', False)
+    if not isinstance(learns, bool):
+        raise entry.error('learn', learns, 'true or false')
+    if entry.has('bounds') or learns:
+        low, high = _range(entry, 'bounds', positive=True)
+        if not low <= value <= high:
+            raise entry.error('value', value, f'a value inside bounds [{low!r}, {high!r}]')
+    else:
+        low = high = value
+    return math.log(value), learns, math.log(low), math.log(high)
+
+
+def read_learning_sections(root: FieldReader, horizon: int) -> dict:
+    """The policy, inner, evaluation, real_gradient and outer sections (constructor arguments)."""
     pol = root.section('policy', {})
     pol.reject_unknown({'hidden_sizes', 'initial_std'})
     hidden = pol.raw('hidden_sizes', [32, 32])
@@ -134,11 +151,7 @@ def read_problem_file(data: dict, source: str) -> dict:
     if estimator not in REAL_GRADIENT_ESTIMATORS:
         raise real_gradient.error('estimator', estimator, f'one of {list(REAL_GRADIENT_ESTIMATORS)}')
     outer = read_outer_section(root)
-    return dict(source=source, gamma=gamma, horizon=horizon, geometry=geometry, initial=initial,
-                task_weights=task_weights, real_parameters=real_parameters, real_substeps=real_substeps,
-                nominal_full=np.array(nominal), learn_mask=np.array(learn), lower_full=np.array(lower),
-                upper_full=np.array(upper), transition_noise_std=transition_noise_std,
-                hidden_sizes=tuple(hidden), initial_std=initial_std, inner=inner,
+    return dict(hidden_sizes=tuple(hidden), initial_std=initial_std, inner=inner,
                 evaluation_episodes=ev.integer('episodes', 32, low=1),
                 evaluation_seed=ev.integer('seed', 100000, low=0), outer_defaults=outer,
                 real_gradient_lambda=gae_lambda, real_gradient_estimator=estimator)

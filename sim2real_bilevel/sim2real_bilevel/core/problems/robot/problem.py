@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ...problem import BilevelProblem, InnerResult, SensitivityTerms, Trajectories
-from ...robot_model import ACTION_DIM, N_PHYSICAL, STATE_DIM, THETA_NAMES, PendulumGeometry, PendulumModel
+from ...robot_model import THETA_NAMES, PendulumGeometry, PendulumModel
 from .config import REAL_GRADIENT_ESTIMATORS, InnerSettings, read_problem_file
 from .estimators import alive_mask, cross_fitted_values, gae, value_features
 from .simulator import DTYPE, CommonNoise, InitialStateRange, PendulumSimulatorFamily, make_policy
@@ -29,7 +29,9 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
                  upper_full: np.ndarray, transition_noise_std: np.ndarray, hidden_sizes: tuple[int, ...],
                  initial_std: float, inner: InnerSettings, evaluation_episodes: int, evaluation_seed: int,
                  outer_defaults: Optional[dict] = None, policy=None, real_gradient_lambda: float = 1.0,
-                 real_gradient_estimator: str = 'pathwise'):
+                 real_gradient_estimator: str = 'pathwise', model=None, theta_names_full=THETA_NAMES):
+        """``model``: the simulator's f_theta, R_theta (default: the pendulum's ``PendulumModel``
+        of ``geometry``); ``theta_names_full``: the names of its full parameter vector."""
         self.source = source
         self.gamma = gamma
         self.horizon = horizon
@@ -42,13 +44,14 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         self.learn_mask = np.asarray(learn_mask, dtype=bool)
         self.learn_index = np.flatnonzero(self.learn_mask)
         self._lower_full, self._upper_full = lower_full, upper_full
-        self.model = PendulumModel(geometry, transition_noise_std)
-        self.policy = policy if policy is not None else make_policy(hidden_sizes, initial_std)
+        self.model = model if model is not None else PendulumModel(geometry, transition_noise_std)
+        self.policy = policy if policy is not None else make_policy(hidden_sizes, initial_std, self.model.observation_dim,
+                                                                    self.model.action_dim)
         self.inner = inner
         self.evaluation_episodes = evaluation_episodes
         self.evaluation_seed = evaluation_seed
         self.outer_defaults = dict(outer_defaults or {})
-        self.theta_names = [THETA_NAMES[i] for i in self.learn_index]
+        self.theta_names = [theta_names_full[i] for i in self.learn_index]
         self._discounts = gamma ** torch.arange(horizon, dtype=DTYPE)
         self._crn = CommonNoise.draw(inner.episodes, horizon, initial, np.random.default_rng([inner.seed, 1]))
         self._emulators: list = []
@@ -290,19 +293,20 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         emulators = self._emulator_pool(len(seeds))
         action_rngs = [np.random.default_rng([seed, 7]) for seed in seeds]
         phi_t = torch.as_tensor(phi, dtype=DTYPE)
-        states = np.empty((len(seeds), self.horizon + 1, STATE_DIM))
-        actions = np.empty((len(seeds), self.horizon, ACTION_DIM))
+        states = np.empty((len(seeds), self.horizon + 1, self.model.state_dim))
+        actions = np.empty((len(seeds), self.horizon, self.model.action_dim))
         samples = [emulator.reset(seed) for emulator, seed in zip(emulators, seeds)]
         with torch.no_grad():
             std = np.exp(self.policy.log_std(phi_t).numpy())
             for t in range(self.horizon):
-                states[:, t] = [(sample.position[0], sample.velocity[0]) for sample in samples]
+                states[:, t] = [list(sample.position) + list(sample.velocity) for sample in samples]
                 mean = self.policy.mean(phi_t, self.model.observation(torch.as_tensor(states[:, t], dtype=DTYPE)))
-                actions[:, t] = mean.numpy() + std * np.array([rng.standard_normal(ACTION_DIM) for rng in action_rngs])
+                actions[:, t] = mean.numpy() + std * np.array([rng.standard_normal(self.model.action_dim)
+                                                               for rng in action_rngs])
                 for emulator, action in zip(emulators, actions[:, t]):
                     emulator.apply_effort(action)
                 samples = [emulator.step() for emulator in emulators]
-            states[:, -1] = [(sample.position[0], sample.velocity[0]) for sample in samples]
+            states[:, -1] = [list(sample.position) + list(sample.velocity) for sample in samples]
         rewards, log_probs = self.score_episodes(phi, states, actions)
         return states, actions, rewards, log_probs
 
@@ -332,6 +336,10 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
     def controller(self, phi: np.ndarray, rng: np.random.Generator) -> PendulumController:
         """pi_phi one effort command at a time (``stepwise.PendulumController``)."""
         return PendulumController(self, phi, rng)
+
+    def start_pose(self) -> list[float]:
+        """The middle of ``initial_state.position_range`` (the mean of the uniform initial angle)."""
+        return [0.5 * (self.initial.position[0] + self.initial.position[1])]
 
     def real_policy_gradient(self, phi: np.ndarray, batches: list[Trajectories],
                              theta: Optional[np.ndarray] = None) -> np.ndarray:
@@ -433,13 +441,13 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
             raise ValueError(f'randomized_inner_solve: episodes={episodes!r}: expected >= 1')
         lower, upper = np.exp(self._lower_full), np.exp(self._upper_full)
         physical = np.zeros(self.nominal_full.size, dtype=bool)
-        physical[:N_PHYSICAL] = True
+        physical[:self.model.n_physical] = True
         randomized = self.learn_mask & physical
         draws = np.tile(self.nominal_full, (episodes, 1))
         natural = rng.uniform(lower[randomized], upper[randomized], size=(episodes, int(randomized.sum())))
         draws[:, randomized] = np.log(natural)
         noise = CommonNoise.draw(episodes, self.horizon, self.initial, rng)
-        theta_full = torch.as_tensor(draws, dtype=DTYPE)        # (episodes, 7): one simulator per rollout
+        theta_full = torch.as_tensor(draws, dtype=DTYPE)        # (episodes, F): one simulator per rollout
         return self._solve(theta_full, phi_init, method='exact', rng=rng, crn=noise)
 
     def system_identification(self, batches: list[Trajectories], theta_init: np.ndarray) -> np.ndarray:
@@ -447,11 +455,12 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         model on every real transition (L-BFGS-B inside the bounds); reward entries keep
         their values in ``theta_init``."""
         from scipy.optimize import minimize
-        states = torch.as_tensor(np.concatenate([b.states[:, :-1].reshape(-1, STATE_DIM) for b in batches]),
+        state_dim, action_dim = self.model.state_dim, self.model.action_dim
+        states = torch.as_tensor(np.concatenate([b.states[:, :-1].reshape(-1, state_dim) for b in batches]),
                                  dtype=DTYPE)
-        next_states = torch.as_tensor(np.concatenate([b.states[:, 1:].reshape(-1, STATE_DIM) for b in batches]),
+        next_states = torch.as_tensor(np.concatenate([b.states[:, 1:].reshape(-1, state_dim) for b in batches]),
                                       dtype=DTYPE)
-        actions = torch.as_tensor(np.concatenate([b.actions.reshape(-1, ACTION_DIM) for b in batches]), dtype=DTYPE)
+        actions = torch.as_tensor(np.concatenate([b.actions.reshape(-1, action_dim) for b in batches]), dtype=DTYPE)
         theta = np.asarray(theta_init, dtype=np.float64).copy()
         dynamics = self.theta_groups()['dynamics']
         if not dynamics.any():

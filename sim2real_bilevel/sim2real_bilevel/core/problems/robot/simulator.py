@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ...problem import Trajectories
-from ...robot_model import ACTION_DIM, N_PHYSICAL, OBSERVATION_DIM, STATE_DIM
+from ...robot_model import ACTION_DIM, OBSERVATION_DIM
 
 DTYPE = torch.float64
 
@@ -30,17 +30,23 @@ class CommonNoise:
 
     @staticmethod
     def draw(episodes: int, horizon: int, initial: InitialStateRange, rng: np.random.Generator) -> 'CommonNoise':
-        low = np.array([initial.position[0], initial.velocity[0]])
-        high = np.array([initial.position[1], initial.velocity[1]])
+        """``initial``: (low, high) of one joint, or one (low, high) row per joint (n joints:
+        states (q_1..q_n, qd_1..qd_n), one effort per joint)."""
+        position = np.asarray(initial.position, dtype=np.float64).reshape(-1, 2)
+        velocity = np.asarray(initial.velocity, dtype=np.float64).reshape(-1, 2)
+        low = np.concatenate([position[:, 0], velocity[:, 0]])
+        high = np.concatenate([position[:, 1], velocity[:, 1]])
+        state_dim, action_dim = low.size, position.shape[0]
         return CommonNoise(
-            initial_states=torch.as_tensor(rng.uniform(low, high, size=(episodes, STATE_DIM)), dtype=DTYPE),
-            action_noise=torch.as_tensor(rng.standard_normal((horizon, episodes, ACTION_DIM)), dtype=DTYPE),
-            transition_noise=torch.as_tensor(rng.standard_normal((horizon, episodes, STATE_DIM)), dtype=DTYPE))
+            initial_states=torch.as_tensor(rng.uniform(low, high, size=(episodes, state_dim)), dtype=DTYPE),
+            action_noise=torch.as_tensor(rng.standard_normal((horizon, episodes, action_dim)), dtype=DTYPE),
+            transition_noise=torch.as_tensor(rng.standard_normal((horizon, episodes, state_dim)), dtype=DTYPE))
 
 
-def make_policy(hidden_sizes: tuple[int, ...], initial_std: float):
+def make_policy(hidden_sizes: tuple[int, ...], initial_std: float, observation_dim: int = OBSERVATION_DIM,
+                action_dim: int = ACTION_DIM):
     from ...policies.mlp_gaussian import MLPGaussianPolicy
-    return MLPGaussianPolicy(OBSERVATION_DIM, ACTION_DIM, hidden=hidden_sizes, log_std_init=math.log(initial_std))
+    return MLPGaussianPolicy(observation_dim, action_dim, hidden=hidden_sizes, log_std_init=math.log(initial_std))
 
 
 class PendulumSimulatorFamily:
@@ -54,13 +60,17 @@ class PendulumSimulatorFamily:
         return self._lower_full[self.learn_index].copy(), self._upper_full[self.learn_index].copy()
 
     def theta_groups(self) -> dict[str, np.ndarray]:
-        dynamics = self.learn_index < N_PHYSICAL
+        dynamics = self.learn_index < self.model.n_physical
         return {'dynamics': dynamics, 'reward': ~dynamics}
 
     def full_theta(self, theta: torch.Tensor) -> torch.Tensor:
-        """The 7-vector of log parameters with the learnable entries replaced by ``theta``."""
+        """The full vector of log parameters with the learnable entries replaced by ``theta``
+        (..., D) -> (..., F): a product with a fixed 0/1 selection matrix, so a batch of thetas
+        (one simulator per row) works too."""
         base = torch.as_tensor(self.nominal_full, dtype=theta.dtype)
-        return base.index_put((torch.as_tensor(self.learn_index),), theta)
+        selection = torch.zeros(len(self.learn_index), base.numel(), dtype=theta.dtype)
+        selection[torch.arange(len(self.learn_index)), torch.as_tensor(self.learn_index)] = 1.0
+        return base * (1.0 - selection.sum(0)) + theta @ selection
 
     def rollout(self, phi: torch.Tensor, theta_full: torch.Tensor, noise: CommonNoise):
         """Reparametrised rollout: states (T+1, N, 2), actions (T, N, 1), rewards (T, N)."""
@@ -99,11 +109,13 @@ class PendulumSimulatorFamily:
         with torch.no_grad():
             states, actions, rewards = self.rollout(phi_t, theta_full, noise)
             log_probs = self.policy.log_prob(phi_t, self.model.observation(states[:-1]), actions)
-        theta_phys = lambda th: self.model.split(self.full_theta(th))[0]
-        score = torch.func.vmap(torch.func.grad(
-            lambda th, s2, s, a: self.model.log_prob(s2, s, a, theta_phys(th))), in_dims=(None, 0, 0, 0))(
-            theta_t, states[1:].reshape(-1, STATE_DIM), states[:-1].reshape(-1, STATE_DIM),
-            actions.reshape(-1, ACTION_DIM))
+        # grad_theta log f per transition: one copy of theta per transition, one backward pass
+        # (each copy's gradient is its own transition's score; the model takes a theta per sample)
+        state_dim, action_dim = states.shape[-1], actions.shape[-1]
+        theta_rows = theta_t.expand(horizon * n_episodes, theta_t.numel()).clone().requires_grad_(True)
+        log_prob = self.model.log_prob(states[1:].reshape(-1, state_dim), states[:-1].reshape(-1, state_dim),
+                                       actions.reshape(-1, action_dim), self.model.split(self.full_theta(theta_rows))[0])
+        (score,) = torch.autograd.grad(log_prob.sum(), theta_rows)
         dones = np.zeros((n_episodes, horizon), dtype=bool)
         dones[:, -1] = True
         return Trajectories(
@@ -116,8 +128,8 @@ class PendulumSimulatorFamily:
         (actions and transitions are reparametrised, so they can be solved for)."""
         phi_t = torch.as_tensor(phi, dtype=DTYPE)
         theta_phys = self.model.split(self.full_theta(torch.as_tensor(theta, dtype=DTYPE)))[0]
-        states = torch.as_tensor(trajectories.states, dtype=DTYPE).transpose(0, 1)     # (T+1, N, 2)
-        actions = torch.as_tensor(trajectories.actions, dtype=DTYPE).transpose(0, 1)   # (T, N, 1)
+        states = torch.as_tensor(trajectories.states, dtype=DTYPE).transpose(0, 1)     # (T+1, N, 2n)
+        actions = torch.as_tensor(trajectories.actions, dtype=DTYPE).transpose(0, 1)   # (T, N, n)
         with torch.no_grad():
             mean = self.policy.mean(phi_t, self.model.observation(states[:-1]))
             action_noise = (actions - mean) / torch.exp(self.policy.log_std(phi_t))

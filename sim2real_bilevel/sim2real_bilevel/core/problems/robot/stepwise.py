@@ -25,26 +25,32 @@ class PendulumRealSystem(RealSystem):
     def __init__(self, problem, rng: np.random.Generator):
         self.emulator = problem.make_emulator()
         self.rng = rng
-        self.control_period = problem.geometry.control_period
-        self.link_length = problem.geometry.link_length
+        self.control_period = self.emulator.control_period
+        self.geometry = problem.geometry
 
     def reset(self) -> Sample:
         return _sample(self.emulator.reset(int(self.rng.integers(0, 2 ** 31 - 1))))
 
     def command_refusal(self, command: Sequence[float]) -> Optional[str]:
-        if len(command) != 1 or not np.isfinite(command[0]):
-            return f'{list(command)}: expected one finite effort'
+        joints = list(self.emulator.joint_names)
+        if len(command) != len(joints) or not np.all(np.isfinite(command)):
+            expected = 'one finite effort' if len(joints) == 1 else f'{len(joints)} finite efforts (joints {joints})'
+            return f'{list(command)}: expected {expected}'
         return None
 
     def step(self, command: Sequence[float]) -> Sample:
-        self.emulator.apply_effort([float(command[0])])
+        self.emulator.apply_effort([float(value) for value in command])
         return _sample(self.emulator.step())
 
     def describe(self, sample: Sample) -> str:
-        return f'position {sample.position[0]:.3f} rad'
+        if len(sample.position) == 1:
+            return f'position {sample.position[0]:.3f} rad'
+        return 'position [' + ', '.join(f'{value:.3f}' for value in sample.position) + ']'
 
-    def link_pose(self, sample: Sample) -> tuple[list[float], list[float], str]:
-        position, orientation = tip_pose(float(sample.position[0]), self.link_length)
+    def link_pose(self, sample: Sample) -> Optional[tuple[list[float], list[float], str]]:
+        if self.geometry is None:        # a URDF robot: its links are not drawn here yet
+            return None
+        position, orientation = tip_pose(float(sample.position[0]), self.geometry.link_length)
         return position, orientation, BASE_FRAME
 
 
@@ -58,11 +64,11 @@ class PendulumController(EpisodeController):
         self.problem = problem
         self.phi = phi
         self.phi_t = torch.as_tensor(phi, dtype=DTYPE)
-        self.std = float(np.exp(problem.policy.log_std(self.phi_t).numpy())[0])
+        self.std = np.exp(problem.policy.log_std(self.phi_t).numpy())
         self.rng = rng
         self.horizon = int(problem.horizon)
         self.control_period = float(problem.geometry.control_period)
-        self.states: list[list[tuple[float, float]]] = []
+        self.states: list[list[list[float]]] = []
         self.actions: list[list[list[float]]] = []
 
     def start_episode(self) -> None:
@@ -70,21 +76,22 @@ class PendulumController(EpisodeController):
         self.actions.append([])
 
     def observe(self, position: Sequence[float], velocity: Sequence[float]) -> None:
-        self.states[-1].append((float(position[0]), float(velocity[0])))
+        self.states[-1].append([float(v) for v in position] + [float(v) for v in velocity])
 
     def command(self) -> list[float]:
         with torch.no_grad():
             observation = self.problem.model.observation(torch.as_tensor(np.array(self.states[-1][-1])))
-            mean = float(self.problem.policy.mean(self.phi_t, observation).numpy()[0])
-        return [mean + self.std * self.rng.standard_normal()]
+            mean = self.problem.policy.mean(self.phi_t, observation).numpy()
+        return [float(m + s * self.rng.standard_normal()) for m, s in zip(mean, self.std)]
 
     def record(self, applied: Sequence[float], reward: Optional[float]) -> None:
-        self.actions[-1].append([float(applied[0])])
+        self.actions[-1].append([float(value) for value in applied])
 
     def batch(self, policy_version: int) -> Trajectories:
         n = len(self.states)
-        states = np.array(self.states, dtype=np.float64).reshape(n, self.horizon + 1, 2)
-        actions = np.array(self.actions, dtype=np.float64).reshape(n, self.horizon, 1)
+        model = self.problem.model
+        states = np.array(self.states, dtype=np.float64).reshape(n, self.horizon + 1, model.state_dim)
+        actions = np.array(self.actions, dtype=np.float64).reshape(n, self.horizon, model.action_dim)
         rewards, log_probs = self.problem.score_episodes(self.phi, states, actions)
         dones = np.zeros((n, self.horizon), dtype=bool)
         dones[:, -1] = True

@@ -25,7 +25,8 @@ Problem file (``kind: tabular``)::
 Defaults derived from the problem's scales (``config.py``), used where the file does not set them:
 - ``inner.temperature`` = (the spread of in-sim rewards theta can reach: the nominal range, widened
   to [-reward_bound, reward_bound] where rewards are learnable) / 40;
-- ``outer.step_size`` = 1 % of the narrowest learnable range (2 * logit_bound, 2 * reward_bound);
+- the outer step per theta coordinate = 1 % of its own bound range (2 * logit_bound, 2 * reward_bound:
+  ``outer.step_per_range``, ``problems/common.py``);
 - ``outer.real_history`` = every real batch (the real critic is valid off-policy).
 A constant tau = 0.1 saturated pi* at the nominal theta of generated problems (smallest
 pi(a|s) ~1e-10), which froze both the real policy gradient and d phi*/d theta; see

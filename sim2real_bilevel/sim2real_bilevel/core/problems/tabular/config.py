@@ -7,7 +7,7 @@ import numpy as np
 
 from ...config import MAX_HORIZON, FieldReader, ProblemConfigError, check_probability_rows
 from ...settings import read_settings, setting
-from ..common import read_outer_section
+from ..common import default_step_rule, read_outer_section
 
 
 TOP_LEVEL_FIELDS = {'kind', 'gamma', 'initial_distribution', 'real', 'simulator', 'inner', 'outer',
@@ -106,7 +106,7 @@ def read_problem_file(data: dict, source: str) -> dict:
     if not inner_section.has('temperature'):
         inner = replace(inner, temperature=default_temperature(rewards, learn_rewards, reward_bound))
     outer = read_outer_section(root)
-    outer.setdefault('step_size', default_step_size(learn_logits, logit_bound, learn_rewards, reward_bound))
+    outer = default_step_rule(outer)
     outer.setdefault('real_history', ALL_REAL_DATA)
     gradient = root.section('real_gradient', {})
     gradient.reject_unknown(REAL_GRADIENT_FIELDS)
@@ -126,7 +126,6 @@ def read_problem_file(data: dict, source: str) -> dict:
 # real_history 100000) and removes a failure class measured on generated problems (seeds 0-19,
 # default settings, 200 iterations; before: 16 of 20 reached 0.95, see the test file):
 TEMPERATURE_PER_REWARD_SPREAD = 1.0 / 40.0
-STEP_PER_BOUND_RANGE = 0.01
 ALL_REAL_DATA = 100000
 
 
@@ -149,15 +148,6 @@ def default_temperature(rewards: np.ndarray, learn_rewards: np.ndarray, reward_b
     if spread <= 0.0:                      # every reward equal and fixed: no unit to derive from
         return InnerSettings.temperature
     return TEMPERATURE_PER_REWARD_SPREAD * spread
-
-
-def default_step_size(learn_logits: np.ndarray, logit_bound: float, learn_rewards: np.ndarray,
-                      reward_bound: float) -> float:
-    """Adam's step = 1 % of the narrowest learnable range (2 * bound): about 100 steps cross
-    it.  The fixed 0.05 took ~400 iterations to reach the +-10 a reward construction needs
-    (generated seed 3 with the exact real gradient: 0.95 at iteration 281)."""
-    ranges = ([2.0 * logit_bound] if learn_logits.any() else []) + ([2.0 * reward_bound] if learn_rewards.any() else [])
-    return STEP_PER_BOUND_RANGE * min(ranges)
 
 
 def _check_inside(reader: FieldReader, key: str, values: np.ndarray, mask: np.ndarray, bound: float,

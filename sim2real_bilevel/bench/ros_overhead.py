@@ -1,0 +1,252 @@
+"""The ROS loop's overhead over the in-process core, per outer iteration (issue 13, item 5).
+
+For each problem, runs the bi-level loop in-process (``make_run(...).run()``, what
+``sim2real-bilevel solve`` runs) and through the sim-only node graph
+(``sim2real-bilevel launch sim_only``, batched transport) with the same seed, checks that the
+graph's theta trajectory is the core's, and prints the loop times side by side:
+
+    loop time  = results.json ``methods.bilevel.seeds[0].wall_time_s`` (the graph: its wait for
+                 the other nodes' servers included) or the seconds of ``run()`` (the core),
+                 iteration 0's inner solve included; the fastest of ``--repeat`` interleaved runs;
+    overhead   = (graph loop time - core loop time) / iterations, in ms per outer iteration;
+    ratio      = graph loop time / core loop time;
+
+both against the core as ``solve`` runs it (no run dir) and as ``solve --run-dir`` runs it (the
+same checkpoints and real batches on disk as the graph, which always persists its run; use
+``--run-root /dev/shm`` to take the disk's fsync latency out of both).
+
+Each ``--variant NAME=ARGS`` is one graph run per problem with extra launch arguments (e.g.
+``--variant composed=containers:=learning,robot``); ``--ref REF`` adds a variant running the code
+of git ref REF (``git archive``, on PYTHONPATH ahead of this checkout), so before and after
+come out of one run:
+
+    python sim2real_bilevel/bench/ros_overhead.py --ref main --variant separate= \\
+        --variant composed=containers:=learning,robot --out sim2real_bilevel/bench/results/ros_overhead
+
+Timings on a shared machine are upper bounds; the core and the graph runs alternate, so
+load falls on both.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+REPOSITORY = PACKAGE_ROOT.parent
+sys.path.insert(0, str(PACKAGE_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from soak import claim_domain_id, graph_environment  # noqa: E402
+
+DEFAULT_ITERATIONS = {'discrete_3s2a': 200, 'lqr': 100, 'pendulum': 2}
+MODE = 'sim_only'
+
+
+@dataclass
+class Variant:
+    name: str
+    arguments: list[str]
+    package_root: Path = PACKAGE_ROOT
+    """The sim2real_bilevel package folder whose code (and config) this variant runs."""
+
+
+@dataclass
+class Timing:
+    loop_s: float
+    theta: np.ndarray
+    first_iteration_s: Optional[float] = None
+    startup_s: Optional[float] = None
+    """Of ``loop_s``, the graph's wait for its servers (results.json ``graph_startup_s``, where recorded)."""
+
+
+def core_run(problem_name: str, seed: int, iterations: int, run_dir: Optional[Path] = None) -> Timing:
+    """The in-process loop, as ``solve`` runs it (with the evaluator the sim-only graph has);
+    with ``run_dir`` persisted there as ``solve --run-dir`` does (the graph always persists)."""
+    from sim2real_bilevel.core.config import builtin_config
+    from sim2real_bilevel.core.experiments import make_run
+    from sim2real_bilevel.core.problems import load_problem
+    run = make_run(load_problem(builtin_config(problem_name)), 'bilevel', seed, iterations=iterations, evaluate=True)
+    if run_dir is not None:
+        run.attach_run_dir(run_dir)
+    started = time.perf_counter()
+    run.run()
+    return Timing(time.perf_counter() - started, np.array([r.theta for r in run.history]))
+
+
+BENCH_PARAMETERS = {'outer_optimizer.evaluator_timeout_s': 3600.0, 'outer_optimizer.goal_timeout_s': 3600.0}
+"""Set in every graph run: on a loaded machine the emulator's exact evaluation of a pendulum policy
+can outlast the shipped 5 s evaluator timeout, and a run_episodes goal sent meanwhile the shipped
+10 s goal timeout (the emulator serves one call at a time); this bench measures the loop, not
+the fault handling."""
+
+
+def params_file(variant: Variant, problem: str, iterations: int, directory: Path) -> Path:
+    """The variant's shipped parameter file of ``problem`` with the optimizer's iteration count and
+    ``BENCH_PARAMETERS``."""
+    import yaml
+    document = yaml.safe_load((variant.package_root / 'config' / f'{problem}_params.yaml').read_text())
+    document.setdefault('/**/outer_optimizer', {}).setdefault('ros__parameters', {})['iterations'] = iterations
+    for key, value in BENCH_PARAMETERS.items():
+        node, _, parameter = key.partition('.')
+        document.setdefault(f'/**/{node}', {}).setdefault('ros__parameters', {})[parameter] = value
+    path = directory / f'{variant.name}_{problem}_params.yaml'
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def graph_run(variant: Variant, problem: str, seed: int, iterations: int, work: Path, environment: dict,
+              timeout_s: float, run_root: Path, repeat: int = 0) -> Timing:
+    run_dir = run_root / f'{variant.name}-{problem}-{repeat}'
+    command = [sys.executable, '-m', 'sim2real_bilevel.cli', 'launch', MODE, f'problem:={problem}', f'seed:={seed}',
+               f'run_dir:={run_dir}', f'params_file:={params_file(variant, problem, iterations, work)}',
+               *variant.arguments]
+    env = dict(environment)
+    env['PYTHONPATH'] = os.pathsep.join([str(variant.package_root), env.get('PYTHONPATH', '')])
+    process = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                             cwd=work, timeout=timeout_s)
+    log = work / f'{variant.name}-{problem}-{repeat}.log'
+    log.write_text(process.stdout)
+    if process.returncode != 0:
+        raise RuntimeError(f'{variant.name} on {problem}: the launch exited with {process.returncode}; its output is '
+                           f'in {log}:\n' + process.stdout[-3000:])
+    seed_entry = json.loads((run_dir / 'results.json').read_text())['methods']['bilevel']['seeds'][0]
+    first = next((line for line in process.stdout.splitlines() if 'first outer iteration done' in line), None)
+    return Timing(float(seed_entry['wall_time_s']), np.array([r['theta'] for r in seed_entry['iterations']]),
+                  float(first.split('done ')[1].split(' s')[0]) if first else None,
+                  seed_entry.get('graph_startup_s'))
+
+
+def extract_ref(ref: str, directory: Path) -> Path:
+    """The sim2real_bilevel package folder of git ref ``ref``, extracted under ``directory``."""
+    target = directory / f'ref-{ref.replace("/", "_")}'
+    target.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(['git', '-C', str(REPOSITORY), 'archive', ref, 'sim2real_bilevel'],
+                             check=True, capture_output=True).stdout
+    subprocess.run(['tar', '-x', '-C', str(target)], input=archive, check=True)
+    return target / 'sim2real_bilevel'
+
+
+def parse_variant(text: str) -> Variant:
+    name, separator, arguments = text.partition('=')
+    if not separator or not name:
+        raise argparse.ArgumentTypeError(f'--variant {text!r}: expected NAME=ARGS (ARGS may be empty)')
+    return Variant(name, arguments.split())
+
+
+def format_table(rows: list[dict], variants: list[str]) -> str:
+    """One line per problem and graph variant: its loop time, its overhead per iteration and ratio
+    against the core without a run dir (as ``solve``) and against the core persisting to a run
+    dir (as ``solve --run-dir``: the same crash safety as the graph), theta identity."""
+    header = (f'{"problem":<15}{"iters":>6}{"core s":>9}{"core+dir s":>11}{"graph":>18}{"loop s":>9}'
+              f'{"ms/it vs core":>15}{"ratio":>7}{"ms/it vs +dir":>15}{"ratio":>7}{"theta":>7}')
+    lines = [header, '-' * len(header)]
+    for row in rows:
+        first = f'{row["problem"]:<15}{row["iterations"]:>6}{row["core_s"]:>9.3f}{row["core_run_dir_s"]:>11.3f}'
+        for index, name in enumerate(variants):
+            lead = first if index == 0 else ' ' * len(first)
+            cell = row['graph'].get(name)
+            if cell is None:
+                lines.append(f'{lead}{name:>18}{"failed":>9}')
+                continue
+            lines.append(f'{lead}{name:>18}{cell["loop_s"]:>9.3f}{cell["overhead_ms_per_iteration"]:>15.2f}'
+                         f'{cell["ratio"]:>7.3f}{cell["overhead_vs_run_dir_ms_per_iteration"]:>15.2f}'
+                         f'{cell["ratio_vs_run_dir"]:>7.3f}{"same" if cell["theta_identical"] else "DIFF":>7}')
+    return '\n'.join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--problems', nargs='+', default=list(DEFAULT_ITERATIONS))
+    parser.add_argument('--iterations', type=int, default=None,
+                        help=f'outer iterations of every run (default per problem: {DEFAULT_ITERATIONS})')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--variant', type=parse_variant, action='append', default=[],
+                        help='NAME=LAUNCH ARGS: a graph run per problem (default: graph=, the plain launch)')
+    parser.add_argument('--ref', action='append', default=[],
+                        help='also run the graph of this git ref (named after it, plain launch)')
+    parser.add_argument('--out', type=Path, default=None, help='folder for summary.json, table.txt and the logs')
+    parser.add_argument('--repeat', type=int, default=3,
+                        help='runs of each configuration, interleaved; the fastest counts (the least disturbed by '
+                             'other load)')
+    parser.add_argument('--timeout', type=float, default=1800.0, help='seconds one launch may take')
+    parser.add_argument('--run-root', type=Path, default=None,
+                        help='folder for the run dirs of the graph and of the persisting core (default: a temporary '
+                             'folder; a tmpfs such as /dev/shm takes the disk\'s fsync latency out of both)')
+    args = parser.parse_args(argv)
+
+    out = args.out or Path(tempfile.mkdtemp(prefix='ros_overhead-'))
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix='ros_overhead-work-'))
+    variants = [Variant(ref, [], extract_ref(ref, work)) for ref in args.ref]
+    variants += args.variant or ([] if args.ref else [Variant('graph', [])])
+    run_root = Path(tempfile.mkdtemp(prefix='ros_overhead-runs-', dir=args.run_root))
+    domain, lock = claim_domain_id()
+    environment = graph_environment(work)
+    environment['ROS_DOMAIN_ID'] = str(domain)
+    rows = []
+    for problem in args.problems:
+        iterations = args.iterations or DEFAULT_ITERATIONS.get(problem, 50)
+        print(f'[bench] {problem}: {iterations} iterations, seed {args.seed}, best of {args.repeat}', flush=True)
+        core_run(problem, args.seed, 1)          # warm-up: lazy imports and first calls out of the timing
+        cores, persisted, graphs = [], [], {v.name: [] for v in variants}
+        for repeat in range(args.repeat):
+            cores.append(core_run(problem, args.seed, iterations))
+            persisted.append(core_run(problem, args.seed, iterations, run_root / f'core-{problem}-{repeat}'))
+            print(f'[bench]   core: {cores[-1].loop_s:.3f} s, with a run dir {persisted[-1].loop_s:.3f} s', flush=True)
+            for variant in variants:
+                try:
+                    graphs[variant.name].append(graph_run(variant, problem, args.seed, iterations, work, environment,
+                                                          args.timeout, run_root, repeat))
+                except (RuntimeError, subprocess.TimeoutExpired) as err:
+                    print(f'[bench]   {variant.name}: {err}', flush=True)
+                    continue
+                print(f'[bench]   {variant.name}: {graphs[variant.name][-1].loop_s:.3f} s', flush=True)
+        core = min(cores, key=lambda t: t.loop_s)
+        core_dir = min(persisted, key=lambda t: t.loop_s)
+        row = {'problem': problem, 'iterations': iterations, 'seed': args.seed, 'repeats': args.repeat,
+               'core_s': core.loop_s, 'core_run_dir_s': core_dir.loop_s,
+               'core_s_all': [t.loop_s for t in cores], 'core_run_dir_s_all': [t.loop_s for t in persisted],
+               'graph': {}}
+        for variant in variants:
+            runs = graphs[variant.name]
+            if len(runs) < args.repeat:
+                continue
+            graph = min(runs, key=lambda t: t.loop_s)
+            difference = max(float(np.max(np.abs(t.theta - core.theta))) if t.theta.shape == core.theta.shape
+                             else float('inf') for t in runs + persisted)
+            row['graph'][variant.name] = {
+                'arguments': variant.arguments, 'loop_s': graph.loop_s, 'loop_s_all': [t.loop_s for t in runs],
+                'overhead_ms_per_iteration': 1e3 * (graph.loop_s - core.loop_s) / iterations,
+                'ratio': graph.loop_s / core.loop_s,
+                'overhead_vs_run_dir_ms_per_iteration': 1e3 * (graph.loop_s - core_dir.loop_s) / iterations,
+                'ratio_vs_run_dir': graph.loop_s / core_dir.loop_s, 'theta_max_abs_difference': difference,
+                'theta_identical': bool(difference <= 1e-9), 'first_iteration_after_launch_s': graph.first_iteration_s,
+                'startup_s': graph.startup_s}
+            print(f'[bench]   {variant.name}: best {graph.loop_s:.3f} s, theta max |diff| {difference:.3g}', flush=True)
+        rows.append(row)
+    lock.close()
+    names = [v.name for v in variants]
+    table = format_table(rows, names)
+    command = ' '.join(['python', 'sim2real_bilevel/bench/ros_overhead.py', *(argv or sys.argv[1:])])
+    print(table)
+    (out / 'table.txt').write_text(f'$ {command}\n{table}\n')
+    (out / 'summary.json').write_text(json.dumps({'command': command, 'rows': rows}, indent=1))
+    for log in work.glob('*.log'):
+        (out / log.name).write_text(log.read_text())
+    print(f'[bench] wrote {out / "table.txt"}, {out / "summary.json"} and the launch logs')
+    failed = any(len(row['graph']) < len(names) or not all(c['theta_identical'] for c in row['graph'].values())
+                 for row in rows)
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

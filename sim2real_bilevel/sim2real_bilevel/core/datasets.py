@@ -1,0 +1,294 @@
+"""Recorded real data as a fixed dataset: what the offline outer loop (``core/offline.py``) learns from.
+
+A ``Dataset`` is a list of real ``Trajectories`` batches (rectangular: one horizon per batch) and
+what is known about the policy that collected them (the *behaviour* policy):
+
+- ``behaviour_known``: True when every batch's ``log_probs`` are the behaviour policy's
+  log pi_b(a_t|s_t) (this package's run folders and bags, generated datasets); False for
+  recordings of another controller (teleoperation, a PID loop), whose probabilities cannot be
+  known -- their ``log_probs`` are NaN, and an estimator that needs them (importance weights)
+  refuses with ``BehaviourUnknownError`` (``Dataset.require_behaviour_probabilities``).  The
+  tabular and LQR offline estimators never need them: counts / LSTD-Q are valid for any
+  behaviour, and the coverage report fits the behaviour from the actions themselves.
+
+Where datasets come from:
+- ``load_run_folder``: RUN_DIR/real/batch_NNNNNN.npz files (``solve --run-dir``, the
+  outer_optimizer node, ``sim2real-bilevel dataset``), also below a ``solve`` run dir
+  (RUN_DIR/<method>/seed<k>/real/);
+- ``tools/recordings.py``: MCAP bags (this package's ``real_trajectories``, or any robot's
+  ``joint_states`` + ``<controller>/commands``, cut into episodes by ``cut_episodes``);
+- ``generate_dataset``: a generated or hand-written problem's real system sampled with a chosen
+  behaviour policy (the nominal policy, or a noisier one).
+
+``save_dataset`` writes a dataset in the run-folder layout, so every reader above reads it back.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from . import checkpoint
+from .problem import Trajectories
+
+DATASET_FILE = 'dataset.json'
+
+
+class DatasetError(ValueError):
+    """Recorded data that cannot be used: names the file, the field or topic, the value and what
+    was expected."""
+
+
+class BehaviourUnknownError(DatasetError):
+    """An estimator needs the behaviour policy's probabilities, which the recording cannot give."""
+
+
+@dataclass
+class Dataset:
+    """Real episodes collected by some behaviour policy, and where they came from."""
+    batches: list[Trajectories]
+    behaviour_known: bool = True
+    """Whether ``log_probs`` hold the behaviour policy's log-probabilities (see the module docstring)."""
+    sources: list[str] = field(default_factory=list)
+    """The files or folders read, in order."""
+    behaviour: str = ''
+    """What collected the data, in words (e.g. 'nominal policy, temperature x2', 'recorded controller')."""
+    notes: list[str] = field(default_factory=list)
+    """What the readers did that a user should know (episodes dropped, how they were cut)."""
+
+    @property
+    def episodes(self) -> int:
+        return int(sum(b.rewards.shape[0] for b in self.batches))
+
+    @property
+    def transitions(self) -> int:
+        return int(sum(b.n_transitions for b in self.batches))
+
+    def require_behaviour_probabilities(self, what: str) -> None:
+        """Raise ``BehaviourUnknownError`` when ``what`` (an estimator) needs log pi_b and the
+        recording cannot give it."""
+        if not self.behaviour_known:
+            raise BehaviourUnknownError(
+                f'{what} needs the behaviour policy\'s action probabilities, and the data from '
+                f'{", ".join(self.sources) or "the recording"} was collected by a controller whose probabilities '
+                'cannot be known (recorded joint_states / commands); use an estimator that does not need them')
+
+    def describe(self) -> str:
+        known = 'known' if self.behaviour_known else 'unknown (recorded controller)'
+        return (f'{self.episodes} episodes, {self.transitions} transitions in {len(self.batches)} batch(es); '
+                f'behaviour {self.behaviour or "?"}, probabilities {known}')
+
+
+def merge(datasets: Sequence[Dataset]) -> Dataset:
+    """One dataset of several (behaviour known only where every part knows it)."""
+    return Dataset(batches=[b for d in datasets for b in d.batches],
+                   behaviour_known=all(d.behaviour_known for d in datasets),
+                   sources=[s for d in datasets for s in d.sources],
+                   behaviour='; '.join(dict.fromkeys(d.behaviour for d in datasets if d.behaviour)),
+                   notes=[n for d in datasets for n in d.notes])
+
+
+# --- run folders -----------------------------------------------------------------------------------------------
+def real_folders(path: Path) -> list[Path]:
+    """The real/ folders holding batch files at or below ``path``: path/real, or
+    path/<method>/seed<k>/real of a ``solve`` run dir (sorted)."""
+    path = Path(path)
+    if (path / checkpoint.REAL_DIR).is_dir():
+        return [path / checkpoint.REAL_DIR]
+    if path.name == checkpoint.REAL_DIR and path.is_dir():
+        return [path]
+    return sorted(p for p in path.glob(f'*/*/{checkpoint.REAL_DIR}') if p.is_dir())
+
+
+def load_run_folder(path: str | Path) -> Dataset:
+    """Every real batch of a run folder (``real_folders``), in batch-number order per folder.
+    A corrupt batch file is an error (real data is never silently dropped)."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f'{path}: no such file or folder (expected a run folder holding real/batch_*.npz, '
+                           'or an MCAP bag folder)')
+    folders = real_folders(path)
+    batches, sources, behaviours, known = [], [], [], True
+    for folder in folders:
+        for file in sorted(folder.glob('batch_*.npz')):
+            try:
+                meta, arrays = checkpoint.read(file)
+                batch = checkpoint.batch_from_arrays(meta['batch'], arrays)
+            except (checkpoint.CheckpointError, KeyError, TypeError) as err:
+                raise DatasetError(f'{file}: not a readable real batch ({err})') from None
+            if batch.source != 'real':
+                raise DatasetError(f'{file}: batch source {batch.source!r}, expected \'real\'')
+            batches.append(batch)
+            sources.append(str(file))
+            behaviours.append(str(meta.get('behaviour', 'the run\'s policies')))
+            known = known and bool(meta.get('behaviour_known', True))
+    if not batches:
+        raise DatasetError(f'{path}: no real/batch_*.npz files at {path}/real or {path}/<method>/seed<k>/real '
+                           '(expected a run folder, a dataset written by `sim2real-bilevel dataset`, or a bag folder)')
+    return Dataset(batches=batches, behaviour_known=known, sources=[str(path)],
+                   behaviour='; '.join(dict.fromkeys(behaviours)),
+                   notes=[f'{path}: {len(batches)} real batch file(s) from {len(folders)} real/ folder(s)'])
+
+
+def save_dataset(dataset: Dataset, out: str | Path, policy_phi: Optional[np.ndarray] = None,
+                 description: Optional[dict] = None) -> Path:
+    """Write ``dataset`` as OUT/real/batch_NNNNNN.npz (the run-folder layout; ``policy_phi``: the
+    behaviour policy's parameters when one policy collected it) and OUT/dataset.json (what it is).
+    Refuses a folder that already holds batches (never overwrites recorded data)."""
+    out = Path(out)
+    if (out / checkpoint.REAL_DIR).is_dir() and any((out / checkpoint.REAL_DIR).glob('batch_*.npz')):
+        raise DatasetError(f'{out}/{checkpoint.REAL_DIR}: already holds real batches; choose an empty --out folder')
+    for index, batch in enumerate(dataset.batches, start=1):
+        checkpoint.save_real_batch(out, index, batch, {'behaviour': dataset.behaviour,
+                                                       'behaviour_known': dataset.behaviour_known}, policy_phi)
+    document = {'behaviour': dataset.behaviour, 'behaviour_known': dataset.behaviour_known,
+                'episodes': dataset.episodes, 'transitions': dataset.transitions, **(description or {})}
+    checkpoint.atomic_write_bytes(out / DATASET_FILE, json.dumps(document, indent=1).encode())
+    return out
+
+
+# --- recordings: cutting streams into episodes -------------------------------------------------------------------
+EPISODE_RULES = ('gap', 'reset', 'length')
+
+
+@dataclass
+class EpisodeRule:
+    """How a continuous recording is cut into episodes.
+
+    - 'gap' (default): a new episode starts where the time between two consecutive commands
+      exceeds ``gap_s`` (None: 5 x the median command interval -- a robot paused for a reset);
+    - 'reset': a new episode starts at every message of ``reset_topic`` (commands before the
+      first one are dropped);
+    - 'length': consecutive runs of ``length`` commands (a shorter tail is dropped).
+    Episodes with fewer than ``min_steps`` commands are dropped (and counted in the notes)."""
+    rule: str = 'gap'
+    gap_s: Optional[float] = None
+    reset_topic: Optional[str] = None
+    length: Optional[int] = None
+    min_steps: int = 2
+
+    def validate(self) -> None:
+        if self.rule not in EPISODE_RULES:
+            raise DatasetError(f'episode rule {self.rule!r}: expected one of {list(EPISODE_RULES)}')
+        if self.rule == 'reset' and not self.reset_topic:
+            raise DatasetError("episode rule 'reset' needs a reset topic (--reset-topic NAME)")
+        if self.rule == 'length' and (self.length is None or self.length < 1):
+            raise DatasetError(f"episode rule 'length' needs a length >= 1 (--episode-length), got {self.length!r}")
+        if self.gap_s is not None and not (self.gap_s > 0 and math.isfinite(self.gap_s)):
+            raise DatasetError(f'episode gap {self.gap_s!r} s: expected a finite number > 0')
+        if self.min_steps < 1:
+            raise DatasetError(f'min_steps {self.min_steps!r}: expected an integer >= 1')
+
+
+@dataclass
+class Streams:
+    """What a recording holds, as time-ordered arrays (times in ns): joint states (positions and
+    velocities in the order of the chosen joints), commands, and optionally rewards and resets."""
+    state_times: np.ndarray
+    states: np.ndarray          # (K, d)
+    command_times: np.ndarray
+    commands: np.ndarray        # (C, m)
+    reward_times: Optional[np.ndarray] = None
+    rewards: Optional[np.ndarray] = None
+    reset_times: Optional[np.ndarray] = None
+
+
+def episode_bounds(command_times: np.ndarray, rule: EpisodeRule,
+                   reset_times: Optional[np.ndarray] = None) -> tuple[list[tuple[int, int]], str]:
+    """[(first, end)) command index ranges of the episodes, and the rule in words."""
+    count = len(command_times)
+    if count == 0:
+        return [], 'no commands'
+    if rule.rule == 'length':
+        n = count // rule.length
+        return [(i * rule.length, (i + 1) * rule.length) for i in range(n)], \
+            f'fixed length {rule.length} commands ({count - n * rule.length} trailing commands dropped)'
+    if rule.rule == 'reset':
+        resets = np.sort(np.asarray(reset_times if reset_times is not None else [], dtype=np.int64))
+        if resets.size == 0:
+            raise DatasetError(f'reset topic {rule.reset_topic}: no messages in the recording (expected one per '
+                               'episode start)')
+        episode_of = np.searchsorted(resets, command_times, side='right') - 1       # -1: before the first reset
+        starts = [int(i) for i in np.flatnonzero(np.diff(episode_of, prepend=-2)) if episode_of[i] >= 0]
+        bounds = [(s, e) for s, e in zip(starts, starts[1:] + [count])]
+        return bounds, f'a new episode at each message of {rule.reset_topic}'
+    intervals = np.diff(command_times)
+    gap_ns = rule.gap_s * 1e9 if rule.gap_s is not None else (5.0 * float(np.median(intervals)) if intervals.size else 0)
+    cuts = [0] + [int(i) + 1 for i in np.flatnonzero(intervals > gap_ns)] + [count]
+    words = f'a new episode after a pause of more than {gap_ns / 1e9:.4g} s between commands'
+    if rule.gap_s is None:
+        words += ' (5 x the median command interval)'
+    return list(zip(cuts[:-1], cuts[1:])), words
+
+
+def cut_episodes(streams: Streams, rule: EpisodeRule, source: str = 'the recording') -> tuple[list[dict], list[str]]:
+    """Episodes of a recording as dicts of arrays {'states' (T+1, d), 'actions' (T, m), 'rewards' (T,) or
+    None}, and notes saying what was done.
+
+    Per command t of an episode: s_t is the last joint state at or before the command, a_t the
+    command, s_{t+1} the last joint state before the next command (for the episode's last
+    command: the last one within one median command interval after it -- the robot may report
+    its reset before the next episode's first command), r_t the sum of the reward messages from
+    command t up to that next command (or that interval's end).  Commands before the first
+    joint state are dropped; an episode ends early at a step whose next state is no newer than
+    its own (no joint state arrived after the command: its outcome is not recorded)."""
+    rule.validate()
+    notes = []
+    order = np.argsort(streams.state_times, kind='stable')
+    state_times, states = np.asarray(streams.state_times)[order], np.asarray(streams.states)[order]
+    command_times, commands = np.asarray(streams.command_times), np.asarray(streams.commands)
+    bounds, words = episode_bounds(command_times, rule, streams.reset_times)
+    notes.append(f'{source}: episodes cut by {words}')
+    episodes, short, unobserved = [], 0, 0
+    for first, end in bounds:
+        times, actions = command_times[first:end], commands[first:end]
+        before = np.searchsorted(state_times, times, side='right') - 1
+        keep = before >= 0
+        times, actions, before = times[keep], actions[keep], before[keep]
+        end_time = command_times[end] if end < len(command_times) else np.iinfo(np.int64).max
+        period = int(np.median(np.diff(times))) if len(times) > 1 else 0
+        boundaries = np.append(times[1:], min(end_time, times[-1] + period + 1) if len(times) else end_time)
+        after = np.searchsorted(state_times, boundaries, side='left') - 1
+        observed = after > before
+        steps = len(times) if observed.all() else int(np.argmin(observed))
+        unobserved += len(times) - steps
+        if steps < rule.min_steps:
+            short += 1
+            continue
+        times, actions, before, boundaries = times[:steps], actions[:steps], before[:steps], boundaries[:steps]
+        episode_states = np.concatenate([states[before], states[after[steps - 1]:after[steps - 1] + 1]], axis=0)
+        rewards = None
+        if streams.rewards is not None:
+            reward_times = np.asarray(streams.reward_times)
+            cells = np.searchsorted(times, reward_times, side='right') - 1
+            inside = (cells >= 0) & (reward_times < boundaries[np.maximum(cells, 0)])
+            rewards = np.bincount(cells[inside], weights=np.asarray(streams.rewards)[inside], minlength=steps)
+        episodes.append({'states': episode_states, 'actions': actions, 'rewards': rewards})
+    if unobserved:
+        notes.append(f'{source}: {unobserved} command(s) without a joint state after them dropped (episodes end there)')
+    if short:
+        notes.append(f'{source}: {short} episode(s) with fewer than {rule.min_steps} commands dropped')
+    if not episodes:
+        raise DatasetError(f'{source}: no episode of at least {rule.min_steps} commands (rule: {words}; '
+                           f'{len(command_times)} commands, {len(state_times)} joint states)')
+    return episodes, notes
+
+
+def batches_from_episodes(episodes: list[dict]) -> list[Trajectories]:
+    """Rectangular real batches of episodes of varying length: one batch per horizon, in order of
+    first appearance; ``log_probs`` NaN (the recorded controller's probabilities are unknown)."""
+    by_length: dict[int, list[dict]] = {}
+    for episode in episodes:
+        by_length.setdefault(len(episode['actions']), []).append(episode)
+    batches = []
+    for horizon, group in by_length.items():
+        rewards = np.stack([e['rewards'] if e['rewards'] is not None else np.full(horizon, np.nan) for e in group])
+        batches.append(Trajectories(states=np.stack([e['states'] for e in group]),
+                                    actions=np.stack([e['actions'] for e in group]),
+                                    rewards=rewards, dones=np.zeros((len(group), horizon), dtype=bool),
+                                    log_probs=np.full((len(group), horizon), np.nan), source='real'))
+    return batches

@@ -1,0 +1,184 @@
+"""Reading and validating a ``kind: urdf`` problem file (see config/pendulum_urdf.yaml).
+
+Sections: ``robot`` (urdf path or package:// URI, controlled joints by name), ``gamma``,
+``horizon``, ``control_period``, ``gravity``, ``initial_state`` (one [low, high] per joint),
+``task`` (reward terms and weights, per-joint targets), ``real`` (hidden true values and the
+stand-in's unmodelled effects), ``simulator`` (theta entries, integrator settings),
+and the learning sections shared with ``kind: robot`` (policy, inner, evaluation,
+real_gradient, outer).
+
+Theta entries are named ``KIND`` (joint kinds: every controlled joint), ``KIND@JOINT`` (one
+joint) or ``KIND@LINK`` (link kinds: ``mass_scale``, ``payload_mass`` with its
+``center_of_mass``).  Every error names the file, the field and the bad value.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ...config import MAX_HORIZON, FieldReader
+from ...urdf_model import JOINT_KINDS, LINK_KINDS, REWARD_TERMS, PhysicalEntry, UrdfSimulatorSettings
+from ...urdf_robot import MOVING_JOINT_TYPES, UrdfError, read_urdf, resolve_urdf
+from ..robot.config import THETA_ENTRY_FIELDS, _range, read_learning_sections, read_theta_entry
+from ..robot.simulator import InitialStateRange
+
+TOP_LEVEL_FIELDS = {'kind', 'robot', 'gamma', 'horizon', 'control_period', 'gravity', 'initial_state', 'task',
+                    'real', 'simulator', 'policy', 'inner', 'evaluation', 'real_gradient', 'outer'}
+REAL_PER_JOINT = ('damping', 'coulomb_friction', 'armature', 'motor_gain', 'stribeck_friction', 'effort_limit')
+
+
+def _per_joint(reader: FieldReader, key: str, n: int, default: float, *, low: float = 0.0,
+               low_open: bool = False) -> np.ndarray:
+    """One number for every joint, or a list with one per joint."""
+    value = reader.raw(key, default)
+    values = np.full(n, float(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else reader.array(key, (n,))
+    if np.any(np.isnan(values)) or np.any(values < low) or (low_open and np.any(values == low)):
+        raise reader.error(key, value, f'one number or {n} numbers (one per joint), each '
+                           f'{">" if low_open else ">="} {low}')
+    return values
+
+
+def read_problem_file(data: dict, source: str) -> dict:
+    """The ``UrdfProblem`` constructor arguments of a loaded problem file."""
+    from ...robots import SensorNoise
+    from ...robots.urdf_robot import UrdfRealParameters
+    root = FieldReader(data, source)
+    root.reject_unknown(TOP_LEVEL_FIELDS)
+    robot = root.section('robot')
+    robot.reject_unknown({'urdf', 'joints'})
+    try:
+        path = resolve_urdf(robot.raw('urdf'), Path(source).parent, source=source, element='robot.urdf')
+        description = read_urdf(path)
+    except UrdfError as err:
+        raise robot.error('urdf', robot.raw('urdf'), f'a readable URDF ({err})') from None
+    joints = robot.raw('joints')
+    if not isinstance(joints, list) or not joints or not all(isinstance(j, str) for j in joints):
+        raise robot.error('joints', joints, 'a non-empty list of joint names')
+    if len(set(joints)) != len(joints):
+        raise robot.error('joints', joints, 'distinct joint names')
+    for i, name in enumerate(joints):
+        joint = description.joints.get(name)
+        if joint is None or joint.type not in MOVING_JOINT_TYPES:
+            moving = [j.name for j in description.joints.values() if j.type in MOVING_JOINT_TYPES]
+            raise robot.error(f'joints[{i}]', name, f'a moving joint of {path}: one of {moving}')
+    n = len(joints)
+    gamma = root.scalar('gamma', low=0.0, high=1.0, low_open=True, high_open=True)
+    horizon = root.integer('horizon', low=1, high=MAX_HORIZON)
+    control_period = root.scalar('control_period', low=0.0, low_open=True)
+    gravity = root.scalar('gravity', 9.81, low=0.0)
+
+    init = root.section('initial_state')
+    init.reject_unknown({'position_range', 'velocity_range'})
+    ranges = []
+    for key in ('position_range', 'velocity_range'):
+        value = init.array(key, (n, 2))
+        if np.any(value[:, 0] > value[:, 1]):
+            raise init.error(key, value.tolist(), f'{n} rows [low, high] (one per joint) with low <= high')
+        ranges.append(value)
+    initial = InitialStateRange(ranges[0], ranges[1])
+
+    task = root.section('task')
+    task.reject_unknown({'reward_weights', 'targets'})
+    weights = task.section('reward_weights')
+    weights.reject_unknown(set(REWARD_TERMS))
+    terms = [name for name in REWARD_TERMS if weights.has(name)]
+    if not terms:
+        raise task.error('reward_weights', weights.data, f'at least one of {list(REWARD_TERMS)}')
+    task_weights = np.array([weights.scalar(name, low=0.0, low_open=True) for name in terms])
+    targets = task.array('targets', (n,), [0.0] * n)
+
+    real = root.section('real')
+    real.reject_unknown(set(REAL_PER_JOINT) | {'mass_scale', 'payload_mass', 'stribeck_velocity',
+                                               'actuation_delay_steps', 'sensor_noise', 'physics_substeps'})
+    per_joint = {key: _per_joint(real, key, n, default, low_open=key in ('motor_gain', 'effort_limit'))
+                 for key, default in (('damping', 0.0), ('coulomb_friction', 0.0), ('armature', 0.0),
+                                      ('motor_gain', 1.0), ('stribeck_friction', 0.0), ('effort_limit', math.inf))}
+    scales = real.section('mass_scale', {})
+    mass_scale = {}
+    for link in scales.data:
+        description.link(link, f'{source}: real.mass_scale.{link}')
+        mass_scale[link] = scales.scalar(link, low=0.0, low_open=True)
+    payload_section = real.section('payload_mass', {})
+    payloads = {}
+    for link in payload_section.data:
+        description.link(link, f'{source}: real.payload_mass.{link}', needs_inertial=False)
+        entry = payload_section.section(link)
+        entry.reject_unknown({'mass', 'center_of_mass'})
+        payloads[link] = (entry.scalar('mass', low=0.0), tuple(entry.array('center_of_mass', (3,)).tolist()))
+    noise = real.section('sensor_noise', {})
+    noise.reject_unknown({'position', 'velocity', 'effort'})
+    real_parameters = UrdfRealParameters(
+        mass_scale=mass_scale, payloads=payloads, **{k: tuple(v.tolist()) for k, v in per_joint.items()},
+        stribeck_velocity=real.scalar('stribeck_velocity', 0.1, low=0.0, low_open=True),
+        actuation_delay_steps=real.integer('actuation_delay_steps', 0, low=0),
+        sensor_noise=SensorNoise(*(noise.scalar(k, 0.0, low=0.0) for k in ('position', 'velocity', 'effort'))))
+    real_substeps = real.integer('physics_substeps', 8, low=1)
+
+    sim = root.section('simulator')
+    sim.reject_unknown({'physics_substeps', 'effort_limit', 'friction_velocity_scale', 'limit_stiffness',
+                        'implicit_damping', 'transition_noise_std', 'parameters', 'reward_weights'})
+    file_effort = [description.joints[j].effort for j in joints]
+    effort_limit = _per_joint(sim, 'effort_limit', n, 0.0, low_open=True) if sim.has('effort_limit') \
+        else np.array(file_effort)
+    if not np.all(np.isfinite(effort_limit)):
+        raise sim.error('effort_limit', '<missing>', f'an effort limit per joint (the URDF gives {file_effort})')
+    implicit = sim.raw('implicit_damping', True)
+    if not isinstance(implicit, bool):
+        raise sim.error('implicit_damping', implicit, 'true or false')
+    settings = UrdfSimulatorSettings(
+        control_period=control_period, physics_substeps=sim.integer('physics_substeps', 1, low=1),
+        effort_limit=tuple(effort_limit.tolist()),
+        friction_velocity_scale=sim.scalar('friction_velocity_scale', 0.05, low=0.0, low_open=True),
+        limit_stiffness=sim.scalar('limit_stiffness', 0.0, low=0.0), gravity=gravity, implicit_damping=implicit,
+        reward_targets=tuple(targets.tolist()))
+    noise_std = sim.array('transition_noise_std', (2 * n,))
+    if np.any(noise_std <= 0):
+        raise sim.error('transition_noise_std', noise_std.tolist(), f'{2 * n} numbers > 0 (positions, then velocities)')
+
+    physical, names, nominal, learn, lower, upper = [], [], [], [], [], []
+    parameters = sim.section('parameters')
+    for key in parameters.data:
+        kind, _, target = str(key).partition('@')
+        entry = parameters.section(key)
+        if kind in LINK_KINDS:
+            if not target:
+                raise parameters.error(key, entry.data, f'{kind}@LINK: the link it applies to')
+            try:
+                description.link(target, f'simulator.parameters.{key}', needs_inertial=kind == 'mass_scale')
+            except UrdfError as err:
+                raise parameters.error(key, target, f'a link of the URDF ({err})') from None
+            entry.reject_unknown(THETA_ENTRY_FIELDS | ({'center_of_mass'} if kind == 'payload_mass' else set()))
+            center = tuple(entry.array('center_of_mass', (3,)).tolist()) if kind == 'payload_mass' else (0.0, 0.0, 0.0)
+            physical.append(PhysicalEntry(kind, link=target, center_of_mass=center))
+        elif kind in JOINT_KINDS:
+            if target and target not in joints:
+                raise parameters.error(key, target, f'one of the controlled joints {joints}')
+            entry.reject_unknown(THETA_ENTRY_FIELDS)
+            indices = (joints.index(target),) if target else tuple(range(n))
+            physical.append(PhysicalEntry(kind, link=None, joints=indices))
+        else:
+            raise parameters.error(key, entry.data, f'KIND, KIND@JOINT or KIND@LINK with KIND one of '
+                                   f'{list(LINK_KINDS + JOINT_KINDS)}')
+        names.append(f'log_{key}')
+        for values, value in zip((nominal, learn, lower, upper), read_theta_entry(entry)):
+            values.append(value)
+    reward_section = sim.section('reward_weights')
+    reward_section.reject_unknown(set(terms))
+    for term in terms:
+        entry = reward_section.section(term)
+        entry.reject_unknown(THETA_ENTRY_FIELDS)
+        names.append(f'log_w_{term}')
+        for values, value in zip((nominal, learn, lower, upper), read_theta_entry(entry)):
+            values.append(value)
+    if not any(learn):
+        raise sim.error('parameters', '<no learn: true>', 'at least one learnable entry (learn: true)')
+
+    return dict(source=source, gamma=gamma, horizon=horizon, urdf_path=path, joint_names=tuple(joints),
+                description=description, initial=initial, task_weights=task_weights, reward_terms=tuple(terms),
+                real_parameters=real_parameters, real_substeps=real_substeps, settings=settings,
+                physical=tuple(physical), theta_names_full=tuple(names), nominal_full=np.array(nominal),
+                learn_mask=np.array(learn), lower_full=np.array(lower), upper_full=np.array(upper),
+                transition_noise_std=noise_std, **read_learning_sections(root, horizon))

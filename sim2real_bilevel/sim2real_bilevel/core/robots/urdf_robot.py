@@ -1,0 +1,291 @@
+"""The "physical" robot of a ``kind: urdf`` problem: pybullet loads the user's URDF with hidden
+true values of every uncertain quantity, plus what the simulator family cannot represent.
+
+- Link inertials: the file's, each link's mass (and inertia) times its true ``mass_scale``,
+  plus true point payloads (mass at a centre of mass in the link frame), merged into the link's
+  ``<inertial>`` of a rewritten URDF (pybullet cannot move a centre of mass after loading).
+- Joint damping: pybullet's joint damping; motor gain and a HARD effort limit on the applied
+  torque; armature: the rotor inertia's torque -armature * qdd, qdd from the previous physics
+  step (pybullet has no armature of its own).
+- Not representable by the simulator family (the objective mismatch of real hardware):
+  stiction -- dry friction as pybullet's velocity motor held at zero speed with its force
+  capped at the friction torque (the simulator has a smooth tanh Coulomb curve) -- plus a
+  Stribeck bump (extra friction ``stribeck_friction`` at low speed, decaying over
+  ``stribeck_velocity``), actuation delay in whole control periods, and sensor noise.
+
+``UrdfEmulator`` has the ``PendulumEmulator`` API the problem and the robot emulator node use:
+``reset(seed)``, ``apply_effort(values)``, ``step()`` returning a ``JointStateSample``.
+Also here: ``PybulletReference``, pybullet's mass matrix, bias forces and rollouts at given
+parameters, the reference the differentiable simulator is verified against.
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+import xml.etree.ElementTree as ElementTree
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .pendulum import JointStateSample, SensorNoise
+
+PAYLOAD_INERTIA = 0.0     # a point payload: no rotational inertia about its own centre
+
+
+@dataclass(frozen=True)
+class UrdfRealParameters:
+    """True values (hidden from learning methods); per-joint arrays ordered as the controlled joints."""
+    mass_scale: dict = field(default_factory=dict)            # link -> factor on the file's mass and inertia
+    payloads: dict = field(default_factory=dict)              # link -> (mass, (x, y, z) centre in the link frame)
+    damping: Sequence[float] = ()
+    coulomb_friction: Sequence[float] = ()
+    armature: Sequence[float] = ()
+    motor_gain: Sequence[float] = ()
+    stribeck_friction: Sequence[float] = ()                   # extra static friction at low speed
+    stribeck_velocity: float = 0.1                            # rad/s (or m/s) over which it fades
+    actuation_delay_steps: int = 0
+    effort_limit: Sequence[float] = ()                        # hard clip of the applied torque
+    sensor_noise: SensorNoise = field(default_factory=SensorNoise)
+
+
+def _rpy_matrix(rpy) -> np.ndarray:
+    from transforms3d.euler import euler2mat
+    return euler2mat(*rpy, 'sxyz')
+
+
+def urdf_with_inertials(path, mass_scale: dict, payloads: dict) -> str:
+    """The URDF text with each named link's inertial scaled and/or merged with a point payload
+    (mass, centre of mass and inertia about it by the parallel-axis theorem, written in the
+    link frame), and relative mesh file names made absolute (the text is loaded from elsewhere)."""
+    path = Path(path)
+    tree = ElementTree.parse(path)
+    root = tree.getroot()
+    for mesh in root.iter('mesh'):
+        name = mesh.get('filename', '')
+        if name and '://' not in name and not Path(name).is_absolute():
+            mesh.set('filename', str((path.parent / name).resolve()))
+    for link in root.findall('link'):
+        name = link.get('name')
+        if name not in mass_scale and name not in payloads:
+            continue
+        inertial = link.find('inertial')
+        origin = inertial.find('origin')
+        xyz = np.array([float(v) for v in (origin.get('xyz', '0 0 0') if origin is not None else '0 0 0').split()])
+        rpy = [float(v) for v in (origin.get('rpy', '0 0 0') if origin is not None else '0 0 0').split()]
+        node = inertial.find('inertia')
+        i = {k: float(node.get(k, 0.0)) for k in ('ixx', 'ixy', 'ixz', 'iyy', 'iyz', 'izz')}
+        inertia = np.array([[i['ixx'], i['ixy'], i['ixz']], [i['ixy'], i['iyy'], i['iyz']],
+                            [i['ixz'], i['iyz'], i['izz']]])
+        rotation = _rpy_matrix(rpy)
+        inertia = rotation @ inertia @ rotation.T            # about the CoM, link axes
+        mass = float(inertial.find('mass').get('value'))
+        scale = float(mass_scale.get(name, 1.0))
+        mass, inertia = scale * mass, scale * inertia
+        if name in payloads:
+            payload_mass, center = payloads[name]
+            center = np.asarray(center, dtype=np.float64)
+            total = mass + payload_mass
+            com = (mass * xyz + payload_mass * center) / total if total > 0 else xyz
+
+            def shifted(m, d):
+                return m * (float(d @ d) * np.eye(3) - np.outer(d, d))
+
+            inertia = inertia + shifted(mass, xyz - com) + PAYLOAD_INERTIA * np.eye(3) + shifted(payload_mass, center - com)
+            mass, xyz = total, com
+        for child in list(inertial):
+            inertial.remove(child)
+        ElementTree.SubElement(inertial, 'origin', {'xyz': ' '.join(repr(float(v)) for v in xyz), 'rpy': '0 0 0'})
+        ElementTree.SubElement(inertial, 'mass', {'value': repr(float(mass))})
+        ElementTree.SubElement(inertial, 'inertia', {
+            'ixx': repr(float(inertia[0, 0])), 'ixy': repr(float(inertia[0, 1])), 'ixz': repr(float(inertia[0, 2])),
+            'iyy': repr(float(inertia[1, 1])), 'iyz': repr(float(inertia[1, 2])), 'izz': repr(float(inertia[2, 2]))})
+    return ElementTree.tostring(root, encoding='unicode')
+
+
+class PybulletRobot:
+    """A fixed-base pybullet body loaded from URDF text, with the controlled joints by name and
+    pybullet's defaults that the simulator family does not have switched off (link damping,
+    the default velocity motors).  ``joint_damping``: per controlled joint."""
+
+    def __init__(self, urdf_text: str, joint_names: Sequence[str], *, gravity: float, time_step: float,
+                 joint_damping: Optional[Sequence[float]] = None):
+        import pybullet
+        self._pb = pybullet
+        self._client = pybullet.connect(pybullet.DIRECT)
+        self._dir = tempfile.TemporaryDirectory(prefix='urdf_robot_')
+        urdf = Path(self._dir.name) / 'robot.urdf'
+        urdf.write_text(urdf_text)
+        self.call(pybullet.setTimeStep, time_step)
+        self.call(pybullet.setGravity, 0.0, 0.0, -gravity)
+        self.body = self.call(pybullet.loadURDF, str(urdf), useFixedBase=True, flags=pybullet.URDF_USE_INERTIA_FROM_FILE)
+        names = {}
+        self.moving = []          # pybullet indices of every non-fixed joint (the order of its q vectors)
+        for index in range(self.call(pybullet.getNumJoints, self.body)):
+            info = self.call(pybullet.getJointInfo, self.body, index)
+            names[info[1].decode()] = index
+            if info[2] != pybullet.JOINT_FIXED:
+                self.moving.append(index)
+            self.call(pybullet.changeDynamics, self.body, index, linearDamping=0.0, angularDamping=0.0, jointDamping=0.0)
+        self.indices = [names[name] for name in joint_names]
+        self.call(pybullet.setJointMotorControlArray, self.body, self.moving, pybullet.VELOCITY_CONTROL,
+                  forces=[0.0] * len(self.moving))
+        if joint_damping is not None:
+            for index, value in zip(self.indices, joint_damping):
+                self.call(pybullet.changeDynamics, self.body, index, jointDamping=float(value))
+
+    def call(self, function, *args, **kwargs):
+        return function(*args, physicsClientId=self._client, **kwargs)
+
+    def _full(self, values) -> list[float]:
+        full = [0.0] * len(self.moving)
+        for index, value in zip(self.indices, values):
+            full[self.moving.index(index)] = float(value)
+        return full
+
+    def _controlled(self, full) -> np.ndarray:
+        return np.array([full[self.moving.index(index)] for index in self.indices])
+
+    def mass_matrix(self, position) -> np.ndarray:
+        matrix = np.array(self.call(self._pb.calculateMassMatrix, self.body, self._full(position)))
+        rows = [self.moving.index(index) for index in self.indices]
+        return matrix[np.ix_(rows, rows)]
+
+    def bias(self, position, velocity) -> np.ndarray:
+        """h(q, qd): the inverse dynamics at zero acceleration (pybullet leaves joint damping out)."""
+        full = self.call(self._pb.calculateInverseDynamics, self.body, self._full(position), self._full(velocity),
+                         [0.0] * len(self.moving))
+        return self._controlled(full)
+
+    def set_state(self, position, velocity) -> None:
+        for index, q, qd in zip(self.indices, position, velocity):
+            self.call(self._pb.resetJointState, self.body, index, float(q), float(qd))
+
+    def state(self) -> tuple[np.ndarray, np.ndarray]:
+        states = self.call(self._pb.getJointStates, self.body, self.indices)
+        return np.array([s[0] for s in states]), np.array([s[1] for s in states])
+
+    def step(self, torque) -> None:
+        self.call(self._pb.setJointMotorControlArray, self.body, self.indices, self._pb.TORQUE_CONTROL,
+                  forces=[float(t) for t in torque])
+        self.call(self._pb.stepSimulation)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._pb.disconnect(physicsClientId=self._client)
+            self._client = None
+            self._dir.cleanup()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:    # interpreter shutdown
+            pass
+
+
+class UrdfEmulator:
+    """The stand-in robot (see the module docstring): one fixed control period per ``step()``,
+    in ``physics_substeps`` pybullet steps; deterministic given the reset seed."""
+
+    def __init__(self, urdf_path, joint_names: Sequence[str], parameters: UrdfRealParameters, *,
+                 gravity: float, control_period: float, physics_substeps: int,
+                 initial_position_range: np.ndarray, initial_velocity_range: np.ndarray):
+        self.parameters = parameters
+        self.joint_names = tuple(joint_names)
+        n = len(self.joint_names)
+        self._per_joint = {}
+        for name, default in (('damping', 0.0), ('coulomb_friction', 0.0), ('armature', 0.0), ('motor_gain', 1.0),
+                              ('stribeck_friction', 0.0), ('effort_limit', math.inf)):
+            values = np.asarray(getattr(parameters, name) if len(getattr(parameters, name)) else [default] * n,
+                                dtype=np.float64)
+            if values.shape != (n,) or np.any(values < 0) or np.any(np.isnan(values)):
+                raise ValueError(f'UrdfEmulator: {name}={values.tolist()}: expected {n} numbers >= 0 '
+                                 f'(one per joint of {list(self.joint_names)})')
+            self._per_joint[name] = values
+        self.control_period = float(control_period)
+        self.physics_substeps = int(physics_substeps)
+        self.time_step = self.control_period / self.physics_substeps
+        self.initial_position_range = np.asarray(initial_position_range, dtype=np.float64)
+        self.initial_velocity_range = np.asarray(initial_velocity_range, dtype=np.float64)
+        text = urdf_with_inertials(urdf_path, parameters.mass_scale, parameters.payloads)
+        self.robot = PybulletRobot(text, joint_names, gravity=gravity, time_step=self.time_step,
+                                   joint_damping=self._per_joint['damping'])
+        friction = self._per_joint['coulomb_friction'] + self._per_joint['stribeck_friction']
+        # stiction: a velocity motor held at zero speed, its force capped at the static friction
+        self.robot.call(self.robot._pb.setJointMotorControlArray, self.robot.body, self.robot.indices,
+                        self.robot._pb.VELOCITY_CONTROL, targetVelocities=[0.0] * n, forces=friction.tolist())
+        self._rng = np.random.default_rng(0)
+        self._command = np.zeros(n)
+        self._pending: deque = deque()
+        self._applied = np.zeros(n)
+        self._acceleration = np.zeros(n)
+        self._steps = 0
+        self._last_sample: Optional[JointStateSample] = None
+
+    @property
+    def time(self) -> float:
+        return self._steps * self.control_period
+
+    def reset(self, seed: int, initial_state: Optional[Sequence[float]] = None) -> JointStateSample:
+        self._rng = np.random.default_rng(seed)
+        n = len(self.joint_names)
+        if initial_state is None:
+            position = self._rng.uniform(self.initial_position_range[:, 0], self.initial_position_range[:, 1])
+            velocity = self._rng.uniform(self.initial_velocity_range[:, 0], self.initial_velocity_range[:, 1])
+        else:
+            state = np.asarray(initial_state, dtype=np.float64)
+            position, velocity = state[:n], state[n:]
+        self.robot.set_state(position, velocity)
+        self._command = np.zeros(n)
+        self._pending = deque([np.zeros(n)] * self.parameters.actuation_delay_steps)
+        self._applied = np.zeros(n)
+        self._acceleration = np.zeros(n)
+        self._steps = 0
+        self._last_sample = self._measure()
+        return self._last_sample
+
+    def apply_effort(self, effort) -> None:
+        values = np.atleast_1d(np.asarray(effort, dtype=np.float64))
+        if values.shape != (len(self.joint_names),) or not np.all(np.isfinite(values)):
+            raise ValueError(f'apply_effort: {effort!r}: expected {len(self.joint_names)} finite value(s) '
+                             f'for joints {list(self.joint_names)}')
+        self._command = values
+
+    def step(self) -> JointStateSample:
+        self._pending.append(self._command)
+        command = self._pending.popleft()
+        limit = self._per_joint['effort_limit']
+        torque = np.clip(self._per_joint['motor_gain'] * command, -limit, limit)
+        self._applied = torque
+        # the Stribeck bump above Coulomb fades with speed: the motor's cap carries it at rest,
+        # an opposing torque takes it back as the joint speeds up
+        stribeck = self._per_joint['stribeck_friction']
+        speed_scale = self.parameters.stribeck_velocity
+        for _ in range(self.physics_substeps):
+            _, velocity = self.robot.state()
+            fade = stribeck * (1.0 - np.exp(-(velocity / speed_scale) ** 2)) * np.sign(velocity)
+            self.robot.step(torque - self._per_joint['armature'] * self._acceleration + fade)
+            _, after = self.robot.state()
+            self._acceleration = (after - velocity) / self.time_step
+        self._steps += 1
+        self._last_sample = self._measure()
+        return self._last_sample
+
+    def true_state(self) -> np.ndarray:
+        position, velocity = self.robot.state()
+        return np.concatenate([position, velocity])
+
+    def _measure(self) -> JointStateSample:
+        position, velocity = self.robot.state()
+        noise = self.parameters.sensor_noise
+        n = len(self.joint_names)
+        draws = self._rng.standard_normal((3, n))
+        return JointStateSample(stamp=self.time, name=list(self.joint_names),
+                                position=(position + noise.position * draws[0]).tolist(),
+                                velocity=(velocity + noise.velocity * draws[1]).tolist(),
+                                effort=(self._applied + noise.effort * draws[2]).tolist())
+
+    def close(self) -> None:
+        self.robot.close()

@@ -1,0 +1,380 @@
+"""A robot from its URDF: locating and reading the file, and its rigid-body dynamics from a library.
+
+- ``resolve_urdf(uri, ...)``: a file path (relative paths from the problem file's folder) or a
+  ``package://PKG/path`` URI, found through the ament index (AMENT_PREFIX_PATH) and, for
+  robots shipped with pybullet (``package://pybullet_data/kuka_iiwa/model.urdf``), pybullet_data.
+- ``read_urdf(path)``: joints and links as plain data (``UrdfDescription``); every error names
+  the file, the element and the bad value.
+- ``RigidBodyDynamics``: the joint-space mass matrix M(q) and bias forces h(q, qd) (Coriolis,
+  centrifugal, gravity) of the controlled joints of a FIXED-base robot, batched torch, from
+  adam-robotics (``KinDynComputationsBatch``; see docs/dynamics.md for why this library).
+  Link mass scales and payloads are inputs of each call: adam reads its link inertias once from
+  the file, so ``RigidBodyDynamics`` replaces its cached 6x6 spatial inertias by ones computed
+  from them at every call, keeping the graph differentiable in them.
+
+Two adam-robotics 0.5.0 bugs are fixed here, each with a test in test/test_urdf_robot.py:
+- an ``<inertial>`` without an ``<origin>`` (legal URDF: the origin defaults to zero) raises
+  AttributeError in its parser: ``normalised_urdf_text`` writes the default origin explicitly;
+- prismatic joints fail (every robot with one, e.g. pybullet_data's cartpole.urdf): the motion
+  subspace concatenates scalars with 3-vectors (RuntimeError at construction), and the joint
+  transforms multiply a batch of positions (B,) with the axis (3,) and index as if unbatched
+  (RuntimeError at every batched call).  ``_fix_prismatic_joints`` replaces those three methods by correct ones for
+  prismatic joints only (revolute and fixed joints keep adam's own code).
+"""
+from __future__ import annotations
+
+import math
+import os
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+MOVING_JOINT_TYPES = ('revolute', 'continuous', 'prismatic')
+GRAVITY = 9.81
+
+
+class UrdfError(ValueError):
+    """A URDF problem: the file, the element and the bad value, and what was expected."""
+
+    def __init__(self, path, element: str, value, expected: str):
+        self.path, self.element, self.value, self.expected = str(path), element, value, expected
+        super().__init__(f'{path}: {element}: {value!r}: expected {expected}')
+
+
+@dataclass(frozen=True)
+class JointInfo:
+    name: str
+    type: str
+    parent: str
+    child: str
+    lower: float                  # position limits (-inf, inf for continuous joints)
+    upper: float
+    effort: float                 # effort limit (inf when the file gives none)
+    velocity: float
+    damping: float                # <dynamics damping=...> (0 when absent)
+    friction: float               # <dynamics friction=...> (0 when absent)
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    name: str
+    mass: Optional[float]         # None: the link has no <inertial>
+    center_of_mass: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class UrdfDescription:
+    path: Path
+    name: str
+    joints: dict                  # name -> JointInfo, in file order
+    links: dict                   # name -> LinkInfo
+
+    def joint(self, name: str, element: str) -> JointInfo:
+        """The joint ``name``, or an error naming ``element`` (where the name was written)."""
+        if name not in self.joints:
+            moving = [j.name for j in self.joints.values() if j.type in MOVING_JOINT_TYPES]
+            raise UrdfError(self.path, element, name, f'the name of a joint of this URDF: one of {moving}')
+        return self.joints[name]
+
+    def link(self, name: str, element: str, *, needs_inertial: bool = True) -> LinkInfo:
+        if name not in self.links:
+            raise UrdfError(self.path, element, name, f'the name of a link of this URDF: one of {list(self.links)}')
+        link = self.links[name]
+        if needs_inertial and link.mass is None:
+            raise UrdfError(self.path, f'link {name!r}', '<no inertial>',
+                            'an <inertial> element (mass and inertia) on a link whose mass is uncertain')
+        return link
+
+
+def package_search_roots() -> list[Path]:
+    """Where ``package://PKG/...`` is looked for: share/PKG under every AMENT_PREFIX_PATH entry
+    and the virtual environment's prefix (where this project's setup installs share/), then
+    pybullet_data for PKG = pybullet_data."""
+    import sys
+    prefixes = [p for p in os.environ.get('AMENT_PREFIX_PATH', '').split(os.pathsep) if p]
+    prefixes.append(sys.prefix)
+    return [Path(p) / 'share' for p in prefixes]
+
+
+def resolve_urdf(uri: str, base_dir: Optional[Path] = None, *, source: str = '<urdf>',
+                 element: str = 'robot.urdf') -> Path:
+    """The file a URDF path or ``package://`` URI names; an error naming ``source``/``element``
+    and every place looked in when it does not exist."""
+    if not isinstance(uri, str) or not uri:
+        raise UrdfError(source, element, uri, 'a URDF file path or a package://PKG/path URI')
+    if uri.startswith('package://'):
+        package, _, relative = uri[len('package://'):].partition('/')
+        candidates = []
+        if package == 'pybullet_data':
+            import pybullet_data
+            candidates.append(Path(pybullet_data.getDataPath()) / relative)
+        else:
+            try:
+                from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+                try:
+                    candidates.append(Path(get_package_share_directory(package)) / relative)
+                except (PackageNotFoundError, OSError):      # OSError: AMENT_PREFIX_PATH unset
+                    pass
+            except ImportError:
+                pass
+            candidates += [root / package / relative for root in package_search_roots()]
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+        raise UrdfError(source, element, uri, 'a package:// URI of an existing file (looked in '
+                        f'{[str(c) for c in candidates]}; set AMENT_PREFIX_PATH to the install prefix)')
+    path = Path(uri)
+    if not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
+    if not path.is_file():
+        raise UrdfError(source, element, uri, f'an existing URDF file (no file at {path})')
+    return path
+
+
+def _floats(text: Optional[str], count: int, path, element: str, default: Sequence[float]) -> tuple[float, ...]:
+    if text is None:
+        return tuple(default)
+    try:
+        values = tuple(float(v) for v in text.split())
+    except ValueError:
+        values = ()
+    if len(values) != count or not all(math.isfinite(v) for v in values):
+        raise UrdfError(path, element, text, f'{count} finite numbers')
+    return values
+
+
+def _float(node, attribute: str, path, element: str, default: float) -> float:
+    text = None if node is None else node.get(attribute)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise UrdfError(path, f'{element} {attribute}', text, 'a number') from None
+    if math.isnan(value):
+        raise UrdfError(path, f'{element} {attribute}', text, 'a number')
+    return value
+
+
+def read_urdf(path) -> UrdfDescription:
+    """Joints and links of the URDF at ``path`` (checked: names, limits, masses)."""
+    path = Path(path)
+    try:
+        root = ElementTree.parse(path).getroot()
+    except (OSError, ElementTree.ParseError) as err:
+        raise UrdfError(path, '<file>', str(path), f'a readable URDF (XML) file ({err})') from None
+    if root.tag != 'robot':
+        raise UrdfError(path, '<root element>', root.tag, '<robot>')
+    links = {}
+    for node in root.findall('link'):
+        name = node.get('name')
+        inertial = node.find('inertial')
+        if inertial is None:
+            links[name] = LinkInfo(name, None, (0.0, 0.0, 0.0))
+            continue
+        mass = _float(inertial.find('mass'), 'value', path, f'link {name!r} inertial/mass', math.nan)
+        if not mass >= 0 or not math.isfinite(mass):
+            raise UrdfError(path, f'link {name!r} inertial/mass value', mass, 'a finite mass >= 0')
+        origin = inertial.find('origin')
+        com = _floats(None if origin is None else origin.get('xyz'), 3, path,
+                      f'link {name!r} inertial/origin xyz', (0.0, 0.0, 0.0))
+        links[name] = LinkInfo(name, mass, com)
+    joints = {}
+    for node in root.findall('joint'):
+        name, kind = node.get('name'), node.get('type')
+        element = f'joint {name!r}'
+        if kind not in MOVING_JOINT_TYPES + ('fixed',):
+            raise UrdfError(path, f'{element} type', kind, f'one of {list(MOVING_JOINT_TYPES + ("fixed",))}')
+        parent, child = node.find('parent'), node.find('child')
+        parent = None if parent is None else parent.get('link')
+        child = None if child is None else child.get('link')
+        for role, link in (('parent', parent), ('child', child)):
+            if link not in links:
+                raise UrdfError(path, f'{element} {role} link', link, f'a link of this URDF: one of {list(links)}')
+        limit, dynamics = node.find('limit'), node.find('dynamics')
+        bounded = kind in ('revolute', 'prismatic') and limit is not None
+        lower = _float(limit, 'lower', path, f'{element} limit', 0.0) if bounded else -math.inf
+        upper = _float(limit, 'upper', path, f'{element} limit', 0.0) if bounded else math.inf
+        if lower > upper:
+            raise UrdfError(path, f'{element} limit', [lower, upper], 'lower <= upper')
+        effort = _float(limit, 'effort', path, f'{element} limit', math.inf)
+        velocity = _float(limit, 'velocity', path, f'{element} limit', math.inf)
+        damping = _float(dynamics, 'damping', path, f'{element} dynamics', 0.0)
+        friction = _float(dynamics, 'friction', path, f'{element} dynamics', 0.0)
+        for field, value in (('limit effort', effort), ('limit velocity', velocity),
+                             ('dynamics damping', damping), ('dynamics friction', friction)):
+            if value < 0:
+                raise UrdfError(path, f'{element} {field}', value, 'a number >= 0')
+        joints[name] = JointInfo(name, kind, parent, child, lower, upper, effort, velocity, damping, friction)
+    return UrdfDescription(path=path, name=root.get('name', ''), joints=joints, links=links)
+
+
+def normalised_urdf_text(path) -> str:
+    """The URDF text with an explicit zero ``<origin>`` in every ``<inertial>`` that has none
+    (the URDF default, which adam-robotics 0.5.0 fails to apply)."""
+    tree = ElementTree.parse(path)
+    for inertial in tree.getroot().iter('inertial'):
+        if inertial.find('origin') is None:
+            inertial.insert(0, ElementTree.Element('origin', {'xyz': '0 0 0', 'rpy': '0 0 0'}))
+    return ElementTree.tostring(tree.getroot(), encoding='unicode')
+
+
+def point_mass_inertia(mass: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+    """6x6 spatial inertia (adam's order: linear, angular) of point masses ``mass`` (...,) at
+    ``center`` (..., 3) in a link's frame: [[m 1, m S(c)^T], [m S(c), m S(c) S(c)^T]]."""
+    x, y, z = center.unbind(-1)
+    zero = torch.zeros_like(x)
+    skew = torch.stack([torch.stack([zero, -z, y], -1), torch.stack([z, zero, -x], -1),
+                        torch.stack([-y, x, zero], -1)], -2)
+    m = mass[..., None, None]
+    eye = torch.eye(3, dtype=center.dtype, device=center.device).expand(skew.shape)
+    top = torch.cat([m * eye, m * skew.transpose(-1, -2)], -1)
+    bottom = torch.cat([m * skew, m * skew @ skew.transpose(-1, -2)], -1)
+    return torch.cat([top, bottom], -2)
+
+
+def _fix_prismatic_joints() -> None:
+    """Patch adam's ``StdJoint.motion_subspace`` (for prismatic joints: the 6-vector (axis, 0, 0, 0)
+    in adam's order linear, angular), ``SpatialMath.H_prismatic_joint`` (a batch of positions (B,)
+    times the axis (3,) -> (B, 3) offsets, the rotation broadcast) and ``X_prismatic_joint``
+    (its spatial transform, batched).  Idempotent."""
+    from adam.core.spatial_math import SpatialMath
+    from adam.model.std_factories.std_joint import StdJoint
+    original = StdJoint.motion_subspace
+    if getattr(original, 'fixed_prismatic', False):
+        return
+    original_transform = SpatialMath.H_prismatic_joint
+
+    def H_prismatic_joint(self, xyz, rpy, axis, q):
+        positions = getattr(q, 'array', q)
+        if not isinstance(positions, torch.Tensor) or positions.ndim == 0:
+            return original_transform(self, xyz, rpy, axis, q)
+        offset = getattr(xyz, 'array', xyz) + positions[..., None] * getattr(axis, 'array', axis)
+        rotation = getattr(self.R_from_RPY(rpy), 'array').expand(offset.shape[:-1] + (3, 3))
+        return self.homogeneous(self.factory.asarray(rotation), self.factory.asarray(offset))
+
+    def X_prismatic_joint(self, xyz, rpy, axis, q):
+        transform = getattr(self.H_prismatic_joint(xyz, rpy, axis, q), 'array')
+        rotation = transform[..., :3, :3].transpose(-1, -2)
+        offset = -(rotation @ transform[..., :3, 3:4])[..., 0]
+        return self.spatial_transform(self.factory.asarray(rotation), self.factory.asarray(offset))
+
+    SpatialMath.H_prismatic_joint = H_prismatic_joint
+    SpatialMath.X_prismatic_joint = X_prismatic_joint
+
+    def motion_subspace(self):
+        if self.type != 'prismatic':
+            return original(self)
+        zero = self.math.zeros(1)
+        return self.math.vertcat(self.axis[0], self.axis[1], self.axis[2], zero, zero, zero)
+
+    motion_subspace.fixed_prismatic = True
+    StdJoint.motion_subspace = motion_subspace
+
+
+class RigidBodyDynamics:
+    """M(q) and h(q, qd) of the controlled joints of a fixed-base robot (adam-robotics, torch).
+
+    ``joint_names``: the controlled joints, in the order of q; every other moving joint is held
+    at zero (adam treats joints it is not given as fixed).  ``gravity``: m/s^2 along -z.
+    """
+
+    def __init__(self, path, joint_names: Sequence[str], *, dtype=torch.float64,
+                 device: Optional[torch.device] = None, gravity: float = GRAVITY):
+        from adam.core.constants import Representations
+        from adam.pytorch import KinDynComputationsBatch
+        _fix_prismatic_joints()
+        self.description = read_urdf(path)
+        for i, name in enumerate(joint_names):
+            joint = self.description.joint(name, f'joints[{i}]')
+            if joint.type not in MOVING_JOINT_TYPES:
+                raise UrdfError(self.description.path, f'joints[{i}]', name,
+                                f'a moving joint (type {list(MOVING_JOINT_TYPES)}), not a {joint.type} joint')
+        self.joint_names = tuple(joint_names)
+        self.dtype = dtype
+        self.device = torch.device('cpu') if device is None else torch.device(device)
+        self._kindyn = KinDynComputationsBatch(
+            normalised_urdf_text(path), list(joint_names), device=self.device, dtype=dtype,
+            gravity=torch.tensor([0.0, 0.0, -gravity, 0.0, 0.0, 0.0], dtype=torch.float64))   # float32 would round g
+        # Joint-space velocities and forces, not a mixed frame for the (fixed) base.
+        self._kindyn.set_frame_velocity_representation(Representations.BODY_FIXED_REPRESENTATION)
+        algorithms = self._kindyn.rbdalgos
+        self._node_links = [node.get_elements()[0].name for node in algorithms.model.tree]
+        self._base_inertias = [algorithms._spatial_inertias[i] for i in range(len(self._node_links))]
+        self.n_joints = len(self.joint_names)
+
+    @property
+    def link_names(self) -> list[str]:
+        return list(self._node_links)
+
+    def _set_inertias(self, mass_scale: dict, payloads: dict) -> None:
+        """Replace adam's cached link spatial inertias by  scale * (the file's) + point payloads
+        (unbatched: (6, 6) each); links not named keep the file's."""
+        from adam.pytorch.torch_like import TorchLike
+        inertias = self._kindyn.rbdalgos._spatial_inertias
+        for index, name in enumerate(self._node_links):
+            base = self._base_inertias[index]
+            value = base.array
+            if name in mass_scale:
+                value = mass_scale[name] * value
+            if name in payloads:
+                mass, center = payloads[name]
+                value = value + point_mass_inertia(mass, center)
+            inertias[index] = base if value is base.array else TorchLike(value)
+
+    def mass_matrix_and_bias(self, position: torch.Tensor, velocity: torch.Tensor, *,
+                             mass_scale: Optional[dict] = None,
+                             payloads: Optional[dict] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """M (B, n, n) and h (B, n) at joint positions and velocities (B, n), with link inertias
+        scale * (the file's) + point payloads.  ``mass_scale``: link -> tensor () or (B,);
+        ``payloads``: link -> (mass () or (B,), centre (3,) in the link frame).  Gradients flow
+        to all of them.  None: the file's values.
+
+        One value for the whole batch is one library call.  One value per sample uses that M
+        and h are LINEAR in the link inertias (for fixed q, qd): M = M(other links) +
+        sum_k scale_k M(link k alone) + sum_j mass_j M(unit payload j alone), one library call
+        per term (adam's algorithms take one inertia per link, not one per sample)."""
+        mass_scale, payloads = dict(mass_scale or {}), dict(payloads or {})
+        for name in list(mass_scale) + list(payloads):
+            self.description.link(name, f'link {name!r}', needs_inertial=name in mass_scale)
+        as_tensor = lambda value: torch.as_tensor(value, dtype=self.dtype, device=self.device)
+        mass_scale = {name: as_tensor(value) for name, value in mass_scale.items()}
+        payloads = {name: (as_tensor(mass), as_tensor(center)) for name, (mass, center) in payloads.items()}
+        batched = any(v.ndim for v in mass_scale.values()) or any(m.ndim for m, _ in payloads.values())
+        if not batched:
+            self._set_inertias(mass_scale, payloads)
+            return self._mass_matrix_and_bias(position, velocity)
+        zero, one = as_tensor(0.0), as_tensor(1.0)
+        everything_off = {name: zero for name in self._node_links}
+        self._set_inertias({name: zero for name in mass_scale}, {})
+        mass_matrix, bias = self._mass_matrix_and_bias(position, velocity)
+        for name, scale in mass_scale.items():
+            self._set_inertias({**everything_off, name: one}, {})
+            part_mass, part_bias = self._mass_matrix_and_bias(position, velocity)
+            mass_matrix = mass_matrix + scale[..., None, None] * part_mass
+            bias = bias + scale[..., None] * part_bias
+        for name, (mass, center) in payloads.items():
+            self._set_inertias(everything_off, {name: (one, center)})
+            part_mass, part_bias = self._mass_matrix_and_bias(position, velocity)
+            mass_matrix = mass_matrix + mass[..., None, None] * part_mass
+            bias = bias + mass[..., None] * part_bias
+        self._set_inertias({}, {})
+        return mass_matrix, bias
+
+    def _mass_matrix_and_bias(self, position: torch.Tensor, velocity: torch.Tensor):
+        batch = position.shape[0]
+        base = torch.eye(4, dtype=self.dtype, device=self.device).expand(batch, 4, 4)
+        base_velocity = torch.zeros(batch, 6, dtype=self.dtype, device=self.device)
+        mass_matrix = self._kindyn.mass_matrix(base, position)[:, 6:, 6:]
+        bias = self._kindyn.bias_force(base, position, base_velocity, velocity).reshape(batch, -1)[:, 6:]
+        return mass_matrix, bias
+
+    def link_poses(self, position: torch.Tensor) -> dict:
+        """World homogeneous transforms (B, 4, 4) of every link at joint positions (B, n)."""
+        batch = position.shape[0]
+        base = torch.eye(4, dtype=self.dtype, device=self.device).expand(batch, 4, 4)
+        return {name: self._kindyn.forward_kinematics(name, base, position) for name in self._node_links}

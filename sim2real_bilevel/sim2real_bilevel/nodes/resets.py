@@ -1,0 +1,299 @@
+"""Episode resets of the topic transport: how the robot returns to an initial state before each
+episode, chosen by the hardware bridge's ``reset_mode`` (read before every episode).
+
+- ``service``: the robot's own reset procedure, the std_srvs/Trigger ``reset_service`` (the
+  emulator's ``robot_emulator/reset``), answered within ``reset_timeout_s``; a request left
+  unanswered half that time is sent once more.
+- ``scripted``: the bridge drives the joints to a start pose -- ``reset_pose`` entries
+  ``joint=position`` (comma-separated) by name, other joints at the problem's ``start_pose()`` (the mean of its
+  initial-state distribution) -- with a PD law, effort = ``reset_kp`` (q* - q) - ``reset_kd`` qd,
+  under the bridge's own limits: the CommandFilter (``effort_limit``, ``max_effort_rate``, from
+  a zero command like an episode) and the state bounds (``position_limit``,
+  ``velocity_limit``).  One command per joint_states: a lockstep robot steps on them, a
+  real-time one follows them (a robot that has published no state yet is asked for one with
+  zero commands, one per ``watchdog_timeout_s``).  The pose is reached once every joint is within
+  ``reset_position_tolerance`` of its target and ``reset_velocity_tolerance`` of rest for
+  ``reset_settle_samples`` readings in a row; it is not reached within
+  ``scripted_reset_timeout_s`` (or a bound is crossed, or joint_states go stale for
+  ``watchdog_timeout_s``): zero command, and the episode is refused with the joint's state.
+- ``operator``: zero command (a person may now handle the robot), then the goal's feedback
+  (``status``), the bridge's log and its /diagnostics say the bridge waits for the operator,
+  who puts the robot in its start pose and answers on ``~/continue_episode``
+  (std_srvs/SetBool: true continues, false aborts the goal; ``sim2real-bilevel bridge
+  continue|abort``).  No answer within ``operator_timeout_s`` aborts the goal.
+
+An e-stop or a deactivation ends any reset at once: the wait stops, a zero command goes out (the
+e-stop and the deactivation send one themselves) and the goal fails with the reason.  The robot's
+own reset procedure (``service``) is the robot's: its motion stops on the robot's e-stop.
+After a successful reset the transport's ``latest_state`` is None or a state measured after it.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticStatus
+from rclpy.task import Future
+from std_srvs.srv import SetBool, Trigger
+
+from .runtime import ParameterSpec
+from .safety import CommandFilter, state_violation
+
+RESET_MODES = ('service', 'scripted', 'operator')
+
+RESET_PARAMETERS = [
+    ParameterSpec('reset_mode', 'service', "how the robot returns to an initial state before each episode of the "
+                  "topic transport: 'service' (the robot's reset_service), 'scripted' (the bridge drives the joints "
+                  "to reset_pose) or 'operator' (a person resets it and answers ~/continue_episode); applies from "
+                  'the next episode', choices=RESET_MODES),
+    ParameterSpec('reset_pose', '', "scripted reset: start positions, 'joint=position' entries (rad) separated by "
+                  "commas; joints not named start at the problem's start pose (the mean of its initial states)"),
+    ParameterSpec('reset_kp', 10.0, 'scripted reset: PD stiffness (N m per rad of position error)', low=0.0,
+                  high=1e6),
+    ParameterSpec('reset_kd', 1.0, 'scripted reset: PD damping (N m per rad/s of velocity)', low=0.0, high=1e6),
+    ParameterSpec('reset_position_tolerance', 0.05, 'scripted reset: largest |position - target| (rad) of a '
+                  'reached start pose', low=1e-9, high=1e6),
+    ParameterSpec('reset_velocity_tolerance', 0.25, 'scripted reset: largest |velocity| (rad/s) of a reached start '
+                  'pose (above the sensor noise)', low=1e-9, high=1e6),
+    ParameterSpec('reset_settle_samples', 3, 'scripted reset: joint_states in a row within both tolerances',
+                  low=1, high=100000),
+    ParameterSpec('scripted_reset_timeout_s', 10.0, 'scripted reset: longest drive to the start pose before the '
+                  'episode is refused (zero command)', low=0.01, high=3600.0),
+    ParameterSpec('operator_timeout_s', 300.0, 'operator reset: longest wait for ~/continue_episode before the '
+                  'goal is aborted', low=0.01, high=86400.0),
+]
+
+
+def start_pose(text: str, joints: Sequence[str], default: Optional[Sequence[float]],
+               position_limit: float) -> np.ndarray:
+    """The scripted reset's target, ordered like ``joints``: the entries of ``text``
+    ('joint=position, ...') by name over ``default`` (the problem's start pose, command order).
+    ValueError naming the bad entry, or the joints left without a target."""
+    joints = list(joints)
+    entries = [entry.strip() for entry in text.split(',')] if text.strip() else []
+    pose: dict[str, float] = {}
+    if default is not None:
+        if len(default) != len(joints):
+            raise ValueError(f"the problem's start pose {list(default)} has {len(default)} position(s), the bridge "
+                             f'has {len(joints)} joint(s) {joints}: set reset_pose for each joint')
+        pose = {joint: float(value) for joint, value in zip(joints, default)}
+    for entry in entries:
+        name, separator, text = (part.strip() for part in entry.partition('='))
+        if not separator:
+            raise ValueError(f"reset_pose entry {entry!r}: expected 'joint=position', e.g. '{joints[0]}=0.0'")
+        if name not in joints:
+            raise ValueError(f'reset_pose entry {entry!r}: {name!r} is not one of the joints {joints}')
+        try:
+            position = float(text)
+        except ValueError:
+            raise ValueError(f'reset_pose entry {entry!r}: position {text!r} is not a number') from None
+        if not math.isfinite(position):
+            raise ValueError(f'reset_pose entry {entry!r}: position {text!r} is not finite')
+        pose[name] = position
+    missing = [joint for joint in joints if joint not in pose]
+    if missing:
+        raise ValueError(f"no start position for the joint(s) {missing}: the problem gives no start pose, name them "
+                         f"in reset_pose ('joint=position')")
+    for joint in joints:
+        if abs(pose[joint]) > position_limit:
+            raise ValueError(f'start position of {joint!r} = {pose[joint]:g} is outside the position limit '
+                             f'+-{position_limit:g}')
+    return np.array([pose[joint] for joint in joints])
+
+
+def pd_effort(target: np.ndarray, position: np.ndarray, velocity: np.ndarray, kp: float, kd: float) -> np.ndarray:
+    """The scripted reset's requested effort per joint (before the CommandFilter)."""
+    return kp * (target - position) - kd * velocity
+
+
+def pose_miss(joints: Sequence[str], target: np.ndarray, position: np.ndarray, velocity: np.ndarray,
+              position_tolerance: float, velocity_tolerance: float) -> Optional[str]:
+    """None when every joint is at its target and at rest (within the tolerances), else the first
+    joint that is not."""
+    for joint, goal, q, qd in zip(joints, target, position, velocity):
+        if not abs(q - goal) <= position_tolerance:
+            return f'joint {joint!r} at {q:.4g} rad, target {goal:.4g} +-{position_tolerance:g}'
+        if not abs(qd) <= velocity_tolerance:
+            return f'joint {joint!r} moving at {qd:.4g} rad/s, at rest is +-{velocity_tolerance:g}'
+    return None
+
+
+def stop_reason(bridge) -> Optional[str]:
+    """Why the bridge may not move the robot now (e-stop, not active), or None."""
+    if bridge.estopped:
+        return f'E-STOP: {bridge.estop_reason}'
+    if not bridge.active:
+        return 'the bridge was deactivated'
+    return None
+
+
+def answer(success: bool, message: str) -> Trigger.Response:
+    return Trigger.Response(success=success, message=message)
+
+
+class EpisodeResets:
+    """The resets of one TopicTransport (``transport``: its ``bridge``, ``latest_state`` and
+    ``latest_velocity``); its ROS entities (reset client, ``~/continue_episode``) live as long as it."""
+
+    def __init__(self, transport):
+        self.transport = transport
+        bridge = self.bridge = transport.bridge
+        self.client = bridge.create_client(Trigger, bridge.parameters['reset_service'])
+        self.continue_service = bridge.create_service(SetBool, '~/continue_episode', self.continue_callback)
+        self.operator_answer: Optional[Future] = None      # while the operator is awaited
+
+    def destroy(self) -> None:
+        self.bridge.destroy_client(self.client)
+        self.bridge.destroy_service(self.continue_service)
+
+    async def reset(self, efforts: bool, feedback: Callable[[str], None]) -> Trigger.Response:
+        """Bring the robot to an initial state by ``reset_mode``; success False with the reason.
+        ``efforts``: commands are joint efforts (zero commands are safe and scripted resets possible);
+        ``feedback(status)``: tells the goal's client what the bridge waits for."""
+        mode = self.bridge.parameters['reset_mode']
+        if mode == 'scripted':
+            result = await self.scripted(efforts)
+        elif mode == 'operator':
+            result = await self.operator(efforts, feedback)
+        else:
+            result = await self.service()
+        if result.success:
+            self.bridge.get_logger().info(f'reset ({mode}): {result.message}')
+        stop = stop_reason(self.bridge)
+        if not result.success and stop is not None and stop not in result.message:
+            result.message = f'{stop} during the {mode} reset'     # the stop is the reason, whatever it cut short
+        return result
+
+    # --- service ----------------------------------------------------------------------------------------
+    async def service(self) -> Trigger.Response:
+        """The reset service, within ``reset_timeout_s``.  A request sent before DDS has matched the
+        client with the service is dropped without an answer, so the service must be ready first,
+        and a request unanswered after a while is sent once more."""
+        bridge, waits = self.bridge, self.bridge.waits
+        timeout = bridge.parameters['reset_timeout_s']
+        name = self.client.srv_name
+        self.transport.latest_state = None           # the episode starts from a state published after the reset
+        if not await waits.until(self.client.service_is_ready, timeout):
+            return answer(False, f'{name} not available within {timeout:g} s')
+        for attempt in range(2):
+            future = self.client.call_async(Trigger.Request())
+            if await waits.future(future, timeout / 2):
+                return future.result()
+            self.client.remove_pending_request(future)
+            if stop_reason(bridge) is not None:
+                break                                # no second request to a stopped robot
+        return answer(False, f'{name} did not answer within {timeout:g} s')
+
+    # --- scripted ---------------------------------------------------------------------------------------
+    async def scripted(self, efforts: bool) -> Trigger.Response:
+        """Drive the joints to the start pose and check it (see the module docstring)."""
+        bridge, transport, waits, parameters = self.bridge, self.transport, self.bridge.waits, self.bridge.parameters
+        if not efforts:
+            return answer(False, 'reset_mode scripted drives joint efforts; this problem\'s commands are not '
+                                 'efforts (use reset_mode service or operator)')
+        try:
+            target = start_pose(parameters['reset_pose'], bridge.joints, bridge.problem.start_pose(),
+                                parameters['position_limit'])
+        except ValueError as err:
+            return answer(False, f'scripted reset: {err}')
+        joints = bridge.joints
+        command_filter = CommandFilter(parameters['effort_limit'], parameters['max_effort_rate'], joints=len(joints))
+        kp, kd, settle = parameters['reset_kp'], parameters['reset_kd'], parameters['reset_settle_samples']
+        tolerances = (parameters['reset_position_tolerance'], parameters['reset_velocity_tolerance'])
+        limits = (parameters['position_limit'], parameters['velocity_limit'])
+        timeout, watchdog = parameters['scripted_reset_timeout_s'], parameters['watchdog_timeout_s']
+        started = time.monotonic()
+        commands = settled = 0
+
+        def refuse(reason: str) -> Trigger.Response:
+            bridge.send_zero_command()
+            return answer(False, f'scripted reset to {target.tolist()}: {reason}; zero command sent '
+                                 f'({commands} reset commands, filter: {command_filter.counts()})')
+
+        def fresh() -> bool:
+            return transport.latest_state is not None
+        asked = 0
+        while not fresh():
+            # no state yet (the first goal; a lockstep robot publishes only when commanded): a
+            # zero command -- the command in force between goals -- asks for one, once per
+            # watchdog period (a command sent before DDS matched the robot is lost)
+            if stop_reason(bridge) is not None or time.monotonic() - started > timeout:
+                return refuse(stop_reason(bridge) or f'no joint_states within scripted_reset_timeout_s ({timeout:g} s, '
+                              f'{asked} zero commands sent): the robot publishes none (the robot emulator moves '
+                              'only after a reset or with start_running)')
+            bridge.send_zero_command()
+            asked += 1
+            await waits.until(fresh, watchdog)
+        while True:
+            stop = stop_reason(bridge)               # (a state may arrive together with the stop)
+            if stop is not None:
+                return refuse(stop)
+            position, velocity = transport.latest_state, transport.latest_velocity
+            if velocity.size != position.size:
+                return refuse(f'joint_states without velocities for {joints}: the reset cannot check rest')
+            violation = state_violation(joints, position, velocity, *limits)
+            if violation is not None:
+                return refuse(f'state bounds: {violation}')
+            miss = pose_miss(joints, target, position, velocity, *tolerances)
+            settled = 0 if miss is not None else settled + 1
+            if settled >= settle:
+                elapsed = time.monotonic() - started
+                return answer(True, f'start pose {target.tolist()} reached in {commands} commands ({elapsed:.2f} s): '
+                                    f'position {position.tolist()}, velocity {velocity.tolist()}')
+            if time.monotonic() - started > timeout:
+                return refuse(f'start pose not reached within scripted_reset_timeout_s ({timeout:g} s): '
+                              f'{miss or f"within the tolerances for only {settled} of {settle} readings"}')
+            command = command_filter(pd_effort(target, position, velocity, kp, kd))
+            transport.latest_state = None
+            estop = bridge.send_command([float(c) for c in command])
+            commands += 1
+            if estop is not None:
+                return refuse(f'E-STOP: {estop}')
+            if not await waits.until(fresh, watchdog):
+                return refuse(stop_reason(bridge) or f'watchdog: joint_states stale for {watchdog:g} s')
+
+    # --- operator ---------------------------------------------------------------------------------------
+    async def operator(self, efforts: bool, feedback: Callable[[str], None]) -> Trigger.Response:
+        """Wait for the operator's answer on ``~/continue_episode`` (see the module docstring)."""
+        bridge, transport, waits = self.bridge, self.transport, self.bridge.waits
+        timeout = bridge.parameters['operator_timeout_s']
+        if efforts:
+            bridge.send_zero_command()               # a person may handle the robot now
+        transport.latest_state = None                # what the robot reports from now on counts
+        node = bridge.get_fully_qualified_name()
+        option = '' if node == '/hardware_bridge' else f' --node {node}'
+        status = (f'waiting for the operator: put the robot in its start pose, then run `sim2real-bilevel bridge '
+                  f'continue{option}` (or `sim2real-bilevel bridge abort{option}`; the service '
+                  f'{node}/continue_episode, std_srvs/SetBool); aborts by itself after {timeout:g} s')
+        self.operator_answer = Future()
+        bridge.get_logger().warning(status)
+        bridge.set_reason(status, DiagnosticStatus.WARN)
+        feedback(status)
+        try:
+            answered = await waits.future(self.operator_answer, timeout)
+            confirmed = answered and self.operator_answer.result()
+        finally:
+            self.operator_answer = None
+        if not answered:
+            return answer(False, f'no answer from the operator within operator_timeout_s ({timeout:g} s)')
+        if not confirmed:
+            return answer(False, f'aborted by the operator ({node}/continue_episode: false)')
+        bridge.set_reason('active: the operator confirmed the start pose', DiagnosticStatus.OK)
+        feedback('')
+        if efforts and transport.latest_state is None:
+            bridge.send_zero_command()               # a lockstep robot answers a command with its state
+        return answer(True, 'the operator confirmed the start pose')
+
+    def continue_callback(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        waiting = self.operator_answer
+        if waiting is None or waiting.done():
+            response.success = False
+            response.message = f'nothing awaits the operator (the bridge: {self.bridge.last_reason})'
+        else:
+            waiting.set_result(bool(request.data))
+            response.success = True
+            response.message = 'the episode starts' if request.data else 'the goal is aborted'
+        self.bridge.get_logger().info(f'~/continue_episode {bool(request.data)}: {response.message}')
+        return response

@@ -1,0 +1,227 @@
+"""The offline outer loop (issue 14 items 2 and 4): datasets from generated problems, off-policy
+gradients and return estimates from a fixed dataset, pessimism on the data's support, the report."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from sim2real_bilevel.core.config import builtin_config
+from sim2real_bilevel.core.datasets import Dataset, DatasetError, load_run_folder, save_dataset
+from sim2real_bilevel.core.offline import (OfflineSettings, generate_dataset, make_estimator, make_offline_run,
+                                           offline_module)
+from sim2real_bilevel.core.problems import load_problem
+
+
+@pytest.fixture(scope='module')
+def tabular():
+    return load_problem(builtin_config('discrete_3s2a'))
+
+
+@pytest.fixture(scope='module')
+def lqr():
+    return load_problem(builtin_config('lqr'))
+
+
+def test_tabular_offline_gradient_is_the_derivative_of_the_offline_objective(tabular):
+    """float64 central differences of the (plain and pessimistic) count-model return against the gradient."""
+    dataset, phi = generate_dataset(tabular, 20, np.random.default_rng(3), 'noisy', 2.0)
+    point = phi + np.random.default_rng(4).normal(0, 0.5, phi.shape)
+    for pessimism in (False, True):
+        estimator = make_estimator(tabular, dataset, OfflineSettings(pessimism=pessimism))
+        gradient = estimator.gradient(point)
+        step = 1e-6
+        numeric = np.array([(estimator.objective(point + step * e) - estimator.objective(point - step * e))
+                            / (2 * step) for e in np.eye(point.size)])
+        np.testing.assert_allclose(gradient, numeric, rtol=1e-6, atol=1e-9)
+        assert np.linalg.norm(gradient) > 1e-3
+
+
+def test_offline_estimates_cover_the_exact_real_return(tabular, lqr):
+    """With plenty of data the estimated return is close to the exact one and its 95 % interval
+    holds it (exact values read here only to check the estimators)."""
+    for problem, episodes in ((tabular, 200), (lqr, 100)):
+        dataset, phi = generate_dataset(problem, episodes, np.random.default_rng(5), 'noisy', 2.0)
+        estimator = make_estimator(problem, dataset, OfflineSettings(resamples=100))
+        target = phi * 0.7 if problem.kind == 'lqr' else phi + 1.0       # a policy other than the behaviour
+        exact = float(problem.real_objective(torch.as_tensor(target)))
+        estimate = estimator.interval(target, 0.95)
+        assert estimate.low <= exact <= estimate.high, (problem.kind, estimate, exact)
+        assert estimate.high - estimate.low < 0.3 * abs(exact)
+
+
+def test_lqr_offline_gradient_estimates_the_real_policy_gradient(lqr):
+    dataset, phi = generate_dataset(lqr, 200, np.random.default_rng(6), 'noisy', 2.0)
+    estimator = make_estimator(lqr, dataset, OfflineSettings())
+    target = phi * 0.8
+    exact = lqr.real_closed_loop(target).gradient.reshape(-1)
+    estimated = estimator.gradient(target)
+    assert np.linalg.norm(estimated - exact) < 0.1 * np.linalg.norm(exact)
+
+
+def test_coverage_is_one_on_the_behaviour_and_falls_off_its_support(tabular, lqr):
+    dataset, phi = generate_dataset(lqr, 50, np.random.default_rng(7))
+    estimator = make_estimator(lqr, dataset, OfflineSettings())
+    assert estimator.coverage(phi) > 0.8
+    assert estimator.coverage(phi * 3.0) < 0.5 * estimator.coverage(phi)
+    # a behaviour that always takes action 0: a policy preferring action 1 is not covered
+    greedy = np.full(tabular.phi_size(), 8.0)         # logit of action 0 over action 1 in every state
+    batch = tabular.sample_real(greedy, 50, np.random.default_rng(8))
+    estimator = make_estimator(tabular, Dataset([batch]), OfflineSettings())
+    assert estimator.coverage(greedy) > 0.99
+    assert estimator.coverage(-greedy) < 0.05
+
+
+def test_pessimism_keeps_the_policy_on_the_data(tabular):
+    """The behaviour never tries the fast action in state 0; the nominal prior (the simulator,
+    optimistic about it) guesses that action is good.  Without pessimism the loop follows the
+    prior off the data to a worse real policy; with it (the pessimistic model) it stays on the data,
+    which here hold the real optimum.  The exact return is read only to check the outcome."""
+    phi = tabular.inner_solve(tabular.theta0()).phi
+    safe = phi.copy()
+    safe[0] = 30.0                                      # state 0: action 0 (safe) only
+    batch = tabular.sample_real(safe, 40, np.random.default_rng(9))
+    assert not np.any((batch.states[:, :-1] == 0) & (batch.actions == 1))
+    dataset = Dataset([batch], behaviour='never the fast action in state 0')
+    outcomes = {}
+    for pessimism in (False, True):
+        run = make_offline_run(tabular, 'bilevel', dataset, seed=0, iterations=60, evaluate=True,
+                               settings=OfflineSettings(min_coverage=0.0, pessimism=pessimism))
+        run.run()
+        outcomes[pessimism] = run.final_report()
+    assert outcomes[False]['coverage'] < 0.8 and outcomes[False]['normalized_return'] < 0.9
+    assert outcomes[True]['coverage'] > 0.95 and outcomes[True]['normalized_return'] > 0.95
+    assert outcomes[True]['pessimistic_estimate'] <= outcomes[True]['real_return_estimate'] + 1e-9
+
+
+def test_the_coverage_constraint_refuses_steps_off_the_data(lqr):
+    """LQR: a constraint tighter than the final policy's coverage stops the gain where the data end;
+    the records say which steps were halved or refused."""
+    dataset, phi = generate_dataset(lqr, 30, np.random.default_rng(0))
+    run = make_offline_run(lqr, 'bilevel', dataset, seed=0, iterations=30, settings=OfflineSettings(min_coverage=0.5))
+    run.run()
+    start = run.estimator.coverage(lqr.inner_solve(lqr.theta0()).phi)
+    assert run.final_report()['coverage'] >= min(0.5, start) - 1e-12
+    assert run.refused_steps + run.halved_steps > 0
+    assert any(r.event.startswith(('step refused', 'step halved')) for r in run.history)
+
+
+def test_offline_runs_collect_no_episode_and_read_no_oracle(tabular, monkeypatch):
+    dataset, _ = generate_dataset(tabular, 30, np.random.default_rng(10))
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError('the offline loop must not touch the real system or its model')
+
+    for name in ('sample_real', 'real_objective', 'normalized_return'):
+        monkeypatch.setattr(tabular, name, forbidden)
+    run = make_offline_run(tabular, 'bilevel', dataset, seed=0, iterations=15)
+    run.run()
+    assert run.real_episode_count == 30 and run.real_transitions == dataset.transitions
+    assert all(np.isnan(r.normalized_return) for r in run.history)
+    assert np.isfinite(run.history[-1].real_return_ci_low) and np.isnan(run.history[5].real_return_ci_low)
+
+
+@pytest.mark.parametrize('name', ['discrete_3s2a', 'lqr'])
+def test_offline_bilevel_improves_on_the_nominal_policy_from_30_nominal_episodes(name):
+    problem = load_problem(builtin_config(name))
+    dataset, _ = generate_dataset(problem, 30, np.random.default_rng(0))
+    nominal = problem.normalized_return(problem.inner_solve(problem.theta0()).phi)
+    run = make_offline_run(problem, 'bilevel', dataset, seed=0, iterations=40, evaluate=True)
+    run.run()
+    final = run.history[-1].normalized_return
+    assert final > nominal + 0.5 * (1.0 - nominal), (nominal, final)
+
+
+def test_generated_datasets_use_the_chosen_behaviour_and_save_as_run_folders(tabular, lqr, tmp_path):
+    dataset, phi = generate_dataset(tabular, 5, np.random.default_rng(11), 'noisy', 3.0)
+    nominal = tabular.inner_solve(tabular.theta0()).phi
+    np.testing.assert_allclose(phi, nominal / 3.0)
+    batch = dataset.batches[0]
+    _, log_pi = tabular.policy_table(phi)
+    np.testing.assert_allclose(batch.log_probs, log_pi[batch.states[:, :-1], batch.actions])
+    save_dataset(dataset, tmp_path / 'tab', policy_phi=phi)
+    read = load_run_folder(tmp_path / 'tab')
+    np.testing.assert_array_equal(read.batches[0].actions, batch.actions)
+    assert read.behaviour == 'nominal policy at temperature x3'
+    noisy, gain = generate_dataset(lqr, 200, np.random.default_rng(12), 'noisy', 4.0)
+    residual = noisy.batches[0].actions + noisy.batches[0].states[:, :-1] @ lqr.gain(gain).T
+    assert np.std(residual) == pytest.approx(4.0 * lqr.std, rel=0.05)
+    with pytest.raises(DatasetError, match='noise = 0.5'):
+        generate_dataset(lqr, 5, np.random.default_rng(0), 'noisy', 0.5)
+
+
+def test_the_robot_kind_refuses_offline_with_its_reason():
+    problem = load_problem(builtin_config('pendulum'))
+    with pytest.raises(ValueError, match='robot.*no off-policy real-gradient estimator'):
+        offline_module(problem)
+
+
+def test_solve_offline_from_the_command_line(tmp_path):
+    """dataset -> solve --real-data --offline: results.json holds the final policy's estimate, interval and
+    coverage; bad combinations are refused with the reason."""
+    def cli(*args):
+        return subprocess.run([sys.executable, '-m', 'sim2real_bilevel.cli', *args], capture_output=True, text=True,
+                              timeout=300)
+    made = cli('dataset', 'discrete_3s2a', '--episodes', '20', '--behaviour', 'noisy', '--out', str(tmp_path / 'data'))
+    assert made.returncode == 0, made.stderr
+    solved = cli('solve', 'discrete_3s2a', '--real-data', str(tmp_path / 'data'), '--offline', '--method', 'bilevel',
+                 '--method', 'sysid', '--iterations', '5', '--out', str(tmp_path / 'out'), '--quiet')
+    assert solved.returncode == 0, solved.stderr
+    assert 'offline, coverage' in solved.stdout
+    document = json.loads((tmp_path / 'out' / 'results.json').read_text())
+    final = document['methods']['bilevel']['seeds'][0]['best']
+    assert final['offline'] and 0.0 <= final['coverage'] <= 1.0
+    assert final['real_return_ci_low'] <= final['real_return_estimate'] <= final['real_return_ci_high']
+    assert np.isnan(final['normalized_return'])          # no --evaluate: nothing read the real model
+    assert document['offline']['behaviour_known'] is True
+    refused = cli('solve', 'discrete_3s2a', '--real-data', str(tmp_path / 'data'), '--offline', '--method', 'cmaes',
+                  '--quiet')
+    assert refused.returncode == 2 and 'need new real episodes' in refused.stderr
+    alone = cli('solve', 'discrete_3s2a', '--real-data', str(tmp_path / 'data'), '--quiet')
+    assert alone.returncode == 2 and '--real-data and --offline go together' in alone.stderr
+
+
+def test_an_offline_run_resumes_from_its_run_dir_as_if_never_stopped(tabular, tmp_path):
+    dataset, _ = generate_dataset(tabular, 20, np.random.default_rng(13))
+    whole = make_offline_run(tabular, 'bilevel', dataset, seed=1, iterations=8)
+    whole.run()
+    first = make_offline_run(tabular, 'bilevel', dataset, seed=1, iterations=4)
+    assert not first.attach_run_dir(tmp_path / 'run')
+    first.run()
+    second = make_offline_run(tabular, 'bilevel', dataset, seed=1, iterations=8)
+    assert second.attach_run_dir(tmp_path / 'run') and second.iteration == 4
+    second.run(8)                                       # the saved config says 4 (solve/resume set the count)
+    np.testing.assert_array_equal(second.theta, whole.theta)
+    assert [r.theta for r in second.history] == [r.theta for r in whole.history]
+    other, _ = generate_dataset(tabular, 21, np.random.default_rng(14))
+    with pytest.raises(ValueError, match='recorded transitions'):
+        make_offline_run(tabular, 'bilevel', other, seed=1, iterations=8).attach_run_dir(tmp_path / 'run')
+
+
+def test_the_offline_bench_runs_its_quick_set(tmp_path):
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / 'bench' / 'offline.py'
+    done = subprocess.run([sys.executable, str(script), '--quick', '--workers', '1', '--out', str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    table = (tmp_path / 'offline.md').read_text()
+    assert '| discrete_3s2a |' in table and 'problems reach 0.9' in table
+    jobs = [json.loads(line) for line in (tmp_path / 'jobs.jsonl').read_text().splitlines()]
+    assert len(jobs) == 5 and all(job['status'] == 'ok' for job in jobs)
+
+
+def test_a_controller_without_action_noise_leaves_the_lqr_gain_where_it_is(lqr):
+    """Recorded data of a deterministic controller do not determine the critic's action terms:
+    coverage ~0 for every Gaussian policy, every step refused, and the run ends without error."""
+    phi = lqr.inner_solve(lqr.theta0()).phi
+    sampler, behaviour, words = offline_module(lqr).behaviour_sampler(lqr, phi, 1e-9)
+    dataset = Dataset([sampler.sample_real(behaviour, 30, np.random.default_rng(15))], behaviour=words,
+                      behaviour_known=False)
+    run = make_offline_run(lqr, 'bilevel', dataset, seed=0, iterations=5)
+    run.run()
+    report = run.final_report()
+    assert report['coverage'] < 1e-6 and run.refused_steps == 5
+    np.testing.assert_array_equal(run.phi, phi)
+    assert all(r.event.startswith('step refused') for r in run.history[1:])

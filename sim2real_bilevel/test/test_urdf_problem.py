@@ -1,0 +1,170 @@
+"""``kind: urdf``: the pendulum as a URDF and a task file reproduces ``kind: robot``; a two-joint
+robot through the contract; every file error names the file, the field and the bad value."""
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from sim2real_bilevel.core.config import ProblemConfigError
+from sim2real_bilevel.core.problems import load_problem
+from sim2real_bilevel.core.problems.urdf import UrdfProblem
+
+CONFIG = Path(__file__).resolve().parents[1] / 'config'
+SHARE = Path(__file__).resolve().parents[1] / 'urdf'
+
+
+@pytest.fixture(scope='module')
+def pendulum_data():
+    return yaml.safe_load((CONFIG / 'pendulum_urdf.yaml').read_text())
+
+
+def small(data, horizon=5, episodes=2):
+    data = copy.deepcopy(data)
+    data['horizon'] = horizon
+    data['inner'] = dict(data['inner'], episodes=episodes)
+    data['evaluation'] = {'episodes': 2, 'seed': 5}
+    return data
+
+
+def acrobot_data(pendulum_data):
+    data = small(pendulum_data)
+    data['robot'] = {'urdf': str(SHARE / 'acrobot.urdf'), 'joints': ['shoulder', 'elbow']}
+    data['initial_state'] = {'position_range': [[-0.2, 0.2], [-0.2, 0.2]], 'velocity_range': [[0, 0], [0, 0]]}
+    data['task'] = {'targets': [0.0, 0.0], 'reward_weights': {'angle': 5.0, 'effort': 0.1}}
+    data['real'] = {'payload_mass': {'lower_link': {'mass': 0.2, 'center_of_mass': [0, 0, 0.5]}},
+                    'mass_scale': {'upper_link': 1.2}, 'damping': [0.02, 0.03], 'coulomb_friction': 0.01,
+                    'stribeck_friction': 0.01, 'armature': 0.001, 'motor_gain': 0.8, 'effort_limit': 3.0,
+                    'actuation_delay_steps': 1, 'sensor_noise': {'position': 0.001, 'velocity': 0.01}}
+    data['simulator'] = {
+        'effort_limit': [4.0, 4.0], 'transition_noise_std': [0.002, 0.002, 0.05, 0.05],
+        'parameters': {'payload_mass@lower_link': {'value': 0.1, 'learn': True, 'bounds': [0.01, 1.0],
+                                                   'center_of_mass': [0, 0, 0.5]},
+                       'mass_scale@upper_link': {'value': 1.0, 'learn': True, 'bounds': [0.5, 2.0]},
+                       'damping@elbow': {'value': 0.01, 'learn': True, 'bounds': [0.001, 0.5]},
+                       'armature': {'value': 0.0005, 'learn': True, 'bounds': [0.0001, 0.01]}},
+        'reward_weights': {'angle': {'value': 5.0}, 'effort': {'value': 0.1, 'learn': True, 'bounds': [0.01, 1.0]}}}
+    return data
+
+
+def test_pendulum_urdf_is_kind_robot_as_data(pendulum_data):
+    """The same J_sim on the same random numbers and the same real episodes as config/pendulum.yaml."""
+    urdf = UrdfProblem.from_dict(small(pendulum_data, horizon=20), str(CONFIG / 'pendulum_urdf.yaml'))
+    robot = load_problem(CONFIG / 'pendulum.yaml')
+    assert urdf.kind == 'urdf' and urdf.theta_names[0] == 'log_payload_mass@pendulum_link'
+    phi = robot.policy.init_params(np.random.default_rng(0))
+    theta = robot.theta0()
+    assert urdf.phi_size() == robot.phi_size() and np.allclose(urdf.theta0(), robot.theta0())
+    noise = robot._crn
+    from sim2real_bilevel.core.problems.robot.simulator import CommonNoise
+    short = CommonNoise(noise.initial_states[:4], noise.action_noise[:20, :4], noise.transition_noise[:20, :4])
+    values = [float(problem.sim_objective(torch.as_tensor(phi), torch.as_tensor(theta), short))
+              for problem in (urdf, robot)]
+    assert abs(values[0] - values[1]) < 1e-9 * abs(values[1])
+    np.testing.assert_allclose(urdf.oracle_theta_full(), robot.oracle_theta_full())
+    robot.horizon = 20
+    a = urdf.real_episodes(phi, [11, 12])
+    b = robot.real_episodes(phi, [11, 12])
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, atol=1e-6)
+
+
+def test_mixed_sensitivity_matches_finite_differences(pendulum_data):
+    problem = UrdfProblem.from_dict(small(pendulum_data, horizon=4, episodes=2), 'pendulum_urdf.yaml')
+    phi = problem.policy.init_params(np.random.default_rng(1))
+    theta = problem.theta0()
+    terms = problem.sensitivity_terms(phi, theta)
+    u = np.random.default_rng(2).standard_normal(phi.size)
+    analytic = terms.vjp_theta(torch.as_tensor(u)).numpy()
+
+    def projected_residual(th):
+        return float(torch.as_tensor(u) @ problem.inner_gradient(torch.as_tensor(phi), torch.as_tensor(th)))
+    step = 1e-5
+    numeric = np.array([(projected_residual(theta + step * e) - projected_residual(theta - step * e)) / (2 * step)
+                        for e in np.eye(theta.size)])
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-7)
+
+
+def test_two_joint_robot_through_the_contract(pendulum_data):
+    problem = UrdfProblem.from_dict(acrobot_data(pendulum_data), 'acrobot.yaml')
+    assert problem.model.state_dim == 4 and problem.model.action_dim == 2
+    assert problem.theta_names == ['log_payload_mass@lower_link', 'log_mass_scale@upper_link', 'log_damping@elbow',
+                                   'log_armature', 'log_w_effort']
+    phi = problem.policy.init_params(np.random.default_rng(0))
+    batch = problem.sample_real(phi, 2, np.random.default_rng(1))
+    assert batch.states.shape == (2, 6, 4) and batch.actions.shape == (2, 5, 2)
+    simulated = problem.simulate(phi, problem.theta0(), 3, 5, np.random.default_rng(2))
+    assert simulated.score_theta.shape == (3, 5, 5) and np.all(np.isfinite(simulated.score_theta))
+    # sysid moves the dynamics entries towards the truth on real data, and stays in bounds
+    fitted = problem.system_identification([batch], problem.theta0())
+    low, high = problem.theta_bounds()
+    assert np.all(fitted >= low - 1e-12) and np.all(fitted <= high + 1e-12)
+    assert fitted[-1] == problem.theta0()[-1]                # the reward weight is not a dynamics entry
+    system = problem.real_system(np.random.default_rng(3))
+    sample = system.reset()
+    assert len(sample.position) == len(sample.velocity) == 2
+    assert system.command_refusal([0.1]) == "[0.1]: expected 2 finite efforts (joints ['shoulder', 'elbow'])"
+    assert system.command_refusal([0.1, -0.2]) is None
+    controller = problem.controller(phi, np.random.default_rng(4))
+    controller.start_episode()
+    for t in range(problem.horizon + 1):
+        controller.observe(sample.position, sample.velocity)
+        if t < problem.horizon:
+            command = controller.command()
+            assert len(command) == 2
+            sample = system.step(command)
+            controller.record(command, None)
+    assert controller.batch(0).states.shape == (1, 6, 4)
+
+
+@pytest.mark.parametrize('edit, message', [
+    (lambda d: d['robot'].update(joints=['shoulder', 'wrist']),
+     r"acrobot.yaml: field 'robot.joints\[1\]' = 'wrist': expected a moving joint of .*acrobot.urdf: one of \['shoulder', 'elbow'\]"),
+    (lambda d: d['robot'].update(urdf='package://sim2real_bilevel/urdf/no_such.urdf'),
+     r"acrobot.yaml: field 'robot.urdf' = 'package://sim2real_bilevel/urdf/no_such.urdf': expected a readable URDF .*looked in"),
+    (lambda d: d['simulator']['parameters']['damping@elbow'].update(value=0.9),
+     r"field 'simulator.parameters.damping@elbow.value' = 0.9: expected a value inside bounds \[0.001, 0.5\]"),
+    (lambda d: d['simulator']['parameters'].update({'mass_scale@base_link': {'value': 1.0}}),
+     r"field 'simulator.parameters.mass_scale@base_link' = 'base_link': expected a link of the URDF .*'<no inertial>'"),
+    (lambda d: d['simulator']['parameters'].update({'stiffness': {'value': 1.0}}),
+     r"field 'simulator.parameters.stiffness' = .*expected KIND, KIND@JOINT or KIND@LINK"),
+    (lambda d: d['simulator']['parameters'].update({'damping@wrist': {'value': 0.1}}),
+     r"field 'simulator.parameters.damping@wrist' = 'wrist': expected one of the controlled joints"),
+    (lambda d: d['initial_state'].update(position_range=[[-0.2, 0.2]]),
+     r"field 'initial_state.position_range'"),
+    (lambda d: d['real'].update(damping=[0.1, -0.1]),
+     r"field 'real.damping' = \[0.1, -0.1\]: expected one number or 2 numbers \(one per joint\), each >= 0.0"),
+])
+def test_file_errors_name_the_field_and_the_value(pendulum_data, tmp_path, edit, message):
+    data = acrobot_data(pendulum_data)
+    urdf = tmp_path / 'acrobot.urdf'
+    text = (SHARE / 'acrobot.urdf').read_text()
+    start = text.index('<inertial>')      # the base link's inertial: base_link has none
+    urdf.write_text(text[:start] + text[text.index('</inertial>', start) + len('</inertial>'):])
+    data['robot']['urdf'] = str(urdf)
+    edit(data)
+    with pytest.raises(ProblemConfigError, match=message):
+        UrdfProblem.from_dict(data, 'acrobot.yaml')
+
+
+def test_cli_solve_bilevel_evaluate_end_to_end(pendulum_data, tmp_path):
+    """`solve FILE --method bilevel --evaluate` on a URDF problem (tiny budgets: a smoke test)."""
+    import json
+    from sim2real_bilevel.cli import main as cli_main
+    data = acrobot_data(pendulum_data)
+    data['robot']['urdf'] = 'package://sim2real_bilevel/urdf/acrobot.urdf'
+    data['inner'] = {'episodes': 2, 'warmup_iterations': 2, 'cold_iterations': 3, 'max_iterations': 2,
+                     'oracle_iterations': 3}
+    data['outer'] = dict(data['outer'], cg_maxiter=2)
+    problem_file = tmp_path / 'acrobot_tiny.yaml'
+    problem_file.write_text(yaml.safe_dump(data))
+    out = tmp_path / 'out'
+    assert cli_main(['solve', str(problem_file), '--method', 'bilevel', '--method', 'domain-randomization',
+                     '--evaluate', '--iterations', '1', '--real-episodes', '1', '--quiet', '--out', str(out)]) == 0
+    document = json.loads((out / 'results.json').read_text())
+    for method in ('bilevel', 'domain-randomization'):
+        records = document['methods'][method]['seeds'][0]['iterations']
+        assert records and all(np.isfinite(r['normalized_return']) and r['normalized_return'] > 0 for r in records)
+    assert len(document['methods']['bilevel']['seeds'][0]['iterations']) == 2

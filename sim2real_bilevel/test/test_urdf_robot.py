@@ -1,0 +1,213 @@
+"""The URDF robot: reading and resolving the file, the rigid-body library (adam-robotics) and its
+two fixes, the differentiable simulator against pybullet at identical parameters, and its
+gradients against float64 finite differences."""
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pybullet_data
+import pytest
+import torch
+
+from sim2real_bilevel.core.robots.urdf_robot import PybulletRobot, urdf_with_inertials
+from sim2real_bilevel.core.urdf_model import PhysicalEntry, UrdfModel, UrdfSimulatorSettings
+from sim2real_bilevel.core.urdf_robot import (RigidBodyDynamics, UrdfError, normalised_urdf_text, read_urdf,
+                                              resolve_urdf)
+
+SHARE = Path(__file__).resolve().parents[1] / 'urdf'
+DATA = Path(pybullet_data.getDataPath())
+ROBOTS = {
+    'pendulum': (SHARE / 'pendulum.urdf', ['pendulum_joint']),
+    'acrobot': (SHARE / 'acrobot.urdf', ['shoulder', 'elbow']),
+    'cartpole': (DATA / 'cartpole.urdf', ['slider_to_cart', 'cart_to_pole']),
+    'iiwa': (DATA / 'kuka_iiwa' / 'model.urdf', [f'lbr_iiwa_joint_{i}' for i in range(1, 8)]),
+}
+
+
+def make_model(robot, *, physical=(), substeps=10, implicit=False, damping=None, friction=None, dtype=None):
+    path, joints = ROBOTS[robot]
+    description = read_urdf(path)
+    n = len(joints)
+    dynamics = RigidBodyDynamics(path, joints)
+    settings = UrdfSimulatorSettings(control_period=0.01, physics_substeps=substeps, effort_limit=(1e6,) * n,
+                                     implicit_damping=implicit)
+    return UrdfModel(dynamics, settings, physical, ['angle', 'velocity', 'effort'], [1e-3] * (2 * n),
+                     default_damping=damping if damping is not None else [description.joints[j].damping for j in joints],
+                     default_friction=friction if friction is not None else [0.0] * n,
+                     joint_lower=[-math.inf] * n, joint_upper=[math.inf] * n,
+                     angular=[description.joints[j].type != 'prismatic' for j in joints])
+
+
+def adam_directly(urdf: Path, joints) -> subprocess.CompletedProcess:
+    """adam-robotics 0.5.0 on the unmodified file, in a fresh interpreter (our fixes patch it)."""
+    code = ('import sys, torch; from adam.pytorch import KinDynComputationsBatch\n'
+            f'k = KinDynComputationsBatch({str(urdf)!r}, {list(joints)!r}, device=torch.device("cpu"), dtype=torch.float64)\n'
+            'q = torch.zeros(3, len(k.rbdalgos.model.actuated_joints), dtype=torch.float64)\n'
+            'k.mass_matrix(torch.eye(4, dtype=torch.float64).expand(3, 4, 4), q)\n')
+    return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+
+
+def test_adam_fails_on_an_inertial_without_origin_and_the_normalised_text_fixes_it():
+    # The pendulum's base link has <inertial> without <origin> (legal URDF; the origin is zero).
+    assert '<origin' not in (SHARE / 'pendulum.urdf').read_text().split('<link name="pendulum_link">')[0]
+    result = adam_directly(SHARE / 'pendulum.urdf', ['pendulum_joint'])
+    assert result.returncode != 0 and 'AttributeError' in result.stderr
+    assert normalised_urdf_text(SHARE / 'pendulum.urdf').count('<origin xyz="0 0 0" rpy="0 0 0"') == 1
+    mass, _ = RigidBodyDynamics(*ROBOTS['pendulum']).mass_matrix_and_bias(torch.zeros(1, 1, dtype=torch.float64),
+                                                                          torch.zeros(1, 1, dtype=torch.float64))
+    assert mass.shape == (1, 1, 1) and float(mass) > 0
+
+
+def test_adam_fails_on_a_prismatic_joint_and_the_patch_fixes_it():
+    normalised = Path(pybullet_data.getDataPath()) / 'cartpole.urdf'
+    result = adam_directly(normalised, ROBOTS['cartpole'][1])
+    assert result.returncode != 0 and 'Error' in result.stderr
+    dynamics = RigidBodyDynamics(*ROBOTS['cartpole'])
+    mass, bias = dynamics.mass_matrix_and_bias(torch.zeros(4, 2, dtype=torch.float64), torch.zeros(4, 2, dtype=torch.float64))
+    # the cart and the pole move together along x: M[0, 0] is the total mass 1.1 kg
+    assert torch.allclose(mass[:, 0, 0], torch.full((4,), 1.1, dtype=torch.float64))
+
+
+@pytest.mark.parametrize('robot', list(ROBOTS))
+def test_mass_matrix_and_bias_match_pybullet(robot):
+    path, joints = ROBOTS[robot]
+    dynamics = RigidBodyDynamics(path, joints)
+    reference = PybulletRobot(urdf_with_inertials(path, {}, {}), joints, gravity=9.81, time_step=0.001)
+    rng = np.random.default_rng(3)
+    q, qd = rng.uniform(-1, 1, (4, len(joints))), rng.uniform(-2, 2, (4, len(joints)))
+    mass, bias = dynamics.mass_matrix_and_bias(torch.as_tensor(q), torch.as_tensor(qd))
+    for i in range(4):
+        np.testing.assert_allclose(mass[i].numpy(), reference.mass_matrix(q[i]), atol=1e-9)
+        np.testing.assert_allclose(bias[i].numpy(), reference.bias(q[i], qd[i]), atol=1e-5)
+    reference.close()
+
+
+def test_mass_scale_and_payload_match_pybullet_on_the_rewritten_urdf():
+    """The simulator's inertia override and the stand-in's URDF rewrite describe the same robot."""
+    path, joints = ROBOTS['iiwa']
+    dynamics = RigidBodyDynamics(path, joints)
+    scale, payload = {'lbr_iiwa_link_3': 1.3}, {'lbr_iiwa_link_7': (1.5, (0.02, -0.01, 0.08))}
+    reference = PybulletRobot(urdf_with_inertials(path, scale, payload), joints, gravity=9.81, time_step=0.001)
+    plain = PybulletRobot(urdf_with_inertials(path, {}, {}), joints, gravity=9.81, time_step=0.001)
+    rng = np.random.default_rng(4)
+    q, qd = rng.uniform(-1, 1, (3, 7)), rng.uniform(-1, 1, (3, 7))
+    mass, bias = dynamics.mass_matrix_and_bias(torch.as_tensor(q), torch.as_tensor(qd), mass_scale=scale,
+                                               payloads=payload)
+    # one value per sample (the linear decomposition) gives the same
+    batched_mass, batched_bias = dynamics.mass_matrix_and_bias(
+        torch.as_tensor(q), torch.as_tensor(qd), mass_scale={k: torch.full((3,), v) for k, v in scale.items()},
+        payloads={k: (torch.full((3,), m), c) for k, (m, c) in payload.items()})
+    torch.testing.assert_close(batched_mass, mass)
+    torch.testing.assert_close(batched_bias, bias)
+    for i in range(3):
+        np.testing.assert_allclose(mass[i].numpy(), reference.mass_matrix(q[i]), atol=1e-9)
+        np.testing.assert_allclose(bias[i].numpy(), reference.bias(q[i], qd[i]), atol=1e-5)
+        assert np.abs(mass[i].numpy() - plain.mass_matrix(q[i])).max() > 1e-2     # the payload matters
+    reference.close()
+    plain.close()
+
+
+def rollout_error(robot, seconds, seed=0):
+    """Max |state error| after ``seconds`` of the simulator (explicit damping, pybullet's scheme, 1 ms)
+    against pybullet at identical parameters, under gravity compensation (updated every control
+    period) plus a small random torque, so that no joint reaches a position limit (pybullet
+    enforces them; without compensation the iiwa falls onto joint 4's limit within 0.9 s)."""
+    path, joints = ROBOTS[robot]
+    model = make_model(robot)
+    damping = model._default['damping'].numpy()
+    reference = PybulletRobot(urdf_with_inertials(path, {}, {}), joints, gravity=9.81, time_step=0.001,
+                              joint_damping=damping)
+    rng = np.random.default_rng(seed)
+    n = len(joints)
+    q0, qd0 = rng.uniform(-0.4, 0.4, n), rng.uniform(-0.3, 0.3, n)
+    extra = rng.uniform(-0.2, 0.2, n)
+    reference.set_state(q0, qd0)
+    state = torch.as_tensor(np.concatenate([q0, qd0]))[None]
+    coefficients = model.coefficients(torch.zeros(0, dtype=torch.float64))
+    for _ in range(int(round(seconds / 0.01))):
+        # the same torque to both, held for a control period: gravity compensation at the
+        # reference's state plus the random part
+        torque = reference.bias(reference.state()[0], np.zeros(n)) + extra
+        for _ in range(10):
+            reference.step(torque)
+        state = model.step_mean_with(state, torch.as_tensor(torque)[None], coefficients)
+    error = np.abs(state[0].numpy() - np.concatenate(reference.state())).max()
+    reference.close()
+    return error
+
+
+@pytest.mark.parametrize('robot', ['pendulum', 'acrobot', 'cartpole'])
+def test_short_rollout_matches_pybullet(robot):
+    assert rollout_error(robot, 0.2) < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('robot', list(ROBOTS))
+def test_one_second_rollout_matches_pybullet(robot):
+    assert rollout_error(robot, 1.0) < 1e-4
+
+
+def test_implicit_damping_is_stable_where_explicit_euler_diverges():
+    """iiwa: URDF damping 0.5 on link 7 (inertia ~1e-3) at dt = 10 ms."""
+    q0 = torch.zeros(1, 14, dtype=torch.float64)
+    q0[0, 13] = 1.0                        # joint 7 spinning at 1 rad/s
+    finals = {}
+    for implicit in (False, True):
+        model = make_model('iiwa', substeps=1, implicit=implicit)
+        coefficients = model.coefficients(torch.zeros(0, dtype=torch.float64))
+        state = q0
+        for _ in range(50):
+            state = model.step_mean_with(state, torch.zeros(1, 7, dtype=torch.float64), coefficients)
+        finals[implicit] = float(state[0, 13].abs())
+    assert finals[True] < 1.0 and not finals[False] < 10.0      # implicit: decays; explicit: grows (or nan)
+
+
+def test_step_gradients_match_float64_finite_differences():
+    physical = [PhysicalEntry('mass_scale', link='upper_link'),
+                PhysicalEntry('payload_mass', link='lower_link', center_of_mass=(0.0, 0.0, 0.5)),
+                PhysicalEntry('damping', joints=(0, 1)), PhysicalEntry('coulomb_friction', joints=(0, 1)),
+                PhysicalEntry('armature', joints=(1,)), PhysicalEntry('motor_gain', joints=(0, 1))]
+    model = make_model('acrobot', physical=physical, substeps=2, implicit=True)
+    state = torch.tensor([[0.3, -0.2, 0.5, -0.4], [-0.1, 0.4, -0.2, 0.3]], dtype=torch.float64)
+    action = torch.tensor([[0.2, -0.1], [0.05, 0.3]], dtype=torch.float64)
+    theta = torch.log(torch.tensor([1.2, 0.3, 0.05, 0.02, 0.01, 0.8], dtype=torch.float64)).requires_grad_(True)
+
+    def step(theta, state, action):
+        return model.step_mean(state, action, theta)
+
+    assert torch.autograd.gradcheck(step, (theta, state.clone().requires_grad_(True),
+                                           action.clone().requires_grad_(True)), eps=1e-6, atol=1e-6)
+    # batched theta (one simulator per sample, as domain randomisation uses) == one by one
+    batched = torch.stack([theta.detach(), theta.detach() + 0.1])
+    together = model.step_mean(state, action, batched)
+    alone = torch.cat([model.step_mean(state[i:i + 1], action[i:i + 1], batched[i]) for i in range(2)])
+    torch.testing.assert_close(together, alone)
+
+
+def test_errors_name_file_element_and_value(tmp_path):
+    with pytest.raises(UrdfError, match=r"joints\[1\]: 'wrist'.*one of \['shoulder', 'elbow'\]"):
+        RigidBodyDynamics(SHARE / 'acrobot.urdf', ['shoulder', 'wrist'])
+    description = read_urdf(SHARE / 'acrobot.urdf')
+    broken = tmp_path / 'broken.urdf'
+    broken.write_text((SHARE / 'acrobot.urdf').read_text().replace('<mass value="0.4"/>', '<mass value="-1"/>'))
+    with pytest.raises(UrdfError, match=r"broken.urdf: link 'lower_link' inertial/mass value: -1.0"):
+        read_urdf(broken)
+    no_inertial = tmp_path / 'no_inertial.urdf'
+    text = (SHARE / 'acrobot.urdf').read_text()
+    start = text.index('<inertial>', text.index('<link name="lower_link">'))
+    no_inertial.write_text(text[:start] + text[text.index('</inertial>', start) + len('</inertial>'):])
+    with pytest.raises(UrdfError, match=r"no_inertial.urdf: link 'lower_link': '<no inertial>'"):
+        read_urdf(no_inertial).link('lower_link', 'parameters.mass_scale@lower_link')
+    assert description.joints['elbow'].damping == 0.01
+
+
+def test_resolve_urdf_paths_and_package_uris(tmp_path):
+    assert resolve_urdf('package://pybullet_data/kuka_iiwa/model.urdf') == ROBOTS['iiwa'][0]
+    assert resolve_urdf('package://sim2real_bilevel/urdf/acrobot.urdf').read_text() == ROBOTS['acrobot'][0].read_text()
+    assert resolve_urdf('acrobot.urdf', SHARE) == SHARE / 'acrobot.urdf'
+    with pytest.raises(UrdfError, match=r"problem.yaml: robot.urdf: 'package://no_such_package/x.urdf'"):
+        resolve_urdf('package://no_such_package/x.urdf', source='problem.yaml')
+    with pytest.raises(UrdfError, match=r"robot.urdf: 'missing.urdf': expected an existing URDF file"):
+        resolve_urdf('missing.urdf', tmp_path)
