@@ -21,7 +21,7 @@ Problem file (``kind: tabular``)::
     real_gradient:                      # optional, see ``real_policy_gradient``
       estimator: critic                 # or doubly_robust
       prior_transitions: 1.0            # weight of the nominal simulator as the critic's prior
-      optimism: 1.0                     # exploration bonus of the real critic where data is thin (0: off)
+      optimism: 1.0                     # 'critic' only: exploration bonus where real data is thin (0: off)
 
 Defaults derived from the problem's scales (``config.py``), used where the file does not set them:
 - ``inner.temperature`` = (the spread of in-sim rewards theta can reach: the nominal range, widened

@@ -376,7 +376,10 @@ class TabularProblem(SampleSizesFromInnerSettings, SoftmaxSimulatorFamily, Bilev
             g[s, b] = d_hat(s) pi(b|s) (Q_hat(s, b) - V_hat(s)),
             d_hat(s) = mean over episodes of sum_k gamma^k [s_k = s]      (k < horizon H).
         Lowest variance; biased by the plug-in critic (O(prior / transitions)) and by the
-        truncation (visitation mass gamma^H / (1 - gamma) missing).
+        truncation (visitation mass gamma^H / (1 - gamma) missing).  Its critic is optimistic
+        where a pair's data is thin (``real_gradient.optimism``, ``critic_from_statistics``): an
+        action the policy turned away from on a few unlucky transitions keeps a positive
+        advantage until its data says otherwise (generated problems 20 and 29 locked in without).
 
         'doubly_robust': per episode of the newest batch,
             g = mean_i sum_k gamma^k [ sum_a pi(a|s_k) grad log pi(a|s_k) Q_hat(s_k, a)
