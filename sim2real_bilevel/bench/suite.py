@@ -52,7 +52,7 @@ from sim2real_bilevel.core import experiments  # noqa: E402
 from sim2real_bilevel.core.generators import KINDS, generate  # noqa: E402
 
 REFERENCE = 'bilevel-exact-real-gradient'
-METHODS = ('bilevel', REFERENCE, 'nominal', 'sysid', 'cmaes', 'spsa', 'real-rl')
+METHODS = ('bilevel', REFERENCE, 'bilevel-safe', 'nominal', 'sysid', 'cmaes', 'spsa', 'real-rl')
 TARGET = experiments.TARGET
 RUN_OPTIONS: dict = {'evaluate': True} if 'evaluate' in inspect.signature(experiments.make_run).parameters else {}
 """Keyword arguments for ``experiments.make_run`` in every job: where make_run takes an
@@ -142,6 +142,19 @@ def run_job(spec: dict) -> dict:
     return record
 
 
+BACKTRACK_EVENTS = ('backtracked', 'refused')
+"""How safe improvement's record events start (``BilevelOuterLoop.backtrack``)."""
+
+
+def deployed_drop(curve: list) -> Optional[float]:
+    """The worst policy a run deployed, relative to the one it started from, in normalised
+    return: min(curve[:-1]) - curve[0].  ``curve[k]`` is the policy held after iteration k, the
+    one deployed at iteration k + 1 (the last one is never deployed); None without a deployment."""
+    if len(curve) < 2:
+        return None
+    return float(min(curve[:-1]) - curve[0])
+
+
 def outcome(history) -> dict:
     """What the tables need from a run's iteration records."""
     if not history:
@@ -157,6 +170,7 @@ def outcome(history) -> dict:
             'iterations_to_target': hit.iteration if hit else None,
             'transitions_to_target': hit.real_transitions if hit else None,
             'episodes_to_target': hit.real_episodes if hit else None,
+            'backtracks': sum(1 for r in history if (getattr(r, 'event', '') or '').startswith(BACKTRACK_EVENTS)),
             'phase_s': phases, 'curve': [round(c, 5) for c in curve]}
 
 
@@ -347,6 +361,7 @@ def tabulate(records: list[dict], specs: list[dict], settings: dict) -> dict:
                 'median_iterations_to_target': _median(r['iterations_to_target'] for r in reached),
                 'median_transitions_to_target': _median(r['transitions_to_target'] for r in reached),
                 'median_final': _median(r['final'] for r in ok),
+                **deployment_row(ok),
                 'median_wall_s': _median(r['wall_s'] for r in got),
                 'max_wall_s': max((r['wall_s'] for r in got), default=None),
                 'total_cpu_s': float(sum(r.get('cpu_s', 0.0) for r in got)),
@@ -361,6 +376,21 @@ def tabulate(records: list[dict], specs: list[dict], settings: dict) -> dict:
             'bilevel_vs_reference': compare_reference(jobs, specs, kinds),
             'failures': failures(jobs, specs), 'timing': timing,
             'jobs': {'total': len(specs), 'finished': len(jobs)}}
+
+
+def deployment_row(ok: list[dict]) -> dict:
+    """Safe improvement's figures over finished runs: the worst deployed policy relative to the
+    starting one (``deployed_drop``; the minimum and median over runs), how many runs deployed a
+    policy more than ``DROP_MARGIN`` below their start, and the backtracks."""
+    drops = [d for d in (deployed_drop(r.get('curve') or []) for r in ok) if d is not None]
+    return {'deployed_runs': len(drops), 'worst_deployed_drop': min(drops) if drops else None,
+            'median_deployed_drop': _median(drops),
+            'runs_deployed_below_start': sum(1 for d in drops if d < -DROP_MARGIN),
+            'backtracks': int(sum(r.get('backtracks', 0) or 0 for r in ok))}
+
+
+DROP_MARGIN = 0.05
+"""A deployed policy counts as worse than the start when its normalised return is this much below."""
 
 
 def _succeeded(record: Optional[dict]) -> Optional[bool]:
@@ -448,6 +478,20 @@ def format_markdown(document: dict) -> str:
                      f'{r["reached"]} | {_fmt(r["median_iterations_to_target"], ".1f")} | '
                      f'{_fmt(r["median_transitions_to_target"], ".0f")} | {_fmt(r["median_final"], ".3f")} | '
                      f'{r["aborts"]} | {_fmt(r["median_wall_s"], ".1f")} |')
+    deployed = [r for r in document['rows'] if r.get('deployed_runs')]
+    if deployed:
+        lines += ['', '## Deployed policies (safe improvement)', '',
+                  'Worst deployed = the lowest normalised real return of a policy a run deployed on the real '
+                  'system, minus that of the policy it started from (the nominal one); below start = runs that '
+                  f'deployed a policy more than {DROP_MARGIN} below it.  `bilevel-safe` is `bilevel` with safe '
+                  'improvement on.  Its cost in real data is the transitions-to-0.95 column above.', '',
+                  '| kind | method | runs | worst deployed - start (min over runs) | median over runs | '
+                  f'runs below start - {DROP_MARGIN} | backtracks (all runs) |',
+                  '|---|---|---:|---:|---:|---:|---:|']
+        for r in deployed:
+            lines.append(f'| {r["kind"]} | {r["method"]} | {r["deployed_runs"]} | {_fmt(r["worst_deployed_drop"], "+.3f")} | '
+                         f'{_fmt(r["median_deployed_drop"], "+.3f")} | {r["runs_deployed_below_start"]} | '
+                         f'{r["backtracks"]} |')
     comparison = document['bilevel_vs_reference']
     if comparison:
         lines += ['', f'## bilevel vs {REFERENCE}', '',

@@ -177,3 +177,27 @@ def test_failed_generation_makes_its_jobs_aborts(tmp_path, monkeypatch):
     assert all(f['reason'] == 'abort: problem generation failed: GenerationFailed: no tabular candidate for '
                              'seed 0 (test)' for f in document['failures'])
     assert len(document['failures']) == 2 and not (tmp_path / 'problems' / 'tabular-000.yaml').exists()
+
+
+def test_deployed_drop_reads_the_policies_a_run_deployed():
+    """curve[k] is the policy held after iteration k (deployed at k + 1); the last is never deployed."""
+    assert suite.deployed_drop([0.5, 0.6, 0.3, 0.9]) == pytest.approx(-0.2)
+    assert suite.deployed_drop([0.5, 0.7, 0.1]) == pytest.approx(0.0)      # 0.1 was never deployed
+    assert suite.deployed_drop([0.5]) is None                             # nothing deployed
+    rows = suite.deployment_row([{'curve': [0.5, 0.6, 0.3, 0.9], 'backtracks': 2},
+                                 {'curve': [0.4, 0.42, 0.9], 'backtracks': 0}, {'curve': [0.4]}])
+    assert rows['deployed_runs'] == 2 and rows['backtracks'] == 2
+    assert rows['worst_deployed_drop'] == pytest.approx(-0.2)
+    assert rows['median_deployed_drop'] == pytest.approx(-0.1)
+    assert rows['runs_deployed_below_start'] == 1                         # -0.2 < -0.05; 0.0 is not
+
+
+def test_outcome_counts_safe_improvement_backtracks():
+    from sim2real_bilevel.core.outer import IterationRecord
+
+    def record(k, event=''):
+        return IterationRecord(iteration=k, normalized_return=0.5, real_transitions=10 * k, grad_norm=0.0,
+                               theta=[], wall_time_s=0.0, event=event)
+    history = [record(0), record(1, 'backtracked: the deployed policy ...'), record(2),
+               record(3, 'refused before deployment: ...'), record(4, 'something else')]
+    assert suite.outcome(history)['backtracks'] == 2

@@ -126,6 +126,9 @@ CASES = [
      'real_gradient.estimator'),
     ('real gradient negative prior', setting('real_gradient', {'prior_transitions': -1.0}),
      'real_gradient.prior_transitions'),
+    ('real gradient negative optimism', setting('real_gradient', {'optimism': -0.5}), 'real_gradient.optimism'),
+    ('real gradient infinite optimism', setting('real_gradient', {'optimism': float('inf')}),
+     'real_gradient.optimism'),
 ]
 
 OUTER_CASES = [

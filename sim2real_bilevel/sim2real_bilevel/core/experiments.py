@@ -23,6 +23,8 @@ METHODS: dict[str, tuple[type, dict]] = {
     'bilevel-sampled': (BilevelOuterLoop, {'sensitivity_method': 'sampled'}),
     'bilevel-reward': (BilevelOuterLoop, {'learn': 'reward'}),
     'bilevel-dynamics': (BilevelOuterLoop, {'learn': 'dynamics'}),
+    # bi-level with safe improvement on (the hardware default; off for ``solve`` unless asked)
+    'bilevel-safe': (BilevelOuterLoop, {'safe_improvement': True}),
     'nominal': (baselines.NominalRun, {'iterations': 0}),
     'domain-randomization': (baselines.DomainRandomizationRun, {'iterations': 0}),
     'sysid': (baselines.SysIdRun, {}),

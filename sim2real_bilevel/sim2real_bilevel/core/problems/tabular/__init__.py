@@ -21,17 +21,21 @@ Problem file (``kind: tabular``)::
     real_gradient:                      # optional, see ``real_policy_gradient``
       estimator: critic                 # or doubly_robust
       prior_transitions: 1.0            # weight of the nominal simulator as the critic's prior
+      optimism: 1.0                     # 'critic' only: exploration bonus where real data is thin (0: off)
 
 Defaults derived from the problem's scales (``config.py``), used where the file does not set them:
 - ``inner.temperature`` = (the spread of in-sim rewards theta can reach: the nominal range, widened
-  to [-reward_bound, reward_bound] where rewards are learnable) / 40;
+  to [-reward_bound, reward_bound] where rewards are learnable) / 20;
 - the outer step per theta coordinate = 1 % of its own bound range (2 * logit_bound, 2 * reward_bound:
   ``outer.step_per_range``, ``problems/common.py``);
 - ``outer.real_history`` = every real batch (the real critic is valid off-policy).
 A constant tau = 0.1 saturated pi* at the nominal theta of generated problems (smallest
 pi(a|s) ~1e-10), which froze both the real policy gradient and d phi*/d theta; see
-``default_temperature``.  (config/discrete_3s2a.yaml's hand-tuned 1.0, 0.2 and 100000 are what
-these rules give for it.)
+``default_temperature``.  (config/discrete_3s2a.yaml's hand-tuned 0.2 and 100000 are what these
+rules give for it; its tau 1.0 is half the rule's 2.0.)
+- ``real_gradient.optimism`` = 1.0: the real critic is optimistic where a state-action pair has few
+  real transitions, so a policy that turned away from an action on little evidence comes back to it
+  (``critic_from_statistics``; ``test_tabular_lockin.py``).
 
 theta = the learnable logit entries (row-major order of the mask), then the learnable reward
 entries; ``theta_names`` spells them ``L[s][a][s']`` and ``R[s][a]``.  Nominal values must

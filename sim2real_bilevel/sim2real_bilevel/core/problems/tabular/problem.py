@@ -29,7 +29,8 @@ class TabularProblem(SampleSizesFromInnerSettings, SoftmaxSimulatorFamily, Bilev
                  rewards: np.ndarray, learn_rewards: np.ndarray, inner: Optional[InnerSettings] = None,
                  real_horizon: int = 50, logit_bound: float = 10.0, reward_bound: float = 10.0,
                  outer_defaults: Optional[dict] = None, real_gradient_estimator: str = 'critic',
-                 critic_prior_transitions: float = 1.0, source: str = '<tabular>'):
+                 critic_prior_transitions: float = 1.0, critic_optimism: float = 0.0,
+                 source: str = '<tabular>'):
         self.gamma = float(gamma)
         self.initial_distribution = np.asarray(initial_distribution, dtype=np.float64)
         self.real_transitions = np.asarray(real_transitions, dtype=np.float64)
@@ -57,6 +58,9 @@ class TabularProblem(SampleSizesFromInnerSettings, SoftmaxSimulatorFamily, Bilev
                              f'{REAL_GRADIENT_ESTIMATORS}')
         self.real_gradient_estimator = real_gradient_estimator
         self.critic_prior_transitions = float(critic_prior_transitions)
+        self.critic_optimism = float(critic_optimism)
+        if not (np.isfinite(self.critic_optimism) and self.critic_optimism >= 0):
+            raise ValueError(f'critic_optimism {critic_optimism!r}: expected a finite number >= 0')
 
     # --- loading ----------------------------------------------------------------------------------
     @classmethod
@@ -372,7 +376,10 @@ class TabularProblem(SampleSizesFromInnerSettings, SoftmaxSimulatorFamily, Bilev
             g[s, b] = d_hat(s) pi(b|s) (Q_hat(s, b) - V_hat(s)),
             d_hat(s) = mean over episodes of sum_k gamma^k [s_k = s]      (k < horizon H).
         Lowest variance; biased by the plug-in critic (O(prior / transitions)) and by the
-        truncation (visitation mass gamma^H / (1 - gamma) missing).
+        truncation (visitation mass gamma^H / (1 - gamma) missing).  Its critic is optimistic
+        where a pair's data is thin (``real_gradient.optimism``, ``critic_from_statistics``): an
+        action the policy turned away from on a few unlucky transitions keeps a positive
+        advantage until its data says otherwise (generated problems 20 and 29 locked in without).
 
         'doubly_robust': per episode of the newest batch,
             g = mean_i sum_k gamma^k [ sum_a pi(a|s_k) grad log pi(a|s_k) Q_hat(s_k, a)
@@ -390,7 +397,7 @@ class TabularProblem(SampleSizesFromInnerSettings, SoftmaxSimulatorFamily, Bilev
         newest = batches[-1]
         states, actions, rewards = newest.states[:, :-1], newest.actions, newest.rewards
         if self.real_gradient_estimator == 'critic':
-            q, v = self.real_critic(pi, batches)
+            q, v = self.critic_from_statistics(pi, *self.real_statistics(batches), optimism=self.critic_optimism)
             visitation = sampled_visitation(states, self.gamma, self.n_states)
             return (visitation[:, None] * pi * (q - v[:, None]))[:, :-1].reshape(-1)
         older_counts, older_rewards = self.real_statistics(batches[:-1])
@@ -449,12 +456,20 @@ class TabularProblem(SampleSizesFromInnerSettings, SoftmaxSimulatorFamily, Bilev
         """Q_hat, V_hat of the policy table ``pi`` under the tabular model of the real batches."""
         return self.critic_from_statistics(pi, *self.real_statistics(batches))
 
-    def critic_from_statistics(self, pi: np.ndarray, counts: np.ndarray,
-                               reward_sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def critic_from_statistics(self, pi: np.ndarray, counts: np.ndarray, reward_sums: np.ndarray,
+                               optimism: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """Q_hat, V_hat of ``pi`` (unregularised) under the model of the counts: P_hat = row-
         normalised counts, r_hat = mean reward.  Untried pairs get Q_hat = V_hat (the policy is
         evaluated restricted to tried actions); states never left keep the mean observed reward
-        / (1 - gamma) (0 without data)."""
+        / (1 - gamma) (0 without data).
+
+        ``optimism`` = kappa > 0 makes the critic optimistic where the data is thin (model-based
+        interval estimation with an exploration bonus): each tried pair's reward gets
+            b(s, a) = kappa gamma ( sqrt(Var_{P_hat(.|s,a)} V_hat / n) + (max V_hat - min V_hat) / n ),
+        n = its transitions (prior included), an empirical-Bernstein bound on the error of
+        gamma P_hat V_hat from n samples, and Q_hat, V_hat are solved again with it (so the bonus
+        reaches the states that lead to thin pairs).  It vanishes as 1/sqrt(n) where transitions
+        vary and as 1/n where they are deterministic, so well-visited pairs keep their estimate."""
         if self.critic_prior_transitions > 0:
             counts = counts + self.critic_prior_transitions * self._nominal_model[0]
             reward_sums = reward_sums + self.critic_prior_transitions * self._nominal_model[1]
@@ -468,9 +483,18 @@ class TabularProblem(SampleSizesFromInnerSettings, SoftmaxSimulatorFamily, Bilev
         mean_reward = float(reward_sums.sum() / pair_counts.sum()) if pair_counts.sum() > 0 else 0.0
         transition = np.einsum('sa,sat->st', weights, model)
         transition[~known_state] = np.eye(self.n_states)[~known_state]   # unknown state: constant value
-        reward = np.where(known_state, (weights * mean_rewards).sum(axis=1), mean_reward)
-        v = np.linalg.solve(np.eye(self.n_states) - self.gamma * transition, reward)
-        q = np.where(tried, mean_rewards + self.gamma * model @ v, v[:, None])
+
+        def solve(pair_rewards):
+            reward = np.where(known_state, (weights * pair_rewards).sum(axis=1), mean_reward)
+            v = np.linalg.solve(np.eye(self.n_states) - self.gamma * transition, reward)
+            return np.where(tried, pair_rewards + self.gamma * model @ v, v[:, None]), v
+
+        q, v = solve(mean_rewards)
+        if optimism > 0:
+            n = np.where(tried, pair_counts, 1.0)
+            spread = model @ v ** 2 - (model @ v) ** 2
+            bonus = optimism * self.gamma * (np.sqrt(np.maximum(spread, 0.0) / n) + (v.max() - v.min()) / n)
+            q, v = solve(mean_rewards + np.where(tried, bonus, 0.0))
         return q, v
 
     def real_objective(self, phi: torch.Tensor) -> torch.Tensor:
