@@ -108,6 +108,8 @@ def test_two_joint_robot_through_the_contract(pendulum_data):
     assert system.command_refusal([0.1]) == "[0.1]: expected 2 finite efforts (joints ['shoulder', 'elbow'])"
     assert system.command_refusal([0.1, -0.2]) is None
     controller = problem.controller(phi, np.random.default_rng(4))
+    # the bridge's timer loop runs at the task's rate, the same period the real system steps
+    assert controller.control_period == system.control_period == problem.settings.control_period
     controller.start_episode()
     for t in range(problem.horizon + 1):
         controller.observe(sample.position, sample.velocity)

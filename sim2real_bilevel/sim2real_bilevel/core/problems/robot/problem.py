@@ -333,6 +333,11 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         """A fresh emulator (``make_emulator``) one control period at a time (``stepwise``)."""
         return PendulumRealSystem(self, rng)
 
+    @property
+    def control_period(self) -> float:
+        """Seconds of physical time per control step (what the controller's rate follows)."""
+        return float(self.geometry.control_period)
+
     def controller(self, phi: np.ndarray, rng: np.random.Generator) -> PendulumController:
         """pi_phi one effort command at a time (``stepwise.PendulumController``)."""
         return PendulumController(self, phi, rng)

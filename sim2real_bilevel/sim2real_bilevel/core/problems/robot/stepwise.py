@@ -67,7 +67,7 @@ class PendulumController(EpisodeController):
         self.std = np.exp(problem.policy.log_std(self.phi_t).numpy())
         self.rng = rng
         self.horizon = int(problem.horizon)
-        self.control_period = float(problem.geometry.control_period)
+        self.control_period = problem.control_period
         self.states: list[list[list[float]]] = []
         self.actions: list[list[list[float]]] = []
 

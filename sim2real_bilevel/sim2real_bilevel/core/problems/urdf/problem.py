@@ -33,6 +33,10 @@ class UrdfProblem(RobotProblem):
         super().__init__(geometry=None, real_parameters=real_parameters, real_substeps=real_substeps,
                          transition_noise_std=transition_noise_std, model=model, **arguments)
 
+    @property
+    def control_period(self) -> float:
+        return float(self.settings.control_period)
+
     @classmethod
     def from_dict(cls, data: dict, source: str, policy=None) -> 'UrdfProblem':
         return cls(policy=policy, **read_problem_file(data, source))
