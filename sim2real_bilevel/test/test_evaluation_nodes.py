@@ -101,3 +101,14 @@ def test_the_evaluator_client_gets_a_slow_answer_through_its_retries_computed_on
     values = absent(np.asarray(PHI))
     assert math.isnan(values['normalized_return']) and math.isnan(values['real_return'])
     assert absent.failures == 1
+
+
+def test_the_emulator_stops_on_the_first_signal_while_an_evaluation_runs(ros):
+    emulator = ros.start('robot_emulator', problem=PROBLEM, evaluation_delay_s=600.0)
+    evaluate = ros.node.create_client(EvaluatePolicy, '/robot_emulator/evaluate')
+    ros.spin_until(evaluate.service_is_ready, 60.0, 'service /robot_emulator/evaluate')
+    ros.settle(evaluate)
+    evaluate.call_async(EvaluatePolicy.Request(policy=_policy(1, PHI)))
+    assert ros.wait_for_log(emulator, f'{COMPUTING} 1', timeout=60.0), emulator.log()[-2000:]
+    # SIGINT; NodeProcess.stop escalates to SIGKILL (status -9) after 10 s
+    assert emulator.stop() == 0, emulator.log()[-2000:]
