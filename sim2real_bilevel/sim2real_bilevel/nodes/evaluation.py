@@ -5,58 +5,133 @@ and ``EvaluatorClient`` is the core's ``Evaluator`` (``phi -> {'normalized_retur
 
 A real robot has no hidden model: on hardware the parameter is empty, nothing is asked and the
 records' normalised and real return are NaN (the estimate from the real episodes and its
-interval are there either way).  A configured evaluator that does not answer leaves them NaN
-for that record with a logged reason; the loop never stops or waits long for it."""
+interval are there either way).  A configured evaluator that is absent or does not answer leaves
+them NaN for that record with a logged reason, and the run goes on: an absent one costs
+``evaluator_timeout_s`` per record; one that is there is given ``evaluator_answer_timeout_s`` to
+answer (an exact evaluation may take tens of seconds; the emulator computes it off its executor,
+so its robot keeps being served meanwhile, and once per policy however often it is asked)."""
 from __future__ import annotations
 
 import math
+import threading
 import time
+from collections import OrderedDict
+from typing import Any, Callable, Optional
 
 import numpy as np
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.task import Future
 from sim2real_bilevel_interfaces.srv import EvaluatePolicy
 
 from . import conversions
-from .runtime import ShutdownRequested, wait_for
+from .runtime import BackgroundWork, ShutdownRequested
 
 NOT_EVALUATED = {'normalized_return': math.nan, 'real_return': math.nan}
 
 
-def serve_evaluation(node, problem) -> object:
-    """``~/evaluate`` on ``node``: the exact normalised and real return of a policy from
-    ``problem``'s hidden real model (the robot_emulator, sim-only)."""
-    from ..core.evaluation import oracle_evaluator
-    evaluate = oracle_evaluator(problem)
+class EvaluationServer:
+    """``~/evaluate`` on ``node``: the exact normalised and real return of a policy from the
+    hidden real model of ``make_problem()`` (the robot_emulator, sim-only).
 
-    def callback(request, response):
+    An exact evaluation may take long (the pendulum: its oracle policy and tens of fixed-seed
+    episodes, ~48 s on a loaded 2-core machine), so it never runs on the executor: it runs in
+    a worker thread (one evaluation at a time) on a problem instance of its own -- made there on
+    the first request, so the node's real episodes and robot stay untouched -- and the service
+    callback awaits it while the node goes on serving resets, episode goals and its timers.
+    The same policy asked again (a client's retry, or the same phi once more) joins the
+    evaluation in flight or gets the kept answer: it is computed once.  ``delay_s()`` (tests
+    only) is added to every evaluation's duration."""
+
+    KEPT = 16
+    """Answers kept for policies asked again (the newest ones)."""
+
+    def __init__(self, node, phi_size: int, make_problem: Callable[[], Any],
+                 delay_s: Callable[[], float] = lambda: 0.0):
+        self.node, self.phi_size, self.make_problem, self.delay_s = node, phi_size, make_problem, delay_s
+        self.work = BackgroundWork(node)
+        self.lock = threading.Lock()        # one evaluation at a time, the problem made once
+        self.evaluate: Optional[Callable[[np.ndarray], dict]] = None
+        self.in_flight: dict[bytes, Future] = {}
+        self.kept: OrderedDict[bytes, dict] = OrderedDict()
+        self.computed = 0
+        # its own callback group: an awaiting callback holds its group, and the node's default
+        # group serves everything else; reentrant: a retry is taken while the first one waits
+        self.service = node.create_service(EvaluatePolicy, '~/evaluate', self.callback,
+                                           callback_group=ReentrantCallbackGroup())
+
+    async def callback(self, request, response):
         try:
-            phi, _, _ = conversions.policy_from_msg(request.policy, problem.phi_size())
-            values = evaluate(phi)
+            phi, version, _ = conversions.policy_from_msg(request.policy, self.phi_size)
         except conversions.MessageValidationError as err:
             response.success, response.message = False, str(err)
-            node.get_logger().error(f'evaluate: refused: {err}')
+            self.node.get_logger().error(f'evaluate: refused: {err}')
             return response
+        key = phi.tobytes()
+        values = self.kept.get(key)
+        if values is not None:
+            self.kept.move_to_end(key)
+            self.node.get_logger().info(f'evaluate: policy version {version} was evaluated before: answered again')
+        else:
+            future = self.in_flight.get(key)
+            if future is None:
+                future = self.in_flight[key] = self.work.start(lambda: self._compute(phi, version))
+            else:
+                self.node.get_logger().info(f'evaluate: policy version {version} is being evaluated: this request '
+                                            'waits for that evaluation')
+            try:
+                values = await future
+            except Exception as err:     # noqa: BLE001 -- a failed evaluation is refused with its reason
+                response.success, response.message = False, f'evaluation failed: {type(err).__name__}: {err}'
+                self.node.get_logger().error(f'evaluate: policy version {version}: {response.message}')
+                return response
+            finally:
+                if self.in_flight.get(key) is future:
+                    del self.in_flight[key]
+            if key not in self.kept:
+                self.kept[key] = values
+                while len(self.kept) > self.KEPT:
+                    self.kept.popitem(last=False)
         response.success = True
         response.normalized_return = float(values['normalized_return'])
         response.real_return = float(values['real_return'])
         return response
 
-    return node.create_service(EvaluatePolicy, '~/evaluate', callback)
+    def _compute(self, phi: np.ndarray, version: int) -> dict:
+        """In the worker thread."""
+        with self.lock:
+            self.computed += 1
+            self.node.get_logger().info(f'evaluate: computing policy version {version} '
+                                        f'(evaluation {self.computed} of this node)')
+            started = time.monotonic()
+            if self.evaluate is None:
+                from ..core.evaluation import oracle_evaluator
+                self.evaluate = oracle_evaluator(self.make_problem())
+            delay = self.delay_s()
+            if delay > 0:
+                time.sleep(delay)
+            values = self.evaluate(phi)
+            self.node.get_logger().info(f'evaluate: policy version {version}: normalised return '
+                                        f'{values["normalized_return"]:.6g} ({time.monotonic() - started:.1f} s)')
+            return values
 
 
 class EvaluatorClient:
     """``phi -> {'normalized_return', 'real_return'}`` by the EvaluatePolicy service ``name``.
 
-    Each call waits at most ``timeout_s`` for the service and for each answer; an answer that
-    does not come (lost, or the server restarting) is asked for again up to ``retries`` times;
-    after that, or when the service is absent or refuses, the values are NaN and the reason is
+    Each call waits at most ``timeout_s`` for the service to be there and at most
+    ``answer_timeout_s`` for its answer to a request (an exact evaluation may take tens of
+    seconds); a server that leaves the graph meanwhile, or an answer that does not come, is
+    asked again up to ``retries`` times (the server computes a policy once, a retry joins it).
+    After that, or when the service is absent or refuses, the values are NaN and the reason is
     logged (once per distinct reason in a row).  ``policy_message(phi)`` builds the request's
     policy; ``executor()`` is the node's executor (spun while waiting)."""
 
-    def __init__(self, node, name: str, policy_message, executor, timeout_s: float = 5.0, retries: int = 2):
+    def __init__(self, node, name: str, policy_message, executor, timeout_s: float = 5.0, retries: int = 2,
+                 answer_timeout_s: float = 300.0):
         self.node, self.name = node, name
         self.client = node.create_client(EvaluatePolicy, name)
         self.policy_message, self.executor = policy_message, executor
-        self.timeout_s, self.retries = timeout_s, retries
+        self.timeout_s, self.retries, self.answer_timeout_s = timeout_s, retries, answer_timeout_s
         self.failures = 0
         self.last_reason = ''
 
@@ -72,24 +147,34 @@ class EvaluatorClient:
         self.last_reason = ''
         return values
 
+    def _spin(self, executor) -> None:
+        if not executor.context.ok():
+            raise ShutdownRequested('evaluator')
+        executor.spin_once(timeout_sec=0.05)
+
     def _ask(self, phi: np.ndarray) -> dict:
         executor = self.executor()
-        deadline = time.monotonic() + self.timeout_s
-        while not self.client.service_is_ready():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f'evaluator {self.client.srv_name} is not available (waited {self.timeout_s:g} s)')
-            if not executor.context.ok():
-                raise ShutdownRequested('evaluator')
-            executor.spin_once(timeout_sec=0.05)
         request = EvaluatePolicy.Request(policy=self.policy_message(phi))
         for attempt in range(self.retries + 1):
-            try:
-                response = wait_for(executor, self.client.call_async(request), self.timeout_s,
-                                    f'evaluator {self.client.srv_name}')
-            except TimeoutError:
+            deadline = time.monotonic() + self.timeout_s
+            while not self.client.service_is_ready():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f'evaluator {self.client.srv_name} is not available '
+                                       f'(waited {self.timeout_s:g} s)')
+                self._spin(executor)
+            future = self.client.call_async(request)
+            deadline = time.monotonic() + self.answer_timeout_s
+            while not future.done() and self.client.service_is_ready() and time.monotonic() < deadline:
+                self._spin(executor)
+            if not future.done():
+                self.client.remove_pending_request(future)
+                reason = ('no answer within {:g} s'.format(self.answer_timeout_s)
+                          if self.client.service_is_ready() else 'the server left while evaluating')
                 if attempt == self.retries:
-                    raise
-                continue                    # lost request or answer: ask again
+                    raise TimeoutError(f'evaluator {self.client.srv_name}: {reason} '
+                                       f'({self.retries + 1} requests)')
+                continue                    # lost request or answer, or a restarting server: ask again
+            response = future.result()
             if not response.success:
                 return self._failed(f'evaluator {self.client.srv_name} refused: {response.message}')
             return {'normalized_return': float(response.normalized_return), 'real_return': float(response.real_return)}
@@ -101,4 +186,3 @@ class EvaluatorClient:
             self.node.get_logger().warning(f'{reason}: the normalised return of this record is NaN (the run goes on)')
             self.last_reason = reason
         return dict(NOT_EVALUATED)
-

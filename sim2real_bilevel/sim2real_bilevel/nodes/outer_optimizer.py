@@ -158,9 +158,12 @@ class OuterOptimizer(Node):
                           "~/evaluate) that gives each record's exact normalised and real return; '' = none (hardware: "
                           'those are NaN, records carry the estimate from the real episodes and its interval; read at '
                           'startup)', read_only=True),
-            ParameterSpec('evaluator_timeout_s', 5.0, 'longest wait for the evaluator service and for each of its '
-                          'answers (a lost answer is asked for again, action_retries times; then NaN)', low=0.01,
-                          high=1e4),
+            ParameterSpec('evaluator_timeout_s', 5.0, 'longest wait for the evaluator service to be there (absent: '
+                          'the record\'s normalised return is NaN)', low=0.01, high=1e4),
+            ParameterSpec('evaluator_answer_timeout_s', 300.0, 'longest wait for the evaluator\'s answer to one '
+                          'request: an exact evaluation takes tens of seconds for a robot problem (the pendulum\'s '
+                          'first, with its oracle, ~48 s on a loaded 2-core machine); a lost answer or a server gone '
+                          'meanwhile is asked for again, action_retries times; then NaN', low=0.01, high=1e5),
             ParameterSpec('safe_improvement', bool(d['safe_improvement']),
                           'backtrack theta, phi and the optimiser to the best deployed policy (and halve the step) '
                           'when the estimated real return drops significantly below it (read at startup)',
@@ -279,6 +282,7 @@ class OuterOptimizer(Node):
                                              policy.kind if policy else PolicyParameters.KIND_FLAT)
         return EvaluatorClient(self, name, policy_message, lambda: self.executor_,
                                timeout_s=self.parameters['evaluator_timeout_s'],
+                               answer_timeout_s=self.parameters['evaluator_answer_timeout_s'],
                                retries=self.parameters['action_retries'])
 
     def wait_for_servers(self) -> None:

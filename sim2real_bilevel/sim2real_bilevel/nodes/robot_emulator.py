@@ -27,7 +27,9 @@ Two transports, the bridge picks one:
   (geometry_msgs/PoseStamped, e.g. the pendulum's tip in ``pendulum_base``) shows the robot
   in rviz when the system gives a pose.
 - ``~/evaluate`` (EvaluatePolicy, ``nodes/evaluation.py``): the sim-only evaluator, the exact
-  normalised and real return of a policy from the hidden model (the outer_optimizer's ``evaluator``).
+  normalised and real return of a policy from the hidden model (the outer_optimizer's ``evaluator``),
+  computed in a worker thread on a problem instance of its own, so resets, episode goals and the
+  real-time physics go on meanwhile; a policy asked again is computed once.
 
 Only the nodes named in ``commanders`` may drive the robot: while any other node publishes on
 ``<controller>/commands`` (seen in the ROS graph, checked at every command), every command is
@@ -53,7 +55,7 @@ from sim2real_bilevel_interfaces.action import RunEpisodes
 from . import conversions
 from .kept_results import KeptResults
 from .action_calls import RESULT_KEPT_S
-from .evaluation import serve_evaluation
+from .evaluation import EvaluationServer
 from .realtime_robot import RealTimeRobot, fault_parameters
 from .runtime import PROBLEM, ROBOT_STREAM, SEED, SENSOR, DeclaredParameters, ParameterSpec, \
     command_publishers, load_problem, run_node
@@ -86,6 +88,8 @@ class RobotEmulator(Node):
                           'held; read at startup)', choices=('lockstep', 'realtime'), read_only=True),
             ParameterSpec('state_rate', 0.0, "realtime mode: joint_states rate (Hz); 0 = every physics step (the "
                           "system's 1 / control_period)", low=0.0, high=100000.0),
+            ParameterSpec('evaluation_delay_s', 0.0, 'for tests only: every ~/evaluate computation takes this many '
+                          'seconds longer (a slow evaluator); 0 in real use', low=0.0, high=3600.0),
         ] + fault_parameters())
         self.realtime_mode = self.parameters['mode'] == 'realtime'
         if self.realtime_mode and self.parameters['publish_clock']:
@@ -114,7 +118,10 @@ class RobotEmulator(Node):
         self.command_subscription = self.create_subscription(
             Float64MultiArray, f'{self.parameters["controller"]}/commands', self.command_callback, ROBOT_STREAM)
         self.reset_service = self.create_service(Trigger, '~/reset', self.reset_callback)
-        self.evaluate_service = serve_evaluation(self, self.problem)      # ~/evaluate: sim-only evaluator
+        # ~/evaluate, the sim-only evaluator: its own copy of the problem, loaded on first use
+        self.evaluation = EvaluationServer(self, self.problem.phi_size(),
+                                           lambda: load_problem(self.parameters['problem']),
+                                           delay_s=lambda: self.parameters['evaluation_delay_s'])
         self.sim_time_ns = 0
         self.clock_publisher = (self.create_publisher(Clock, '/clock', 10) if self.parameters['publish_clock']
                                 else None)

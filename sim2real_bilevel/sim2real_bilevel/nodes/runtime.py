@@ -201,12 +201,16 @@ def command_publishers(node, topic: str) -> list[str]:
 class BackgroundWork:
     """Runs one computation at a time in a worker thread; ``await work.run(fn)`` from an
     async callback lets the executor go on serving (cancel requests, parameters) meanwhile.
+    ``work.start(fn)`` returns the rclpy Future of the result (several callbacks may await it).
     The hand-back costs a few milliseconds (GIL switch interval), so use it for long work."""
 
     def __init__(self, node):
         self.node = node
 
     async def run(self, function: Callable[[], Any]) -> Any:
+        return await self.start(function)
+
+    def start(self, function: Callable[[], Any]) -> Future:
         future = Future()
         executor = self.node.executor
 
@@ -219,7 +223,7 @@ class BackgroundWork:
                 executor.wake()
 
         threading.Thread(target=target, daemon=True, name=f'{self.node.get_name()}-work').start()
-        return await future
+        return future
 
 
 # --- actions -------------------------------------------------------------------------------------------

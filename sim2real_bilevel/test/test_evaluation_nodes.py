@@ -1,0 +1,114 @@
+"""The sim-only evaluator over ROS (``nodes/evaluation.py``) with a slow evaluation, as real node
+processes: the robot_emulator keeps serving resets and episode goals while an evaluation runs,
+a policy asked again is computed once, and the optimizer's ``EvaluatorClient`` gets its answer
+through retries shorter than the evaluation.  The slowness is the emulator's test-only
+``evaluation_delay_s`` parameter (a real slow evaluator is the pendulum's oracle, tens of seconds)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip('rclpy')
+pytest.importorskip('sim2real_bilevel_interfaces')
+
+from rclpy.action import ActionClient  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+from sim2real_bilevel_interfaces.action import RunEpisodes  # noqa: E402
+from sim2real_bilevel_interfaces.srv import EvaluatePolicy  # noqa: E402
+
+from sim2real_bilevel.core.evaluation import oracle_evaluator  # noqa: E402
+from sim2real_bilevel.nodes.evaluation import EvaluatorClient  # noqa: E402
+from sim2real_bilevel.nodes.runtime import load_problem  # noqa: E402
+from test_nodes import PROBLEM, _policy, ros  # noqa: E402,F401 (ros: the fixture)
+
+pytestmark = pytest.mark.ros
+
+COMPUTING = 'evaluate: computing policy version'
+JOINED = 'is being evaluated: this request waits for that evaluation'
+PHI = [0.3, -0.2, 0.1]
+
+
+def expected(phi) -> dict:
+    return oracle_evaluator(load_problem(PROBLEM))(np.asarray(phi, dtype=np.float64))
+
+
+def test_the_emulator_serves_resets_and_episodes_while_an_evaluation_runs_and_computes_a_policy_once(ros):
+    delay = 10.0
+    emulator = ros.start('robot_emulator', problem=PROBLEM, evaluation_delay_s=delay)
+    evaluate = ros.node.create_client(EvaluatePolicy, '/robot_emulator/evaluate')
+    reset = ros.node.create_client(Trigger, '/robot_emulator/reset')
+    episodes = ActionClient(ros.node, RunEpisodes, '/robot_emulator/run_episodes')
+    for client in (evaluate, reset):
+        ros.spin_until(client.service_is_ready, 60.0, f'service {client.srv_name}')
+        ros.settle(client)
+    ros.spin_until(episodes.server_is_ready, 60.0, 'run_episodes')
+    ros.settle(episodes)
+
+    request = EvaluatePolicy.Request(policy=_policy(1, PHI))
+    first = evaluate.call_async(request)
+    assert ros.wait_for_log(emulator, f'{COMPUTING} 1', timeout=60.0), emulator.log()[-2000:]
+    retry = evaluate.call_async(request)             # what a client's retry sends: the same policy
+    assert ros.wait_for_log(emulator, JOINED, timeout=20.0), emulator.log()[-2000:]
+
+    # the evaluation runs (>= delay s): the emulator answers a reset and runs an episode meanwhile
+    answer = ros.call(reset, Trigger.Request(), 20.0)
+    assert answer.success, answer.message
+    response = ros.run_goal(episodes, RunEpisodes.Goal(policy=_policy(2), n_episodes=1), timeout=20.0)
+    assert response is not None and response.result.success, response
+    assert not first.done() and not retry.done(), 'the evaluation ended before the reset and the episode were served'
+
+    ros.spin_until(lambda: first.done() and retry.done(), delay + 120.0, 'the evaluation')
+    values = expected(PHI)
+    for future in (first, retry):
+        result = future.result()
+        assert result.success, result.message
+        assert result.normalized_return == pytest.approx(values['normalized_return'], rel=1e-12)
+        assert result.real_return == pytest.approx(values['real_return'], rel=1e-12)
+    assert emulator.log().count(COMPUTING) == 1
+
+    # asked once more after it ended: the kept answer, no computation
+    again = ros.call(evaluate, request, 20.0)
+    assert again.success and again.normalized_return == first.result().normalized_return
+    assert 'policy version 1 was evaluated before: answered again' in emulator.log()
+    assert emulator.log().count(COMPUTING) == 1
+    # another policy is computed (the count above can grow)
+    other = ros.call(evaluate, EvaluatePolicy.Request(policy=_policy(3, [0.0, 0.5, -0.5])), delay + 120.0)
+    assert other.success and other.normalized_return == pytest.approx(
+        expected([0.0, 0.5, -0.5])['normalized_return'], rel=1e-12)
+    assert emulator.log().count(COMPUTING) == 2
+    assert emulator.alive()
+
+
+def test_the_evaluator_client_gets_a_slow_answer_through_its_retries_computed_once(ros):
+    delay = 6.0
+    emulator = ros.start('robot_emulator', problem=PROBLEM, evaluation_delay_s=delay)
+    client = EvaluatorClient(ros.node, '/robot_emulator/evaluate', lambda phi: _policy(4, phi), lambda: ros.executor,
+                             timeout_s=60.0, answer_timeout_s=2.5, retries=5)
+    ros.spin_until(client.client.service_is_ready, 60.0, 'service /robot_emulator/evaluate')
+    ros.settle(client.client)
+    values = client(np.asarray(PHI))
+    assert client.failures == 0, emulator.log()[-2000:]
+    assert values['normalized_return'] == pytest.approx(expected(PHI)['normalized_return'], rel=1e-12)
+    # each try waited 2.5 s < the evaluation: the retries reached the one computation in flight
+    log = emulator.log()
+    assert log.count(COMPUTING) == 1 and log.count(JOINED) >= 1, log[-2000:]
+
+    # an evaluator that is not there: NaN after timeout_s, and the caller goes on
+    absent = EvaluatorClient(ros.node, '/nobody/evaluate', lambda phi: _policy(5, phi), lambda: ros.executor,
+                             timeout_s=1.0, answer_timeout_s=300.0, retries=2)
+    values = absent(np.asarray(PHI))
+    assert math.isnan(values['normalized_return']) and math.isnan(values['real_return'])
+    assert absent.failures == 1
+
+
+def test_the_emulator_stops_on_the_first_signal_while_an_evaluation_runs(ros):
+    emulator = ros.start('robot_emulator', problem=PROBLEM, evaluation_delay_s=600.0)
+    evaluate = ros.node.create_client(EvaluatePolicy, '/robot_emulator/evaluate')
+    ros.spin_until(evaluate.service_is_ready, 60.0, 'service /robot_emulator/evaluate')
+    ros.settle(evaluate)
+    evaluate.call_async(EvaluatePolicy.Request(policy=_policy(1, PHI)))
+    assert ros.wait_for_log(emulator, f'{COMPUTING} 1', timeout=60.0), emulator.log()[-2000:]
+    # SIGINT; NodeProcess.stop escalates to SIGKILL (status -9) after 10 s
+    assert emulator.stop() == 0, emulator.log()[-2000:]
