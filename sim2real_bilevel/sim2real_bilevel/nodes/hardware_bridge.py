@@ -262,8 +262,11 @@ class HardwareBridge(LifecycleNode):
             self.command_publisher.publish(Float64MultiArray(data=[0.0] * len(self.joints)))
 
     def send_command(self, values: Sequence[float]) -> Optional[str]:
-        """Publish a command to the robot, unless another node publishes robot commands: then the
-        e-stop latches and its reason is returned (nothing is sent)."""
+        """Publish a command to the robot, unless the e-stop is latched (a state can arrive in the
+        same executor turn as the e-stop request) or another node publishes robot commands (then
+        the e-stop latches): the e-stop's reason is returned and nothing is sent."""
+        if self.estopped:
+            return self.estop_reason
         if self.check_commanders() is not None:
             return self.estop_reason
         self.command_publisher.publish(Float64MultiArray(data=list(values)))
