@@ -18,7 +18,14 @@ period, one substep, forward and forward + backward).
         [--parts libraries simulator problems]
 
 Part 3 (the pendulum task): J_sim and F of config/pendulum.yaml (hand-written model) and
-config/pendulum_urdf.yaml (URDF simulator) on the same random numbers: value and seconds.
+config/pendulum_urdf.yaml (URDF simulator, adam called eagerly = before, and its replayed
+recording = after, ``RigidBodyDynamics(traced=...)``) on the same random numbers: value, seconds
+and the ratio to the hand-written model.
+
+Part 4 (speed, ``--parts speed``): one control step of ``UrdfModel`` (one substep, a mass scale,
+damping and friction in theta) forward and forward + backward at each batch size, adam eager
+(before) against the replayed recording (after), side by side with the ratio, and simulated
+transitions per second; on CUDA as well when a GPU is present (``torch.cuda.is_available()``).
 
 Times are wall-clock medians in one process (OMP_NUM_THREADS as set by the caller); on a
 shared machine they are upper bounds.
@@ -252,7 +259,8 @@ def simulator_rows(repeats) -> list[dict]:
 
 def problem_rows(repeats) -> list[dict]:
     """J_sim (and its phi-gradient F) of config/pendulum.yaml (hand-written model) and
-    config/pendulum_urdf.yaml (URDF simulator) at the same phi, theta and random numbers."""
+    config/pendulum_urdf.yaml (URDF simulator: adam eager, then replayed) at the same phi, theta
+    and random numbers."""
     from sim2real_bilevel.core.problems import load_problem
     config = Path(__file__).resolve().parents[1] / 'config'
     robot, urdf = load_problem(config / 'pendulum.yaml'), load_problem(config / 'pendulum_urdf.yaml')
@@ -260,8 +268,12 @@ def problem_rows(repeats) -> list[dict]:
     theta = torch.as_tensor(robot.theta0())
     noise = urdf._crn
     rows = []
-    for name, problem in (('pendulum.yaml (kind: robot)', robot), ('pendulum_urdf.yaml (kind: urdf)', urdf)):
-        value = float(problem.sim_objective(phi, theta, noise))
+    for name, problem, traced in (('pendulum.yaml (kind: robot)', robot, None),
+                                  ('pendulum_urdf.yaml, adam eager (before)', urdf, False),
+                                  ('pendulum_urdf.yaml, replayed (after)', urdf, True)):
+        if traced is not None:
+            problem.model.dynamics.traced = traced
+        value = float(problem.sim_objective(phi, theta, noise))     # (records on first use)
 
         def residual():
             point = phi.clone().requires_grad_(True)
@@ -270,6 +282,60 @@ def problem_rows(repeats) -> list[dict]:
                      'J_sim': f'{value:.12g}',
                      'J_sim s': median_seconds(lambda: problem.sim_objective(phi, theta, noise), repeats),
                      'J_sim + F s': median_seconds(residual, repeats)})
+    for row in rows:
+        row['J_sim / hand-written'] = row['J_sim s'] / rows[0]['J_sim s']
+        row['J_sim + F / hand-written'] = row['J_sim + F s'] / rows[0]['J_sim + F s']
+    return rows
+
+
+def speed_rows(batches, repeats, robot_names=('pendulum', 'acrobot', 'iiwa')) -> list[dict]:
+    """One control step of UrdfModel (one substep; theta = mass scale, damping, friction), adam
+    eager (before) vs replayed recording (after): ms forward and forward + backward, their ratio,
+    and transitions per second after, per device (CUDA too when present)."""
+    from sim2real_bilevel.core.urdf_model import PhysicalEntry, UrdfModel, UrdfSimulatorSettings
+    from sim2real_bilevel.core.urdf_robot import RigidBodyDynamics, read_urdf
+    devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+    rows = []
+    for device in devices:
+        synchronise = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+        for robot in robot_names:
+            path, joints, link = robots()[robot]
+            description = read_urdf(path)
+            n = len(joints)
+            physical = [PhysicalEntry('mass_scale', link=link), PhysicalEntry('damping', joints=tuple(range(n))),
+                        PhysicalEntry('coulomb_friction', joints=tuple(range(n)))]
+            settings = UrdfSimulatorSettings(control_period=0.01, physics_substeps=1, effort_limit=(1e6,) * n)
+            models = {}
+            for traced in (False, True):
+                dynamics = RigidBodyDynamics(path, joints, device=device, traced=traced)
+                models[traced] = UrdfModel(dynamics, settings, physical, [], [1e-3] * (2 * n),
+                                           default_damping=[description.joints[j].damping for j in joints],
+                                           default_friction=[0.0] * n, joint_lower=[-math.inf] * n,
+                                           joint_upper=[math.inf] * n, angular=[True] * n)
+            rng = np.random.default_rng(0)
+            theta = torch.log(torch.tensor([1.2, 0.3, 0.05], dtype=torch.float64, device=device)).requires_grad_(True)
+            for batch in batches:
+                states = torch.as_tensor(rng.uniform(-0.5, 0.5, (batch, 2 * n)), device=device)
+                actions = torch.as_tensor(rng.uniform(-0.5, 0.5, (batch, n)), device=device)
+                row = {'device': device, 'robot': robot, 'batch': batch}
+                for traced, label in ((False, 'before'), (True, 'after')):
+                    model = models[traced]
+
+                    def forward():
+                        model.step_mean(states, actions, theta)
+                        synchronise()
+
+                    def both():
+                        model.step_mean(states, actions, theta).sum().backward()
+                        synchronise()
+                    both()                                   # records (after) and warms up
+                    row[f'fwd ms {label}'] = 1e3 * median_seconds(forward, repeats)
+                    row[f'fwd+bwd ms {label}'] = 1e3 * median_seconds(both, repeats)
+                row['fwd speed-up'] = row['fwd ms before'] / row['fwd ms after']
+                row['fwd+bwd speed-up'] = row['fwd+bwd ms before'] / row['fwd+bwd ms after']
+                row['transitions/s fwd after'] = 1e3 * batch / row['fwd ms after']
+                row['transitions/s fwd+bwd after'] = 1e3 * batch / row['fwd+bwd ms after']
+                rows.append(row)
     return rows
 
 
@@ -293,7 +359,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--batches', type=int, nargs='+', default=[1, 1024])
     parser.add_argument('--repeats', type=int, default=3)
-    parser.add_argument('--parts', nargs='+', choices=('libraries', 'simulator', 'problems'),
+    parser.add_argument('--robots', nargs='+', default=['pendulum', 'acrobot', 'iiwa'], help='robots of --parts speed')
+    parser.add_argument('--parts', nargs='+', choices=('libraries', 'simulator', 'problems', 'speed'),
                         default=['libraries', 'simulator', 'problems'])
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -306,6 +373,9 @@ def main(argv=None) -> None:
     if 'problems' in args.parts:
         print_table(problem_rows(args.repeats), 'Part 3: the pendulum task, hand-written model vs URDF simulator '
                     '(same phi, theta, random numbers; seconds)')
+    if 'speed' in args.parts:
+        print_table(speed_rows(args.batches, args.repeats, args.robots),
+                    'Part 4: one control step, adam eager (before) vs replayed recording (after); ms, float64')
 
 
 if __name__ == '__main__':

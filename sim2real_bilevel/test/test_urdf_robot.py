@@ -84,6 +84,40 @@ def test_mass_matrix_and_bias_match_pybullet(robot):
     reference.close()
 
 
+@pytest.mark.parametrize('robot', ['pendulum', 'cartpole', 'iiwa'])
+def test_replayed_recording_equals_the_library_values_and_derivatives(robot):
+    """The recorded (torch.jit) M + h equals adam's eager call: values, first and second
+    derivatives w.r.t. q, qd, a mass scale and a payload, shared and per sample."""
+    path, joints = ROBOTS[robot]
+    n = len(joints)
+    traced, eager = RigidBodyDynamics(path, joints), RigidBodyDynamics(path, joints, traced=False)
+    links = [name for name in traced.link_names if traced.description.links[name].mass]
+    scaled, loaded = links[-1], links[len(links) // 2]
+    rng = np.random.default_rng(7)
+
+    def outputs(dynamics, q, qd, scale, mass):
+        M, h = dynamics.mass_matrix_and_bias(q, qd, mass_scale={scaled: scale},
+                                             payloads={loaded: (mass, (0.03, -0.02, 0.05))})
+        value = (M * torch.linspace(0.5, 1.5, n * n, dtype=torch.float64).reshape(n, n)).sum() + (h ** 2).sum()
+        inputs = (q, qd, scale, mass)
+        first = torch.autograd.grad(value, inputs, create_graph=True)
+        second = torch.autograd.grad(sum((g ** 2).sum() for g in first), inputs)
+        return [M, h, *first, *second]
+
+    for batch, per_sample in ((3, False), (4, True)):
+        q, qd = (torch.as_tensor(rng.uniform(-1, 1, (batch, n))).requires_grad_(True) for _ in range(2))
+        shape = (batch,) if per_sample else ()
+        scale = torch.as_tensor(rng.uniform(0.5, 2.0, shape)).requires_grad_(True)
+        mass = torch.as_tensor(rng.uniform(0.1, 1.0, shape)).requires_grad_(True)
+        for _ in range(2):                     # the first call records, the second replays
+            got = outputs(traced, q, qd, scale, mass)
+        expected = outputs(eager, q, qd, scale, mass)
+        for a, b in zip(got, expected):       # rounding only: relative to the tensor's largest entry
+            a, b = a.detach(), b.detach()
+            assert a.shape == b.shape and float((a - b).abs().max()) <= 1e-10 * float(b.abs().max()) + 1e-12
+    assert set(traced._recordings) == {(3, torch.float64, torch.device('cpu')), (4, torch.float64, torch.device('cpu'))}
+
+
 def test_mass_scale_and_payload_match_pybullet_on_the_rewritten_urdf():
     """The simulator's inertia override and the stand-in's URDF rewrite describe the same robot."""
     path, joints = ROBOTS['iiwa']

@@ -124,7 +124,7 @@ class UrdfModel:
         """Natural values of the physical entries (batch shape of theta_phys kept)."""
         values = torch.exp(theta_phys)
         batch = theta_phys.shape[:-1]
-        per_joint = {kind: default.to(theta_phys.dtype).expand(batch + (self.n_joints,))
+        per_joint = {kind: default.to(theta_phys).expand(batch + (self.n_joints,))
                      for kind, default in self._default.items()}
         mass_scale, payloads = {}, {}
         for index, entry in enumerate(self.physical):
@@ -132,9 +132,10 @@ class UrdfModel:
             if entry.kind == 'mass_scale':
                 mass_scale[entry.link] = value
             elif entry.kind == 'payload_mass':
-                payloads[entry.link] = (value, torch.as_tensor(entry.center_of_mass, dtype=theta_phys.dtype))
+                payloads[entry.link] = (value, torch.as_tensor(entry.center_of_mass, dtype=theta_phys.dtype,
+                                                                device=theta_phys.device))
             else:
-                mask = torch.zeros(self.n_joints, dtype=theta_phys.dtype)
+                mask = torch.zeros(self.n_joints, dtype=theta_phys.dtype, device=theta_phys.device)
                 mask[list(entry.joints)] = 1.0
                 per_joint[entry.kind] = per_joint[entry.kind] * (1 - mask) + value[..., None] * mask
         return Coefficients(inertias={'mass_scale': mass_scale, 'payloads': payloads},
@@ -165,7 +166,7 @@ class UrdfModel:
         payloads = {link: (per_sample_scalar(m) if m.ndim else m, c) for link, (m, c) in inertias['payloads'].items()}
         damping, friction = per_sample(coefficients.damping), per_sample(coefficients.friction)
         armature, gain = per_sample(coefficients.armature), per_sample(coefficients.gain)
-        limit = self._effort_limit.to(state.dtype)
+        limit = self._effort_limit.to(state)
         motor = gain * limit * torch.tanh(action.reshape(batch, n) / limit)
         position, velocity = flat_state[:, :n], flat_state[:, n:]
         eye = torch.eye(n, dtype=state.dtype, device=state.device)
@@ -175,8 +176,8 @@ class UrdfModel:
             torque = (motor - friction * torch.tanh(velocity / s.friction_velocity_scale) - bias
                       - damping * velocity)
             if s.limit_stiffness > 0:
-                torque = torque - s.limit_stiffness * (torch.relu(position - self._upper.to(state.dtype))
-                                                       - torch.relu(self._lower.to(state.dtype) - position))
+                torque = torque - s.limit_stiffness * (torch.relu(position - self._upper.to(state))
+                                                       - torch.relu(self._lower.to(state) - position))
             implicit = dt * damping if s.implicit_damping else torch.zeros_like(damping)
             effective = mass_matrix + (armature + implicit)[..., None] * eye
             velocity = velocity + dt * torch.linalg.solve(effective, torque)
@@ -185,7 +186,7 @@ class UrdfModel:
 
     def log_prob(self, next_state: torch.Tensor, state: torch.Tensor, action: torch.Tensor,
                  theta_phys: torch.Tensor) -> torch.Tensor:
-        std = self.noise_std.to(next_state.dtype)
+        std = self.noise_std.to(next_state)
         z = (next_state - self.step_mean(state, action, theta_phys)) / std
         return (-0.5 * z ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)).sum(-1)
 
@@ -194,7 +195,7 @@ class UrdfModel:
         weights = torch.exp(theta_reward)
         n = self.n_joints
         position, velocity = state[..., :n], state[..., n:]
-        error = position - self._targets.to(state.dtype)
+        error = position - self._targets.to(state)
         terms = {'angle': lambda: (1.0 - torch.cos(error)).sum(-1),
                  'position': lambda: (error ** 2).sum(-1),
                  'velocity': lambda: (velocity ** 2).sum(-1),

@@ -20,12 +20,25 @@ Two adam-robotics 0.5.0 bugs are fixed here, each with a test in test/test_urdf_
   transforms multiply a batch of positions (B,) with the axis (3,) and index as if unbatched
   (RuntimeError at every batched call).  ``_fix_prismatic_joints`` replaces those three methods by correct ones for
   prismatic joints only (revolute and fixed joints keep adam's own code).
+
+Speed (``traced=True``, the default): adam builds every call from small Python objects (~3-40 ms
+of Python per call whatever the batch).  ``RigidBodyDynamics`` records the library's own M + h
+computation once per (batch size, dtype, device) with ``torch.jit.trace`` -- the link spatial
+inertias (B, L, 6, 6) are inputs of the recording, so mass scales and payloads, shared or one per
+sample, stay differentiable and cost one call -- and replays it.  The recording is then simplified
+by torch's own graph passes (no-op dtype casts dropped, constants folded, common subexpressions
+merged, dead code removed); a simplified graph that does not reproduce the recording's output
+bit-for-bit is not used.  Nothing of the algorithm is rewritten: the replay runs exactly the
+tensor operations adam ran while recorded (tested equal to the library's eager call, values and
+first and second derivatives).
 """
 from __future__ import annotations
 
 import math
 import os
+import warnings
 import xml.etree.ElementTree as ElementTree
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -281,10 +294,14 @@ class RigidBodyDynamics:
 
     ``joint_names``: the controlled joints, in the order of q; every other moving joint is held
     at zero (adam treats joints it is not given as fixed).  ``gravity``: m/s^2 along -z.
+    ``traced``: replay a recording of the library's computation (see the module docstring);
+    False calls adam eagerly every time (the reference the recording is tested against).
     """
 
+    MAX_RECORDINGS = 16          # distinct (batch, dtype, device) recordings kept (least recently used dropped)
+
     def __init__(self, path, joint_names: Sequence[str], *, dtype=torch.float64,
-                 device: Optional[torch.device] = None, gravity: float = GRAVITY):
+                 device: Optional[torch.device] = None, gravity: float = GRAVITY, traced: bool = True):
         from adam.core.constants import Representations
         from adam.pytorch import KinDynComputationsBatch
         _fix_prismatic_joints()
@@ -305,7 +322,11 @@ class RigidBodyDynamics:
         algorithms = self._kindyn.rbdalgos
         self._node_links = [node.get_elements()[0].name for node in algorithms.model.tree]
         self._base_inertias = [algorithms._spatial_inertias[i] for i in range(len(self._node_links))]
+        self._base_stack = torch.stack([inertia.array for inertia in self._base_inertias])     # (L, 6, 6)
+        self._link_index = {name: index for index, name in enumerate(self._node_links)}
         self.n_joints = len(self.joint_names)
+        self.traced = bool(traced)
+        self._recordings: OrderedDict = OrderedDict()
 
     @property
     def link_names(self) -> list[str]:
@@ -344,6 +365,8 @@ class RigidBodyDynamics:
         as_tensor = lambda value: torch.as_tensor(value, dtype=self.dtype, device=self.device)
         mass_scale = {name: as_tensor(value) for name, value in mass_scale.items()}
         payloads = {name: (as_tensor(mass), as_tensor(center)) for name, (mass, center) in payloads.items()}
+        if self.traced:
+            return self._replay(position, velocity, self.link_inertias(mass_scale, payloads))
         batched = any(v.ndim for v in mass_scale.values()) or any(m.ndim for m, _ in payloads.values())
         if not batched:
             self._set_inertias(mass_scale, payloads)
@@ -365,6 +388,69 @@ class RigidBodyDynamics:
         self._set_inertias({}, {})
         return mass_matrix, bias
 
+    def link_inertias(self, mass_scale: dict, payloads: dict) -> torch.Tensor:
+        """Spatial inertias (L, 6, 6), or (B, L, 6, 6) when a value is given per sample, of every
+        link (``link_names`` order): scale * (the file's) + point payloads (tensors, as
+        ``mass_matrix_and_bias`` takes them)."""
+        if not mass_scale and not payloads:
+            return self._base_stack
+        links = []
+        for index, name in enumerate(self._node_links):
+            value = self._base_stack[index]
+            if name in mass_scale:
+                value = mass_scale[name][..., None, None] * value
+            if name in payloads:
+                mass, center = payloads[name]
+                value = value + point_mass_inertia(mass, center.expand(mass.shape + (3,)))
+            links.append(value)
+        batch = torch.broadcast_shapes(*(link.shape[:-2] for link in links))
+        return torch.stack([link.expand(batch + (6, 6)) for link in links], -3)
+
+    def _replay(self, position: torch.Tensor, velocity: torch.Tensor, inertias: torch.Tensor):
+        """M and h from the recording for this batch size (made on first use)."""
+        batch = position.shape[0]
+        inertias = inertias.to(self.dtype).expand((batch,) + self._base_stack.shape)
+        key = (batch, self.dtype, self.device)
+        function = self._recordings.get(key)
+        if function is None:
+            function = self._record(position.detach(), velocity.detach(), inertias.detach())
+            self._recordings[key] = function
+            while len(self._recordings) > self.MAX_RECORDINGS:
+                self._recordings.popitem(last=False)
+        else:
+            self._recordings.move_to_end(key)
+        return function(position.to(self.dtype), velocity.to(self.dtype), inertias)
+
+    def _record(self, position, velocity, inertias):
+        """A torch.jit recording of adam's M + h at this batch size, inertias (B, L, 6, 6) as an input.
+
+        adam tiles each link inertia over the batch in its CRBA (``math.tile``); while recording,
+        an inertia that already carries the batch dimension is passed through instead, so one
+        inertia per sample is one call.  The library's cache is restored afterwards."""
+        from adam.pytorch.torch_like import TorchLike
+        algorithms = self._kindyn.rbdalgos
+        library_math = algorithms.math
+        original_tile = library_math.tile
+        cached = list(algorithms._spatial_inertias)
+
+        def tile(array, reps):
+            return array if array.array.ndim > 2 else original_tile(array, reps)
+
+        def computation(q, qd, link_inertias):
+            for index in range(link_inertias.shape[1]):
+                algorithms._spatial_inertias[index] = TorchLike(link_inertias[:, index])
+            return self._mass_matrix_and_bias(q, qd)
+
+        library_math.tile = tile
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')          # TracerWarnings about Python numbers recorded as constants
+                recording = torch.jit.trace(computation, (position, velocity, inertias), check_trace=False)
+        finally:
+            del library_math.tile                        # back to the class's method
+            algorithms._spatial_inertias[:] = cached
+        return _simplified(recording, (position, velocity, inertias))
+
     def _mass_matrix_and_bias(self, position: torch.Tensor, velocity: torch.Tensor):
         batch = position.shape[0]
         base = torch.eye(4, dtype=self.dtype, device=self.device).expand(batch, 4, 4)
@@ -378,3 +464,29 @@ class RigidBodyDynamics:
         batch = position.shape[0]
         base = torch.eye(4, dtype=self.dtype, device=self.device).expand(batch, 4, 4)
         return {name: self._kindyn.forward_kinematics(name, base, position) for name in self._node_links}
+
+
+def _simplified(recording, inputs):
+    """``recording`` with torch's graph passes applied: casts to the dtype and device a value already
+    has removed, constants folded, common subexpressions merged, dead code removed.  The recording
+    itself when the passes are unavailable (they are torch internals) or the simplified graph's
+    output on ``inputs`` is not identical to the recording's."""
+    try:
+        graph = recording.graph.copy()
+        for node in list(graph.nodes()):
+            if node.kind() == 'aten::to':
+                source, result = node.inputsAt(0).type(), node.output().type()
+                if isinstance(source, torch._C.TensorType) and source.dtype() is not None \
+                        and source.dtype() == result.dtype() and source.device() == result.device():
+                    node.output().replaceAllUsesWith(node.inputsAt(0))
+        for simplify in (torch._C._jit_pass_dce, torch._C._jit_pass_constant_propagation,
+                         torch._C._jit_pass_cse, torch._C._jit_pass_dce):
+            simplify(graph)
+        function = torch._C._create_function_from_graph(f'urdf_dynamics_{id(graph)}', graph)
+        with torch.no_grad():
+            expected, got = recording(*inputs), function(*inputs)
+        if all(torch.equal(a, b) for a, b in zip(expected, got)):
+            return function
+    except (AttributeError, RuntimeError):
+        pass
+    return recording
