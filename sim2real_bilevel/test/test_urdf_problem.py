@@ -121,6 +121,38 @@ def test_two_joint_robot_through_the_contract(pendulum_data):
     assert controller.batch(0).states.shape == (1, 6, 4)
 
 
+def test_actuation_delay_entry_through_the_problem(pendulum_data):
+    """A ``delay`` theta entry: the oracle is the stand-in's delay, simulated episodes are
+    reproduced by their noise (the previous commands rebuilt from the episode's actions), J_sim
+    depends on the delay, and its derivative matches a central finite difference."""
+    data = small(pendulum_data, horizon=6, episodes=3)
+    data['simulator']['parameters']['delay'] = {'value': 0.013, 'learn': True, 'bounds': [0.001, 0.05]}
+    problem = UrdfProblem.from_dict(data, str(CONFIG / 'pendulum_urdf.yaml'))
+    assert problem.model.action_history == 3 and problem.theta_names[4] == 'log_delay'
+    assert np.isclose(np.exp(problem.oracle_theta_full()[4]), 2 * 0.02)      # real: 2 periods of 20 ms
+    phi = problem.policy.init_params(np.random.default_rng(0))
+    theta = problem.theta0()
+    simulated = problem.simulate(phi, theta, 3, 6, np.random.default_rng(1))
+    noise = problem.noise_of(phi, theta, simulated)
+    states, _, _ = problem.rollout(torch.as_tensor(phi), problem.full_theta(torch.as_tensor(theta)), noise)
+    np.testing.assert_allclose(states.transpose(0, 1).numpy(), simulated.states, atol=1e-10)
+    assert np.all(np.isfinite(simulated.score_theta)) and np.abs(simulated.score_theta[..., 4]).max() > 0
+
+    def objective(th):
+        return float(problem.sim_objective(torch.as_tensor(phi), torch.as_tensor(th)))
+    point = torch.as_tensor(theta).clone().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(problem.sim_objective(torch.as_tensor(phi), point), point)
+    step = 1e-6
+    shift = np.eye(theta.size)[4] * step
+    numeric = (objective(theta + shift) - objective(theta - shift)) / (2 * step)
+    assert abs(numeric) > 1e-6 and abs(float(gradient[4]) - numeric) <= 1e-5 * abs(numeric)
+    # system identification reads the previous commands of real episodes too
+    batch = problem.sample_real(phi, 2, np.random.default_rng(3))
+    identified = problem.system_identification([batch], theta)
+    lower, upper = problem.theta_bounds()
+    assert np.all(identified >= lower - 1e-12) and np.all(identified <= upper + 1e-12)
+
+
 @pytest.mark.parametrize('edit, message', [
     (lambda d: d['robot'].update(joints=['shoulder', 'wrist']),
      r"acrobot.yaml: field 'robot.joints\[1\]' = 'wrist': expected a moving joint of .*acrobot.urdf: one of \['shoulder', 'elbow'\]"),
@@ -136,6 +168,8 @@ def test_two_joint_robot_through_the_contract(pendulum_data):
      r"field 'simulator.parameters.damping@wrist' = 'wrist': expected one of the controlled joints"),
     (lambda d: d['initial_state'].update(position_range=[[-0.2, 0.2]]),
      r"field 'initial_state.position_range'"),
+    (lambda d: d['simulator']['parameters'].update({'delay@elbow': {'value': 0.01}}),
+     r"field 'simulator.parameters.delay@elbow' = 'elbow': expected delay without @: one value for the whole robot"),
     (lambda d: d['real'].update(damping=[0.1, -0.1]),
      r"field 'real.damping' = \[0.1, -0.1\]: expected one number or 2 numbers \(one per joint\), each >= 0.0"),
 ])

@@ -220,6 +220,64 @@ def test_step_gradients_match_float64_finite_differences():
     torch.testing.assert_close(together, alone)
 
 
+def delayed_model(substeps, max_delay=0.025):
+    physical = [PhysicalEntry('delay'), PhysicalEntry('damping', joints=(0, 1)), PhysicalEntry('motor_gain', joints=(0, 1))]
+    path, joints = ROBOTS['acrobot']
+    n = len(joints)
+    settings = UrdfSimulatorSettings(control_period=0.01, physics_substeps=substeps, effort_limit=(2.0,) * n)
+    return UrdfModel(RigidBodyDynamics(path, joints), settings, physical, ['angle'], [1e-3] * (2 * n),
+                     default_damping=[0.0] * n, default_friction=[0.0] * n, joint_lower=[-math.inf] * n,
+                     joint_upper=[math.inf] * n, angular=[True] * n, max_delay=max_delay)
+
+
+def test_actuation_delay_gradients_match_float64_finite_differences():
+    """d/d(log delay), state, action and the previous commands of one delayed step (fractional
+    delays, inside a substep and across command periods) against central finite differences."""
+    model = delayed_model(substeps=3)
+    assert model.action_history == 3                      # ceil(25 ms / 10 ms)
+    state = torch.tensor([[0.3, -0.2, 0.5, -0.4], [-0.1, 0.4, -0.2, 0.3]], dtype=torch.float64)
+    action = torch.tensor([[0.9, -0.7], [0.4, 1.1]], dtype=torch.float64)
+    history = torch.as_tensor(np.random.default_rng(0).uniform(-1.5, 1.5, (2, 3, 2)))
+    for delay in (0.0042, 0.0137, 0.0218):                # d / T = 0.42, 1.37, 2.18; d / dt not whole
+        theta = torch.log(torch.tensor([delay, 0.05, 0.8], dtype=torch.float64)).requires_grad_(True)
+        assert torch.autograd.gradcheck(lambda th, s, a, h: model.step_mean(s, a, th, h),
+                                        (theta, state.clone().requires_grad_(True), action.clone().requires_grad_(True),
+                                         history.clone().requires_grad_(True)), eps=1e-7, atol=1e-6)
+        # the delay matters: its derivative is not zero
+        (gradient,) = torch.autograd.grad(model.step_mean(state, action, theta, history).sum(), theta)
+        assert abs(float(gradient[0])) > 1e-4
+
+
+def test_whole_period_delay_applies_an_earlier_command():
+    """d = k T applies the command of k periods ago over the whole period (the stand-in's
+    integer delay); a small fraction mixes in the next older command in proportion."""
+    model = delayed_model(substeps=2)
+    plain = make_model('acrobot', substeps=2, implicit=True, damping=[0.05, 0.05])
+    state = torch.tensor([[0.3, -0.2, 0.5, -0.4]], dtype=torch.float64)
+    action = torch.tensor([[0.9, -0.7]], dtype=torch.float64)
+    history = torch.tensor([[[1.5, 0.2], [-0.6, 1.0], [0.3, -1.2]]], dtype=torch.float64)     # u_{k-3}, u_{k-2}, u_{k-1}
+    gain = 0.8
+    limit = 2.0
+
+    def undelayed(command):                 # the same step with ``command`` applied throughout, no delay entry
+        effort = gain * limit * torch.tanh(command / limit)          # the motor torque (plain: U = 1e6, gain 1)
+        return plain.step_mean_with(state, effort, plain.coefficients(torch.zeros(0, dtype=torch.float64)))
+    for periods, index in ((1, 2), (2, 1)):
+        theta = torch.log(torch.tensor([periods * 0.01, 0.05, gain], dtype=torch.float64))
+        torch.testing.assert_close(model.step_mean(state, action, theta, history), undelayed(history[:, index]),
+                                   rtol=1e-12, atol=1e-12)
+    # no history given = zeros before the episode: with d = 1 period the motor gets nothing
+    theta = torch.log(torch.tensor([0.01, 0.05, gain], dtype=torch.float64))
+    torch.testing.assert_close(model.step_mean(state, action, theta), undelayed(torch.zeros(1, 2, dtype=torch.float64)),
+                               rtol=1e-12, atol=1e-12)
+    # half a period (one substep of two): first substep u_{k-1}, second u_k -- differs from both
+    theta = torch.log(torch.tensor([0.005, 0.05, gain], dtype=torch.float64))
+    half = model.step_mean(state, action, theta, history)
+    assert float((half - undelayed(action)).abs().max()) > 1e-5 and float((half - undelayed(history[:, 2])).abs().max()) > 1e-5
+    with pytest.raises(ValueError, match=r'history of shape \(1, 2, 2\): expected \(\.\.\., 3, 2\)'):
+        model.step_mean(state, action, theta, history[:, 1:])
+
+
 def test_errors_name_file_element_and_value(tmp_path):
     with pytest.raises(UrdfError, match=r"joints\[1\]: 'wrist'.*one of \['shoulder', 'elbow'\]"):
         RigidBodyDynamics(SHARE / 'acrobot.urdf', ['shoulder', 'wrist'])

@@ -11,6 +11,7 @@ theta_full = [physical entries..., reward entries...], each the log of a positiv
 - ``mass_scale`` of a link (factor on the file's mass and inertia),
 - ``payload_mass`` at a link (a point mass at a known centre in the link frame),
 - per joint (or all controlled joints): ``damping``, ``coulomb_friction``, ``armature``, ``motor_gain``,
+- ``delay``: the actuation delay d in seconds (every joint; see below),
 - reward weights, one per reward term.
 
 Rigid-body terms M(q), h(q, qd) come from adam-robotics (``urdf_robot.RigidBodyDynamics``);
@@ -21,6 +22,15 @@ what no library gives is owned here.  Per physics substep (dt = control_period /
     q'    = q + dt qd'
 
 (U the effort limit, f Coulomb friction smoothed by tanh over v_s, D damping, A armature.)
+
+Actuation delay d (a ``delay`` entry): commands are held for a control period T (zero-order
+hold) and reach the motor d seconds late.  The torque of a substep [t, t + dt) is the mean of the
+delayed, saturated command over it: sum_i w_i gain U tanh(u_i / U) over the current command and
+the ``action_history`` = ceil(d_max / T) previous ones, w_i = (overlap of [t - d, t + dt - d) with
+command i's period) / dt -- exact for a held command, piecewise linear (so differentiable almost
+everywhere) in d, and whole periods of delay (d = k T) apply u_{t-k} as the pybullet stand-in
+does.  The previous commands are an input of the step (``history``, zeros before an episode's
+first command); d is clamped to [0, action_history * T].
 The implicit damping keeps stiff joints stable: the iiwa's URDF damping 0.5 against link 7's
 inertia 1e-3 makes explicit Euler diverge at dt = 10 ms.  Joint position limits act as stiff
 one-sided springs (``limit_stiffness``; 0 = none) -- smooth, so gradients exist.
@@ -41,9 +51,10 @@ import torch
 
 from .urdf_robot import RigidBodyDynamics
 
-PHYSICAL_KINDS = ('mass_scale', 'payload_mass', 'damping', 'coulomb_friction', 'armature', 'motor_gain')
+PHYSICAL_KINDS = ('mass_scale', 'payload_mass', 'damping', 'coulomb_friction', 'armature', 'motor_gain', 'delay')
 LINK_KINDS = ('mass_scale', 'payload_mass')
 JOINT_KINDS = ('damping', 'coulomb_friction', 'armature', 'motor_gain')
+ROBOT_KINDS = ('delay',)                    # one value for the whole robot: no @LINK / @JOINT
 REWARD_TERMS = ('angle', 'position', 'velocity', 'effort')
 
 
@@ -82,6 +93,7 @@ class Coefficients:
     armature: torch.Tensor
     gain: torch.Tensor
     extras: dict = field(default_factory=dict)
+    delay: Optional[torch.Tensor] = None     # (...,) seconds; None: no delay entry
 
 
 class UrdfModel:
@@ -90,7 +102,8 @@ class UrdfModel:
     def __init__(self, dynamics: RigidBodyDynamics, settings: UrdfSimulatorSettings,
                  physical: Sequence[PhysicalEntry], reward_terms: Sequence[str], noise_std, *,
                  default_damping: Sequence[float], default_friction: Sequence[float],
-                 joint_lower: Sequence[float], joint_upper: Sequence[float], angular: Sequence[bool]):
+                 joint_lower: Sequence[float], joint_upper: Sequence[float], angular: Sequence[bool],
+                 max_delay: float = 0.0):
         self.dynamics = dynamics
         self.settings = settings
         self.physical = tuple(physical)
@@ -115,6 +128,13 @@ class UrdfModel:
         self._effort_limit = torch.as_tensor(settings.effort_limit, dtype=torch.float64)
         targets = settings.reward_targets or (0.0,) * n
         self._targets = torch.as_tensor(targets, dtype=torch.float64)
+        # previous commands a step needs (ceil(d_max / T)); 0 without a delay entry
+        self.action_history = 0
+        if any(entry.kind == 'delay' for entry in self.physical):
+            if not max_delay > 0 or not math.isfinite(max_delay):
+                raise ValueError(f'UrdfModel: max_delay={max_delay!r}: expected the delay entry\'s upper bound '
+                                 '(seconds, > 0)')
+            self.action_history = max(1, math.ceil(max_delay / settings.control_period - 1e-9))
 
     # --- theta bookkeeping -----------------------------------------------------------------------
     def split(self, theta_full: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,10 +146,12 @@ class UrdfModel:
         batch = theta_phys.shape[:-1]
         per_joint = {kind: default.to(theta_phys).expand(batch + (self.n_joints,))
                      for kind, default in self._default.items()}
-        mass_scale, payloads = {}, {}
+        mass_scale, payloads, delay = {}, {}, None
         for index, entry in enumerate(self.physical):
             value = values[..., index]
-            if entry.kind == 'mass_scale':
+            if entry.kind == 'delay':
+                delay = value
+            elif entry.kind == 'mass_scale':
                 mass_scale[entry.link] = value
             elif entry.kind == 'payload_mass':
                 payloads[entry.link] = (value, torch.as_tensor(entry.center_of_mass, dtype=theta_phys.dtype,
@@ -140,14 +162,18 @@ class UrdfModel:
                 per_joint[entry.kind] = per_joint[entry.kind] * (1 - mask) + value[..., None] * mask
         return Coefficients(inertias={'mass_scale': mass_scale, 'payloads': payloads},
                             damping=per_joint['damping'], friction=per_joint['coulomb_friction'],
-                            armature=per_joint['armature'], gain=per_joint['motor_gain'])
+                            armature=per_joint['armature'], gain=per_joint['motor_gain'], delay=delay)
 
     # --- dynamics -------------------------------------------------------------------------------------
-    def step_mean(self, state: torch.Tensor, action: torch.Tensor, theta_phys: torch.Tensor) -> torch.Tensor:
-        return self.step_mean_with(state, action, self.coefficients(theta_phys))
+    def step_mean(self, state: torch.Tensor, action: torch.Tensor, theta_phys: torch.Tensor,
+                  history: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.step_mean_with(state, action, self.coefficients(theta_phys), history)
 
-    def step_mean_with(self, state: torch.Tensor, action: torch.Tensor, coefficients: Coefficients) -> torch.Tensor:
-        """Next state (..., 2n) from state (..., 2n) and efforts (..., n)."""
+    def step_mean_with(self, state: torch.Tensor, action: torch.Tensor, coefficients: Coefficients,
+                       history: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Next state (..., 2n) from state (..., 2n) and efforts (..., n); ``history``
+        (..., action_history, n): the previous commands, oldest first (None: zeros; read only
+        with a delay entry)."""
         s = self.settings
         dt = s.control_period / s.physics_substeps
         shape = state.shape[:-1]
@@ -168,9 +194,15 @@ class UrdfModel:
         armature, gain = per_sample(coefficients.armature), per_sample(coefficients.gain)
         limit = self._effort_limit.to(state)
         motor = gain * limit * torch.tanh(action.reshape(batch, n) / limit)
+        delayed = None
+        if coefficients.delay is not None:
+            delayed = self._delayed_commands(action.reshape(batch, n), history, shape, gain, limit,
+                                             per_sample_scalar(coefficients.delay))
         position, velocity = flat_state[:, :n], flat_state[:, n:]
         eye = torch.eye(n, dtype=state.dtype, device=state.device)
-        for _ in range(s.physics_substeps):
+        for substep in range(s.physics_substeps):
+            if delayed is not None:
+                motor = delayed(substep)
             mass_matrix, bias = self.dynamics.mass_matrix_and_bias(position, velocity, mass_scale=mass_scale,
                                                                    payloads=payloads)
             torque = (motor - friction * torch.tanh(velocity / s.friction_velocity_scale) - bias
@@ -184,10 +216,35 @@ class UrdfModel:
             position = position + dt * velocity
         return torch.cat([position, velocity], -1).reshape(shape + (2 * n,))
 
+    def _delayed_commands(self, action, history, shape, gain, limit, delay):
+        """substep -> motor torque (batch, n): the mean of the delayed, saturated held command
+        over the substep (module docstring); ``delay`` (batch,) in seconds."""
+        s = self.settings
+        length, n = self.action_history, self.n_joints
+        batch = action.shape[0]
+        if history is None:
+            history = torch.zeros(batch, length, n, dtype=action.dtype, device=action.device)
+        else:
+            if history.shape[-2:] != (length, n):
+                raise ValueError(f'UrdfModel.step_mean_with: history of shape {tuple(history.shape)}: expected '
+                                 f'(..., {length}, {n}) (the previous {length} commands, oldest first)')
+            history = history.to(action).expand(shape + (length, n)).reshape(batch, length, n)
+        commands = torch.cat([history, action[:, None]], 1)                      # u_{k-L} .. u_k
+        torques = gain[:, None] * limit * torch.tanh(commands / limit)            # (batch, L + 1, n)
+        lag = torch.clamp(delay / s.control_period, 0.0, float(length))[:, None]  # d / T
+        starts = torch.arange(-length, 1, dtype=action.dtype, device=action.device)   # command i holds [i, i + 1)
+        substeps = s.physics_substeps
+
+        def motor(substep: int) -> torch.Tensor:
+            begin, end = substep / substeps - lag, (substep + 1) / substeps - lag
+            overlap = torch.clamp(torch.minimum(end, starts + 1) - torch.maximum(begin, starts), min=0.0)
+            return (overlap[..., None] * substeps * torques).sum(1)
+        return motor
+
     def log_prob(self, next_state: torch.Tensor, state: torch.Tensor, action: torch.Tensor,
-                 theta_phys: torch.Tensor) -> torch.Tensor:
+                 theta_phys: torch.Tensor, history: Optional[torch.Tensor] = None) -> torch.Tensor:
         std = self.noise_std.to(next_state)
-        z = (next_state - self.step_mean(state, action, theta_phys)) / std
+        z = (next_state - self.step_mean(state, action, theta_phys, history)) / std
         return (-0.5 * z ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)).sum(-1)
 
     # --- reward and observation -----------------------------------------------------------------------

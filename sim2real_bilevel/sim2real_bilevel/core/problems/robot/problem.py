@@ -12,7 +12,7 @@ from ...problem import BilevelProblem, InnerResult, SensitivityTerms, Trajectori
 from ...robot_model import THETA_NAMES, PendulumGeometry, PendulumModel
 from .config import REAL_GRADIENT_ESTIMATORS, InnerSettings, read_problem_file
 from .estimators import alive_mask, cross_fitted_values, gae, value_features
-from .simulator import DTYPE, CommonNoise, InitialStateRange, PendulumSimulatorFamily, make_policy
+from .simulator import DTYPE, CommonNoise, InitialStateRange, PendulumSimulatorFamily, history_arguments, make_policy
 from .stepwise import PendulumController, PendulumRealSystem
 
 MAX_PARALLEL_EPISODES = 64       # emulators stepped side by side (one pybullet client each)
@@ -466,6 +466,12 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         next_states = torch.as_tensor(np.concatenate([b.states[:, 1:].reshape(-1, state_dim) for b in batches]),
                                       dtype=DTYPE)
         actions = torch.as_tensor(np.concatenate([b.actions.reshape(-1, action_dim) for b in batches]), dtype=DTYPE)
+        # a delayed simulator's previous commands, per transition in the same (episode, step) order
+        history = {}
+        if getattr(self.model, 'action_history', 0):
+            history = {'history': torch.cat([
+                history_arguments(self.model, torch.as_tensor(b.actions, dtype=DTYPE).transpose(0, 1))['history']
+                .transpose(0, 1).reshape((-1,) + (self.model.action_history, action_dim)) for b in batches])}
         theta = np.asarray(theta_init, dtype=np.float64).copy()
         dynamics = self.theta_groups()['dynamics']
         if not dynamics.any():
@@ -477,7 +483,7 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
             candidate[torch.as_tensor(dynamics)] = torch.as_tensor(values, dtype=DTYPE)
             candidate.requires_grad_(True)
             theta_phys = self.model.split(self.full_theta(candidate))[0]
-            loss = -self.model.log_prob(next_states, states, actions, theta_phys).mean()
+            loss = -self.model.log_prob(next_states, states, actions, theta_phys, **history).mean()
             (gradient,) = torch.autograd.grad(loss, candidate)
             return float(loss.detach()), gradient[torch.as_tensor(dynamics)].numpy()
 

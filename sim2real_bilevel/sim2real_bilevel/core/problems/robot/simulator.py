@@ -15,6 +15,21 @@ from ...robot_model import ACTION_DIM, OBSERVATION_DIM
 DTYPE = torch.float64
 
 
+def action_histories(actions: torch.Tensor, length: int) -> torch.Tensor:
+    """The ``length`` commands before each step of episodes ``actions`` (T, N, n), oldest first,
+    zeros before the first: (T, N, length, n) (a delayed simulator's ``history`` input)."""
+    steps, episodes, n = actions.shape
+    padded = torch.cat([actions.new_zeros((length, episodes, n)), actions], 0)
+    return padded.unfold(0, length, 1)[:steps].permute(0, 1, 3, 2)
+
+
+def history_arguments(model, actions: torch.Tensor) -> dict:
+    """``{'history': ...}`` for a model whose step reads previous commands (``action_history`` >
+    0: a delayed actuator), else {} (every other model's step takes (state, action) alone)."""
+    length = getattr(model, 'action_history', 0)
+    return {'history': action_histories(actions, length)} if length else {}
+
+
 @dataclass(frozen=True)
 class InitialStateRange:
     position: tuple[float, float]
@@ -80,9 +95,16 @@ class PendulumSimulatorFamily:
         std = torch.exp(self.policy.log_std(phi))
         state = noise.initial_states.to(phi.dtype)
         states, actions = [state], []
+        length = getattr(self.model, 'action_history', 0)         # previous commands a delayed step reads
+        history = {}
         for t in range(noise.action_noise.shape[0]):
             action = self.policy.mean(phi, self.model.observation(state)) + std * noise.action_noise[t]
-            state = self.model.step_mean_with(state, action, coefficients) + noise_std * noise.transition_noise[t]
+            if length:
+                recent = actions[-length:]
+                padding = [torch.zeros_like(action)] * (length - len(recent))
+                history = {'history': torch.stack(padding + recent, -2)}
+            state = (self.model.step_mean_with(state, action, coefficients, **history)
+                     + noise_std * noise.transition_noise[t])
             states.append(state)
             actions.append(action)
         states, actions = torch.stack(states), torch.stack(actions)
@@ -113,8 +135,11 @@ class PendulumSimulatorFamily:
         # (each copy's gradient is its own transition's score; the model takes a theta per sample)
         state_dim, action_dim = states.shape[-1], actions.shape[-1]
         theta_rows = theta_t.expand(horizon * n_episodes, theta_t.numel()).clone().requires_grad_(True)
+        history = {key: value.reshape((-1,) + value.shape[2:])
+                   for key, value in history_arguments(self.model, actions).items()}
         log_prob = self.model.log_prob(states[1:].reshape(-1, state_dim), states[:-1].reshape(-1, state_dim),
-                                       actions.reshape(-1, action_dim), self.model.split(self.full_theta(theta_rows))[0])
+                                       actions.reshape(-1, action_dim), self.model.split(self.full_theta(theta_rows))[0],
+                                       **history)
         (score,) = torch.autograd.grad(log_prob.sum(), theta_rows)
         dones = np.zeros((n_episodes, horizon), dtype=bool)
         dones[:, -1] = True
@@ -133,6 +158,7 @@ class PendulumSimulatorFamily:
         with torch.no_grad():
             mean = self.policy.mean(phi_t, self.model.observation(states[:-1]))
             action_noise = (actions - mean) / torch.exp(self.policy.log_std(phi_t))
-            transition_noise = ((states[1:] - self.model.step_mean(states[:-1], actions, theta_phys))
+            transition_noise = ((states[1:] - self.model.step_mean(states[:-1], actions, theta_phys,
+                                                                   **history_arguments(self.model, actions)))
                                 / self.model.noise_std)
         return CommonNoise(states[0], action_noise, transition_noise)

@@ -7,9 +7,9 @@ stand-in's unmodelled effects), ``simulator`` (theta entries, integrator setting
 and the learning sections shared with ``kind: robot`` (policy, inner, evaluation,
 real_gradient, outer).
 
-Theta entries are named ``KIND`` (joint kinds: every controlled joint), ``KIND@JOINT`` (one
-joint) or ``KIND@LINK`` (link kinds: ``mass_scale``, ``payload_mass`` with its
-``center_of_mass``).  Every error names the file, the field and the bad value.
+Theta entries are named ``KIND`` (joint kinds: every controlled joint; ``delay``: the actuation
+delay in seconds, one for the robot), ``KIND@JOINT`` (one joint) or ``KIND@LINK`` (link kinds:
+``mass_scale``, ``payload_mass`` with its ``center_of_mass``).  Every error names the file, the field and the bad value.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ...config import MAX_HORIZON, FieldReader
-from ...urdf_model import JOINT_KINDS, LINK_KINDS, REWARD_TERMS, PhysicalEntry, UrdfSimulatorSettings
+from ...urdf_model import JOINT_KINDS, LINK_KINDS, REWARD_TERMS, ROBOT_KINDS, PhysicalEntry, UrdfSimulatorSettings
 from ...urdf_robot import MOVING_JOINT_TYPES, UrdfError, read_urdf, resolve_urdf
 from ..robot.config import THETA_ENTRY_FIELDS, _range, read_learning_sections, read_theta_entry
 from ..robot.simulator import InitialStateRange
@@ -159,9 +159,14 @@ def read_problem_file(data: dict, source: str) -> dict:
             entry.reject_unknown(THETA_ENTRY_FIELDS)
             indices = (joints.index(target),) if target else tuple(range(n))
             physical.append(PhysicalEntry(kind, link=None, joints=indices))
+        elif kind in ROBOT_KINDS:
+            if target:
+                raise parameters.error(key, target, f'{kind} without @: one value for the whole robot')
+            entry.reject_unknown(THETA_ENTRY_FIELDS)
+            physical.append(PhysicalEntry(kind))
         else:
             raise parameters.error(key, entry.data, f'KIND, KIND@JOINT or KIND@LINK with KIND one of '
-                                   f'{list(LINK_KINDS + JOINT_KINDS)}')
+                                   f'{list(LINK_KINDS + JOINT_KINDS + ROBOT_KINDS)}')
         names.append(f'log_{key}')
         for values, value in zip((nominal, learn, lower, upper), read_theta_entry(entry)):
             values.append(value)

@@ -26,10 +26,11 @@ class UrdfProblem(RobotProblem):
         self.settings = settings
         joints = [description.joints[name] for name in joint_names]
         dynamics = RigidBodyDynamics(urdf_path, joint_names, gravity=settings.gravity)
+        delays = [math.exp(arguments['upper_full'][i]) for i, entry in enumerate(physical) if entry.kind == 'delay']
         model = UrdfModel(dynamics, settings, physical, reward_terms, transition_noise_std,
                           default_damping=[j.damping for j in joints], default_friction=[j.friction for j in joints],
                           joint_lower=[j.lower for j in joints], joint_upper=[j.upper for j in joints],
-                          angular=[j.type != 'prismatic' for j in joints])
+                          angular=[j.type != 'prismatic' for j in joints], max_delay=max(delays, default=0.0))
         super().__init__(geometry=None, real_parameters=real_parameters, real_substeps=real_substeps,
                          transition_noise_std=transition_noise_std, model=model, **arguments)
 
@@ -50,7 +51,9 @@ class UrdfProblem(RobotProblem):
                      'armature': truth.armature, 'motor_gain': truth.motor_gain}
         logs = []
         for index, entry in enumerate(self.model.physical):
-            if entry.kind == 'mass_scale':
+            if entry.kind == 'delay':
+                value = truth.actuation_delay_steps * self.settings.control_period
+            elif entry.kind == 'mass_scale':
                 value = truth.mass_scale.get(entry.link, 1.0)
             elif entry.kind == 'payload_mass':
                 value = truth.payloads.get(entry.link, (0.0, None))[0]
