@@ -27,7 +27,7 @@ damping and friction in theta) forward and forward + backward at each batch size
 (before) against the replayed recording (after), side by side with the ratio, and simulated
 transitions per second; on CUDA as well when a GPU is present (``torch.cuda.is_available()``).
 
-Times are wall-clock medians in one process (OMP_NUM_THREADS as set by the caller); on a
+Times are wall-clock medians (Parts 1-2) or the fastest of interleaved repeats (Parts 3-4) in one process (OMP_NUM_THREADS as set by the caller); on a
 shared machine they are upper bounds.
 """
 from __future__ import annotations
@@ -55,6 +55,18 @@ def robots() -> dict:
         'cartpole': (data / 'cartpole.urdf', ['slider_to_cart', 'cart_to_pole'], 'pole'),
         'iiwa': (data / 'kuka_iiwa' / 'model.urdf', [f'lbr_iiwa_joint_{i}' for i in range(1, 8)], 'lbr_iiwa_link_7'),
     }
+
+
+def interleaved_best_seconds(functions, repeats: int) -> list[float]:
+    """Fastest of ``repeats`` timings of each function, the functions taking turns (so that they
+    share the machine's load; the fastest is the least disturbed on a shared machine)."""
+    best = [math.inf] * len(functions)
+    for _ in range(repeats):
+        for index, function in enumerate(functions):
+            started = time.perf_counter()
+            function()
+            best[index] = min(best[index], time.perf_counter() - started)
+    return best
 
 
 def median_seconds(function, repeats: int) -> float:
@@ -268,23 +280,48 @@ def problem_rows(repeats) -> list[dict]:
     theta = torch.as_tensor(robot.theta0())
     noise = urdf._crn
     rows = []
-    for name, problem, traced in (('pendulum.yaml (kind: robot)', robot, None),
-                                  ('pendulum_urdf.yaml, adam eager (before)', urdf, False),
-                                  ('pendulum_urdf.yaml, replayed (after)', urdf, True)):
+    variants = (('pendulum.yaml (kind: robot)', robot, None),
+                ('pendulum_urdf.yaml, adam eager (before)', urdf, False),
+                ('pendulum_urdf.yaml, replayed (after)', urdf, True))
+    direction = torch.as_tensor(np.random.default_rng(1).standard_normal(phi.numel()))
+
+    def setting(problem, traced):
         if traced is not None:
             problem.model.dynamics.traced = traced
-        value = float(problem.sim_objective(phi, theta, noise))     # (records on first use)
 
-        def residual():
+    def objective(problem):
+        return lambda: problem.sim_objective(phi, theta, noise)
+
+    def residual(problem):
+        def run():
             point = phi.clone().requires_grad_(True)
             return torch.autograd.grad(problem.sim_objective(point, theta, noise), point)[0]
+        return run
+
+    def hessian_vector(problem):          # one CG iteration of the sensitivity: d/dphi (F . v)
+        def run():
+            point = phi.clone().requires_grad_(True)
+            (gradient,) = torch.autograd.grad(problem.sim_objective(point, theta, noise), point, create_graph=True)
+            return torch.autograd.grad(gradient @ direction, point)[0]
+        return run
+    for name, problem, traced in variants:
+        setting(problem, traced)
+        value = float(problem.sim_objective(phi, theta, noise))     # (records on first use)
+        for _ in range(2):                                            # torch.jit optimises on the 2nd-3rd call
+            residual(problem)()
+            hessian_vector(problem)()
         rows.append({'problem': name, 'episodes x steps': f'{noise.initial_states.shape[0]} x {noise.action_noise.shape[0]}',
-                     'J_sim': f'{value:.12g}',
-                     'J_sim s': median_seconds(lambda: problem.sim_objective(phi, theta, noise), repeats),
-                     'J_sim + F s': median_seconds(residual, repeats)})
+                     'J_sim': f'{value:.12g}'})
+    for column, make in (('J_sim s', objective), ('J_sim + F s', residual), ('F + Hv s', hessian_vector)):
+        functions = []
+        for name, problem, traced in variants:
+            run = make(problem)
+            functions.append(lambda run=run, problem=problem, traced=traced: (setting(problem, traced), run()))
+        for row, seconds in zip(rows, interleaved_best_seconds(functions, repeats)):
+            row[column] = seconds
     for row in rows:
-        row['J_sim / hand-written'] = row['J_sim s'] / rows[0]['J_sim s']
-        row['J_sim + F / hand-written'] = row['J_sim + F s'] / rows[0]['J_sim + F s']
+        for column in ('J_sim s', 'J_sim + F s', 'F + Hv s'):
+            row[f'{column[:-2]} / hand-written'] = row[column] / rows[0][column]
     return rows
 
 
@@ -318,19 +355,25 @@ def speed_rows(batches, repeats, robot_names=('pendulum', 'acrobot', 'iiwa')) ->
                 states = torch.as_tensor(rng.uniform(-0.5, 0.5, (batch, 2 * n)), device=device)
                 actions = torch.as_tensor(rng.uniform(-0.5, 0.5, (batch, n)), device=device)
                 row = {'device': device, 'robot': robot, 'batch': batch}
-                for traced, label in ((False, 'before'), (True, 'after')):
+                forwards, boths = [], []
+                for traced in (False, True):
                     model = models[traced]
 
-                    def forward():
+                    def forward(model=model):
                         model.step_mean(states, actions, theta)
                         synchronise()
 
-                    def both():
+                    def both(model=model):
                         model.step_mean(states, actions, theta).sum().backward()
                         synchronise()
-                    both()                                   # records (after) and warms up
-                    row[f'fwd ms {label}'] = 1e3 * median_seconds(forward, repeats)
-                    row[f'fwd+bwd ms {label}'] = 1e3 * median_seconds(both, repeats)
+                    for _ in range(3):                       # records (after); torch.jit optimises on the 2nd-3rd call
+                        forward()
+                        both()
+                    forwards.append(forward)
+                    boths.append(both)
+                (row['fwd ms before'], row['fwd ms after'], row['fwd+bwd ms before'],
+                 row['fwd+bwd ms after']) = (1e3 * t for t in interleaved_best_seconds(
+                     [forwards[0], forwards[1], boths[0], boths[1]], repeats))
                 row['fwd speed-up'] = row['fwd ms before'] / row['fwd ms after']
                 row['fwd+bwd speed-up'] = row['fwd+bwd ms before'] / row['fwd+bwd ms after']
                 row['transitions/s fwd after'] = 1e3 * batch / row['fwd ms after']
