@@ -323,7 +323,6 @@ class RigidBodyDynamics:
         self._node_links = [node.get_elements()[0].name for node in algorithms.model.tree]
         self._base_inertias = [algorithms._spatial_inertias[i] for i in range(len(self._node_links))]
         self._base_stack = torch.stack([inertia.array for inertia in self._base_inertias])     # (L, 6, 6)
-        self._link_index = {name: index for index, name in enumerate(self._node_links)}
         self.n_joints = len(self.joint_names)
         self.traced = bool(traced)
         self._recordings: OrderedDict = OrderedDict()
