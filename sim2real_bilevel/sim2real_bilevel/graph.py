@@ -243,6 +243,16 @@ def typed_value(name: str, text: str):
     return text
 
 
+def fixed_parameters(mode: str, members: tuple[NodeSpec, ...], arguments: dict[str, str]) -> dict:
+    """What the mode (``MODE_PARAMETERS``) and ``robot_mode`` with its pass-through arguments
+    (``realtime_overrides``) set for these nodes, in the pip-only launcher and the launch files alike."""
+    values = {}
+    for member in members:
+        values.update(MODE_PARAMETERS[mode].get(member.name, {}))
+        values.update(realtime_overrides(member.name, arguments))
+    return values
+
+
 def parameter_overrides(spec: NodeSpec, arguments: dict[str, str], mode: str,
                         members: tuple[NodeSpec, ...] = ()) -> dict:
     """The parameters a node gets from the launch arguments and its mode (``MODE_PARAMETERS``),
@@ -250,10 +260,7 @@ def parameter_overrides(spec: NodeSpec, arguments: dict[str, str], mode: str,
     parameter a member does not declare is ignored by it).
 
     Empty ``run_dir`` means "the node's default" and is not passed."""
-    values = {}
-    for member in members or (spec,):
-        values.update(MODE_PARAMETERS[mode].get(member.name, {}))
-        values.update(realtime_overrides(member.name, arguments))
+    values = fixed_parameters(mode, members or (spec,), arguments)
     for name in spec.overrides:
         if name not in arguments:
             continue
@@ -356,9 +363,7 @@ def launch_description(mode: str):
             overrides = {('autostart' if name == 'autostart_bridge' else name):
                          ParameterValue(LaunchConfiguration(name), value_type=types[name]) for name in spec.overrides}
             robot = {name: LaunchConfiguration(name).perform(context) for name in ('robot_mode', *REALTIME_ARGUMENTS)}
-            for member in members:
-                overrides.update(MODE_PARAMETERS[mode].get(member.name, {}))
-                overrides.update(realtime_overrides(member.name, robot))
+            overrides.update(fixed_parameters(mode, members, robot))
             common = dict(package=PACKAGE, executable=spec.executable, output='screen',
                           parameters=[LaunchConfiguration('params_file'), overrides],
                           remappings=list(spec.remappings),

@@ -200,6 +200,9 @@ def test_robot_mode_realtime_sets_the_emulator_and_the_bridge_loop_and_passes_th
     assert (emulator['state_latency_s'], emulator['state_jitter_s'], emulator['state_drop_rate'],
             emulator['command_latency_s']) == (0.01, 0.005, 0.05, 0.002)
     assert 'command_jitter_s' not in emulator and 'control_rate' not in emulator        # empty: the params file's
+    # what the launch files add to each node's parameters (graph.launch_description calls the same)
+    robot = graph.fixed_parameters('sim_only', (graph.HARDWARE_BRIDGE, graph.ROBOT_EMULATOR), arguments)
+    assert robot['loop'] == 'timer' and robot['mode'] == 'realtime' and robot['state_drop_rate'] == 0.05
     optimizer = graph.parameter_overrides(graph.OUTER_OPTIMIZER, arguments, 'sim_only')
     assert not set(optimizer) & {'mode', 'loop', 'transport', 'control_rate', 'state_rate'}
     # the processes get them as -p overrides, in a robot container too (each member takes its own)
@@ -220,22 +223,3 @@ def test_robot_mode_arguments_are_checked_before_anything_starts(assignments, me
     with pytest.raises(launcher.LaunchError, match=message):
         launcher.parse_assignments('sim_only', assignments)
 
-
-@pytest.mark.skipif(importlib.util.find_spec('launch_ros') is None, reason='launch_ros is not installed')
-def test_launch_file_passes_robot_mode_to_the_nodes():
-    from launch import LaunchContext
-    from launch.actions import GroupAction, OpaqueFunction
-    from launch_ros.actions import Node
-    description = graph.launch_description('sim_only')
-    opaque = next(e for e in description.entities if isinstance(e, OpaqueFunction))
-    context = LaunchContext()
-    context.launch_configurations.update(graph.argument_defaults('sim_only') | {
-        'robot_mode': 'realtime', 'control_rate': '200', 'state_drop_rate': '0.05'})
-    group = next(e for e in opaque.execute(context) if isinstance(e, GroupAction))
-    nodes = {n.node_executable: n for n in group.get_sub_entities() if isinstance(n, Node)}
-
-    def fixed(node):        # the dict of fixed overrides after the params file
-        return next(p for p in node._Node__parameters if isinstance(p, dict))
-    bridge, emulator = fixed(nodes['hardware_bridge']), fixed(nodes['robot_emulator'])
-    assert bridge['loop'] == 'timer' and bridge['transport'] == 'topics' and bridge['control_rate'] == 200.0
-    assert emulator['mode'] == 'realtime' and emulator['state_drop_rate'] == 0.05
