@@ -449,7 +449,8 @@ class HardwareBridge(LifecycleNode):
                     KeyValue(key='command_filter', value=str(self.filter_counts)),
                     KeyValue(key='newest_policy_version', value=str(self.newest_policy_version)),
                     KeyValue(key='signed_goals_only', value=str(self.verifier is not None)),
-                    KeyValue(key='results_resent', value=str(self.requests.resent))]
+                    KeyValue(key='results_resent', value=str(self.requests.resent)),
+                    KeyValue(key='goals_handed_in_process', value=str(self.in_process_calls))]
             + key_values(self.loop_timing, prefix='loop_'))
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()

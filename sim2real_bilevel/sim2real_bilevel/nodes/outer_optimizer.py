@@ -388,7 +388,8 @@ class OuterOptimizer(Node):
                                (f', {self.run_dir / "bag"}' if self.recording else '') +
                                f'; {loop.replayed_real_batches} real batch(es) reused from before a restart, '
                                f'{self.actions.retries} goal(s) sent again, {self.actions.in_process_calls} '
-                               'handed over in-process')
+                               f'handed over in-process, {self.publications.skipped} publication(s) recorded '
+                               'directly with no subscriber to send them to')
 
     def _after_results(self, what: str, action) -> None:
         try:
