@@ -96,7 +96,10 @@ def measure(rate: float, ticks: int, problem_file: Path, environment: dict, out:
     from sim2real_bilevel.nodes import conversions, provenance
     from sim2real_bilevel.nodes.action_calls import wait_for_result
 
-    namespace = f'/timing_{int(rate)}'
+    # a namespace of its own per run: a stopped run's server may linger in the ROS graph, and a goal
+    # sent to it would never be answered
+    measure.runs = getattr(measure, 'runs', 0) + 1
+    namespace = f'/timing_{int(rate)}_{measure.runs}'
     problem = load_problem(problem_file)
     bridge = start_node('hardware_bridge', namespace, {
         'problem': problem_file, 'autostart': 'true', 'transport': 'topics', 'loop': 'timer',
