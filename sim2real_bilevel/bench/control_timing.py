@@ -104,7 +104,7 @@ def measure(rate: float, ticks: int, problem_file: Path, environment: dict, out:
     bridge = start_node('hardware_bridge', namespace, {
         'problem': problem_file, 'autostart': 'true', 'transport': 'topics', 'loop': 'timer',
         'position_limit': '100.0', 'velocity_limit': '1000.0', 'max_deadline_misses': str(10 ** 9),
-        'max_state_age_s': '1.0', 'max_episodes': '100000'}, environment, out / f'bridge_{rate:g}.log')
+        'max_state_age_s': '1.0', 'max_episodes': '100000', 'reset_timeout_s': '120.0'}, environment, out / f'bridge_{rate:g}.log')
     emulator = start_node('robot_emulator', namespace, {'problem': problem_file, 'mode': 'realtime'},
                           environment, out / f'emulator_{rate:g}.log')
     executor = SingleThreadedExecutor(context=node.context)
