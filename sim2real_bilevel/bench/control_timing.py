@@ -17,6 +17,9 @@ max_state_age_s) so that the loop is measured, not stopped.
 
     python sim2real_bilevel/bench/control_timing.py --rates 100 500 --loads idle busy --ticks 2000
 
+``--ref REF`` (with ``--repeat N``) runs the nodes of git ref REF too, alternating with this
+checkout's at every rate (column ``code``): before and after out of one run.
+
 Prints one table and writes ``timing.json`` into ``--out``.  Timings are upper bounds on a
 shared, loaded machine: the load average at the start of each row is printed with it.
 """
@@ -42,14 +45,15 @@ from soak import claim_domain_id, graph_environment, soak_params_file  # noqa: E
 from sim2real_bilevel.tools import launcher  # noqa: E402
 
 PENDULUM = PACKAGE_ROOT / 'config' / 'pendulum.yaml'
-COLUMNS = ('load', 'rate_hz', 'ticks', 'jitter_p50_ms', 'jitter_p99_ms', 'jitter_max_ms', 'age_p50_ms',
-           'age_p99_ms', 'misses_per_1000', 'dropped', 'policy_p99_ms', 'policy_p99_of_period', 'work_p99_ms',
-           'loadavg')
+COLUMNS = ('code', 'load', 'rate_hz', 'ticks', 'jitter_p50_ms', 'jitter_p99_ms', 'jitter_max_ms', 'age_p50_ms',
+           'age_p99_ms', 'misses_per_1000', 'dropped', 'policy_p99_ms', 'policy_p99_of_period', 'work_p50_ms',
+           'work_p99_ms', 'loadavg')
 KEYS = {'ticks': 'ticks', 'jitter_p50_ms': 'period_jitter_p50_ms', 'jitter_p99_ms': 'period_jitter_p99_ms',
         'jitter_max_ms': 'period_jitter_max_ms', 'age_p50_ms': 'state_age_p50_ms',
         'age_p99_ms': 'state_age_p99_ms', 'misses_per_1000': 'misses_per_1000_ticks',
         'dropped': 'dropped_states', 'policy_p99_ms': 'policy_time_p99_ms',
-        'policy_p99_of_period': 'policy_time_p99_of_period', 'work_p99_ms': 'tick_work_p99_ms'}
+        'policy_p99_of_period': 'policy_time_p99_of_period', 'work_p50_ms': 'tick_work_p50_ms',
+        'work_p99_ms': 'tick_work_p99_ms'}
 
 
 def problem_at_rate(rate: float, directory: Path) -> Path:
@@ -92,12 +96,15 @@ def measure(rate: float, ticks: int, problem_file: Path, environment: dict, out:
     from sim2real_bilevel.nodes import conversions, provenance
     from sim2real_bilevel.nodes.action_calls import wait_for_result
 
-    namespace = f'/timing_{int(rate)}'
+    # a namespace of its own per run: a stopped run's server may linger in the ROS graph, and a goal
+    # sent to it would never be answered
+    measure.runs = getattr(measure, 'runs', 0) + 1
+    namespace = f'/timing_{int(rate)}_{measure.runs}'
     problem = load_problem(problem_file)
     bridge = start_node('hardware_bridge', namespace, {
         'problem': problem_file, 'autostart': 'true', 'transport': 'topics', 'loop': 'timer',
         'position_limit': '100.0', 'velocity_limit': '1000.0', 'max_deadline_misses': str(10 ** 9),
-        'max_state_age_s': '1.0', 'max_episodes': '100000'}, environment, out / f'bridge_{rate:g}.log')
+        'max_state_age_s': '1.0', 'max_episodes': '100000', 'reset_timeout_s': '120.0'}, environment, out / f'bridge_{rate:g}.log')
     emulator = start_node('robot_emulator', namespace, {'problem': problem_file, 'mode': 'realtime'},
                           environment, out / f'emulator_{rate:g}.log')
     executor = SingleThreadedExecutor(context=node.context)
@@ -180,8 +187,17 @@ def main(argv=None) -> int:
     parser.add_argument('--loads', nargs='+', default=['idle', 'busy'], choices=['idle', 'busy'])
     parser.add_argument('--ticks', type=int, default=2000, help='control ticks per rate and load (at least)')
     parser.add_argument('--out', type=Path, default=Path(tempfile.mkdtemp(prefix='control_timing_')))
+    parser.add_argument('--ref', action='append', default=[],
+                        help='also run the nodes of this git ref, alternating with this checkout\'s at every rate '
+                             '(column code), so before and after come out of one run')
+    parser.add_argument('--repeat', type=int, default=1, help='runs of each code at each rate, alternating')
     args = parser.parse_args(argv)
     environment, _lock = bench_environment(args.out)
+    codes = {'this': environment}
+    for ref in args.ref:
+        from ros_overhead import extract_ref
+        package = extract_ref(ref, args.out)
+        codes[ref] = dict(environment, PYTHONPATH=os.pathsep.join([str(package), environment['PYTHONPATH']]))
     os.environ.update({k: environment[k] for k in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_LOG_DIR')})
     os.environ.pop('ROS_LOCALHOST_ONLY', None)
     import rclpy
@@ -194,17 +210,18 @@ def main(argv=None) -> int:
             busy = start_busy_graph(environment, args.out) if load == 'busy' else None
             progress: list[int] = []
             try:
-                for rate in args.rates:
+                runs = [(rate, code) for rate in args.rates for _ in range(args.repeat) for code in codes]
+                for rate, code in runs:           # the codes alternate at each rate
                     if busy is not None:
                         drain(busy, progress)
                     loadavg = os.getloadavg()[0]
-                    figures = measure(rate, args.ticks, problem_at_rate(rate, args.out), environment, args.out, node)
-                    row = {'load': load, 'rate_hz': f'{rate:g}', 'loadavg': loadavg,
-                           **{column: figures[key] for column, key in KEYS.items()}}
+                    figures = measure(rate, args.ticks, problem_at_rate(rate, args.out), codes[code], args.out, node)
+                    row = {'code': code, 'load': load, 'rate_hz': f'{rate:g}', 'loadavg': loadavg,
+                           **{column: figures.get(key, math.nan) for column, key in KEYS.items()}}
                     row['ticks'] = int(row['ticks'])
                     row['dropped'] = int(row['dropped'])
                     rows.append(row)
-                    print(f'[control_timing] {load} {rate:g} Hz: {json.dumps(figures)}', flush=True)
+                    print(f'[control_timing] {code} {load} {rate:g} Hz: {json.dumps(figures)}', flush=True)
                     if busy is not None and len(busy.alive()) != len(busy.plans):
                         raise RuntimeError(f'the busy graph lost nodes: alive {busy.alive()}')
             finally:

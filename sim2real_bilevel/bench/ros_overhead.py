@@ -16,7 +16,8 @@ same checkpoints and real batches on disk as the graph, which always persists it
 ``--run-root /dev/shm`` to take the disk's fsync latency out of both).
 
 Each ``--variant NAME=ARGS`` is one graph run per problem with extra launch arguments (e.g.
-``--variant composed=containers:=learning,robot``); ``--ref REF`` adds a variant running the code
+``--variant composed=containers:=learning,robot``) and node parameters (``NODE.PARAM:=VALUE``,
+e.g. ``outer_optimizer.write_behind:=true``); ``--ref REF`` adds a variant running the code
 of git ref REF (``git archive``, on PYTHONPATH ahead of this checkout), so before and after
 come out of one run:
 
@@ -35,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -57,6 +58,8 @@ class Variant:
     arguments: list[str]
     package_root: Path = PACKAGE_ROOT
     """The sim2real_bilevel package folder whose code (and config) this variant runs."""
+    parameters: dict = field(default_factory=dict)
+    """``node.parameter`` -> value written into the variant's params file (``NODE.PARAM:=VALUE`` tokens)."""
 
 
 @dataclass
@@ -82,20 +85,15 @@ def core_run(problem_name: str, seed: int, iterations: int, run_dir: Optional[Pa
     return Timing(time.perf_counter() - started, np.array([r.theta for r in run.history]))
 
 
-BENCH_PARAMETERS = {'outer_optimizer.evaluator_timeout_s': 3600.0, 'outer_optimizer.goal_timeout_s': 3600.0}
-"""Set in every graph run: on a loaded machine the emulator's exact evaluation of a pendulum policy
-can outlast the shipped 5 s evaluator timeout, and a run_episodes goal sent meanwhile the shipped
-10 s goal timeout (the emulator serves one call at a time); this bench measures the loop, not
-the fault handling."""
-
-
 def params_file(variant: Variant, problem: str, iterations: int, directory: Path) -> Path:
-    """The variant's shipped parameter file of ``problem`` with the optimizer's iteration count and
-    ``BENCH_PARAMETERS``."""
+    """The variant's shipped parameter file of ``problem`` with the optimizer's iteration count (the
+    shipped timeouts hold: ``evaluator_timeout_s`` covers only the evaluator service appearing, its
+    answers have ``evaluator_answer_timeout_s``, and the emulator evaluates off its executor, so a
+    run_episodes goal is served meanwhile)."""
     import yaml
     document = yaml.safe_load((variant.package_root / 'config' / f'{problem}_params.yaml').read_text())
     document.setdefault('/**/outer_optimizer', {}).setdefault('ros__parameters', {})['iterations'] = iterations
-    for key, value in BENCH_PARAMETERS.items():
+    for key, value in variant.parameters.items():
         node, _, parameter = key.partition('.')
         document.setdefault(f'/**/{node}', {}).setdefault('ros__parameters', {})[parameter] = value
     path = directory / f'{variant.name}_{problem}_params.yaml'
@@ -136,10 +134,20 @@ def extract_ref(ref: str, directory: Path) -> Path:
 
 
 def parse_variant(text: str) -> Variant:
+    """NAME=ARGS: launch arguments (``containers:=learning``) and node parameters for the params
+    file (``outer_optimizer.write_behind:=true``, the value read as YAML)."""
+    import yaml
     name, separator, arguments = text.partition('=')
     if not separator or not name:
         raise argparse.ArgumentTypeError(f'--variant {text!r}: expected NAME=ARGS (ARGS may be empty)')
-    return Variant(name, arguments.split())
+    launch, parameters = [], {}
+    for token in arguments.split():
+        key, _, value = token.partition(':=')
+        if '.' in key:
+            parameters[key] = yaml.safe_load(value)
+        else:
+            launch.append(token)
+    return Variant(name, launch, parameters=parameters)
 
 
 def format_table(rows: list[dict], variants: list[str]) -> str:
@@ -171,8 +179,10 @@ def main(argv=None) -> int:
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--variant', type=parse_variant, action='append', default=[],
                         help='NAME=LAUNCH ARGS: a graph run per problem (default: graph=, the plain launch)')
-    parser.add_argument('--ref', action='append', default=[],
-                        help='also run the graph of this git ref (named after it, plain launch)')
+    parser.add_argument('--ref', action='append', default=[], metavar='REF[:LABEL=ARGS]',
+                        help='also run the graph of this git ref (named after it, plain launch); with :LABEL=ARGS named '
+                             'REF-LABEL, with those launch arguments / NODE.PARAM:=VALUE (e.g. '
+                             'main:composed=containers:=learning,robot)')
     parser.add_argument('--out', type=Path, default=None, help='folder for summary.json, table.txt and the logs')
     parser.add_argument('--repeat', type=int, default=3,
                         help='runs of each configuration, interleaved; the fastest counts (the least disturbed by '
@@ -186,7 +196,13 @@ def main(argv=None) -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix='ros_overhead-'))
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix='ros_overhead-work-'))
-    variants = [Variant(ref, [], extract_ref(ref, work)) for ref in args.ref]
+    variants = []
+    for text in args.ref:
+        head, separator, arguments = text.partition('=')
+        ref, _, label = head.partition(':')
+        variant = parse_variant(f'{ref}-{label}={arguments}' if label else f'{ref}={arguments}')
+        variant.package_root = extract_ref(ref, work)
+        variants.append(variant)
     variants += args.variant or ([] if args.ref else [Variant('graph', [])])
     run_root = Path(tempfile.mkdtemp(prefix='ros_overhead-runs-', dir=args.run_root))
     domain, lock = claim_domain_id()

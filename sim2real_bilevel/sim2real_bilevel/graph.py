@@ -106,6 +106,51 @@ MODE_ARGUMENTS: dict[str, tuple[str, dict[str, str]]] = {
 }
 BOOLEAN_ARGUMENTS = ('use_sim_time', 'autostart_bridge', 'safe_improvement')
 
+# The robot's timing (issue 13): ``robot_mode:=realtime`` runs the robot_emulator on a wall-clock
+# timer (``mode: realtime``) and the bridge's timer-driven control loop on the topic transport;
+# the arguments below pass the rates and the injected faults through (empty: the params file's).
+ROBOT_MODES = ('lockstep', 'realtime')
+REALTIME_PARAMETERS: dict[str, dict] = {
+    'hardware_bridge': {'transport': 'topics', 'loop': 'timer'},
+    'robot_emulator': {'mode': 'realtime'},
+}
+REALTIME_ARGUMENTS: dict[str, tuple[str, str]] = {
+    'control_rate': ('hardware_bridge', "the bridge's control loop rate (Hz; 0: the controller's own rate)"),
+    'state_rate': ('robot_emulator', 'joint_states rate of the real-time robot (Hz; 0: every physics step)'),
+    **{f'{direction}_{fault}': ('robot_emulator', f'{what} of {messages} on the real-time robot')
+       for direction, messages in (('state', 'joint_states'), ('command', 'commands'))
+       for fault, what in (('latency_s', 'delay (s)'), ('jitter_s', 'delay variation +- (s)'),
+                           ('drop_rate', 'loss probability'))},
+}
+"""Launch argument -> (the node whose parameter of that name it sets, description)."""
+
+
+def realtime_overrides(node_name: str, arguments: dict[str, str]) -> dict:
+    """The parameters ``robot_mode`` and its pass-through arguments give node ``node_name``;
+    a bad value or a pass-through argument without ``robot_mode:=realtime`` is a ValueError
+    naming the argument."""
+    robot_mode = arguments.get('robot_mode', 'lockstep').strip() or 'lockstep'
+    if robot_mode not in ROBOT_MODES:
+        raise ValueError(f'launch argument robot_mode:={robot_mode!r}: expected one of {list(ROBOT_MODES)}')
+    values = dict(REALTIME_PARAMETERS.get(node_name, {})) if robot_mode == 'realtime' else {}
+    for name, (node, _) in REALTIME_ARGUMENTS.items():
+        text = arguments.get(name, '').strip()
+        if not text:
+            continue
+        if robot_mode != 'realtime':
+            raise ValueError(f'launch argument {name}:={text!r} applies to the real-time robot only: add '
+                             'robot_mode:=realtime')
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f'launch argument {name}:={text!r}: expected a number') from None
+        if not value >= 0.0:
+            raise ValueError(f'launch argument {name}:={text!r}: expected a number >= 0')
+        if node == node_name:
+            values[name] = value
+    return values
+
+
 LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument('problem', 'discrete_3s2a',
                    'problem file: a shipped name (discrete_3s2a, lqr, ...) or a path to a YAML file'),
@@ -122,6 +167,12 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument('containers', '', 'comma-separated sides of the graph to run as one process each, on one '
                    'executor: ' + ', '.join(f'{name} ({"/".join(members)})' for name, members in CONTAINERS.items())
                    + '; empty: one process per node'),
+    LaunchArgument('robot_mode', 'lockstep', "the robot's timing: lockstep (the emulator steps once per command, "
+                   'as fast as the loop asks) or realtime (the emulator on a wall-clock timer, the bridge on its '
+                   'timer-driven control loop over the topics; with the arguments control_rate, state_rate and '
+                   "state_/command_ latency_s, jitter_s, drop_rate; empty ones keep the params file's values)"),
+    *(LaunchArgument(name, '', f'robot_mode:=realtime: {description} (empty: the params file\'s)')
+      for name, (_, description) in REALTIME_ARGUMENTS.items()),
 )
 
 
@@ -192,6 +243,16 @@ def typed_value(name: str, text: str):
     return text
 
 
+def fixed_parameters(mode: str, members: tuple[NodeSpec, ...], arguments: dict[str, str]) -> dict:
+    """What the mode (``MODE_PARAMETERS``) and ``robot_mode`` with its pass-through arguments
+    (``realtime_overrides``) set for these nodes, in the pip-only launcher and the launch files alike."""
+    values = {}
+    for member in members:
+        values.update(MODE_PARAMETERS[mode].get(member.name, {}))
+        values.update(realtime_overrides(member.name, arguments))
+    return values
+
+
 def parameter_overrides(spec: NodeSpec, arguments: dict[str, str], mode: str,
                         members: tuple[NodeSpec, ...] = ()) -> dict:
     """The parameters a node gets from the launch arguments and its mode (``MODE_PARAMETERS``),
@@ -199,9 +260,7 @@ def parameter_overrides(spec: NodeSpec, arguments: dict[str, str], mode: str,
     parameter a member does not declare is ignored by it).
 
     Empty ``run_dir`` means "the node's default" and is not passed."""
-    values = {}
-    for member in members or (spec,):
-        values.update(MODE_PARAMETERS[mode].get(member.name, {}))
+    values = fixed_parameters(mode, members or (spec,), arguments)
     for name in spec.overrides:
         if name not in arguments:
             continue
@@ -303,8 +362,8 @@ def launch_description(mode: str):
         for spec, members in processes(mode, LaunchConfiguration('containers').perform(context)):
             overrides = {('autostart' if name == 'autostart_bridge' else name):
                          ParameterValue(LaunchConfiguration(name), value_type=types[name]) for name in spec.overrides}
-            for member in members:
-                overrides.update(MODE_PARAMETERS[mode].get(member.name, {}))
+            robot = {name: LaunchConfiguration(name).perform(context) for name in ('robot_mode', *REALTIME_ARGUMENTS)}
+            overrides.update(fixed_parameters(mode, members, robot))
             common = dict(package=PACKAGE, executable=spec.executable, output='screen',
                           parameters=[LaunchConfiguration('params_file'), overrides],
                           remappings=list(spec.remappings),

@@ -232,3 +232,93 @@ def test_history_shorter_than_the_checkpoint_says_is_an_error(tmp_path):
     (tmp_path / checkpoint.HISTORY).write_text(''.join(lines[:2]))
     with pytest.raises(checkpoint.CheckpointError, match='holds 2 complete iteration records; the checkpoint counts 4'):
         _run('bilevel', 3, tmp_path)
+
+
+# --- write-behind ------------------------------------------------------------------------------------------
+def _run_dir_files(run_dir):
+    """The run dir's files and their bytes, but the checkpoints' (whose metadata holds wall times);
+    history.jsonl as its records without their wall-clock fields."""
+    files = {path.relative_to(run_dir).as_posix(): path.read_bytes() for path in sorted(run_dir.rglob('*'))
+             if path.is_file() and 'checkpoint' not in path.name}
+    files[checkpoint.HISTORY] = [{k: v for k, v in json.loads(line).items() if k not in ('wall_time_s', 'timing')}
+                                 for line in files[checkpoint.HISTORY].splitlines()]
+    return files
+
+
+def test_write_behind_writes_what_the_synchronous_run_writes(tmp_path):
+    synchronous, _ = _run('bilevel', 6, tmp_path / 'sync')
+    run = make_run(_problem(), 'bilevel', seed=3, iterations=6, overrides={'real_episodes': 2})
+    run.attach_run_dir(tmp_path / 'behind')
+    writer = run.write_behind()
+    run.run()
+    run.close_writer()
+    assert writer.written > 0 and run.writer is None
+    assert _trajectory(run) == _trajectory(synchronous)
+    assert _run_dir_files(tmp_path / 'behind') == _run_dir_files(tmp_path / 'sync')
+    meta, arrays = checkpoint.load_checkpoint(tmp_path / 'behind')
+    assert meta['iteration'] == 6 and meta['history_length'] == 7 and np.array_equal(arrays['theta'], run.theta)
+    # a run stopped after 4 of 6 iterations resumes bit-identically from the files written behind
+    stopped = make_run(_problem(), 'bilevel', seed=3, iterations=6, overrides={'real_episodes': 2})
+    stopped.attach_run_dir(tmp_path / 'stopped')
+    stopped.write_behind()
+    stopped.run(4)
+    stopped.close_writer()
+    resumed, was_resumed = _run('bilevel', 6, tmp_path / 'stopped')
+    assert was_resumed and resumed.replayed_real_batches == 0
+    assert _trajectory(resumed) == _trajectory(synchronous)
+
+
+def test_write_behind_is_bounded_ordered_and_flushed_at_close(tmp_path, monkeypatch):
+    """A disk slower than the loop: the loop waits once max_pending writes are queued, and close
+    returns only when every write is on disk, in the order asked."""
+    import threading
+    import time
+    gate, order, original = threading.Event(), [], checkpoint.atomic_write_bytes
+
+    def slow(path, data):
+        gate.wait()
+        order.append(path.name)
+        original(path, data)
+    monkeypatch.setattr(checkpoint, 'atomic_write_bytes', slow)
+    writer = checkpoint.WriteBehind(max_pending=2)
+    for index in range(1, 4):          # one taken by the writer (held at the gate), two queued
+        checkpoint.save_pending_request(tmp_path, {'index': index}, writer)
+    fourth = threading.Thread(target=checkpoint.save_pending_request, args=(tmp_path, {'index': 4}, writer))
+    fourth.start()
+    fourth.join(timeout=0.5)
+    assert fourth.is_alive() and writer.pending() == 3          # blocked: the queue is full
+    assert not (tmp_path / checkpoint.REAL_DIR / checkpoint.PENDING).exists()
+    gate.set()
+    fourth.join(timeout=10.0)
+    assert not fourth.is_alive()
+    checkpoint.save_checkpoint(tmp_path, {'iteration': 9}, {'theta': np.zeros(2)}, writer)
+    writer.close()
+    assert writer.pending() == 0 and writer.written == 5
+    assert order == [checkpoint.PENDING] * 4 + [checkpoint.CHECKPOINT]
+    assert checkpoint.load_pending_request(tmp_path) == {'index': 4}
+    assert checkpoint.load_checkpoint(tmp_path)[0] == {'iteration': 9}
+    start = time.monotonic()
+    checkpoint.save_pending_request(tmp_path, {'index': 5}, writer)   # closed: written in the caller's thread
+    assert checkpoint.load_pending_request(tmp_path) == {'index': 5} and time.monotonic() - start < 5.0
+
+
+def test_a_failed_write_behind_is_raised_and_nothing_after_it_written(tmp_path, monkeypatch):
+    original = checkpoint.atomic_write_bytes
+
+    def failing(path, data):
+        if path.name.startswith('batch_'):
+            raise OSError(28, 'No space left on device')
+        original(path, data)
+    monkeypatch.setattr(checkpoint, 'atomic_write_bytes', failing)
+    run = make_run(_problem(), 'bilevel', seed=3, iterations=3, overrides={'real_episodes': 2})
+    run.attach_run_dir(tmp_path)
+    run.write_behind()
+    with pytest.raises(checkpoint.CheckpointError, match=r'batch_000001\.npz: OSError.*No space left'):
+        try:
+            run.run()            # raises at a later write, or not (the writer may not have reached it yet)
+        finally:
+            run.close_writer()   # raises in any case: the failure is never lost
+    # the checkpoint of iteration 0 (before the failed batch) is there; nothing queued after the batch is
+    meta, _ = checkpoint.load_checkpoint(tmp_path)
+    assert meta['iteration'] == 0
+    assert not (tmp_path / checkpoint.REAL_DIR).exists() or not list((tmp_path / checkpoint.REAL_DIR).glob('*'))

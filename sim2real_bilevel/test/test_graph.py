@@ -176,3 +176,50 @@ def test_launch_file_starts_the_containers_it_is_asked_for():
         assert sum(isinstance(e, RegisterEventHandler) for e in entities) == 1      # the optimizer's process
     assert executables[''] == sorted(s.executable for s in graph.nodes('sim_only'))
     assert executables['learning,robot'] == ['container', 'container']
+
+
+def _plan_parameters(plans, node):
+    """The ``-p NAME:=VALUE`` overrides of the process running ``node``, as a dict of texts."""
+    command = next(p.command for p in plans if node in [m.name for m in p.members] or p.spec.name == node)
+    return dict(command[i + 1].split(':=', 1) for i, a in enumerate(command) if a == '-p')
+
+
+def test_robot_mode_realtime_sets_the_emulator_and_the_bridge_loop_and_passes_the_rates_through():
+    defaults = graph.argument_defaults('sim_only')
+    assert defaults['robot_mode'] == 'lockstep' and all(defaults[n] == '' for n in graph.REALTIME_ARGUMENTS)
+    for node in ('hardware_bridge', 'robot_emulator', 'outer_optimizer'):     # lockstep: the params file's
+        assert graph.realtime_overrides(node, defaults) == {}
+    arguments = launcher.parse_assignments('sim_only', [
+        'robot_mode:=realtime', 'control_rate:=250', 'state_rate:=500', 'state_latency_s:=0.01',
+        'state_jitter_s:=0.005', 'state_drop_rate:=0.05', 'command_latency_s:=0.002'])
+    bridge = graph.parameter_overrides(graph.HARDWARE_BRIDGE, arguments, 'sim_only')
+    emulator = graph.parameter_overrides(graph.ROBOT_EMULATOR, arguments, 'sim_only')
+    assert bridge['transport'] == 'topics' and bridge['loop'] == 'timer' and bridge['control_rate'] == 250.0
+    assert 'state_rate' not in bridge and 'mode' not in bridge
+    assert emulator['mode'] == 'realtime' and emulator['state_rate'] == 500.0
+    assert (emulator['state_latency_s'], emulator['state_jitter_s'], emulator['state_drop_rate'],
+            emulator['command_latency_s']) == (0.01, 0.005, 0.05, 0.002)
+    assert 'command_jitter_s' not in emulator and 'control_rate' not in emulator        # empty: the params file's
+    # what the launch files add to each node's parameters (graph.launch_description calls the same)
+    robot = graph.fixed_parameters('sim_only', (graph.HARDWARE_BRIDGE, graph.ROBOT_EMULATOR), arguments)
+    assert robot['loop'] == 'timer' and robot['mode'] == 'realtime' and robot['state_drop_rate'] == 0.05
+    optimizer = graph.parameter_overrides(graph.OUTER_OPTIMIZER, arguments, 'sim_only')
+    assert not set(optimizer) & {'mode', 'loop', 'transport', 'control_rate', 'state_rate'}
+    # the processes get them as -p overrides, in a robot container too (each member takes its own)
+    for containers in ('', 'learning,robot'):
+        plans = launcher.plan('sim_only', arguments | {'containers': containers})
+        assert _plan_parameters(plans, 'hardware_bridge')['loop'] == "'timer'"
+        assert _plan_parameters(plans, 'robot_emulator')['mode'] == "'realtime'"
+        assert _plan_parameters(plans, 'robot_emulator')['state_latency_s'] == '0.01'
+
+
+@pytest.mark.parametrize('assignments,message', [
+    (['robot_mode:=fast'], r"robot_mode:='fast': expected one of \['lockstep', 'realtime'\]"),
+    (['state_latency_s:=0.01'], r"state_latency_s:='0.01' applies to the real-time robot only"),
+    (['robot_mode:=realtime', 'control_rate:=fast'], r"control_rate:='fast': expected a number"),
+    (['robot_mode:=realtime', 'state_drop_rate:=-0.1'], r"state_drop_rate:='-0.1': expected a number >= 0"),
+])
+def test_robot_mode_arguments_are_checked_before_anything_starts(assignments, message):
+    with pytest.raises(launcher.LaunchError, match=message):
+        launcher.parse_assignments('sim_only', assignments)
+

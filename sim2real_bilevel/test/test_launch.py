@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -192,3 +193,29 @@ def test_ctrl_c_stops_every_node_and_leaves_no_orphans(tmp_path, ros_env, contai
     # the interrupted run still leaves its partial results and a readable bag
     assert (tmp_path / 'run' / 'results.json').is_file(), ''.join(lines) + output
     assert (tmp_path / 'run' / 'bag' / 'metadata.yaml').is_file(), ''.join(lines) + output
+
+
+def test_ctrl_c_with_write_behind_leaves_every_reported_iteration_on_disk(tmp_path, ros_env):
+    """The optimizer's write-behind (``write_behind: true``) is flushed at SIGINT before the
+    results: the checkpoint and history.jsonl hold every iteration results.json reports."""
+    from sim2real_bilevel.core import checkpoint
+    run_dir = tmp_path / 'run'
+    process = _launch(ros_env, tmp_path, f'problem:={PROBLEM}', f'run_dir:={run_dir}', 'containers:=learning,robot',
+                      f'params_file:={_params_file(tmp_path, 100000, write_behind=True)}')
+    lines = []
+    deadline = time.monotonic() + 180
+    for line in process.stdout:
+        lines.append(line)
+        reported = re.search(r'\] iteration (\d+)/', line)       # printed at most every progress_period_s
+        if reported and int(reported.group(1)) >= 3:
+            break
+        assert time.monotonic() < deadline, ''.join(lines)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, ''.join(lines) + output
+    records = json.loads((run_dir / 'results.json').read_text())['methods']['bilevel']['seeds'][0]['iterations']
+    meta, _ = checkpoint.load_checkpoint(run_dir)
+    assert len(records) >= 4 and meta['history_length'] == len(records), (len(records), meta['history_length'])
+    assert meta['iteration'] == records[-1]['iteration']
+    assert len((run_dir / checkpoint.HISTORY).read_text().splitlines()) == len(records)
+    assert len(list((run_dir / checkpoint.REAL_DIR).glob('batch_*.npz'))) >= records[-1]['iteration']

@@ -111,3 +111,30 @@ def test_deadline_misses_over_the_limit_abort_the_episode(ros):
     response = ros.run_goal(episodes, request, timeout=60.0)
     assert assert_aborted(ros, response, 'deadline misses', commands)['deadline_misses'] > 3
     assert bridge.alive()
+
+
+def test_a_second_commander_appearing_mid_episode_aborts_the_timer_loop(ros):
+    """The per-tick check of the command topic's publishers keeps the names between ticks
+    (``PublisherNames``) and re-reads them when the publisher count changes: a real second
+    publisher that appears while the timer loop runs still latches the e-stop and aborts the
+    episode with a zero command."""
+    import time
+    from std_msgs.msg import Float64MultiArray
+    from sim2real_bilevel.nodes.runtime import ROBOT_STREAM
+    _, emulator, episodes, commands = start_realtime(ros, **LENIENT)
+    request, _ = pendulum_goal(n_episodes=50)            # far longer than the test waits
+    handle = ros.send_goal(episodes, request, timeout=60.0)
+    assert handle.accepted
+    result = handle.get_result_async()
+    ros.spin_until(lambda: len(commands) > 20, 60.0, 'the timer loop commanding the robot')
+    intruder = ros.node.create_publisher(Float64MultiArray, 'forward_command_controller/commands', ROBOT_STREAM)
+    appeared = time.monotonic()
+    ros.spin_until(result.done, 60.0, 'the episode aborted by the second commander')
+    seconds = time.monotonic() - appeared
+    message = result.result().result.message
+    assert not result.result().result.success
+    assert 'another node publishes on /forward_command_controller/commands: /test_client' in message, message
+    ros.spin_until(lambda: commands and commands[-1] == [0.0], 10.0, 'the zero command')
+    print(f'\n[commanders] second publisher to aborted episode: {seconds:.3f} s')
+    ros.node.destroy_publisher(intruder)
+    assert emulator.alive()

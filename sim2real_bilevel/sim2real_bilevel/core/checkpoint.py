@@ -22,6 +22,14 @@ version, or whose digest does not match is rejected with ``CheckpointError``.
 Writes are atomic: the bytes go to a temporary file in the same directory, are flushed and
 fsync'd, replace the target with ``os.replace`` and the directory is fsync'd, so after a
 crash (SIGKILL, power loss) the target is either the old or the new complete file.
+
+Write-behind (``WriteBehind``, optional): the bytes are encoded on the caller's thread (a
+consistent snapshot) and the file operations -- each still atomic and fsync'd as above -- run
+in order on a writer thread with a bounded queue, so a loop does not wait on the disk.  The
+files on disk are then always a prefix of the writes asked for: a crash loses at most the
+queued writes (a resume redoes those iterations, as it redoes work in flight), never leaves a
+checkpoint that refers to a batch or record not yet written.  ``flush``/``close`` wait until
+everything queued is on disk; a failed write is raised at the next call.
 """
 from __future__ import annotations
 
@@ -30,9 +38,11 @@ import io
 import json
 import logging
 import os
+import queue
 import shutil
+import threading
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -129,13 +139,88 @@ def read(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     return document['state'], members
 
 
-def save_checkpoint(run_dir: Path, meta: dict, arrays: dict[str, np.ndarray]) -> Path:
+class WriteBehind:
+    """Ordered file writes on a thread of their own, at most ``max_pending`` queued (``submit``
+    then waits: a disk slower than the loop slows the loop instead of piling up memory).
+
+    ``submit(what, write)`` queues ``write()`` (a function doing file operations only; its
+    data already encoded); writes run in submission order.  The first failed write is kept and
+    raised (``CheckpointError`` naming it) at the next ``submit``, ``flush`` or ``close``; the
+    writes queued after it are dropped, so the files stay a prefix of the writes asked for.
+    ``flush()`` returns once every queued write is on disk; ``close()`` flushes and ends the
+    thread (later submits write synchronously, in the caller's thread)."""
+
+    def __init__(self, max_pending: int = 8):
+        self.queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self.error: Optional[str] = None
+        self.written = 0
+        self.closed = False
+        self.thread = threading.Thread(target=self._work, daemon=True, name='checkpoint-writer')
+        self.thread.start()
+
+    def _work(self) -> None:
+        while True:
+            item = self.queue.get()
+            try:
+                if item is None:
+                    return
+                what, write = item
+                if self.error is None:
+                    try:
+                        write()
+                        self.written += 1
+                    except Exception as err:      # noqa: BLE001 -- kept and raised in the caller's thread
+                        self.error = f'{what}: {type(err).__name__}: {err}'
+            finally:
+                self.queue.task_done()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise CheckpointError(f'write-behind failed: {self.error} (later writes were not made)')
+
+    def submit(self, what: str, write: Callable[[], None]) -> None:
+        self._raise()
+        if self.closed:
+            write()
+            return
+        self.queue.put((what, write))
+
+    def pending(self) -> int:
+        return self.queue.unfinished_tasks
+
+    def flush(self) -> None:
+        self.queue.join()
+        self._raise()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.queue.put(None)
+            self.thread.join()
+        self._raise()
+
+
+def _run_write(writer: Optional[WriteBehind], what: str, write: Callable[[], None]) -> None:
+    if writer is None:
+        write()
+    else:
+        writer.submit(what, write)
+
+
+def save_checkpoint(run_dir: Path, meta: dict, arrays: dict[str, np.ndarray],
+                    writer: Optional[WriteBehind] = None) -> Path:
     """Atomically replace RUN_DIR/checkpoint.npz, keeping the one it replaces as
     checkpoint.prev.npz.  ``checkpoint.npz`` exists at every instant once written: the
-    previous one is hard-linked (or copied) aside before the new one is renamed over it."""
+    previous one is hard-linked (or copied) aside before the new one is renamed over it.
+    With ``writer``, encoded here and written behind."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = encode(meta, arrays)
+    _run_write(writer, f'{run_dir / CHECKPOINT}', lambda: _replace_checkpoint(run_dir, data))
+    return run_dir / CHECKPOINT
+
+
+def _replace_checkpoint(run_dir: Path, data: bytes) -> None:
     current, previous = run_dir / CHECKPOINT, run_dir / PREVIOUS
     if current.exists():
         aside = run_dir / f'.{PREVIOUS}.{os.getpid()}.tmp'
@@ -146,7 +231,6 @@ def save_checkpoint(run_dir: Path, meta: dict, arrays: dict[str, np.ndarray]) ->
             shutil.copyfile(current, aside)
         os.replace(aside, previous)
     atomic_write_bytes(current, data)
-    return current
 
 
 def load_checkpoint(run_dir: Path) -> Optional[tuple[dict, dict[str, np.ndarray]]]:
@@ -216,16 +300,18 @@ def real_batch_path(run_dir: Path, index: int) -> Path:
 
 
 def save_real_batch(run_dir: Path, index: int, batch: Trajectories, meta: dict,
-                    phi: Optional[np.ndarray] = None) -> Path:
+                    phi: Optional[np.ndarray] = None, writer: Optional[WriteBehind] = None) -> Path:
     """Persist real batch number ``index`` (1-based) the moment it arrived, with ``meta``
     (what the run needs to continue as if it had never stopped: the RNG state after it) and
-    ``phi``, the policy that collected it (array ``policy_phi``)."""
+    ``phi``, the policy that collected it (array ``policy_phi``); with ``writer``, encoded here
+    and written behind."""
     path = real_batch_path(run_dir, index)
     path.parent.mkdir(parents=True, exist_ok=True)
     fields, arrays = batch_arrays(batch)
     if phi is not None:
         arrays['policy_phi'] = np.asarray(phi, dtype=np.float64)
-    write(path, {'batch': fields, 'index': int(index), **meta}, arrays)
+    data = encode({'batch': fields, 'index': int(index), **meta}, arrays)
+    _run_write(writer, str(path), lambda: atomic_write_bytes(path, data))
     return path
 
 
@@ -246,14 +332,15 @@ def load_real_batch(run_dir: Path, index: int) -> Optional[tuple[Trajectories, d
 PENDING = 'pending.json'
 
 
-def save_pending_request(run_dir: Path, record: dict) -> Path:
+def save_pending_request(run_dir: Path, record: dict, writer: Optional[WriteBehind] = None) -> Path:
     """Persist (atomically) the real-data request about to be sent -- RUN_DIR/real/pending.json,
     one at a time -- so a run that dies while the robot runs it can ask for that result again
     instead of running the robot a second time.  ``record`` is JSON-able and holds ``index``
     (the real batch number it will become)."""
     path = Path(run_dir) / REAL_DIR / PENDING
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, json.dumps(record).encode())
+    data = json.dumps(record).encode()
+    _run_write(writer, str(path), lambda: atomic_write_bytes(path, data))
     return path
 
 
@@ -303,11 +390,13 @@ class HistoryLog:
         self.base = count
         return records
 
-    def sync(self, records: list, encode=lambda record: record) -> None:
+    def sync(self, records: list, encode=lambda record: record, writer: Optional[WriteBehind] = None) -> None:
         """Make the file hold exactly ``records`` (``encode(record)``: a JSON-able dict): the
         first call cuts it to the lines the loaded checkpoint counted (``read``; none for a new
         run) -- a crashed save may have left more --, every call appends the missing tail (only
-        the tail is encoded), flushed and fsync'd."""
+        the tail is encoded, here), flushed and fsync'd (with ``writer``: behind)."""
+        if (self.written is None or self.written > len(records)) and writer is not None:
+            writer.flush()                      # the cut follows every append queued before it
         if self.written is None:
             self.written = self._truncate_to(min(self.base, len(records)))
         elif self.written > len(records):
@@ -316,13 +405,17 @@ class HistoryLog:
             return
         tail = b''.join(json.dumps(encode(record)).encode() + b'\n' for record in records[self.written:])
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        first = self.written == 0
+        _run_write(writer, str(self.path), lambda: self._append(tail, first))
+        self.written = len(records)
+
+    def _append(self, tail: bytes, first: bool) -> None:
         with open(self.path, 'ab') as stream:
             stream.write(tail)
             stream.flush()
             os.fsync(stream.fileno())
-        if self.written == 0:
+        if first:
             _fsync_dir(self.path.parent)
-        self.written = len(records)
 
     def _truncate_to(self, count: int) -> int:
         """Cut the file after its first ``count`` complete lines; returns the lines kept."""

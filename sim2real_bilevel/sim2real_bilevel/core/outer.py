@@ -284,6 +284,9 @@ class MethodRun:
         self.replayed_real_batches = 0
         """Real batches taken from RUN_DIR/real/ on resume instead of being collected again."""
         self._history: Optional[checkpoint.HistoryLog] = None    # RUN_DIR/history.jsonl, made when first needed
+        self.writer: Optional[checkpoint.WriteBehind] = None
+        """With a run dir: writes its files behind, on a thread of its own (``checkpoint.WriteBehind``,
+        ``write_behind``); None: every write is on disk before the loop goes on."""
         self.kept_batch_numbers: list[int] = []
         """RUN_DIR/real/ file number of each kept batch; its tail lines up with ``real_batches``
         (which only grows at the end and is only cut at the front)."""
@@ -361,7 +364,7 @@ class MethodRun:
         self.real_batch_count = index
         if self.run_dir is not None:
             checkpoint.save_real_batch(self.run_dir, index, batch, {
-                'iteration': self.iteration + 1, 'rng_after': self.rng.bit_generator.state}, phi)
+                'iteration': self.iteration + 1, 'rng_after': self.rng.bit_generator.state}, phi, self.writer)
         return batch
 
     def mean_real_return(self, batch: Trajectories) -> float:
@@ -429,7 +432,7 @@ class MethodRun:
         )
         self.event = ''
         self.history.append(record)
-        if self.run_dir is not None:      # persisted before anyone is told the iteration happened
+        if self.run_dir is not None:      # persisted (queued, with write_behind) before anyone is told
             self.save_checkpoint()
         if self.progress is not None:
             self.progress(record)
@@ -526,9 +529,26 @@ class MethodRun:
 
     def save_checkpoint(self) -> Path:
         """history.jsonl first (the records the checkpoint will count), then the checkpoint."""
-        self._history_log().sync(self.history, IterationRecord.to_json)
+        self._history_log().sync(self.history, IterationRecord.to_json, self.writer)
         state = self.state_dict()
-        return checkpoint.save_checkpoint(self.run_dir, state['meta'], state['arrays'])
+        return checkpoint.save_checkpoint(self.run_dir, state['meta'], state['arrays'], self.writer)
+
+    def write_behind(self, max_pending: int = 8) -> checkpoint.WriteBehind:
+        """From now on the run dir's files are written behind, in order, on a writer thread
+        (``checkpoint.WriteBehind``): the loop no longer waits on the disk's fsyncs.  An iteration
+        is then on disk up to ``max_pending`` writes after its record is reported; a crash
+        (SIGKILL, power loss) loses at most those (a resume redoes them).  Call
+        ``close_writer`` before the process ends: it waits until everything is written."""
+        if self.writer is None:
+            self.writer = checkpoint.WriteBehind(max_pending)
+        return self.writer
+
+    def close_writer(self) -> None:
+        """Wait until every queued write is on disk (a failed one raises CheckpointError), then
+        write synchronously again."""
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            writer.close()
 
     def attach_run_dir(self, run_dir) -> bool:
         """Persist this run in ``run_dir`` from now on; resume it from there if it holds a

@@ -68,6 +68,28 @@ def serve_action(node, action_type, name: str, execute_callback: Callable, goal_
     return server
 
 
+def find_in_process_endpoint(executor, node, action_name: str) -> Optional[InProcessEndpoint]:
+    """The endpoint of the server of ``action_name`` (resolved as ``node`` resolves it) when a
+    node on ``executor`` serves it with ``serve_action``; else None."""
+    if executor is None:
+        return None
+    name = node.resolve_topic_name(action_name)
+    return next((waitable.in_process for member in executor.get_nodes() for waitable in member.waitables
+                 if getattr(waitable, 'in_process', None) is not None and waitable.in_process.name == name), None)
+
+
+async def call_in_process_async(endpoint: InProcessEndpoint, goal):
+    """From an async callback: ``goal`` handed to a server of this process by a direct call --
+    its goal check, then its execute callback (awaited when async) -- as over DDS without the
+    goal and result round trips.  Returns the result message; GoalRejected when refused."""
+    import inspect
+    from rclpy.action import GoalResponse
+    if endpoint.goal_callback(goal) != GoalResponse.ACCEPT:
+        raise GoalRejected(f'goal rejected by {endpoint.name} (its log says why)')
+    result = endpoint.execute_callback(InProcessGoalHandle(goal))
+    return await result if inspect.isawaitable(result) else result
+
+
 class InProcessGoalHandle:
     """The goal handle of a goal handed over in-process: what an execute callback uses of
     rclpy's ServerGoalHandle.  Feedback goes only to a goal's own client, which here does not
@@ -203,10 +225,7 @@ class ActionCaller:
         if not self.parameters['intra_process_actions']:
             return None
         if client not in self._endpoints:
-            name = self.node.resolve_topic_name(client._action_name)
-            self._endpoints[client] = next(
-                (waitable.in_process for node in self.executor.get_nodes() for waitable in node.waitables
-                 if getattr(waitable, 'in_process', None) is not None and waitable.in_process.name == name), None)
+            self._endpoints[client] = find_in_process_endpoint(self.executor, self.node, client._action_name)
         return self._endpoints[client]
 
     def call_in_process(self, endpoint: InProcessEndpoint, goal, name: str):

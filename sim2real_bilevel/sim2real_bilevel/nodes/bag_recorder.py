@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterable, Optional
@@ -121,7 +122,11 @@ class BagRecorder:
     Names are resolved against the node's namespace for the bag.  Call ``close()`` at the
     end: it finishes the MCAP file and writes metadata.yaml."""
 
-    def __init__(self, node, folder: str | Path, topics: Iterable[tuple[str, type, object]]):
+    def __init__(self, node, folder: str | Path, topics: Iterable[tuple[str, type, object]],
+                 direct: Iterable[str] = ()):
+        """``direct``: names (as in ``topics``) this process writes itself with ``write`` instead
+        of subscribing to them (what it publishes: no DDS hop, and no publish at all when nobody
+        else listens)."""
         from mcap.writer import CompressionType, Writer
 
         self.node = node
@@ -138,6 +143,8 @@ class BagRecorder:
         self.first_ns: Optional[int] = None
         self.last_ns: Optional[int] = None
         self.closed = False
+        self.lock = threading.Lock()       # the subscriptions' thread and ``write`` callers
+        direct = set(direct)
         schema_ids: dict[str, int] = {}
         for name, message_class, qos in topics:
             resolved = node.resolve_topic_name(name)
@@ -153,6 +160,8 @@ class BagRecorder:
                 metadata={'offered_qos_profiles': yaml.safe_dump(offered, sort_keys=False),
                           'topic_type_hash': ''})
             self._topics[resolved] = {'type': full_type, 'channel': channel, 'count': 0, 'qos': offered}
+            if name in direct:
+                continue
             self._subscriptions.append(node.create_subscription(
                 message_class, name, lambda data, topic=resolved: self.record_callback(topic, data),
                 qos, raw=True))
@@ -170,7 +179,16 @@ class BagRecorder:
     def message_count(self) -> int:
         return sum(t['count'] for t in self._topics.values())
 
+    def write(self, topic: str, message) -> None:
+        """Record ``message`` on ``topic`` (fully qualified; a ``direct`` topic) now."""
+        from rclpy.serialization import serialize_message
+        self.record_callback(topic, serialize_message(message))
+
     def record_callback(self, topic: str, data: bytes) -> None:
+        with self.lock:
+            self._record(topic, data)
+
+    def _record(self, topic: str, data: bytes) -> None:
         if self.closed:
             return
         now = time.time_ns()
@@ -183,9 +201,10 @@ class BagRecorder:
 
     def close(self) -> Path:
         """Finish the MCAP file and write metadata.yaml; returns the bag folder."""
-        if self.closed:
-            return self.folder
-        self.closed = True
+        with self.lock:
+            if self.closed:
+                return self.folder
+            self.closed = True
         for subscription in self._subscriptions:
             self.node.destroy_subscription(subscription)
         self._subscriptions = []

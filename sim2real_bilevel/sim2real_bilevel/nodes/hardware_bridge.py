@@ -49,7 +49,7 @@ from .control_loop import key_values
 from .kept_results import KeptResults
 from .resets import RESET_PARAMETERS, start_pose
 from .runtime import EVENTS, LATCHED, PROBLEM, ROBOT_STREAM, DeclaredParameters, ParameterSpec, \
-    command_publishers, load_problem, run_node
+    PublisherNames, load_problem, run_node
 from .transports import TRANSPORTS, RobotWaits, Transport
 
 
@@ -73,6 +73,9 @@ class HardwareBridge(LifecycleNode):
             ParameterSpec('emulator_action', 'robot_emulator/run_episodes',
                           'RunEpisodes action the batched transport forwards to (read at configure)',
                           allow_empty=False),
+            ParameterSpec('intra_process_actions', True, 'batched transport in a container with the emulator '
+                          '(containers:=robot): hand the goals to the emulator by a direct call instead of over DDS '
+                          '(read at every goal)'),
             ParameterSpec('reset_service', 'robot_emulator/reset',
                           'std_srvs/Trigger service that starts an episode on the topic transport (read at '
                           'configure)', allow_empty=False),
@@ -129,6 +132,7 @@ class HardwareBridge(LifecycleNode):
         self.entities_created = False
         self.verifier = None               # provenance.GoalVerifier when policy_key_file is set
         self.requests = KeptResults(lambda: self.parameters['result_cache_size'])
+        self.in_process_calls = 0          # batched goals handed to the emulator in this process
         if self.parameters['autostart']:
             self.autostart_timer = self.create_timer(0.0, self.autostart_callback)
 
@@ -198,6 +202,7 @@ class HardwareBridge(LifecycleNode):
         self.episodes_server = ActionServer(self, RunEpisodes, 'run_episodes',
                                             execute_callback=self.run_episodes_callback,
                                             goal_callback=self.goal_callback, result_timeout=RESULT_KEPT_S)
+        self.command_publisher_names = PublisherNames(self, self.command_publisher.topic_name)
         self.commander_timer = self.create_timer(1.0, self.watch_the_command_channel)
         self.command_readers = 0
         self.entities_created = True
@@ -292,13 +297,14 @@ class HardwareBridge(LifecycleNode):
         response.success, response.message = True, 'e-stop latched; call ~/reset_estop to clear it'
         return response
 
-    def foreign_commanders(self) -> list[str]:
-        """Nodes other than this bridge that publish on the command topic (from the ROS graph;
+    def foreign_commanders(self, fresh: bool = False) -> list[str]:
+        """Nodes other than this bridge that publish on the command topic (from the ROS graph,
+        re-read when the publisher count changes, each second, or ``fresh``: ``PublisherNames``;
         a second publisher under this bridge's own name counts too)."""
         if not self.entities_created:
             return []
         own = self.get_fully_qualified_name()
-        names = command_publishers(self, self.command_publisher.topic_name)
+        names = self.command_publisher_names(fresh)
         if names.count(own) > 1:
             return [f'{own} (a second publisher under this bridge\'s name)']
         return sorted(name for name in names if name != own)
@@ -307,14 +313,15 @@ class HardwareBridge(LifecycleNode):
         """Each second: no other commander (``check_commanders``), and the bridge's state on
         /diagnostics (1 Hz, as diagnostic_updater does), with how many readers (the robot's
         controller) its command publisher has."""
-        self.check_commanders()
+        self.check_commanders(fresh=True)
         self.command_readers = self.command_publisher.get_subscription_count()
         self.publish_diagnostics()
 
-    def check_commanders(self) -> Optional[str]:
+    def check_commanders(self, fresh: bool = False) -> Optional[str]:
         """Latch the e-stop when another node publishes robot commands; returns the reason, or
-        None when this bridge is the only commander."""
-        foreign = self.foreign_commanders()
+        None when this bridge is the only commander (``fresh``: the names re-read from the graph;
+        else as ``PublisherNames`` keeps them, the path of every command)."""
+        foreign = self.foreign_commanders(fresh)
         if not foreign:
             return None
         reason = (f'another node publishes on {self.command_publisher.topic_name}: {", ".join(foreign)} -- only '
@@ -352,7 +359,7 @@ class HardwareBridge(LifecycleNode):
 
     def refusal(self, goal) -> Optional[str]:
         """Why a goal must not run now, or None."""
-        self.check_commanders()
+        self.check_commanders(fresh=True)
         if self.estopped:
             return f'E-STOP latched ({self.estop_reason}): call ~/reset_estop first'
         if not self.active:
@@ -442,7 +449,8 @@ class HardwareBridge(LifecycleNode):
                     KeyValue(key='command_filter', value=str(self.filter_counts)),
                     KeyValue(key='newest_policy_version', value=str(self.newest_policy_version)),
                     KeyValue(key='signed_goals_only', value=str(self.verifier is not None)),
-                    KeyValue(key='results_resent', value=str(self.requests.resent))]
+                    KeyValue(key='results_resent', value=str(self.requests.resent)),
+                    KeyValue(key='goals_handed_in_process', value=str(self.in_process_calls))]
             + key_values(self.loop_timing, prefix='loop_'))
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()

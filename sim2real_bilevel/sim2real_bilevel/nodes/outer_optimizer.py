@@ -137,6 +137,13 @@ class OuterOptimizer(Node):
                           '(read at startup)', choices=('all', 'dynamics', 'reward'), read_only=True),
             ParameterSpec('run_dir', '', 'folder for results.json, results.png and the bag '
                           '(empty: runs/<problem>-<time>)', read_only=True),
+            ParameterSpec('write_behind', False, 'write the run dir\'s files (real batches, history, checkpoint, '
+                          'pending request) in order on a writer thread, each still atomic and fsync\'d, so the loop '
+                          'does not wait on the disk; SIGINT, SIGTERM and the end of the run wait for them, but a '
+                          'SIGKILL or power loss loses the few writes queued: a resume then redoes those iterations '
+                          'and may run their episodes again.  false: every file is on disk before the loop goes on '
+                          'and before its record is published (no episode is ever run twice; read at startup)',
+                          read_only=True),
             ParameterSpec('record_bag', True, 'record theta, policies, gradients, metrics and real '
                           'trajectories to RUN_DIR/bag (read at startup)', read_only=True),
             ParameterSpec('action_timeout_s', 600.0, 'longest wait for one action result (then the goal is '
@@ -296,10 +303,16 @@ class OuterOptimizer(Node):
                   ('outer_metrics', OuterMetrics, EVENTS), ('outer_gradient', OuterGradient, EVENTS),
                   ('real_trajectories', TrajectoryBatch, EVENTS), ('/diagnostics', DiagnosticArray, EVENTS)]
         topics += self.reporter.scalar_topics()
+        # what only this node publishes, for nobody in the graph, goes into the bag directly (not theta:
+        # latched, a late subscriber must still get it)
+        direct = [name for name, _, _ in topics if name in ('outer_metrics', 'real_trajectories')
+                  or name.startswith('metrics/')]
         self.recording = RunRecording(f'{self.get_name()}_recorder', self.get_namespace(), bag_folder(self.run_dir),
-                                      topics)
+                                      topics, direct)
+        self.publications.record_directly(self.recording, [self.resolve_topic_name(name) for name in direct])
 
     def stop_recording(self) -> None:
+        self.publications.stop_recording_directly()
         if self.recording is not None:
             short = self.recording.stop(self.publications.counts)
             if short:
@@ -320,6 +333,8 @@ class OuterOptimizer(Node):
                     f'episodes in {loop.real_batch_count} batches, theta version {self.theta_version})')
             self.get_logger().info(f'waiting for the graph ({self.problem.source}, seed {self.parameters["seed"]}, '
                                    f'{loop.config.iterations} iterations, run_dir {self.run_dir})')
+            if self.parameters['write_behind']:
+                self.episodes.writer = loop.write_behind()
             self.wait_for_servers()
             self.startup_s = time.perf_counter() - started
             self.status = 'running'
@@ -353,7 +368,14 @@ class OuterOptimizer(Node):
 
     def finish(self, loop: GraphBilevelLoop, wall_time: float) -> None:
         """results.json first: the final diagnostics and stopping the recorder talk to ROS, which
-        may be going down (a signal), and must not cost the run its results."""
+        may be going down (a signal), and must not cost the run its results -- after every file
+        written behind is on disk."""
+        try:
+            loop.close_writer()
+        except CheckpointError as err:
+            self.status = f'failed: {err}'
+            self.get_logger().error(f'the run dir is incomplete: {err}')
+        self.episodes.writer = None
         written = self.write_results(loop, wall_time) if loop.history else None
         if self.executor_.context.ok():
             self._after_results('final diagnostics', lambda: self.publish_diagnostics(loop))
@@ -366,7 +388,8 @@ class OuterOptimizer(Node):
                                (f', {self.run_dir / "bag"}' if self.recording else '') +
                                f'; {loop.replayed_real_batches} real batch(es) reused from before a restart, '
                                f'{self.actions.retries} goal(s) sent again, {self.actions.in_process_calls} '
-                               'handed over in-process')
+                               f'handed over in-process, {self.publications.skipped} publication(s) recorded '
+                               'directly with no subscriber to send them to')
 
     def _after_results(self, what: str, action) -> None:
         try:

@@ -43,6 +43,8 @@ class RealEpisodeRequests:
         self.run_dir = run_dir
         self.key = key
         self.logger = logger
+        self.writer: Optional[checkpoint.WriteBehind] = None
+        """The loop's write-behind (``MethodRun.write_behind``), in whose order pending.json goes."""
 
     def new_goal(self, policy: PolicyParameters, n_episodes: int, index: int) -> RunEpisodes.Goal:
         """The goal of real batch number ``index``, saved (pending.json) before it is sent, so a
@@ -50,7 +52,7 @@ class RealEpisodeRequests:
         goal = RunEpisodes.Goal(policy=policy, n_episodes=int(n_episodes), request_id=uuid.uuid4().hex)
         checkpoint.save_pending_request(self.run_dir, {
             'index': int(index), 'request_id': goal.request_id, 'n_episodes': int(n_episodes),
-            'policy': policy_fields(policy)})
+            'policy': policy_fields(policy)}, self.writer)
         return goal
 
     def sign(self, goal) -> None:

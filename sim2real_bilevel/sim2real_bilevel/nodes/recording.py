@@ -25,14 +25,15 @@ def bag_folder(run_dir: Path) -> Path:
 
 class RunRecording:
     """Records ``topics`` ((name, type, QoS) triples) to ``folder`` from a node of its own,
-    named ``name`` in ``namespace``, until ``stop``."""
+    named ``name`` in ``namespace``, until ``stop``; those named in ``direct`` are written by
+    this process (``PublicationLog``) rather than received."""
 
-    def __init__(self, name: str, namespace: str, folder: Path, topics: list):
+    def __init__(self, name: str, namespace: str, folder: Path, topics: list, direct=()):
         from .bag_recorder import BagRecorder
         # no global arguments: the command line's __node remap must not rename this node too
         self.node = rclpy.create_node(name, namespace=namespace, use_global_arguments=False,
                                       start_parameter_services=False)
-        self.recorder = BagRecorder(self.node, folder, topics)
+        self.recorder = BagRecorder(self.node, folder, topics, direct)
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
         self.recording = True
@@ -67,11 +68,34 @@ class RunRecording:
 
 class PublicationLog:
     """Publishes and counts what this process published per topic, so that the recording can
-    wait for exactly those messages before it closes the bag."""
+    wait for exactly those messages before it closes the bag.
+
+    A topic ``record_directly``'d goes into the bag by a direct write (no DDS hop to the
+    recorder) and is published over DDS only while somebody subscribes to it (rqt_plot,
+    ``ros2 topic echo``): the loop's own metrics cost nothing when nobody listens."""
 
     def __init__(self):
         self.counts: Counter = Counter()
+        self.direct: dict = {}             # fully qualified topic -> write(message)
+        self.skipped = 0
+        """Publishes left out: a directly recorded topic nobody subscribed to."""
+
+    def record_directly(self, recording: 'RunRecording', topics) -> None:
+        """Write ``topics`` (fully qualified names) into ``recording``'s bag from now on."""
+        for topic in topics:
+            self.direct[topic] = lambda message, topic=topic: recording.recorder.write(topic, message)
+
+    def stop_recording_directly(self) -> None:
+        self.direct = {}
 
     def publish(self, publisher, message) -> None:
-        publisher.publish(message)
-        self.counts[publisher.topic_name] += 1
+        write = self.direct.get(publisher.topic_name)
+        if write is None:
+            publisher.publish(message)
+            self.counts[publisher.topic_name] += 1
+            return
+        write(message)
+        if publisher.get_subscription_count() > 0:
+            publisher.publish(message)
+        else:
+            self.skipped += 1

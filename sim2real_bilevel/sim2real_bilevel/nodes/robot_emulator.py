@@ -43,7 +43,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped
-from rclpy.action import ActionServer, GoalResponse
+from rclpy.action import GoalResponse
 from rclpy.time import Time
 from rosgraph_msgs.msg import Clock
 from rclpy.node import Node
@@ -54,11 +54,11 @@ from sim2real_bilevel_interfaces.action import RunEpisodes
 
 from . import conversions
 from .kept_results import KeptResults
-from .action_calls import RESULT_KEPT_S
+from .action_calls import RESULT_KEPT_S, serve_action
 from .evaluation import EvaluationServer
 from .realtime_robot import RealTimeRobot, fault_parameters
 from .runtime import PROBLEM, ROBOT_STREAM, SEED, SENSOR, DeclaredParameters, ParameterSpec, \
-    command_publishers, load_problem, run_node
+    PublisherNames, load_problem, run_node
 
 
 class RobotEmulator(Node):
@@ -107,9 +107,9 @@ class RobotEmulator(Node):
                            for name in self.parameters['commanders'] if name}
         self.refused_commands = 0
         self.requests = KeptResults(lambda: 16)    # a bridge restarted while episodes ran asks again
-        self.episodes_server = ActionServer(self, RunEpisodes, '~/run_episodes',
-                                            execute_callback=self.run_episodes_callback,
-                                            goal_callback=self.goal_callback, result_timeout=RESULT_KEPT_S)
+        # a bridge in the same process (containers:=robot) may hand its goals over by a direct call
+        self.episodes_server = serve_action(self, RunEpisodes, '~/run_episodes', self.run_episodes_callback,
+                                            self.goal_callback, result_timeout=RESULT_KEPT_S)
         self.joint_state_publisher = self.create_publisher(JointState, 'joint_states',
                                                            SENSOR if self.realtime_mode else ROBOT_STREAM)
         # a real robot measures no reward: in realtime mode the controller computes it
@@ -117,6 +117,7 @@ class RobotEmulator(Node):
                                  self.create_publisher(Float64, 'reward', ROBOT_STREAM))
         self.command_subscription = self.create_subscription(
             Float64MultiArray, f'{self.parameters["controller"]}/commands', self.command_callback, ROBOT_STREAM)
+        self.command_publisher_names = PublisherNames(self, self.command_subscription.topic_name)
         self.reset_service = self.create_service(Trigger, '~/reset', self.reset_callback)
         # ~/evaluate, the sim-only evaluator: its own copy of the problem, loaded on first use
         self.evaluation = EvaluationServer(self, self.problem.phi_size(),
@@ -207,7 +208,7 @@ class RobotEmulator(Node):
         but published under twice counts: somebody took an allowed name)."""
         if not self.commanders:
             return []
-        names = command_publishers(self, self.command_subscription.topic_name)
+        names = self.command_publisher_names()
         intruders = {name for name in names if name not in self.commanders or names.count(name) > 1}
         # DDS matches a writer before its data arrives, but its node name reaches the ROS graph
         # separately (and later): a matched writer the graph does not show yet is not trusted

@@ -198,6 +198,34 @@ def command_publishers(node, topic: str) -> list[str]:
     return [f'{info.node_namespace.rstrip("/")}/{info.node_name}' for info in node.get_publishers_info_by_topic(topic)]
 
 
+class PublisherNames:
+    """``command_publishers(node, topic)``, kept between calls: re-read from the ROS graph only
+    when the number of publishers on ``topic`` changes (a cheap count, the graph-change signal
+    checked at every call) or the names are older than ``refresh_s``, or when asked ``fresh``.
+    The full query builds an info object per publisher (~0.15 ms, 7 % of a 500 Hz period); the
+    count is a fraction of that.  A publisher that appears is seen at the first call after it
+    reaches the ROS graph, as before; one that replaces another in between (the count the
+    same) within ``refresh_s``."""
+
+    def __init__(self, node, topic: str, refresh_s: float = 1.0):
+        self.node, self.topic, self.refresh_s = node, topic, refresh_s
+        self.count: Optional[int] = None
+        self.read_at = 0.0
+        self.names: list[str] = []
+        self.reads = 0
+        """Full queries of the graph so far."""
+
+    def __call__(self, fresh: bool = False) -> list[str]:
+        count = self.node.count_publishers(self.topic)
+        now = time.monotonic()
+        if fresh or count != self.count or now - self.read_at > self.refresh_s:
+            self.names = command_publishers(self.node, self.topic)
+            # a count the names disagree with (the graph changed between the two reads) is not kept
+            self.count, self.read_at = (count if count == len(self.names) else None), now
+            self.reads += 1
+        return self.names
+
+
 class BackgroundWork:
     """Runs one computation at a time in a worker thread; ``await work.run(fn)`` from an
     async callback lets the executor go on serving (cancel requests, parameters) meanwhile.

@@ -49,6 +49,7 @@ def parse_assignments(mode: str, assignments: list[str]) -> dict[str, str]:
             raise LaunchError(str(err)) from None
     try:
         graph.container_names(values['containers'])
+        graph.realtime_overrides('', values)
     except ValueError as err:
         raise LaunchError(str(err)) from None
     return values

@@ -1,11 +1,12 @@
 """The batched transport: the goal is forwarded to the robot emulator's ``run_episodes`` action
-(sim-only loops, where one DDS round trip per transition would dominate)."""
+(sim-only loops, where one DDS round trip per transition would dominate) -- by a direct call when
+the emulator runs in the bridge's process (``containers:=robot``, ``intra_process_actions``)."""
 from __future__ import annotations
 
 from rclpy.action import ActionClient
 from sim2real_bilevel_interfaces.action import RunEpisodes
 
-from ..action_calls import GoalRejected, PeerLost, call_async
+from ..action_calls import GoalRejected, PeerLost, call_async, call_in_process_async, find_in_process_endpoint
 from .base import Transport
 
 
@@ -14,6 +15,7 @@ class BatchedTransport(Transport):
     def __init__(self, bridge):
         super().__init__(bridge)
         self.client = ActionClient(bridge, RunEpisodes, bridge.parameters['emulator_action'])
+        self.endpoints: dict = {}          # executor -> the emulator's in-process endpoint there, or None
 
     def destroy(self) -> None:
         self.client.destroy()
@@ -27,7 +29,12 @@ class BatchedTransport(Transport):
         name = bridge.parameters['emulator_action']
         # the request_id goes along: a bridge restarted while the emulator ran gets those episodes
         forwarded = RunEpisodes.Goal(policy=goal.policy, n_episodes=goal.n_episodes, request_id=goal.request_id)
+        endpoint = self.in_process_endpoint()
         try:
+            if endpoint is not None:       # the emulator in this process (containers:=robot): a direct call
+                result = await call_in_process_async(endpoint, forwarded)
+                bridge.in_process_calls += 1
+                return result
             response = await call_async(self.client, forwarded, name, waits.until, waits.future,
                                         bridge.parameters['episode_timeout_s'], on_done=waits.wake,
                                         stopped=lambda: not bridge.active or bridge.estopped)
@@ -36,3 +43,14 @@ class BatchedTransport(Transport):
         except PeerLost as err:
             return RunEpisodes.Result(success=False, message=str(err))
         return response.result
+
+    def in_process_endpoint(self):
+        """The emulator's action served on this bridge's executor (a robot container), when
+        ``intra_process_actions`` is on; else None (DDS)."""
+        bridge = self.bridge
+        if not bridge.parameters['intra_process_actions']:
+            return None
+        executor = bridge.executor
+        if executor not in self.endpoints:
+            self.endpoints[executor] = find_in_process_endpoint(executor, bridge, bridge.parameters['emulator_action'])
+        return self.endpoints[executor]
