@@ -204,9 +204,11 @@ def test_a_two_joint_robot_runs_episodes_on_the_topics_with_per_joint_limits(ros
     # the robot's joint_states: the names it was given, in that order, the extra joint at 0
     assert joint_states and all(list(m.name) == ['camera_pan', 'shoulder', 'elbow'] for m in joint_states)
     assert all(m.position[0] == 0.0 for m in joint_states)
-    # the states the bridge recorded are the robot's, read by name (shoulder, elbow)
+    # the states the bridge recorded are the robot's, read by name (shoulder, elbow): every one
+    # (reliable joint_states in lockstep), most of them (best effort in real time)
     published = np.array([[m.position[1], m.position[2]] for m in joint_states])
-    assert any(np.allclose(batch.states[0, -1, :2], row) for row in published)
+    seen = [any(np.array_equal(state, row) for row in published) for state in batch.states[0, :, :2]]
+    assert all(seen) if mode == 'lockstep' else np.mean(seen) > 0.5, seen
     assert bridge.alive() and emulator.alive()
     assert "limits shoulder: effort +-0.04" in bridge.log() and 'elbow: effort +-0.02' in bridge.log()
 
@@ -240,6 +242,7 @@ def test_a_missing_controlled_joint_is_refused_by_name(ros, tmp_path):
     commands = command_log(ros)
     episodes = ActionClient(ros.node, RunEpisodes, 'run_episodes')
     ros.spin_until(episodes.server_is_ready, 60.0, 'the bridge')
+    ros.spin_until(lambda: states.get_subscription_count() >= 1, 30.0, "the bridge's joint_states subscription")
     goal, _ = acrobot_goal(problem_file)
     response = ros.run_goal(episodes, goal, timeout=120.0)
     assert not response.result.success
