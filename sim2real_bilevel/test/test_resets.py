@@ -223,14 +223,14 @@ def test_scripted_reset_drives_the_emulator_to_the_problems_start_pose(ros):
 def test_scripted_reset_refuses_the_episode_when_the_pose_is_not_reached(ros):
     """1.5 rad from upright needs more torque than the emulated motor has: the reset gives up at its
     timeout with the joint's state, sends a zero command, and no episode runs."""
-    bridge, episodes, commands = start_bridge(ros, reset_mode='scripted', reset_pose='state=1.5',
+    bridge, episodes, commands = start_bridge(ros, reset_mode='scripted', reset_pose='pendulum_joint=1.5',
                                               scripted_reset_timeout_s='1.0')
     start_emulator(ros, start_running='true', seed='0')
     started = time.monotonic()
     result = Goal(ros, episodes).result(120.0)
     assert not result.success
     assert 'start pose not reached within scripted_reset_timeout_s (1 s)' in result.message, result.message
-    assert "joint 'state' at" in result.message and 'target 1.5' in result.message
+    assert "joint 'pendulum_joint' at" in result.message and 'target 1.5' in result.message
     assert time.monotonic() - started < 30.0
     ros.spin_until(lambda: commands and commands[-1] == [0.0], 10.0, 'the zero command')
     driven = np.array([c[0] for c in commands[1:-1]])                 # between the two zero commands
@@ -245,7 +245,7 @@ def test_a_scripted_reset_pose_that_names_no_joint_refuses_to_configure(ros):
     assert configure.returncode == 1 and 'configure: refused; the bridge is unconfigured' in configure.stdout, (
         configure.stdout + configure.stderr)
     assert ("configure failed: reset_mode scripted: reset_pose entry 'elbow=0.3': 'elbow' is not one of the joints "
-            "['state']") in bridge.log()
+            "['pendulum_joint']") in bridge.log()
     assert bridge.alive()
 
 
@@ -299,7 +299,7 @@ def test_estop_and_deactivation_end_every_reset_at_once_with_a_zero_command(ros,
     try:
         bridge, episodes, commands = start_bridge(
             ros, reset_mode=mode, reset_service='fake_robot/reset', reset_timeout_s='60.0',
-            reset_pose='state=1.5', scripted_reset_timeout_s='60.0', operator_timeout_s='60.0')
+            reset_pose='pendulum_joint=1.5', scripted_reset_timeout_s='60.0', operator_timeout_s='60.0')
         if mode == 'scripted':
             start_emulator(ros, start_running='true', seed='0')
         estop = ros.node.create_client(Trigger, 'hardware_bridge/estop')

@@ -34,6 +34,17 @@ What a ``BilevelProblem`` gives (abstract unless a default is named):
     step at a time (``EpisodeController``), ending in a ``Trajectories`` batch; its flags say
     whether the bridge's effort safety applies (``commands_are_efforts``) and whether each
     step waits for a ``reward`` message (``needs_reward``).  Default: ``NotImplementedError``;
+  - ``joints()``: the controlled joints in the controller's order, each a ``JointLimits``
+    (name; effort, position and velocity limits, inf where the robot's description gives none):
+    the robot emulator publishes these names on joint_states, the hardware bridge reads them by
+    name and caps each joint by its own limits.  Default None: the problem has no joints
+    (tabular: the state index is the position of one pseudo-joint the nodes name by their
+    ``joints`` parameter, default ``state``, with no limits; LQR has no step-by-step system);
+  - ``robot_description()``: the robot's URDF text (what rviz's RobotModel shows, published on
+    ``robot_description``); default None (no robot model);
+  - ``link_transforms(position)``: forward kinematics for rviz, ``(root frame, {link: 4x4
+    homogeneous transform in the root frame})`` at joint positions ordered like ``joints()``;
+    default None (nothing to draw);
   - ``start_pose()``: the joint positions (one per commanded joint, in command order) that a
     scripted reset drives the robot to with efforts between episodes (hardware bridge
     ``reset_mode: scripted``, ``nodes/resets.py``): the mean of the real initial-state
@@ -43,6 +54,7 @@ What a ``BilevelProblem`` gives (abstract unless a default is named):
 from __future__ import annotations
 
 import abc
+import math
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping, Optional, Sequence
@@ -101,6 +113,17 @@ class SensitivityTerms:
     hvp_t: Optional[object] = None
     vjp_theta: Optional[object] = None
     info: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JointLimits:
+    """One controlled joint of a robot: its name and the limits of its description (URDF
+    ``<limit>``); inf (or -inf) where none is given."""
+    name: str
+    effort: float = math.inf          # largest |effort| (N m, N for prismatic joints)
+    lower: float = -math.inf          # position limits (rad, m)
+    upper: float = math.inf
+    velocity: float = math.inf        # largest |velocity| (rad/s, m/s)
 
 
 @dataclass
@@ -286,6 +309,20 @@ class BilevelProblem(abc.ABC):
         """pi_phi as a step-by-step controller drawing from ``rng`` (hardware bridge, topics)."""
         raise NotImplementedError(f'the {self.kind} problem has no step-by-step controller '
                                   '(its real episodes are sampled whole by sample_real)')
+
+    def joints(self) -> Optional[tuple[JointLimits, ...]]:
+        """The controlled joints, names and limits, in the order of the controller's positions and
+        commands; None when the problem has no joints (see the module docstring)."""
+        return None
+
+    def robot_description(self) -> Optional[str]:
+        """The robot's URDF text (for ``robot_description``); None when there is no robot model."""
+        return None
+
+    def link_transforms(self, position: Sequence[float]) -> Optional[tuple[str, dict[str, np.ndarray]]]:
+        """(root frame, {link: 4x4 transform in the root frame}) at joint positions ordered like
+        ``joints()``, for rviz; None when there is nothing to draw."""
+        return None
 
     def start_pose(self) -> Optional[list[float]]:
         """Joint positions (command order) a scripted reset drives the robot to: the mean of the

@@ -33,7 +33,6 @@ from rclpy.task import Future
 from sim2real_bilevel_interfaces.action import RunEpisodes
 
 from . import conversions
-from .safety import state_violation
 
 POLICY_TIME_WARNING = 0.5      # policy evaluation above this fraction of the period is warned about
 
@@ -94,10 +93,11 @@ class EpisodeLoop:
     """One episode on a steady-clock timer: ``await loop.run()`` gives None (done) or the reason
     it was aborted."""
 
-    def __init__(self, transport, controller, command_filter, timing: LoopTiming, episode: int):
+    def __init__(self, transport, controller, bounds, command_filter, timing: LoopTiming, episode: int):
         self.transport = transport
         self.bridge = transport.bridge
         self.controller = controller
+        self.bounds = bounds                   # JointBounds: each joint's limits
         self.command_filter = command_filter
         self.timing = timing
         self.episode = episode
@@ -156,6 +156,8 @@ class EpisodeLoop:
             return f'E-STOP: {bridge.estop_reason}'
         if not bridge.active:
             return 'the bridge was deactivated'
+        if transport.state_error is not None:
+            return f'{transport.state_error} {where}'
         stamp = transport.latest_stamp
         age = (bridge.get_clock().now().nanoseconds - stamp) * 1e-9
         timing.ages.append(age)
@@ -169,8 +171,7 @@ class EpisodeLoop:
         if velocity.size != position.size:
             return (f'joint_states without velocities for {bridge.joints}: the velocity limit cannot be '
                     f'checked {where}')
-        violation = state_violation(bridge.joints, position, velocity, bridge.parameters['position_limit'],
-                                    bridge.parameters['velocity_limit'])
+        violation = self.bounds.violation(position, velocity)
         if violation is not None:
             return f'state bounds: {violation} {where}'
         self.controller.observe(position, velocity)
@@ -199,7 +200,7 @@ class EpisodeLoop:
         return None
 
 
-async def run_timed(transport, goal, goal_handle, controller, command_filter,
+async def run_timed(transport, goal, goal_handle, controller, bounds,
                     fail: Callable[[str], RunEpisodes.Result], version: int,
                     feedback: Callable[[str, int], None]) -> RunEpisodes.Result:
     """The goal's episodes on the timer loop (the topic transport's ``run`` for ``loop: timer``);
@@ -213,6 +214,7 @@ async def run_timed(transport, goal, goal_handle, controller, command_filter,
         return fail('the timer loop runs controllers that compute their reward from the sensed states '
                     '(needs_reward false): a real robot has no reward topic; use loop lockstep')
     timing = LoopTiming(1.0 / rate)
+    command_filter = bounds.command_filter()
     state_times, command_times = [], []
 
     def failed(reason: str) -> RunEpisodes.Result:
@@ -227,11 +229,12 @@ async def run_timed(transport, goal, goal_handle, controller, command_filter,
         if not reset.success:
             return failed(f'reset failed: {reset.message}')
         timeout = bridge.parameters['watchdog_timeout_s']
-        if not await waits.until(lambda: transport.latest_state is not None, timeout):
-            return failed(f'watchdog: no joint_states within {timeout} s of the reset (episode {episode})')
+        if not await waits.until(transport.state_arrived, timeout) or transport.latest_state is None:
+            return failed(transport.stale_reason(f'watchdog: no joint_states within {timeout} s of the reset '
+                                                 f'(episode {episode})'))
         controller.start_episode()
         command_filter.reset()
-        loop = EpisodeLoop(transport, controller, command_filter, timing, episode)
+        loop = EpisodeLoop(transport, controller, bounds, command_filter, timing, episode)
         reason = await loop.run()
         stamps, timing.late_states = transport.end_timed_episode(), timing.late_states + transport.late_states
         timing.count_drops(stamps)

@@ -20,9 +20,10 @@ and episode count, gets the kept result again instead of running the robot a sec
 Transports (parameter ``transport``, package ``nodes/transports``):
 - ``batched``: forwards the goal to the emulator's ``robot_emulator/run_episodes`` action
   (sim-only loops, where one DDS round trip per transition would dominate);
-- ``topics``: the ros2_control contract of real hardware -- reads ``joint_states`` (joints
-  mapped by name through the ``joints`` parameter), writes ``<controller>/commands``
-  (std_msgs/Float64MultiArray ordered like ``joints``) through this node's checks, takes the
+- ``topics``: the ros2_control contract of real hardware -- reads ``joint_states`` (the
+  problem's controlled joints by name, in any order, other joints ignored), writes
+  ``<controller>/commands`` (std_msgs/Float64MultiArray in the controller's order, the ``joints``
+  parameter) through this node's checks with per-joint limits (``nodes/joints.py``), takes the
   step reward from ``reward`` and starts each episode after a reset of ``reset_mode``
   (``nodes/resets.py``): the robot's ``reset_service``, a scripted drive to ``reset_pose``
   under the bridge's limits, or the operator's answer on ``~/continue_episode``.
@@ -46,8 +47,11 @@ from sim2real_bilevel_interfaces.msg import PolicyParameters
 from . import conversions, provenance
 from .action_calls import RESULT_KEPT_S
 from .control_loop import key_values
+from .joints import controlled_joints, joint_bounds, parse_joint_limits, to_command_order
 from .kept_results import KeptResults
 from .resets import RESET_PARAMETERS, start_pose
+from .safety import JointBounds
+from .robot_visuals import RobotVisuals
 from .runtime import EVENTS, LATCHED, PROBLEM, ROBOT_STREAM, DeclaredParameters, ParameterSpec, \
     PublisherNames, load_problem, run_node
 from .transports import TRANSPORTS, RobotWaits, Transport
@@ -68,8 +72,13 @@ class HardwareBridge(LifecycleNode):
             ParameterSpec('controller', 'forward_command_controller',
                           'controller whose <controller>/commands topic takes the commands (read at configure)',
                           allow_empty=False),
-            ParameterSpec('joints', ['state'], 'command order and the joint_states entries read, by name '
-                          '(read at configure)'),
+            ParameterSpec('joints', [], "the robot controller's command order: the problem's controlled joints "
+                          "(by name) in the order of its command array; [] = the problem's order (a problem "
+                          "without joints: ['state']); joint_states is read by name in any order (read at "
+                          'configure)'),
+            ParameterSpec('joint_limits', '', "per-joint limits that replace the blanket ones and the problem's: "
+                          "'JOINT.FIELD=VALUE, ...', FIELD one of effort, effort_rate, lower, upper, velocity "
+                          "(e.g. 'elbow.effort=1.5, elbow.velocity=8'; read at configure)"),
             ParameterSpec('emulator_action', 'robot_emulator/run_episodes',
                           'RunEpisodes action the batched transport forwards to (read at configure)',
                           allow_empty=False),
@@ -96,17 +105,24 @@ class HardwareBridge(LifecycleNode):
             ParameterSpec('episode_timeout_s', 600.0, 'longest wait for a batched run_episodes result',
                           low=0.1, high=1e6),
             ParameterSpec('effort_limit', 2.0, 'largest |effort| commanded to any joint (N m); larger requests are '
-                          'clamped and counted', low=1e-9, high=1e6),
+                          "clamped and counted (a joint's URDF effort limit tightens it)", low=1e-9, high=1e6),
             ParameterSpec('max_effort_rate', 1.0, 'largest change of a joint\'s effort per control step (N m)',
                           low=1e-9, high=1e6),
             ParameterSpec('watchdog_timeout_s', 0.5, 'joint_states older than this during an episode: zero '
                           'command, episode aborted', low=1e-3, high=60.0),
-            ParameterSpec('position_limit', 3.2, 'largest |joint position| (rad) before the episode is aborted',
-                          low=1e-9, high=1e6),
-            ParameterSpec('velocity_limit', 20.0, 'largest |joint velocity| (rad/s) before the episode is aborted',
-                          low=1e-9, high=1e6),
+            ParameterSpec('position_limit', 3.2, 'largest |joint position| (rad) before the episode is aborted '
+                          "(a joint's URDF lower / upper limits tighten it)", low=1e-9, high=1e6),
+            ParameterSpec('velocity_limit', 20.0, 'largest |joint velocity| (rad/s) before the episode is aborted '
+                          "(a joint's URDF velocity limit tightens it)", low=1e-9, high=1e6),
             ParameterSpec('max_episodes', 1000, 'largest n_episodes one run_episodes goal may ask for', low=1,
                           high=1_000_000),
+            ParameterSpec('publish_robot_description', False, "publish the problem's URDF on robot_description "
+                          '(transient local) for rviz: for a robot without a robot_state_publisher (which '
+                          'normally publishes it; never run both; read at startup)', read_only=True),
+            ParameterSpec('link_pose_rate', 0.0, 'link poses for rviz from the joint_states read (/tf where tf2_msgs '
+                          'is importable, else a MarkerArray on link_markers) at this rate (Hz); 0 = none, as when a '
+                          'robot_state_publisher publishes /tf (read at startup)', low=0.0, high=1000.0,
+                          read_only=True),
             ParameterSpec('require_policy_key', False, 'refuse to configure without a policy key (the hardware '
                           'launch sets it: on a real robot every deployed policy must be signed)', read_only=True),
             ParameterSpec('policy_key_file', '', "shared key (`sim2real-bilevel keygen`) run_episodes goals must be "
@@ -119,6 +135,8 @@ class HardwareBridge(LifecycleNode):
                           low=0, high=1000),
         ])
         self.problem = load_problem(self.parameters['problem'])
+        self.visuals = RobotVisuals(self, self.problem, description=self.parameters['publish_robot_description'],
+                                    link_rate=self.parameters['link_pose_rate'])
         self.active = False
         self.newest_policy_version = None
         self.deployed = 0
@@ -160,15 +178,17 @@ class HardwareBridge(LifecycleNode):
         service.callback = refusing
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        joints = list(self.parameters['joints'])
-        if not joints:
-            self.get_logger().error('configure failed: the joints parameter is empty')
+        try:
+            self.joints, self.command_index = controlled_joints(self.parameters['joints'], self.problem.joints())
+            self.limit_overrides = parse_joint_limits(self.parameters['joint_limits'], self.joints)
+            bounds = self.joint_bounds()
+        except ValueError as err:
+            self.get_logger().error(f'configure failed: {err}')
             return TransitionCallbackReturn.FAILURE
-        self.joints = joints
+        joints = [self.joints[i] for i in self.command_index]            # the command array's order
         if self.parameters['reset_mode'] == 'scripted':
             try:
-                start_pose(self.parameters['reset_pose'], joints, self.problem.start_pose(),
-                           self.parameters['position_limit'])
+                start_pose(self.parameters['reset_pose'], self.joints, self.problem.start_pose(), bounds)
             except ValueError as err:
                 self.get_logger().error(f'configure failed: reset_mode scripted: {err}')
                 return TransitionCallbackReturn.FAILURE
@@ -208,7 +228,7 @@ class HardwareBridge(LifecycleNode):
         self.entities_created = True
         self.last_reason = 'configured'
         self.get_logger().info(f'configured: commands on {self.command_publisher.topic_name} for joints {joints}, '
-                               f'transport {self.parameters["transport"]}')
+                               f'transport {self.parameters["transport"]}; limits {bounds.describe()}')
         self.publish_diagnostics()
         return TransitionCallbackReturn.SUCCESS
 
@@ -262,19 +282,28 @@ class HardwareBridge(LifecycleNode):
             self.send_zero_command()
             self.get_logger().info('shutting down: zero command sent')
 
+    def joint_bounds(self) -> JointBounds:
+        """Every joint's limits now (problem order; ``nodes/joints.py``): the blanket parameters as
+        they are set now, the problem's limits and the ``joint_limits`` read at configure."""
+        return joint_bounds(self.joints, self.problem.joints(), effort_limit=self.parameters['effort_limit'],
+                            max_effort_rate=self.parameters['max_effort_rate'],
+                            position_limit=self.parameters['position_limit'],
+                            velocity_limit=self.parameters['velocity_limit'], overrides=self.limit_overrides)
+
     def send_zero_command(self) -> None:
         if self.entities_created:
             self.command_publisher.publish(Float64MultiArray(data=[0.0] * len(self.joints)))
 
     def send_command(self, values: Sequence[float]) -> Optional[str]:
-        """Publish a command to the robot, unless the e-stop is latched (a state can arrive in the
+        """Publish a command (``values`` in problem order, sent in the controller's command order)
+        to the robot, unless the e-stop is latched (a state can arrive in the
         same executor turn as the e-stop request) or another node publishes robot commands (then
         the e-stop latches): the e-stop's reason is returned and nothing is sent."""
         if self.estopped:
             return self.estop_reason
         if self.check_commanders() is not None:
             return self.estop_reason
-        self.command_publisher.publish(Float64MultiArray(data=list(values)))
+        self.command_publisher.publish(Float64MultiArray(data=to_command_order(values, self.command_index)))
         return None
 
     def set_reason(self, reason: str, level=DiagnosticStatus.OK) -> None:

@@ -7,9 +7,9 @@ episode, chosen by the hardware bridge's ``reset_mode`` (read before every episo
 - ``scripted``: the bridge drives the joints to a start pose -- ``reset_pose`` entries
   ``joint=position`` (comma-separated) by name, other joints at the problem's ``start_pose()`` (the mean of its
   initial-state distribution) -- with a PD law, effort = ``reset_kp`` (q* - q) - ``reset_kd`` qd,
-  under the bridge's own limits: the CommandFilter (``effort_limit``, ``max_effort_rate``, from
-  a zero command like an episode) and the state bounds (``position_limit``,
-  ``velocity_limit``).  One command per joint_states: a lockstep robot steps on them, a
+  under the bridge's own per-joint limits (``nodes/joints.py``): the CommandFilter (effort and
+  rate limits, from a zero command like an episode) and the state bounds (position and velocity
+  limits).  One command per joint_states: a lockstep robot steps on them, a
   real-time one follows them (a robot that has published no state yet is asked for one with
   zero commands, one per ``watchdog_timeout_s``).  The pose is reached once every joint is within
   ``reset_position_tolerance`` of its target and ``reset_velocity_tolerance`` of rest for
@@ -29,17 +29,17 @@ After a successful reset the transport's ``latest_state`` is None or a state mea
 """
 from __future__ import annotations
 
-import math
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.task import Future
 from std_srvs.srv import SetBool, Trigger
 
+from .joints import named_numbers
 from .runtime import ParameterSpec
-from .safety import CommandFilter, state_violation
+from .safety import JointBounds
 
 RESET_MODES = ('service', 'scripted', 'operator')
 
@@ -67,39 +67,34 @@ RESET_PARAMETERS = [
 
 
 def start_pose(text: str, joints: Sequence[str], default: Optional[Sequence[float]],
-               position_limit: float) -> np.ndarray:
+               bounds: Union[float, JointBounds]) -> np.ndarray:
     """The scripted reset's target, ordered like ``joints``: the entries of ``text``
-    ('joint=position, ...') by name over ``default`` (the problem's start pose, command order).
+    ('joint=position, ...') by name over ``default`` (the problem's start pose, problem order),
+    inside ``bounds`` (each joint's position limits, or one symmetric +- limit for all).
     ValueError naming the bad entry, or the joints left without a target."""
     joints = list(joints)
-    entries = [entry.strip() for entry in text.split(',')] if text.strip() else []
     pose: dict[str, float] = {}
     if default is not None:
         if len(default) != len(joints):
             raise ValueError(f"the problem's start pose {list(default)} has {len(default)} position(s), the bridge "
                              f'has {len(joints)} joint(s) {joints}: set reset_pose for each joint')
         pose = {joint: float(value) for joint, value in zip(joints, default)}
-    for entry in entries:
-        name, separator, text = (part.strip() for part in entry.partition('='))
-        if not separator:
-            raise ValueError(f"reset_pose entry {entry!r}: expected 'joint=position', e.g. '{joints[0]}=0.0'")
+    for entry, name, position in named_numbers(text, 'reset_pose', 'joint=position', f'{joints[0]}=0.0',
+                                               what='position'):
         if name not in joints:
             raise ValueError(f'reset_pose entry {entry!r}: {name!r} is not one of the joints {joints}')
-        try:
-            position = float(text)
-        except ValueError:
-            raise ValueError(f'reset_pose entry {entry!r}: position {text!r} is not a number') from None
-        if not math.isfinite(position):
-            raise ValueError(f'reset_pose entry {entry!r}: position {text!r} is not finite')
         pose[name] = position
     missing = [joint for joint in joints if joint not in pose]
     if missing:
         raise ValueError(f"no start position for the joint(s) {missing}: the problem gives no start pose, name them "
                          f"in reset_pose ('joint=position')")
-    for joint in joints:
-        if abs(pose[joint]) > position_limit:
+    for i, joint in enumerate(joints):
+        lower, upper = ((-bounds, bounds) if not isinstance(bounds, JointBounds)
+                        else (bounds.lower[i], bounds.upper[i]))
+        if not lower <= pose[joint] <= upper:
+            limits = f'+-{upper:g}' if lower == -upper else f'[{lower:g}, {upper:g}]'
             raise ValueError(f'start position of {joint!r} = {pose[joint]:g} is outside the position limit '
-                             f'+-{position_limit:g}')
+                             f'{limits}')
     return np.array([pose[joint] for joint in joints])
 
 
@@ -174,7 +169,7 @@ class EpisodeResets:
         bridge, waits = self.bridge, self.bridge.waits
         timeout = bridge.parameters['reset_timeout_s']
         name = self.client.srv_name
-        self.transport.latest_state = None           # the episode starts from a state published after the reset
+        self.transport.expect_state()                # the episode starts from a state published after the reset
         if not await waits.until(self.client.service_is_ready, timeout):
             return answer(False, f'{name} not available within {timeout:g} s')
         for attempt in range(2):
@@ -194,15 +189,14 @@ class EpisodeResets:
             return answer(False, 'reset_mode scripted drives joint efforts; this problem\'s commands are not '
                                  'efforts (use reset_mode service or operator)')
         try:
-            target = start_pose(parameters['reset_pose'], bridge.joints, bridge.problem.start_pose(),
-                                parameters['position_limit'])
+            bounds = bridge.joint_bounds()
+            target = start_pose(parameters['reset_pose'], bridge.joints, bridge.problem.start_pose(), bounds)
         except ValueError as err:
             return answer(False, f'scripted reset: {err}')
         joints = bridge.joints
-        command_filter = CommandFilter(parameters['effort_limit'], parameters['max_effort_rate'], joints=len(joints))
+        command_filter = bounds.command_filter()
         kp, kd, settle = parameters['reset_kp'], parameters['reset_kd'], parameters['reset_settle_samples']
         tolerances = (parameters['reset_position_tolerance'], parameters['reset_velocity_tolerance'])
-        limits = (parameters['position_limit'], parameters['velocity_limit'])
         timeout, watchdog = parameters['scripted_reset_timeout_s'], parameters['watchdog_timeout_s']
         started = time.monotonic()
         commands = settled = 0
@@ -212,13 +206,14 @@ class EpisodeResets:
             return answer(False, f'scripted reset to {target.tolist()}: {reason}; zero command sent '
                                  f'({commands} reset commands, filter: {command_filter.counts()})')
 
-        def fresh() -> bool:
-            return transport.latest_state is not None
+        fresh = transport.state_arrived
         asked = 0
         while not fresh():
             # no state yet (the first goal; a lockstep robot publishes only when commanded): a
             # zero command -- the command in force between goals -- asks for one, once per
             # watchdog period (a command sent before DDS matched the robot is lost)
+            if transport.state_error is not None:
+                return refuse(transport.state_error)
             if stop_reason(bridge) is not None or time.monotonic() - started > timeout:
                 return refuse(stop_reason(bridge) or f'no joint_states within scripted_reset_timeout_s ({timeout:g} s, '
                               f'{asked} zero commands sent): the robot publishes none (the robot emulator moves '
@@ -230,10 +225,12 @@ class EpisodeResets:
             stop = stop_reason(bridge)               # (a state may arrive together with the stop)
             if stop is not None:
                 return refuse(stop)
+            if transport.state_error is not None:
+                return refuse(transport.state_error)
             position, velocity = transport.latest_state, transport.latest_velocity
             if velocity.size != position.size:
                 return refuse(f'joint_states without velocities for {joints}: the reset cannot check rest')
-            violation = state_violation(joints, position, velocity, *limits)
+            violation = bounds.violation(position, velocity)
             if violation is not None:
                 return refuse(f'state bounds: {violation}')
             miss = pose_miss(joints, target, position, velocity, *tolerances)
@@ -246,7 +243,7 @@ class EpisodeResets:
                 return refuse(f'start pose not reached within scripted_reset_timeout_s ({timeout:g} s): '
                               f'{miss or f"within the tolerances for only {settled} of {settle} readings"}')
             command = command_filter(pd_effort(target, position, velocity, kp, kd))
-            transport.latest_state = None
+            transport.expect_state()
             estop = bridge.send_command([float(c) for c in command])
             commands += 1
             if estop is not None:
@@ -261,7 +258,7 @@ class EpisodeResets:
         timeout = bridge.parameters['operator_timeout_s']
         if efforts:
             bridge.send_zero_command()               # a person may handle the robot now
-        transport.latest_state = None                # what the robot reports from now on counts
+        transport.expect_state()                     # what the robot reports from now on counts
         node = bridge.get_fully_qualified_name()
         option = '' if node == '/hardware_bridge' else f' --node {node}'
         status = (f'waiting for the operator: put the robot in its start pose, then run `sim2real-bilevel bridge '

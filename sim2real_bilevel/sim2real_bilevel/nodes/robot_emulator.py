@@ -26,6 +26,12 @@ Two transports, the bridge picks one:
   systems without a control period cannot run in real time).  ``~/link_pose``
   (geometry_msgs/PoseStamped, e.g. the pendulum's tip in ``pendulum_base``) shows the robot
   in rviz when the system gives a pose.
+- for rviz (``nodes/robot_visuals.py``): the problem's URDF on ``robot_description``
+  (transient local; ``publish_robot_description``) and every link's pose at ``link_pose_rate``
+  on ``/tf`` (tf2_msgs, where importable) or as a MarkerArray on ``link_markers``.
+- joints by name (``nodes/joints.py``): commands arrive in the order of ``joints`` (the emulated
+  controller's), joint_states carries ``state_joints`` (the controlled joints and any others,
+  reported at 0) in that order.
 - ``~/evaluate`` (EvaluatePolicy, ``nodes/evaluation.py``): the sim-only evaluator, the exact
   normalised and real return of a policy from the hidden model (the outer_optimizer's ``evaluator``),
   computed in a worker thread on a problem instance of its own, so resets, episode goals and the
@@ -53,10 +59,12 @@ from std_srvs.srv import Trigger
 from sim2real_bilevel_interfaces.action import RunEpisodes
 
 from . import conversions
+from .joints import controlled_joints, from_command_order
 from .kept_results import KeptResults
 from .action_calls import RESULT_KEPT_S, serve_action
 from .evaluation import EvaluationServer
 from .realtime_robot import RealTimeRobot, fault_parameters
+from .robot_visuals import RobotVisuals
 from .runtime import PROBLEM, ROBOT_STREAM, SEED, SENSOR, DeclaredParameters, ParameterSpec, \
     PublisherNames, load_problem, run_node
 
@@ -70,8 +78,12 @@ class RobotEmulator(Node):
             ParameterSpec('controller', 'forward_command_controller',
                           'controller whose <controller>/commands topic drives the emulated robot (read at startup)',
                           read_only=True, allow_empty=False),
-            ParameterSpec('joints', ['state'], 'joint names published on joint_states (read at startup)',
-                          read_only=True),
+            ParameterSpec('joints', [], "the emulated controller's command order: the problem's controlled "
+                          "joints by name, in the order of the command array; [] = the problem's order (a problem "
+                          "without joints: ['state']; read at startup)", read_only=True),
+            ParameterSpec('state_joints', [], 'the names of joint_states, in its order: every controlled joint and '
+                          'any others the robot reports (published at 0, e.g. passive joints); [] = joints (read '
+                          'at startup)', read_only=True),
             ParameterSpec('publish_clock', False, 'publish /clock from the robot\'s steps (lockstep, faster than '
                           'real time); other nodes then run with use_sim_time (read at startup)', read_only=True),
             ParameterSpec('commanders', ['hardware_bridge'], 'nodes allowed to publish commands (names relative to '
@@ -88,6 +100,12 @@ class RobotEmulator(Node):
                           'held; read at startup)', choices=('lockstep', 'realtime'), read_only=True),
             ParameterSpec('state_rate', 0.0, "realtime mode: joint_states rate (Hz); 0 = every physics step (the "
                           "system's 1 / control_period)", low=0.0, high=100000.0),
+            ParameterSpec('publish_robot_description', True, "publish the problem's URDF on robot_description "
+                          '(std_msgs/String, transient local) for rviz; false where a robot_state_publisher '
+                          'already publishes it (read at startup)', read_only=True),
+            ParameterSpec('link_pose_rate', 10.0, 'link poses for rviz (/tf where tf2_msgs is importable, else a '
+                          'MarkerArray on link_markers) at this rate (Hz) from the newest state; 0 = none (read at '
+                          'startup)', low=0.0, high=1000.0, read_only=True),
             ParameterSpec('evaluation_delay_s', 0.0, 'for tests only: every ~/evaluate computation takes this many '
                           'seconds longer (a slow evaluator); 0 in real use', low=0.0, high=3600.0),
         ] + fault_parameters())
@@ -97,6 +115,14 @@ class RobotEmulator(Node):
                              'runs on the wall clock, /clock is for lockstep runs faster than real time')
         self.realtime: Optional[RealTimeRobot] = None   # made at the first reset in realtime mode
         self.problem = load_problem(self.parameters['problem'])
+        self.joints, self.command_index = controlled_joints(self.parameters['joints'], self.problem.joints())
+        self.state_joints = list(self.parameters['state_joints'] or [self.joints[i] for i in self.command_index])
+        missing = [joint for joint in self.joints if joint not in self.state_joints]
+        if missing:
+            raise ValueError(f'invalid parameters: state_joints = {self.state_joints} lacks the controlled joint(s) '
+                             f'{missing}')
+        # where each joint_states entry comes from: a controlled joint's index, or None (reported at 0)
+        self.state_source = [self.joints.index(name) if name in self.joints else None for name in self.state_joints]
         # one stream for all real data, exactly like MethodRun.rng in the core
         self.rng = np.random.default_rng(self.parameters['seed'])
         self.running = False         # an episode of the topic transport was started
@@ -127,6 +153,8 @@ class RobotEmulator(Node):
         self.clock_publisher = (self.create_publisher(Clock, '/clock', 10) if self.parameters['publish_clock']
                                 else None)
         self.pose_publisher = self.create_publisher(PoseStamped, '~/link_pose', 10)
+        self.visuals = RobotVisuals(self, self.problem, description=self.parameters['publish_robot_description'],
+                                    link_rate=self.parameters['link_pose_rate'])
         if self.parameters['start_running']:
             reason = self._topic_refusal()
             if reason:
@@ -229,6 +257,12 @@ class RobotEmulator(Node):
                                     throttle_duration_sec=1.0)
             return
         command = list(msg.data)
+        if len(command) != len(self.joints):
+            order = [self.joints[i] for i in self.command_index]
+            self.get_logger().error(f'ignored command {command}: expected {len(order)} value(s), one per joint of '
+                                    f'{order} in this order')
+            return
+        command = from_command_order(command, self.command_index)
         reason = self.system.command_refusal(command)
         if reason is not None:
             self.get_logger().error(f'ignored command {reason}')
@@ -252,18 +286,26 @@ class RobotEmulator(Node):
             stamp = (sensed_at or self.get_clock().now()).to_msg()
         if sample.reward is not None and self.reward_publisher is not None:
             self.reward_publisher.publish(Float64(data=float(sample.reward)))
-        msg = JointState(name=list(self.parameters['joints'])[:1], position=[float(v) for v in sample.position],
-                         velocity=[float(v) for v in sample.velocity], effort=[float(v) for v in sample.effort])
+        msg = JointState(name=self.state_joints, position=self._by_name(sample.position),
+                         velocity=self._by_name(sample.velocity), effort=self._by_name(sample.effort))
         msg.header.stamp = stamp
         self.joint_state_publisher.publish(msg)
+        self.visuals.update(sample.position)
         pose = self.system.link_pose(sample)
         if pose is not None:
             self.pose_publisher.publish(pose_stamped(*pose, stamp))
+
+    def _by_name(self, values) -> list[float]:
+        """A sample's field (problem order) in joint_states order; empty stays empty."""
+        if not len(values):
+            return []
+        return [0.0 if source is None else float(values[source]) for source in self.state_source]
 
     def destroy_node(self) -> None:
         """The real-time robot's timer and delivery thread go first."""
         if self.realtime is not None:
             self.realtime.destroy()
+        self.visuals.destroy()
         super().destroy_node()
 
 

@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 import rclpy
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
@@ -135,11 +136,13 @@ class DeclaredParameters:
             raise ValueError('invalid parameters: ' + '; '.join(errors))
 
     def values(self) -> dict:
-        return {name: self.node.get_parameter(name).value for name in self.specs
-                if self.node.has_parameter(name)}
+        return {name: self[name] for name in self.specs if self.node.has_parameter(name)}
 
     def __getitem__(self, name: str):
-        return self.node.get_parameter(name).value
+        try:
+            return self.node.get_parameter(name).value
+        except ParameterUninitializedException:      # an empty list default, declared by its type: not set
+            return list(self.specs[name].default)
 
     def _reason(self, name: str, value: Any, pending: dict) -> Optional[str]:
         spec = self.specs.get(name)

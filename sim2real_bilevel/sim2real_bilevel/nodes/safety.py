@@ -1,23 +1,27 @@
 """Command safety of the hardware bridge, free of ROS so it can be tested exhaustively.
 
 ``CommandFilter`` turns what the policy asks for into what may reach the motors:
-non-finite requests become 0, each joint's effort is clamped to +-effort_limit and its
-change per control step to +-max_effort_rate (the first command of an episode is
-rate-limited from 0), and every clamp is counted.  ``state_violation`` names the first
-joint outside its position / velocity bounds (the episode must then stop)."""
+non-finite requests become 0, each joint's effort is clamped to +-its effort limit and its
+change per control step to +-its rate limit (the first command of an episode is
+rate-limited from 0), and every clamp is counted.  ``JointBounds`` holds every joint's limits
+(``nodes/joints.py`` builds them by name) and names the first joint outside its position /
+velocity bounds (the episode must then stop); ``state_violation`` is the same check with one
+symmetric bound for all joints."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import numpy as np
+
+Limit = Union[float, Sequence[float], np.ndarray]
 
 
 @dataclass
 class CommandFilter:
-    effort_limit: float
-    max_effort_rate: float
+    effort_limit: Limit              # one number for every joint, or one per joint
+    max_effort_rate: Limit
     joints: int = 1
     clamped: int = 0                 # commands changed by the effort limit
     rate_limited: int = 0            # commands changed by the rate limit
@@ -27,8 +31,13 @@ class CommandFilter:
     def __post_init__(self):
         for name in ('effort_limit', 'max_effort_rate'):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and value > 0 and not math.isnan(value)):
-                raise ValueError(f'{name} = {value!r}: expected a number > 0')
+            try:
+                array = np.broadcast_to(np.asarray(value, dtype=np.float64), (self.joints,))
+            except (TypeError, ValueError):
+                array = None
+            if array is None or isinstance(value, bool) or not np.all(array > 0):
+                raise ValueError(f'{name} = {value!r}: expected a number > 0, or {self.joints} (one per joint)')
+            setattr(self, name, array.copy())
         self.reset()
 
     def reset(self) -> None:
@@ -52,12 +61,40 @@ class CommandFilter:
         return {'clamped': self.clamped, 'rate_limited': self.rate_limited, 'non_finite': self.non_finite}
 
 
+@dataclass(frozen=True)
+class JointBounds:
+    """Every controlled joint's limits, one entry per joint in ``names`` order (inf: none)."""
+    names: tuple
+    effort: np.ndarray
+    effort_rate: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    velocity: np.ndarray
+
+    def command_filter(self) -> CommandFilter:
+        return CommandFilter(self.effort, self.effort_rate, joints=len(self.names))
+
+    def violation(self, positions, velocities) -> Optional[str]:
+        """None if every joint is inside its position and velocity bounds, else the first that is not."""
+        for name, q, qd, lower, upper, limit in zip(self.names, positions, velocities, self.lower, self.upper,
+                                                   self.velocity):
+            if not (math.isfinite(q) and lower <= q <= upper):
+                bounds = f'+-{upper:g}' if lower == -upper else f'[{lower:g}, {upper:g}]'
+                return f'joint {name!r} position {q:.4g} outside {bounds}'
+            if not (math.isfinite(qd) and abs(qd) <= limit):
+                return f'joint {name!r} velocity {qd:.4g} outside +-{limit:g}'
+        return None
+
+    def describe(self) -> str:
+        """One line per joint, for logs."""
+        return '; '.join(f'{name}: effort +-{e:g}, rate +-{r:g}/step, position [{lo:g}, {hi:g}], velocity +-{v:g}'
+                         for name, e, r, lo, hi, v in zip(self.names, self.effort, self.effort_rate, self.lower,
+                                                         self.upper, self.velocity))
+
+
 def state_violation(names, positions, velocities, position_limit: float,
                     velocity_limit: float) -> Optional[str]:
     """None if every joint is inside |q| <= position_limit and |qd| <= velocity_limit, else why."""
-    for name, q, qd in zip(names, positions, velocities):
-        if not math.isfinite(q) or abs(q) > position_limit:
-            return f'joint {name!r} position {q:.4g} outside +-{position_limit:g}'
-        if not math.isfinite(qd) or abs(qd) > velocity_limit:
-            return f'joint {name!r} velocity {qd:.4g} outside +-{velocity_limit:g}'
-    return None
+    n = len(names)
+    return JointBounds(tuple(names), np.full(n, math.inf), np.full(n, math.inf), np.full(n, -position_limit),
+                       np.full(n, position_limit), np.full(n, velocity_limit)).violation(positions, velocities)

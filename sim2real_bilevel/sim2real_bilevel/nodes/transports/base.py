@@ -50,7 +50,8 @@ class BridgeFacilities(Protocol):
     """What of the hardware bridge a transport uses (besides the rclpy Node API)."""
     parameters: object             # DeclaredParameters
     problem: object
-    joints: list[str]
+    joints: list[str]              # the controlled joints, in the problem's (controller's) order
+    visuals: object                # RobotVisuals: ``update(positions)`` with every state read
     active: bool
     estopped: bool
     estop_reason: str
@@ -61,6 +62,9 @@ class BridgeFacilities(Protocol):
         """Publish a command unless the e-stop latches for another commander; then its reason."""
 
     def send_zero_command(self) -> None: ...
+
+    def joint_bounds(self):
+        """Every joint's limits now (``safety.JointBounds``, ``nodes/joints.py``)."""
 
     def set_reason(self, reason: str, level) -> None:
         """The bridge's state line (diagnostics) becomes ``reason``, published at ``level``."""

@@ -1,8 +1,9 @@
 """The topic transport: the ros2_control contract of real hardware.
 
-Reads ``joint_states`` (joints mapped by name through the bridge's ``joints``), writes
-``<controller>/commands`` through the bridge (std_msgs/Float64MultiArray ordered like
-``joints``), takes the step reward from ``reward`` and starts each episode after the reset of
+Reads ``joint_states`` (the controlled joints by name, in any order, other joints ignored; a
+message lacking one is an error naming it), writes ``<controller>/commands`` through the bridge
+(std_msgs/Float64MultiArray in the robot controller's order, the bridge's ``joints``) with each
+joint's limits (``nodes/joints.py``), takes the step reward from ``reward`` and starts each episode after the reset of
 ``reset_mode`` (``nodes/resets.py``: the robot's ``reset_service``, a scripted drive to a start
 pose, or the operator).  What runs is the problem's ``controller(phi, rng)`` (the contract in
 ``core/problem.py``); this transport owns the waits and, for effort commands, the safety.
@@ -24,7 +25,7 @@ from .. import conversions
 from ..control_loop import run_timed
 from ..resets import EpisodeResets
 from ..runtime import ROBOT_STREAM, SENSOR
-from ..safety import CommandFilter, state_violation
+from ..joints import read_joint_state
 from .base import Transport
 
 
@@ -35,6 +36,7 @@ class TopicTransport(Transport):
         self.latest_state = None
         self.latest_velocity = None
         self.latest_stamp = None           # of latest_state, ns of ROS time
+        self.state_error = None            # why the newest joint_states was not a state (a joint missing)
         self.episode_stamps = None         # timer loop: the stamps of the episode's states, in arrival order
         self.accept_after = 0              # timer loop: states sensed before the episode's reset are ignored
         self.late_states = 0               # timer loop: states older than the newest one, ignored
@@ -52,17 +54,16 @@ class TopicTransport(Transport):
 
     # --- what the robot says ------------------------------------------------------------------------------
     def joint_state_callback(self, msg: JointState) -> None:
-        """Joints are read by name (other joints and any order are fine)."""
-        joints = self.bridge.joints
-        names = list(msg.name)
+        """Joints are read by name (other joints and any order are fine).  A message that lacks a
+        controlled joint is not a state: its reason is kept in ``state_error`` (the episode waiting
+        for a state then fails with it)."""
         try:
-            index = [names.index(joint) for joint in joints]
-            positions = [msg.position[i] for i in index]
             # no velocities is not zero velocity: a velocity-limited episode refuses such states
-            velocities = [msg.velocity[i] for i in index] if len(msg.velocity) else []
-        except (ValueError, IndexError):
-            self.bridge.get_logger().error(f'joint_states without the joints {joints}: names {names}',
-                                           throttle_duration_sec=5.0)
+            positions, velocities = read_joint_state(msg.name, msg.position, msg.velocity, self.bridge.joints)
+        except ValueError as err:
+            self.state_error = str(err)
+            self.bridge.get_logger().error(f'ignored joint_states: {err}', throttle_duration_sec=5.0)
+            self.bridge.waits.wake()
             return
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         if self.episode_stamps is not None:
@@ -73,9 +74,21 @@ class TopicTransport(Transport):
                 return
             self.episode_stamps.append(stamp)
         self.latest_stamp = stamp
-        self.latest_state = np.asarray(positions, dtype=np.float64)
-        self.latest_velocity = np.asarray(velocities, dtype=np.float64)
+        self.latest_state, self.latest_velocity, self.state_error = positions, velocities, None
+        self.bridge.visuals.update(positions)
         self.bridge.waits.wake()
+
+    def expect_state(self) -> None:
+        """From now on only a joint_states that arrives counts (or a message that is not one)."""
+        self.latest_state = self.state_error = None
+
+    def state_arrived(self) -> bool:
+        """A state has come since ``latest_state`` was cleared, or a message that is not one."""
+        return self.latest_state is not None or self.state_error is not None
+
+    def stale_reason(self, fallback: str) -> str:
+        """Why no usable state arrived: the last bad joint_states if there was one, else ``fallback``."""
+        return f'{self.state_error} ({fallback})' if self.state_error is not None else fallback
 
     def reward_callback(self, msg: Float64) -> None:
         self.rewards.append(float(msg.data))
@@ -83,7 +96,7 @@ class TopicTransport(Transport):
 
     def start_timed_episode(self, reset_at_ns: int) -> None:
         """The timer loop starts an episode: only states sensed from ``reset_at_ns`` on count."""
-        self.latest_state = self.latest_velocity = self.latest_stamp = None
+        self.latest_state = self.latest_velocity = self.latest_stamp = self.state_error = None
         self.episode_stamps, self.accept_after, self.late_states = [], reset_at_ns, 0
 
     def end_timed_episode(self) -> list[int]:
@@ -113,10 +126,12 @@ class TopicTransport(Transport):
             return RunEpisodes.Result(success=False, message=f'the topic transport runs step-by-step controllers, '
                                                              f'not {problem.kind!r} policies: {err}')
         safety = controller.commands_are_efforts
-        command_filter = (CommandFilter(bridge.parameters['effort_limit'], bridge.parameters['max_effort_rate'],
-                                        joints=len(bridge.joints)) if safety else None)
+        try:
+            bounds = bridge.joint_bounds()
+        except ValueError as err:
+            return RunEpisodes.Result(success=False, message=f'joint limits: {err}')
+        command_filter = bounds.command_filter() if safety else None
         timeout = bridge.parameters['watchdog_timeout_s' if safety else 'step_timeout_s']
-        limits = (bridge.parameters['position_limit'], bridge.parameters['velocity_limit'])
 
         def fail(reason: str) -> RunEpisodes.Result:
             if not safety:
@@ -132,42 +147,44 @@ class TopicTransport(Transport):
         if self.loop == 'timer':
             if not safety:
                 return fail('the timer loop runs effort controllers only; use loop lockstep')
-            return await run_timed(self, goal, goal_handle, controller, command_filter, fail, version, feedback)
+            return await run_timed(self, goal, goal_handle, controller, bounds, fail, version, feedback)
         for episode in range(int(goal.n_episodes)):
             reset = await self.reset_robot(safety, lambda status, done=episode: feedback(status, done))
             if not reset.success:
                 return fail(f'reset failed: {reset.message}')
-            if not await waits.until(lambda: self.latest_state is not None, timeout):
-                return fail(f'watchdog: no joint_states within {timeout} s of the reset' if safety
-                            else 'no joint_states after reset')
+            if not await waits.until(self.state_arrived, timeout) or self.latest_state is None:
+                return fail(self.stale_reason(f'watchdog: no joint_states within {timeout} s of the reset' if safety
+                                              else 'no joint_states after reset'))
             controller.start_episode()
             if safety:
                 command_filter.reset()
             for t in range(controller.horizon + 1):
                 if safety and self.latest_velocity.size != self.latest_state.size:
-                    return fail(f'joint_states without velocities for {bridge.joints}: the velocity limit '
-                                f'({limits[1]:g} rad/s) cannot be checked (episode {episode}, step {t})')
+                    return fail(f'joint_states without velocities for {bridge.joints}: the velocity limits '
+                                f'({bounds.velocity.tolist()}) cannot be checked (episode {episode}, step {t})')
                 controller.observe(self.latest_state, self.latest_velocity)
-                violation = (state_violation(bridge.joints, self.latest_state, self.latest_velocity, *limits)
-                             if safety else None)
+                violation = bounds.violation(self.latest_state, self.latest_velocity) if safety else None
                 if violation is not None:
                     return fail(f'state bounds: {violation} (episode {episode}, step {t})')
                 if t == controller.horizon:
                     break
                 requested = controller.command()
                 command = [float(c) for c in command_filter(requested)] if safety else requested
-                self.latest_state, reward_count = None, len(self.rewards)
+                self.expect_state()
+                reward_count = len(self.rewards)
                 estop = bridge.send_command(command)
                 if estop is not None:
                     return fail(f'E-STOP: {estop}')
-                answered = ((lambda c=reward_count: self.latest_state is not None and len(self.rewards) > c)
-                            if controller.needs_reward else (lambda: self.latest_state is not None))
-                if not await waits.until(answered, timeout):
+                answered = ((lambda c=reward_count: self.state_arrived() and len(self.rewards) > c)
+                            if controller.needs_reward else self.state_arrived)
+                if not await waits.until(answered, timeout) or self.latest_state is None:
                     if not safety:
-                        return fail(f'no answer from the robot within {timeout} s (episode {episode}, step {t})')
+                        return fail(self.stale_reason(f'no answer from the robot within {timeout} s (episode '
+                                                      f'{episode}, step {t})'))
                     if bridge.estopped:
                         return fail(f'E-STOP: {bridge.estop_reason}')
-                    return fail(f'watchdog: joint_states stale for {timeout} s (episode {episode}, step {t})')
+                    return fail(self.stale_reason(f'watchdog: joint_states stale for {timeout} s (episode {episode}, '
+                                                  f'step {t})'))
                 controller.record(command, self.rewards[-1] if controller.needs_reward else None)
             goal_handle.publish_feedback(RunEpisodes.Feedback(episodes_done=episode + 1))
         message = ''

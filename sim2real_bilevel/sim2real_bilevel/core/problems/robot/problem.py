@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ...problem import BilevelProblem, InnerResult, SensitivityTerms, Trajectories
+from ...problem import BilevelProblem, InnerResult, JointLimits, SensitivityTerms, Trajectories
 from ...robot_model import THETA_NAMES, PendulumGeometry, PendulumModel
 from .config import REAL_GRADIENT_ESTIMATORS, InnerSettings, read_problem_file
 from .estimators import alive_mask, cross_fitted_values, gae, value_features
@@ -341,6 +341,24 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
     def controller(self, phi: np.ndarray, rng: np.random.Generator) -> PendulumController:
         """pi_phi one effort command at a time (``stepwise.PendulumController``)."""
         return PendulumController(self, phi, rng)
+
+    def joints(self) -> tuple[JointLimits, ...]:
+        """The pendulum's one joint; its description gives no limits (the bridge's own apply)."""
+        from ...robots import JOINT_NAME
+        return (JointLimits(JOINT_NAME),)
+
+    def robot_description(self) -> str:
+        """The URDF of the pendulum the user describes (rod, no payload: the payload is uncertain)."""
+        from ...robots.pendulum import pendulum_urdf
+        return pendulum_urdf(self.geometry.link_length, self.geometry.rod_mass, radius=self.geometry.rod_radius)
+
+    def link_transforms(self, position) -> tuple[str, dict[str, np.ndarray]]:
+        """The rod's link turned by the joint angle about y, in the base link."""
+        from transforms3d.axangles import axangle2mat
+        from ...robots.pendulum import BASE_LINK, PENDULUM_LINK
+        transform = np.eye(4)
+        transform[:3, :3] = axangle2mat([0.0, 1.0, 0.0], float(position[0]))
+        return BASE_LINK, {BASE_LINK: np.eye(4), PENDULUM_LINK: transform}
 
     def start_pose(self) -> list[float]:
         """The middle of ``initial_state.position_range`` (the mean of the uniform initial angle)."""

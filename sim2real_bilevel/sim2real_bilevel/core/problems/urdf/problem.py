@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from ...problem import JointLimits
 from ...urdf_model import UrdfModel
 from ...urdf_robot import RigidBodyDynamics
 from ..robot.problem import RobotProblem
@@ -24,6 +26,7 @@ class UrdfProblem(RobotProblem):
         self.urdf_path = urdf_path
         self.joint_names = tuple(joint_names)
         self.settings = settings
+        self.description = description
         joints = [description.joints[name] for name in joint_names]
         dynamics = RigidBodyDynamics(urdf_path, joint_names, gravity=settings.gravity)
         delays = [math.exp(arguments['upper_full'][i]) for i, entry in enumerate(physical) if entry.kind == 'delay']
@@ -37,6 +40,23 @@ class UrdfProblem(RobotProblem):
     @property
     def control_period(self) -> float:
         return float(self.settings.control_period)
+
+    def joints(self) -> tuple[JointLimits, ...]:
+        """The controlled joints with the limits of their URDF ``<limit>`` (inf where none)."""
+        return tuple(JointLimits(j.name, effort=j.effort, lower=j.lower, upper=j.upper, velocity=j.velocity)
+                     for j in (self.description.joints[name] for name in self.joint_names))
+
+    def robot_description(self) -> str:
+        return Path(self.urdf_path).read_text()
+
+    def link_transforms(self, position) -> tuple[str, dict[str, np.ndarray]]:
+        """Every link's pose in the root link (adam's forward kinematics; other moving joints at 0)."""
+        import torch
+        dynamics = self.model.dynamics
+        q = torch.as_tensor(np.asarray(position, dtype=np.float64).reshape(1, -1), dtype=dynamics.dtype)
+        with torch.no_grad():
+            poses = dynamics.link_poses(q)
+        return dynamics.link_names[0], {name: pose[0].cpu().numpy().astype(np.float64) for name, pose in poses.items()}
 
     @classmethod
     def from_dict(cls, data: dict, source: str, policy=None) -> 'UrdfProblem':
