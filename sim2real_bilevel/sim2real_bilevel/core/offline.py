@@ -26,8 +26,9 @@ evaluator reads the hidden real model, sim-only) -- its normalised return.  Noth
 reads the real model.
 
 Kinds: a kind offers offline learning through ``OFFLINE_KINDS`` (its ``offline`` module:
-``OfflineEstimator``, ``prepare_dataset`` and ``behaviour_sampler``).  The robot kind has none yet,
-and ``--offline`` refuses it with the reason.
+``OfflineEstimator``, ``prepare_dataset`` and ``behaviour_sampler``): tabular (count model), LQR
+(LSTD-Q), robot (clipped per-decision importance weights; needs the behaviour's probabilities).
+The urdf kind has none yet, and ``--offline`` refuses it with the reason.
 """
 from __future__ import annotations
 
@@ -48,10 +49,11 @@ from .problem import BilevelProblem
 OFFLINE_KINDS = {
     'tabular': '.problems.tabular.offline',
     'lqr': '.problems.lqr.offline',
+    'robot': '.problems.robot.offline',
 }
 NOT_OFFLINE = {
-    'robot': ('the robot kind has no off-policy real-gradient estimator yet (fitted Q-evaluation or clipped '
-              'importance weights over its MLP policy are not built); run it online'),
+    'urdf': ('the urdf kind has no off-policy real-gradient estimator yet (the robot kind\'s clipped importance '
+             'weights are not wired to it); run it online'),
 }
 
 
