@@ -107,8 +107,33 @@ def _solve(invocation: dict, out, quiet: bool, run_dir) -> int:
     bar.close()
     json_path, png_path = write_results(document, out)
     print(format_summary(document['summary']))
+    for line in _phase_lines(document):
+        print(line)
     print(f'wrote {json_path} and {png_path}')
     return 0
+
+
+def _phase_lines(document: dict) -> list[str]:
+    """Mixed mode: each seed's offline and online phase on their own (``MixedBilevelRun.phase_reports``)."""
+    lines = []
+    for method, entry in document['methods'].items():
+        for seed in entry['seeds']:
+            phases = seed.get('phases')
+            if not phases:
+                continue
+            offline, online = phases['offline'], phases['online']
+            if offline:
+                lines.append(f'{method} seed {seed["seed"]} offline phase ({offline["iterations"]} iterations): estimated '
+                             f'real return {offline["real_return_estimate"]:.4g} [{offline["real_return_ci_low"]:.4g}, '
+                             f'{offline["real_return_ci_high"]:.4g}], coverage {offline["coverage"]:.3g}, '
+                             f'{offline["refused_steps"]} step(s) refused')
+            if online:
+                best = online['best']
+                lines.append(f'{method} seed {seed["seed"]} online phase: {online["episodes"]} of {online["budget"]} real '
+                             f'episodes in {online["iterations"]} iterations, {online["backtracks"]} backtrack(s); best '
+                             f'deployed {best["real_return_estimate"]:.4g} [{best["real_return_ci_low"]:.4g}, '
+                             f'{best["real_return_ci_high"]:.4g}] (n={best["episodes"]})')
+    return lines
 
 
 def _solve_offline(invocation, config, methods, seeds, iterations, overrides, on_record, run_dir) -> dict:

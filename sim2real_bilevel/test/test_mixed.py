@@ -136,6 +136,8 @@ def test_solve_mixed_from_the_command_line(tmp_path):
     solved = cli('solve', 'discrete_3s2a', '--real-data', str(tmp_path / 'data'), '--offline', '--online-episodes', '3',
                  '--iterations', '4', '--out', str(tmp_path / 'out'), '--quiet')
     assert solved.returncode == 0, solved.stderr
+    assert 'bilevel seed 0 offline phase (4 iterations): estimated real return' in solved.stdout
+    assert 'bilevel seed 0 online phase: 3 of 3 real episodes in 3 iterations' in solved.stdout
     document = json.loads((tmp_path / 'out' / 'results.json').read_text())
     seed = document['methods']['bilevel']['seeds'][0]
     assert seed['phases']['offline']['iterations'] == 4 and seed['phases']['online']['episodes'] == 3
