@@ -20,8 +20,8 @@ reached it, and, in a second column, with the dataset's N added; "never" within 
         --out sim2real_bilevel/bench/results/mixed
     python sim2real_bilevel/bench/mixed.py --quick --out /tmp/mixed-quick
 
-Outputs: OUT/jobs.jsonl (one line per job, appended as jobs finish; a rerun skips those done),
-OUT/mixed.md (the table) and OUT/mixed.json.
+Outputs: OUT/jobs.jsonl (one line per job, appended as jobs finish; a rerun skips those done, and
+runs at another N reuse the online-only jobs), OUT/mixed_N<N>.md (the table) and OUT/mixed_N<N>.json.
 """
 from __future__ import annotations
 
@@ -90,8 +90,11 @@ def jobs_for(files: dict, seeds: int, episodes: int, budget: int, offline_iterat
 
 
 def key(job: dict) -> str:
-    return json.dumps({k: job.get(k) for k in ('problem', 'method', 'seed', 'episodes', 'budget', 'offline_iterations')},
-                      sort_keys=True)
+    """What identifies a job's result: the dataset size and offline iterations only for mixed runs (an
+    online-only run does not depend on them, so runs at several N share it)."""
+    fields = ('problem', 'method', 'seed', 'budget') + (('episodes', 'offline_iterations') if job['method'] == 'mixed'
+                                                       else ())
+    return json.dumps({k: job.get(k) for k in fields}, sort_keys=True)
 
 
 def _cell(values) -> str:
@@ -114,6 +117,7 @@ def tabulate(results: list[dict], episodes: int, budget: int, offline_iterations
              '| online-only (plain bilevel) | offline phase ends at (mean) | final: mixed / online-safe / online '
              '(mean) |', '|---|---|---|---|---|---|---|']
     wins = {'fewer': 0, 'equal': 0, 'more': 0}
+    totals = {'fewer': 0, 'equal': 0, 'more': 0}
     for problem in problems:
         rows = {m: sorted((r for r in ok if r['problem'] == problem and r['method'] == m), key=lambda r: r['seed'])
                 for m in METHODS}
@@ -128,8 +132,11 @@ def tabulate(results: list[dict], episodes: int, budget: int, offline_iterations
             a = math.inf if m['episodes_to_target'] is None else m['episodes_to_target']
             b = math.inf if o['episodes_to_target'] is None else o['episodes_to_target']
             wins['fewer' if a < b else 'equal' if a == b else 'more'] += 1
+            a = math.inf if m['total_episodes_to_target'] is None else m['total_episodes_to_target']
+            totals['fewer' if a < b else 'equal' if a == b else 'more'] += 1
     lines += ['', f'Per (problem, seed), mixed needs fewer / as many / more online episodes to {TARGET} than online-only '
-                  f'with safe improvement: {wins["fewer"]} / {wins["equal"]} / {wins["more"]}.']
+                  f'with safe improvement: {wins["fewer"]} / {wins["equal"]} / {wins["more"]}; counting the dataset\'s '
+                  f'{episodes} episodes too: {totals["fewer"]} / {totals["equal"]} / {totals["more"]}.']
     backtracks = [(r['problem'], r['seed'], r['backtracks']) for r in ok if r['method'] == 'mixed' and r['backtracks']]
     lines += ['', 'Mixed runs whose online phase backtracked (problem, seed, backtracks): '
               + (', '.join(f'{p} {s} ({b})' for p, s, b in backtracks) or 'none')]
@@ -165,8 +172,8 @@ def main(argv=None) -> int:
                                  f'to {TARGET}: {r.get("episodes_to_target")}')
     keys = {key(j) for j in wanted}
     table = tabulate([r for k, r in done.items() if k in keys], args.episodes, args.budget, args.offline_iterations)
-    (out / 'mixed.md').write_text(table + '\n')
-    (out / 'mixed.json').write_text(json.dumps({'arguments': vars(args), 'jobs': [done[k] for k in keys if k in done]},
+    (out / f'mixed_N{args.episodes}.md').write_text(table + '\n')
+    (out / f'mixed_N{args.episodes}.json').write_text(json.dumps({'arguments': vars(args), 'jobs': [done[k] for k in keys if k in done]},
                                                indent=1))
     print(table)
     return 0
