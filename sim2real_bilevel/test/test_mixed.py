@@ -167,3 +167,17 @@ def test_dataset_from_recordings_writes_a_checked_dataset_folder(tmp_path):
     assert wrong.returncode == 2 and 'batch 1: states: 2 values per step, expected 1' in wrong.stderr
     neither = cli('dataset', 'lqr', '--out', str(tmp_path / 'd'))
     assert neither.returncode == 2 and 'give --episodes N' in neither.stderr
+
+
+@pytest.mark.slow
+def test_the_mixed_bench_runs_its_quick_set(tmp_path):
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / 'bench' / 'mixed.py'
+    done = subprocess.run([sys.executable, str(script), '--quick', '--workers', '1', '--out', str(tmp_path)],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    table = (tmp_path / 'mixed_N30.md').read_text()
+    assert '| discrete_3s2a |' in table and 'counting the dataset' in table
+    jobs = [json.loads(line) for line in (tmp_path / 'jobs.jsonl').read_text().splitlines()]
+    assert sorted(job['method'] for job in jobs) == ['mixed', 'online', 'online-safe']
+    assert all(job['status'] == 'ok' and job['online_episodes'] <= 20 for job in jobs)
