@@ -39,12 +39,12 @@ import numpy as np
 BEHAVIOURS = {'nominal': 1.0, 'noisy': 2.0, 'sharp': 0.1}
 
 
-def problem_files(out: Path, generated: int) -> dict[str, str]:
-    """name -> problem file: the shipped two, then generated tabular / lqr seeds 0..generated-1."""
+def problem_files(out: Path, generated: int, shipped=('discrete_3s2a', 'lqr')) -> dict[str, str]:
+    """name -> problem file: the ``shipped`` ones, then generated tabular / lqr seeds 0..generated-1."""
     from sim2real_bilevel.core.config import builtin_config
     from sim2real_bilevel.core.generators import generate
 
-    files = {'discrete_3s2a': str(builtin_config('discrete_3s2a')), 'lqr': str(builtin_config('lqr'))}
+    files = {name: str(builtin_config(name)) for name in shipped}
     folder = out / 'problems'
     folder.mkdir(parents=True, exist_ok=True)
     for kind in ('tabular', 'lqr'):
@@ -228,6 +228,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--out', required=True)
     parser.add_argument('--generated', type=int, default=3, help='generated problems per kind')
+    parser.add_argument('--shipped', default='discrete_3s2a,lqr',
+                        help='shipped problems (comma-separated; pendulum: the robot kind, slow)')
     parser.add_argument('--sizes', default='10,30,100', help='dataset sizes N (episodes)')
     parser.add_argument('--seeds', type=int, default=2)
     parser.add_argument('--iterations', type=int, default=100, help='offline outer iterations')
@@ -241,7 +243,7 @@ def main(argv=None) -> int:
         from sim2real_bilevel.core.config import builtin_config
         files, sizes, args.seeds, args.iterations = {'discrete_3s2a': str(builtin_config('discrete_3s2a'))}, [30], 1, 20
     else:
-        files = problem_files(out, args.generated)
+        files = problem_files(out, args.generated, [n for n in args.shipped.split(',') if n])
     done = run_pending(out / 'jobs.jsonl', jobs_for(files, sizes, args.seeds, args.iterations), run_job, key,
                        args.workers, lambda r: f'{r["problem"]} {r["type"]} N={r.get("episodes")} '
                                                f'{r.get("behaviour", "")} {r["status"]}')
