@@ -39,12 +39,12 @@ import numpy as np
 BEHAVIOURS = {'nominal': 1.0, 'noisy': 2.0, 'sharp': 0.1}
 
 
-def problem_files(out: Path, generated: int) -> dict[str, str]:
-    """name -> problem file: the shipped two, then generated tabular / lqr seeds 0..generated-1."""
+def problem_files(out: Path, generated: int, shipped=('discrete_3s2a', 'lqr')) -> dict[str, str]:
+    """name -> problem file: the ``shipped`` ones, then generated tabular / lqr seeds 0..generated-1."""
     from sim2real_bilevel.core.config import builtin_config
     from sim2real_bilevel.core.generators import generate
 
-    files = {'discrete_3s2a': str(builtin_config('discrete_3s2a')), 'lqr': str(builtin_config('lqr'))}
+    files = {name: str(builtin_config(name)) for name in shipped}
     folder = out / 'problems'
     folder.mkdir(parents=True, exist_ok=True)
     for kind in ('tabular', 'lqr'):
@@ -66,44 +66,76 @@ def dataset_of(problem, episodes: int, behaviour: str, seed: int):
     return Dataset(batches=[sampler.sample_real(behaviour_phi, episodes, rng)], behaviour=words)
 
 
-def run_job(job: dict) -> dict:
-    """One job: 'offline' (offline bi-level and sysid on one dataset), 'online' or 'nominal'."""
-    from sim2real_bilevel.core.experiments import make_run
-    from sim2real_bilevel.core.offline import make_offline_run
+def timed_job(job: dict, body) -> dict:
+    """``job`` with what ``body(problem, result)`` adds to it, its status and its seconds; a failing job
+    is recorded ('error' and why), never stops the bench."""
     from sim2real_bilevel.core.problems import load_problem
 
     started = time.perf_counter()
-    problem = load_problem(job['file'])
     result = dict(job)
     try:
-        if job['type'] == 'nominal':
-            result['nominal'] = float(problem.normalized_return(problem.inner_solve(problem.theta0()).phi))
-        elif job['type'] == 'online':
-            run = make_run(problem, 'bilevel', job['seed'], iterations=0, evaluate=True)
-            per_iteration = run.config.real_episodes
-            run.config.iterations = max(1, job['episodes'] // per_iteration)
-            run.run()
-            result.update(online=run.history[-1].normalized_return, real_episodes=run.real_episode_count)
-        else:
-            dataset = dataset_of(problem, job['episodes'], job['behaviour'], job['seed'])
-            for method in ('bilevel', 'sysid'):
-                run = make_offline_run(problem, method, dataset, job['seed'], iterations=job['iterations'],
-                                       evaluate=True)
-                run.run()
-                report = run.final_report()
-                result[method] = report['normalized_return']
-                result[f'{method}_coverage'] = report['coverage']
-                result[f'{method}_estimate'] = [report['real_return_estimate'], report['real_return_ci_low'],
-                                                report['real_return_ci_high'], report['real_return']]
-                if method == 'bilevel':
-                    result['refused_steps'] = report['refused_steps']
-                    result['start_coverage'] = float(run.estimator.coverage(
-                        problem.inner_solve(problem.theta0(), None, method='exact').phi))
+        body(load_problem(job['file']), result)
         result['status'] = 'ok'
-    except Exception as err:            # a failing job is recorded, never stops the bench
+    except Exception as err:
         result.update(status='error', error=f'{type(err).__name__}: {err}')
     result['seconds'] = time.perf_counter() - started
     return result
+
+
+def run_pending(log: Path, wanted: list[dict], run_job, key, workers: int, describe) -> dict:
+    """Run the jobs of ``wanted`` not yet in ``log`` (jobs.jsonl: one line per finished job, appended as
+    jobs finish) on ``workers`` processes; returns key -> result of every job in the log."""
+    done = {}
+    if log.exists():
+        for line in log.read_text().splitlines():
+            record = json.loads(line)
+            done[key(record)] = record
+    jobs = [j for j in wanted if key(j) not in done]
+    print(f'{len(jobs)} jobs to run ({len(done)} already in {log}), {workers} worker(s)', file=sys.stderr)
+    started = time.perf_counter()
+    with cf.ProcessPoolExecutor(max_workers=workers) as pool, open(log, 'a') as stream:
+        for finished, result in enumerate(pool.map(run_job, jobs), start=1):
+            stream.write(json.dumps(result) + '\n')
+            stream.flush()
+            done[key(result)] = result
+            print(f'[{finished}/{len(jobs)} {time.perf_counter() - started:.0f}s] {describe(result)}', file=sys.stderr)
+    return done
+
+
+def run_job(job: dict) -> dict:
+    """One job: 'offline' (offline bi-level and sysid on one dataset), 'online' or 'nominal'."""
+    return timed_job(job, _run_job)
+
+
+def _run_job(problem, result: dict) -> None:
+    """Measure one job on ``problem``; what it measured goes into ``result`` (a copy of the job)."""
+    from sim2real_bilevel.core.experiments import make_run
+    from sim2real_bilevel.core.offline import make_offline_run
+
+    job = result
+    if job['type'] == 'nominal':
+        result['nominal'] = float(problem.normalized_return(problem.inner_solve(problem.theta0()).phi))
+    elif job['type'] == 'online':
+        run = make_run(problem, 'bilevel', job['seed'], iterations=0, evaluate=True)
+        per_iteration = run.config.real_episodes
+        run.config.iterations = max(1, job['episodes'] // per_iteration)
+        run.run()
+        result.update(online=run.history[-1].normalized_return, real_episodes=run.real_episode_count)
+    else:
+        dataset = dataset_of(problem, job['episodes'], job['behaviour'], job['seed'])
+        for method in ('bilevel', 'sysid'):
+            run = make_offline_run(problem, method, dataset, job['seed'], iterations=job['iterations'],
+                                   evaluate=True)
+            run.run()
+            report = run.final_report()
+            result[method] = report['normalized_return']
+            result[f'{method}_coverage'] = report['coverage']
+            result[f'{method}_estimate'] = [report['real_return_estimate'], report['real_return_ci_low'],
+                                            report['real_return_ci_high'], report['real_return']]
+            if method == 'bilevel':
+                result['refused_steps'] = report['refused_steps']
+                result['start_coverage'] = float(run.estimator.coverage(
+                    problem.inner_solve(problem.theta0(), None, method='exact').phi))
 
 
 def jobs_for(files: dict, sizes, seeds: int, iterations: int) -> list[dict]:
@@ -196,6 +228,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--out', required=True)
     parser.add_argument('--generated', type=int, default=3, help='generated problems per kind')
+    parser.add_argument('--shipped', default='discrete_3s2a,lqr',
+                        help='shipped problems (comma-separated; pendulum: the robot kind, slow)')
     parser.add_argument('--sizes', default='10,30,100', help='dataset sizes N (episodes)')
     parser.add_argument('--seeds', type=int, default=2)
     parser.add_argument('--iterations', type=int, default=100, help='offline outer iterations')
@@ -209,23 +243,10 @@ def main(argv=None) -> int:
         from sim2real_bilevel.core.config import builtin_config
         files, sizes, args.seeds, args.iterations = {'discrete_3s2a': str(builtin_config('discrete_3s2a'))}, [30], 1, 20
     else:
-        files = problem_files(out, args.generated)
-    log = out / 'jobs.jsonl'
-    done = {}
-    if log.exists():
-        for line in log.read_text().splitlines():
-            record = json.loads(line)
-            done[key(record)] = record
-    jobs = [j for j in jobs_for(files, sizes, args.seeds, args.iterations) if key(j) not in done]
-    print(f'{len(jobs)} jobs to run ({len(done)} already in {log}), {args.workers} worker(s)', file=sys.stderr)
-    started = time.perf_counter()
-    with cf.ProcessPoolExecutor(max_workers=args.workers) as pool, open(log, 'a') as stream:
-        for finished, result in enumerate(pool.map(run_job, jobs), start=1):
-            stream.write(json.dumps(result) + '\n')
-            stream.flush()
-            done[key(result)] = result
-            print(f'[{finished}/{len(jobs)} {time.perf_counter() - started:.0f}s] {result["problem"]} {result["type"]} '
-                  f'N={result.get("episodes")} {result.get("behaviour", "")} {result["status"]}', file=sys.stderr)
+        files = problem_files(out, args.generated, [n for n in args.shipped.split(',') if n])
+    done = run_pending(out / 'jobs.jsonl', jobs_for(files, sizes, args.seeds, args.iterations), run_job, key,
+                       args.workers, lambda r: f'{r["problem"]} {r["type"]} N={r.get("episodes")} '
+                                               f'{r.get("behaviour", "")} {r["status"]}')
     table, summary = tabulate([r for r in done.values() if key(r) in {key(j) for j in
                                                                         jobs_for(files, sizes, args.seeds,
                                                                                  args.iterations)}], sizes)

@@ -22,13 +22,14 @@ def cmd_solve(args) -> int:
     invocation = {'config': str(builtin_config(args.config).resolve()), 'methods': methods, 'seeds': args.seeds,
                   'iterations': args.iterations, 'real_episodes': args.real_episodes, 'evaluate': args.evaluate,
                   'safe_improvement': args.safe_improvement}
-    if args.real_data or args.offline:
+    if args.real_data or args.offline or args.online_episodes is not None:
         if not (args.real_data and args.offline):
-            print('error: --real-data and --offline go together (the outer loop on recorded data only; online runs '
-                  'with prior data are not built yet)', file=sys.stderr)
+            print('error: --real-data and --offline go together (the outer loop on recorded data first; add '
+                  '--online-episodes B for mixed mode, B new real episodes after it)', file=sys.stderr)
             return 2
         invocation['offline'] = {
             'real_data': [str(Path(p).resolve()) for p in args.real_data], 'min_coverage': args.min_coverage,
+            'online_episodes': args.online_episodes,
             'recording': {'joint_states_topic': args.joint_states_topic, 'commands_topic': args.commands_topic,
                           'reward_topic': args.reward_topic, 'joints': args.joints, 'velocities': args.velocities,
                           'rule': {'rule': args.episode_rule, 'gap_s': args.episode_gap,
@@ -73,6 +74,9 @@ def _solve(invocation: dict, out, quiet: bool, run_dir) -> int:
     defaults = problem.outer_defaults
     iterations, seeds = invocation['iterations'], invocation['seeds']
     per_run = iterations if iterations is not None else defaults.get('iterations', 200)
+    budget = (invocation.get('offline') or {}).get('online_episodes')
+    if budget is not None:           # mixed mode: the online iterations after the offline ones
+        per_run += -(-budget // (invocation['real_episodes'] or defaults.get('real_episodes', 10)))
     total = sum((0 if m == 'nominal' else per_run) + 1 for m in methods) * seeds
     bar = tqdm(total=total, unit='it', file=sys.stderr, dynamic_ncols=True, disable=quiet)
 
@@ -103,8 +107,33 @@ def _solve(invocation: dict, out, quiet: bool, run_dir) -> int:
     bar.close()
     json_path, png_path = write_results(document, out)
     print(format_summary(document['summary']))
+    for line in _phase_lines(document):
+        print(line)
     print(f'wrote {json_path} and {png_path}')
     return 0
+
+
+def _phase_lines(document: dict) -> list[str]:
+    """Mixed mode: each seed's offline and online phase on their own (``MixedBilevelRun.phase_reports``)."""
+    lines = []
+    for method, entry in document['methods'].items():
+        for seed in entry['seeds']:
+            phases = seed.get('phases')
+            if not phases:
+                continue
+            offline, online = phases['offline'], phases['online']
+            if offline:
+                lines.append(f'{method} seed {seed["seed"]} offline phase ({offline["iterations"]} iterations): estimated '
+                             f'real return {offline["real_return_estimate"]:.4g} [{offline["real_return_ci_low"]:.4g}, '
+                             f'{offline["real_return_ci_high"]:.4g}], coverage {offline["coverage"]:.3g}, '
+                             f'{offline["refused_steps"]} step(s) refused')
+            if online:
+                best = online['best']
+                lines.append(f'{method} seed {seed["seed"]} online phase: {online["episodes"]} of {online["budget"]} real '
+                             f'episodes in {online["iterations"]} iterations, {online["backtracks"]} backtrack(s); best '
+                             f'deployed {best["real_return_estimate"]:.4g} [{best["real_return_ci_low"]:.4g}, '
+                             f'{best["real_return_ci_high"]:.4g}] (n={best["episodes"]})')
+    return lines
 
 
 def _solve_offline(invocation, config, methods, seeds, iterations, overrides, on_record, run_dir) -> dict:
@@ -121,7 +150,8 @@ def _solve_offline(invocation, config, methods, seeds, iterations, overrides, on
         print(f'  {note}', file=sys.stderr)
     return run_offline_experiment(config, methods, dataset, seeds=seeds, iterations=iterations, overrides=overrides,
                                   on_record=on_record, run_dir=run_dir, evaluate=bool(invocation.get('evaluate')),
-                                  settings=OfflineSettings(min_coverage=offline['min_coverage']))
+                                  settings=OfflineSettings(min_coverage=offline['min_coverage']),
+                                  online_episodes=offline.get('online_episodes'))
 
 
 def cmd_dataset(args) -> int:
@@ -132,7 +162,13 @@ def cmd_dataset(args) -> int:
     from .core.problems import load_problem
 
     problem = load_problem(builtin_config(args.config))
+    if (args.episodes is None) == (args.sources is None):
+        print('error: dataset: give --episodes N (sample the real system) or --from PATH.. (convert recordings), '
+              'one of the two', file=sys.stderr)
+        return 2
     try:
+        if args.sources is not None:
+            return _convert_recordings(args, problem)
         dataset, phi = generate_dataset(problem, args.episodes, np.random.default_rng(args.seed), args.behaviour,
                                         args.noise)
         out = save_dataset(dataset, args.out, policy_phi=phi, description={
@@ -141,6 +177,24 @@ def cmd_dataset(args) -> int:
         print(f'error: {err}', file=sys.stderr)
         return 2
     print(f'wrote {dataset.describe()} to {out}/real/ (use it with `solve {args.config} --real-data {out} --offline`)')
+    return 0
+
+
+def _convert_recordings(args, problem) -> int:
+    """``dataset CONFIG --from PATH.. --out DIR``: recordings as a dataset folder the problem accepts."""
+    from .core.datasets import EpisodeRule, save_dataset
+    from .core.offline import OfflineSettings, make_estimator
+    from .tools.recordings import RecordingOptions, load_real_data
+    options = RecordingOptions(joint_states_topic=args.joint_states_topic, commands_topic=args.commands_topic,
+                               reward_topic=args.reward_topic, joints=args.joints, velocities=args.velocities,
+                               rule=EpisodeRule(rule=args.episode_rule, gap_s=args.episode_gap,
+                                                reset_topic=args.reset_topic, length=args.episode_length))
+    dataset = load_real_data(args.sources, options)
+    prepared = make_estimator(problem, dataset, OfflineSettings()).dataset      # the problem's checks
+    out = save_dataset(prepared, args.out, description={'config': str(builtin_config(args.config).resolve()),
+                                                         'converted_from': [str(p) for p in args.sources]})
+    print(f'wrote {prepared.describe()} to {out}/real/ (use it with `solve {args.config} --real-data {out} --offline` '
+          f'or the outer_optimizer\'s real_data:={out})')
     return 0
 
 
@@ -209,37 +263,32 @@ def build_parser() -> argparse.ArgumentParser:
                               'or any MCAP bag of the robot (joint_states and <controller>/commands)')
     offline.add_argument('--offline', action='store_true',
                          help='the outer loop uses only --real-data (methods: bilevel, sysid, nominal)')
+    offline.add_argument('--online-episodes', type=_positive_int, default=None, metavar='B',
+                         help='mixed mode (method bilevel): after the offline phase (--iterations), go on online '
+                              'with safe improvement until B new real episodes are spent; the real critic keeps the '
+                              'dataset\'s transitions')
     offline.add_argument('--min-coverage', type=float, default=None,
                          help="pessimism: no step to a policy the data cover less than this, in [0, 1] (default: "
                               "the problem kind's; 0: off)")
-    offline.add_argument('--joint-states-topic', default='/joint_states', help='robot bags: the JointState topic')
-    offline.add_argument('--commands-topic', default=None,
-                         help="robot bags: the commands topic (default: the bag's one '.../commands' topic)")
-    offline.add_argument('--reward-topic', default='/reward',
-                         help='robot bags: the step reward topic, read when present (LQR computes its cost)')
-    offline.add_argument('--joints', nargs='+', default=None,
-                         help='robot bags: joint names in state order (default: all, in the first message\'s order)')
-    offline.add_argument('--velocities', action='store_true', help='robot bags: states are positions and velocities')
-    offline.add_argument('--episode-rule', choices=('gap', 'reset', 'length'), default='gap',
-                         help='robot bags: cut episodes at pauses between commands (gap), at messages of '
-                              '--reset-topic (reset) or every --episode-length commands (length)')
-    offline.add_argument('--episode-gap', type=float, default=None,
-                         help='robot bags: the pause in seconds that starts an episode (default: 5 x the median '
-                              'command interval)')
-    offline.add_argument('--reset-topic', default=None, help='robot bags: a message here starts an episode')
-    offline.add_argument('--episode-length', type=_positive_int, default=None, help='robot bags: commands per episode')
+    add_recording_options(offline)
     solve.set_defaults(func=cmd_solve)
 
     dataset = commands.add_parser('dataset', help='sample a problem\'s real system with a behaviour policy and '
                                                   'save the episodes as a dataset (sim-only)')
     dataset.add_argument('config', help='problem YAML (path, or a shipped name)')
-    dataset.add_argument('--episodes', type=_positive_int, required=True, help='real episodes to sample')
+    dataset.add_argument('--episodes', type=_positive_int, default=None,
+                         help='real episodes to sample (not with --from)')
+    dataset.add_argument('--from', dest='sources', nargs='+', metavar='PATH', default=None,
+                         help='instead of sampling: convert recordings (run folders, this package\'s bags, any MCAP '
+                              'bag of the robot) into a dataset folder, checked against the problem (what the '
+                              'outer_optimizer\'s real_data parameter reads)')
     dataset.add_argument('--behaviour', choices=('nominal', 'noisy'), default='nominal',
                          help='the nominal policy (the inner optimum at the nominal theta), or a noisier one')
     dataset.add_argument('--noise', type=float, default=2.0,
                          help='noisy: temperature x NOISE (tabular) or action std x NOISE (LQR); > 1')
     dataset.add_argument('--seed', type=int, default=0)
     dataset.add_argument('--out', required=True, help='folder to write (its real/ must hold no batch yet)')
+    add_recording_options(dataset.add_argument_group('--from: robot bags'))
     dataset.set_defaults(func=cmd_dataset)
 
     resume = commands.add_parser('resume', help='continue a run started with `solve --run-dir DIR`')
@@ -268,6 +317,26 @@ def build_parser() -> argparse.ArgumentParser:
                                      'the hardware_bridge as policy_key_file')
     keygen.set_defaults(func=cmd_keygen)
     return parser
+
+
+def add_recording_options(group) -> None:
+    """How robot bags are read (``solve --real-data`` and ``dataset --from``)."""
+    group.add_argument('--joint-states-topic', default='/joint_states', help='robot bags: the JointState topic')
+    group.add_argument('--commands-topic', default=None,
+                       help="robot bags: the commands topic (default: the bag's one '.../commands' topic)")
+    group.add_argument('--reward-topic', default='/reward',
+                       help='robot bags: the step reward topic, read when present (LQR computes its cost)')
+    group.add_argument('--joints', nargs='+', default=None,
+                       help='robot bags: joint names in state order (default: all, in the first message\'s order)')
+    group.add_argument('--velocities', action='store_true', help='robot bags: states are positions and velocities')
+    group.add_argument('--episode-rule', choices=('gap', 'reset', 'length'), default='gap',
+                       help='robot bags: cut episodes at pauses between commands (gap), at messages of '
+                            '--reset-topic (reset) or every --episode-length commands (length)')
+    group.add_argument('--episode-gap', type=float, default=None,
+                       help='robot bags: the pause in seconds that starts an episode (default: 5 x the median '
+                            'command interval)')
+    group.add_argument('--reset-topic', default=None, help='robot bags: a message here starts an episode')
+    group.add_argument('--episode-length', type=_positive_int, default=None, help='robot bags: commands per episode')
 
 
 def _ros_commands():

@@ -54,7 +54,7 @@ SENSITIVITY = NodeSpec(
 OUTER_OPTIMIZER = NodeSpec(
     'outer_optimizer', 'outer_optimizer',
     'Algorithm 1: drives the others, updates and publishes theta, metrics, records the run',
-    overrides=('problem', 'use_sim_time', 'seed', 'run_dir', 'evaluator', 'safe_improvement'))
+    overrides=('problem', 'use_sim_time', 'seed', 'run_dir', 'evaluator', 'safe_improvement', 'real_data'))
 HARDWARE_BRIDGE = NodeSpec(
     'hardware_bridge', 'hardware_bridge',
     'lifecycle node deploying a policy on the robot (action run_episodes)', lifecycle=True,
@@ -164,6 +164,9 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument('log_level', 'info', 'ROS log level of every node (debug, info, warn, error)'),
     LaunchArgument('policy_key_file', '', 'key file signing run_episodes goals (`sim2real-bilevel keygen`), '
                    f'given to the nodes as ${POLICY_KEY_ENV}; empty: goals are not signed'),
+    LaunchArgument('real_data', '', 'offline: comma-separated run folders or datasets (real/batch_*.npz) the outer '
+                   'optimizer learns from, with no real episode; only the simulator, inner trainer, sensitivity and '
+                   'outer optimizer are started (no bridge, no emulator, no evaluator); empty: online'),
     LaunchArgument('containers', '', 'comma-separated sides of the graph to run as one process each, on one '
                    'executor: ' + ', '.join(f'{name} ({"/".join(members)})' for name, members in CONTAINERS.items())
                    + '; empty: one process per node'),
@@ -182,10 +185,16 @@ def argument_defaults(mode: str) -> dict[str, str]:
     return defaults
 
 
-def nodes(mode: str) -> tuple[NodeSpec, ...]:
+# An offline run (launch argument real_data:=PATH[,PATH...]) learns from recorded data only: no real
+# episode is asked for, so neither the bridge nor the emulator is started (and there is no evaluator).
+OFFLINE_ABSENT = (HARDWARE_BRIDGE, ROBOT_EMULATOR)
+
+
+def nodes(mode: str, offline: bool = False) -> tuple[NodeSpec, ...]:
+    """The nodes of a mode; ``offline`` (a ``real_data`` argument): without the bridge and the emulator."""
     if mode not in MODES:
         raise ValueError(f'unknown mode {mode!r}; expected one of {sorted(MODES)}')
-    return MODES[mode]
+    return tuple(s for s in MODES[mode] if s not in OFFLINE_ABSENT) if offline else MODES[mode]
 
 
 def container_names(text: str) -> tuple[str, ...]:
@@ -198,12 +207,12 @@ def container_names(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def processes(mode: str, containers: str = '') -> list[tuple[NodeSpec, tuple[NodeSpec, ...]]]:
+def processes(mode: str, containers: str = '', offline: bool = False) -> list[tuple[NodeSpec, tuple[NodeSpec, ...]]]:
     """The processes of a mode: (process spec, member node specs), in the order of ``nodes(mode)``;
     a container's process spec is named after the container and runs ``CONTAINER_EXECUTABLE``
     with the members' launch-argument overrides.  A container of which the mode has one node
     only (the robot side on hardware) is that node's own process."""
-    specs = nodes(mode)
+    specs = nodes(mode, offline)
     grouped = {name: tuple(s for s in specs if s.name in CONTAINERS[name]) for name in container_names(containers)}
     result, placed = [], set()
     for spec in specs:
@@ -265,8 +274,10 @@ def parameter_overrides(spec: NodeSpec, arguments: dict[str, str], mode: str,
         if name not in arguments:
             continue
         text = arguments[name]
-        if name == 'run_dir' and not text:
+        if name in ('run_dir', 'real_data') and not text:
             continue
+        if name == 'evaluator' and arguments.get('real_data'):
+            text = ''                  # offline: the emulator that serves the evaluator is not started
         values['autostart' if name == 'autostart_bridge' else name] = typed_value(name, text)
     return values
 
@@ -348,7 +359,7 @@ def launch_description(mode: str):
         declared.append(DeclareLaunchArgument(name, default_value=defaults[name], description=description))
 
     types = {'use_sim_time': bool, 'autostart_bridge': bool, 'seed': int, 'problem': str, 'run_dir': str,
-             'evaluator': str, 'safe_improvement': bool}
+             'evaluator': str, 'safe_improvement': bool, 'real_data': str}
 
     def node_actions(context):
         """The processes, once ``containers`` is known: one Node action per node or container."""
@@ -359,11 +370,14 @@ def launch_description(mode: str):
                                           condition=IfCondition(NotEqualsSubstitution(
                                               LaunchConfiguration('policy_key_file'), '')))]
         handlers = []
-        for spec, members in processes(mode, LaunchConfiguration('containers').perform(context)):
+        offline = bool(LaunchConfiguration('real_data').perform(context))
+        for spec, members in processes(mode, LaunchConfiguration('containers').perform(context), offline):
             overrides = {('autostart' if name == 'autostart_bridge' else name):
                          ParameterValue(LaunchConfiguration(name), value_type=types[name]) for name in spec.overrides}
             robot = {name: LaunchConfiguration(name).perform(context) for name in ('robot_mode', *REALTIME_ARGUMENTS)}
             overrides.update(fixed_parameters(mode, members, robot))
+            if offline and 'evaluator' in overrides:
+                overrides['evaluator'] = ''      # the emulator serving it is not started
             common = dict(package=PACKAGE, executable=spec.executable, output='screen',
                           parameters=[LaunchConfiguration('params_file'), overrides],
                           remappings=list(spec.remappings),

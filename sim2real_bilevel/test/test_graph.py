@@ -67,6 +67,20 @@ def test_empty_run_dir_is_left_to_the_node_and_bad_values_are_refused():
         graph.typed_value('seed', '1.5')
 
 
+def test_real_data_plans_an_offline_graph_without_bridge_emulator_or_evaluator():
+    for mode in ('sim_only', 'hardware'):
+        arguments = launcher.parse_assignments(mode, ['problem:=lqr', 'real_data:=/data/a,/data/b'])
+        plans = launcher.plan(mode, arguments)
+        assert [p.spec.name for p in plans] == ['differentiable_simulator', 'inner_trainer', 'sensitivity',
+                                                'outer_optimizer']
+        optimizer = plans[-1].parameters
+        assert optimizer['real_data'] == '/data/a,/data/b' and optimizer['evaluator'] == ''
+    online = launcher.plan('sim_only', launcher.parse_assignments('sim_only', ['problem:=lqr']))
+    assert 'real_data' not in online[-1].parameters and online[-1].parameters['evaluator'] == 'robot_emulator/evaluate'
+    learning = graph.processes('sim_only', 'learning,robot', offline=True)
+    assert [(spec.name, len(members)) for spec, members in learning] == [('learning', 4)]
+
+
 def test_launcher_plans_every_node_with_the_shipped_params_file(tmp_path):
     arguments = launcher.parse_assignments('sim_only', ['problem:=discrete_3s2a', 'namespace:=ns', 'seed:=2'])
     plans = launcher.plan('sim_only', arguments)

@@ -152,10 +152,30 @@ def test_generated_datasets_use_the_chosen_behaviour_and_save_as_run_folders(tab
         generate_dataset(lqr, 5, np.random.default_rng(0), 'noisy', 0.5)
 
 
-def test_the_robot_kind_refuses_offline_with_its_reason():
+def test_robot_clipped_importance_weights_gradient_coverage_and_refusal():
+    """Pendulum: the clipped per-decision importance-sampling return's gradient against float64 central
+    differences; coverage 1 on the behaviour and lower off it; data without the behaviour's
+    probabilities (another controller's recording) refused with the reason."""
+    from sim2real_bilevel.core.datasets import BehaviourUnknownError
     problem = load_problem(builtin_config('pendulum'))
-    with pytest.raises(ValueError, match='robot.*no off-policy real-gradient estimator'):
-        offline_module(problem)
+    phi = problem.policy.init_params(np.random.default_rng(0))
+    sampler, behaviour, words = offline_module(problem).behaviour_sampler(problem, phi, 2.0)
+    batch = sampler.sample_real(behaviour, 8, np.random.default_rng(1))
+    estimator = make_estimator(problem, Dataset([batch], behaviour=words), OfflineSettings())
+    gradient = estimator.gradient(phi)
+    step = 1e-6
+    numeric = np.array([(estimator.objective(phi + step * e) - estimator.objective(phi - step * e)) / (2 * step)
+                        for e in np.eye(phi.size)])
+    np.testing.assert_allclose(gradient, numeric, rtol=1e-5, atol=1e-7)
+    assert np.linalg.norm(gradient) > 1e-2
+    assert estimator.coverage(behaviour) == pytest.approx(1.0)
+    assert estimator.coverage(phi) < 0.5
+    # on the behaviour every weight is 1: the estimate is the data's mean discounted return
+    returns = (batch.rewards * problem.gamma ** np.arange(batch.rewards.shape[1])).sum(1)
+    assert estimator.value(behaviour) == pytest.approx(returns.mean(), rel=1e-12)
+    unknown = Dataset([batch], behaviour='a PID controller', behaviour_known=False, sources=['bags/pid'])
+    with pytest.raises(BehaviourUnknownError, match='bags/pid.*probabilities are unknown.*clipped importance'):
+        make_estimator(problem, unknown, OfflineSettings())
 
 
 def test_solve_offline_from_the_command_line(tmp_path):

@@ -114,8 +114,12 @@ def seed_entry(run, seed: int, wall_time_s: float) -> dict:
     report = getattr(run, 'final_report', None)
     if best is None and report is not None:      # offline runs deploy nothing: their final policy
         best = report()
-    return {'seed': seed, 'wall_time_s': wall_time_s, 'best': best,
-            'iterations': [r.to_json() for r in run.history]}
+    entry = {'seed': seed, 'wall_time_s': wall_time_s, 'best': best,
+             'iterations': [r.to_json() for r in run.history]}
+    phases = getattr(run, 'phase_reports', None)
+    if phases is not None:                       # mixed mode: the offline and the online phase on their own
+        entry['phases'] = phases()
+    return entry
 
 
 def method_entry(run, seeds: list[dict]) -> dict:

@@ -26,8 +26,9 @@ evaluator reads the hidden real model, sim-only) -- its normalised return.  Noth
 reads the real model.
 
 Kinds: a kind offers offline learning through ``OFFLINE_KINDS`` (its ``offline`` module:
-``OfflineEstimator``, ``prepare_dataset`` and ``behaviour_sampler``).  The robot kind has none yet,
-and ``--offline`` refuses it with the reason.
+``OfflineEstimator``, ``prepare_dataset`` and ``behaviour_sampler``): tabular (count model), LQR
+(LSTD-Q), robot (clipped per-decision importance weights; needs the behaviour's probabilities).
+The urdf kind has none yet, and ``--offline`` refuses it with the reason.
 """
 from __future__ import annotations
 
@@ -48,10 +49,11 @@ from .problem import BilevelProblem
 OFFLINE_KINDS = {
     'tabular': '.problems.tabular.offline',
     'lqr': '.problems.lqr.offline',
+    'robot': '.problems.robot.offline',
 }
 NOT_OFFLINE = {
-    'robot': ('the robot kind has no off-policy real-gradient estimator yet (fitted Q-evaluation or clipped '
-              'importance weights over its MLP policy are not built); run it online'),
+    'urdf': ('the urdf kind has no off-policy real-gradient estimator yet (the robot kind\'s clipped importance '
+             'weights are not wired to it); run it online'),
 }
 
 
@@ -263,27 +265,37 @@ def make_offline_run(problem, method: str, dataset: Dataset, seed: int, iteratio
 
 def run_offline_experiment(config_path, methods: list[str], dataset: Dataset, seeds: int = 1,
                            iterations: Optional[int] = None, overrides: Optional[dict] = None, on_record=None,
-                           run_dir=None, evaluate: bool = False, settings: Optional[OfflineSettings] = None) -> dict:
+                           run_dir=None, evaluate: bool = False, settings: Optional[OfflineSettings] = None,
+                           online_episodes: Optional[int] = None) -> dict:
     """``experiments.run_experiment`` with every run offline on ``dataset`` (``make_offline_run``);
-    the document records the dataset it learnt from."""
+    the document records the dataset it learnt from.  ``online_episodes``: mixed mode (``core/mixed.py``),
+    the offline phase then at most that many new real episodes."""
     from functools import partial
     from .experiments import run_experiment
+    from .mixed import MIXED_METHODS
     from .problems import load_problem
-    unknown = [m for m in methods if m not in OFFLINE_METHODS]
+    allowed, words = ((MIXED_METHODS, '--online-episodes: method(s) {} have no mixed mode; mixed methods are {}')
+                      if online_episodes is not None else
+                      (sorted(OFFLINE_METHODS), '--offline: method(s) {} need new real episodes; offline methods are {}'))
+    unknown = [m for m in methods if m not in allowed]
     if unknown:
-        raise ValueError(f'--offline: method(s) {unknown} need new real episodes; offline methods are '
-                         f'{sorted(OFFLINE_METHODS)}')
+        raise ValueError(words.format(unknown, list(allowed)))
     make_estimator(load_problem(config_path), dataset, settings or OfflineSettings())   # refusals before any run
     document = run_experiment(config_path, methods, seeds=seeds, iterations=iterations, overrides=overrides,
                               on_record=on_record, run_dir=run_dir, evaluate=evaluate,
-                              make=partial(_make_for_experiment, dataset=dataset, settings=settings))
+                              make=partial(_make_for_experiment, dataset=dataset, settings=settings,
+                                           online_episodes=online_episodes))
     document['offline'] = {'dataset': dataset.describe(), 'sources': dataset.sources, 'notes': dataset.notes,
-                           'behaviour_known': dataset.behaviour_known}
+                           'behaviour_known': dataset.behaviour_known, 'online_episodes': online_episodes}
     return document
 
 
 def _make_for_experiment(problem, method, seed, iterations, overrides, progress=None, evaluate=False, *,
-                         dataset, settings):
+                         dataset, settings, online_episodes=None):
+    if online_episodes is not None:
+        from .mixed import make_mixed_run
+        return make_mixed_run(problem, method, dataset, seed, online_episodes, iterations, overrides,
+                              progress=progress, evaluate=evaluate, settings=settings)
     return make_offline_run(problem, method, dataset, seed, iterations, overrides, progress=progress,
                             evaluate=evaluate, settings=settings)
 

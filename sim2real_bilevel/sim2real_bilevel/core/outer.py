@@ -646,7 +646,7 @@ class BilevelOuterLoop(MethodRun):
             return float('nan'), self.mean_real_return(batch), timing
 
         t1 = time.perf_counter()
-        real_gradient = self.problem.real_policy_gradient(self.phi, self.real_batches, theta=self.theta)
+        real_gradient = self.problem.real_policy_gradient(self.phi, self.real_data(), theta=self.theta)
         gradient = self.outer_gradient(self.phi, self.theta, real_gradient)
         gradient = np.where(self.learn_mask, gradient, 0.0)
         timing['sensitivity_s'] = time.perf_counter() - t1
@@ -662,6 +662,11 @@ class BilevelOuterLoop(MethodRun):
             self.check_before_deploying()
         return float(np.linalg.norm(gradient)), self.mean_real_return(batch), timing
 
+    def real_data(self) -> list[Trajectories]:
+        """The real batches the real-gradient estimator and the safety check see: the kept ones
+        (``real_history`` most recent; mixed mode puts the recorded dataset before them)."""
+        return self.real_batches
+
     def check_before_deploying(self) -> None:
         """Refuse the new policy before it runs on the real system when the real data already
         collected says its return is significantly below the best's: the problem's
@@ -672,7 +677,7 @@ class BilevelOuterLoop(MethodRun):
         predict = getattr(self.problem, 'predict_improvement', None)
         if predict is None or np.array_equal(self.phi, self.best.phi):
             return
-        predicted = predict(self.phi, self.best.phi, self.real_batches, self.config.confidence)
+        predicted = predict(self.phi, self.best.phi, self.real_data(), self.config.confidence)
         if predicted is not None and predicted.high < 0:
             self.backtrack(f'refused before deployment: predicted change of the real return '
                            f'{self._interval(predicted)} against the best')

@@ -52,6 +52,7 @@ from sim2real_bilevel_interfaces.msg import OuterGradient, OuterMetrics, PolicyP
     TrajectoryBatch
 
 from ..core.checkpoint import CheckpointError
+from ..core.offline import OfflineBilevelRun
 from ..core.outer import BilevelOuterLoop, IterationRecord, OuterConfig
 from . import conversions, provenance
 from .action_calls import ActionCaller, ActionFailed
@@ -65,12 +66,11 @@ from .runtime import (EVENTS, LATCHED, PROBLEM, SEED, DeclaredParameters, Parame
 LIVE_PARAMETERS = ('iterations', 'step_size', 'real_episodes')
 
 
-class GraphBilevelLoop(BilevelOuterLoop):
-    """``BilevelOuterLoop`` whose inner solve, real episodes and sensitivity are actions."""
+class GraphCalls:
+    """The expensive calls of an outer loop as actions on the graph's nodes (mixed into a core
+    loop class; ``node`` set by the subclass)."""
 
-    def __init__(self, node: 'OuterOptimizer', problem, config: OuterConfig, seed: int, progress, evaluator=None):
-        super().__init__(problem, config, seed, progress, evaluator)
-        self.node = node
+    node: 'OuterOptimizer'
 
     def restore_policy(self, best):
         """Safe improvement went back to the best policy: re-register it with the graph as a resume
@@ -113,6 +113,27 @@ class GraphBilevelLoop(BilevelOuterLoop):
     def apply_step(self, gradient):
         self.node.apply_live_parameters(self)      # ros2 param set takes effect here
         return super().apply_step(gradient)
+
+
+class GraphBilevelLoop(GraphCalls, BilevelOuterLoop):
+    """``BilevelOuterLoop`` whose inner solve, real episodes and sensitivity are actions."""
+
+    def __init__(self, node: 'OuterOptimizer', problem, config: OuterConfig, seed: int, progress, evaluator=None):
+        super().__init__(problem, config, seed, progress, evaluator)
+        self.node = node
+
+
+class GraphOfflineLoop(GraphCalls, OfflineBilevelRun):
+    """``OfflineBilevelRun`` (``real_data`` parameter) whose inner solve and sensitivity are actions; it
+    asks for no real episode, so the graph needs no bridge."""
+
+    def __init__(self, node: 'OuterOptimizer', problem, config: OuterConfig, dataset, seed: int, progress,
+                 evaluator=None, settings=None):
+        super().__init__(problem, config, dataset, seed, progress, evaluator, settings)
+        self.node = node
+
+    def sample_real_batch(self, phi):
+        raise RuntimeError('the offline outer loop asks for no real episode')
 
 
 class OuterOptimizer(Node):
@@ -175,6 +196,13 @@ class OuterOptimizer(Node):
                           'backtrack theta, phi and the optimiser to the best deployed policy (and halve the step) '
                           'when the estimated real return drops significantly below it (read at startup)',
                           read_only=True),
+            ParameterSpec('real_data', '', 'offline: comma-separated run folders or datasets (real/batch_*.npz, '
+                          'as `solve --run-dir` and `sim2real-bilevel dataset` write them); the outer loop learns '
+                          'from them and asks for no real episode (no hardware_bridge needed); empty: online '
+                          '(read at startup)', read_only=True),
+            ParameterSpec('min_coverage', -1.0, "offline: no step to a policy the data cover less than this, in "
+                          "[0, 1]; -1: the problem kind's default; 0: off (read at startup)", low=-1.0, high=1.0,
+                          read_only=True),
             ParameterSpec('policy_key_file', '', "key (`sim2real-bilevel keygen`) every run_episodes goal is signed "
                           "with; the bridge's policy_key_file must hold the same key; '' = $SIM2REAL_POLICY_KEY_FILE, "
                           "else unsigned (read at startup)", read_only=True),
@@ -200,6 +228,7 @@ class OuterOptimizer(Node):
                             Path('runs') / f'{Path(self.problem.source).stem}-{datetime.now():%Y%m%d-%H%M%S}')
         self.episodes = RealEpisodeRequests(self.problem, self.run_dir, policy_key, self.get_logger())
         self.recording: Optional[RunRecording] = None
+        self.dataset = self.load_dataset()
         self.status = 'starting'
         self.startup_s: Optional[float] = None
         """Seconds of the run's wall time spent waiting for the other nodes' servers to appear."""
@@ -263,14 +292,43 @@ class OuterOptimizer(Node):
         loop.config.real_episodes = self.parameters['real_episodes']
         loop.config.step_size = loop.adam.step_size = self.parameters['step_size']
 
-    def make_loop(self) -> GraphBilevelLoop:
+    def load_dataset(self):
+        """The ``real_data`` parameter's dataset (None: online), checked against the problem now, so a bad
+        path or a kind without an offline estimator stops the node before it waits for anyone."""
+        from ..core.datasets import load_run_folder, merge
+        from ..core.offline import make_estimator
+        paths = [p.strip() for p in self.parameters['real_data'].split(',') if p.strip()]
+        if not paths:
+            return None
+        for path in paths:
+            if (Path(path) / 'metadata.yaml').is_file():
+                raise ValueError(f'real_data: {path} is a bag folder; the outer_optimizer reads run folders and '
+                                 'datasets (real/batch_*.npz): convert it with `sim2real-bilevel dataset --from '
+                                 f'{path} --out DIR` (bag options as for `solve --real-data`)')
+        dataset = merge([load_run_folder(p) for p in paths])
+        make_estimator(self.problem, dataset, self.offline_settings())      # the kind's refusal, bad data
+        self.get_logger().info(f'offline: real data {dataset.describe()} from {paths}; no real episode will be '
+                               'asked for')
+        return dataset
+
+    def offline_settings(self):
+        from ..core.offline import OfflineSettings
+        coverage = self.parameters['min_coverage']
+        return OfflineSettings(min_coverage=None if coverage < 0 else coverage)
+
+    def make_loop(self) -> GraphBilevelLoop | GraphOfflineLoop:
         from ..core.experiments import make_run
         overrides = {name: self.parameters[name] for name in
                      ('iterations', 'step_size', 'optimizer', 'real_episodes', 'real_history', 'learn',
                       'safe_improvement')}
         config = make_run(self.problem, 'bilevel', self.parameters['seed'], overrides=overrides).config
-        self.loop = GraphBilevelLoop(self, self.problem, config, self.parameters['seed'], self.record_callback,
-                                     evaluator=self.make_evaluator())
+        if self.dataset is not None:
+            self.loop = GraphOfflineLoop(self, self.problem, config, self.dataset, self.parameters['seed'],
+                                         self.record_callback, evaluator=self.make_evaluator(),
+                                         settings=self.offline_settings())
+        else:
+            self.loop = GraphBilevelLoop(self, self.problem, config, self.parameters['seed'], self.record_callback,
+                                         evaluator=self.make_evaluator())
         return self.loop
 
     def make_evaluator(self):
@@ -293,7 +351,10 @@ class OuterOptimizer(Node):
                                retries=self.parameters['action_retries'])
 
     def wait_for_servers(self) -> None:
-        for client in (self.train_client, self.episodes_client, self.sensitivity_client):
+        """The servers the run calls (offline: no run_episodes, no bridge)."""
+        clients = (self.train_client, self.sensitivity_client) if self.dataset is not None else \
+            (self.train_client, self.episodes_client, self.sensitivity_client)
+        for client in clients:
             self.actions.wait_for_server(client)
 
     def start_recording(self) -> None:
@@ -338,7 +399,7 @@ class OuterOptimizer(Node):
             self.wait_for_servers()
             self.startup_s = time.perf_counter() - started
             self.status = 'running'
-            if loop.phi is not None:
+            if loop.phi is not None and self.dataset is None:
                 self.episodes.recover(loop, lambda goal: self.actions.call_once(self.episodes_client, goal,
                                                                                 'run_episodes'))
             if loop.phi is None:
@@ -402,8 +463,11 @@ class OuterOptimizer(Node):
         from ..core.experiments import format_summary, method_entry, results_document, seed_entry, write_results
         seed = seed_entry(loop, loop.seed, wall_time)
         seed['graph_startup_s'] = self.startup_s        # part of wall_time_s
+        context = {} if self.dataset is None else {'offline': {
+            'dataset': self.dataset.describe(), 'sources': self.dataset.sources, 'notes': self.dataset.notes,
+            'behaviour_known': self.dataset.behaviour_known}}
         document = results_document(self.problem.source, self.problem, {'bilevel': method_entry(loop, [seed])},
-                                    transport='ros2', status=self.status)
+                                    transport='ros2', status=self.status, **context)
         paths = write_results(document, self.run_dir)
         print(format_summary(document['summary']), flush=True)
         return paths

@@ -87,7 +87,7 @@ def default_run_dir(problem: str) -> Path:
 def plan(mode: str, arguments: dict[str, str]) -> list[graph.ProcessPlan]:
     params_file = resolve_params_file(arguments)
     plans = []
-    for spec, members in graph.processes(mode, arguments['containers']):
+    for spec, members in graph.processes(mode, arguments['containers'], offline=bool(arguments['real_data'])):
         overrides = graph.parameter_overrides(spec, arguments, mode, members)
         command = [sys.executable, '-m', f'sim2real_bilevel.nodes.{spec.executable}']
         if spec.executable == graph.CONTAINER_EXECUTABLE:
@@ -241,11 +241,13 @@ def launch(mode: str, assignments: list[str], shutdown_timeout: float = 10.0,
     print(f'[launch] {mode}: {sum(len(item.members) for item in plans)} nodes in {len(plans)} processes'
           + (f' (containers: {"; ".join(containers)})' if containers else '')
           + f', problem {arguments["problem"]}, params {params}'
-          + (f', run_dir {arguments["run_dir"]}' if arguments['run_dir'] else ''), file=sys.stderr, flush=True)
+          + (f', run_dir {arguments["run_dir"]}' if arguments['run_dir'] else '')
+          + (f', offline on real_data {arguments["real_data"]} (no bridge, no emulator)' if arguments['real_data']
+             else ''), file=sys.stderr, flush=True)
     status = 1
     try:
         processes.start()
-        if mode == 'hardware':
+        if mode == 'hardware' and not arguments['real_data']:
             bridge = graph.normalize_namespace(arguments['namespace']).rstrip('/') + '/' + graph.HARDWARE_BRIDGE.name
             print(f'[launch] the bridge {bridge} starts unconfigured: nothing moves the robot until you say so.\n'
                   f'[launch]   when the robot is ready: sim2real-bilevel bridge configure --node {bridge}, '
