@@ -16,6 +16,7 @@ pytest.importorskip('sim2real_bilevel_interfaces')
 from rcl_interfaces.srv import GetParameters  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
+from sim2real_bilevel.nodes.runtime import READY_LOG  # noqa: E402
 from test_nodes import PROBLEM, ros  # noqa: E402,F401 (ros: the fixture)
 
 pytestmark = pytest.mark.ros
@@ -45,9 +46,11 @@ def _report(node: str, state: str, signum: int, seconds: float, status: int, zer
 @pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM], ids=['SIGINT', 'SIGTERM'])
 def test_every_plain_node_stops_on_the_first_signal(ros, signum):
     processes = {name: ros.start(name, problem=PROBLEM) for name in PLAIN_NODES}
-    for name in PLAIN_NODES:          # each one is up and serving its parameters: it is spinning
+    for name in PLAIN_NODES:          # each one is built and on its executor (its parameter service
+        # appears before its constructor ends: a signal then met a half-built node, seen under load)
         client = ros.node.create_client(GetParameters, f'/{name}/get_parameters')
         ros.spin_until(client.service_is_ready, 60.0, f'{name} up')
+        assert ros.wait_for_log(processes[name], f'[{name}]: {READY_LOG}', timeout=60.0), processes[name].log()[-2000:]
     # the optimizer is in its wait for the graph (no bridge): a loop of its own, not the executor's spin
     assert ros.wait_for_log(processes['outer_optimizer'], 'waiting for the graph', timeout=30.0)
     for name, process in processes.items():

@@ -36,6 +36,7 @@ from typing import Optional, Sequence
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.action import ActionServer, GoalResponse
+from rclpy.duration import Duration
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.task import Future
@@ -55,6 +56,9 @@ from .robot_visuals import RobotVisuals
 from .runtime import EVENTS, LATCHED, PROBLEM, ROBOT_STREAM, DeclaredParameters, ParameterSpec, \
     PublisherNames, load_problem, run_node
 from .transports import TRANSPORTS, RobotWaits, Transport
+
+ZERO_ACK_TIMEOUT_S = 0.5
+"""Longest wait, at shutdown, for the robot's readers to acknowledge the last zero command."""
 
 
 class HardwareBridge(LifecycleNode):
@@ -256,7 +260,7 @@ class HardwareBridge(LifecycleNode):
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         if self.active:
-            self.send_zero_command()
+            self.send_zero_command(flush=True)
         self.active = False
         self.release()
         return TransitionCallbackReturn.SUCCESS
@@ -279,7 +283,7 @@ class HardwareBridge(LifecycleNode):
     def before_exit(self) -> None:
         """SIGINT / SIGTERM: the last word to the robot is a zero command."""
         if self.active:
-            self.send_zero_command()
+            self.send_zero_command(flush=True)
             self.get_logger().info('shutting down: zero command sent')
 
     def joint_bounds(self) -> JointBounds:
@@ -290,9 +294,15 @@ class HardwareBridge(LifecycleNode):
                             position_limit=self.parameters['position_limit'],
                             velocity_limit=self.parameters['velocity_limit'], overrides=self.limit_overrides)
 
-    def send_zero_command(self) -> None:
+    def send_zero_command(self, flush: bool = False) -> None:
+        """Zero command to every joint; ``flush`` (the process is about to end): wait, up to
+        ZERO_ACK_TIMEOUT_S, until every matched reader has acknowledged it, so that it is not lost
+        with the process's DDS writer (seen under load: the bridge exited before the robot had it)."""
         if self.entities_created:
             self.command_publisher.publish(Float64MultiArray(data=[0.0] * len(self.joints)))
+            if flush and not self.command_publisher.wait_for_all_acked(Duration(seconds=ZERO_ACK_TIMEOUT_S)):
+                self.get_logger().warning(f'the zero command was not acknowledged by every reader within '
+                                          f'{ZERO_ACK_TIMEOUT_S} s')
 
     def send_command(self, values: Sequence[float]) -> Optional[str]:
         """Publish a command (``values`` in problem order, sent in the controller's command order)

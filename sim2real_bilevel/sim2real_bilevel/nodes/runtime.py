@@ -330,6 +330,7 @@ def run_nodes(makers: Sequence[Callable[[], Any]], args=None,
         executor = SingleThreadedExecutor()
         for node in nodes:
             executor.add_node(node)
+            node.get_logger().info(READY_LOG)     # built: a signal from now on meets the executor's loop
         if body is None:
             # Bounded waits.  Python runs a signal handler only between bytecodes, never inside the
             # executor's wait, so a node with nothing to wake it (an unconfigured bridge has no
@@ -365,6 +366,8 @@ def run_nodes(makers: Sequence[Callable[[], Any]], args=None,
     return status
 
 
+READY_LOG = 'ready'
+"""What every node logs once it is built and added to its executor (tests and operators wait on it)."""
 SIGNAL_CHECK_S = 0.1
 """Longest wait of a node's executor before it looks again for a signal or a shut-down context."""
 
