@@ -39,7 +39,9 @@ def test_generated_problem_keeps_every_real_batch():
 @pytest.mark.parametrize('seed', [17])
 def test_generated_failures_reach_095(seed):
     problem = load_text(generate('lqr', seed).text)
-    run = make_run(problem, 'bilevel', 0, iterations=150, evaluate=True)
+    # the real_history failure class, at the 10 real episodes per iteration it was found with; at the
+    # derived default (2) problem 17 crosses 0.95 later: iteration 153, 0.977 at 200 (results/suite_after/lqr6)
+    run = make_run(problem, 'bilevel', 0, iterations=150, overrides={'real_episodes': 10}, evaluate=True)
     returns = [record.normalized_return for record in run.run(150)]
     assert max(returns[-10:]) >= 0.95, returns[-10:]          # before: 0.913 at 200
 
