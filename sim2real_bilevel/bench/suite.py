@@ -279,13 +279,17 @@ def run_suite(out, kinds=KINDS, problems: int = 50, seeds: int = 3, methods=METH
         pool = cf.ProcessPoolExecutor(max_workers=count, initializer=_worker_init,
                                       mp_context=multiprocessing.get_context('fork'))
         try:
-            futures, to_generate = {}, []
+            futures, to_generate, ready = {}, [], []
             for (kind, seed), group in by_problem.items():
                 path = problem_path(out, kind, seed)
                 if path.exists():
-                    futures.update({pool.submit(run_job, spec): spec for spec in group})
+                    ready += group
                 else:
                     to_generate.append((kind, seed, str(path), group))
+            # run seed by run seed (the pool runs in submission order): a run cut short holds whole
+            # seeds of the problems already generated, e.g. all of seed 0 before any of seed 1
+            ready.sort(key=lambda spec: spec['run_seed'])
+            futures.update({pool.submit(run_job, spec): spec for spec in ready})
 
             def generate_next():
                 # a few generations in flight, the next one queued behind the jobs of the last one

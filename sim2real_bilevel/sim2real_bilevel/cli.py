@@ -90,7 +90,8 @@ def _solve(invocation: dict, out, quiet: bool, run_dir) -> int:
 
     overrides = {}
     if invocation['real_episodes'] is not None:
-        overrides['real_episodes'] = invocation['real_episodes']
+        # every method's batches, the black-box candidate scores included (score_episodes 0)
+        overrides.update(real_episodes=invocation['real_episodes'], score_episodes=0)
     if invocation.get('safe_improvement') is not None:
         overrides['safe_improvement'] = invocation['safe_improvement']
     from .core.checkpoint import CheckpointError     # here: the operator's commands need no torch

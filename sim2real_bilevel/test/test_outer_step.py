@@ -131,7 +131,8 @@ def test_a_file_step_size_wins_over_the_rule():
     data = yaml.safe_load(generate('lqr', 3).text)
     data['outer'] = {'step_size': 0.07}
     defaults = load_text(yaml.safe_dump(data)).outer_defaults
-    assert defaults == {'step_size': 0.07, 'real_history': defaults['real_history']}
+    assert defaults == {'step_size': 0.07, 'real_history': defaults['real_history'],     # no step_per_range
+                        'real_episodes': defaults['real_episodes'], 'score_episodes': 10}
 
 
 def test_step_per_range_refuses_unbounded_coordinates():

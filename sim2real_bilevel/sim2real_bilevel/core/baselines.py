@@ -83,6 +83,10 @@ class SysIdRun(MethodRun):
 class BlackBoxRun(MethodRun):
     """Shared by the black-box searches: score a theta by real episodes of phi*(theta)."""
 
+    @property
+    def batch_episodes(self) -> int:
+        return self.config.score_episodes or self.config.real_episodes
+
     def score(self, theta: np.ndarray) -> float:
         result = self.solve_inner(theta, self.phi)
         return self.mean_real_return(self.collect_real(result.phi, keep=False, theta=theta))

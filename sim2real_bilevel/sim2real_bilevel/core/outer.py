@@ -54,7 +54,11 @@ class OuterConfig:
     adam_betas: tuple = (0.9, 0.999)
     """Adam's moment decay rates."""
     real_episodes: int = 10
-    """Real episodes per outer iteration."""
+    """Real episodes per outer iteration (the LQR kind derives its default from the problem:
+    ``problems/lqr/config.py`` ``real_episodes_rule``)."""
+    score_episodes: int = 0
+    """Black-box methods (cmaes, spsa): real episodes that score one candidate theta; 0 = ``real_episodes``.
+    A score is a fresh Monte-Carlo mean that is never reused, unlike the batches the real critic keeps."""
     real_history: int = 1
     """How many most recent real batches the real-gradient estimator may see (>=1)."""
     inner_method: str = 'exact'
@@ -112,6 +116,7 @@ class OuterConfig:
             (isinstance(self.step_per_range, (bool, np.bool_)), 'step_per_range', 'true or false'),
             (0 < self.step_shrink_on_flip <= 1, 'step_shrink_on_flip', 'a number in (0, 1]'),
             (self.real_episodes >= 1, 'real_episodes', 'an integer >= 1'),
+            (self.score_episodes >= 0, 'score_episodes', 'an integer >= 0 (0: real_episodes)'),
             (self.real_history >= 1, 'real_history', 'an integer >= 1'),
             (self.inner_method in INNER_METHODS, 'inner_method', f'one of {INNER_METHODS}'),
             (self.sensitivity_method in SENSITIVITY_METHODS, 'sensitivity_method',
@@ -295,9 +300,14 @@ class MethodRun:
     def solve_inner(self, theta: np.ndarray, phi_init: Optional[np.ndarray]) -> InnerResult:
         return self.problem.inner_solve(theta, phi_init, method=self.config.inner_method, rng=self.rng)
 
+    @property
+    def batch_episodes(self) -> int:
+        """Real episodes per collected batch (``config.real_episodes``; black-box scores differ)."""
+        return self.config.real_episodes
+
     def sample_real_batch(self, phi: np.ndarray) -> Trajectories:
-        """``config.real_episodes`` real episodes of pi_phi (a ROS node asks the robot instead)."""
-        return self.problem.sample_real(phi, self.config.real_episodes, self.rng)
+        """``batch_episodes`` real episodes of pi_phi (a ROS node asks the robot instead)."""
+        return self.problem.sample_real(phi, self.batch_episodes, self.rng)
 
     def collect_real(self, phi: np.ndarray, keep: bool = True, theta: Optional[np.ndarray] = None) -> Trajectories:
         """Real episodes with pi_phi (persisted, reused on resume: ``take_real_batch``), counted

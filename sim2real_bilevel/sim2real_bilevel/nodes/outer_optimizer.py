@@ -87,7 +87,7 @@ class GraphCalls:
         return self.node.train_policy(theta, phi_init)
 
     def sample_real_batch(self, phi):
-        return self.node.run_episodes(self.config.real_episodes)
+        return self.node.run_episodes(self.batch_episodes)
 
     def state_dict(self) -> dict:
         state = super().state_dict()
