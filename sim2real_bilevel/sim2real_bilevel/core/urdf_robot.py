@@ -237,6 +237,33 @@ def point_mass_inertia(mass: torch.Tensor, center: torch.Tensor) -> torch.Tensor
     return torch.cat([top, bottom], -2)
 
 
+def payload_moments(mass: torch.Tensor, center: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``point_mass_inertia(mass, center)`` (per sample: mass (B,) or (), center (B, 3)) as
+    sum_k weight_k (B,) * inertia_k (6, 6), with fixed matrices inertia_k: the spatial inertia is
+    linear in m, m c_i and m c_i c_j, so each term is one library call on one fixed inertia.  A
+    coordinate that is zero in every sample drops its terms (a payload along the tool axis costs
+    3 calls, not 10), so no derivative with respect to it is formed: right for the centres this
+    project builds, d * u with a fixed direction u, whose zero coordinates are constants."""
+    dtype, device = center.dtype, center.device
+    mass = mass.expand(center.shape[:-1])
+    basis = torch.eye(3, dtype=dtype, device=device)
+    one = torch.ones((), dtype=dtype, device=device)
+    origin = point_mass_inertia(one, torch.zeros(3, dtype=dtype, device=device))
+    plus = [point_mass_inertia(one, basis[i]) for i in range(3)]
+    minus = [point_mass_inertia(one, -basis[i]) for i in range(3)]
+    linear = [(plus[i] - minus[i]) / 2 for i in range(3)]
+    square = [(plus[i] + minus[i]) / 2 - origin for i in range(3)]
+    live = [i for i in range(3) if bool(torch.any(center[..., i] != 0))]
+    terms = [(mass, origin)]
+    terms += [(mass * center[..., i], linear[i]) for i in live]
+    terms += [(mass * center[..., i] ** 2, square[i]) for i in live]
+    for a, i in enumerate(live):
+        for j in live[a + 1:]:
+            cross = point_mass_inertia(one, basis[i] + basis[j]) - origin - linear[i] - linear[j] - square[i] - square[j]
+            terms.append((mass * center[..., i] * center[..., j], cross))
+    return terms
+
+
 def _fix_prismatic_joints() -> None:
     """Patch adam's ``StdJoint.motion_subspace`` (for prismatic joints: the 6-vector (axis, 0, 0, 0)
     in adam's order linear, angular), ``SpatialMath.H_prismatic_joint`` (a batch of positions (B,)
@@ -344,7 +371,8 @@ class RigidBodyDynamics:
         as_tensor = lambda value: torch.as_tensor(value, dtype=self.dtype, device=self.device)
         mass_scale = {name: as_tensor(value) for name, value in mass_scale.items()}
         payloads = {name: (as_tensor(mass), as_tensor(center)) for name, (mass, center) in payloads.items()}
-        batched = any(v.ndim for v in mass_scale.values()) or any(m.ndim for m, _ in payloads.values())
+        batched = (any(v.ndim for v in mass_scale.values())
+                   or any(m.ndim or c.ndim > 1 for m, c in payloads.values()))
         if not batched:
             self._set_inertias(mass_scale, payloads)
             return self._mass_matrix_and_bias(position, velocity)
@@ -358,12 +386,27 @@ class RigidBodyDynamics:
             mass_matrix = mass_matrix + scale[..., None, None] * part_mass
             bias = bias + scale[..., None] * part_bias
         for name, (mass, center) in payloads.items():
+            if center.ndim > 1:          # one centre per sample: a sum over the payload's moments
+                for weight, inertia in payload_moments(mass, center):
+                    part_mass, part_bias = self._single_link_terms(name, inertia, position, velocity)
+                    mass_matrix = mass_matrix + weight[..., None, None] * part_mass
+                    bias = bias + weight[..., None] * part_bias
+                continue
             self._set_inertias(everything_off, {name: (one, center)})
             part_mass, part_bias = self._mass_matrix_and_bias(position, velocity)
             mass_matrix = mass_matrix + mass[..., None, None] * part_mass
             bias = bias + mass[..., None] * part_bias
         self._set_inertias({}, {})
         return mass_matrix, bias
+
+    def _single_link_terms(self, name: str, inertia: torch.Tensor, position: torch.Tensor, velocity: torch.Tensor):
+        """M and h with every link's spatial inertia zero but ``name``'s, which is ``inertia``
+        (6, 6; any symmetric matrix: the algorithms are linear in the inertias)."""
+        from adam.pytorch.torch_like import TorchLike
+        inertias = self._kindyn.rbdalgos._spatial_inertias
+        for index, link in enumerate(self._node_links):
+            inertias[index] = TorchLike(inertia if link == name else torch.zeros_like(self._base_inertias[index].array))
+        return self._mass_matrix_and_bias(position, velocity)
 
     def _mass_matrix_and_bias(self, position: torch.Tensor, velocity: torch.Tensor):
         batch = position.shape[0]
