@@ -15,7 +15,14 @@ target_j)) < 0.2) for the episode's last second.
     cd sim2real_bilevel && OMP_NUM_THREADS=1 nice -n 12 ../.venv/bin/python bench/urdf_tasks.py gap \
         --task config/swingup.yaml --seeds 0 1 2 --workers 2 [--sysid-episodes 10] [--out bench/results/urdf_tasks]
 
-Jobs (oracle, nominal then sysid, domain randomisation; per seed) run on ``--workers``
+    ... bench/urdf_tasks.py figures --task config/swingup.yaml [--seeds 3 --iterations 10 --real-episodes 2]
+
+``figures``: normalised real return vs real episodes (N = 0, 5, 10, 20, 50) for bi-level, domain
+randomisation, sysid, nominal and CMA-ES (the experiment runner of ``solve --evaluate``), into
+TASK/learning/ (results.json, results.png, learning.md with the seconds per outer iteration by
+phase: inner, sensitivity, real).
+
+Jobs (nominal then sysid, oracle, domain randomisation; per seed) run on ``--workers``
 processes; results.json, gap.md and the policies (policies.npz) are rewritten after every
 finished job, so an interrupted run keeps what it finished.  Seconds are wall clock on a shared
 machine: upper bounds.
@@ -136,6 +143,39 @@ def gap(args) -> None:
     print((out / 'gap.md').read_text())
 
 
+FIGURE_METHODS = ('bilevel', 'domain-randomization', 'sysid', 'nominal', 'cmaes')
+FIGURE_BUDGETS = (0, 5, 10, 20, 50)
+
+
+def figures(args) -> None:
+    """Learning figures: normalised real return vs real episodes for every method and seed, by
+    the project's experiment runner (``solve --evaluate``'s), with the table at the budgets and
+    the seconds per outer iteration by phase."""
+    from sim2real_bilevel.core.experiments import return_at_episodes, run_experiment, seconds_by_phase, write_results
+    out = Path(args.out) / Path(args.task).stem / 'learning'
+    started = time.perf_counter()
+
+    def progress(method, seed, record):
+        print(f"[figures {time.perf_counter() - started:6.0f} s] {method} seed {seed} iteration {record.iteration}: "
+              f"{record.real_episodes} real episodes, normalised {record.normalized_return:.3f}", flush=True)
+
+    document = run_experiment(args.task, list(args.methods), seeds=args.seeds, iterations=args.iterations,
+                              overrides={'real_episodes': args.real_episodes}, on_record=progress, evaluate=True)
+    write_results(document, out)
+    # a budget beyond what a run collected repeats its last policy's value: 'real episodes used' says where
+    lines = ['| method | ' + ' | '.join(f'N = {n}' for n in FIGURE_BUDGETS)
+             + ' | real episodes used | s per outer iteration (phase) |', '|---|' + '---|' * (len(FIGURE_BUDGETS) + 2)]
+    for method, entry in document['methods'].items():
+        table = return_at_episodes(entry['seeds'], FIGURE_BUDGETS)
+        cells = ['-' if table[str(n)] is None else '{:.3f} [{:.3f}, {:.3f}]'.format(*table[str(n)])
+                 for n in FIGURE_BUDGETS]
+        phases = ', '.join(f'{k} {v:.0f}' for k, v in seconds_by_phase(entry['seeds']).items())
+        used = max(r.get('real_episodes', 0) for seed in entry['seeds'] for r in seed['iterations'])
+        lines.append(f'| {method} | ' + ' | '.join(cells) + f' | {used} | {phases or "-"} |')
+    (out / 'learning.md').write_text('\n'.join(lines) + '\n')
+    print((out / 'learning.md').read_text())
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest='command', required=True)
@@ -145,7 +185,20 @@ def main(argv=None) -> None:
     g.add_argument('--workers', type=int, default=2)
     g.add_argument('--sysid-episodes', type=int, default=10)
     g.add_argument('--out', default=str(Path(__file__).resolve().parent / 'results' / 'urdf_tasks'))
+    f = sub.add_parser('figures', help='normalised real return vs real episodes, every method and seed')
+    f.add_argument('--task', required=True, help='a kind: urdf problem file')
+    f.add_argument('--methods', nargs='+', default=list(FIGURE_METHODS))
+    f.add_argument('--seeds', type=int, default=3, help='seeds 0 .. SEEDS-1')
+    f.add_argument('--iterations', type=int, default=10, help='outer iterations per method and seed')
+    f.add_argument('--real-episodes', type=int, default=2, help='real episodes per outer iteration')
+    f.add_argument('--out', default=str(Path(__file__).resolve().parent / 'results' / 'urdf_tasks'))
     args = parser.parse_args(argv)
+    if args.command == 'figures':
+        if min(args.seeds, args.iterations, args.real_episodes) < 1:
+            parser.error(f'--seeds {args.seeds}, --iterations {args.iterations}, --real-episodes '
+                         f'{args.real_episodes}: expected >= 1')
+        figures(args)
+        return
     if args.workers < 1 or args.sysid_episodes < 1:
         parser.error(f'--workers {args.workers} and --sysid-episodes {args.sysid_episodes}: expected >= 1')
     gap(args)
