@@ -22,9 +22,10 @@ randomisation, sysid, nominal and CMA-ES (the experiment runner of ``solve --eva
 TASK/learning/ (results.json, results.png, learning.md with the seconds per outer iteration by
 phase: inner, sensitivity, real).
 
-Jobs (nominal then sysid, oracle, domain randomisation; per seed) run on ``--workers``
+Jobs (oracle, nominal then sysid, domain randomisation; per seed) run on ``--workers``
 processes; results.json, gap.md and the policies (policies.npz) are rewritten after every
-finished job, so an interrupted run keeps what it finished.  Seconds are wall clock on a shared
+finished job, so an interrupted run keeps what it finished; a failed job is reported (with its
+traceback) and recorded, and the others go on.  Seconds are wall clock on a shared
 machine: upper bounds.
 """
 from __future__ import annotations
@@ -116,30 +117,42 @@ def table(results: list[dict], truth: dict) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def write(out: Path, task: str, results: list[dict], truth: dict) -> None:
+def write(out: Path, task: str, results: list[dict], truth: dict, failures: list[dict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     plain = [{k: v for k, v in r.items() if k != 'phi'} for r in results]
-    (out / 'results.json').write_text(json.dumps({'task': task, 'results': plain, 'true_theta': truth}, indent=1))
+    (out / 'results.json').write_text(json.dumps({'task': task, 'results': plain, 'true_theta': truth,
+                                                  'failures': failures}, indent=1))
     np.savez(out / 'policies.npz', **{f"{r['method']}_seed{r['seed']}": r['phi'] for r in results})
-    (out / 'gap.md').write_text(table(results, truth))
+    (out / 'gap.md').write_text(table(results, truth)
+                                + ''.join(f"FAILED: seed {f['seed']} {f['job']}: {f['error']}\n" for f in failures))
 
 
 def gap(args) -> None:
     out = Path(args.out) / Path(args.task).stem
     problem = load(args.task, args.seeds[0])
     truth = dict(zip(problem.theta_names, problem.oracle_theta_full()[problem.learn_index].round(4).tolist()))
-    jobs = [(seed, job) for seed in args.seeds for job in ('nominal', 'oracle', 'domain-randomization')]
+    jobs = [(seed, job) for seed in args.seeds for job in ('oracle', 'nominal', 'domain-randomization')]
     results: list[dict] = []
+    failures: list[dict] = []
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         futures = {pool.submit(run_job, args.task, seed, job, args.sysid_episodes): (seed, job) for seed, job in jobs}
         for future in as_completed(futures):
             seed, job = futures[future]
-            for r in future.result():
+            try:
+                finished = future.result()
+            except Exception as error:         # one failed job must not lose the others' results
+                import traceback
+                print(f'[gap {time.perf_counter() - started:6.0f} s] seed {seed} {job} FAILED: {error!r}\n'
+                      + ''.join(traceback.format_exception(error)), flush=True)
+                failures.append({'seed': seed, 'job': job, 'error': repr(error)})
+                write(out, args.task, results, truth, failures)
+                continue
+            for r in finished:
                 results.append(r)
                 print(f"[gap {time.perf_counter() - started:6.0f} s] seed {seed} {r['method']}: real return "
                       f"{r['real_return']:.3f}, up {r['up']:.2f} ({r['seconds']:.0f} s)", flush=True)
-            write(out, args.task, results, truth)
+            write(out, args.task, results, truth, failures)
     print((out / 'gap.md').read_text())
 
 
