@@ -63,7 +63,7 @@ def test_a_payload_at_a_learned_distance_matches_pybullet_and_per_sample_centres
 @pytest.mark.parametrize('batched', [False, True])
 def test_gradient_of_a_control_step_in_the_payload_distance_matches_finite_differences(batched):
     """d(next state)/d(log mass, log distance) of the acrobot's lower link payload, float64, one
-    theta for the batch and one per sample (the moment decomposition)."""
+    theta for the batch and one per sample (a per-sample link inertia in the replayed dynamics)."""
     model = make_model('acrobot', substeps=2, implicit=True, physical=(
         PhysicalEntry('payload_mass', link='lower_link', center_of_mass=(0.0, 0.0, 0.5)),
         PhysicalEntry('payload_distance', link='lower_link', center_of_mass=(0.0, 0.0, 1.0))))

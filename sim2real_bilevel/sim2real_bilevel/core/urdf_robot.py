@@ -438,8 +438,8 @@ class RigidBodyDynamics:
                 value = mass_scale[name][..., None, None] * value
             if name in payloads:
                 mass, center = payloads[name]
-                batch = torch.broadcast_shapes(mass.shape, center.shape[:-1])
-                value = value + point_mass_inertia(mass.expand(batch), center.expand(batch + (3,)))
+                shape = torch.broadcast_shapes(mass.shape, center.shape[:-1])     # mass or centre per sample
+                value = value + point_mass_inertia(mass.expand(shape), center.expand(shape + (3,)))
             links.append(value)
         batch = torch.broadcast_shapes(*(link.shape[:-2] for link in links))
         return torch.stack([link.expand(batch + (6, 6)) for link in links], -3)
