@@ -87,7 +87,8 @@ def test_mass_matrix_and_bias_match_pybullet(robot):
 @pytest.mark.parametrize('robot', ['pendulum', 'cartpole', 'iiwa'])
 def test_replayed_recording_equals_the_library_values_and_derivatives(robot):
     """The recorded (torch.jit) M + h equals adam's eager call: values, first and second
-    derivatives w.r.t. q, qd, a mass scale and a payload, shared and per sample."""
+    derivatives w.r.t. q, qd, a mass scale and a payload (its mass and centre), shared and per
+    sample (a per-sample centre: one replayed call against the eager sum over its moments)."""
     path, joints = ROBOTS[robot]
     n = len(joints)
     traced, eager = RigidBodyDynamics(path, joints), RigidBodyDynamics(path, joints, traced=False)
@@ -95,11 +96,10 @@ def test_replayed_recording_equals_the_library_values_and_derivatives(robot):
     scaled, loaded = links[-1], links[len(links) // 2]
     rng = np.random.default_rng(7)
 
-    def outputs(dynamics, q, qd, scale, mass):
-        M, h = dynamics.mass_matrix_and_bias(q, qd, mass_scale={scaled: scale},
-                                             payloads={loaded: (mass, (0.03, -0.02, 0.05))})
+    def outputs(dynamics, q, qd, scale, mass, center):
+        M, h = dynamics.mass_matrix_and_bias(q, qd, mass_scale={scaled: scale}, payloads={loaded: (mass, center)})
         value = (M * torch.linspace(0.5, 1.5, n * n, dtype=torch.float64).reshape(n, n)).sum() + (h ** 2).sum()
-        inputs = (q, qd, scale, mass)
+        inputs = (q, qd, scale, mass, center)
         first = torch.autograd.grad(value, inputs, create_graph=True)
         second = torch.autograd.grad(sum((g ** 2).sum() for g in first), inputs)
         return [M, h, *first, *second]
@@ -109,9 +109,10 @@ def test_replayed_recording_equals_the_library_values_and_derivatives(robot):
         shape = (batch,) if per_sample else ()
         scale = torch.as_tensor(rng.uniform(0.5, 2.0, shape)).requires_grad_(True)
         mass = torch.as_tensor(rng.uniform(0.1, 1.0, shape)).requires_grad_(True)
+        center = torch.as_tensor(rng.uniform(-0.05, 0.05, shape + (3,))).requires_grad_(True)
         for _ in range(2):                     # the first call records, the second replays
-            got = outputs(traced, q, qd, scale, mass)
-        expected = outputs(eager, q, qd, scale, mass)
+            got = outputs(traced, q, qd, scale, mass, center)
+        expected = outputs(eager, q, qd, scale, mass, center)
         for a, b in zip(got, expected):       # rounding only: relative to the tensor's largest entry
             a, b = a.detach(), b.detach()
             assert a.shape == b.shape and float((a - b).abs().max()) <= 1e-10 * float(b.abs().max()) + 1e-12

@@ -10,6 +10,7 @@ theta_full = [physical entries..., reward entries...], each the log of a positiv
 
 - ``mass_scale`` of a link (factor on the file's mass and inertia),
 - ``payload_mass`` at a link (a point mass at a known centre in the link frame),
+- ``payload_distance`` at a link (that payload's centre: this distance along a known direction),
 - per joint (or all controlled joints): ``damping``, ``coulomb_friction``, ``armature``, ``motor_gain``,
 - ``delay``: the actuation delay d in seconds (every joint; see below),
 - reward weights, one per reward term.
@@ -51,8 +52,9 @@ import torch
 
 from .urdf_robot import RigidBodyDynamics
 
-PHYSICAL_KINDS = ('mass_scale', 'payload_mass', 'damping', 'coulomb_friction', 'armature', 'motor_gain', 'delay')
-LINK_KINDS = ('mass_scale', 'payload_mass')
+PHYSICAL_KINDS = ('mass_scale', 'payload_mass', 'payload_distance', 'damping', 'coulomb_friction', 'armature',
+                  'motor_gain', 'delay')
+LINK_KINDS = ('mass_scale', 'payload_mass', 'payload_distance')
 JOINT_KINDS = ('damping', 'coulomb_friction', 'armature', 'motor_gain')
 ROBOT_KINDS = ('delay',)                    # one value for the whole robot: no @LINK / @JOINT
 REWARD_TERMS = ('angle', 'position', 'velocity', 'effort')
@@ -65,7 +67,9 @@ class PhysicalEntry:
     kind: str
     link: Optional[str] = None
     joints: tuple[int, ...] = ()
-    center_of_mass: tuple[float, float, float] = (0.0, 0.0, 0.0)     # payload_mass only
+    # payload_mass: the payload's centre in the link frame; payload_distance: the direction along
+    # which it lies (the centre = the entry's value times the unit direction, replacing the mass's)
+    center_of_mass: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     @property
     def name(self) -> str:
@@ -96,6 +100,14 @@ class Coefficients:
     delay: Optional[torch.Tensor] = None     # (...,) seconds; None: no delay entry
 
 
+def payload_center(distance: torch.Tensor, direction) -> torch.Tensor:
+    """The payload's centre (..., 3) at ``distance`` (...,) along the unit ``direction`` (3,);
+    coordinates where the direction is zero are constant zeros."""
+    unit = np.asarray(direction, dtype=np.float64) / np.linalg.norm(direction)
+    zero = torch.zeros_like(distance)
+    return torch.stack([distance * float(u) if u != 0 else zero for u in unit], -1)
+
+
 class UrdfModel:
     """f_theta and R_theta of a URDF robot (see the module docstring)."""
 
@@ -115,6 +127,11 @@ class UrdfModel:
         self.angular = np.asarray(angular, dtype=bool)
         self.observation_dim = int(2 * self.angular.sum() + (~self.angular).sum() + n)
         self.n_physical = len(self.physical)
+        masses = {entry.link for entry in self.physical if entry.kind == 'payload_mass'}
+        for entry in self.physical:
+            if entry.kind == 'payload_distance' and (entry.link not in masses or not any(entry.center_of_mass)):
+                raise ValueError(f'UrdfModel: payload_distance@{entry.link}: expected a payload_mass entry at '
+                                 f'{entry.link} and a non-zero direction (got {entry.center_of_mass})')
         noise_std = torch.as_tensor(noise_std, dtype=torch.float64)
         if noise_std.shape != (self.state_dim,) or not bool(torch.all(noise_std > 0)):
             raise ValueError(f'UrdfModel: noise_std={noise_std.tolist()}: expected {self.state_dim} positive numbers')
@@ -156,10 +173,15 @@ class UrdfModel:
             elif entry.kind == 'payload_mass':
                 payloads[entry.link] = (value, torch.as_tensor(entry.center_of_mass, dtype=theta_phys.dtype,
                                                                 device=theta_phys.device))
+            elif entry.kind == 'payload_distance':
+                continue
             else:
                 mask = torch.zeros(self.n_joints, dtype=theta_phys.dtype, device=theta_phys.device)
                 mask[list(entry.joints)] = 1.0
                 per_joint[entry.kind] = per_joint[entry.kind] * (1 - mask) + value[..., None] * mask
+        for index, entry in enumerate(self.physical):
+            if entry.kind == 'payload_distance':
+                payloads[entry.link] = (payloads[entry.link][0], payload_center(values[..., index], entry.center_of_mass))
         return Coefficients(inertias={'mass_scale': mass_scale, 'payloads': payloads},
                             damping=per_joint['damping'], friction=per_joint['coulomb_friction'],
                             armature=per_joint['armature'], gain=per_joint['motor_gain'], delay=delay)
@@ -189,7 +211,8 @@ class UrdfModel:
 
         inertias = coefficients.inertias
         mass_scale = {link: per_sample_scalar(v) if v.ndim else v for link, v in inertias['mass_scale'].items()}
-        payloads = {link: (per_sample_scalar(m) if m.ndim else m, c) for link, (m, c) in inertias['payloads'].items()}
+        payloads = {link: (per_sample_scalar(m) if m.ndim else m, c.expand(shape + (3,)).reshape(batch, 3) if c.ndim > 1 else c)
+                    for link, (m, c) in inertias['payloads'].items()}
         damping, friction = per_sample(coefficients.damping), per_sample(coefficients.friction)
         armature, gain = per_sample(coefficients.armature), per_sample(coefficients.gain)
         limit = self._effort_limit.to(state)

@@ -250,6 +250,33 @@ def point_mass_inertia(mass: torch.Tensor, center: torch.Tensor) -> torch.Tensor
     return torch.cat([top, bottom], -2)
 
 
+def payload_moments(mass: torch.Tensor, center: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``point_mass_inertia(mass, center)`` (per sample: mass (B,) or (), center (B, 3)) as
+    sum_k weight_k (B,) * inertia_k (6, 6), with fixed matrices inertia_k: the spatial inertia is
+    linear in m, m c_i and m c_i c_j, so each term is one library call on one fixed inertia.  A
+    coordinate that is zero in every sample drops its terms (a payload along the tool axis costs
+    3 calls, not 10), so no derivative with respect to it is formed: right for the centres this
+    project builds, d * u with a fixed direction u, whose zero coordinates are constants."""
+    dtype, device = center.dtype, center.device
+    mass = mass.expand(center.shape[:-1])
+    basis = torch.eye(3, dtype=dtype, device=device)
+    one = torch.ones((), dtype=dtype, device=device)
+    origin = point_mass_inertia(one, torch.zeros(3, dtype=dtype, device=device))
+    plus = [point_mass_inertia(one, basis[i]) for i in range(3)]
+    minus = [point_mass_inertia(one, -basis[i]) for i in range(3)]
+    linear = [(plus[i] - minus[i]) / 2 for i in range(3)]
+    square = [(plus[i] + minus[i]) / 2 - origin for i in range(3)]
+    live = [i for i in range(3) if bool(torch.any(center[..., i] != 0))]
+    terms = [(mass, origin)]
+    terms += [(mass * center[..., i], linear[i]) for i in live]
+    terms += [(mass * center[..., i] ** 2, square[i]) for i in live]
+    for a, i in enumerate(live):
+        for j in live[a + 1:]:
+            cross = point_mass_inertia(one, basis[i] + basis[j]) - origin - linear[i] - linear[j] - square[i] - square[j]
+            terms.append((mass * center[..., i] * center[..., j], cross))
+    return terms
+
+
 def _fix_prismatic_joints() -> None:
     """Patch adam's ``StdJoint.motion_subspace`` (for prismatic joints: the 6-vector (axis, 0, 0, 0)
     in adam's order linear, angular), ``SpatialMath.H_prismatic_joint`` (a batch of positions (B,)
@@ -351,13 +378,17 @@ class RigidBodyDynamics:
                              payloads: Optional[dict] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """M (B, n, n) and h (B, n) at joint positions and velocities (B, n), with link inertias
         scale * (the file's) + point payloads.  ``mass_scale``: link -> tensor () or (B,);
-        ``payloads``: link -> (mass () or (B,), centre (3,) in the link frame).  Gradients flow
-        to all of them.  None: the file's values.
+        ``payloads``: link -> (mass () or (B,), centre (3,) or (B, 3) in the link frame).
+        Gradients flow to all of them.  None: the file's values.
 
-        One value for the whole batch is one library call.  One value per sample uses that M
-        and h are LINEAR in the link inertias (for fixed q, qd): M = M(other links) +
-        sum_k scale_k M(link k alone) + sum_j mass_j M(unit payload j alone), one library call
-        per term (adam's algorithms take one inertia per link, not one per sample)."""
+        Traced (the default): one replayed call whatever is given per sample (the link inertias
+        (B, L, 6, 6) are an input of the recording; a per-sample centre is a per-sample inertia).
+        Eager (``traced=False``): one value for the whole batch is one library call.  One value
+        per sample uses that M and h are LINEAR in the link inertias (for fixed q, qd): M =
+        M(other links) + sum_k scale_k M(link k alone) + sum_j mass_j M(unit payload j alone),
+        one library call per term, and a per-sample centre is a sum over the payload's moments
+        (``payload_moments``: 3 to 10 calls) -- adam's algorithms take one inertia per link, not
+        one per sample."""
         mass_scale, payloads = dict(mass_scale or {}), dict(payloads or {})
         for name in list(mass_scale) + list(payloads):
             self.description.link(name, f'link {name!r}', needs_inertial=name in mass_scale)
@@ -366,7 +397,8 @@ class RigidBodyDynamics:
         payloads = {name: (as_tensor(mass), as_tensor(center)) for name, (mass, center) in payloads.items()}
         if self.traced:
             return self._replay(position, velocity, self.link_inertias(mass_scale, payloads))
-        batched = any(v.ndim for v in mass_scale.values()) or any(m.ndim for m, _ in payloads.values())
+        batched = (any(v.ndim for v in mass_scale.values())
+                   or any(m.ndim or c.ndim > 1 for m, c in payloads.values()))
         if not batched:
             self._set_inertias(mass_scale, payloads)
             return self._mass_matrix_and_bias(position, velocity)
@@ -380,6 +412,12 @@ class RigidBodyDynamics:
             mass_matrix = mass_matrix + scale[..., None, None] * part_mass
             bias = bias + scale[..., None] * part_bias
         for name, (mass, center) in payloads.items():
+            if center.ndim > 1:          # one centre per sample: a sum over the payload's moments
+                for weight, inertia in payload_moments(mass, center):
+                    part_mass, part_bias = self._single_link_terms(name, inertia, position, velocity)
+                    mass_matrix = mass_matrix + weight[..., None, None] * part_mass
+                    bias = bias + weight[..., None] * part_bias
+                continue
             self._set_inertias(everything_off, {name: (one, center)})
             part_mass, part_bias = self._mass_matrix_and_bias(position, velocity)
             mass_matrix = mass_matrix + mass[..., None, None] * part_mass
@@ -400,7 +438,8 @@ class RigidBodyDynamics:
                 value = mass_scale[name][..., None, None] * value
             if name in payloads:
                 mass, center = payloads[name]
-                value = value + point_mass_inertia(mass, center.expand(mass.shape + (3,)))
+                shape = torch.broadcast_shapes(mass.shape, center.shape[:-1])     # mass or centre per sample
+                value = value + point_mass_inertia(mass.expand(shape), center.expand(shape + (3,)))
             links.append(value)
         batch = torch.broadcast_shapes(*(link.shape[:-2] for link in links))
         return torch.stack([link.expand(batch + (6, 6)) for link in links], -3)
@@ -449,6 +488,15 @@ class RigidBodyDynamics:
             del library_math.tile                        # back to the class's method
             algorithms._spatial_inertias[:] = cached
         return _simplified(recording, (position, velocity, inertias))
+
+    def _single_link_terms(self, name: str, inertia: torch.Tensor, position: torch.Tensor, velocity: torch.Tensor):
+        """M and h with every link's spatial inertia zero but ``name``'s, which is ``inertia``
+        (6, 6; any symmetric matrix: the algorithms are linear in the inertias)."""
+        from adam.pytorch.torch_like import TorchLike
+        inertias = self._kindyn.rbdalgos._spatial_inertias
+        for index, link in enumerate(self._node_links):
+            inertias[index] = TorchLike(inertia if link == name else torch.zeros_like(self._base_inertias[index].array))
+        return self._mass_matrix_and_bias(position, velocity)
 
     def _mass_matrix_and_bias(self, position: torch.Tensor, velocity: torch.Tensor):
         batch = position.shape[0]

@@ -9,7 +9,9 @@ real_gradient, outer).
 
 Theta entries are named ``KIND`` (joint kinds: every controlled joint; ``delay``: the actuation
 delay in seconds, one for the robot), ``KIND@JOINT`` (one joint) or ``KIND@LINK`` (link kinds:
-``mass_scale``, ``payload_mass`` with its ``center_of_mass``).  Every error names the file, the field and the bad value.
+``mass_scale``, ``payload_mass`` with its ``center_of_mass``, ``payload_distance`` with its
+``direction``: the payload's centre, learnable, at that distance along that direction).  Every
+error names the file, the field and the bad value.
 """
 from __future__ import annotations
 
@@ -150,8 +152,15 @@ def read_problem_file(data: dict, source: str) -> dict:
                 description.link(target, f'simulator.parameters.{key}', needs_inertial=kind == 'mass_scale')
             except UrdfError as err:
                 raise parameters.error(key, target, f'a link of the URDF ({err})') from None
-            entry.reject_unknown(THETA_ENTRY_FIELDS | ({'center_of_mass'} if kind == 'payload_mass' else set()))
-            center = tuple(entry.array('center_of_mass', (3,)).tolist()) if kind == 'payload_mass' else (0.0, 0.0, 0.0)
+            extra = {'payload_mass': 'center_of_mass', 'payload_distance': 'direction'}.get(kind)
+            entry.reject_unknown(THETA_ENTRY_FIELDS | ({extra} if extra else set()))
+            center = tuple(entry.array(extra, (3,)).tolist()) if extra else (0.0, 0.0, 0.0)
+            if kind == 'payload_distance':
+                if f'payload_mass@{target}' not in parameters.data:
+                    raise parameters.error(key, entry.data, f'a payload_mass@{target} entry too (the distance is '
+                                           f"that payload's centre along 'direction')")
+                if not any(center):
+                    raise entry.error('direction', list(center), 'a non-zero vector (x, y, z) in the link frame')
             physical.append(PhysicalEntry(kind, link=target, center_of_mass=center))
         elif kind in JOINT_KINDS:
             if target and target not in joints:

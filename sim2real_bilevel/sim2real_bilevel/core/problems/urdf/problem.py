@@ -77,6 +77,10 @@ class UrdfProblem(RobotProblem):
                 value = truth.mass_scale.get(entry.link, 1.0)
             elif entry.kind == 'payload_mass':
                 value = truth.payloads.get(entry.link, (0.0, None))[0]
+            elif entry.kind == 'payload_distance':     # the true centre's component along the direction
+                direction = np.asarray(entry.center_of_mass, dtype=np.float64)
+                center = truth.payloads.get(entry.link, (0.0, (0.0, 0.0, 0.0)))[1]
+                value = float(np.dot(center, direction) / np.linalg.norm(direction))
             else:
                 value = float(np.mean([per_joint[entry.kind][j] for j in entry.joints]))
             logs.append(math.log(value) if value > 0 else self._lower_full[index])
