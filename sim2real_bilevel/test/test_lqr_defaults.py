@@ -15,7 +15,7 @@ from sim2real_bilevel.core.experiments import make_run
 from sim2real_bilevel.core.generators import generate, load_text
 from sim2real_bilevel.core.problems import load_problem
 from sim2real_bilevel.core.outer import OuterConfig
-from sim2real_bilevel.core.problems.lqr.config import ALL_REAL_DATA, lstdq_coefficients
+from sim2real_bilevel.core.problems.lqr.config import ALL_REAL_DATA, MIN_REAL_EPISODES, lstdq_coefficients
 
 
 def test_derived_default_reproduces_the_hand_tuned_shipped_value():
@@ -67,10 +67,10 @@ def _lqr_file(states, inputs, horizon, outer=None):
 
 
 @pytest.mark.parametrize('states, inputs, horizon, coefficients, episodes', [
-    (2, 1, None, 7, 2),          # 14 transitions needed, 50 per episode: the floor of 2 episodes
-    (3, 1, 45, 11, 2),
-    (6, 3, None, 46, 2),         # 92 transitions: ceil(92 / 50) = 2
-    (6, 3, 20, 46, 5),           # ceil(92 / 20) = 5
+    (2, 1, None, 7, 5),          # 14 transitions needed, 50 per episode: the floor of 5 episodes
+    (3, 1, 45, 11, 5),
+    (6, 3, None, 46, 5),         # 92 transitions: ceil(92 / 50) = 2, below the floor
+    (6, 3, 15, 46, 7),           # ceil(92 / 15) = 7
     (6, 3, 7, 46, 14),           # ceil(92 / 7) = 14
 ])
 def test_real_episodes_derived_from_the_critic_size(states, inputs, horizon, coefficients, episodes):
@@ -78,7 +78,7 @@ def test_real_episodes_derived_from_the_critic_size(states, inputs, horizon, coe
     problem = _lqr_file(states, inputs, horizon)
     assert problem.outer_defaults['real_episodes'] == episodes
     assert episodes * problem.real_horizon >= 2 * coefficients          # each batch determines the critic twice
-    assert (episodes - 1) * problem.real_horizon < 2 * coefficients or episodes == 2   # and no more than that
+    assert (episodes - 1) * problem.real_horizon < 2 * coefficients or episodes == MIN_REAL_EPISODES   # and no more than that
     assert make_run(problem, 'bilevel', 0, iterations=1).config.real_episodes == episodes
     # black-box scores are never reused: they keep OuterConfig's default per candidate
     assert make_run(problem, 'cmaes', 0, iterations=1).batch_episodes == OuterConfig.real_episodes == 10
@@ -99,9 +99,9 @@ def test_a_file_that_sets_real_episodes_keeps_it_for_every_method():
 def test_generated_batches_have_the_derived_size_and_the_file_says_so():
     generated = generate('lqr', 1)                                   # 6 x 3, no horizon field (50 steps)
     problem = load_text(generated.text)
-    assert 'Default real episodes per outer iteration: 2 = max(2, ceil(2 x 46 LSTD-Q coefficients / 50 steps))' \
+    assert 'Default real episodes per outer iteration: 5 = max(5, ceil(2 x 46 LSTD-Q coefficients / 50 steps))' \
         in generated.text
     run = make_run(problem, 'bilevel', 0, iterations=2)
     run.run(2)
-    assert [batch.rewards.shape for batch in run.real_batches] == [(2, 50), (2, 50)]
-    assert run.history[-1].real_transitions == 200
+    assert [batch.rewards.shape for batch in run.real_batches] == [(5, 50), (5, 50)]
+    assert run.history[-1].real_transitions == 500

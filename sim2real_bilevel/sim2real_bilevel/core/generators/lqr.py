@@ -242,7 +242,7 @@ def generate_lqr(seed: int, options: dict):
 
 
 def _header(seed, options, settings, candidate, problem, draw, rejected, info, witness, nominal_radius):
-    from ..problems.lqr.config import lstdq_coefficients, real_episodes_rule
+    from ..problems.lqr.config import MIN_REAL_EPISODES, lstdq_coefficients, real_episodes_rule
     n, m = settings['states'], settings['inputs']
     k_star, cost_star = problem.real_optimum()
     n_a, n_b = int(candidate['learn_a'].sum()), int(candidate['learn_b'].sum())
@@ -271,7 +271,7 @@ def _header(seed, options, settings, candidate, problem, draw, rejected, info, w
         f'  a theta inside the bounds reaches {info["reachable"]:.4f} (L-BFGS-B on the exact real cost through',
         '    dK*/dtheta, from the nominal theta);',
         f'  checked: nominal and sysid <= {MAX_BASELINE}, reachable >= {MIN_REACHABLE}.',
-        f'Default real episodes per outer iteration: {real_episodes_rule(n, m, problem.real_horizon)} = max(2, '
+        f'Default real episodes per outer iteration: {real_episodes_rule(n, m, problem.real_horizon)} = max({MIN_REAL_EPISODES}, '
         f'ceil(2 x {lstdq_coefficients(n, m)} LSTD-Q coefficients / {problem.real_horizon} steps));',
         '  every real batch is kept for the real critic (outer.real_episodes sets another number).',
         redraw_summary(draw, rejected),

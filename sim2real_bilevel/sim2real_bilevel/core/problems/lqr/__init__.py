@@ -25,7 +25,7 @@ Problem file (``kind: lqr``)::
     inner: {...}                          # optional, see ``InnerSettings``
     outer: {...}                          # optional outer-loop defaults (``OuterConfig`` fields);
                                           # unset: every real batch kept, a step per theta coordinate,
-                                          # real_episodes max(2, ceil(2 p / horizon)) (``config.py``)
+                                          # real_episodes max(5, ceil(2 p / horizon)) (``config.py``)
 
 Simulator noise: f_theta(x'|x,u) = N(x'; A_hat x + B_hat u, W_sim) needs W_sim positive
 DEFINITE so that its score grad_theta log f_theta exists; by default W_sim is the real noise
