@@ -123,9 +123,11 @@ def test_a_bridge_that_requires_a_key_refuses_to_configure_without_one(ros):
     bridge = ros.start('hardware_bridge', problem=PROBLEM, autostart='true', require_policy_key='true')
     assert ros.wait_for_log(bridge, 'configure failed: no policy key', timeout=60.0), bridge.log()[-2000:]
     assert 'sim2real-bilevel keygen' in bridge.log()
-    client = ros.node.create_client(GetState, '/hardware_bridge/get_state')
-    ros.spin_until(client.service_is_ready, 30.0, 'get_state')
-    for _ in range(6):                  # an answer can be lost before discovery completes: ask again
+    for _ in range(12):
+        # an answer can be lost before discovery completes: ask again, from a new client each time
+        # (one whose response reader the bridge had not matched missed 6 answers in a CI run under load)
+        client = ros.node.create_client(GetState, '/hardware_bridge/get_state')
+        ros.spin_until(client.service_is_ready, 30.0, 'get_state')
         future = client.call_async(GetState.Request())
         deadline = time.monotonic() + 5.0
         while not future.done() and time.monotonic() < deadline:
