@@ -325,15 +325,18 @@ def problem_rows(repeats) -> list[dict]:
     return rows
 
 
-def speed_rows(batches, repeats, robot_names=('pendulum', 'acrobot', 'iiwa')) -> list[dict]:
+def available_devices() -> list[str]:
+    return ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+
+
+def speed_rows(batches, repeats, robot_names=('pendulum', 'acrobot', 'iiwa'), devices=None) -> list[dict]:
     """One control step of UrdfModel (one substep; theta = mass scale, damping, friction), adam
     eager (before) vs replayed recording (after): ms forward and forward + backward, their ratio,
     and transitions per second after, per device (CUDA too when present)."""
     from sim2real_bilevel.core.urdf_model import PhysicalEntry, UrdfModel, UrdfSimulatorSettings
     from sim2real_bilevel.core.urdf_robot import RigidBodyDynamics, read_urdf
-    devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
     rows = []
-    for device in devices:
+    for device in devices or available_devices():
         synchronise = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
         for robot in robot_names:
             path, joints, link = robots()[robot]
@@ -382,6 +385,64 @@ def speed_rows(batches, repeats, robot_names=('pendulum', 'acrobot', 'iiwa')) ->
     return rows
 
 
+def inner_rows(batches, repeats, task: str = 'config/iiwa_payload.yaml', devices=None) -> list[dict]:
+    """The inner loop's work at batch B on a URDF task (default: the iiwa payload task), per device
+    (CUDA too when present): J_sim alone (B rollouts of the task's horizon under its policy), J_sim
+    and its gradient in (phi, theta) (one inner Adam step), and the gradient with its graph plus one
+    Hessian-vector product in phi (one CG step of the sensitivity solve); simulated transitions per
+    second of each.  The problem's own rollout code runs, on ``UrdfModel.to(device)``."""
+    from sim2real_bilevel.core.config import load_yaml
+    from sim2real_bilevel.core.problems.robot.simulator import CommonNoise
+    from sim2real_bilevel.core.problems.urdf import UrdfProblem
+    data, source = load_yaml(task)
+    problem = UrdfProblem.from_dict(data, source)
+    phi0 = torch.as_tensor(problem.policy.init_params(np.random.default_rng(0)))
+    theta0 = problem.full_theta(torch.as_tensor(problem.theta0())).detach()
+    cpu_model = problem.model
+    rows = []
+    for device in devices or available_devices():
+        synchronise = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+        problem.model = cpu_model.to(device)
+        try:
+            for batch in batches:
+                drawn = CommonNoise.draw(batch, problem.horizon, problem.initial, np.random.default_rng(1))
+                noise = CommonNoise(drawn.initial_states.to(device), drawn.action_noise.to(device),
+                                    drawn.transition_noise.to(device))
+                phi = phi0.to(device).requires_grad_(True)
+                theta = theta0.to(device).requires_grad_(True)
+                vector = torch.ones_like(phi)
+
+                def forward():
+                    with torch.no_grad():
+                        problem.sim_objective(phi, theta, noise, full=True)
+                    synchronise()
+
+                def gradient():
+                    torch.autograd.grad(problem.sim_objective(phi, theta, noise, full=True), (phi, theta))
+                    synchronise()
+
+                def hessian_vector():
+                    (residual,) = torch.autograd.grad(problem.sim_objective(phi, theta, noise, full=True), phi,
+                                                       create_graph=True)
+                    torch.autograd.grad(residual, phi, grad_outputs=vector)
+                    synchronise()
+                for function in (forward, gradient, hessian_vector):      # recordings; jit optimises on 2nd-3rd call
+                    function()
+                    function()
+                seconds = interleaved_best_seconds([forward, gradient, hessian_vector], repeats)
+                transitions = batch * problem.horizon
+                row = {'device': device, 'task': Path(task).stem, 'batch': batch, 'steps': problem.horizon}
+                for name, value in zip(('J_sim', '+ gradient', '+ HVP'), seconds):
+                    row[f'{name} s'] = value
+                    row[f'{name} transitions/s'] = transitions / value
+                rows.append(row)
+                print(f'  inner {device} batch {batch}: ' + ', '.join(f'{k} {v:.3g}' for k, v in row.items()
+                                                                     if isinstance(v, float)), flush=True)
+        finally:
+            problem.model = cpu_model
+    return rows
+
+
 def print_table(rows: list[dict], title: str) -> None:
     columns = []
     for row in rows:
@@ -403,10 +464,14 @@ def main(argv=None) -> None:
     parser.add_argument('--batches', type=int, nargs='+', default=[1, 1024])
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--robots', nargs='+', default=['pendulum', 'acrobot', 'iiwa'], help='robots of --parts speed')
-    parser.add_argument('--parts', nargs='+', choices=('libraries', 'simulator', 'problems', 'speed'),
+    parser.add_argument('--parts', nargs='+', choices=('libraries', 'simulator', 'problems', 'speed', 'inner'),
                         default=['libraries', 'simulator', 'problems'])
+    parser.add_argument('--task', default='config/iiwa_payload.yaml', help='the URDF task of --parts inner')
+    parser.add_argument('--devices', nargs='+', choices=('cpu', 'cuda'), default=None,
+                        help='devices of --parts speed and inner (default: cpu, and cuda when present)')
+    parser.add_argument('--threads', type=int, default=1, help='torch CPU threads (default 1: a shared machine)')
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     print(f'torch {torch.__version__}, threads {torch.get_num_threads()}, float64 unless the library is float32 only')
     if 'libraries' in args.parts:
         print_table(library_rows(args.batches, args.repeats), 'Part 1: rigid-body libraries vs pybullet '
@@ -417,8 +482,12 @@ def main(argv=None) -> None:
         print_table(problem_rows(args.repeats), 'Part 3: the pendulum task, hand-written model vs URDF simulator '
                     '(same phi, theta, random numbers; seconds)')
     if 'speed' in args.parts:
-        print_table(speed_rows(args.batches, args.repeats, args.robots),
+        print_table(speed_rows(args.batches, args.repeats, args.robots, args.devices),
                     'Part 4: one control step, adam eager (before) vs replayed recording (after); ms, float64')
+    if 'inner' in args.parts:
+        print_table(inner_rows(args.batches, args.repeats, args.task, args.devices),
+                    f'Part 5: the inner loop on {args.task}: J_sim, + gradient (phi, theta), + one HVP; '
+                    'seconds and simulated transitions/s, float64')
 
 
 if __name__ == '__main__':

@@ -13,8 +13,8 @@ import torch
 
 from sim2real_bilevel.core.robots.urdf_robot import PybulletRobot, urdf_with_inertials
 from sim2real_bilevel.core.urdf_model import PhysicalEntry, UrdfModel, UrdfSimulatorSettings
-from sim2real_bilevel.core.urdf_robot import (RigidBodyDynamics, UrdfError, normalised_urdf_text, read_urdf,
-                                              resolve_urdf)
+from sim2real_bilevel.core.urdf_robot import (RigidBodyDynamics, UrdfError, _without_gpu_fusion,
+                                              normalised_urdf_text, read_urdf, resolve_urdf)
 
 SHARE = Path(__file__).resolve().parents[1] / 'urdf'
 DATA = Path(pybullet_data.getDataPath())
@@ -117,6 +117,43 @@ def test_replayed_recording_equals_the_library_values_and_derivatives(robot):
             a, b = a.detach(), b.detach()
             assert a.shape == b.shape and float((a - b).abs().max()) <= 1e-10 * float(b.abs().max()) + 1e-12
     assert set(traced._recordings) == {(3, torch.float64, torch.device('cpu')), (4, torch.float64, torch.device('cpu'))}
+
+
+DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_model_moved_to_a_device_steps_as_the_original(device):
+    """``UrdfModel.to(device)``: the same robot and settings with its dynamics rebuilt there; a
+    step with a mass scale and damping entry gives the original's values (CUDA runs where present)."""
+    path, joints = ROBOTS['acrobot']
+    n = len(joints)
+    dynamics = RigidBodyDynamics(path, joints, gravity=9.5)
+    physical = [PhysicalEntry('mass_scale', link=dynamics.link_names[-1]), PhysicalEntry('damping', joints=(0, 1))]
+    model = UrdfModel(dynamics, UrdfSimulatorSettings(control_period=0.02, physics_substeps=2, effort_limit=(5.0,) * n),
+                      physical, [], [1e-3] * (2 * n), default_damping=[0.0] * n, default_friction=[0.0] * n,
+                      joint_lower=[-math.inf] * n, joint_upper=[math.inf] * n, angular=[True] * n)
+    moved = model.to(device)
+    assert moved.dynamics is not dynamics and moved.dynamics.device == torch.device(device)
+    assert (moved.dynamics.gravity, moved.dynamics.joint_names, moved.dynamics.traced) == (9.5, tuple(joints), True)
+    assert model.dynamics is dynamics                       # the original is untouched
+    rng = np.random.default_rng(3)
+    state, action = torch.as_tensor(rng.uniform(-1, 1, (5, 2 * n))), torch.as_tensor(rng.uniform(-2, 2, (5, n)))
+    theta = torch.log(torch.tensor([1.3, 0.2], dtype=torch.float64))
+    expected = model.step_mean(state, action, theta)
+    for _ in range(2):                                      # recording, then replay
+        got = moved.step_mean(state.to(device), action.to(device), theta.to(device))
+    assert got.device.type == device
+    assert float((got.cpu() - expected).abs().max()) <= 1e-10
+
+
+def test_gpu_fusion_switch_is_restored_after_an_error():
+    before = torch._C._jit_texpr_fuser_enabled()
+    with pytest.raises(RuntimeError, match='inside'):
+        with _without_gpu_fusion():
+            assert torch._C._jit_texpr_fuser_enabled() is False
+            raise RuntimeError('inside')
+    assert torch._C._jit_texpr_fuser_enabled() == before
 
 
 def test_mass_scale_and_payload_match_pybullet_on_the_rewritten_urdf():

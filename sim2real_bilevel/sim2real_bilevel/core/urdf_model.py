@@ -43,6 +43,7 @@ Reward: r = exp(-(sum of weighted cost terms)), in (0, 1]:
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -152,6 +153,13 @@ class UrdfModel:
                 raise ValueError(f'UrdfModel: max_delay={max_delay!r}: expected the delay entry\'s upper bound '
                                  '(seconds, > 0)')
             self.action_history = max(1, math.ceil(max_delay / settings.control_period - 1e-9))
+
+    def to(self, device) -> 'UrdfModel':
+        """This model with its rigid-body dynamics on ``device``; every other tensor follows the
+        state's device at use, so a rollout runs where its inputs are."""
+        moved = copy.copy(self)
+        moved.dynamics = self.dynamics.to(device)
+        return moved
 
     # --- theta bookkeeping -----------------------------------------------------------------------
     def split(self, theta_full: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,9 +31,16 @@ merged, dead code removed); a simplified graph that does not reproduce the recor
 bit-for-bit is not used.  Nothing of the algorithm is rewritten: the replay runs exactly the
 tensor operations adam ran while recorded (tested equal to the library's eager call, values and
 first and second derivatives).
+
+On CUDA the replay runs with torch's TensorExpr fuser off (``_without_gpu_fusion``): with it on,
+the graph executor compiles fused kernels for the ~2000-operation float64 recording on its first
+calls at each batch size, and on an H200 the iiwa's inner-loop benchmark at batch 1024 had not
+passed its first calls after 150 s; with it off, J_sim and its gradient (25 steps, 1024 rollouts)
+took 1.3 s (``bench/urdf_dynamics.py --parts inner``).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -339,6 +346,7 @@ class RigidBodyDynamics:
                 raise UrdfError(self.description.path, f'joints[{i}]', name,
                                 f'a moving joint (type {list(MOVING_JOINT_TYPES)}), not a {joint.type} joint')
         self.joint_names = tuple(joint_names)
+        self.path, self.gravity = path, float(gravity)
         self.dtype = dtype
         self.device = torch.device('cpu') if device is None else torch.device(device)
         self._kindyn = KinDynComputationsBatch(
@@ -353,6 +361,11 @@ class RigidBodyDynamics:
         self.n_joints = len(self.joint_names)
         self.traced = bool(traced)
         self._recordings: OrderedDict = OrderedDict()
+
+    def to(self, device) -> 'RigidBodyDynamics':
+        """The same robot on ``device`` (a new instance; recordings are made there on first use)."""
+        return RigidBodyDynamics(self.path, self.joint_names, dtype=self.dtype, device=device,
+                                 gravity=self.gravity, traced=self.traced)
 
     @property
     def link_names(self) -> list[str]:
@@ -457,7 +470,11 @@ class RigidBodyDynamics:
                 self._recordings.popitem(last=False)
         else:
             self._recordings.move_to_end(key)
-        return function(position.to(self.dtype), velocity.to(self.dtype), inertias)
+        arguments = (position.to(self.dtype), velocity.to(self.dtype), inertias)
+        if self.device.type == 'cuda':
+            with _without_gpu_fusion():
+                return function(*arguments)
+        return function(*arguments)
 
     def _record(self, position, velocity, inertias):
         """A torch.jit recording of adam's M + h at this batch size, inertias (B, L, 6, 6) as an input.
@@ -511,6 +528,17 @@ class RigidBodyDynamics:
         batch = position.shape[0]
         base = torch.eye(4, dtype=self.dtype, device=self.device).expand(batch, 4, 4)
         return {name: self._kindyn.forward_kinematics(name, base, position) for name in self._node_links}
+
+
+@contextlib.contextmanager
+def _without_gpu_fusion():
+    """torch's TensorExpr fuser off for the calls inside (restored after; see the module docstring)."""
+    enabled = torch._C._jit_texpr_fuser_enabled()
+    torch._C._jit_set_texpr_fuser_enabled(False)
+    try:
+        yield
+    finally:
+        torch._C._jit_set_texpr_fuser_enabled(enabled)
 
 
 def _simplified(recording, inputs):

@@ -91,9 +91,9 @@ class PendulumSimulatorFamily:
         """Reparametrised rollout: states (T+1, N, 2), actions (T, N, 1), rewards (T, N)."""
         theta_phys, theta_reward = self.model.split(theta_full)
         coefficients = self.model.coefficients(theta_phys)      # once per rollout, not per step
-        noise_std = self.model.noise_std.to(phi.dtype)
+        noise_std = self.model.noise_std.to(phi)
         std = torch.exp(self.policy.log_std(phi))
-        state = noise.initial_states.to(phi.dtype)
+        state = noise.initial_states.to(phi)
         states, actions = [state], []
         length = getattr(self.model, 'action_history', 0)         # previous commands a delayed step reads
         history = {}
@@ -118,7 +118,7 @@ class PendulumSimulatorFamily:
         noise = self._crn if noise is None else noise
         theta_full = theta if full else self.full_theta(theta)
         _, _, rewards = self.rollout(phi, theta_full, noise)
-        discounted = (self._discounts[:rewards.shape[0], None].to(rewards.dtype) * rewards).sum(0).mean()
+        discounted = (self._discounts[:rewards.shape[0], None].to(rewards) * rewards).sum(0).mean()
         return (discounted + self.inner.entropy * self.policy.log_std(phi).sum()
                 - 0.5 * self.inner.l2 * (phi ** 2).sum())
 
