@@ -73,3 +73,21 @@ def ros_context(ros_env):
         yield context
     finally:
         rclpy.try_shutdown(context=context)
+
+
+@pytest.fixture
+def run_quick_bench():
+    """``run(script, out, timeout)``: ``bench/SCRIPT --quick --workers 1 --out OUT`` in a fresh
+    interpreter; asserts it exits 0 (its stderr in the message) and returns its jobs.jsonl records."""
+    return _run_quick_bench
+
+
+def _run_quick_bench(script: str, out: Path, timeout: float) -> list[dict]:
+    import json
+    import subprocess
+    import sys
+    path = Path(__file__).resolve().parents[1] / 'bench' / script
+    done = subprocess.run([sys.executable, str(path), '--quick', '--workers', '1', '--out', str(out)],
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in (out / 'jobs.jsonl').read_text().splitlines()]

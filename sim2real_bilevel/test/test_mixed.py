@@ -170,14 +170,9 @@ def test_dataset_from_recordings_writes_a_checked_dataset_folder(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_mixed_bench_runs_its_quick_set(tmp_path):
-    from pathlib import Path
-    script = Path(__file__).resolve().parents[1] / 'bench' / 'mixed.py'
-    done = subprocess.run([sys.executable, str(script), '--quick', '--workers', '1', '--out', str(tmp_path)],
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr
+def test_the_mixed_bench_runs_its_quick_set(tmp_path, run_quick_bench):
+    jobs = run_quick_bench('mixed.py', tmp_path, timeout=900)
     table = (tmp_path / 'mixed_N30.md').read_text()
     assert '| discrete_3s2a |' in table and 'counting the dataset' in table
-    jobs = [json.loads(line) for line in (tmp_path / 'jobs.jsonl').read_text().splitlines()]
     assert sorted(job['method'] for job in jobs) == ['mixed', 'online', 'online-safe']
     assert all(job['status'] == 'ok' and job['online_episodes'] <= 20 for job in jobs)

@@ -220,15 +220,10 @@ def test_an_offline_run_resumes_from_its_run_dir_as_if_never_stopped(tabular, tm
         make_offline_run(tabular, 'bilevel', other, seed=1, iterations=8).attach_run_dir(tmp_path / 'run')
 
 
-def test_the_offline_bench_runs_its_quick_set(tmp_path):
-    from pathlib import Path
-    script = Path(__file__).resolve().parents[1] / 'bench' / 'offline.py'
-    done = subprocess.run([sys.executable, str(script), '--quick', '--workers', '1', '--out', str(tmp_path)],
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
+def test_the_offline_bench_runs_its_quick_set(tmp_path, run_quick_bench):
+    jobs = run_quick_bench('offline.py', tmp_path, timeout=600)
     table = (tmp_path / 'offline.md').read_text()
     assert '| discrete_3s2a |' in table and 'problems reach 0.9' in table
-    jobs = [json.loads(line) for line in (tmp_path / 'jobs.jsonl').read_text().splitlines()]
     assert len(jobs) == 5 and all(job['status'] == 'ok' for job in jobs)
 
 
