@@ -248,7 +248,6 @@ def simulator_rows(repeats) -> list[dict]:
         action = torch.as_tensor(rng.uniform(-0.5, 0.5, (3, n)))
         jacobian = torch.autograd.functional.jacobian(lambda th: stepper.step_mean(state, action, th), theta)
         step = 1e-6
-        errors = []
         for k, name in enumerate(('mass', 'damping', 'friction')):
             shift = torch.zeros(3, dtype=torch.float64)
             shift[k] = step

@@ -50,7 +50,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 
 MOVING_JOINT_TYPES = ('revolute', 'continuous', 'prismatic')
