@@ -1,8 +1,7 @@
 """config/iiwa_payload.yaml (issue 12 task (a)): the 7-DoF iiwa reaching a pose with an unknown
 payload loads as a ``kind: urdf`` task, the payload's gravity torque is a real gap, and it rolls
 out in the simulator and on the stand-in; the controller's gravity compensation (its configured
-load) holds the arm in both where the load is the configured one, and (slow) the nominal
-policy's real return is well below the oracle's."""
+load) holds the arm in both where the load is the configured one."""
 import copy
 import math
 from pathlib import Path
@@ -123,3 +122,4 @@ def test_gravity_compensation_errors_name_the_field_and_the_value(edit, message)
     edit(data)
     with pytest.raises((ProblemConfigError, ValueError), match=message):
         UrdfProblem.from_dict(data, str(IIWA))
+
