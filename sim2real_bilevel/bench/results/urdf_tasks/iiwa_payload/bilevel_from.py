@@ -1,6 +1,6 @@
 """Bi-level outer iterations on the iiwa task from the gap run's nominal policy (its iteration 0),
 the first one under cProfile; real return of every iterate on the fixed evaluation seeds,
-normalised by the gap run's oracle.  Usage: bilevel_from.py TASK GAP_DIR ITERATIONS REAL_EPISODES"""
+normalised by the gap run's oracle; theta printed in natural units.  Usage: bilevel_from.py TASK GAP_DIR ITERATIONS REAL_EPISODES"""
 import cProfile, io, json, pstats, sys, time
 import numpy as np, torch
 torch.set_num_threads(1)
@@ -28,4 +28,4 @@ for k in range(iterations):
     value = problem.real_return(run.phi)
     print(f'iteration {k + 1}: {run.real_episode_count} real episodes, real return {value:.3f}, normalised '
           f'{value / oracle:.3f}; {time.perf_counter() - t0:.0f} s; timing {record.timing}; theta '
-          f'{dict(zip(problem.theta_names, np.exp(run.theta).round(3).tolist()))}', flush=True)
+          f'{dict(zip((n.removeprefix("log_") for n in problem.theta_names), np.exp(run.theta).round(3).tolist()))}', flush=True)
