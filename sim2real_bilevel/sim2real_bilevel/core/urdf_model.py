@@ -40,6 +40,12 @@ Transition noise: s' ~ N(step_mean, diag(noise_std^2)).
 Reward: r = exp(-(sum of weighted cost terms)), in (0, 1]:
   ``angle``: sum_j (1 - cos(q_j - target_j)) (revolute/continuous joints, wrap-safe),
   ``position``: sum_j (q_j - target_j)^2, ``velocity``: |qd|^2, ``effort``: |u|^2.
+
+Gravity compensation by the robot's controller (``settings.gravity_compensation``, as torque
+modes of arms such as the iiwa's do): the motor receives u + g_c(q), g_c the gravity torque of
+the file's arm with the controller's configured load (known, not theta), so tau gains
+gain * g_c(q) each substep; a load other than the configured one (a payload entry) is what it
+leaves uncompensated.  The effort term of the reward is on u alone.
 """
 from __future__ import annotations
 
@@ -88,6 +94,9 @@ class UrdfSimulatorSettings:
     gravity: float = 9.81
     implicit_damping: bool = True             # False: -D qd explicit, as pybullet (stable only for small dt)
     reward_targets: tuple[float, ...] = ()    # per joint target of the angle / position terms
+    # the robot controller's gravity compensation: None = none; else its configured load, a tuple of
+    # (link, mass, (x, y, z) centre in the link frame) point payloads on the file's arm (not theta)
+    gravity_compensation: Optional[tuple] = None
 
 
 @dataclass
@@ -145,6 +154,9 @@ class UrdfModel:
         self._upper = torch.as_tensor(joint_upper, dtype=torch.float64)
         self._effort_limit = torch.as_tensor(settings.effort_limit, dtype=torch.float64)
         targets = settings.reward_targets or (0.0,) * n
+        self._compensation = None if settings.gravity_compensation is None else {
+            link: (torch.tensor(float(mass), dtype=torch.float64), torch.tensor(center, dtype=torch.float64))
+            for link, mass, center in settings.gravity_compensation}
         self._targets = torch.as_tensor(targets, dtype=torch.float64)
         # previous commands a step needs (ceil(d_max / T)); 0 without a delay entry
         self.action_history = 0
@@ -238,6 +250,8 @@ class UrdfModel:
                                                                    payloads=payloads)
             torque = (motor - friction * torch.tanh(velocity / s.friction_velocity_scale) - bias
                       - damping * velocity)
+            if self._compensation is not None:
+                torque = torque + gain * self.gravity_compensation(position)
             if s.limit_stiffness > 0:
                 torque = torque - s.limit_stiffness * (torch.relu(position - self._upper.to(state))
                                                        - torch.relu(self._lower.to(state) - position))
@@ -246,6 +260,12 @@ class UrdfModel:
             velocity = velocity + dt * torch.linalg.solve(effective, torque)
             position = position + dt * velocity
         return torch.cat([position, velocity], -1).reshape(shape + (2 * n,))
+
+    def gravity_compensation(self, position: torch.Tensor) -> torch.Tensor:
+        """g_c(q) (batch, n): the controller's gravity torque (h at zero speed of the file's arm
+        with its configured load; module docstring)."""
+        payloads = {link: (mass.to(position), center.to(position)) for link, (mass, center) in self._compensation.items()}
+        return self.dynamics.mass_matrix_and_bias(position, torch.zeros_like(position), payloads=payloads)[1]
 
     def _delayed_commands(self, action, history, shape, gain, limit, delay):
         """substep -> motor torque (batch, n): the mean of the delayed, saturated held command

@@ -12,6 +12,10 @@ true values of every uncertain quantity, plus what the simulator family cannot r
   capped at the friction torque (the simulator has a smooth tanh Coulomb curve) -- plus a
   Stribeck bump (extra friction ``stribeck_friction`` at low speed, decaying over
   ``stribeck_velocity``), actuation delay in whole control periods, and sensor noise.
+- Gravity compensation by the robot's controller (``gravity_compensation``: the configured load,
+  link -> (mass, centre)): each physics step adds the gravity torque of the file's arm with that
+  load (pybullet's inverse dynamics of a second body, at the true joint positions) to the
+  command, before the motor gain and the effort clip.
 
 ``UrdfEmulator`` has the ``PendulumEmulator`` API the problem and the robot emulator node use:
 ``reset(seed)``, ``apply_effort(values)``, ``step()`` returning a ``JointStateSample``.
@@ -191,7 +195,8 @@ class UrdfEmulator:
 
     def __init__(self, urdf_path, joint_names: Sequence[str], parameters: UrdfRealParameters, *,
                  gravity: float, control_period: float, physics_substeps: int,
-                 initial_position_range: np.ndarray, initial_velocity_range: np.ndarray):
+                 initial_position_range: np.ndarray, initial_velocity_range: np.ndarray,
+                 gravity_compensation: Optional[Sequence] = None):
         self.parameters = parameters
         self.joint_names = tuple(joint_names)
         n = len(self.joint_names)
@@ -212,6 +217,11 @@ class UrdfEmulator:
         text = urdf_with_inertials(urdf_path, parameters.mass_scale, parameters.payloads)
         self.robot = PybulletRobot(text, joint_names, gravity=gravity, time_step=self.time_step,
                                    joint_damping=self._per_joint['damping'])
+        self._compensation = None      # the controller's model: the file's arm with its configured load
+        if gravity_compensation is not None:
+            load = {link: (mass, tuple(center)) for link, mass, center in gravity_compensation}
+            self._compensation = PybulletRobot(urdf_with_inertials(urdf_path, {}, load), joint_names,
+                                               gravity=gravity, time_step=self.time_step)
         friction = self._per_joint['coulomb_friction'] + self._per_joint['stribeck_friction']
         # stiction: a velocity motor held at zero speed, its force capped at the static friction
         self.robot.call(self.robot._pb.setJointMotorControlArray, self.robot.body, self.robot.indices,
@@ -257,14 +267,16 @@ class UrdfEmulator:
         self._pending.append(self._command)
         command = self._pending.popleft()
         limit = self._per_joint['effort_limit']
-        torque = np.clip(self._per_joint['motor_gain'] * command, -limit, limit)
-        self._applied = torque
         # the Stribeck bump above Coulomb fades with speed: the motor's cap carries it at rest,
         # an opposing torque takes it back as the joint speeds up
         stribeck = self._per_joint['stribeck_friction']
         speed_scale = self.parameters.stribeck_velocity
         for _ in range(self.physics_substeps):
-            _, velocity = self.robot.state()
+            position, velocity = self.robot.state()
+            total = command if self._compensation is None \
+                else command + self._compensation.bias(position, np.zeros_like(position))
+            torque = np.clip(self._per_joint['motor_gain'] * total, -limit, limit)
+            self._applied = torque
             fade = stribeck * (1.0 - np.exp(-(velocity / speed_scale) ** 2)) * np.sign(velocity)
             self.robot.step(torque - self._per_joint['armature'] * self._acceleration + fade)
             _, after = self.robot.state()
@@ -289,3 +301,5 @@ class UrdfEmulator:
 
     def close(self) -> None:
         self.robot.close()
+        if self._compensation is not None:
+            self._compensation.close()

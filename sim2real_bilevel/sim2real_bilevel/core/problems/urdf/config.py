@@ -1,6 +1,8 @@
 """Reading and validating a ``kind: urdf`` problem file (see config/pendulum_urdf.yaml).
 
-Sections: ``robot`` (urdf path or package:// URI, controlled joints by name), ``gamma``,
+Sections: ``robot`` (urdf path or package:// URI, controlled joints by name, optional
+``gravity_compensation: {load: {LINK: {mass, center_of_mass}}}``: the robot's controller adds the
+gravity torque of the file's arm with that configured load to every command), ``gamma``,
 ``horizon``, ``control_period``, ``gravity``, ``initial_state`` (one [low, high] per joint),
 ``task`` (reward terms and weights, per-joint targets), ``real`` (hidden true values and the
 stand-in's unmodelled effects), ``simulator`` (theta entries, integrator settings),
@@ -50,7 +52,7 @@ def read_problem_file(data: dict, source: str) -> dict:
     root = FieldReader(data, source)
     root.reject_unknown(TOP_LEVEL_FIELDS)
     robot = root.section('robot')
-    robot.reject_unknown({'urdf', 'joints'})
+    robot.reject_unknown({'urdf', 'joints', 'gravity_compensation'})
     try:
         path = resolve_urdf(robot.raw('urdf'), Path(source).parent, source=source, element='robot.urdf')
         description = read_urdf(path)
@@ -67,6 +69,22 @@ def read_problem_file(data: dict, source: str) -> dict:
             moving = [j.name for j in description.joints.values() if j.type in MOVING_JOINT_TYPES]
             raise robot.error(f'joints[{i}]', name, f'a moving joint of {path}: one of {moving}')
     n = len(joints)
+    compensation = None
+    if robot.has('gravity_compensation'):       # the controller's own gravity torque, with its configured load
+        section = robot.section('gravity_compensation')
+        section.reject_unknown({'load'})
+        load = section.section('load', {})
+        compensation = []
+        for link in load.data:
+            try:
+                description.link(link, f'robot.gravity_compensation.load.{link}', needs_inertial=False)
+            except UrdfError as err:
+                raise load.error(link, load.data[link], f'a link of the URDF ({err})') from None
+            entry = load.section(link)
+            entry.reject_unknown({'mass', 'center_of_mass'})
+            compensation.append((str(link), entry.scalar('mass', low=0.0),
+                                 tuple(entry.array('center_of_mass', (3,)).tolist())))
+        compensation = tuple(compensation)
     gamma = root.scalar('gamma', low=0.0, high=1.0, low_open=True, high_open=True)
     horizon = root.integer('horizon', low=1, high=MAX_HORIZON)
     control_period = root.scalar('control_period', low=0.0, low_open=True)
@@ -135,7 +153,7 @@ def read_problem_file(data: dict, source: str) -> dict:
         effort_limit=tuple(effort_limit.tolist()),
         friction_velocity_scale=sim.scalar('friction_velocity_scale', 0.05, low=0.0, low_open=True),
         limit_stiffness=sim.scalar('limit_stiffness', 0.0, low=0.0), gravity=gravity, implicit_damping=implicit,
-        reward_targets=tuple(targets.tolist()))
+        reward_targets=tuple(targets.tolist()), gravity_compensation=compensation)
     noise_std = sim.array('transition_noise_std', (2 * n,))
     if np.any(noise_std <= 0):
         raise sim.error('transition_noise_std', noise_std.tolist(), f'{2 * n} numbers > 0 (positions, then velocities)')

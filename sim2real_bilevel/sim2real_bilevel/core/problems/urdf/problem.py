@@ -92,4 +92,5 @@ class UrdfProblem(RobotProblem):
         return UrdfEmulator(self.urdf_path, self.joint_names, self._real_parameters, gravity=self.settings.gravity,
                             control_period=self.settings.control_period, physics_substeps=self._real_substeps,
                             initial_position_range=self.initial.position,
-                            initial_velocity_range=self.initial.velocity)
+                            initial_velocity_range=self.initial.velocity,
+                            gravity_compensation=self.settings.gravity_compensation)
