@@ -186,6 +186,11 @@ class OuterOptimizer(Node):
                           "~/evaluate) that gives each record's exact normalised and real return; '' = none (hardware: "
                           'those are NaN, records carry the estimate from the real episodes and its interval; read at '
                           'startup)', read_only=True),
+            ParameterSpec('evaluate_behind', True, "with an evaluator: send iteration k's evaluation request and go "
+                          'on with iteration k+1; record k is completed (into history.jsonl, the checkpoint, '
+                          'results.json) and published once its answer is in, one iteration later (a record still '
+                          "waiting at a crash or signal is kept in the checkpoint and evaluated on resume); false: "
+                          'wait for each answer before the loop goes on (read at startup)', read_only=True),
             ParameterSpec('evaluator_timeout_s', 5.0, 'longest wait for the evaluator service to be there (absent: '
                           'the record\'s normalised return is NaN)', low=0.01, high=1e4),
             ParameterSpec('evaluator_answer_timeout_s', 300.0, 'longest wait for the evaluator\'s answer to one '
@@ -345,10 +350,13 @@ class OuterOptimizer(Node):
             return conversions.policy_to_msg(phi, policy.version if policy else 0, self.theta_version,
                                              float(policy.inner_grad_norm) if policy else 0.0,
                                              policy.kind if policy else PolicyParameters.KIND_FLAT)
-        return EvaluatorClient(self, name, policy_message, lambda: self.executor_,
-                               timeout_s=self.parameters['evaluator_timeout_s'],
-                               answer_timeout_s=self.parameters['evaluator_answer_timeout_s'],
-                               retries=self.parameters['action_retries'])
+        client = EvaluatorClient(self, name, policy_message, lambda: self.executor_,
+                                 timeout_s=self.parameters['evaluator_timeout_s'],
+                                 answer_timeout_s=self.parameters['evaluator_answer_timeout_s'],
+                                 retries=self.parameters['action_retries'])
+        # the client (with submit): records wait for their evaluation while the loop goes on; its
+        # call alone: the loop waits for each answer
+        return client if self.parameters['evaluate_behind'] else client.__call__
 
     def wait_for_servers(self) -> None:
         """The servers the run calls (offline: no run_episodes, no bridge)."""
@@ -413,6 +421,7 @@ class OuterOptimizer(Node):
             while loop.iteration < loop.config.iterations:
                 loop.step()
                 self.apply_live_parameters(loop)
+            loop.settle()                                # the last record's evaluation (evaluate_behind)
             self.status = 'finished'
         except (ActionFailed, TimeoutError, FloatingPointError, conversions.MessageValidationError,
                 CheckpointError) as err:
@@ -437,6 +446,10 @@ class OuterOptimizer(Node):
             self.status = f'failed: {err}'
             self.get_logger().error(f'the run dir is incomplete: {err}')
         self.episodes.writer = None
+        if loop.pending is not None:
+            self.get_logger().info(f'the record of iteration {loop.pending.record.iteration} still waits for its '
+                                   'evaluation: it is kept in the checkpoint (a resume evaluates and reports it), not '
+                                   'in results.json')
         written = self.write_results(loop, wall_time) if loop.history else None
         if self.executor_.context.ok():
             self._after_results('final diagnostics', lambda: self.publish_diagnostics(loop))
