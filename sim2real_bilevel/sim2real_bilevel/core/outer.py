@@ -14,6 +14,7 @@ remote calls and keep the same arithmetic.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -24,6 +25,8 @@ import numpy as np
 from . import checkpoint, implicit
 from .evaluation import BestPolicy, Evaluator, ReturnEstimate
 from .problem import BilevelProblem, InnerResult, Trajectories
+
+log = logging.getLogger(__name__)
 
 SOLVERS = ('dense', 'cg', 'first_order')
 SENSITIVITY_METHODS = ('exact', 'sampled')
@@ -298,9 +301,12 @@ class MethodRun:
         self.replayed_real_batches = 0
         """Real batches taken from RUN_DIR/real/ on resume instead of being collected again."""
         self._history: Optional[checkpoint.HistoryLog] = None    # RUN_DIR/history.jsonl, made when first needed
-        self.writer: Optional[checkpoint.WriteBehind] = None
+        self.writer: Optional[checkpoint.WriteBehind | checkpoint.PeriodicSync] = None
         """With a run dir: writes its files behind, on a thread of its own (``checkpoint.WriteBehind``,
-        ``write_behind``); None: every write is on disk before the loop goes on."""
+        ``write_behind``), or fsyncs them together now and then (``checkpoint.PeriodicSync``,
+        ``sync_periodically``); None: every write is on disk before the loop goes on."""
+        self.resumed_from: Optional[str] = None
+        """The checkpoint file ``attach_run_dir`` resumed from (None: a new run)."""
         self.kept_batch_numbers: list[int] = []
         """RUN_DIR/real/ file number of each kept batch; its tail lines up with ``real_batches``
         (which only grows at the end and is only cut at the front)."""
@@ -612,6 +618,15 @@ class MethodRun:
             self.writer = checkpoint.WriteBehind(max_pending)
         return self.writer
 
+    def sync_periodically(self, period_s: float) -> checkpoint.PeriodicSync:
+        """From now on the run dir's files are written as before but fsync'd together at most every
+        ``period_s`` seconds (``checkpoint.PeriodicSync``): a SIGKILL still loses nothing, a power
+        loss at most the iterations since the last sync, which a resume redoes from
+        checkpoint.durable.npz (their real episodes run again).  ``close_writer`` syncs the rest."""
+        if self.writer is None:
+            self.writer = checkpoint.PeriodicSync(period_s)
+        return self.writer
+
     def close_writer(self) -> None:
         """Wait until every queued write is on disk (a failed one raises CheckpointError), then
         write synchronously again."""
@@ -635,12 +650,25 @@ class MethodRun:
         a real batch whose episodes ran but whose data never reached this process (a remote
         robot) cannot be recovered here."""
         self.run_dir = Path(run_dir)
-        loaded = checkpoint.load_checkpoint(self.run_dir)
-        if loaded is None:
-            return False
-        meta, arrays = loaded
-        self.load_state_dict({'meta': meta, 'arrays': arrays})
-        return True
+        refused = []
+        for name, meta, arrays in checkpoint.checkpoint_candidates(self.run_dir):
+            try:
+                self.load_state_dict({'meta': meta, 'arrays': arrays})
+            except checkpoint.CheckpointError as err:     # refers to history lines or batches not on disk
+                refused.append(f'{name}: {err}')
+                continue
+            self.resumed_from = name
+            if name != checkpoint.CHECKPOINT or refused:
+                moved = checkpoint.set_aside_unreadable_batches(self.run_dir, self.real_batch_count)
+                log.warning('%s: resumed from %s (iteration %d), not from the newest checkpoint, which is torn or '
+                            'refers to files not (whole) on disk -- a power loss before their sync? %s; unreadable '
+                            'later real batches set aside, to be collected again: %s', self.run_dir, name,
+                            self.iteration, '; '.join(refused), [p.name for p in moved] or 'none')
+            return True
+        if refused:
+            raise checkpoint.CheckpointError(f'{self.run_dir}: no checkpoint whose files are all there: '
+                                             + '; '.join(refused))
+        return False
 
 
 class BilevelOuterLoop(MethodRun):

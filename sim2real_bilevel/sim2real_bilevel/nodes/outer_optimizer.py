@@ -165,6 +165,13 @@ class OuterOptimizer(Node):
                           'and may run their episodes again.  false: every file is on disk before the loop goes on '
                           'and before its record is published (no episode is ever run twice; read at startup)',
                           read_only=True),
+            ParameterSpec('sync_period_s', 0.0, "fsync the run dir's files (real batches, history, checkpoint, pending "
+                          'request) together at most every this many seconds instead of each before the loop goes on: '
+                          'every file is still written and renamed into place at once, so a SIGKILL loses nothing; a '
+                          'power loss loses at most the iterations since the last sync, which a resume redoes from '
+                          'checkpoint.durable.npz, running their real episodes again; 0: each file on disk before '
+                          'the loop goes on (not with write_behind; read at startup)', low=0.0, high=3600.0,
+                          read_only=True),
             ParameterSpec('record_bag', True, 'record theta, policies, gradients, metrics and real '
                           'trajectories to RUN_DIR/bag (read at startup)', read_only=True),
             ParameterSpec('action_timeout_s', 600.0, 'longest wait for one action result (then the goal is '
@@ -212,6 +219,10 @@ class OuterOptimizer(Node):
                           "with; the bridge's policy_key_file must hold the same key; '' = $SIM2REAL_POLICY_KEY_FILE, "
                           "else unsigned (read at startup)", read_only=True),
         ])
+        if self.parameters['write_behind'] and self.parameters['sync_period_s'] > 0:
+            raise ValueError(f'outer_optimizer: write_behind true and sync_period_s {self.parameters["sync_period_s"]:g}: '
+                             'two durability rules for the run dir; expected one of them (sync_period_s 0, or '
+                             'write_behind false)')
         key_file = provenance.key_file_setting(self.parameters['policy_key_file'])
         policy_key = provenance.load_key(key_file) if key_file else None
         if policy_key is not None:
@@ -399,11 +410,15 @@ class OuterOptimizer(Node):
                 self.apply_live_parameters(loop)       # this launch's iterations, step size, episodes
                 self.get_logger().info(
                     f'resuming {self.run_dir} after iteration {loop.iteration} ({loop.real_episode_count} real '
-                    f'episodes in {loop.real_batch_count} batches, theta version {self.theta_version})')
+                    f'episodes in {loop.real_batch_count} batches, theta version {self.theta_version}'
+                    + (f'; from {loop.resumed_from}, the newer checkpoint being torn or incomplete'
+                       if loop.resumed_from != 'checkpoint.npz' else '') + ')')
             self.get_logger().info(f'waiting for the graph ({self.problem.source}, seed {self.parameters["seed"]}, '
                                    f'{loop.config.iterations} iterations, run_dir {self.run_dir})')
             if self.parameters['write_behind']:
                 self.episodes.writer = loop.write_behind()
+            elif self.parameters['sync_period_s'] > 0:
+                self.episodes.writer = loop.sync_periodically(self.parameters['sync_period_s'])
             self.wait_for_servers()
             self.startup_s = time.perf_counter() - started
             self.status = 'running'
