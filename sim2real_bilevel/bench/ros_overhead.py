@@ -137,8 +137,8 @@ PHASES = ('real_s', 'sensitivity_s', 'inner_s')
 
 
 def phase_medians(run_root: Path, names: list[str], problems: list[str]) -> str:
-    """For each problem and configuration (``core`` and the graph variants ``names``: the run dirs
-    RUN_ROOT/NAME-PROBLEM-REPEAT), the smallest over its runs of the median (ms) of each phase
+    """For each problem and configuration (``core``: the core persisting to a run dir, as ``solve
+    --run-dir``; the graph variants ``names``: the run dirs RUN_ROOT/NAME-PROBLEM-REPEAT), the smallest over its runs of the median (ms) of each phase
     timed inside the loop (real_s: the real episodes as the optimizer sees them; sensitivity_s;
     inner_s) and of the step (iterate() only: records, evaluator, checkpoint and publishing
     excluded; the difference of successive records' wall_time_s).  Medians are robust to the
@@ -232,7 +232,8 @@ def format_table(rows: list[dict], variants: list[str]) -> str:
     """One line per problem and graph variant: its loop time, its overhead per iteration and ratio
     against the core without a run dir (as ``solve``) and against the core persisting to a run
     dir (as ``solve --run-dir``: the same crash safety as the graph), theta identity."""
-    header = (f'{"problem":<15}{"iters":>6}{"core s":>9}{"core+dir s":>11}{"graph":>18}{"loop s":>9}'
+    width = max([18] + [len(name) + 2 for name in variants])
+    header = (f'{"problem":<15}{"iters":>6}{"core s":>9}{"core+dir s":>11}{"graph":>{width}}{"loop s":>9}'
               f'{"ms/it vs core":>15}{"ratio":>7}{"ms/it vs +dir":>15}{"ratio":>7}{"theta":>7}')
     lines = [header, '-' * len(header)]
     for row in rows:
@@ -241,9 +242,9 @@ def format_table(rows: list[dict], variants: list[str]) -> str:
             lead = first if index == 0 else ' ' * len(first)
             cell = row['graph'].get(name)
             if cell is None:
-                lines.append(f'{lead}{name:>18}{"failed":>9}')
+                lines.append(f'{lead}{name:>{width}}{"failed":>9}')
                 continue
-            lines.append(f'{lead}{name:>18}{cell["loop_s"]:>9.3f}{cell["overhead_ms_per_iteration"]:>15.2f}'
+            lines.append(f'{lead}{name:>{width}}{cell["loop_s"]:>9.3f}{cell["overhead_ms_per_iteration"]:>15.2f}'
                          f'{cell["ratio"]:>7.3f}{cell["overhead_vs_run_dir_ms_per_iteration"]:>15.2f}'
                          f'{cell["ratio_vs_run_dir"]:>7.3f}{"same" if cell["theta_identical"] else "DIFF":>7}')
     return '\n'.join(lines)
