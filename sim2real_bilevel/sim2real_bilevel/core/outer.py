@@ -646,6 +646,11 @@ class MethodRun:
             and none collected is lost;
           * in process, with the same seed, the resumed run's theta trajectory and records
             equal the uninterrupted run's bit for bit (wall times aside).
+        A record still waiting for its evaluation (``record``) is in the checkpoint with its
+        policy and is evaluated, stored and reported on resume.  With ``sync_periodically`` the
+        first two hold for a SIGKILL; a power loss loses at most the iterations since the last
+        sync: the resume falls back to checkpoint.durable.npz (logged, ``resumed_from``), sets
+        later real batches that no longer read aside and collects them again.
         Not covered: work in flight at the crash (an inner solve, a sensitivity) is redone;
         a real batch whose episodes ran but whose data never reached this process (a remote
         robot) cannot be recovered here."""
