@@ -150,3 +150,21 @@ def test_without_a_usable_checkpoint_the_resume_is_refused_not_restarted(tmp_pat
         (tmp_path / name).write_bytes(b'torn')
     with pytest.raises(checkpoint.CheckpointError, match='no usable checkpoint'):
         _run().attach_run_dir(tmp_path)
+
+
+@pytest.mark.ros
+def test_the_optimizer_refuses_two_durability_rules_at_once(tmp_path, ros_env):
+    """write_behind and sync_period_s together: the node exits 2 naming both, before it waits for anyone."""
+    import subprocess
+    import sys
+    pytest.importorskip('rclpy')
+    command = [sys.executable, '-m', 'sim2real_bilevel.nodes.outer_optimizer', '--ros-args', '-p', f'problem:={PROBLEM}',
+               '-p', f'run_dir:={tmp_path / "run"}', '-p', 'write_behind:=true', '-p', 'sync_period_s:=1.0']
+    refused = subprocess.run(command, capture_output=True, text=True, env=ros_env, timeout=120)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert 'write_behind true and sync_period_s 1: two durability rules' in refused.stdout + refused.stderr
+    assert not (tmp_path / 'run').exists()
+    plain = command[:-4] + ['-p', 'iterations:=0', '-p', 'server_timeout_s:=0.5', '-p', 'sync_period_s:=1.0']
+    accepted = subprocess.run(plain, capture_output=True, text=True, env=ros_env, timeout=120)
+    output = accepted.stdout + accepted.stderr
+    assert 'waiting for the graph' in output and 'two durability rules' not in output, output    # one rule: on it goes
