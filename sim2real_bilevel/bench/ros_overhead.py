@@ -24,6 +24,12 @@ come out of one run:
     python sim2real_bilevel/bench/ros_overhead.py --ref main --variant separate= \\
         --variant composed=containers:=learning,robot --out sim2real_bilevel/bench/results/ros_overhead
 
+``--phases`` also prints (and writes to phases.txt) the per-iteration phase medians of every
+configuration's runs, read from their run dirs' history.jsonl (``--phases RUN_ROOT`` alone: those
+of an earlier bench's run root, nothing run); ``--profile`` runs the optimizer's process under
+cProfile (profile-NAME.prof and its top functions in profile-NAME.txt; cProfile's own cost
+inflates those runs' loop times).
+
 Timings on a shared machine are upper bounds; the core and the graph runs alternate, so
 load falls on both.
 """
@@ -102,8 +108,10 @@ def params_file(variant: Variant, problem: str, iterations: int, directory: Path
 
 
 def graph_run(variant: Variant, problem: str, seed: int, iterations: int, work: Path, environment: dict,
-              timeout_s: float, run_root: Path, repeat: int = 0) -> Timing:
+              timeout_s: float, run_root: Path, repeat: int = 0, profile: Optional[Path] = None) -> Timing:
     run_dir = run_root / f'{variant.name}-{problem}-{repeat}'
+    if profile is not None:
+        environment = profile_environment(environment, work, profile, f'{variant.name}-{problem}-{repeat}')
     command = [sys.executable, '-m', 'sim2real_bilevel.cli', 'launch', MODE, f'problem:={problem}', f'seed:={seed}',
                f'run_dir:={run_dir}', f'params_file:={params_file(variant, problem, iterations, work)}',
                *variant.arguments]
@@ -113,6 +121,8 @@ def graph_run(variant: Variant, problem: str, seed: int, iterations: int, work: 
                              cwd=work, timeout=timeout_s)
     log = work / f'{variant.name}-{problem}-{repeat}.log'
     log.write_text(process.stdout)
+    if profile is not None:
+        profile_summary(profile / f'profile-{variant.name}-{problem}-{repeat}.prof')
     if process.returncode != 0:
         raise RuntimeError(f'{variant.name} on {problem}: the launch exited with {process.returncode}; its output is '
                            f'in {log}:\n' + process.stdout[-3000:])
@@ -121,6 +131,74 @@ def graph_run(variant: Variant, problem: str, seed: int, iterations: int, work: 
     return Timing(float(seed_entry['wall_time_s']), np.array([r['theta'] for r in seed_entry['iterations']]),
                   float(first.split('done ')[1].split(' s')[0]) if first else None,
                   seed_entry.get('graph_startup_s'))
+
+
+PHASES = ('real_s', 'sensitivity_s', 'inner_s')
+
+
+def phase_medians(run_root: Path, names: list[str], problems: list[str]) -> str:
+    """For each problem and configuration (``core``: the core persisting to a run dir, as ``solve
+    --run-dir``; the graph variants ``names``: the run dirs RUN_ROOT/NAME-PROBLEM-REPEAT), the smallest over its runs of the median (ms) of each phase
+    timed inside the loop (real_s: the real episodes as the optimizer sees them; sensitivity_s;
+    inner_s) and of the step (iterate() only: records, evaluator, checkpoint and publishing
+    excluded; the difference of successive records' wall_time_s).  Medians are robust to the
+    multi-second stalls a loaded machine puts into single iterations."""
+    lines = [f'# per-iteration phase medians (ms), best run, from {run_root}/NAME-PROBLEM-*/history.jsonl']
+    for problem in problems:
+        for name in ['core', *names]:
+            rows = []
+            for path in sorted(run_root.glob(f'{name}-{problem}-*/history.jsonl')):
+                records = [json.loads(line) for line in path.read_text().splitlines()]
+                if len(records) < 3:
+                    continue
+                phases = [np.median([r['timing'].get(k, 0.0) for r in records[1:]]) * 1e3 for k in PHASES]
+                rows.append(phases + [np.median(np.diff([r['wall_time_s'] for r in records])) * 1e3])
+            if not rows:
+                continue
+            best = np.min(np.array(rows), axis=0)
+            lines.append(f'{problem:14s} {name:22s} runs {len(rows)}  real {best[0]:6.1f}  sensitivity {best[1]:6.1f}  '
+                         f'inner {best[2]:6.1f}  step {best[3]:6.1f}')
+    return '\n'.join(lines)
+
+
+PROFILE_HOOK = """import os, sys
+_out = os.environ.get('SIM2REAL_BENCH_PROFILE')
+if _out and 'outer_optimizer' in sys.argv:          # the optimizer's process (its own, or its container)
+    import cProfile
+    _profile = cProfile.Profile()
+
+    def _exit(status, _exit=os._exit):               # the nodes end with os._exit: no atexit
+        _profile.disable()
+        _profile.dump_stats(_out)
+        _exit(status)
+    os._exit = _exit
+    _profile.enable()
+"""
+
+
+def profile_environment(environment: dict, work: Path, out: Path, label: str) -> dict:
+    """``environment`` with the cProfile hook (a sitecustomize.py ahead on PYTHONPATH) writing
+    OUT/profile-LABEL.prof when the optimizer's process ends."""
+    site = work / 'profile_site'
+    site.mkdir(exist_ok=True)
+    (site / 'sitecustomize.py').write_text(PROFILE_HOOK)
+    env = dict(environment)
+    env['PYTHONPATH'] = os.pathsep.join([str(site), env.get('PYTHONPATH', '')])
+    env['SIM2REAL_BENCH_PROFILE'] = str(out / f'profile-{label}.prof')
+    return env
+
+
+def profile_summary(path: Path, top: int = 40) -> None:
+    """PATH.txt beside PATH: the ``top`` functions by cumulative and by own time."""
+    import io
+    import pstats
+    if not path.is_file():
+        return
+    text = io.StringIO()
+    stats = pstats.Stats(str(path), stream=text)
+    stats.strip_dirs().sort_stats('cumulative').print_stats(top)
+    stats.sort_stats('tottime').print_stats(top)
+    path.with_suffix('.txt').write_text(text.getvalue())
 
 
 def extract_ref(ref: str, directory: Path) -> Path:
@@ -154,7 +232,8 @@ def format_table(rows: list[dict], variants: list[str]) -> str:
     """One line per problem and graph variant: its loop time, its overhead per iteration and ratio
     against the core without a run dir (as ``solve``) and against the core persisting to a run
     dir (as ``solve --run-dir``: the same crash safety as the graph), theta identity."""
-    header = (f'{"problem":<15}{"iters":>6}{"core s":>9}{"core+dir s":>11}{"graph":>18}{"loop s":>9}'
+    width = max([18] + [len(name) + 2 for name in variants])
+    header = (f'{"problem":<15}{"iters":>6}{"core s":>9}{"core+dir s":>11}{"graph":>{width}}{"loop s":>9}'
               f'{"ms/it vs core":>15}{"ratio":>7}{"ms/it vs +dir":>15}{"ratio":>7}{"theta":>7}')
     lines = [header, '-' * len(header)]
     for row in rows:
@@ -163,9 +242,9 @@ def format_table(rows: list[dict], variants: list[str]) -> str:
             lead = first if index == 0 else ' ' * len(first)
             cell = row['graph'].get(name)
             if cell is None:
-                lines.append(f'{lead}{name:>18}{"failed":>9}')
+                lines.append(f'{lead}{name:>{width}}{"failed":>9}')
                 continue
-            lines.append(f'{lead}{name:>18}{cell["loop_s"]:>9.3f}{cell["overhead_ms_per_iteration"]:>15.2f}'
+            lines.append(f'{lead}{name:>{width}}{cell["loop_s"]:>9.3f}{cell["overhead_ms_per_iteration"]:>15.2f}'
                          f'{cell["ratio"]:>7.3f}{cell["overhead_vs_run_dir_ms_per_iteration"]:>15.2f}'
                          f'{cell["ratio_vs_run_dir"]:>7.3f}{"same" if cell["theta_identical"] else "DIFF":>7}')
     return '\n'.join(lines)
@@ -191,10 +270,21 @@ def main(argv=None) -> int:
     parser.add_argument('--run-root', type=Path, default=None,
                         help='folder for the run dirs of the graph and of the persisting core (default: a temporary '
                              'folder; a tmpfs such as /dev/shm takes the disk\'s fsync latency out of both)')
+    parser.add_argument('--phases', nargs='?', type=Path, const=True, default=None, metavar='RUN_ROOT',
+                        help='also print and write phases.txt: per-iteration phase medians of every configuration; '
+                             'with RUN_ROOT: only those of the run dirs there (an earlier bench), nothing run')
+    parser.add_argument('--profile', action='store_true',
+                        help="run the optimizer's process of every graph run under cProfile (profile-*.prof/.txt)")
     args = parser.parse_args(argv)
 
     out = args.out or Path(tempfile.mkdtemp(prefix='ros_overhead-'))
     out.mkdir(parents=True, exist_ok=True)
+    if isinstance(args.phases, Path):
+        names = sorted({path.name.rsplit('-', 2)[0] for path in args.phases.iterdir()} - {'core'})
+        table = phase_medians(args.phases, names, args.problems)
+        print(table)
+        (out / 'phases.txt').write_text(table + '\n')
+        return 0
     work = Path(tempfile.mkdtemp(prefix='ros_overhead-work-'))
     variants = []
     for text in args.ref:
@@ -221,7 +311,8 @@ def main(argv=None) -> int:
             for variant in variants:
                 try:
                     graphs[variant.name].append(graph_run(variant, problem, args.seed, iterations, work, environment,
-                                                          args.timeout, run_root, repeat))
+                                                          args.timeout, run_root, repeat,
+                                                          out if args.profile else None))
                 except (RuntimeError, subprocess.TimeoutExpired) as err:
                     print(f'[bench]   {variant.name}: {err}', flush=True)
                     continue
@@ -255,6 +346,10 @@ def main(argv=None) -> int:
     command = ' '.join(['python', 'sim2real_bilevel/bench/ros_overhead.py', *(argv or sys.argv[1:])])
     print(table)
     (out / 'table.txt').write_text(f'$ {command}\n{table}\n')
+    if args.phases:
+        phases = phase_medians(run_root, names, args.problems)
+        print(phases)
+        (out / 'phases.txt').write_text(f'$ {command}\n{phases}\n')
     (out / 'summary.json').write_text(json.dumps({'command': command, 'rows': rows}, indent=1))
     for log in work.glob('*.log'):
         (out / log.name).write_text(log.read_text())

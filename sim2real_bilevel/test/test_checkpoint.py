@@ -275,10 +275,10 @@ def test_write_behind_is_bounded_ordered_and_flushed_at_close(tmp_path, monkeypa
     import time
     gate, order, original = threading.Event(), [], checkpoint.atomic_write_bytes
 
-    def slow(path, data):
+    def slow(path, data, sync=True):
         gate.wait()
         order.append(path.name)
-        original(path, data)
+        original(path, data, sync)
     monkeypatch.setattr(checkpoint, 'atomic_write_bytes', slow)
     writer = checkpoint.WriteBehind(max_pending=2)
     for index in range(1, 4):          # one taken by the writer (held at the gate), two queued
@@ -305,10 +305,10 @@ def test_write_behind_is_bounded_ordered_and_flushed_at_close(tmp_path, monkeypa
 def test_a_failed_write_behind_is_raised_and_nothing_after_it_written(tmp_path, monkeypatch):
     original = checkpoint.atomic_write_bytes
 
-    def failing(path, data):
+    def failing(path, data, sync=True):
         if path.name.startswith('batch_'):
             raise OSError(28, 'No space left on device')
-        original(path, data)
+        original(path, data, sync)
     monkeypatch.setattr(checkpoint, 'atomic_write_bytes', failing)
     run = make_run(_problem(), 'bilevel', seed=3, iterations=3, overrides={'real_episodes': 2})
     run.attach_run_dir(tmp_path)

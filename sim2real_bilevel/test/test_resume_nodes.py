@@ -40,8 +40,9 @@ PEERS = ('differentiable_simulator', 'inner_trainer', 'sensitivity', 'hardware_b
 class Graph:
     """The six node processes of the sim-only graph, each restartable; logs per incarnation."""
 
-    def __init__(self, environment: dict, run_dir: Path):
+    def __init__(self, environment: dict, run_dir: Path, optimizer: dict = {}):
         self.environment = environment
+        self.optimizer = dict(optimizer)
         self.log_dir = Path(environment['ROS_LOG_DIR'])
         self.run_dir = run_dir
         self.processes: dict[str, subprocess.Popen] = {}
@@ -60,7 +61,7 @@ class Graph:
         if name == 'outer_optimizer':
             common.update(seed=SEED, run_dir=str(self.run_dir), iterations=ITERATIONS, record_bag='false',
                           progress_period_s=0.0, action_timeout_s=3.0, action_retries=5, server_timeout_s=60.0,
-                          policy_key_file=str(self.key_file))
+                          policy_key_file=str(self.key_file), **self.optimizer)
         return common
 
     def start(self, name: str) -> None:
@@ -130,11 +131,12 @@ def reference_run(events: tuple = ()):
 
 
 def run_with_fault(environment: dict, run_dir: Path, node: str | None, kill_after: int = 4,
-                   delay_s: float = 0.0) -> dict:
+                   delay_s: float = 0.0, optimizer: dict = {}, on_kill=lambda: None) -> dict:
     """Run the graph; SIGKILL ``node`` (``'all'``: every node, i.e. a relaunch of the graph)
-    ``delay_s`` after the optimizer reported iteration ``kill_after``, start it again, let the
-    run finish; returns what the optimizer said."""
-    graph = Graph(environment, run_dir)
+    ``delay_s`` after the optimizer reported iteration ``kill_after``, start it again (after
+    ``on_kill()``), let the run finish; returns what the optimizer said.  ``optimizer``: more
+    outer_optimizer parameters."""
+    graph = Graph(environment, run_dir, optimizer)
     try:
         for name in PEERS + ('outer_optimizer',):
             graph.start(name)
@@ -147,6 +149,7 @@ def run_with_fault(environment: dict, run_dir: Path, node: str | None, kill_afte
                 graph.kill(victim)
             if 'outer_optimizer' in victims:
                 reported_before_kill = graph.optimizer_iteration()
+            on_kill()
             time.sleep(0.5)
             for victim in victims:
                 graph.start(victim)
@@ -266,6 +269,26 @@ def test_outer_optimizer_sigkilled_mid_run_resumes_without_loss(tmp_path, ros_en
     # the batch in flight at the kill (if any) is taken back from the bridge: nothing lost in transit
     assert figures['emulator_restarts'] == 0 and figures['episodes_lost_in_transit'] == 0, figures
     assert figures['same_real_data'] and figures['theta_max_abs_diff'] <= 1e-9, figures
+
+
+def test_outer_optimizer_sigkilled_between_syncs_resumes_without_loss(tmp_path, ros_env, reference):
+    """sync_period_s 600: nothing of the run is fsync'd before the kill (no checkpoint.durable.npz
+    yet); the kernel keeps every file the SIGKILLed optimizer wrote, so the resume is as lossless
+    as with each file fsync'd before the loop goes on."""
+    run_dir = tmp_path / 'run'
+    durable_at_kill = []
+    outcome = run_with_fault(ros_env, run_dir, 'outer_optimizer', kill_after=4, optimizer={'sync_period_s': 600.0},
+                             on_kill=lambda: durable_at_kill.append((run_dir / checkpoint.DURABLE).exists()))
+    assert outcome['returncode'] == 0, outcome['output'][-3000:]
+    assert durable_at_kill == [False], 'a sync before the kill: the test would not show the page cache at work'
+    assert outcome['resumed_after'] is not None and outcome['resumed_after'] >= 4, outcome['output'][-3000:]
+    assert 'checkpoint.durable.npz, the newer checkpoint' not in outcome['output']     # the newest one was whole
+    figures = measure(run_dir, outcome, reference)
+    print('FAULT outer_optimizer SIGKILL after iteration 4 reported, sync_period_s 600: rc 0', figures)
+    check_lossless(figures)
+    assert figures['emulator_restarts'] == 0 and figures['episodes_lost_in_transit'] == 0, figures
+    assert figures['same_real_data'] and figures['theta_max_abs_diff'] <= 1e-9, figures
+    assert (run_dir / checkpoint.DURABLE).is_file()                                   # synced at the end
 
 
 @pytest.mark.slow

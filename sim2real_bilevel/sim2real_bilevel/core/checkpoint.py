@@ -23,6 +23,13 @@ Writes are atomic: the bytes go to a temporary file in the same directory, are f
 fsync'd, replace the target with ``os.replace`` and the directory is fsync'd, so after a
 crash (SIGKILL, power loss) the target is either the old or the new complete file.
 
+Periodic sync (``PeriodicSync``, optional): every file is written and renamed into place as above
+at once, but its fsyncs are made for all files together at most every ``period_s`` seconds (and at
+``close``).  A SIGKILL loses nothing (the kernel holds every completed write); a power loss loses
+at most the writes since the last sync.  After each sync the checkpoint is also hard-linked as
+checkpoint.durable.npz, the last checkpoint whose history lines and real batches are all on disk:
+the fallback a resume takes when the newer files did not survive (``MethodRun.attach_run_dir``).
+
 Write-behind (``WriteBehind``, optional): the bytes are encoded on the caller's thread (a
 consistent snapshot) and the file operations -- each still atomic and fsync'd as above -- run
 in order on a writer thread with a bounded queue, so a loop does not wait on the disk.  The
@@ -52,6 +59,7 @@ FORMAT = 'sim2real_bilevel.checkpoint'
 VERSION = 2          # 2: history.jsonl and real/ referred to, not copied into every checkpoint
 CHECKPOINT = 'checkpoint.npz'
 PREVIOUS = 'checkpoint.prev.npz'
+DURABLE = 'checkpoint.durable.npz'
 REAL_DIR = 'real'
 _META, _DIGEST = '__meta__', '__sha256__'
 
@@ -84,16 +92,30 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, whole."""
+def atomic_write_bytes(path: Path, data: bytes, sync: bool = True) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, whole
+    (``sync`` False: without the fsyncs, which ``PeriodicSync`` makes later)."""
     path = Path(path)
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
     with open(tmp, 'wb') as stream:
         stream.write(data)
         stream.flush()
-        os.fsync(stream.fileno())
+        if sync:
+            os.fsync(stream.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    if sync:
+        _fsync_dir(path.parent)
+
+
+def _fsync_file(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:        # replaced since (the newer file is in the set too)
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def encode(meta: dict, arrays: dict[str, np.ndarray]) -> bytes:
@@ -178,12 +200,15 @@ class WriteBehind:
         if self.error is not None:
             raise CheckpointError(f'write-behind failed: {self.error} (later writes were not made)')
 
-    def submit(self, what: str, write: Callable[[], None]) -> None:
+    def submit(self, what: str, write: Callable[[bool], None], paths=()) -> None:
         self._raise()
         if self.closed:
-            write()
+            write(True)
             return
-        self.queue.put((what, write))
+        self.queue.put((what, lambda: write(True)))
+
+    def checkpointed(self, run_dir: Path) -> None:
+        """A checkpoint was asked for (every write is fsync'd as it is made: nothing to do)."""
 
     def pending(self) -> int:
         return self.queue.unfinished_tasks
@@ -200,11 +225,82 @@ class WriteBehind:
         self._raise()
 
 
-def _run_write(writer: Optional[WriteBehind], what: str, write: Callable[[], None]) -> None:
+class PeriodicSync:
+    """Writes made at once (each atomic), their fsyncs made together at most every ``period_s``
+    seconds, when a checkpoint is saved (``checkpointed``), and at ``flush``/``close``; after each
+    sync the checkpoint of that moment is hard-linked as RUN_DIR/checkpoint.durable.npz.  The same
+    interface as ``WriteBehind``; ``syncs`` counts the syncs made."""
+
+    def __init__(self, period_s: float, clock: Callable[[], float] = None):
+        import time
+        self.period_s = float(period_s)
+        self.clock = clock or time.monotonic
+        self.last = self.clock()
+        self.files: dict[Path, None] = {}       # written since the last sync, in order
+        self.directories: dict[Path, None] = {}
+        self.run_dirs: dict[Path, None] = {}     # checkpointed since the last sync
+        self.syncs = 0
+        self.closed = False
+
+    def submit(self, what: str, write: Callable[[bool], None], paths=()) -> None:
+        write(self.closed)
+        if not self.closed:
+            for path in paths:
+                path = Path(path)
+                self.files[path] = None
+                self.directories[path.parent] = None
+
+    def pending(self) -> int:
+        return len(self.files)
+
+    def checkpointed(self, run_dir: Path) -> None:
+        self.run_dirs[Path(run_dir)] = None
+        if self.clock() - self.last >= self.period_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """fsync every file written since the last sync, then their folders; then the durable link."""
+        if not self.files and not self.run_dirs:
+            return
+        for path in self.files:
+            _fsync_file(path)
+        for directory in self.directories:
+            _fsync_dir(directory)
+        for run_dir in self.run_dirs:
+            _link_durable(run_dir)
+        self.files, self.directories, self.run_dirs = {}, {}, {}
+        self.last = self.clock()
+        self.syncs += 1
+
+    def close(self) -> None:
+        if not self.closed:
+            self.flush()
+            self.closed = True
+
+
+def _link_durable(run_dir: Path) -> None:
+    """RUN_DIR/checkpoint.durable.npz: the (synced) checkpoint.npz, by a hard link (a copy where
+    there are none), replaced atomically."""
+    aside = run_dir / f'.{DURABLE}.{os.getpid()}.tmp'
+    aside.unlink(missing_ok=True)
+    try:
+        os.link(run_dir / CHECKPOINT, aside)
+    except FileNotFoundError:
+        return
+    except OSError:
+        shutil.copyfile(run_dir / CHECKPOINT, aside)
+        _fsync_file(aside)
+    os.replace(aside, run_dir / DURABLE)
+    _fsync_dir(run_dir)
+
+
+def _run_write(writer, what: str, write: Callable[[bool], None], paths=()) -> None:
+    """``write(sync)`` now and fsync'd (no writer), or as ``writer`` (``WriteBehind``,
+    ``PeriodicSync``) says; ``paths``: the files it makes or appends to."""
     if writer is None:
-        write()
+        write(True)
     else:
-        writer.submit(what, write)
+        writer.submit(what, write, paths)
 
 
 def save_checkpoint(run_dir: Path, meta: dict, arrays: dict[str, np.ndarray],
@@ -216,11 +312,14 @@ def save_checkpoint(run_dir: Path, meta: dict, arrays: dict[str, np.ndarray],
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = encode(meta, arrays)
-    _run_write(writer, f'{run_dir / CHECKPOINT}', lambda: _replace_checkpoint(run_dir, data))
+    _run_write(writer, f'{run_dir / CHECKPOINT}', lambda sync: _replace_checkpoint(run_dir, data, sync),
+               [run_dir / CHECKPOINT])
+    if writer is not None:
+        writer.checkpointed(run_dir)
     return run_dir / CHECKPOINT
 
 
-def _replace_checkpoint(run_dir: Path, data: bytes) -> None:
+def _replace_checkpoint(run_dir: Path, data: bytes, sync: bool = True) -> None:
     current, previous = run_dir / CHECKPOINT, run_dir / PREVIOUS
     if current.exists():
         aside = run_dir / f'.{PREVIOUS}.{os.getpid()}.tmp'
@@ -230,37 +329,61 @@ def _replace_checkpoint(run_dir: Path, data: bytes) -> None:
         except OSError:              # file systems without hard links
             shutil.copyfile(current, aside)
         os.replace(aside, previous)
-    atomic_write_bytes(current, data)
+    atomic_write_bytes(current, data, sync)
 
 
-def load_checkpoint(run_dir: Path) -> Optional[tuple[dict, dict[str, np.ndarray]]]:
-    """The newest trustworthy checkpoint of RUN_DIR as (meta, arrays), or None if the run
-    has none.  A rejected newest file is logged and the previous one used; if both exist
-    and both are rejected, ``CheckpointError`` (never silently start over)."""
+def checkpoint_candidates(run_dir: Path):
+    """Yields (file name, meta, arrays) of each trustworthy checkpoint of RUN_DIR, newest first:
+    checkpoint.npz, checkpoint.prev.npz, checkpoint.durable.npz (``PeriodicSync``'s last synced
+    one).  A rejected file is logged; if files exist and none is yielded, ``CheckpointError``
+    (never silently start over)."""
     run_dir = Path(run_dir)
     errors = []
-    for name in (CHECKPOINT, PREVIOUS):
+    for name in (CHECKPOINT, PREVIOUS, DURABLE):
         path = run_dir / name
         if not path.exists():
             continue
         try:
-            loaded = read(path)
+            meta, arrays = read(path)
         except CheckpointError as err:
             log.warning('%s; trying the previous checkpoint', err)
             errors.append(str(err))
             continue
         if errors:
-            log.warning('resuming %s from %s (one iteration older than the rejected newest file)',
-                        run_dir, path.name)
-        return loaded
+            log.warning('resuming %s from %s (older than the rejected newer file)', run_dir, path.name)
+        errors = []
+        yield name, meta, arrays
     if errors:
         raise CheckpointError(f'{run_dir}: no usable checkpoint: ' + '; '.join(errors))
+
+
+def load_checkpoint(run_dir: Path) -> Optional[tuple[dict, dict[str, np.ndarray]]]:
+    """The newest trustworthy checkpoint of RUN_DIR as (meta, arrays), or None if the run
+    has none (``checkpoint_candidates``' first)."""
+    for _, meta, arrays in checkpoint_candidates(run_dir):
+        return meta, arrays
     return None
 
 
 def has_checkpoint(run_dir: Path) -> bool:
     run_dir = Path(run_dir)
-    return (run_dir / CHECKPOINT).exists() or (run_dir / PREVIOUS).exists()
+    return any((run_dir / name).exists() for name in (CHECKPOINT, PREVIOUS, DURABLE))
+
+
+def set_aside_unreadable_batches(run_dir: Path, after: int) -> list[Path]:
+    """Rename real/batch files numbered above ``after`` that do not read (torn by a power loss
+    before their sync) to ``*.unsynced``, so the batch is collected again; returns the new names."""
+    moved = []
+    for path in sorted((Path(run_dir) / REAL_DIR).glob('batch_*.npz')):
+        if int(path.stem.split('_')[1]) <= after:
+            continue
+        try:
+            read(path)
+        except CheckpointError:
+            target = path.with_name(path.name + '.unsynced')
+            os.replace(path, target)
+            moved.append(target)
+    return moved
 
 
 # --- trajectories ------------------------------------------------------------------------------------------
@@ -311,7 +434,7 @@ def save_real_batch(run_dir: Path, index: int, batch: Trajectories, meta: dict,
     if phi is not None:
         arrays['policy_phi'] = np.asarray(phi, dtype=np.float64)
     data = encode({'batch': fields, 'index': int(index), **meta}, arrays)
-    _run_write(writer, str(path), lambda: atomic_write_bytes(path, data))
+    _run_write(writer, str(path), lambda sync: atomic_write_bytes(path, data, sync), [path])
     return path
 
 
@@ -340,7 +463,7 @@ def save_pending_request(run_dir: Path, record: dict, writer: Optional[WriteBehi
     path = Path(run_dir) / REAL_DIR / PENDING
     path.parent.mkdir(parents=True, exist_ok=True)
     data = json.dumps(record).encode()
-    _run_write(writer, str(path), lambda: atomic_write_bytes(path, data))
+    _run_write(writer, str(path), lambda sync: atomic_write_bytes(path, data, sync), [path])
     return path
 
 
@@ -406,15 +529,16 @@ class HistoryLog:
         tail = b''.join(json.dumps(encode(record)).encode() + b'\n' for record in records[self.written:])
         self.path.parent.mkdir(parents=True, exist_ok=True)
         first = self.written == 0
-        _run_write(writer, str(self.path), lambda: self._append(tail, first))
+        _run_write(writer, str(self.path), lambda sync: self._append(tail, first, sync), [self.path])
         self.written = len(records)
 
-    def _append(self, tail: bytes, first: bool) -> None:
+    def _append(self, tail: bytes, first: bool, sync: bool = True) -> None:
         with open(self.path, 'ab') as stream:
             stream.write(tail)
             stream.flush()
-            os.fsync(stream.fileno())
-        if first:
+            if sync:
+                os.fsync(stream.fileno())
+        if first and sync:
             _fsync_dir(self.path.parent)
 
     def _truncate_to(self, count: int) -> int:

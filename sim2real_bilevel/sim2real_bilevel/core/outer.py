@@ -14,16 +14,19 @@ remote calls and keep the same arithmetic.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from . import checkpoint, implicit
 from .evaluation import BestPolicy, Evaluator, ReturnEstimate
 from .problem import BilevelProblem, InnerResult, Trajectories
+
+log = logging.getLogger(__name__)
 
 SOLVERS = ('dense', 'cg', 'first_order')
 SENSITIVITY_METHODS = ('exact', 'sampled')
@@ -244,6 +247,15 @@ class IterationRecord:
         return asdict(self)
 
 
+@dataclass(slots=True)
+class PendingRecord:
+    """A record whose evaluation is in flight (``evaluation.result()``: its values), or, restored
+    from a checkpoint, still to be asked for (``evaluation`` None) for ``phi``."""
+    record: IterationRecord
+    phi: np.ndarray
+    evaluation: Any = None
+
+
 class MethodRun:
     """Shared state and bookkeeping of every method (bi-level and baselines): theta, phi, the
     real data collected and its accounting, the per-iteration records."""
@@ -289,12 +301,18 @@ class MethodRun:
         self.replayed_real_batches = 0
         """Real batches taken from RUN_DIR/real/ on resume instead of being collected again."""
         self._history: Optional[checkpoint.HistoryLog] = None    # RUN_DIR/history.jsonl, made when first needed
-        self.writer: Optional[checkpoint.WriteBehind] = None
+        self.writer: Optional[checkpoint.WriteBehind | checkpoint.PeriodicSync] = None
         """With a run dir: writes its files behind, on a thread of its own (``checkpoint.WriteBehind``,
-        ``write_behind``); None: every write is on disk before the loop goes on."""
+        ``write_behind``), or fsyncs them together now and then (``checkpoint.PeriodicSync``,
+        ``sync_periodically``); None: every write is on disk before the loop goes on."""
+        self.resumed_from: Optional[str] = None
+        """The checkpoint file ``attach_run_dir`` resumed from (None: a new run)."""
         self.kept_batch_numbers: list[int] = []
         """RUN_DIR/real/ file number of each kept batch; its tail lines up with ``real_batches``
         (which only grows at the end and is only cut at the front)."""
+        self.pending: Optional[PendingRecord] = None
+        """The newest record while its evaluation is in flight (an evaluator with ``submit``:
+        ``record``); not yet in ``history``, nor reported."""
 
     # --- the expensive calls (replaceable by remote calls) --------------------------------------
     def solve_inner(self, theta: np.ndarray, phi_init: Optional[np.ndarray]) -> InnerResult:
@@ -411,6 +429,7 @@ class MethodRun:
             self.start()
         while self.iteration < total:
             self.step()
+        self.settle()
         return self.history
 
     def return_interval(self) -> ReturnEstimate:
@@ -420,8 +439,16 @@ class MethodRun:
 
     def record(self, grad_norm: float, estimate: float, timing: dict) -> IterationRecord:
         """The iteration's record: the estimate's interval from this iteration's real episodes; the
-        exact returns only from the evaluator (sim-only), else NaN."""
-        evaluated = self.evaluator(self.phi) if self.evaluator is not None else {}
+        exact returns only from the evaluator (sim-only), else NaN.
+
+        An evaluator with ``submit(phi)`` (an evaluation in flight, ``result()`` its values; the
+        graph's ``EvaluatorClient``) is not waited for: the record stays ``pending`` -- saved in
+        the checkpoint with its policy, not yet in ``history`` -- while the next iteration runs,
+        and goes into ``history``, history.jsonl and the progress callback (in that order) once its
+        evaluation is in: at the next record, or at ``settle``.  Every record in ``history`` holds
+        its evaluation either way, and no record is reported before it is on disk."""
+        submit = getattr(self.evaluator, 'submit', None)
+        evaluated = self.evaluator(self.phi) if self.evaluator is not None and submit is None else {}
         interval = self.return_interval()
         self.iteration_returns = []
         record = IterationRecord(
@@ -441,12 +468,45 @@ class MethodRun:
             event=self.event,
         )
         self.event = ''
-        self.history.append(record)
-        if self.run_dir is not None:      # persisted (queued, with write_behind) before anyone is told
+        if submit is None:
+            done = self._evaluated(self.pending)
+            self.pending = None
+            self._complete(done + [record])
+            return record
+        evaluation = submit(self.phi)
+        done = self._evaluated(self.pending)       # in flight for a whole iteration: normally in by now
+        self.pending = PendingRecord(record, np.array(self.phi, dtype=np.float64), evaluation)
+        self._complete(done)
+        return record
+
+    def settle(self) -> None:
+        """Wait for the pending record's evaluation, then store and report it (the end of a run)."""
+        if self.pending is not None:
+            done = self._evaluated(self.pending)
+            self.pending = None
+            self._complete(done)
+
+    def _evaluated(self, pending: Optional['PendingRecord']) -> list:
+        """``pending``'s record with its evaluation filled in (asked for now if it was pending in a
+        checkpoint: a resumed run), as a list of zero or one record."""
+        if pending is None:
+            return []
+        if pending.evaluation is not None:
+            values = pending.evaluation.result()
+        else:
+            values = self.evaluator(pending.phi) if self.evaluator is not None else {}
+        pending.record.normalized_return = float(values.get('normalized_return', float('nan')))
+        pending.record.real_return = float(values.get('real_return', float('nan')))
+        return [pending.record]
+
+    def _complete(self, records: list) -> None:
+        """Into ``history``; persisted (queued, with write_behind) before anyone is told."""
+        self.history.extend(records)
+        if self.run_dir is not None:
             self.save_checkpoint()
         if self.progress is not None:
-            self.progress(record)
-        return record
+            for record in records:
+                self.progress(record)
 
     # --- persistence --------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -475,6 +535,9 @@ class MethodRun:
             meta['adam'], adam_arrays = adam.state()
             arrays.update(adam_arrays)
         meta['safety'] = {'backtracks': int(self.backtracks), 'step_scale': float(self.step_scale)}
+        if self.pending is not None:          # its evaluation in flight: asked for again on resume
+            meta['pending_record'] = self.pending.record.to_json()
+            arrays['pending.phi'] = self.pending.phi
         if self.best is not None:
             best = self.best
             meta['best'] = {'iteration': int(best.iteration), 'inner_grad_norm': float(best.inner_grad_norm),
@@ -506,6 +569,8 @@ class MethodRun:
         self.real_batch_count = int(meta['real_batch_count'])
         self.elapsed = float(meta['elapsed'])
         self.history = [IterationRecord(**record) for record in self._history_log().read(meta['history_length'])]
+        self.pending = (PendingRecord(IterationRecord(**meta['pending_record']), np.array(arrays['pending.phi']))
+                        if 'pending_record' in meta else None)
         self.kept_batch_numbers = checkpoint.numbers_from_runs(meta['real_batch_runs'])
         self.real_batches = [self._stored_batch(n) for n in self.kept_batch_numbers]
         if 'adam' in meta:
@@ -553,6 +618,15 @@ class MethodRun:
             self.writer = checkpoint.WriteBehind(max_pending)
         return self.writer
 
+    def sync_periodically(self, period_s: float) -> checkpoint.PeriodicSync:
+        """From now on the run dir's files are written as before but fsync'd together at most every
+        ``period_s`` seconds (``checkpoint.PeriodicSync``): a SIGKILL still loses nothing, a power
+        loss at most the iterations since the last sync, which a resume redoes from
+        checkpoint.durable.npz (their real episodes run again).  ``close_writer`` syncs the rest."""
+        if self.writer is None:
+            self.writer = checkpoint.PeriodicSync(period_s)
+        return self.writer
+
     def close_writer(self) -> None:
         """Wait until every queued write is on disk (a failed one raises CheckpointError), then
         write synchronously again."""
@@ -572,16 +646,34 @@ class MethodRun:
             and none collected is lost;
           * in process, with the same seed, the resumed run's theta trajectory and records
             equal the uninterrupted run's bit for bit (wall times aside).
+        A record still waiting for its evaluation (``record``) is in the checkpoint with its
+        policy and is evaluated, stored and reported on resume.  With ``sync_periodically`` the
+        first two hold for a SIGKILL; a power loss loses at most the iterations since the last
+        sync: the resume falls back to checkpoint.durable.npz (logged, ``resumed_from``), sets
+        later real batches that no longer read aside and collects them again.
         Not covered: work in flight at the crash (an inner solve, a sensitivity) is redone;
         a real batch whose episodes ran but whose data never reached this process (a remote
         robot) cannot be recovered here."""
         self.run_dir = Path(run_dir)
-        loaded = checkpoint.load_checkpoint(self.run_dir)
-        if loaded is None:
-            return False
-        meta, arrays = loaded
-        self.load_state_dict({'meta': meta, 'arrays': arrays})
-        return True
+        refused = []
+        for name, meta, arrays in checkpoint.checkpoint_candidates(self.run_dir):
+            try:
+                self.load_state_dict({'meta': meta, 'arrays': arrays})
+            except checkpoint.CheckpointError as err:     # refers to history lines or batches not on disk
+                refused.append(f'{name}: {err}')
+                continue
+            self.resumed_from = name
+            if name != checkpoint.CHECKPOINT or refused:
+                moved = checkpoint.set_aside_unreadable_batches(self.run_dir, self.real_batch_count)
+                log.warning('%s: resumed from %s (iteration %d), not from the newest checkpoint, which is torn or '
+                            'refers to files not (whole) on disk -- a power loss before their sync? %s; unreadable '
+                            'later real batches set aside, to be collected again: %s', self.run_dir, name,
+                            self.iteration, '; '.join(refused), [p.name for p in moved] or 'none')
+            return True
+        if refused:
+            raise checkpoint.CheckpointError(f'{self.run_dir}: no checkpoint whose files are all there: '
+                                             + '; '.join(refused))
+        return False
 
 
 class BilevelOuterLoop(MethodRun):

@@ -118,13 +118,18 @@ class EvaluationServer:
 class EvaluatorClient:
     """``phi -> {'normalized_return', 'real_return'}`` by the EvaluatePolicy service ``name``.
 
-    Each call waits at most ``timeout_s`` for the service to be there and at most
-    ``answer_timeout_s`` for its answer to a request (an exact evaluation may take tens of
-    seconds); a server that leaves the graph meanwhile, or an answer that does not come, is
-    asked again up to ``retries`` times (the server computes a policy once, a retry joins it).
-    After that, or when the service is absent or refuses, the values are NaN and the reason is
-    logged (once per distinct reason in a row).  ``policy_message(phi)`` builds the request's
-    policy; ``executor()`` is the node's executor (spun while waiting)."""
+    Each request waits at most ``timeout_s`` for the service to be there and at most
+    ``answer_timeout_s`` for its answer (an exact evaluation may take tens of seconds); a server
+    that leaves the graph meanwhile, or an answer that does not come, is asked again up to
+    ``retries`` times (the server computes a policy once, a retry joins it).  After that, or
+    when the service is absent or refuses, the values are NaN and the reason is logged (once
+    per distinct reason in a row).  ``policy_message(phi)`` builds the request's policy;
+    ``executor()`` is the node's executor (spun while waiting).
+
+    ``client(phi)`` waits for the answer; ``client.submit(phi)`` sends the request and returns
+    at once (an ``Evaluation``): the answer arrives while the caller spins the executor for
+    other work, and ``result()`` waits only for what is left of it (the outer loop's pipelined
+    records, ``MethodRun.record``)."""
 
     def __init__(self, node, name: str, policy_message, executor, timeout_s: float = 5.0, retries: int = 2,
                  answer_timeout_s: float = 300.0):
@@ -139,46 +144,21 @@ class EvaluatorClient:
         if not self.executor().context.ok():
             return dict(NOT_EVALUATED)     # going down (results written on a signal): nothing to ask
         try:
-            values = self._ask(phi)
+            return self.submit(phi).result()
         except ShutdownRequested:
             return dict(NOT_EVALUATED)     # the loop's own checks end the run as interrupted
-        except TimeoutError as err:
-            return self._failed(str(err))
-        self.last_reason = ''
-        return values
+
+    def submit(self, phi: np.ndarray) -> 'Evaluation':
+        """The request for ``phi``, sent now (once the service is there); ``ShutdownRequested`` if
+        the node is going down."""
+        if not self.executor().context.ok():
+            raise ShutdownRequested('evaluator')
+        return Evaluation(self, EvaluatePolicy.Request(policy=self.policy_message(phi)))
 
     def _spin(self, executor) -> None:
         if not executor.context.ok():
             raise ShutdownRequested('evaluator')
         executor.spin_once(timeout_sec=0.05)
-
-    def _ask(self, phi: np.ndarray) -> dict:
-        executor = self.executor()
-        request = EvaluatePolicy.Request(policy=self.policy_message(phi))
-        for attempt in range(self.retries + 1):
-            deadline = time.monotonic() + self.timeout_s
-            while not self.client.service_is_ready():
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f'evaluator {self.client.srv_name} is not available '
-                                       f'(waited {self.timeout_s:g} s)')
-                self._spin(executor)
-            future = self.client.call_async(request)
-            deadline = time.monotonic() + self.answer_timeout_s
-            while not future.done() and self.client.service_is_ready() and time.monotonic() < deadline:
-                self._spin(executor)
-            if not future.done():
-                self.client.remove_pending_request(future)
-                reason = ('no answer within {:g} s'.format(self.answer_timeout_s)
-                          if self.client.service_is_ready() else 'the server left while evaluating')
-                if attempt == self.retries:
-                    raise TimeoutError(f'evaluator {self.client.srv_name}: {reason} '
-                                       f'({self.retries + 1} requests)')
-                continue                    # lost request or answer, or a restarting server: ask again
-            response = future.result()
-            if not response.success:
-                return self._failed(f'evaluator {self.client.srv_name} refused: {response.message}')
-            return {'normalized_return': float(response.normalized_return), 'real_return': float(response.real_return)}
-        raise TimeoutError('unreachable')
 
     def _failed(self, reason: str) -> dict:
         self.failures += 1
@@ -186,3 +166,67 @@ class EvaluatorClient:
             self.node.get_logger().warning(f'{reason}: the normalised return of this record is NaN (the run goes on)')
             self.last_reason = reason
         return dict(NOT_EVALUATED)
+
+
+class Evaluation:
+    """One request of an ``EvaluatorClient``, sent when made.  ``done()``: its values are there
+    without a wait; ``result()``: the values (waiting, asking again as the client says; NaN after
+    a failure, logged), ``ShutdownRequested`` if the node goes down meanwhile."""
+
+    def __init__(self, client: EvaluatorClient, request):
+        self.client, self.request = client, request
+        self.future: Optional[Future] = None
+        self.deadline = 0.0
+        self.attempts = 0
+        self.values: Optional[dict] = None
+        try:
+            self._send()
+        except TimeoutError as err:
+            self.values = client._failed(str(err))
+
+    def _send(self) -> None:
+        client = self.client
+        executor = client.executor()
+        deadline = time.monotonic() + client.timeout_s
+        while not client.client.service_is_ready():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f'evaluator {client.client.srv_name} is not available '
+                                   f'(waited {client.timeout_s:g} s)')
+            client._spin(executor)
+        self.attempts += 1
+        self.future = client.client.call_async(self.request)
+        self.deadline = time.monotonic() + client.answer_timeout_s
+
+    def done(self) -> bool:
+        return self.values is not None or (self.future is not None and self.future.done())
+
+    def result(self) -> dict:
+        if self.values is None:
+            try:
+                self.values = self._answer()
+            except TimeoutError as err:
+                self.values = self.client._failed(str(err))
+        return self.values
+
+    def _answer(self) -> dict:
+        client = self.client
+        executor = client.executor()
+        while True:
+            if self.future is None:
+                self._send()
+            while not self.future.done() and client.client.service_is_ready() and time.monotonic() < self.deadline:
+                client._spin(executor)
+            if self.future.done():
+                break
+            client.client.remove_pending_request(self.future)
+            self.future = None
+            reason = ('no answer within {:g} s'.format(client.answer_timeout_s)
+                      if client.client.service_is_ready() else 'the server left while evaluating')
+            if self.attempts > client.retries:
+                raise TimeoutError(f'evaluator {client.client.srv_name}: {reason} ({self.attempts} requests)')
+            # a lost request or answer, or a restarting server: ask again
+        response = self.future.result()
+        if not response.success:
+            return client._failed(f'evaluator {client.client.srv_name} refused: {response.message}')
+        client.last_reason = ''
+        return {'normalized_return': float(response.normalized_return), 'real_return': float(response.real_return)}

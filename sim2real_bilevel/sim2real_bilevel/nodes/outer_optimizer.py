@@ -165,6 +165,13 @@ class OuterOptimizer(Node):
                           'and may run their episodes again.  false: every file is on disk before the loop goes on '
                           'and before its record is published (no episode is ever run twice; read at startup)',
                           read_only=True),
+            ParameterSpec('sync_period_s', 0.0, "fsync the run dir's files (real batches, history, checkpoint, pending "
+                          'request) together at most every this many seconds instead of each before the loop goes on: '
+                          'every file is still written and renamed into place at once, so a SIGKILL loses nothing; a '
+                          'power loss loses at most the iterations since the last sync, which a resume redoes from '
+                          'checkpoint.durable.npz, running their real episodes again; 0: each file on disk before '
+                          'the loop goes on (not with write_behind; read at startup)', low=0.0, high=3600.0,
+                          read_only=True),
             ParameterSpec('record_bag', True, 'record theta, policies, gradients, metrics and real '
                           'trajectories to RUN_DIR/bag (read at startup)', read_only=True),
             ParameterSpec('action_timeout_s', 600.0, 'longest wait for one action result (then the goal is '
@@ -186,6 +193,11 @@ class OuterOptimizer(Node):
                           "~/evaluate) that gives each record's exact normalised and real return; '' = none (hardware: "
                           'those are NaN, records carry the estimate from the real episodes and its interval; read at '
                           'startup)', read_only=True),
+            ParameterSpec('evaluate_behind', True, "with an evaluator: send iteration k's evaluation request and go "
+                          'on with iteration k+1; record k is completed (into history.jsonl, the checkpoint, '
+                          'results.json) and published once its answer is in, one iteration later (a record still '
+                          "waiting at a crash or signal is kept in the checkpoint and evaluated on resume); false: "
+                          'wait for each answer before the loop goes on (read at startup)', read_only=True),
             ParameterSpec('evaluator_timeout_s', 5.0, 'longest wait for the evaluator service to be there (absent: '
                           'the record\'s normalised return is NaN)', low=0.01, high=1e4),
             ParameterSpec('evaluator_answer_timeout_s', 300.0, 'longest wait for the evaluator\'s answer to one '
@@ -207,6 +219,10 @@ class OuterOptimizer(Node):
                           "with; the bridge's policy_key_file must hold the same key; '' = $SIM2REAL_POLICY_KEY_FILE, "
                           "else unsigned (read at startup)", read_only=True),
         ])
+        if self.parameters['write_behind'] and self.parameters['sync_period_s'] > 0:
+            raise ValueError(f'outer_optimizer: write_behind true and sync_period_s {self.parameters["sync_period_s"]:g}: '
+                             'two durability rules for the run dir; expected one of them (sync_period_s 0, or '
+                             'write_behind false)')
         key_file = provenance.key_file_setting(self.parameters['policy_key_file'])
         policy_key = provenance.load_key(key_file) if key_file else None
         if policy_key is not None:
@@ -345,10 +361,13 @@ class OuterOptimizer(Node):
             return conversions.policy_to_msg(phi, policy.version if policy else 0, self.theta_version,
                                              float(policy.inner_grad_norm) if policy else 0.0,
                                              policy.kind if policy else PolicyParameters.KIND_FLAT)
-        return EvaluatorClient(self, name, policy_message, lambda: self.executor_,
-                               timeout_s=self.parameters['evaluator_timeout_s'],
-                               answer_timeout_s=self.parameters['evaluator_answer_timeout_s'],
-                               retries=self.parameters['action_retries'])
+        client = EvaluatorClient(self, name, policy_message, lambda: self.executor_,
+                                 timeout_s=self.parameters['evaluator_timeout_s'],
+                                 answer_timeout_s=self.parameters['evaluator_answer_timeout_s'],
+                                 retries=self.parameters['action_retries'])
+        # the client (with submit): records wait for their evaluation while the loop goes on; its
+        # call alone: the loop waits for each answer
+        return client if self.parameters['evaluate_behind'] else client.__call__
 
     def wait_for_servers(self) -> None:
         """The servers the run calls (offline: no run_episodes, no bridge)."""
@@ -391,11 +410,15 @@ class OuterOptimizer(Node):
                 self.apply_live_parameters(loop)       # this launch's iterations, step size, episodes
                 self.get_logger().info(
                     f'resuming {self.run_dir} after iteration {loop.iteration} ({loop.real_episode_count} real '
-                    f'episodes in {loop.real_batch_count} batches, theta version {self.theta_version})')
+                    f'episodes in {loop.real_batch_count} batches, theta version {self.theta_version}'
+                    + (f'; from {loop.resumed_from}, the newer checkpoint being torn or incomplete'
+                       if loop.resumed_from != 'checkpoint.npz' else '') + ')')
             self.get_logger().info(f'waiting for the graph ({self.problem.source}, seed {self.parameters["seed"]}, '
                                    f'{loop.config.iterations} iterations, run_dir {self.run_dir})')
             if self.parameters['write_behind']:
                 self.episodes.writer = loop.write_behind()
+            elif self.parameters['sync_period_s'] > 0:
+                self.episodes.writer = loop.sync_periodically(self.parameters['sync_period_s'])
             self.wait_for_servers()
             self.startup_s = time.perf_counter() - started
             self.status = 'running'
@@ -413,6 +436,7 @@ class OuterOptimizer(Node):
             while loop.iteration < loop.config.iterations:
                 loop.step()
                 self.apply_live_parameters(loop)
+            loop.settle()                                # the last record's evaluation (evaluate_behind)
             self.status = 'finished'
         except (ActionFailed, TimeoutError, FloatingPointError, conversions.MessageValidationError,
                 CheckpointError) as err:
@@ -437,6 +461,10 @@ class OuterOptimizer(Node):
             self.status = f'failed: {err}'
             self.get_logger().error(f'the run dir is incomplete: {err}')
         self.episodes.writer = None
+        if loop.pending is not None:
+            self.get_logger().info(f'the record of iteration {loop.pending.record.iteration} still waits for its '
+                                   'evaluation: it is kept in the checkpoint (a resume evaluates and reports it), not '
+                                   'in results.json')
         written = self.write_results(loop, wall_time) if loop.history else None
         if self.executor_.context.ok():
             self._after_results('final diagnostics', lambda: self.publish_diagnostics(loop))
