@@ -146,3 +146,20 @@ def test_a_non_finite_policy_is_never_deployed():
     with pytest.raises(FloatingPointError, match=rf'{SOURCE}: controller: refusing to deploy'):
         p.controller(phi, np.random.default_rng(0))
     assert not p._emulators
+
+
+def test_a_cold_exact_solve_is_shared_by_the_methods_that_start_at_the_same_theta(monkeypatch):
+    """The cold solve at one theta is a deterministic function of it: solved once, every caller
+    gets its own copy; another theta, a warm start or another solver solves again."""
+    p = problem()
+    calls = []
+    solve = p._solve
+    monkeypatch.setattr(p, '_solve', lambda *a, **k: calls.append(k.get('method')) or solve(*a, **k))
+    first, second = p.inner_solve(p.theta0()), p.inner_solve(p.theta0())
+    assert len(calls) == 1 and first.phi is not second.phi and np.array_equal(first.phi, second.phi)
+    second.phi[0] += 1.0
+    assert np.array_equal(p.inner_solve(p.theta0()).phi, first.phi)
+    p.inner_solve(p.theta0() + 0.1)
+    p.inner_solve(p.theta0(), first.phi)
+    p.inner_solve(p.theta0(), method='sampled', rng=np.random.default_rng(0))
+    assert calls == ['exact', 'exact', 'exact', 'sampled']

@@ -68,6 +68,7 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         self.real_gradient_estimator = real_gradient_estimator
         self._oracle_phi: Optional[np.ndarray] = None
         self._real_return_cache: dict[bytes, float] = {}
+        self._cold_solves: dict[bytes, InnerResult] = {}
 
     # --- construction from a problem file ------------------------------------------------------
     @classmethod
@@ -96,7 +97,18 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
     def inner_solve(self, theta: np.ndarray, phi_init: Optional[np.ndarray] = None, *, method: str = 'exact',
                     rng: Optional[np.random.Generator] = None, **options) -> InnerResult:
         theta_full = self.full_theta(torch.as_tensor(theta, dtype=DTYPE)).detach()
-        return self._solve(theta_full, phi_init, method=method, rng=rng, **options)
+        if phi_init is not None or method != 'exact' or options:
+            return self._solve(theta_full, phi_init, method=method, rng=rng, **options)
+        # a cold exact solve is a deterministic function of theta (fixed CRN set and initial policy):
+        # the methods of one experiment that all start at the nominal theta share it
+        key = theta_full.numpy().tobytes()
+        if key not in self._cold_solves:
+            if len(self._cold_solves) >= 8:
+                self._cold_solves.clear()
+            self._cold_solves[key] = self._solve(theta_full, None, method=method, rng=rng)
+        solved = self._cold_solves[key]
+        return InnerResult(phi=solved.phi.copy(), grad_norm=solved.grad_norm, iterations=solved.iterations,
+                           info=dict(solved.info))
 
     def _solve(self, theta_full: torch.Tensor, phi_init: Optional[np.ndarray], *, method: str,
                rng: Optional[np.random.Generator], max_iterations: Optional[int] = None,
