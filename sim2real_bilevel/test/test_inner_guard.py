@@ -98,9 +98,10 @@ def test_a_simulator_that_always_diverges_raises_naming_the_file_the_iteration_a
     assert f'reduce control_period (now {p.control_period:g} s)' in message
 
 
-def test_a_nan_gradient_in_l_bfgs_keeps_the_best_finite_evaluation():
+def test_a_nan_gradient_in_l_bfgs_restarts_from_the_best_finite_evaluation():
     """A finite loss with a NaN derivative (the unused branch of a ``where``) at L-BFGS's 3rd
-    evaluation of a warm-started solve: the result is finite and no worse than the start."""
+    evaluation of a warm-started solve: L-BFGS restarts from its best finite evaluation and
+    finishes its budget; the result is finite and better than the start."""
     p = problem()
     start = p.policy.init_params(np.random.default_rng(3))
     bad = corrupt(p, lambda i: 2 * HORIZON <= i < 3 * HORIZON, gradient_only=True)
@@ -108,7 +109,10 @@ def test_a_nan_gradient_in_l_bfgs_keeps_the_best_finite_evaluation():
     assert bad and np.all(np.isfinite(result.phi))
     report = result.info['non_finite']
     assert report['what'] == 'gradient' and report['iteration'] == 3 and report['solver'].startswith('exact, L-BFGS')
-    assert report['kept_last_finite'] and objective(p, result.phi) >= objective(p, start) - 1e-12
+    assert report['kept_last_finite'] and report['events'] == 1 and 'L-BFGS restarts from it' in report['message']
+    # the diverged evaluation was a rejected step: L-BFGS went on from the best point to its budget
+    assert result.iterations == p.inner.max_iterations
+    assert objective(p, result.phi) > objective(p, start)
 
 
 @pytest.mark.parametrize('method', ['sampled', 'ppo'])
@@ -163,3 +167,14 @@ def test_a_cold_exact_solve_is_shared_by_the_methods_that_start_at_the_same_thet
     p.inner_solve(p.theta0(), first.phi)
     p.inner_solve(p.theta0(), method='sampled', rng=np.random.default_rng(0))
     assert calls == ['exact', 'exact', 'exact', 'sampled']
+
+
+def test_l_bfgs_restarts_are_capped_and_keep_the_start_when_nothing_better_is_finite():
+    """Every evaluation after the first is NaN: LBFGS_RESTARTS restarts, then the start is returned."""
+    from sim2real_bilevel.core.problems.robot.guard import LBFGS_RESTARTS
+    p = problem()
+    start = p.policy.init_params(np.random.default_rng(3))
+    corrupt(p, lambda i: HORIZON <= i < 100 * HORIZON)
+    result = p.inner_solve(p.theta0(), start)
+    assert result.info['non_finite']['events'] == 1 + LBFGS_RESTARTS
+    np.testing.assert_array_equal(result.phi, start)

@@ -7,6 +7,9 @@ makes every parameter NaN, and that policy would be handed to the robot.
 Policy chosen: KEEP THE LAST FINITE ITERATE and report it, rather than stop with an error.
 - The iterate before the event had a finite loss and gradient on the same random numbers: it
   is a policy the solver had accepted, not a guess.
+- L-BFGS's line search tries long steps; a trial that diverges is a rejected step, not the
+  end of the solve: L-BFGS restarts from its best finite evaluation with a fresh memory (at
+  most ``LBFGS_RESTARTS`` times, within its iteration budget).  Adam, sampled and PPO stop.
 - An outer loop deploys each inner solution on the robot; one theta at which the integrator
   diverges for a fast policy must not end a run whose real episodes are already spent.
 - The event is not silent: ``InnerResult.info['non_finite']`` holds the solver, the iteration,
@@ -26,6 +29,7 @@ from typing import Optional
 import torch
 
 LOGGER = logging.getLogger(__name__)
+LBFGS_RESTARTS = 3
 
 
 class NonFiniteInnerSolve(FloatingPointError):
@@ -49,6 +53,10 @@ class FiniteGuard:
         """False: keep the last finite iterate (Adam's accepted steps); True: the finite evaluation with
         the lowest loss (L-BFGS, whose evaluations include line-search trials)."""
         self.report: Optional[dict] = None
+        """The last event (with ``events``, how many there were); None while there was none."""
+        self.events = 0
+        self.then = ''
+        """What the solver does after an event, for the message (default: it stops)."""
 
     def accept(self, iteration: int, loss: torch.Tensor) -> bool:
         phi = self.phi
@@ -108,13 +116,14 @@ class FiniteGuard:
         else:
             cause = (f'the rollout stayed finite (largest |state| {largest:.3g}): the policy parameters or '
                      'their step overflowed; lower inner.learning_rate')
-        kept = ('kept the last finite iterate' if self.kept is not None
-                else 'no finite iterate to keep: the starting policy is already non-finite')
+        kept = ((f'kept the {"best finite evaluation" if self.keep_lowest else "last finite iterate"}' + self.then)
+                if self.kept is not None else 'no finite iterate to keep: the starting policy is already non-finite')
+        self.events += 1
         message = (f'{self.problem.source}: inner solve ({self.solver}) met a non-finite {what} ({value!r}) at '
                    f'iteration {iteration}; {kept}. Likely cause: {cause}')
         self.report = {'solver': self.solver, 'iteration': int(iteration), 'what': what, 'value': value,
                        'largest_abs_state': largest, 'first_non_finite_step': first_bad_step,
-                       'kept_last_finite': self.kept is not None, 'message': message}
+                       'kept_last_finite': self.kept is not None, 'events': self.events, 'message': message}
         LOGGER.warning(message)
 
     def _substeps_hint(self) -> str:

@@ -13,7 +13,7 @@ from ...problem import (BilevelProblem, InnerResult, JointLimits, SensitivityTer
 from ...robot_model import THETA_NAMES, PendulumGeometry, PendulumModel
 from .config import REAL_GRADIENT_ESTIMATORS, InnerSettings, read_problem_file
 from .estimators import alive_mask, cross_fitted_values, gae, value_features
-from .guard import FiniteGuard
+from .guard import LBFGS_RESTARTS, FiniteGuard
 from .simulator import DTYPE, CommonNoise, InitialStateRange, PendulumSimulatorFamily, history_arguments, make_policy
 from .stepwise import PendulumController, PendulumRealSystem
 
@@ -218,28 +218,35 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         return iterations
 
     def _lbfgs(self, phi, loss, max_iterations, tolerance, guard: FiniteGuard) -> int:
-        """L-BFGS (strong Wolfe) on ``loss``; a non-finite loss, gradient or parameter at any
-        evaluation (line-search trials too) ends it at the last finite evaluated point (``guard``)."""
-        optimizer = torch.optim.LBFGS([phi], lr=1.0, max_iter=max_iterations, history_size=50,
-                                      tolerance_grad=tolerance / math.sqrt(phi.numel()), tolerance_change=0.0,
-                                      line_search_fn='strong_wolfe')
-        evaluations = 0
+        """L-BFGS (strong Wolfe) on ``loss``.  A non-finite loss, gradient or parameter at any
+        evaluation (line-search trials too) puts phi back to the best finite evaluation
+        (``guard``), and L-BFGS restarts from there with a fresh memory, at most LBFGS_RESTARTS
+        times and within ``max_iterations`` in all."""
+        evaluations = done = 0
+        guard.then = f'; L-BFGS restarts from it with a fresh memory (at most {LBFGS_RESTARTS} times)'
+        for restart in range(LBFGS_RESTARTS + 1):
+            optimizer = torch.optim.LBFGS([phi], lr=1.0, max_iter=max_iterations - done, history_size=50,
+                                          tolerance_grad=tolerance / math.sqrt(phi.numel()), tolerance_change=0.0,
+                                          line_search_fn='strong_wolfe')
 
-        def closure():
-            nonlocal evaluations
-            optimizer.zero_grad()
-            value = loss()
-            value.backward()
-            evaluations += 1
-            if not guard.accept(evaluations, value):
-                raise _NonFiniteEvaluation
-            return value
+            def closure():
+                nonlocal evaluations
+                optimizer.zero_grad()
+                value = loss()
+                value.backward()
+                evaluations += 1
+                if not guard.accept(evaluations, value):
+                    raise _NonFiniteEvaluation
+                return value
 
-        try:
-            optimizer.step(closure)
-        except _NonFiniteEvaluation:
-            pass
-        return int(optimizer.state[phi].get('n_iter', 0))
+            try:
+                optimizer.step(closure)
+                return done + int(optimizer.state[phi].get('n_iter', 0))
+            except _NonFiniteEvaluation:
+                done += int(optimizer.state[phi].get('n_iter', 0))
+                if done >= max_iterations or restart == LBFGS_RESTARTS:
+                    return done
+        return done
 
     # --- sampled trajectories and sensitivities --------------------------------------------------------
     @property
