@@ -66,23 +66,34 @@ def adam_iterates(p: RobotProblem, steps: int) -> np.ndarray:
     return phi.detach().numpy()
 
 
-def test_a_nan_loss_in_the_adam_warm_up_keeps_the_last_finite_iterate():
+def test_a_nan_loss_in_the_adam_warm_up_goes_on_from_the_last_finite_iterate():
     """The 4th evaluation's rollout (calls 3T .. 4T-1) goes NaN from its 3rd step, and so does the
-    guard's own rollout for the report (calls 4T .. 5T-1): the solve returns the iterate of the 3rd
-    evaluation (2 Adam steps), finite, and says what happened and where."""
+    guard's own rollout for the report (calls 4T .. 5T-1): Adam goes back to the iterate of the
+    3rd evaluation (2 steps) and goes on from it; the solve ends finite and says what happened."""
     p = problem()
     bad = corrupt(p, lambda i: 3 * HORIZON + 2 <= i < 5 * HORIZON)
     result = p.inner_solve(p.theta0())
     assert bad, 'the corruption never fired'
     assert np.all(np.isfinite(result.phi)) and np.isfinite(result.grad_norm)
-    np.testing.assert_allclose(result.phi, adam_iterates(p, 2), rtol=0, atol=1e-12)
-    assert result.iterations == 3
     report = result.info['non_finite']
     assert report['solver'] == 'exact, Adam warm-up' and report['iteration'] == 3 and report['what'] == 'loss'
-    assert report['kept_last_finite'] and np.isnan(report['value'])
+    assert report['kept_last_finite'] and report['events'] == 1 and np.isnan(report['value'])
     assert report['first_non_finite_step'] == 1
     assert report['message'].startswith(f'{SOURCE}: inner solve (exact, Adam warm-up) met a non-finite loss')
-    assert 'kept the last finite iterate' in report['message'] and 'the simulator diverged' in report['message']
+    assert 'kept the last finite iterate; Adam goes on from it' in report['message']
+    assert 'the simulator diverged' in report['message']
+    assert result.iterations > p.inner.warmup_iterations         # L-BFGS ran after the warm-up
+    assert objective(p, result.phi) > objective(p, adam_iterates(problem(), 2))
+
+
+def test_when_every_later_step_diverges_the_solve_returns_the_last_finite_iterate():
+    """NaN from the 4th evaluation on: Adam's restarts and L-BFGS's all fail, and the solve
+    returns exactly the iterate of the 3rd evaluation (2 Adam steps)."""
+    p = problem()
+    corrupt(p, lambda i: i >= 3 * HORIZON + 2)
+    result = p.inner_solve(p.theta0())
+    np.testing.assert_allclose(result.phi, adam_iterates(problem(), 2), rtol=0, atol=1e-12)
+    assert result.info['non_finite']['kept_last_finite'] and result.info['non_finite']['events'] >= 2
 
 
 def test_a_simulator_that_always_diverges_raises_naming_the_file_the_iteration_and_the_cause():

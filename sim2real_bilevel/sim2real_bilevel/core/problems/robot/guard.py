@@ -9,7 +9,11 @@ Policy chosen: KEEP THE LAST FINITE ITERATE and report it, rather than stop with
   is a policy the solver had accepted, not a guess.
 - L-BFGS's line search tries long steps; a trial that diverges is a rejected step, not the
   end of the solve: L-BFGS restarts from its best finite evaluation with a fresh memory (at
-  most ``LBFGS_RESTARTS`` times, within its iteration budget).  Adam, sampled and PPO stop.
+  most ``LBFGS_RESTARTS`` times, within its iteration budget).  Adam (the exact solver's
+  warm-up, 'sampled') goes on from the last finite iterate with fresh moments and half the
+  step size, at most ``ADAM_RESTARTS`` times (measured on swingup.yaml: domain randomisation's
+  Adam warm-up met a diverging simulator at step 15; stopping there left an untrained policy).
+  PPO stops.
 - An outer loop deploys each inner solution on the robot; one theta at which the integrator
   diverges for a fast policy must not end a run whose real episodes are already spent.
 - The event is not silent: ``InnerResult.info['non_finite']`` holds the solver, the iteration,
@@ -30,6 +34,7 @@ import torch
 
 LOGGER = logging.getLogger(__name__)
 LBFGS_RESTARTS = 3
+ADAM_RESTARTS = 3
 
 
 class NonFiniteInnerSolve(FloatingPointError):
@@ -73,9 +78,9 @@ class FiniteGuard:
         value = (float('nan') if not finite_phi else float(loss.detach()) if not finite_loss
                  else float(grad.abs().max()) if grad is not None else float('nan'))
         self._record(iteration, what, value)
-        if self.kept is not None:
-            with torch.no_grad():
-                phi.copy_(self.kept)
+        self.raise_if_nothing_kept()
+        with torch.no_grad():
+            phi.copy_(self.kept)
         if phi.grad is not None:
             phi.grad = None
         return False
@@ -86,9 +91,9 @@ class FiniteGuard:
         if all(bool(torch.isfinite(v).all()) for v in values):
             return True
         self._record(iteration, 'simulated rollout', float('nan'))
-        if self.kept is not None:
-            with torch.no_grad():
-                self.phi.copy_(self.kept)
+        self.raise_if_nothing_kept()
+        with torch.no_grad():
+            self.phi.copy_(self.kept)
         return False
 
     def finish(self, iteration: int) -> None:

@@ -13,7 +13,7 @@ from ...problem import (BilevelProblem, InnerResult, JointLimits, SensitivityTer
 from ...robot_model import THETA_NAMES, PendulumGeometry, PendulumModel
 from .config import REAL_GRADIENT_ESTIMATORS, InnerSettings, read_problem_file
 from .estimators import alive_mask, cross_fitted_values, gae, value_features
-from .guard import LBFGS_RESTARTS, FiniteGuard
+from .guard import ADAM_RESTARTS, LBFGS_RESTARTS, FiniteGuard
 from .simulator import DTYPE, CommonNoise, InitialStateRange, PendulumSimulatorFamily, history_arguments, make_policy
 from .stepwise import PendulumController, PendulumRealSystem
 
@@ -145,9 +145,8 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         elif method == 'exact':
             guard.solver = 'exact, Adam warm-up'
             iterations = self._adam(phi, settings.warmup_iterations, lambda: loss_on(crn), guard) if cold else 0
-            if guard.report is None:
-                guard.solver, guard.keep_lowest = 'exact, L-BFGS; iteration = function evaluation', True
-                iterations += self._lbfgs(phi, lambda: loss_on(crn), max_iterations, tolerance, guard)
+            guard.solver, guard.keep_lowest = 'exact, L-BFGS; iteration = function evaluation', True
+            iterations += self._lbfgs(phi, lambda: loss_on(crn), max_iterations, tolerance, guard)
         else:
             raise ValueError(f"inner_solve: method={method!r}: expected one of {INNER_SOLVERS}")
         guard.finish(iterations)
@@ -204,8 +203,12 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         return float(gradient.norm())
 
     def _adam(self, phi, iterations, loss, guard: FiniteGuard, stop=None, check_every=10) -> int:
-        """Adam steps on ``loss``; stops at the last finite iterate on a non-finite value (``guard``)."""
-        optimizer = torch.optim.Adam([phi], lr=self.inner.learning_rate)
+        """Adam steps on ``loss``.  A non-finite value puts phi back to the last finite iterate
+        (``guard``); Adam goes on from there with fresh moments and half the step size, at most
+        ADAM_RESTARTS times, then stops."""
+        learning_rate, restarts = self.inner.learning_rate, 0
+        guard.then = f'; Adam goes on from it with fresh moments and half the step (at most {ADAM_RESTARTS} times)'
+        optimizer = torch.optim.Adam([phi], lr=learning_rate)
         for k in range(iterations):
             if stop is not None and k % check_every == 0 and stop():
                 return k
@@ -213,7 +216,11 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
             value = loss()
             value.backward()
             if not guard.accept(k, value):
-                return k
+                if restarts == ADAM_RESTARTS:
+                    return k
+                restarts, learning_rate = restarts + 1, 0.5 * learning_rate
+                optimizer = torch.optim.Adam([phi], lr=learning_rate)
+                continue
             optimizer.step()
         return iterations
 
