@@ -45,8 +45,9 @@ class FiniteGuard:
     """Remembers the last iterate of ``phi`` whose loss, gradient and value were all finite.
 
     ``accept(iteration, loss)`` after ``loss.backward()`` and before the optimiser's step: True
-    when everything is finite (the iterate is kept, see ``keep_lowest``); otherwise ``phi`` is put back to the kept
-    iterate, the event is recorded (``report``) and False is returned (the solver stops).
+    when everything is finite (the iterate is kept, see ``keep_lowest``); otherwise ``phi`` is put
+    back to the kept iterate, the event is recorded (``report``) and False is returned (the solver
+    stops, or goes on from there: see the module), or, with nothing kept, ``NonFiniteInnerSolve``.
     ``problem`` and ``theta_full`` / ``noise`` only serve the report (a rollout at the bad
     iterate for the largest |state|)."""
 
@@ -99,7 +100,7 @@ class FiniteGuard:
     def finish(self, iteration: int) -> None:
         """After the solver's last step: a non-finite ``phi`` (the step itself overflowed) goes
         back to the kept iterate."""
-        if self.report is None and not bool(torch.isfinite(self.phi).all()):
+        if not bool(torch.isfinite(self.phi).all()):
             self._record(iteration, 'parameter', float('nan'))
             if self.kept is not None:
                 with torch.no_grad():
