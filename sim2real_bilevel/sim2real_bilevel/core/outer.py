@@ -24,7 +24,7 @@ import numpy as np
 
 from . import checkpoint, implicit
 from .evaluation import BestPolicy, Evaluator, ReturnEstimate
-from .problem import BilevelProblem, InnerResult, Trajectories
+from .problem import BilevelProblem, InnerResult, Trajectories, require_finite_policy
 
 log = logging.getLogger(__name__)
 
@@ -331,6 +331,7 @@ class MethodRun:
         """Real episodes with pi_phi (persisted, reused on resume: ``take_real_batch``), counted
         in the real-data accounting and in the estimates (``note_deployed``); ``theta`` is the
         simulator phi was trained in (default: the run's)."""
+        require_finite_policy(phi, f'{self.problem.source}: method {self.name}, iteration {self.iteration + 1}')
         batch = self.take_real_batch(lambda: self.sample_real_batch(phi), phi)
         self.real_transitions += batch.n_transitions
         self.real_episode_count += batch.rewards.shape[0]

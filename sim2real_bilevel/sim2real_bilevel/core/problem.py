@@ -99,6 +99,18 @@ class InnerResult:
     info: dict = field(default_factory=dict)
 
 
+def require_finite_policy(phi, where: str) -> np.ndarray:
+    """``phi`` as a float64 array, or ``FloatingPointError`` naming ``where`` (the problem file
+    and the method or call) and the first non-finite entry: a NaN policy is never deployed."""
+    values = np.asarray(phi, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        raise FloatingPointError(f'{where}: refusing to deploy a non-finite policy: phi[{int(bad[0])}] = '
+                                 f'{float(values.flat[bad[0]])!r} ({bad.size} of {values.size} entries non-finite); '
+                                 f'see the inner solve\'s info["non_finite"] for the cause')
+    return values
+
+
 @dataclass
 class SensitivityTerms:
     """The linearisation of F at (phi, theta), as matrices (small problems) or operators.

@@ -29,6 +29,11 @@ rollouts each iteration (Adam), warm-started, stopping on the CRN ||F||; 'ppo' i
 actor-critic on fresh rollouts that uses the simulator only as a sampler (for simulators
 without derivatives).  Both stop near, not at, the CRN optimum: the implicit-function step
 is then taken at an approximate stationary point, whose ||F|| is reported.
+A non-finite loss, gradient or parameter (a diverging integrator) puts phi back to the last
+finite iterate, from which Adam and L-BFGS go on with a fresh memory (a few times) and PPO stops,
+reported in ``InnerResult.info['non_finite']`` with the likely cause; with no finite iterate
+they raise ``NonFiniteInnerSolve`` (``guard.py``).  No method deploys a
+non-finite policy (``core.problem.require_finite_policy``).
 
 Normalised return
 -----------------

@@ -8,16 +8,22 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ...problem import BilevelProblem, InnerResult, JointLimits, SensitivityTerms, Trajectories
+from ...problem import (BilevelProblem, InnerResult, JointLimits, SensitivityTerms, Trajectories,
+                        require_finite_policy)
 from ...robot_model import THETA_NAMES, PendulumGeometry, PendulumModel
 from .config import REAL_GRADIENT_ESTIMATORS, InnerSettings, read_problem_file
 from .estimators import alive_mask, cross_fitted_values, gae, value_features
+from .guard import ADAM_RESTARTS, LBFGS_RESTARTS, FiniteGuard
 from .simulator import DTYPE, CommonNoise, InitialStateRange, PendulumSimulatorFamily, history_arguments, make_policy
 from .stepwise import PendulumController, PendulumRealSystem
 
 MAX_PARALLEL_EPISODES = 64       # emulators stepped side by side (one pybullet client each)
 INNER_SOLVERS = ('exact', 'sampled', 'ppo')
 PPO_EPOCHS, PPO_CLIP, PPO_GAE_LAMBDA = 4, 0.2, 0.95
+
+
+class _NonFiniteEvaluation(Exception):
+    """Raised by the L-BFGS closure to leave the step at a non-finite evaluation (``FiniteGuard``)."""
 
 
 class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
@@ -62,6 +68,7 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         self.real_gradient_estimator = real_gradient_estimator
         self._oracle_phi: Optional[np.ndarray] = None
         self._real_return_cache: dict[bytes, float] = {}
+        self._cold_solves: dict[bytes, InnerResult] = {}
 
     # --- construction from a problem file ------------------------------------------------------
     @classmethod
@@ -90,7 +97,18 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
     def inner_solve(self, theta: np.ndarray, phi_init: Optional[np.ndarray] = None, *, method: str = 'exact',
                     rng: Optional[np.random.Generator] = None, **options) -> InnerResult:
         theta_full = self.full_theta(torch.as_tensor(theta, dtype=DTYPE)).detach()
-        return self._solve(theta_full, phi_init, method=method, rng=rng, **options)
+        if phi_init is not None or method != 'exact' or options:
+            return self._solve(theta_full, phi_init, method=method, rng=rng, **options)
+        # a cold exact solve is a deterministic function of theta (fixed CRN set and initial policy):
+        # the methods of one experiment that all start at the nominal theta share it
+        key = theta_full.numpy().tobytes()
+        if key not in self._cold_solves:
+            if len(self._cold_solves) >= 8:
+                self._cold_solves.clear()
+            self._cold_solves[key] = self._solve(theta_full, None, method=method, rng=rng)
+        solved = self._cold_solves[key]
+        return InnerResult(phi=solved.phi.copy(), grad_norm=solved.grad_norm, iterations=solved.iterations,
+                           info=dict(solved.info))
 
     def _solve(self, theta_full: torch.Tensor, phi_init: Optional[np.ndarray], *, method: str,
                rng: Optional[np.random.Generator], max_iterations: Optional[int] = None,
@@ -113,32 +131,42 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         def crn_grad_norm():
             return self._crn_grad_norm(phi, theta_full, crn)
 
+        # a non-finite loss, gradient or parameter stops the solve at the last finite iterate (guard.py)
+        guard = FiniteGuard(self, phi, theta_full, crn, method)
         if method == 'sampled':
             rng = rng if rng is not None else np.random.default_rng()
             iterations = self._adam(phi, max_iterations, lambda: loss_on(
                 CommonNoise.draw(settings.sampled_episodes, self.horizon, self.initial, rng)),
-                stop=lambda: crn_grad_norm() <= tolerance, check_every=10)
+                guard, stop=lambda: crn_grad_norm() <= tolerance, check_every=10)
         elif method == 'ppo':
             rng = rng if rng is not None else np.random.default_rng()
-            iterations = self._ppo(phi, theta_full, max_iterations, rng,
+            iterations = self._ppo(phi, theta_full, max_iterations, rng, guard,
                                    stop=lambda: crn_grad_norm() <= tolerance)
         elif method == 'exact':
-            iterations = self._adam(phi, settings.warmup_iterations, lambda: loss_on(crn)) if cold else 0
-            iterations += self._lbfgs(phi, lambda: loss_on(crn), max_iterations, tolerance)
+            guard.solver = 'exact, Adam warm-up'
+            iterations = self._adam(phi, settings.warmup_iterations, lambda: loss_on(crn), guard) if cold else 0
+            guard.solver, guard.keep_lowest = 'exact, L-BFGS; iteration = function evaluation', True
+            iterations += self._lbfgs(phi, lambda: loss_on(crn), max_iterations, tolerance, guard)
         else:
             raise ValueError(f"inner_solve: method={method!r}: expected one of {INNER_SOLVERS}")
+        guard.finish(iterations)
+        guard.raise_if_nothing_kept()
+        info = {'method': method, 'seconds': time.perf_counter() - started,
+                'objective': float(-loss_on(crn).detach())}
+        if guard.report is not None:
+            info['non_finite'] = guard.report
         return InnerResult(phi=phi.detach().numpy().copy(), grad_norm=crn_grad_norm(), iterations=iterations,
-                           info={'method': method, 'seconds': time.perf_counter() - started,
-                                 'objective': float(-loss_on(crn).detach())})
+                           info=info)
 
     def _ppo(self, phi: torch.Tensor, theta_full: torch.Tensor, iterations: int, rng: np.random.Generator,
-             stop, check_every: int = 5) -> int:
+             guard: FiniteGuard, stop, check_every: int = 5) -> int:
         """PPO-style actor-critic on fresh simulated episodes: per iteration, sampled_episodes
         rollouts of the current policy (no gradient through the simulator: the learner only
         needs samples, as it would with a black-box simulator), GAE(0.95) advantages from a
         linear value function on quadratic observation features, then PPO_EPOCHS Adam steps
         on the clipped surrogate plus the entropy bonus and ridge of J_sim.  Stops on the CRN
-        ||F|| (checked every ``check_every`` iterations) or after ``iterations``."""
+        ||F|| (checked every ``check_every`` iterations) or after ``iterations``, or at the last
+        finite iterate when a loss, gradient or parameter is not finite (``guard``)."""
         settings = self.inner
         optimizer = torch.optim.Adam([phi], lr=settings.learning_rate)
         for k in range(iterations):
@@ -149,6 +177,8 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
                 states, actions, rewards = self.rollout(phi, theta_full, noise)
                 observations = self.model.observation(states)                      # (T+1, N, 3)
                 old_log_probs = self.policy.log_prob(phi, observations[:-1], actions)
+            if not guard.accept_rollout(k, states, rewards, old_log_probs):
+                return k
             horizon = rewards.shape[0]
             advantages = self._advantages(rewards.T.numpy(), observations.transpose(0, 1).numpy(), PPO_GAE_LAMBDA)
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-12)
@@ -161,6 +191,8 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
                          - 0.5 * settings.l2 * (phi ** 2).sum() / horizon)
                 optimizer.zero_grad()
                 loss.backward()
+                if not guard.accept(k, loss):
+                    return k
                 optimizer.step()
         return iterations
 
@@ -170,29 +202,58 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         (gradient,) = torch.autograd.grad(self.sim_objective(point, theta_full, crn, full=True), point)
         return float(gradient.norm())
 
-    def _adam(self, phi, iterations, loss, stop=None, check_every=10) -> int:
-        optimizer = torch.optim.Adam([phi], lr=self.inner.learning_rate)
+    def _adam(self, phi, iterations, loss, guard: FiniteGuard, stop=None, check_every=10) -> int:
+        """Adam steps on ``loss``.  A non-finite value puts phi back to the last finite iterate
+        (``guard``); Adam goes on from there with fresh moments and half the step size, at most
+        ADAM_RESTARTS times, then stops."""
+        learning_rate, restarts = self.inner.learning_rate, 0
+        guard.then = f'; Adam goes on from it with fresh moments and half the step (at most {ADAM_RESTARTS} times)'
+        optimizer = torch.optim.Adam([phi], lr=learning_rate)
         for k in range(iterations):
             if stop is not None and k % check_every == 0 and stop():
                 return k
             optimizer.zero_grad()
-            loss().backward()
+            value = loss()
+            value.backward()
+            if not guard.accept(k, value):
+                if restarts == ADAM_RESTARTS:
+                    return k
+                restarts, learning_rate = restarts + 1, 0.5 * learning_rate
+                optimizer = torch.optim.Adam([phi], lr=learning_rate)
+                continue
             optimizer.step()
         return iterations
 
-    def _lbfgs(self, phi, loss, max_iterations, tolerance) -> int:
-        optimizer = torch.optim.LBFGS([phi], lr=1.0, max_iter=max_iterations, history_size=50,
-                                      tolerance_grad=tolerance / math.sqrt(phi.numel()), tolerance_change=0.0,
-                                      line_search_fn='strong_wolfe')
+    def _lbfgs(self, phi, loss, max_iterations, tolerance, guard: FiniteGuard) -> int:
+        """L-BFGS (strong Wolfe) on ``loss``.  A non-finite loss, gradient or parameter at any
+        evaluation (line-search trials too) puts phi back to the best finite evaluation
+        (``guard``), and L-BFGS restarts from there with a fresh memory, at most LBFGS_RESTARTS
+        times and within ``max_iterations`` in all."""
+        evaluations = done = 0
+        guard.then = f'; L-BFGS restarts from it with a fresh memory (at most {LBFGS_RESTARTS} times)'
+        for restart in range(LBFGS_RESTARTS + 1):
+            optimizer = torch.optim.LBFGS([phi], lr=1.0, max_iter=max_iterations - done, history_size=50,
+                                          tolerance_grad=tolerance / math.sqrt(phi.numel()), tolerance_change=0.0,
+                                          line_search_fn='strong_wolfe')
 
-        def closure():
-            optimizer.zero_grad()
-            value = loss()
-            value.backward()
-            return value
+            def closure():
+                nonlocal evaluations
+                optimizer.zero_grad()
+                value = loss()
+                value.backward()
+                evaluations += 1
+                if not guard.accept(evaluations, value):
+                    raise _NonFiniteEvaluation
+                return value
 
-        optimizer.step(closure)
-        return int(optimizer.state[phi].get('n_iter', 0))
+            try:
+                optimizer.step(closure)
+                return done + int(optimizer.state[phi].get('n_iter', 0))
+            except _NonFiniteEvaluation:
+                done += int(optimizer.state[phi].get('n_iter', 0))
+                if done >= max_iterations or restart == LBFGS_RESTARTS:
+                    return done
+        return done
 
     # --- sampled trajectories and sensitivities --------------------------------------------------------
     @property
@@ -285,6 +346,7 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
 
         The episodes run in lockstep on separate emulators so that one batched policy call
         serves them all; each emulator still sees only its own command stream."""
+        require_finite_policy(phi, f'{self.source}: real episodes')
         seeds = [int(seed) for seed in seeds]
         if len(seeds) > MAX_PARALLEL_EPISODES:
             chunks = [self.real_episodes(phi, seeds[i:i + MAX_PARALLEL_EPISODES])
@@ -340,7 +402,7 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
 
     def controller(self, phi: np.ndarray, rng: np.random.Generator) -> PendulumController:
         """pi_phi one effort command at a time (``stepwise.PendulumController``)."""
-        return PendulumController(self, phi, rng)
+        return PendulumController(self, require_finite_policy(phi, f'{self.source}: controller'), rng)
 
     def joints(self) -> tuple[JointLimits, ...]:
         """The pendulum's one joint; its description gives no limits (the bridge's own apply)."""
