@@ -134,6 +134,7 @@ def _run_job(problem, result: dict) -> None:
                                             report['real_return_ci_high'], report['real_return']]
             if method == 'bilevel':
                 result['refused_steps'] = report['refused_steps']
+                result['warning'] = report['warning']
                 result['start_coverage'] = float(run.estimator.coverage(
                     problem.inner_solve(problem.theta0(), None, method='exact').phi))
 

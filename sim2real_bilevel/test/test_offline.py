@@ -1,6 +1,7 @@
 """The offline outer loop (issue 14 items 2 and 4): datasets from generated problems, off-policy
 gradients and return estimates from a fixed dataset, pessimism on the data's support, the report."""
 import json
+from dataclasses import replace
 import subprocess
 import sys
 
@@ -152,30 +153,33 @@ def test_generated_datasets_use_the_chosen_behaviour_and_save_as_run_folders(tab
         generate_dataset(lqr, 5, np.random.default_rng(0), 'noisy', 0.5)
 
 
-def test_robot_clipped_importance_weights_gradient_coverage_and_refusal():
-    """Pendulum: the clipped per-decision importance-sampling return's gradient against float64 central
-    differences; coverage 1 on the behaviour and lower off it; data without the behaviour's
-    probabilities (another controller's recording) refused with the reason."""
-    from sim2real_bilevel.core.datasets import BehaviourUnknownError
+def test_robot_residual_model_gradient_coverage_and_unknown_behaviour():
+    """Pendulum: the residual model's return (simulator at the sysid fit, the data's residuals replayed)
+    has its gradient checked against float64 central differences; on the fitted behaviour it reproduces the
+    recorded episodes (the estimate is the data's mean return); coverage 1 there and lower off it; data
+    without the behaviour's probabilities (another controller's recording) give the same estimates."""
     problem = load_problem(builtin_config('pendulum'))
     phi = problem.policy.init_params(np.random.default_rng(0))
     sampler, behaviour, words = offline_module(problem).behaviour_sampler(problem, phi, 2.0)
-    batch = sampler.sample_real(behaviour, 8, np.random.default_rng(1))
+    batch = sampler.sample_real(behaviour, 4, np.random.default_rng(1))
     estimator = make_estimator(problem, Dataset([batch], behaviour=words), OfflineSettings())
-    gradient = estimator.gradient(phi)
+    point = behaviour + np.random.default_rng(5).normal(0.0, 0.05, phi.shape)
+    gradient = estimator.gradient(point)
     step = 1e-6
-    numeric = np.array([(estimator.objective(phi + step * e) - estimator.objective(phi - step * e)) / (2 * step)
-                        for e in np.eye(phi.size)])
-    np.testing.assert_allclose(gradient, numeric, rtol=1e-5, atol=1e-7)
+    numeric = np.array([(estimator.objective(point + step * e) - estimator.objective(point - step * e)) / (2 * step)
+                        for e in np.eye(point.size)])
+    np.testing.assert_allclose(gradient, numeric, rtol=1e-5, atol=1e-7 * np.abs(gradient).max())
     assert np.linalg.norm(gradient) > 1e-2
-    assert estimator.coverage(behaviour) == pytest.approx(1.0)
-    assert estimator.coverage(phi) < 0.5
-    # on the behaviour every weight is 1: the estimate is the data's mean discounted return
     returns = (batch.rewards * problem.gamma ** np.arange(batch.rewards.shape[1])).sum(1)
-    assert estimator.value(behaviour) == pytest.approx(returns.mean(), rel=1e-12)
-    unknown = Dataset([batch], behaviour='a PID controller', behaviour_known=False, sources=['bags/pid'])
-    with pytest.raises(BehaviourUnknownError, match='bags/pid.*probabilities are unknown.*clipped importance'):
-        make_estimator(problem, unknown, OfflineSettings())
+    assert estimator.value(estimator.behaviour_phi) == pytest.approx(returns.mean(), rel=1e-9)
+    assert estimator.value(point) != pytest.approx(returns.mean(), rel=1e-6)
+    assert estimator.coverage(estimator.behaviour_phi) == pytest.approx(1.0)
+    assert estimator.coverage(behaviour) > 0.8                     # the fit is close to the behaviour
+    assert estimator.coverage(phi) < estimator.coverage(behaviour)  # half the behaviour's std
+    unknown = Dataset([replace(batch, log_probs=np.full(batch.log_probs.shape, np.nan))], behaviour='a PID controller',
+                      behaviour_known=False, sources=['bags/pid'])
+    other = make_estimator(problem, unknown, OfflineSettings())
+    assert other.value(point) == estimator.value(point) and other.coverage(point) == estimator.coverage(point)
 
 
 def test_solve_offline_from_the_command_line(tmp_path):
