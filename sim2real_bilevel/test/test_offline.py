@@ -199,6 +199,7 @@ def test_solve_offline_from_the_command_line(tmp_path):
     assert final['offline'] and 0.0 <= final['coverage'] <= 1.0
     assert final['real_return_ci_low'] <= final['real_return_estimate'] <= final['real_return_ci_high']
     assert np.isnan(final['normalized_return'])          # no --evaluate: nothing read the real model
+    assert 'WARNING' not in solved.stdout and final['warning'] == ''     # it improves: nothing to warn of
     assert document['offline']['behaviour_known'] is True
     refused = cli('solve', 'discrete_3s2a', '--real-data', str(tmp_path / 'data'), '--offline', '--method', 'cmaes',
                   '--quiet')
@@ -249,3 +250,51 @@ def test_a_controller_without_action_noise_leaves_the_lqr_gain_where_it_is(lqr):
     assert report['coverage'] < 1e-6 and run.refused_steps == 5
     np.testing.assert_array_equal(run.phi, phi)
     assert all(r.event.startswith('step refused') for r in run.history[1:])
+    assert 'refused 5 of 5 steps, the last one included' in report['warning']     # said in words
+    assert 'did not rise' in report['warning'] and 'more exploratory behaviour policy' in report['warning']
+
+
+def _generated_tabular(seed: int, tmp_path):
+    """bench/offline.py's generated tabular problem ``seed`` (``problem_files``: ``generate('tabular', seed)``)."""
+    from sim2real_bilevel.core.generators import generate
+    path = tmp_path / f'tabular_{seed:03d}.yaml'
+    path.write_text(generate('tabular', seed).text)
+    return path
+
+
+@pytest.mark.parametrize('seed', [1, 3])
+def test_offline_says_when_the_data_support_no_improvement(seed, tmp_path):
+    """Generated tabular 1 and 3 from 10 nominal-policy episodes (bench/offline.py's dataset, seed 0): the
+    pessimistic run ends on a plateau below what the count model sees through actions the data tried
+    fewer than 3 times; the report says so in words, and the command line prints it."""
+    path = _generated_tabular(seed, tmp_path)
+    problem = load_problem(path)
+    dataset, _ = generate_dataset(problem, 10, np.random.default_rng([0, 10, 0]))   # bench: dataset_of(.., 10, 'nominal', 0)
+    run = make_offline_run(problem, 'bilevel', dataset, seed=0, iterations=100, evaluate=True)
+    run.run()
+    report = run.final_report()
+    assert report['warning'].startswith('no supported improvement: ')
+    assert 'tried fewer than 3 times' in report['warning'] and 'more exploratory behaviour policy' in report['warning']
+    assert report['normalized_return'] < 0.93                  # it did fail (sim-only reading of the real model)
+    if seed == 3:
+        def cli(*args):
+            return subprocess.run([sys.executable, '-m', 'sim2real_bilevel.cli', *args], capture_output=True,
+                                  text=True, timeout=300, cwd=tmp_path)
+        assert cli('dataset', str(path), '--episodes', '10', '--out', 'data').returncode == 0
+        solved = cli('solve', str(path), '--real-data', 'data', '--offline', '--method', 'bilevel', '--iterations',
+                     '100', '--out', 'out', '--quiet')
+        assert solved.returncode == 0, solved.stderr
+        assert 'WARNING bilevel seed 0 (offline): no supported improvement' in solved.stdout
+        final = json.loads((tmp_path / 'out' / 'results.json').read_text())['methods']['bilevel']['seeds'][0]['best']
+        assert final['warning'] in solved.stdout
+
+
+def test_offline_improving_runs_carry_no_warning(tmp_path):
+    """Generated tabular 0 from the same 10 nominal episodes improves to the oracle's return: no warning
+    (a run held by the coverage constraint: ``test_a_controller_without_action_noise...``)."""
+    problem = load_problem(_generated_tabular(0, tmp_path))
+    dataset, _ = generate_dataset(problem, 10, np.random.default_rng([0, 10, 0]))
+    run = make_offline_run(problem, 'bilevel', dataset, seed=0, iterations=100, evaluate=True)
+    run.run()
+    report = run.final_report()
+    assert report['normalized_return'] > 0.99 and report['warning'] == ''
