@@ -251,6 +251,7 @@ def test_a_controller_without_action_noise_leaves_the_lqr_gain_where_it_is(lqr):
     np.testing.assert_array_equal(run.phi, phi)
     assert all(r.event.startswith('step refused') for r in run.history[1:])
     assert 'refused 5 of 5 steps, the last one included' in report['warning']     # said in words
+    assert report['warning'].startswith('no supported improvement: ')
     assert 'did not rise' in report['warning'] and 'more exploratory behaviour policy' in report['warning']
 
 
@@ -273,7 +274,7 @@ def test_offline_says_when_the_data_support_no_improvement(seed, tmp_path):
     run = make_offline_run(problem, 'bilevel', dataset, seed=0, iterations=100, evaluate=True)
     run.run()
     report = run.final_report()
-    assert report['warning'].startswith('no supported improvement: ')
+    assert report['warning'].startswith('no further supported improvement: ')    # it rose, then plateaued
     assert 'tried fewer than 3 times' in report['warning'] and 'more exploratory behaviour policy' in report['warning']
     assert report['normalized_return'] < 0.93                  # it did fail (sim-only reading of the real model)
     if seed == 3:
@@ -284,7 +285,7 @@ def test_offline_says_when_the_data_support_no_improvement(seed, tmp_path):
         solved = cli('solve', str(path), '--real-data', 'data', '--offline', '--method', 'bilevel', '--iterations',
                      '100', '--out', 'out', '--quiet')
         assert solved.returncode == 0, solved.stderr
-        assert 'WARNING bilevel seed 0 (offline): no supported improvement' in solved.stdout
+        assert 'WARNING bilevel seed 0 (offline): no further supported improvement' in solved.stdout
         final = json.loads((tmp_path / 'out' / 'results.json').read_text())['methods']['bilevel']['seeds'][0]['best']
         assert final['warning'] in solved.stdout
 

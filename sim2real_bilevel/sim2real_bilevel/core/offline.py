@@ -255,12 +255,14 @@ def diagnose(run) -> str:
     if found:
         reasons.append(found)
     final = objective_of(run.estimator)(run.phi)
-    if final - run.start_objective <= 1e-9 * (1.0 + abs(run.start_objective)):
+    risen = final - run.start_objective > 1e-9 * (1.0 + abs(run.start_objective))
+    if not risen:
         reasons.append(f'the estimated return did not rise from the start policy\'s ({run.start_objective:.4g} -> '
                        f'{final:.4g})')
     if not reasons:
         return ''
-    return 'no supported improvement: ' + '; '.join(reasons) + '; ' + ADVICE
+    return ('no further supported improvement: ' if risen else 'no supported improvement: ') + '; '.join(reasons) \
+        + '; ' + ADVICE
 
 
 def final_report(run, **extra) -> dict:
