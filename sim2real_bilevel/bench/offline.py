@@ -110,7 +110,7 @@ def run_job(job: dict) -> dict:
 def _run_job(problem, result: dict) -> None:
     """Measure one job on ``problem``; what it measured goes into ``result`` (a copy of the job)."""
     from sim2real_bilevel.core.experiments import make_run
-    from sim2real_bilevel.core.offline import make_offline_run
+    from sim2real_bilevel.core.offline import OfflineSettings, make_offline_run
 
     job = result
     if job['type'] == 'nominal':
@@ -125,7 +125,7 @@ def _run_job(problem, result: dict) -> None:
         dataset = dataset_of(problem, job['episodes'], job['behaviour'], job['seed'])
         for method in ('bilevel', 'sysid'):
             run = make_offline_run(problem, method, dataset, job['seed'], iterations=job['iterations'],
-                                   evaluate=True)
+                                   evaluate=True, settings=OfflineSettings(min_coverage=job.get('min_coverage')))
             run.run()
             report = run.final_report()
             result[method] = report['normalized_return']
@@ -134,11 +134,12 @@ def _run_job(problem, result: dict) -> None:
                                             report['real_return_ci_high'], report['real_return']]
             if method == 'bilevel':
                 result['refused_steps'] = report['refused_steps']
+                result['warning'] = report['warning']
                 result['start_coverage'] = float(run.estimator.coverage(
                     problem.inner_solve(problem.theta0(), None, method='exact').phi))
 
 
-def jobs_for(files: dict, sizes, seeds: int, iterations: int) -> list[dict]:
+def jobs_for(files: dict, sizes, seeds: int, iterations: int, min_coverage=None, behaviours=tuple(BEHAVIOURS)) -> list[dict]:
     jobs = []
     for name, file in files.items():
         kind = 'tabular' if name.startswith(('tabular', 'discrete')) else 'lqr'
@@ -146,17 +147,20 @@ def jobs_for(files: dict, sizes, seeds: int, iterations: int) -> list[dict]:
         for episodes in sizes:
             for seed in range(seeds):
                 jobs.append({'type': 'online', 'problem': name, 'file': file, 'episodes': episodes, 'seed': seed})
-                for behaviour in BEHAVIOURS:
+                for behaviour in behaviours:
                     if behaviour == 'sharp' and kind != 'tabular':
                         continue
-                    jobs.append({'type': 'offline', 'problem': name, 'file': file, 'episodes': episodes,
-                                 'behaviour': behaviour, 'seed': seed, 'iterations': iterations})
+                    job = {'type': 'offline', 'problem': name, 'file': file, 'episodes': episodes,
+                           'behaviour': behaviour, 'seed': seed, 'iterations': iterations}
+                    if min_coverage is not None:
+                        job['min_coverage'] = min_coverage
+                    jobs.append(job)
     return jobs
 
 
 def key(job: dict) -> str:
-    return json.dumps({k: job.get(k) for k in ('type', 'problem', 'episodes', 'behaviour', 'seed', 'iterations')},
-                      sort_keys=True)
+    return json.dumps({k: job.get(k) for k in ('type', 'problem', 'episodes', 'behaviour', 'seed', 'iterations',
+                                              'min_coverage')}, sort_keys=True)
 
 
 def mean(values) -> float:
@@ -164,7 +168,7 @@ def mean(values) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
-def tabulate(results: list[dict], sizes) -> tuple[str, dict]:
+def tabulate(results: list[dict], sizes, behaviours=tuple(BEHAVIOURS)) -> tuple[str, dict]:
     ok = [r for r in results if r.get('status') == 'ok']
     problems = list(dict.fromkeys(r['problem'] for r in ok))
     nominal = {r['problem']: r['nominal'] for r in ok if r['type'] == 'nominal'}
@@ -172,7 +176,7 @@ def tabulate(results: list[dict], sizes) -> tuple[str, dict]:
              '', 'offline / sysid: from a dataset of N episodes of the behaviour; online: bi-level with the same N real '
              'episodes; cov: the dataset\'s coverage of offline bi-level\'s final policy', '']
     header = '| problem | nominal | N | online | ' + ' | '.join(
-        f'offline {b} | sysid {b} | cov {b}' for b in BEHAVIOURS) + ' |'
+        f'offline {b} | sysid {b} | cov {b}' for b in behaviours) + ' |'
     lines += [header, '|' + '---|' * (header.count('|') - 1)]
     ratios = {}
     for problem in problems:
@@ -181,7 +185,7 @@ def tabulate(results: list[dict], sizes) -> tuple[str, dict]:
             online = mean(r['online'] for r in ok if r['type'] == 'online' and r['problem'] == problem
                           and r['episodes'] == episodes)
             cells.append(f'{online:.3f}')
-            for behaviour in BEHAVIOURS:
+            for behaviour in behaviours:
                 rows = [r for r in ok if r['type'] == 'offline' and r['problem'] == problem
                         and r['episodes'] == episodes and r['behaviour'] == behaviour]
                 if not rows:
@@ -217,6 +221,10 @@ def tabulate(results: list[dict], sizes) -> tuple[str, dict]:
                      f'{estimate:.4g} [{low:.4g}, {high:.4g}] | {true:.4g} |')
     if not failures:
         lines.append('| none | | | | | | | | | |')
+    warned = [r for r in offline if r.get('warning')]
+    lines += ['', f'## The report\'s warning (no supported improvement): {len(warned)} of {len(offline)} offline bi-level runs',
+              ''] + [f'- {r["problem"]} N={r["episodes"]} {r["behaviour"]} seed {r["seed"]} ({r["bilevel"]:.3f}): '
+                     f'{r["warning"]}' for r in warned]
     errors = [r for r in results if r.get('status') != 'ok']
     if errors:
         lines += ['', '## Failed jobs', ''] + [f'- {r["problem"]} {r["type"]} N={r.get("episodes")} '
@@ -233,6 +241,9 @@ def main(argv=None) -> int:
     parser.add_argument('--sizes', default='10,30,100', help='dataset sizes N (episodes)')
     parser.add_argument('--seeds', type=int, default=2)
     parser.add_argument('--iterations', type=int, default=100, help='offline outer iterations')
+    parser.add_argument('--min-coverage', type=float, default=None,
+                        help='offline bi-level\'s min_coverage (default: the kind\'s; 0: no coverage constraint)')
+    parser.add_argument('--behaviours', default=','.join(BEHAVIOURS), help='behaviour policies of the datasets')
     parser.add_argument('--workers', type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument('--quick', action='store_true', help='discrete_3s2a only, N = 30, 1 seed, 20 iterations')
     args = parser.parse_args(argv)
@@ -244,12 +255,15 @@ def main(argv=None) -> int:
         files, sizes, args.seeds, args.iterations = {'discrete_3s2a': str(builtin_config('discrete_3s2a'))}, [30], 1, 20
     else:
         files = problem_files(out, args.generated, [n for n in args.shipped.split(',') if n])
-    done = run_pending(out / 'jobs.jsonl', jobs_for(files, sizes, args.seeds, args.iterations), run_job, key,
+    behaviours = [b for b in args.behaviours.split(',') if b]
+    unknown = [b for b in behaviours if b not in BEHAVIOURS]
+    if unknown:
+        parser.error(f'--behaviours {",".join(unknown)}: expected some of {",".join(BEHAVIOURS)}')
+    wanted = jobs_for(files, sizes, args.seeds, args.iterations, args.min_coverage, behaviours)
+    done = run_pending(out / 'jobs.jsonl', wanted, run_job, key,
                        args.workers, lambda r: f'{r["problem"]} {r["type"]} N={r.get("episodes")} '
                                                f'{r.get("behaviour", "")} {r["status"]}')
-    table, summary = tabulate([r for r in done.values() if key(r) in {key(j) for j in
-                                                                        jobs_for(files, sizes, args.seeds,
-                                                                                 args.iterations)}], sizes)
+    table, summary = tabulate([r for r in done.values() if key(r) in {key(j) for j in wanted}], sizes, behaviours)
     (out / 'offline.md').write_text(table + '\n')
     (out / 'offline.json').write_text(json.dumps({'summary': summary, 'jobs': list(done.values())}, indent=1))
     print(table)

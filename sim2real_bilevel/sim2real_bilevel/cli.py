@@ -108,10 +108,22 @@ def _solve(invocation: dict, out, quiet: bool, run_dir) -> int:
     bar.close()
     json_path, png_path = write_results(document, out)
     print(format_summary(document['summary']))
-    for line in _phase_lines(document):
+    for line in _phase_lines(document) + _warning_lines(document):
         print(line)
     print(f'wrote {json_path} and {png_path}')
     return 0
+
+
+def _warning_lines(document: dict) -> list[str]:
+    """Offline runs (and mixed mode's offline phase) that ended without an improvement the data support:
+    their report's ``warning`` in words (``core.offline.diagnose``)."""
+    lines = []
+    for method, entry in document['methods'].items():
+        for seed in entry['seeds']:
+            report = (seed.get('phases') or {}).get('offline') or seed.get('best') or {}
+            if report.get('warning'):
+                lines.append(f'WARNING {method} seed {seed["seed"]} (offline): {report["warning"]}')
+    return lines
 
 
 def _phase_lines(document: dict) -> list[str]:

@@ -27,7 +27,7 @@ reads the real model.
 
 Kinds: a kind offers offline learning through ``OFFLINE_KINDS`` (its ``offline`` module:
 ``OfflineEstimator``, ``prepare_dataset`` and ``behaviour_sampler``): tabular (count model), LQR
-(LSTD-Q), robot (clipped per-decision importance weights; needs the behaviour's probabilities).
+(LSTD-Q), robot (a residual model: the simulator at the data's sysid fit, the recorded residuals replayed).
 The urdf kind has none yet, and ``--offline`` refuses it with the reason.
 """
 from __future__ import annotations
@@ -52,8 +52,8 @@ OFFLINE_KINDS = {
     'robot': '.problems.robot.offline',
 }
 NOT_OFFLINE = {
-    'urdf': ('the urdf kind has no off-policy real-gradient estimator yet (the robot kind\'s clipped importance '
-             'weights are not wired to it); run it online'),
+    'urdf': ('the urdf kind has no off-policy real-gradient estimator yet (the robot kind\'s residual model '
+             'is not wired to it); run it online'),
 }
 
 
@@ -116,11 +116,13 @@ class OfflineBilevelRun(BilevelOuterLoop):
         self.coverage = NAN
         self.refused_steps = 0
         self.halved_steps = 0
+        self.start_objective = NAN      # what the gradient climbs, at the start policy (``diagnose``)
 
     def state_dict(self) -> dict:
         state = super().state_dict()
         state['meta']['offline'] = {'refused_steps': int(self.refused_steps), 'halved_steps': int(self.halved_steps),
-                                    'transitions': self.dataset.transitions}
+                                    'transitions': self.dataset.transitions,
+                                    'start_objective': float(self.start_objective)}
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -130,6 +132,7 @@ class OfflineBilevelRun(BilevelOuterLoop):
                              f'recorded transitions; the dataset given has {self.dataset.transitions}')
         super().load_state_dict(state)
         self.refused_steps, self.halved_steps = int(saved['refused_steps']), int(saved['halved_steps'])
+        self.start_objective = float(saved.get('start_objective', NAN))
         if self.phi is not None:
             self.coverage = self.estimator.coverage(self.phi)
 
@@ -138,6 +141,7 @@ class OfflineBilevelRun(BilevelOuterLoop):
         t0 = time.perf_counter()
         self.set_policy(self.solve_inner(self.theta, None))
         self.coverage = self.estimator.coverage(self.phi)
+        self.start_objective = objective_of(self.estimator)(self.phi)
         self.elapsed += time.perf_counter() - t0
         return self.record(grad_norm=NAN, estimate=self.estimator.value(self.phi),
                            timing={'inner_s': time.perf_counter() - t0})
@@ -221,16 +225,58 @@ class OfflineSysIdRun(MethodRun):
         return final_report(self)
 
 
+def objective_of(estimator) -> Callable[[np.ndarray], float]:
+    """What the kind's offline gradient climbs: its ``objective`` (e.g. the pessimistic return), else its ``value``."""
+    return getattr(estimator, 'objective', estimator.value)
+
+
+ADVICE = ('collect data with a more exploratory behaviour policy (`dataset --behaviour noisy`, or real runs with a '
+          'larger action noise) or more episodes, or continue online (--online-episodes)')
+
+
+def diagnose(run) -> str:
+    """Words saying that an offline bi-level run ended without an improvement the data support, or ''.
+
+    Reasons, each measured on the run's own estimator (never the real model):
+    - the coverage constraint refused the last step (the run ended held at the data's support);
+    - the kind sees a better policy only off the data (``estimator.unsupported_improvement``: tabular --
+      the count model's optimal policy, better by more than a share of the return range, through pairs
+      tried fewer than ``MIN_PAIR_COUNT`` times: the pessimistic estimate's plateau);
+    - the estimated return (what the gradient climbs) did not rise from the start policy's."""
+    if run.iteration < 1 or not np.isfinite(run.start_objective):
+        return ''
+    reasons = []
+    last = run.history[-1].event if run.history else ''
+    if last.startswith('step refused'):
+        reasons.append(f'the coverage constraint refused {run.refused_steps} of {run.iteration} steps, the last one '
+                       f'included (the policies the gradient points to have coverage < {run.min_coverage:g})')
+    unsupported = getattr(run.estimator, 'unsupported_improvement', None)
+    found = unsupported(run.phi, run.min_coverage) if unsupported is not None else None
+    if found:
+        reasons.append(found)
+    final = objective_of(run.estimator)(run.phi)
+    risen = final - run.start_objective > 1e-9 * (1.0 + abs(run.start_objective))
+    if not risen:
+        reasons.append(f'the estimated return did not rise from the start policy\'s ({run.start_objective:.4g} -> '
+                       f'{final:.4g})')
+    if not reasons:
+        return ''
+    return ('no further supported improvement: ' if risen else 'no supported improvement: ') + '; '.join(reasons) \
+        + '; ' + ADVICE
+
+
 def final_report(run, **extra) -> dict:
     """An offline run's result: the policy it ends with, as the dataset sees it -- estimated real
-    return with its bootstrap interval, coverage -- and its exact normalised return only when the
-    run has an evaluator (sim-only)."""
+    return with its bootstrap interval, coverage, and ``warning`` (``diagnose``: words when it ended
+    without an improvement the data support, else '') -- and its exact normalised return only when
+    the run has an evaluator (sim-only)."""
     estimate = run.estimator.interval(run.phi, run.config.confidence)
     report = {'offline': True, 'iteration': int(run.iteration), 'theta': run.theta.tolist(),
               'confidence': run.config.confidence, **estimate.to_json(),
               'coverage': float(run.estimator.coverage(run.phi)), 'dataset': run.dataset.describe(),
               'pessimistic_estimate': float(getattr(run.estimator, 'pessimistic_value', run.estimator.value)(run.phi)),
-              'transitions': run.dataset.transitions, **extra}
+              'transitions': run.dataset.transitions,
+              'warning': diagnose(run) if hasattr(run, 'start_objective') else '', **extra}
     values = run.evaluator(run.phi) if run.evaluator is not None else {}
     report['normalized_return'] = float(values.get('normalized_return', NAN))
     report['real_return'] = float(values.get('real_return', NAN))

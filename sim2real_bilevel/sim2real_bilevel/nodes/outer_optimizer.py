@@ -498,6 +498,9 @@ class OuterOptimizer(Node):
                                     transport='ros2', status=self.status, **context)
         paths = write_results(document, self.run_dir)
         print(format_summary(document['summary']), flush=True)
+        warning = (seed.get('best') or {}).get('warning')
+        if warning:                                     # an offline run without an improvement the data support
+            self.get_logger().warning(f'offline: {warning}')
         return paths
 
     # --- reporting -------------------------------------------------------------------------------------------
