@@ -1,7 +1,8 @@
 """Measure the robot offline estimator on pendulum nominal data: gradient, coverage/ESS of step candidates, refusals."""
 import sys, time, json
+from pathlib import Path
 import numpy as np
-sys.path.insert(0, '/work/wt-offline14/sim2real_bilevel')
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))   # sim2real_bilevel/ (bench and the package)
 from bench.offline import dataset_of
 from sim2real_bilevel.core.config import builtin_config
 from sim2real_bilevel.core.problems import load_problem
