@@ -121,13 +121,24 @@ class ResultRequest:
     A result response can be lost -- the server answers before DDS has matched its response
     writer with this client's reader --, so when the goal's status says it finished and no
     result came within ``rerequest_s``, ``poll`` asks again (the server keeps it
-    ``RESULT_KEPT_S``).  ``future`` is the latest request's; ``on_done`` is attached to each."""
+    ``RESULT_KEPT_S``).  While the goal runs, ``poll`` also asks again after ``probe_s``, then
+    at doubling intervals (at most ``PROBE_MAX_S``): a server that was killed and restarted
+    with the goal in flight never answers the first request, and its successor answers a
+    request for a goal it does not know at once, with STATUS_UNKNOWN (the caller then sends
+    the goal again) -- without the probe the caller waited its whole result timeout.  A live
+    server answers every request when the goal ends.  ``future`` is the latest request's;
+    ``on_done`` is attached to each."""
 
-    def __init__(self, handle, rerequest_s: float = 1.0, on_done: Optional[Callable[[], None]] = None):
+    PROBE_MAX_S = 60.0
+
+    def __init__(self, handle, rerequest_s: float = 1.0, on_done: Optional[Callable[[], None]] = None,
+                 probe_s: float = 2.0):
         from action_msgs.msg import GoalStatus
         self.terminal = (GoalStatus.STATUS_SUCCEEDED, GoalStatus.STATUS_ABORTED, GoalStatus.STATUS_CANCELED)
         self.handle, self.rerequest_s, self.on_done = handle, rerequest_s, on_done
         self.finished_at: Optional[float] = None
+        self.probe_s = probe_s
+        self.probe_at = time.monotonic() + probe_s
         self.future = self._request()
 
     def _request(self) -> Future:
@@ -137,9 +148,14 @@ class ResultRequest:
         return future
 
     def poll(self) -> None:
-        if self.future.done() or self.handle.status not in self.terminal:
+        if self.future.done():
             return
         now = time.monotonic()
+        if self.handle.status not in self.terminal:
+            if now >= self.probe_at:                      # still running, or its server restarted
+                self.probe_s = min(2 * self.probe_s, self.PROBE_MAX_S)
+                self.future, self.probe_at = self._request(), now + self.probe_s
+            return
         if self.finished_at is None:
             self.finished_at = now
         elif now - self.finished_at > self.rerequest_s:
@@ -207,6 +223,7 @@ class ActionCaller:
 
     def call_once(self, client, goal, name: str):
         """One attempt: the result, or PeerLost / TimeoutError saying why not."""
+        from action_msgs.msg import GoalStatus
         endpoint = self.in_process_endpoint(client)
         if endpoint is not None:
             return self.call_in_process(endpoint, goal, name)
@@ -215,6 +232,8 @@ class ActionCaller:
         if not sent.accepted:
             raise GoalRejected(f'goal rejected by {client._action_name} (its log says why)')
         response = wait_for_result(self.executor, sent, self.parameters['action_timeout_s'], f'{name} result')
+        if response.status == GoalStatus.STATUS_UNKNOWN:
+            raise PeerLost(f'{client._action_name} no longer knows the goal (its server restarted while it ran)')
         if not response.result.success:
             raise PeerLost(f'failed (status {response.status}): {response.result.message}')
         return response.result
