@@ -78,12 +78,8 @@ class FiniteGuard:
         what = ('parameter' if not finite_phi else 'loss' if not finite_loss else 'gradient')
         value = (float('nan') if not finite_phi else float(loss.detach()) if not finite_loss
                  else float(grad.abs().max()) if grad is not None else float('nan'))
-        self._record(iteration, what, value)
-        self.raise_if_nothing_kept()
-        with torch.no_grad():
-            phi.copy_(self.kept)
-        if phi.grad is not None:
-            phi.grad = None
+        self._back_to_kept(iteration, what, value)
+        phi.grad = None
         return False
 
     def accept_rollout(self, iteration: int, *values: torch.Tensor) -> bool:
@@ -91,24 +87,26 @@ class FiniteGuard:
         is finite; otherwise as ``accept`` with a non-finite loss."""
         if all(bool(torch.isfinite(v).all()) for v in values):
             return True
-        self._record(iteration, 'simulated rollout', float('nan'))
-        self.raise_if_nothing_kept()
-        with torch.no_grad():
-            self.phi.copy_(self.kept)
+        self._back_to_kept(iteration, 'simulated rollout', float('nan'))
         return False
 
     def finish(self, iteration: int) -> None:
         """After the solver's last step: a non-finite ``phi`` (the step itself overflowed) goes
         back to the kept iterate."""
         if not bool(torch.isfinite(self.phi).all()):
-            self._record(iteration, 'parameter', float('nan'))
-            if self.kept is not None:
-                with torch.no_grad():
-                    self.phi.copy_(self.kept)
+            self._back_to_kept(iteration, 'parameter', float('nan'))
 
     def raise_if_nothing_kept(self) -> None:
         if self.report is not None and self.kept is None:
             raise NonFiniteInnerSolve(self.report['message'])
+
+    def _back_to_kept(self, iteration: int, what: str, value: float) -> None:
+        """Record the event, then put ``phi`` back to the kept iterate (NonFiniteInnerSolve when
+        there is none)."""
+        self._record(iteration, what, value)
+        self.raise_if_nothing_kept()
+        with torch.no_grad():
+            self.phi.copy_(self.kept)
 
     def _record(self, iteration: int, what: str, value: float) -> None:
         largest, first_bad_step = (math.nan, None) if what == 'parameter' else self._rollout_extent()
