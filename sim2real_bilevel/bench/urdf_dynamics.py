@@ -27,6 +27,10 @@ damping and friction in theta) forward and forward + backward at each batch size
 (before) against the replayed recording (after), side by side with the ratio, and simulated
 transitions per second; on CUDA as well when a GPU is present (``torch.cuda.is_available()``).
 
+Part 6 (``--parts compensation``): Part 5 on the CPU with the controller's gravity compensation
+computed from M + h at zero velocity (before) and from a recording of the gravity term alone
+(after), side by side.
+
 Times are wall-clock medians (Parts 1-2) or the fastest of interleaved repeats (Parts 3-4) in one process (OMP_NUM_THREADS as set by the caller); on a
 shared machine they are upper bounds.
 """
@@ -442,6 +446,33 @@ def inner_rows(batches, repeats, task: str = 'config/iiwa_payload.yaml', devices
     return rows
 
 
+def compensation_rows(batches, repeats, task: str = 'config/iiwa_payload.yaml') -> list[dict]:
+    """The controller's gravity compensation on the inner loop (CPU): ``inner_rows`` with the
+    compensation from M + h at zero velocity (before) and from the recording of the gravity term
+    alone (after, ``RigidBodyDynamics.gravity_torque``), side by side with the ratio."""
+    from sim2real_bilevel.core.urdf_robot import RigidBodyDynamics
+    after_method = RigidBodyDynamics.gravity_torque
+
+    def before_method(self, position, *, mass_scale=None, payloads=None):
+        return self.mass_matrix_and_bias(position, torch.zeros_like(position),
+                                         mass_scale=mass_scale, payloads=payloads)[1]
+    RigidBodyDynamics.gravity_torque = before_method
+    try:
+        before = inner_rows(batches, repeats, task, ['cpu'])
+    finally:
+        RigidBodyDynamics.gravity_torque = after_method
+    after = inner_rows(batches, repeats, task, ['cpu'])
+    rows = []
+    for old, new in zip(before, after):
+        row = {'task': new['task'], 'batch': new['batch']}
+        for name in ('J_sim', '+ gradient', '+ HVP'):
+            row[f'{name} s, M + h'] = old[f'{name} s']
+            row[f'{name} s, g alone'] = new[f'{name} s']
+            row[f'{name} ratio'] = old[f'{name} s'] / new[f'{name} s']
+        rows.append(row)
+    return rows
+
+
 def print_table(rows: list[dict], title: str) -> None:
     columns = []
     for row in rows:
@@ -463,7 +494,8 @@ def main(argv=None) -> None:
     parser.add_argument('--batches', type=int, nargs='+', default=[1, 1024])
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--robots', nargs='+', default=['pendulum', 'acrobot', 'iiwa'], help='robots of --parts speed')
-    parser.add_argument('--parts', nargs='+', choices=('libraries', 'simulator', 'problems', 'speed', 'inner'),
+    parser.add_argument('--parts', nargs='+', choices=('libraries', 'simulator', 'problems', 'speed', 'inner',
+                                                       'compensation'),
                         default=['libraries', 'simulator', 'problems'])
     parser.add_argument('--task', default='config/iiwa_payload.yaml', help='the URDF task of --parts inner')
     parser.add_argument('--devices', nargs='+', choices=('cpu', 'cuda'), default=None,
@@ -487,6 +519,10 @@ def main(argv=None) -> None:
         print_table(inner_rows(args.batches, args.repeats, args.task, args.devices),
                     f'Part 5: the inner loop on {args.task}: J_sim, + gradient (phi, theta), + one HVP; '
                     'seconds and simulated transitions/s, float64')
+    if 'compensation' in args.parts:
+        print_table(compensation_rows(args.batches, args.repeats, args.task),
+                    f'Part 6: gravity compensation on {args.task} from M + h (before) vs the gravity term alone '
+                    '(after); seconds, CPU, float64')
 
 
 if __name__ == '__main__':

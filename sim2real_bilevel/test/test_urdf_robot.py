@@ -84,16 +84,21 @@ def test_mass_matrix_and_bias_match_pybullet(robot):
     reference.close()
 
 
+def traced_and_eager(robot):
+    """The robot's file and joints, its dynamics replayed and eager, a link to scale and one to load."""
+    path, joints = ROBOTS[robot]
+    traced, eager = RigidBodyDynamics(path, joints), RigidBodyDynamics(path, joints, traced=False)
+    links = [name for name in traced.link_names if traced.description.links[name].mass]
+    return path, joints, traced, eager, links[-1], links[len(links) // 2]
+
+
 @pytest.mark.parametrize('robot', ['pendulum', 'cartpole', 'iiwa'])
 def test_replayed_recording_equals_the_library_values_and_derivatives(robot):
     """The recorded (torch.jit) M + h equals adam's eager call: values, first and second
     derivatives w.r.t. q, qd, a mass scale and a payload (its mass and centre), shared and per
     sample (a per-sample centre: one replayed call against the eager sum over its moments)."""
-    path, joints = ROBOTS[robot]
+    path, joints, traced, eager, scaled, loaded = traced_and_eager(robot)
     n = len(joints)
-    traced, eager = RigidBodyDynamics(path, joints), RigidBodyDynamics(path, joints, traced=False)
-    links = [name for name in traced.link_names if traced.description.links[name].mass]
-    scaled, loaded = links[-1], links[len(links) // 2]
     rng = np.random.default_rng(7)
 
     def outputs(dynamics, q, qd, scale, mass, center):
@@ -116,7 +121,45 @@ def test_replayed_recording_equals_the_library_values_and_derivatives(robot):
         for a, b in zip(got, expected):       # rounding only: relative to the tensor's largest entry
             a, b = a.detach(), b.detach()
             assert a.shape == b.shape and float((a - b).abs().max()) <= 1e-10 * float(b.abs().max()) + 1e-12
-    assert set(traced._recordings) == {(3, torch.float64, torch.device('cpu')), (4, torch.float64, torch.device('cpu'))}
+    assert set(traced._recordings) == {(3, torch.float64, torch.device('cpu'), False),
+                                       (4, torch.float64, torch.device('cpu'), False)}
+
+
+@pytest.mark.parametrize('robot', ['acrobot', 'iiwa'])
+def test_gravity_torque_is_the_bias_at_rest_from_its_own_recording(robot):
+    """``gravity_torque`` (a recording of adam's gravity term alone, used for the controller's
+    gravity compensation) equals h at zero velocity from the eager library call and from pybullet:
+    values, and first and second derivatives w.r.t. q, a mass scale and a payload."""
+    path, joints, traced, eager, scaled, loaded = traced_and_eager(robot)
+    n = len(joints)
+    rng = np.random.default_rng(11)
+    q = torch.as_tensor(rng.uniform(-1, 1, (5, n))).requires_grad_(True)
+    scale = torch.tensor(1.4, dtype=torch.float64, requires_grad=True)
+    mass = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    center = torch.tensor([0.01, -0.02, 0.05], dtype=torch.float64, requires_grad=True)
+    inputs = (q, scale, mass, center)
+    weights = torch.linspace(0.5, 1.5, n, dtype=torch.float64)
+
+    def outputs(g):
+        first = torch.autograd.grad(((g * weights) ** 2).sum(), inputs, create_graph=True)
+        second = torch.autograd.grad(sum((d ** 2).sum() for d in first), inputs)
+        return [g, *first, *second]
+
+    arguments = dict(mass_scale={scaled: scale}, payloads={loaded: (mass, center)})
+    for _ in range(2):                         # the first call records, the second replays
+        got = outputs(traced.gravity_torque(q, **arguments))
+    expected = outputs(eager.mass_matrix_and_bias(q, torch.zeros_like(q), **arguments)[1])
+    for a, b in zip(got, expected):
+        a, b = a.detach(), b.detach()
+        assert a.shape == b.shape and float((a - b).abs().max()) <= 1e-10 * float(b.abs().max()) + 1e-12
+    assert (5, torch.float64, torch.device('cpu'), True) in traced._recordings
+    reference = PybulletRobot(urdf_with_inertials(path, {}, {}), joints, gravity=9.81, time_step=0.001)
+    plain = traced.gravity_torque(q.detach())
+    for i in range(len(q)):
+        at_rest = reference.bias(q[i].detach().numpy(), np.zeros(n))
+        np.testing.assert_allclose(plain[i].numpy(), at_rest, atol=1e-5)
+        assert np.abs(at_rest).max() > 0.1          # gravity acts on these poses
+    reference.close()
 
 
 DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])

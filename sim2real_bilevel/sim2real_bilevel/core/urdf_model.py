@@ -265,7 +265,7 @@ class UrdfModel:
         """g_c(q) (batch, n): the controller's gravity torque (h at zero speed of the file's arm
         with its configured load; module docstring)."""
         payloads = {link: (mass.to(position), center.to(position)) for link, (mass, center) in self._compensation.items()}
-        return self.dynamics.mass_matrix_and_bias(position, torch.zeros_like(position), payloads=payloads)[1]
+        return self.dynamics.gravity_torque(position, payloads=payloads)
 
     def _delayed_commands(self, action, history, shape, gain, limit, delay):
         """substep -> motor torque (batch, n): the mean of the delayed, saturated held command
