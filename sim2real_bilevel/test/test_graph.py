@@ -37,7 +37,7 @@ def test_ros_arguments_are_what_launch_ros_passes():
     overrides = graph.parameter_overrides(spec, graph.argument_defaults('sim_only') | {'seed': '3', 'run_dir': '/x'},
                                           'sim_only')
     assert overrides == {'problem': 'discrete_3s2a', 'use_sim_time': False, 'seed': 3, 'run_dir': '/x',
-                         'evaluator': 'robot_emulator/evaluate', 'safe_improvement': False}
+                         'evaluator': 'robot_emulator/evaluate', 'safe_improvement': False, 'sync_period_s': 1.0}
     args = graph.ros_arguments(spec, 'robots/one', '/p.yaml', overrides, 'warn')
     assert args[:3] == ['--ros-args', '-r', '__node:=outer_optimizer']
     assert '__ns:=/robots/one' in args and args[args.index('--params-file') + 1] == '/p.yaml'
@@ -58,6 +58,12 @@ def test_empty_run_dir_is_left_to_the_node_and_bad_values_are_refused():
     # only a sim-only run has an evaluator; hardware runs keep to safe improvement
     hardware = graph.parameter_overrides(graph.OUTER_OPTIMIZER, graph.argument_defaults('hardware'), 'hardware')
     assert hardware['evaluator'] == '' and hardware['safe_improvement'] is True
+    # sim-only runs sync their run dir once a second; on hardware every file is on disk before the loop goes on
+    assert hardware['sync_period_s'] == 0.0
+    assert launcher.parse_assignments('sim_only', ['sync_period_s:=0'])['sync_period_s'] == '0'
+    for bad in ('-1', 'soon', 'nan'):
+        with pytest.raises(launcher.LaunchError, match=f'sync_period_s:={bad!r}: expected a number of seconds'):
+            launcher.parse_assignments('sim_only', [f'sync_period_s:={bad}'])
     assert launcher.parse_assignments('hardware', ['safe_improvement:=false'])['safe_improvement'] == 'false'
     with pytest.raises(launcher.LaunchError, match='expected true or false'):
         launcher.parse_assignments('sim_only', ['safe_improvement:=maybe'])

@@ -201,7 +201,7 @@ def test_ctrl_c_with_write_behind_leaves_every_reported_iteration_on_disk(tmp_pa
     from sim2real_bilevel.core import checkpoint
     run_dir = tmp_path / 'run'
     process = _launch(ros_env, tmp_path, f'problem:={PROBLEM}', f'run_dir:={run_dir}', 'containers:=learning,robot',
-                      f'params_file:={_params_file(tmp_path, 100000, write_behind=True)}')
+                      f'params_file:={_params_file(tmp_path, 100000, write_behind=True)}', 'sync_period_s:=0')
     lines = []
     deadline = time.monotonic() + 180
     for line in process.stdout:

@@ -170,7 +170,8 @@ class OuterOptimizer(Node):
                           'every file is still written and renamed into place at once, so a SIGKILL loses nothing; a '
                           'power loss loses at most the iterations since the last sync, which a resume redoes from '
                           'checkpoint.durable.npz, running their real episodes again; 0: each file on disk before '
-                          'the loop goes on (not with write_behind; read at startup)', low=0.0, high=3600.0,
+                          'the loop goes on (not with write_behind; the launch files set it per mode: sim_only 1.0, hardware 0; '
+                          'read at startup)', low=0.0, high=3600.0,
                           read_only=True),
             ParameterSpec('record_bag', True, 'record theta, policies, gradients, metrics and real '
                           'trajectories to RUN_DIR/bag (read at startup)', read_only=True),
@@ -221,8 +222,8 @@ class OuterOptimizer(Node):
         ])
         if self.parameters['write_behind'] and self.parameters['sync_period_s'] > 0:
             raise ValueError(f'outer_optimizer: write_behind true and sync_period_s {self.parameters["sync_period_s"]:g}: '
-                             'two durability rules for the run dir; expected one of them (sync_period_s 0, or '
-                             'write_behind false)')
+                             'two durability rules for the run dir; expected one of them (sync_period_s 0 -- '
+                             'the launch argument sync_period_s:=0 in a sim-only launch -- or write_behind false)')
         key_file = provenance.key_file_setting(self.parameters['policy_key_file'])
         policy_key = provenance.load_key(key_file) if key_file else None
         if policy_key is not None:

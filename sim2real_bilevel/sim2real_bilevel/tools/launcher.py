@@ -42,7 +42,7 @@ def parse_assignments(mode: str, assignments: list[str]) -> dict[str, str]:
         if name not in known:
             raise LaunchError(f'unknown launch argument {name!r}; known: {sorted(known)}')
         values[name] = value
-    for name in ('use_sim_time', 'seed', 'autostart_bridge', 'safe_improvement'):
+    for name in ('seed', *graph.BOOLEAN_ARGUMENTS, *graph.FLOAT_ARGUMENTS):
         try:
             graph.typed_value(name, values[name])
         except ValueError as err:
