@@ -41,6 +41,13 @@ Reward: r = exp(-(sum of weighted cost terms)), in (0, 1]:
   ``angle``: sum_j (1 - cos(q_j - target_j)) (revolute/continuous joints, wrap-safe),
   ``position``: sum_j (q_j - target_j)^2, ``velocity``: |qd|^2, ``effort``: |u|^2.
 
+Termination (``settings.termination``, the task file's ``task.termination``): an episode ends at
+the first state outside per-joint position bounds or above per-joint speed bounds (``terminal``);
+the transition into it earns its reward, later ones none.  The robot problem's rollouts hold the
+state still after the end (so a diverging simulator stays finite) and weight rewards by that
+alive mask (detached: the end's timing carries no gradient); real episodes get the same dones
+and rewards from their measured states.
+
 Gravity compensation by the robot's controller (``settings.gravity_compensation``, as torque
 modes of arms such as the iiwa's do): the motor receives u + g_c(q), g_c the gravity torque of
 the file's arm with the controller's configured load (known, not theta), so tau gains
@@ -97,6 +104,20 @@ class UrdfSimulatorSettings:
     # the robot controller's gravity compensation: None = none; else its configured load, a tuple of
     # (link, mass, (x, y, z) centre in the link frame) point payloads on the file's arm (not theta)
     gravity_compensation: Optional[tuple] = None
+    # the task's termination (None: episodes run their whole horizon): a state outside these per-joint
+    # position bounds, or with a joint faster than its speed bound, ends its episode
+    termination: Optional['Termination'] = None
+
+
+@dataclass(frozen=True)
+class Termination:
+    """When an episode ends early (the task file's ``task.termination``): at the first state with a
+    joint position outside [position_low, position_high] or a joint speed |qd| above max_speed
+    (per joint; infinite: no bound).  The transition INTO that state still earns its reward; none
+    after it does."""
+    position_low: tuple[float, ...]
+    position_high: tuple[float, ...]
+    max_speed: tuple[float, ...]
 
 
 @dataclass
@@ -297,6 +318,17 @@ class UrdfModel:
         std = self.noise_std.to(next_state)
         z = (next_state - self.step_mean(state, action, theta_phys, history)) / std
         return (-0.5 * z ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def terminal(self, state: torch.Tensor) -> Optional[torch.Tensor]:
+        """Whether each state (..., 2n) ends its episode (bool (...)); None: the task has no termination."""
+        rule = self.settings.termination
+        if rule is None:
+            return None
+        n = self.n_joints
+        position, speed = state[..., :n], state[..., n:].abs()
+        as_tensor = lambda values: torch.as_tensor(values, dtype=state.dtype, device=state.device)
+        outside = (position < as_tensor(rule.position_low)) | (position > as_tensor(rule.position_high))
+        return (outside | (speed > as_tensor(rule.max_speed))).any(-1)
 
     # --- reward and observation -----------------------------------------------------------------------
     def reward(self, state: torch.Tensor, action: torch.Tensor, theta_reward: torch.Tensor) -> torch.Tensor:

@@ -91,7 +91,8 @@ def prepare_dataset(problem, dataset: Dataset) -> Dataset:
         log_probs = np.asarray(batch.log_probs, dtype=np.float64)
         if log_probs.shape != actions.shape[:2]:
             log_probs = np.full(actions.shape[:2], np.nan)
-        batches.append(type(batch)(states=states, actions=actions, rewards=rewards, dones=batch.dones,
+        # the task's termination applies to recorded data too (no termination: the last step)
+        batches.append(type(batch)(states=states, actions=actions, rewards=rewards, dones=problem.episode_dones(states),
                                    log_probs=log_probs, source='real', policy_version=batch.policy_version))
     return Dataset(batches=batches, behaviour_known=dataset.behaviour_known, sources=dataset.sources,
                    behaviour=dataset.behaviour, notes=dataset.notes)

@@ -375,7 +375,8 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
 
     def score_episodes(self, phi: np.ndarray, states: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, ...]:
         """Task rewards (n, T) and log pi_phi (n, T) of measured episodes: states (n, T+1, 2),
-        efforts (n, T, 1) -- what the robot's own data gives, wherever it was collected."""
+        efforts (n, T, 1) -- what the robot's own data gives, wherever it was collected.  With a
+        termination, rewards after an episode's end (``episode_dones``) are zero."""
         with torch.no_grad():
             phi_t = torch.as_tensor(phi, dtype=DTYPE)
             states_t = torch.as_tensor(states, dtype=DTYPE)
@@ -383,12 +384,11 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
             task_log_weights = torch.as_tensor(np.log(self.task_weights), dtype=DTYPE)
             rewards = self.model.reward(states_t[:, :-1], actions_t, task_log_weights).numpy()
             log_probs = self.policy.log_prob(phi_t, self.model.observation(states_t[:, :-1]), actions_t).numpy()
-        return rewards, log_probs
+        return np.where(alive_mask(self.episode_dones(states)), rewards, 0.0), log_probs
 
     def sample_real(self, phi: np.ndarray, n_episodes: int, rng: np.random.Generator) -> Trajectories:
         states, actions, rewards, log_probs = self.real_episodes(phi, rng.integers(0, 2 ** 31 - 1, size=n_episodes))
-        dones = np.zeros(rewards.shape, dtype=bool)
-        dones[:, -1] = True
+        dones = self.episode_dones(states)
         return Trajectories(states=states, actions=actions, rewards=rewards, dones=dones, log_probs=log_probs,
                             source='real')
 
@@ -471,7 +471,7 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         discounts = self.gamma ** np.arange(horizon)
         observations = self.model.observation(torch.as_tensor(batch.states, dtype=DTYPE))
         advantages = self._advantages(rewards, observations.numpy(), self.real_gradient_lambda)
-        weights = torch.as_tensor(discounts * advantages / n, dtype=DTYPE)
+        weights = torch.as_tensor(discounts * advantages * alive_mask(batch.dones) / n, dtype=DTYPE)
         phi_t = torch.tensor(np.asarray(phi, dtype=np.float64), dtype=DTYPE, requires_grad=True)
         log_probs = self.policy.log_prob(phi_t, observations[:, :-1], torch.as_tensor(batch.actions, dtype=DTYPE))
         (gradient,) = torch.autograd.grad((weights * log_probs).sum(), phi_t)

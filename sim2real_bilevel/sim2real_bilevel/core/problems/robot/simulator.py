@@ -87,8 +87,30 @@ class PendulumSimulatorFamily:
         selection[torch.arange(len(self.learn_index)), torch.as_tensor(self.learn_index)] = 1.0
         return base * (1.0 - selection.sum(0)) + theta @ selection
 
+    def terminal_states(self, states: torch.Tensor) -> Optional[torch.Tensor]:
+        """Whether each state (..., 2n) ends its episode (the task's termination, bool (...)); None
+        when the task has none (every episode runs its whole horizon)."""
+        terminal = getattr(self.model, 'terminal', None)
+        return None if terminal is None else terminal(states)
+
+    def episode_dones(self, states: np.ndarray) -> np.ndarray:
+        """dones (n, T) of episodes with states (n, T+1, 2n): True at the first transition into a
+        terminal state, else at the last step (``alive_mask`` keeps the rewards up to it)."""
+        n, horizon = states.shape[0], states.shape[1] - 1
+        dones = np.zeros((n, horizon), dtype=bool)
+        ends = self.terminal_states(torch.as_tensor(states[:, 1:], dtype=DTYPE))
+        if ends is not None:
+            ends = ends.numpy()
+            dones = ends & (np.cumsum(ends, axis=1) == 1)
+        dones[~dones.any(axis=1), -1] = True
+        return dones
+
     def rollout(self, phi: torch.Tensor, theta_full: torch.Tensor, noise: CommonNoise):
-        """Reparametrised rollout: states (T+1, N, 2), actions (T, N, 1), rewards (T, N)."""
+        """Reparametrised rollout: states (T+1, N, 2), actions (T, N, 1), rewards (T, N).
+
+        With a termination (``terminal_states``): after an episode's first terminal state its state
+        is held and its rewards are zero (an alive mask, detached: when an episode ends carries no
+        gradient, as the end is a step function of the state)."""
         theta_phys, theta_reward = self.model.split(theta_full)
         coefficients = self.model.coefficients(theta_phys)      # once per rollout, not per step
         noise_std = self.model.noise_std.to(phi)
@@ -97,19 +119,30 @@ class PendulumSimulatorFamily:
         states, actions = [state], []
         length = getattr(self.model, 'action_history', 0)         # previous commands a delayed step reads
         history = {}
+        terminates = self.terminal_states(state) is not None
+        alive = torch.ones(state.shape[:-1], dtype=torch.bool, device=state.device)
+        alive_steps = []
         for t in range(noise.action_noise.shape[0]):
             action = self.policy.mean(phi, self.model.observation(state)) + std * noise.action_noise[t]
             if length:
                 recent = actions[-length:]
                 padding = [torch.zeros_like(action)] * (length - len(recent))
                 history = {'history': torch.stack(padding + recent, -2)}
-            state = (self.model.step_mean_with(state, action, coefficients, **history)
-                     + noise_std * noise.transition_noise[t])
+            following = (self.model.step_mean_with(state, action, coefficients, **history)
+                         + noise_std * noise.transition_noise[t])
+            if terminates:
+                alive_steps.append(alive)
+                following = torch.where(alive[..., None], following, state)
+                alive = alive & ~self.terminal_states(following.detach())
+            state = following
             states.append(state)
             actions.append(action)
         states, actions = torch.stack(states), torch.stack(actions)
         # Rewards in one batched call after the loop: one autograd node instead of one per step.
-        return states, actions, self.model.reward(states[:-1], actions, theta_reward)
+        rewards = self.model.reward(states[:-1], actions, theta_reward)
+        if terminates:
+            rewards = rewards * torch.stack(alive_steps).to(rewards.dtype)
+        return states, actions, rewards
 
     def sim_objective(self, phi: torch.Tensor, theta: torch.Tensor, noise: Optional[CommonNoise] = None,
                       *, full: bool = False) -> torch.Tensor:
@@ -141,8 +174,7 @@ class PendulumSimulatorFamily:
                                        actions.reshape(-1, action_dim), self.model.split(self.full_theta(theta_rows))[0],
                                        **history)
         (score,) = torch.autograd.grad(log_prob.sum(), theta_rows)
-        dones = np.zeros((n_episodes, horizon), dtype=bool)
-        dones[:, -1] = True
+        dones = self.episode_dones(states.transpose(0, 1).numpy())
         return Trajectories(
             states=states.transpose(0, 1).numpy(), actions=actions.transpose(0, 1).numpy(),
             rewards=rewards.T.numpy(), dones=dones, log_probs=log_probs.T.numpy(), source='sim',

@@ -93,7 +93,6 @@ class PendulumController(EpisodeController):
         states = np.array(self.states, dtype=np.float64).reshape(n, self.horizon + 1, model.state_dim)
         actions = np.array(self.actions, dtype=np.float64).reshape(n, self.horizon, model.action_dim)
         rewards, log_probs = self.problem.score_episodes(self.phi, states, actions)
-        dones = np.zeros((n, self.horizon), dtype=bool)
-        dones[:, -1] = True
+        dones = self.problem.episode_dones(states)
         return Trajectories(states=states, actions=actions, rewards=rewards, dones=dones, log_probs=log_probs,
                             source='real', policy_version=policy_version)

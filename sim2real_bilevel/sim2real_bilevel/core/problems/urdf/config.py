@@ -4,7 +4,8 @@ Sections: ``robot`` (urdf path or package:// URI, controlled joints by name, opt
 ``gravity_compensation: {load: {LINK: {mass, center_of_mass}}}``: the robot's controller adds the
 gravity torque of the file's arm with that configured load to every command), ``gamma``,
 ``horizon``, ``control_period``, ``gravity``, ``initial_state`` (one [low, high] per joint),
-``task`` (reward terms and weights, per-joint targets), ``real`` (hidden true values and the
+``task`` (reward terms and weights, per-joint targets, optional ``termination``: ``joint_limits``,
+``position_range`` {JOINT: [low, high]}, ``max_speed``), ``real`` (hidden true values and the
 stand-in's unmodelled effects), ``simulator`` (theta entries, integrator settings),
 and the learning sections shared with ``kind: robot`` (policy, inner, evaluation,
 real_gradient, outer).
@@ -23,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from ...config import MAX_HORIZON, FieldReader
-from ...urdf_model import JOINT_KINDS, LINK_KINDS, REWARD_TERMS, ROBOT_KINDS, PhysicalEntry, UrdfSimulatorSettings
+from ...urdf_model import (JOINT_KINDS, LINK_KINDS, REWARD_TERMS, ROBOT_KINDS, PhysicalEntry, Termination,
+                           UrdfSimulatorSettings)
 from ...urdf_robot import MOVING_JOINT_TYPES, UrdfError, read_urdf, resolve_urdf
 from ..robot.config import THETA_ENTRY_FIELDS, _range, read_learning_sections, read_theta_entry
 from ..robot.simulator import InitialStateRange
@@ -43,6 +45,43 @@ def _per_joint(reader: FieldReader, key: str, n: int, default: float, *, low: fl
         raise reader.error(key, value, f'one number or {n} numbers (one per joint), each '
                            f'{">" if low_open else ">="} {low}')
     return values
+
+
+def _read_termination(task: FieldReader, description, joints: list, initial: InitialStateRange) -> Termination:
+    """``task.termination``: ``joint_limits`` (true: the URDF's position limits of the controlled
+    joints), ``position_range`` ({JOINT: [low, high]}, intersected with those) and ``max_speed`` (one
+    number or one per joint, rad/s or m/s); at least one bound, and every initial state inside."""
+    section = task.section('termination')
+    section.reject_unknown({'joint_limits', 'position_range', 'max_speed'})
+    n = len(joints)
+    low, high = np.full(n, -math.inf), np.full(n, math.inf)
+    use_limits = section.raw('joint_limits', False)
+    if not isinstance(use_limits, bool):
+        raise section.error('joint_limits', use_limits, 'true or false')
+    if use_limits:
+        low = np.array([description.joints[j].lower for j in joints])
+        high = np.array([description.joints[j].upper for j in joints])
+    ranges = section.section('position_range', {})
+    for joint in ranges.data:
+        if joint not in joints:
+            raise ranges.error(joint, ranges.data[joint], f'a controlled joint (one of {joints})')
+        value = ranges.array(joint, (2,))
+        if not value[0] < value[1]:
+            raise ranges.error(joint, value.tolist(), '[low, high] with low < high')
+        i = joints.index(joint)
+        low[i], high[i] = max(low[i], value[0]), min(high[i], value[1])
+    max_speed = _per_joint(section, 'max_speed', n, math.inf, low=0.0, low_open=True)
+    if np.all(np.isinf(low)) and np.all(np.isinf(high)) and np.all(np.isinf(max_speed)):
+        raise task.error('termination', section.data, 'at least one bound: joint_limits true (on joints with '
+                         'limits), a position_range {JOINT: [low, high]} or a max_speed')
+    position, velocity = np.asarray(initial.position, dtype=float), np.asarray(initial.velocity, dtype=float)
+    for i, joint in enumerate(joints):
+        starts = (position[i].min(), position[i].max(), np.abs(velocity[i]).max())
+        if starts[0] < low[i] or starts[1] > high[i] or starts[2] > max_speed[i]:
+            raise task.error('termination', section.data, f'bounds that every initial state satisfies: joint {joint} '
+                             f'starts in position [{starts[0]:g}, {starts[1]:g}] and speed up to {starts[2]:g}, the '
+                             f'termination bounds are position [{low[i]:g}, {high[i]:g}] and speed {max_speed[i]:g}')
+    return Termination(tuple(low.tolist()), tuple(high.tolist()), tuple(max_speed.tolist()))
 
 
 def read_problem_file(data: dict, source: str) -> dict:
@@ -101,7 +140,7 @@ def read_problem_file(data: dict, source: str) -> dict:
     initial = InitialStateRange(ranges[0], ranges[1])
 
     task = root.section('task')
-    task.reject_unknown({'reward_weights', 'targets'})
+    task.reject_unknown({'reward_weights', 'targets', 'termination'})
     weights = task.section('reward_weights')
     weights.reject_unknown(set(REWARD_TERMS))
     terms = [name for name in REWARD_TERMS if weights.has(name)]
@@ -109,6 +148,7 @@ def read_problem_file(data: dict, source: str) -> dict:
         raise task.error('reward_weights', weights.data, f'at least one of {list(REWARD_TERMS)}')
     task_weights = np.array([weights.scalar(name, low=0.0, low_open=True) for name in terms])
     targets = task.array('targets', (n,), [0.0] * n)
+    termination = _read_termination(task, description, joints, initial) if task.has('termination') else None
 
     real = root.section('real')
     real.reject_unknown(set(REAL_PER_JOINT) | {'mass_scale', 'payload_mass', 'stribeck_velocity',
@@ -153,7 +193,7 @@ def read_problem_file(data: dict, source: str) -> dict:
         effort_limit=tuple(effort_limit.tolist()),
         friction_velocity_scale=sim.scalar('friction_velocity_scale', 0.05, low=0.0, low_open=True),
         limit_stiffness=sim.scalar('limit_stiffness', 0.0, low=0.0), gravity=gravity, implicit_damping=implicit,
-        reward_targets=tuple(targets.tolist()), gravity_compensation=compensation)
+        reward_targets=tuple(targets.tolist()), gravity_compensation=compensation, termination=termination)
     noise_std = sim.array('transition_noise_std', (2 * n,))
     if np.any(noise_std <= 0):
         raise sim.error('transition_noise_std', noise_std.tolist(), f'{2 * n} numbers > 0 (positions, then velocities)')
