@@ -2,8 +2,7 @@
 oracle on the stand-in robot, per seed, side by side.
 
 Per task and seed k (the problem file with ``inner.seed = k``: its CRN set and initial policy):
-- oracle: the inner problem solved at the TRUE theta (``oracle_phi``: the better by J_sim of a cold
-  solve and one continued from the nominal solution) -- the reference;
+- oracle: the inner problem solved cold at the TRUE theta (``oracle_phi``) -- the reference;
 - nominal: solved cold at the user's theta (no real data);
 - domain randomisation: solved cold on simulators drawn uniformly in the theta bounds (rng k);
 - sysid: ``--sysid-episodes`` real episodes of the nominal policy, maximum likelihood of the

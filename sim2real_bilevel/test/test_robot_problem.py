@@ -317,22 +317,6 @@ def test_oracle_is_normalised_to_one_and_cached(problem):
     assert float(problem.real_objective(torch.as_tensor(nominal))) == pytest.approx(problem.real_return(nominal))
 
 
-def test_oracle_is_the_better_of_a_cold_solve_and_one_continued_from_the_nominal_solution():
-    """With a budget too small for the cold solve (1 L-BFGS evaluation after the Adam warm-up),
-    the solve continued from the nominal solution (which had the cold budget) reaches the higher
-    J_sim at the true theta, and the oracle is that policy; its J_sim is the larger of the two."""
-    problem = tiny(**{'inner.oracle_iterations': 1, 'inner.warmup_iterations': 5})
-    oracle = problem.oracle_phi()
-    report = problem.oracle_report
-    assert report['chosen'] == 'continued from the nominal solution', report
-    objectives = report['J_sim']
-    assert objectives['continued from the nominal solution'] > objectives['cold'], report
-    true_theta = torch.as_tensor(problem.oracle_theta_full())
-    phi = torch.as_tensor(oracle)
-    assert float(problem.sim_objective(phi, true_theta, problem._crn, full=True)) == pytest.approx(
-        objectives['continued from the nominal solution'])
-
-
 def test_common_noise_is_deterministic_in_its_generator():
     from sim2real_bilevel.core.problems.robot import InitialStateRange
     initial = InitialStateRange((-0.1, 0.2), (0.0, 0.5))

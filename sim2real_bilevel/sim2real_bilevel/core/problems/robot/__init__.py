@@ -38,8 +38,7 @@ non-finite policy (``core.problem.require_finite_policy``).
 Normalised return
 -----------------
 real return of pi_phi / real return of the ORACLE policy, the 'exact' inner optimum in the
-simulator at the true physical parameters and the task's reward weights: the better by J_sim of
-a cold solve and a solve continued from the nominal solution (``oracle_phi``; cached per problem
+simulator at the true physical parameters and the task's reward weights (cached per problem
 instance).  Both are Monte-Carlo estimates on the emulator with the SAME fixed evaluation
 seeds (initial state, sensor noise and action noise per episode: common random numbers, so
 the ratio's noise is much smaller than either return's), ``evaluation.episodes`` episodes.

@@ -31,7 +31,7 @@ class InnerSettings:
     cold_iterations: int = setting(300, low=1)         # the same budget for a solve without a warm start
     warmup_iterations: int = setting(150, low=0)       # Adam steps before L-BFGS when there is no warm start
     learning_rate: float = setting(1e-2, low=0.0, low_open=True)   # Adam step size
-    oracle_iterations: int = setting(600, low=1)       # iteration budget of each of the oracle's two solves
+    oracle_iterations: int = setting(600, low=1)       # iteration budget of the oracle's (cold) solve
     sampled_episodes: int = setting(32, low=1)         # fresh rollouts per stochastic gradient ('sampled')
 
 

@@ -67,7 +67,6 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
                              f'{REAL_GRADIENT_ESTIMATORS}')
         self.real_gradient_estimator = real_gradient_estimator
         self._oracle_phi: Optional[np.ndarray] = None
-        self.oracle_report: Optional[dict] = None       # how oracle_phi was chosen, once computed
         self._real_return_cache: dict[bytes, float] = {}
         self._cold_solves: dict[bytes, InnerResult] = {}
 
@@ -504,25 +503,12 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         return torch.tensor(self.real_return(phi.detach().numpy()), dtype=DTYPE)
 
     def oracle_phi(self) -> np.ndarray:
-        """The oracle policy (reporting only): the better, by J_sim at the true physical parameters
-        and the task reward, of two exact inner solves there of ``inner.oracle_iterations``
-        each: one cold, and one continued from the nominal solution (the cold solve at theta0,
-        which the methods share).  Either alone can stop at a poor local optimum that the other
-        avoids: on the iiwa payload task the cold solve reached J_sim 6.4 at the true theta, where a
-        policy continued from a nearby theta reached 10.0.  Cached; ``oracle_report`` says which
-        won and by how much."""
+        """The oracle policy: exact inner optimum at the true physical parameters and the task
+        reward (cold start, ``inner.oracle_iterations``), cached."""
         if self._oracle_phi is None:
             theta_full = torch.as_tensor(self.oracle_theta_full(), dtype=DTYPE)
-            budget = self.inner.oracle_iterations
-            candidates = {'cold': self._solve(theta_full, None, method='exact', rng=None, max_iterations=budget),
-                          'continued from the nominal solution': self._solve(
-                              theta_full, self.inner_solve(self.theta0()).phi, method='exact', rng=None,
-                              max_iterations=budget)}
-            objectives = {name: result.info['objective'] for name, result in candidates.items()}
-            chosen = max(objectives, key=lambda name: (np.isfinite(objectives[name]), objectives[name]))
-            self._oracle_phi = candidates[chosen].phi
-            self.oracle_report = {'chosen': chosen, 'J_sim': objectives,
-                                  'seconds': {name: result.info['seconds'] for name, result in candidates.items()}}
+            self._oracle_phi = self._solve(theta_full, None, method='exact', rng=None,
+                                           max_iterations=self.inner.oracle_iterations).phi
         return self._oracle_phi
 
     def normalized_return(self, phi: np.ndarray) -> float:
