@@ -47,7 +47,7 @@ from ...datasets import Dataset, DatasetError
 from ...evaluation import ReturnEstimate, bootstrap_interval
 from ...problem import Trajectories
 from .estimators import alive_mask
-from .simulator import DTYPE, CommonNoise
+from .simulator import DTYPE
 
 DEFAULT_MIN_COVERAGE = 0.2
 """No step to a policy whose actions at the data's states overlap the fitted behaviour's by a

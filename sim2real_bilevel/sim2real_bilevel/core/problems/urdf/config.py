@@ -27,7 +27,7 @@ from ...config import MAX_HORIZON, FieldReader
 from ...urdf_model import (JOINT_KINDS, LINK_KINDS, REWARD_TERMS, ROBOT_KINDS, PhysicalEntry, Termination,
                            UrdfSimulatorSettings)
 from ...urdf_robot import MOVING_JOINT_TYPES, UrdfError, read_urdf, resolve_urdf
-from ..robot.config import THETA_ENTRY_FIELDS, _range, read_learning_sections, read_theta_entry
+from ..robot.config import THETA_ENTRY_FIELDS, read_learning_sections, read_theta_entry
 from ..robot.simulator import InitialStateRange
 
 TOP_LEVEL_FIELDS = {'kind', 'robot', 'gamma', 'horizon', 'control_period', 'gravity', 'initial_state', 'task',

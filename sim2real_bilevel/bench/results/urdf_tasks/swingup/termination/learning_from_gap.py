@@ -1,0 +1,42 @@
+"""Bi-level (and other methods) on config/swingup.yaml from the gap run's policies, reduced: the
+experiment runner of ``bench/urdf_tasks.py figures`` with the nominal cold solve (the start of every
+method) and the oracle preset from that gap run's policies.npz (the same deterministic computations
+at the same code, saved ~40 min of this machine each).
+
+    cd sim2real_bilevel && OMP_NUM_THREADS=1 nice -n 8 ../.venv/bin/python \
+        bench/results/urdf_tasks/swingup/termination/learning_from_gap.py GAP_DIR OUT METHOD [METHOD...]
+
+Runs seed 0, 4 outer iterations of 5 real episodes (N = 0, 5, 10, 15, 20).
+"""
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
+import urdf_tasks  # noqa: E402
+import sim2real_bilevel.core.experiments as experiments  # noqa: E402
+from sim2real_bilevel.core.problem import InnerResult  # noqa: E402
+
+torch.set_num_threads(1)
+gap_dir, out, methods = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+policies = np.load(gap_dir / 'policies.npz')
+original = experiments.load_problem
+
+
+def preset(path):
+    problem = original(path)
+    # without the gap run's oracle yet, normalise by the nominal policy for now: every record keeps its
+    # real return, so the table is renormalised by the oracle's real return afterwards (README)
+    problem._oracle_phi = policies['oracle_seed0' if 'oracle_seed0' in policies.files else 'nominal_seed0']
+    key = problem.full_theta(torch.as_tensor(problem.theta0())).detach().numpy().tobytes()
+    problem._cold_solves[key] = InnerResult(phi=policies['nominal_seed0'].copy(), grad_norm=float('nan'),
+                                            iterations=0, info={'preset': str(gap_dir)})
+    return problem
+
+
+experiments.load_problem = preset
+urdf_tasks.figures(Namespace(task='config/swingup.yaml', methods=methods, seeds=1, iterations=4, real_episodes=5,
+                             out=out))
