@@ -102,6 +102,27 @@ def test_cg_agrees_with_dense_and_counts_only_matvecs():
     assert 0 < calls['hvp'] <= 8 + 1 and cg.info['iterations'] <= 9
 
 
+def test_cg_on_negative_curvature_along_the_first_direction_steps_along_it_instead_of_returning_zero():
+    """An indefinite operator whose curvature along b is negative (an inner point that is not a local
+    optimum): CG returns b |b|^2 / |b^T A b| and says so; negative curvature met later keeps the
+    last iterate; a positive definite operator is solved as before."""
+    a = torch.diag(torch.tensor([-4.0, 1.0, 2.0]))
+    b = torch.tensor([1.0, 0.5, 0.5])                          # b^T A b = -4 + 0.25 + 0.5 = -3.25
+    x, info = implicit.conjugate_gradient(lambda v: a @ v, b, maxiter=10, tol=1e-12)
+    torch.testing.assert_close(x, b * (b @ b) / 3.25)
+    assert info['negative_curvature'] == 0 and info['matvecs'] == 1
+    assert info['residual'] == pytest.approx(float(torch.linalg.norm(b - a @ x) / torch.linalg.norm(b)))
+    # positive along b, negative along the next direction: the first CG iterate, unchanged
+    b = torch.tensor([0.2, 1.0, 1.0])                          # b^T A b = -0.16 + 1 + 2 > 0
+    x, info = implicit.conjugate_gradient(lambda v: a @ v, b, maxiter=10, tol=1e-12)
+    torch.testing.assert_close(x, b * (b @ b) / (b @ a @ b))
+    assert info['negative_curvature'] == 1 and info['iterations'] == 1
+    spd = torch.diag(torch.tensor([4.0, 1.0, 2.0]))
+    x, info = implicit.conjugate_gradient(lambda v: spd @ v, b, maxiter=10, tol=1e-12)
+    torch.testing.assert_close(x, torch.linalg.solve(spd, b))
+    assert 'negative_curvature' not in info
+
+
 def test_nonsymmetric_sampled_terms_use_normal_equations():
     rng = np.random.default_rng(4)
     a = -(np.eye(6) * 3 + 0.5 * rng.standard_normal((6, 6)))     # dF/dphi, non-symmetric

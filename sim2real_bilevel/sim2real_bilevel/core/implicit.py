@@ -160,17 +160,30 @@ def first_order(step: float = 1.0) -> FirstOrder:
 
 def conjugate_gradient(matvec: Callable[[Vector], Vector], rhs: Vector, maxiter: int,
                        tol: float) -> tuple[Vector, dict]:
-    """Plain CG for a symmetric positive definite operator; stops at ||r|| <= tol ||b||."""
+    """Plain CG for a symmetric positive definite operator; stops at ||r|| <= tol ||b||.
+
+    Where the operator is not positive definite along a search direction (the inner point is not
+    a local optimum: an unconverged solve on a rough objective), CG stops at its last iterate.  If
+    that happens on the FIRST direction (b itself), that iterate would be zero -- no sensitivity at
+    all, and a zero outer gradient -- so CG returns instead the step along b with the curvature's
+    magnitude, b |b|^2 / |b^T A b| (saddle-free in the one-dimensional Krylov space, as trust-region
+    CG steps along a negative-curvature direction), and ``info['negative_curvature']`` says so."""
     x = torch.zeros_like(rhs)
     r = rhs.clone()
     p = r.clone()
     rr = r @ r
     target = tol * float(torch.linalg.norm(rhs))
     iterations = 0
+    negative = False
     while iterations < maxiter and float(torch.sqrt(rr)) > target:
         ap = matvec(p)
         curvature = p @ ap
         if curvature <= 0:
+            negative = True
+            if iterations == 0 and curvature < 0:
+                x = (rr / -curvature) * p
+                r = rhs - (rr / -curvature) * ap
+                rr = r @ r
             break       # not positive definite along p: return the best iterate so far
         alpha = rr / curvature
         x = x + alpha * p
@@ -179,8 +192,11 @@ def conjugate_gradient(matvec: Callable[[Vector], Vector], rhs: Vector, maxiter:
         p = r + (rr_new / rr) * p
         rr = rr_new
         iterations += 1
-    return x, {'iterations': iterations, 'matvecs': iterations,
-               'residual': float(torch.sqrt(rr)) / max(float(torch.linalg.norm(rhs)), 1e-300)}
+    info = {'iterations': iterations, 'matvecs': iterations + int(negative),
+            'residual': float(torch.sqrt(rr)) / max(float(torch.linalg.norm(rhs)), 1e-300)}
+    if negative:
+        info['negative_curvature'] = iterations
+    return x, info
 
 
 # --- the two products users need ------------------------------------------------------------------
