@@ -4,7 +4,7 @@ method) and the oracle preset from that gap run's policies.npz (the same determi
 at the same code, saved ~40 min of this machine each).
 
     cd sim2real_bilevel && OMP_NUM_THREADS=1 nice -n 8 ../.venv/bin/python \
-        bench/results/urdf_tasks/swingup/termination/learning_from_gap.py GAP_DIR OUT METHOD [METHOD...]
+        bench/results/urdf_tasks/swingup/termination/learning_from_gap.py GAP_DIR OUT METHOD [METHOD...] [KEY=VALUE...]
 
 Runs seed 0, 4 outer iterations of 5 real episodes (N = 0, 5, 10, 15, 20).
 """
@@ -21,7 +21,9 @@ import sim2real_bilevel.core.experiments as experiments  # noqa: E402
 from sim2real_bilevel.core.problem import InnerResult  # noqa: E402
 
 torch.set_num_threads(1)
-gap_dir, out, methods = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+arguments = [a for a in sys.argv[1:] if '=' not in a]
+settings = dict(a.split('=', 1) for a in sys.argv[1:] if '=' in a)      # outer settings, e.g. solver=first_order
+gap_dir, out, methods = Path(arguments[0]), arguments[1], arguments[2:]
 policies = np.load(gap_dir / 'policies.npz')
 original = experiments.load_problem
 
@@ -38,5 +40,11 @@ def preset(path):
 
 
 experiments.load_problem = preset
+if settings:      # the experiment runner takes real_episodes only: pass the rest through its overrides
+    original_run = experiments.run_experiment
+
+    def run_experiment(*args, overrides=None, **kwargs):
+        return original_run(*args, overrides={**(overrides or {}), **settings}, **kwargs)
+    experiments.run_experiment = run_experiment
 urdf_tasks.figures(Namespace(task='config/swingup.yaml', methods=methods, seeds=1, iterations=4, real_episodes=5,
                              out=out))
