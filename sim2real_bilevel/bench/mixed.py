@@ -1,7 +1,7 @@
 """Mixed mode vs online-only: real episodes to 0.95 normalised real return (issue 14, must-show).
 
-For each problem (the shipped discrete_3s2a and lqr, and generated problems of both kinds, default
-options) and run seed:
+For each problem (the shipped discrete_3s2a and lqr -- ``--shipped``, e.g. ``pendulum`` for the robot
+kind -- and generated problems of both kinds, default options) and run seed:
 
 - mixed: a dataset of N real episodes of the nominal policy (``bench/offline.py``'s ``dataset_of``),
   the offline phase (``--offline-iterations`` outer iterations on it, no new episode), then online
@@ -19,6 +19,9 @@ reached it, and, in a second column, with the dataset's N added; "never" within 
     OMP_NUM_THREADS=1 nice -n 12 python sim2real_bilevel/bench/mixed.py --workers 2 \
         --out sim2real_bilevel/bench/results/mixed
     python sim2real_bilevel/bench/mixed.py --quick --out /tmp/mixed-quick
+    # the pendulum (robot kind; slow: see bench/results/mixed_pendulum/README.md for the budget used)
+    OMP_NUM_THREADS=1 nice -n 15 python sim2real_bilevel/bench/mixed.py --shipped pendulum --generated 0 \
+        --seeds 1 --budget 20 --offline-iterations 10 --workers 1 --out sim2real_bilevel/bench/results/mixed_pendulum
 
 Outputs: OUT/jobs.jsonl (one line per job, appended as jobs finish; a rerun skips those done, and
 runs at another N reuse the online-only jobs), OUT/mixed_N<N>.md (the table) and OUT/mixed_N<N>.json.
@@ -30,6 +33,7 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -57,10 +61,11 @@ def _run_job(problem, result: dict) -> None:
     from sim2real_bilevel.core.mixed import make_mixed_run
 
     job = result
+    progress = _progress(job)
     if job['method'] == 'mixed':
         dataset = dataset_of(problem, job['episodes'], 'nominal', job['seed'])
         run = make_mixed_run(problem, 'bilevel', dataset, job['seed'], job['budget'],
-                             iterations=job['offline_iterations'], evaluate=True)
+                             iterations=job['offline_iterations'], evaluate=True, progress=progress)
         run.run()
         phases = run.phase_reports()
         result['offline_phase'] = {k: phases['offline'][k] for k in (
@@ -69,7 +74,7 @@ def _run_job(problem, result: dict) -> None:
         result['online_phase'] = {k: v for k, v in phases['online'].items() if k != 'best'}
         prior = dataset.episodes
     else:
-        run = make_run(problem, 'bilevel', job['seed'], iterations=0, evaluate=True,
+        run = make_run(problem, 'bilevel', job['seed'], iterations=0, evaluate=True, progress=progress,
                        overrides={'safe_improvement': job['method'] == 'online-safe'})
         run.config.iterations = math.ceil(job['budget'] / run.config.real_episodes)
         run.run()
@@ -81,6 +86,17 @@ def _run_job(problem, result: dict) -> None:
         total_episodes_to_target=None if hit is None else hit.real_episodes,
         final=run.history[-1].normalized_return,
         curve=[[r.real_episodes - prior, r.normalized_return] for r in run.history])
+
+
+def _progress(job: dict):
+    """A record callback printing one line per outer iteration on stderr (the pendulum's jobs take minutes)."""
+    started = time.perf_counter()
+    name = f'{job["problem"]} {job["method"]} seed {job["seed"]}'
+
+    def report(record) -> None:
+        print(f'  {name}: iteration {record.iteration}, {record.real_episodes} real episodes, normalised return '
+              f'{record.normalized_return:.3f} ({time.perf_counter() - started:.0f} s)', file=sys.stderr, flush=True)
+    return report
 
 
 def jobs_for(files: dict, seeds: int, episodes: int, budget: int, offline_iterations: int) -> list[dict]:
@@ -150,6 +166,8 @@ def tabulate(results: list[dict], episodes: int, budget: int, offline_iterations
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--out', required=True)
+    parser.add_argument('--shipped', default='discrete_3s2a,lqr',
+                        help='shipped problems, comma-separated (pendulum: the robot kind)')
     parser.add_argument('--generated', type=int, default=4, help='generated problems per kind')
     parser.add_argument('--seeds', type=int, default=3)
     parser.add_argument('--episodes', type=int, default=30, help='dataset size N (nominal-policy episodes)')
@@ -165,7 +183,7 @@ def main(argv=None) -> int:
         files = {'discrete_3s2a': str(builtin_config('discrete_3s2a'))}
         args.seeds, args.budget, args.offline_iterations = 1, 20, 20
     else:
-        files = problem_files(out, args.generated)
+        files = problem_files(out, args.generated, [n for n in args.shipped.split(',') if n])
     wanted = jobs_for(files, args.seeds, args.episodes, args.budget, args.offline_iterations)
     done = run_pending(out / 'jobs.jsonl', wanted, run_job, key, args.workers,
                        lambda r: f'{r["problem"]} {r["method"]} seed {r["seed"]} {r["status"]} '

@@ -91,3 +91,43 @@ def test_a_bag_folder_or_a_missing_dataset_stops_the_optimizer_with_the_reason(t
     done = optimizer(missing)
     assert done.returncode != 0 and f'{missing}: no such file or folder' in done.stdout
     assert 'waiting for the graph' not in done.stdout
+
+
+@pytest.mark.parametrize('generated', [3, 0], ids=['warned', 'improving'])
+def test_the_offline_warning_reaches_results_and_the_optimizer_log(generated, tmp_path, ros_env):
+    """Generated tabular 3 from 10 nominal-policy episodes (test_offline.py's warned case): the graph's
+    results.json carries the core's ``warning`` word for word and the outer optimizer logs it; generated
+    tabular 0 from the same kind of data improves, and neither carries a warning."""
+    from sim2real_bilevel.core.datasets import save_dataset
+    from sim2real_bilevel.core.generators import generate
+    from sim2real_bilevel.core.offline import generate_dataset, make_offline_run
+    from sim2real_bilevel.core.problems import load_problem
+
+    path = tmp_path / f'tabular_{generated:03d}.yaml'
+    path.write_text(generate('tabular', generated).text)
+    problem = load_problem(path)
+    dataset, phi = generate_dataset(problem, 10, np.random.default_rng([0, 10, 0]))
+    save_dataset(dataset, tmp_path / 'data', policy_phi=phi)
+    iterations, seed = 5, 0
+    core = make_offline_run(problem, 'bilevel', dataset, seed, iterations=iterations)
+    core.run()
+    expected = core.final_report()['warning']
+    assert bool(expected) == (generated == 3)          # the case is what its name says (the core decides)
+
+    run_dir = tmp_path / 'run'
+    done = _launch(ros_env, tmp_path, f'problem:={path}', f'seed:={seed}', f'run_dir:={run_dir}',
+                   f'params_file:={_params_file(tmp_path, iterations)}', f'real_data:={tmp_path / "data"}')
+    output = done.stdout
+    assert done.returncode == 0, output
+    document = json.loads((run_dir / 'results.json').read_text())
+    seed_entry = document['methods']['bilevel']['seeds'][0]
+    assert len(seed_entry['iterations']) == iterations + 1       # the run finished: its report is the final one
+    warning = seed_entry['best']['warning']
+    assert warning == expected
+    logged = [line for line in output.splitlines() if '[outer_optimizer]' in line and 'offline: ' in line
+              and 'WARN' in line]
+    if generated == 3:
+        assert warning.startswith('no further supported improvement: ') and 'tried fewer than 3 times' in warning
+        assert len(logged) == 1 and logged[0].endswith(f'offline: {warning}'), output
+    else:
+        assert warning == '' and logged == [], output
