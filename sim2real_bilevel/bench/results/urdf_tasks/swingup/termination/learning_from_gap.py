@@ -6,7 +6,8 @@ at the same code, saved ~40 min of this machine each).
     cd sim2real_bilevel && OMP_NUM_THREADS=1 nice -n 8 ../.venv/bin/python \
         bench/results/urdf_tasks/swingup/termination/learning_from_gap.py GAP_DIR OUT METHOD [METHOD...] [KEY=VALUE...]
 
-Runs seed 0, 4 outer iterations of 5 real episodes (N = 0, 5, 10, 15, 20).
+KEY=VALUE: outer settings (e.g. solver=first_order), and gap_seed=K for the gap run's seed K (the
+problem with inner.seed K, its policies *_seedK; default 0).  Runs experiment seed 0, 4 outer iterations of 5 real episodes (N = 0, 5, 10, 15, 20).
 """
 import sys
 from argparse import Namespace
@@ -24,17 +25,18 @@ torch.set_num_threads(1)
 arguments = [a for a in sys.argv[1:] if '=' not in a]
 settings = dict(a.split('=', 1) for a in sys.argv[1:] if '=' in a)      # outer settings, e.g. solver=first_order
 gap_dir, out, methods = Path(arguments[0]), arguments[1], arguments[2:]
+seed = int(settings.pop('gap_seed', 0))        # the gap run's seed k: the problem with inner.seed k, policies *_seedk
 policies = np.load(gap_dir / 'policies.npz')
 original = experiments.load_problem
 
 
 def preset(path):
-    problem = original(path)
+    problem = urdf_tasks.load(path, seed) if seed else original(path)
     # without the gap run's oracle yet, normalise by the nominal policy for now: every record keeps its
     # real return, so the table is renormalised by the oracle's real return afterwards (README)
-    problem._oracle_phi = policies['oracle_seed0' if 'oracle_seed0' in policies.files else 'nominal_seed0']
+    problem._oracle_phi = policies[f'oracle_seed{seed}' if f'oracle_seed{seed}' in policies.files else f'nominal_seed{seed}']
     key = problem.full_theta(torch.as_tensor(problem.theta0())).detach().numpy().tobytes()
-    problem._cold_solves[key] = InnerResult(phi=policies['nominal_seed0'].copy(), grad_norm=float('nan'),
+    problem._cold_solves[key] = InnerResult(phi=policies[f'nominal_seed{seed}'].copy(), grad_norm=float('nan'),
                                             iterations=0, info={'preset': str(gap_dir)})
     return problem
 
