@@ -44,7 +44,8 @@ Reward: r = exp(-(sum of weighted cost terms)), in (0, 1]:
 Termination (``settings.termination``, the task file's ``task.termination``): an episode ends at
 the first state outside per-joint position bounds or above per-joint speed bounds (``terminal``);
 the transition into it earns its reward, later ones none.  The robot problem's rollouts hold the
-state still after the end (so a diverging simulator stays finite) and weight rewards by that
+state still after the end (so a rollout that passes a speed bound on its way to diverging stays
+finite; the bounds are checked once per control period) and weight rewards by that
 alive mask (detached: the end's timing carries no gradient); real episodes get the same dones
 and rewards from their measured states.
 

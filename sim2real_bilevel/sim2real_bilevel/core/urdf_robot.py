@@ -456,8 +456,9 @@ class RigidBodyDynamics:
     def gravity_torque(self, position: torch.Tensor, *, mass_scale: Optional[dict] = None,
                        payloads: Optional[dict] = None) -> torch.Tensor:
         """g(q) (B, n): h at zero joint velocity, the torque that holds the arm still (arguments as
-        ``mass_matrix_and_bias``).  Traced, it replays a recording of adam's gravity term alone,
-        which skips the mass matrix and the velocity terms: about half the work of M + h."""
+        ``mass_matrix_and_bias``).  Traced, it replays a recording of adam's gravity term alone (its
+        RNEA at zero velocity, without the mass matrix): on the iiwa at batch 64, 2.6 ms against
+        4.0 ms for M + h (bench/results/urdf_compensation)."""
         if not self.traced:
             return self.mass_matrix_and_bias(position, torch.zeros_like(position),
                                              mass_scale=mass_scale, payloads=payloads)[1]
