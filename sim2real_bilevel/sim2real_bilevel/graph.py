@@ -250,6 +250,15 @@ def params_file_name(problem: str) -> str:
     return f'{Path(problem).stem}_params.yaml'
 
 
+def argument_type(name: str) -> type:
+    """The parameter type the nodes declare for a launch argument they take (``typed_value``'s rules)."""
+    if name in BOOLEAN_ARGUMENTS:
+        return bool
+    if name in FLOAT_ARGUMENTS:
+        return float
+    return int if name == 'seed' else str
+
+
 def typed_value(name: str, text: str):
     """A launch argument's text as the parameter type the nodes declare."""
     if name in BOOLEAN_ARGUMENTS:
@@ -379,8 +388,6 @@ def launch_description(mode: str):
     for name, (description, _) in MODE_ARGUMENTS.items():
         declared.append(DeclareLaunchArgument(name, default_value=defaults[name], description=description))
 
-    types = {'use_sim_time': bool, 'autostart_bridge': bool, 'seed': int, 'problem': str, 'run_dir': str,
-             'evaluator': str, 'safe_improvement': bool, 'real_data': str, 'sync_period_s': float}
 
     def node_actions(context):
         """The processes, once ``containers`` is known: one Node action per node or container."""
@@ -394,7 +401,8 @@ def launch_description(mode: str):
         offline = bool(LaunchConfiguration('real_data').perform(context))
         for spec, members in processes(mode, LaunchConfiguration('containers').perform(context), offline):
             overrides = {('autostart' if name == 'autostart_bridge' else name):
-                         ParameterValue(LaunchConfiguration(name), value_type=types[name]) for name in spec.overrides}
+                         ParameterValue(LaunchConfiguration(name), value_type=argument_type(name))
+                         for name in spec.overrides}
             robot = {name: LaunchConfiguration(name).perform(context) for name in ('robot_mode', *REALTIME_ARGUMENTS)}
             overrides.update(fixed_parameters(mode, members, robot))
             if offline and 'evaluator' in overrides:
