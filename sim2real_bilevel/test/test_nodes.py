@@ -58,6 +58,18 @@ class NodeProcess:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def stacks(self, timeout: float = 5.0) -> str:
+        """The node's Python stacks, dumped by the node on SIGUSR1 (``runtime.run_nodes``), with
+        its log's tail: what a test that timed out on this node says about it."""
+        if not self.alive():
+            return f'{self.name} exited with {self.process.returncode}:\n{self.log()[-3000:]}'
+        before = len(self.log())
+        os.kill(self.process.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while 'most recent call first' not in self.log()[before:] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return f'{self.name} (alive):\n{self.log()[-6000:]}'
+
     def stop(self) -> int:
         if self.alive():
             os.killpg(self.process.pid, signal.SIGINT)

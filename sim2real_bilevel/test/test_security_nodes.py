@@ -119,22 +119,33 @@ def test_a_bridge_with_an_unusable_key_file_refuses_to_configure(ros, tmp_path):
 def test_a_bridge_that_requires_a_key_refuses_to_configure_without_one(ros):
     """What the hardware launch sets (graph.MODE_PARAMETERS): no key, no configured bridge."""
     from lifecycle_msgs.srv import GetState
+    from rcl_interfaces.srv import GetParameters
     assert not os.environ.get('SIM2REAL_POLICY_KEY_FILE')
+    # the clients exist before the bridge does, so that its discovery of them starts with its own
+    state_client = ros.node.create_client(GetState, '/hardware_bridge/get_state')
+    parameter_client = ros.node.create_client(GetParameters, '/hardware_bridge/get_parameters')
     bridge = ros.start('hardware_bridge', problem=PROBLEM, autostart='true', require_policy_key='true')
     assert ros.wait_for_log(bridge, 'configure failed: no policy key', timeout=60.0), bridge.log()[-2000:]
     assert 'sim2real-bilevel keygen' in bridge.log()
-    for _ in range(12):
-        # an answer can be lost before discovery completes: ask again, from a new client each time
-        # (one whose response reader the bridge had not matched missed 6 answers in a CI run under load)
-        client = ros.node.create_client(GetState, '/hardware_bridge/get_state')
-        ros.spin_until(client.service_is_ready, 30.0, 'get_state')
-        future = client.call_async(GetState.Request())
-        deadline = time.monotonic() + 5.0
-        while not future.done() and time.monotonic() < deadline:
-            ros.executor.spin_once(timeout_sec=0.05)
-        if future.done():
-            break
-    assert future.done() and future.result().current_state.label == 'unconfigured'
+
+    def ask(client, request, tries=6):
+        """The answer, or None: an answer can be lost while discovery is incomplete, so ask again."""
+        ros.spin_until(client.service_is_ready, 30.0, client.srv_name)
+        for _ in range(tries):
+            future = client.call_async(request)
+            deadline = time.monotonic() + 5.0
+            while not future.done() and time.monotonic() < deadline:
+                ros.executor.spin_once(timeout_sec=0.05)
+            if future.done():
+                return future.result()
+        return None
+
+    state = ask(state_client, GetState.Request())
+    if state is None:                     # say what the bridge was doing, for the next reader of CI
+        parameters = ask(parameter_client, GetParameters.Request(names=['require_policy_key']), tries=1)
+        pytest.fail(f'no answer from /hardware_bridge/get_state in 6 tries; get_parameters answered: '
+                    f'{parameters is not None}\n{bridge.stacks()}')
+    assert state.current_state.label == 'unconfigured'
     assert bridge.alive()
 
 

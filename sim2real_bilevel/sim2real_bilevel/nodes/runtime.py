@@ -322,6 +322,7 @@ def run_nodes(makers: Sequence[Callable[[], Any]], args=None,
         # the one way these nodes learn that they must stop.
         signal.signal(signal.SIGINT, _note_signal)
         rclpy.init(args=args)
+    _dump_stacks_on_sigusr1()
     nodes: list = []
     status = 0
     try:
@@ -370,6 +371,15 @@ READY_LOG = 'ready'
 """What every node logs once it is built and added to its executor (tests and operators wait on it)."""
 SIGNAL_CHECK_S = 0.1
 """Longest wait of a node's executor before it looks again for a signal or a shut-down context."""
+
+
+def _dump_stacks_on_sigusr1() -> None:
+    """``kill -USR1 PID`` writes every thread's Python stack to the node's stderr (its log),
+    at once, even while the main thread is stuck in C code: for a node that stops answering."""
+    import faulthandler
+    import signal
+    import sys
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=False)
 
 
 def _note_signal(signum, frame) -> None:
