@@ -51,7 +51,8 @@ def test_learn_mask_freezes_entries():
 
 
 @pytest.mark.parametrize('field,value', [('iterations', -1), ('step_size', 0.0), ('solver', 'lu'),
-                                         ('real_episodes', 0), ('learn', 'everything')])
+                                         ('real_episodes', 0), ('learn', 'everything'),
+                                         ('first_order_above', -1.0), ('theta_start', 'identified')])
 def test_config_rejects_bad_values_with_their_name(field, value):
     with pytest.raises(ValueError, match=field):
         OuterConfig.from_mapping({field: value})
@@ -118,3 +119,52 @@ def test_summary_and_plot(tmp_path):
     assert 'N=30' in format_summary(summary)
     plot_results(json.loads(json.dumps(document)), tmp_path / 'r.png')
     assert (tmp_path / 'r.png').stat().st_size > 10_000
+
+
+def test_theta_start_sysid_fits_the_dynamics_to_the_first_batch_then_follows_the_outer_gradient():
+    from pathlib import Path
+    from sim2real_bilevel.core.experiments import make_run
+    from sim2real_bilevel.core.problems import load_problem
+    problem = load_problem(Path(__file__).resolve().parents[1] / 'config' / 'discrete_3s2a.yaml')
+    run = make_run(problem, 'bilevel-from-sysid', seed=0, iterations=3)
+    assert run.config.theta_start == 'sysid'
+    run.start()
+    theta0 = run.theta.copy()
+    first = run.step()
+    dynamics = np.asarray(problem.theta_groups()['dynamics'], dtype=bool)
+    lower, upper = problem.theta_bounds()
+    fitted = np.clip(problem.system_identification(run.real_batches, theta0), lower, upper)
+    assert not np.allclose(fitted[dynamics], theta0[dynamics])          # the fit moved theta
+    np.testing.assert_array_equal(run.theta[dynamics], fitted[dynamics])
+    np.testing.assert_array_equal(run.theta[~dynamics], theta0[~dynamics])
+    assert 'sysid_s' in first.timing and 'sensitivity_s' not in first.timing
+    second = run.step()                                                  # an outer-gradient step from there
+    assert 'sensitivity_s' in second.timing and 'sysid_s' not in second.timing
+    assert not np.array_equal(run.theta, fitted)
+
+
+def test_a_policy_far_from_stationary_gets_the_first_order_sensitivity():
+    class Unconverged(ToyProblem):
+        def inner_tolerance(self):
+            return 0.01
+
+    problem = Unconverged(coupling=toy().coupling, phi_real=toy().phi_real)
+    g = np.array([1.0, 2.0, -1.0])
+    exact, first_order = problem.coupling.T @ g, 0.5 * problem.coupling.T @ g     # the toy's Hessian is -I
+
+    def gradient(inner_grad_norm, **settings):
+        loop = BilevelOuterLoop(problem, OuterConfig(solver='dense', damping=0.0, first_order_step=0.5, **settings))
+        loop.start()
+        loop.inner_grad_norm = inner_grad_norm
+        return loop.outer_gradient(loop.phi, loop.theta, g), loop.event
+
+    value, event = gradient(0.5)                       # 50 x the tolerance: the configured solve
+    np.testing.assert_allclose(value, exact, rtol=1e-12)
+    assert event == ''
+    value, event = gradient(2.0)                       # 200 x: the first-order step, and the record says why
+    np.testing.assert_allclose(value, first_order, rtol=1e-12)
+    assert 'first-order sensitivity' in event and '||F|| 2' in event and '0.01' in event
+    value, event = gradient(2.0, first_order_above=0.0)     # 0: never
+    np.testing.assert_allclose(value, exact, rtol=1e-12)
+    value, event = gradient(2.0, first_order_above=1000.0)
+    np.testing.assert_allclose(value, exact, rtol=1e-12)

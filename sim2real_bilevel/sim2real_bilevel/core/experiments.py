@@ -23,6 +23,8 @@ METHODS: dict[str, tuple[type, dict]] = {
     'bilevel-sampled': (BilevelOuterLoop, {'sensitivity_method': 'sampled'}),
     'bilevel-reward': (BilevelOuterLoop, {'learn': 'reward'}),
     'bilevel-dynamics': (BilevelOuterLoop, {'learn': 'dynamics'}),
+    # the first iteration fits the simulator to its real batch (sysid's fit), then bi-level steps
+    'bilevel-from-sysid': (BilevelOuterLoop, {'theta_start': 'sysid'}),
     # bi-level with safe improvement on (the hardware default; off for ``solve`` unless asked)
     'bilevel-safe': (BilevelOuterLoop, {'safe_improvement': True}),
     'nominal': (baselines.NominalRun, {'iterations': 0}),

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 SOLVERS = ('dense', 'cg', 'first_order')
 SENSITIVITY_METHODS = ('exact', 'sampled')
 INNER_METHODS = ('exact', 'sampled', 'ppo')
+THETA_STARTS = ('nominal', 'sysid')
 
 
 @dataclass
@@ -82,8 +83,20 @@ class OuterConfig:
     """Conjugate-gradient relative residual tolerance."""
     first_order_step: float = 1.0
     """Step of the first-order variant: d phi*/d theta ~ step * dF/dtheta."""
+    first_order_above: float = 100.0
+    """When the inner solve ended with ||F|| above this many times the problem's inner tolerance
+    (``inner_tolerance``; kinds with exact solves have none), that iteration's sensitivity is the
+    first-order one whatever ``solver`` says: the implicit-function theorem linearises F = 0, and
+    far from it the linear system does not describe the solve (the swing-up's warm solves end at
+    ||F|| 5000-25000x the tolerance, the pendulum's at <= 9x: bench/results/urdf_tasks/swingup/).
+    0: never."""
     learn: str = 'all'
     """Which theta entries move: 'all', 'dynamics' or 'reward' (ablations)."""
+    theta_start: str = 'nominal'
+    """Bi-level only.  'nominal': the outer gradient moves theta from the problem file's values.
+    'sysid': the first iteration fits the learnable dynamics entries to its real batch instead (the
+    problem's ``system_identification``, the sysid baseline's fit; reward entries keep their values)
+    and re-solves the policy there; the outer gradient takes over from the second iteration."""
     normalize_gradient: bool = False
     """Divide the outer gradient by its norm before the optimiser (SGD only)."""
     # --- baselines (same real-data accounting) ---
@@ -126,7 +139,9 @@ class OuterConfig:
              f'one of {SENSITIVITY_METHODS}'),
             (self.solver in SOLVERS, 'solver', f'one of {SOLVERS}'),
             (self.damping >= 0, 'damping', 'a number >= 0'),
+            (self.first_order_above >= 0, 'first_order_above', 'a number >= 0 (0: never)'),
             (self.learn in ('all', 'dynamics', 'reward'), 'learn', "'all', 'dynamics' or 'reward'"),
+            (self.theta_start in THETA_STARTS, 'theta_start', f'one of {THETA_STARTS}'),
             (self.cma_sigma > 0, 'cma_sigma', 'a number > 0'),
             (self.cma_popsize >= 0, 'cma_popsize', 'an integer >= 0 (0: default)'),
             (self.spsa_a > 0 and self.spsa_c > 0, 'spsa_a', 'spsa_a > 0 and spsa_c > 0'),
@@ -159,6 +174,20 @@ def make_solver(config: OuterConfig):
     if config.solver == 'cg':
         return implicit.cg_solver(damping=config.damping, maxiter=config.cg_maxiter, tol=config.cg_tol)
     return implicit.first_order(step=config.first_order_step)
+
+
+def sensitivity_solver(config: OuterConfig, problem: BilevelProblem, inner_grad_norm: float):
+    """The implicit-function solver for a policy whose inner solve ended at ``inner_grad_norm``, and
+    why it is not the configured one ('' when it is): the first-order step where the solve ended
+    far from stationary (``OuterConfig.first_order_above``)."""
+    tolerance = problem.inner_tolerance()
+    factor = config.first_order_above
+    if (config.solver != 'first_order' and factor > 0 and tolerance is not None
+            and np.isfinite(inner_grad_norm) and inner_grad_norm > factor * tolerance):
+        return (implicit.first_order(step=config.first_order_step),
+                f'first-order sensitivity: the inner solve ended at ||F|| {inner_grad_norm:.3g}, '
+                f'above {factor:g} x its tolerance {tolerance:g}')
+    return make_solver(config), ''
 
 
 def discounted_returns(batch: Trajectories, gamma: float) -> np.ndarray:
@@ -686,7 +715,6 @@ class BilevelOuterLoop(MethodRun):
                  progress: Optional[Callable[[IterationRecord], None]] = None,
                  evaluator: Optional[Evaluator] = None):
         super().__init__(problem, config, seed, progress, evaluator)
-        self.solver = make_solver(config)
         self.learn_mask = self._learn_mask()
         self.step_units = self._step_units()
         self.adam = Adam(self.theta.size, config.step_size, config.adam_betas, scale=self.step_units,
@@ -694,7 +722,6 @@ class BilevelOuterLoop(MethodRun):
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.solver = make_solver(self.config)
         self.learn_mask = self._learn_mask()
         self.step_units = self._step_units()
 
@@ -732,7 +759,10 @@ class BilevelOuterLoop(MethodRun):
             trajectories = self.problem.simulate(phi, theta, n, horizon, self.rng)
         terms = self.problem.sensitivity_terms(phi, theta, method=self.config.sensitivity_method,
                                                trajectories=trajectories, rng=self.rng)
-        return np.asarray(implicit.outer_gradient(terms, real_gradient, self.solver), dtype=np.float64)
+        solver, why = sensitivity_solver(self.config, self.problem, self.inner_grad_norm)
+        if why:
+            self.event = why
+        return np.asarray(implicit.outer_gradient(terms, real_gradient, solver), dtype=np.float64)
 
     def iterate(self) -> tuple[float, float, dict]:
         timing = {}
@@ -740,6 +770,8 @@ class BilevelOuterLoop(MethodRun):
         batch = self.collect_real(self.phi)
         self.real_batches = self.real_batches[-self.config.real_history:]
         timing['real_s'] = time.perf_counter() - t0
+        if self.config.theta_start == 'sysid' and self.iteration == 0:
+            return self.start_from_identification(batch, timing)
         if self.config.safe_improvement and self.last_deployed is not None and self.best is not None \
                 and self.last_deployed.significantly_below(self.best.estimate(self.config.confidence)):
             t2 = time.perf_counter()
@@ -764,6 +796,19 @@ class BilevelOuterLoop(MethodRun):
         if self.config.safe_improvement and self.best is not None:
             self.check_before_deploying()
         return float(np.linalg.norm(gradient)), self.mean_real_return(batch), timing
+
+    def start_from_identification(self, batch: Trajectories, timing: dict) -> tuple[float, float, dict]:
+        """``theta_start: sysid``: theta's learnable dynamics entries fitted to the real data (the
+        first batch; in mixed mode the recorded dataset too), the policy re-solved there (warm)."""
+        t1 = time.perf_counter()
+        identified = np.clip(self.problem.system_identification(self.real_data(), self.theta), self.lower, self.upper)
+        self.theta = np.where(self.learn_mask & np.asarray(self.problem.theta_groups()['dynamics'], dtype=bool),
+                              identified, self.theta)
+        timing['sysid_s'] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        self.set_policy(self.solve_inner(self.theta, self.phi))
+        timing['inner_s'] = time.perf_counter() - t2
+        return float('nan'), self.mean_real_return(batch), timing
 
     def real_data(self) -> list[Trajectories]:
         """The real batches the real-gradient estimator and the safety check see: the kept ones

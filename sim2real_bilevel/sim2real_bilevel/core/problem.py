@@ -247,6 +247,12 @@ class BilevelProblem(abc.ABC):
         """phi*(theta). method 'exact' (soft DP / Riccati) or 'sampled' (actor-critic SPG,
         warm-started at phi_init, stopping when ||F|| falls below a tolerance)."""
 
+    def inner_tolerance(self) -> Optional[float]:
+        """The ||F|| below which ``inner_solve`` calls a policy solved; None for kinds whose exact
+        solves are stationary by construction (what ``outer.sensitivity_solver`` compares the
+        returned ``grad_norm`` with)."""
+        return None
+
     @abc.abstractmethod
     def inner_gradient(self, phi: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         """Exact F(phi, theta) as a pure differentiable torch function (float64)."""

@@ -4,8 +4,9 @@ Given theta, the policy phi trained on it and the real policy gradient g, return
 publishes on ``outer_gradient``) dJ_real/dtheta = (d phi*/d theta)^T g, using the core's
 linearisation (``sensitivity_terms``: exact, or sampled from simulator rollouts fetched from
 the differentiable_simulator's ``~/simulate`` service) and the core's implicit solve
-(``implicit.outer_gradient`` with the solver that ``make_solver`` builds from the
-parameters).  With exact terms the linearisation is computed as soon as a new policy is
+(``implicit.outer_gradient`` with the solver that ``outer.sensitivity_solver`` picks from the
+parameters and the policy's ``inner_grad_norm``: the first-order step for a policy far from
+stationary).  With exact terms the linearisation is computed as soon as a new policy is
 published (pipelined with the real episodes); sampled work runs in a worker thread while the
 executor keeps serving.
 """
@@ -18,14 +19,14 @@ from sim2real_bilevel_interfaces.msg import OuterGradient, PolicyParameters, Sim
 from sim2real_bilevel_interfaces.srv import SimulateRollouts
 
 from ..core import implicit
-from ..core.outer import SENSITIVITY_METHODS, SOLVERS, OuterConfig, make_solver
+from ..core.outer import SENSITIVITY_METHODS, SOLVERS, OuterConfig, sensitivity_solver
 from . import conversions
 from .action_calls import RESULT_KEPT_S, serve_action
 from .runtime import (EVENTS, LATCHED, PROBLEM, SEED, BackgroundWork, DeclaredParameters, ParameterSpec, accept_cancel,
                       goal_validator, load_problem, outer_config_defaults, run_node)
 
 SOLVER_PARAMETERS = ('sensitivity_method', 'solver', 'damping', 'cg_maxiter', 'cg_tol', 'first_order_step',
-                     'sim_episodes', 'sim_horizon')
+                     'first_order_above', 'sim_episodes', 'sim_horizon')
 
 
 class Sensitivity(Node):
@@ -49,6 +50,10 @@ class Sensitivity(Node):
                           low=1e-300, high=1.0),
             ParameterSpec('first_order_step', float(d['first_order_step']),
                           'step of the first-order variant: d phi*/d theta ~ step * dF/dtheta', low=0.0, high=1e6),
+            ParameterSpec('first_order_above', float(d['first_order_above']),
+                          'the first-order step instead of the solver for a policy whose inner solve ended with '
+                          '||F|| above this many times the inner tolerance (far from stationary); 0: never',
+                          low=0.0, high=1e12),
             ParameterSpec('sim_episodes', int(d['sim_episodes']),
                           'simulated trajectories for sampled sensitivities (0: the problem default)', low=0,
                           high=10 ** 7),
@@ -152,7 +157,9 @@ class Sensitivity(Node):
                 return result
         if config.sensitivity_method != 'exact':
             goal_handle.publish_feedback(ComputeSensitivity.Feedback(stage='solving'))
-        solver = make_solver(config)
+        solver, why = sensitivity_solver(config, self.problem, goal_handle.request.policy.inner_grad_norm)
+        if why:
+            self.get_logger().info(f'policy version {policy_version}: {why}')
 
         def solve():
             terms = self._terms(phi, theta, (policy_version, theta_version), config.sensitivity_method,
@@ -177,7 +184,7 @@ class Sensitivity(Node):
             self.get_logger().error(result.message)
             return result
         message = conversions.gradient_to_msg(gradient, real_gradient, theta_version, policy_version,
-                                               sensitivity_method=config.sensitivity_method, solver=config.solver)
+                                               sensitivity_method=config.sensitivity_method, solver=solver.name)
         message.header.stamp = self.get_clock().now().to_msg()
         self.gradient_publisher.publish(message)
         goal_handle.succeed()

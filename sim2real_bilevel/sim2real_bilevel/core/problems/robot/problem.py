@@ -110,6 +110,9 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         return InnerResult(phi=solved.phi.copy(), grad_norm=solved.grad_norm, iterations=solved.iterations,
                            info=dict(solved.info))
 
+    def inner_tolerance(self) -> float:
+        return float(self.inner.tolerance)
+
     def _solve(self, theta_full: torch.Tensor, phi_init: Optional[np.ndarray], *, method: str,
                rng: Optional[np.random.Generator], max_iterations: Optional[int] = None,
                tolerance: Optional[float] = None, crn: Optional[CommonNoise] = None) -> InnerResult:
