@@ -1,17 +1,21 @@
 """Bi-level outer iterations on the iiwa task from the gap run's nominal policy (its iteration 0),
 the first one under cProfile; real return of every iterate on the fixed evaluation seeds,
-normalised by the gap run's oracle; theta printed in natural units.  Usage: bilevel_from.py TASK GAP_DIR ITERATIONS REAL_EPISODES"""
+normalised by the gap run's oracle; theta printed in natural units.  Usage: bilevel_from.py TASK GAP_DIR ITERATIONS
+REAL_EPISODES [method=NAME] [KEY=VALUE ...] (outer settings, e.g. first_order_above=0)"""
 import cProfile, io, json, pstats, sys, time
 import numpy as np, torch
 torch.set_num_threads(1)
 from sim2real_bilevel.core.problems import load_problem
 from sim2real_bilevel.core.experiments import make_run
 task, gap_dir, iterations, episodes = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+settings = dict(a.split('=', 1) for a in sys.argv[5:])
+method = settings.pop('method', 'bilevel')
+settings = {key: float(value) if key != 'solver' else value for key, value in settings.items()}
 problem = load_problem(task)
 results = json.load(open(f'{gap_dir}/results.json'))['results']
 oracle = [r for r in results if r['method'] == 'oracle' and r['seed'] == 0][0]['real_return']
 policies = np.load(f'{gap_dir}/policies.npz')
-run = make_run(problem, 'bilevel', seed=0, iterations=iterations, overrides={'real_episodes': episodes})
+run = make_run(problem, method, seed=0, iterations=iterations, overrides={'real_episodes': episodes, **settings})
 run.phi = policies['nominal_seed0']
 run.inner_grad_norm = float('nan')
 print(f'iteration 0: 0 real episodes, real return {problem.real_return(run.phi):.3f}, '
@@ -27,5 +31,5 @@ for k in range(iterations):
         s = io.StringIO(); pstats.Stats(profiler, stream=s).sort_stats('cumulative').print_stats(30); print(s.getvalue(), flush=True)
     value = problem.real_return(run.phi)
     print(f'iteration {k + 1}: {run.real_episode_count} real episodes, real return {value:.3f}, normalised '
-          f'{value / oracle:.3f}; {time.perf_counter() - t0:.0f} s; timing {record.timing}; theta '
+          f'{value / oracle:.3f}; {time.perf_counter() - t0:.0f} s; timing {record.timing}; {record.event} theta '
           f'{dict(zip((n.removeprefix("log_") for n in problem.theta_names), np.exp(run.theta).round(3).tolist()))}', flush=True)
