@@ -92,8 +92,9 @@ def key_values(summary: dict, prefix: str = '') -> list[KeyValue]:
 
 
 class EpisodeLoop:
-    """One episode on a steady-clock timer: ``await loop.run()`` gives None (done) or the reason
-    it was aborted."""
+    """One episode on a steady-clock timer: ``await loop.run()`` gives None (done: at the horizon,
+    or at a terminal state of the task, then ``end`` says where and why) or the reason it was
+    aborted."""
 
     def __init__(self, transport, controller, bounds, command_filter, timing: LoopTiming, episode: int, ends):
         self.transport = transport
