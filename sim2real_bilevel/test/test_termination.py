@@ -143,3 +143,80 @@ def test_speed_bound_and_joint_limits(tmp_path):
 def test_termination_errors_name_the_field_and_the_value(termination, message):
     with pytest.raises(ProblemConfigError, match=message):
         pendulum(termination)
+
+
+# --- where episodes stop: the stand-in, the bridge's controller, the words for the operator ----------------
+HANGING = Path(__file__).resolve().parent / 'pendulum_hanging.yaml'
+
+
+def constant_effort_policy(problem, effort: float) -> np.ndarray:
+    """A policy whose mean is ``effort`` everywhere (zero weights, that output bias), std 0.01."""
+    phi = np.zeros(problem.phi_size())
+    phi[-2], phi[-1] = effort, np.log(0.01)
+    return phi
+
+
+def hanging():
+    from sim2real_bilevel.core.problems import load_problem
+    return load_problem(HANGING)
+
+
+def test_termination_reason_names_the_joint_the_bound_and_the_value():
+    problem = hanging()
+    assert problem.termination_reason([3.15, 0.0]) is None
+    assert problem.termination_reason([3.52, 0.0]) == ('joint pendulum_joint position 3.52 > 3.5 (task.termination '
+                                                       'position bounds [2.8, 3.5])')
+    assert 'position 2.7 < 2.8' in problem.termination_reason([2.7, 0.0])
+    fast = pendulum({'max_speed': 3.0})
+    assert fast.termination_reason([0.0, -3.25]) == 'joint pendulum_joint speed |-3.25| > 3 (task.termination max_speed)'
+    assert fast.termination_reason([0.0, 2.9]) is None
+    assert pendulum().termination_reason([5.0, 50.0]) is None                 # no termination: never
+    # the same rule as the dones: a state ends an episode exactly when termination_reason says why
+    states = np.random.default_rng(0).uniform([2.6, -4.0], [3.7, 4.0], size=(200, 2))
+    ends = problem.terminal_states(torch.as_tensor(states)).numpy()
+    assert 0 < ends.sum() < 200
+    assert ends.tolist() == [problem.termination_reason(state) is not None for state in states]
+
+
+def test_real_episodes_stop_at_the_terminal_state_and_hold_it_with_zero_commands():
+    problem = hanging()
+    pushed = problem.sample_real(constant_effort_policy(problem, 2.0), 4, np.random.default_rng(1))
+    still = problem.sample_real(constant_effort_policy(problem, 0.0), 4, np.random.default_rng(1))
+    assert still.dones.sum(1).tolist() == [1] * 4 and still.dones[:, -1].all()      # never reached: full length
+    ends = pushed.dones.argmax(1) + 1                               # the terminal state s_end
+    assert np.all(ends < problem.horizon), ends
+    for n, end in enumerate(ends):
+        assert problem.termination_reason(pushed.states[n, end]) is not None
+        assert all(problem.termination_reason(s) is None for s in pushed.states[n, 1:end])
+        assert np.all(pushed.states[n, end:] == pushed.states[n, end])           # held
+        assert np.all(pushed.actions[n, end:] == 0.0) and np.all(pushed.actions[n, :end] != 0.0)
+        assert np.all(pushed.rewards[n, end:] == 0.0) and np.all(pushed.rewards[n, :end] > 0.0)
+    # the bridge's controller, told the same states, stops at the same step and builds the same batch
+    controller = problem.controller(constant_effort_policy(problem, 2.0), np.random.default_rng(0))
+    for n, end in enumerate(ends):
+        controller.start_episode()
+        for t in range(end + 1):
+            controller.observe(pushed.states[n, t, :1], pushed.states[n, t, 1:])
+            assert (controller.terminal() is not None) == (t == end)
+            if t < end:
+                controller.command()
+                controller.record(pushed.actions[n, t], None)
+    batch = controller.batch(0)
+    for field in ('states', 'actions', 'rewards', 'dones', 'log_probs'):
+        np.testing.assert_array_equal(getattr(batch, field), getattr(pushed, field), err_msg=field)
+
+
+def test_system_identification_ignores_what_a_batch_holds_after_the_end():
+    problem = hanging()
+    batch = problem.sample_real(constant_effort_policy(problem, 2.0), 3, np.random.default_rng(2))
+    end = int(batch.dones[0].argmax()) + 1
+    assert end < problem.horizon
+    altered = copy.deepcopy(batch)
+    altered.states[0, end + 1:] += 0.7                             # after the end: not measured, must not count
+    altered.actions[0, end:] = 1.5
+    theta = problem.theta0()
+    np.testing.assert_array_equal(problem.system_identification([altered], theta),
+                                  problem.system_identification([batch], theta))
+    altered.states[0, end] += 0.01                                 # the terminal state itself does count
+    assert not np.array_equal(problem.system_identification([altered], theta),
+                              problem.system_identification([batch], theta))

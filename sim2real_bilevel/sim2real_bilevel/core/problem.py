@@ -45,6 +45,10 @@ What a ``BilevelProblem`` gives (abstract unless a default is named):
   - ``link_transforms(position)``: forward kinematics for rviz, ``(root frame, {link: 4x4
     homogeneous transform in the root frame})`` at joint positions ordered like ``joints()``;
     default None (nothing to draw);
+  - ``termination_reason(state)``: why one state (a row of this problem's batch states) ends its
+    episode -- the task's termination (which bound, which joint, which value), the rule its
+    batches' ``dones`` come from -- or None.  The hardware bridge stops an episode there
+    (``EpisodeController.terminal``).  Default None: episodes run their whole horizon;
   - ``start_pose()``: the joint positions (one per commanded joint, in command order) that a
     scripted reset drives the robot to with efforts between episodes (hardware bridge
     ``reset_mode: scripted``, ``nodes/resets.py``): the mean of the real initial-state
@@ -190,7 +194,15 @@ class EpisodeController(abc.ABC):
     ``commands_are_efforts``: commands are joint efforts, so the bridge's effort safety applies
     (CommandFilter, state bounds, the joint_states watchdog, a zero command on any failure);
     False for symbolic commands such as a discrete action index.  ``control_period``: the
-    physical time of one step, the default period of the bridge's timer-driven loop."""
+    physical time of one step, the default period of the bridge's timer-driven loop.
+
+    ``terminal()``: why the state observed last ends the episode (the problem's
+    ``termination_reason``), or None.  At such a state (step 0 < t < horizon: the first state never
+    ends an episode, as with ``dones``) the bridge stops the episode: no further ``command()``,
+    a zero command to the robot, then the next episode's ``start_episode()``.  ``batch`` gives
+    such a short episode the problem's shape: its last observed state held and zero commands
+    after it (nothing was measured or commanded there; the simulator's rollouts hold the state
+    the same way), ``dones`` marking the end."""
 
     horizon: int
     commands_are_efforts: bool
@@ -213,6 +225,10 @@ class EpisodeController(abc.ABC):
 
     @abc.abstractmethod
     def batch(self, policy_version: int) -> Trajectories: ...
+
+    def terminal(self) -> Optional[str]:
+        """Why the state observed last ends the episode, in words; None (the default): it does not."""
+        return None
 
 
 class BilevelProblem(abc.ABC):
@@ -340,6 +356,11 @@ class BilevelProblem(abc.ABC):
     def link_transforms(self, position: Sequence[float]) -> Optional[tuple[str, dict[str, np.ndarray]]]:
         """(root frame, {link: 4x4 transform in the root frame}) at joint positions ordered like
         ``joints()``, for rviz; None when there is nothing to draw."""
+        return None
+
+    def termination_reason(self, state: Sequence[float]) -> Optional[str]:
+        """Why ``state`` (one row of this problem's batch states) ends its episode, in words; None
+        when it does not (the default: no termination, episodes run their whole horizon)."""
         return None
 
     def start_pose(self) -> Optional[list[float]]:

@@ -120,6 +120,33 @@ class Termination:
     position_high: tuple[float, ...]
     max_speed: tuple[float, ...]
 
+    def outside(self, position, speed) -> tuple:
+        """(below, above, too fast): per-joint masks (..., n) of positions below ``position_low``, above
+        ``position_high`` and speeds |qd| above ``max_speed``; ``position`` and ``speed`` both torch
+        tensors or both numpy arrays (..., n).  The one comparison of the rule: ``UrdfModel.terminal``
+        (rollouts, dones) and ``reason`` (the hardware bridge) both use it."""
+        if isinstance(position, torch.Tensor):
+            bound = lambda values: torch.as_tensor(values, dtype=position.dtype, device=position.device)  # noqa: E731
+        else:
+            bound = np.asarray
+        return (position < bound(self.position_low), position > bound(self.position_high),
+                speed > bound(self.max_speed))
+
+    def reason(self, position: Sequence[float], velocity: Sequence[float], joints: Sequence[str]) -> Optional[str]:
+        """Why one state (positions and velocities of ``joints``) ends its episode, in words (the first
+        joint outside a bound, which bound, its value); None: inside every bound."""
+        position, velocity = np.asarray(position, dtype=np.float64), np.asarray(velocity, dtype=np.float64)
+        below, above, fast = self.outside(position, np.abs(velocity))
+        for i, joint in enumerate(joints):
+            if below[i] or above[i]:
+                side, bound = ('<', self.position_low[i]) if below[i] else ('>', self.position_high[i])
+                return (f'joint {joint} position {position[i]:.4g} {side} {bound:g} (task.termination position bounds '
+                        f'[{self.position_low[i]:g}, {self.position_high[i]:g}])')
+            if fast[i]:
+                return (f'joint {joint} speed |{velocity[i]:.4g}| > {self.max_speed[i]:g} (task.termination '
+                        'max_speed)')
+        return None
+
 
 @dataclass
 class Coefficients:
@@ -326,10 +353,17 @@ class UrdfModel:
         if rule is None:
             return None
         n = self.n_joints
-        position, speed = state[..., :n], state[..., n:].abs()
-        as_tensor = lambda values: torch.as_tensor(values, dtype=state.dtype, device=state.device)
-        outside = (position < as_tensor(rule.position_low)) | (position > as_tensor(rule.position_high))
-        return (outside | (speed > as_tensor(rule.max_speed))).any(-1)
+        below, above, fast = rule.outside(state[..., :n], state[..., n:].abs())
+        return (below | above | fast).any(-1)
+
+    def termination_reason(self, state: Sequence[float], joints: Sequence[str]) -> Optional[str]:
+        """Why one state (2n: positions of ``joints``, then velocities) ends its episode, in words
+        (``Termination.reason``); None: it does not, or the task has no termination."""
+        rule = self.settings.termination
+        if rule is None:
+            return None
+        n = self.n_joints
+        return rule.reason(state[:n], state[n:2 * n], joints)
 
     # --- reward and observation -----------------------------------------------------------------------
     def reward(self, state: torch.Tensor, action: torch.Tensor, theta_reward: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,9 @@ through the bridge's filter.  It measures, per goal:
 - the policy's evaluation time against the period.
 The episode aborts (zero command, reason) when the newest state is older than
 ``max_state_age_s``, when an episode has more than ``max_deadline_misses`` misses, on a joint
-outside its bounds, an e-stop or a deactivation.  The episodes carry the stamps of the states
+outside its bounds, an e-stop or a deactivation.  A terminal state of the task
+(``episode_ends.py``) ends the episode instead, at the tick that reads it: zero command, and the
+goal goes on with the next episode's reset.  The episodes carry the stamps of the states
 used and the send times of the commands (``Trajectories.state_times`` / ``command_times``),
 and the result and /diagnostics the timing.  The controller must compute its reward from what
 it senses (``needs_reward`` false): a real robot has no reward topic.
@@ -90,11 +92,15 @@ def key_values(summary: dict, prefix: str = '') -> list[KeyValue]:
 
 
 class EpisodeLoop:
-    """One episode on a steady-clock timer: ``await loop.run()`` gives None (done) or the reason
-    it was aborted."""
+    """One episode on a steady-clock timer: ``await loop.run()`` gives None (done: at the horizon,
+    or at a terminal state of the task, then ``end`` says where and why) or the reason it was
+    aborted."""
 
-    def __init__(self, transport, controller, bounds, command_filter, timing: LoopTiming, episode: int):
+    def __init__(self, transport, controller, bounds, command_filter, timing: LoopTiming, episode: int, ends):
         self.transport = transport
+        self.ends = ends                       # EpisodeEnds: the goal's terminal-state ends
+        self.end = None                        # this episode's EpisodeEnd, when a terminal state stopped it
+        self.end_command_time: Optional[int] = None    # when the zero command of that end left (ns)
         self.bridge = transport.bridge
         self.controller = controller
         self.bounds = bounds                   # JointBounds: each joint's limits
@@ -120,6 +126,14 @@ class EpisodeLoop:
             return await self.finished
         finally:
             self.bridge.destroy_timer(self.timer)
+
+    def times(self, horizon: int) -> tuple[list[int], list[int]]:
+        """The episode's state stamps (horizon + 1) and command send times (horizon), ns; after a
+        terminal-state end they hold: its stamp, and the zero command's send time."""
+        states, commands = list(self.state_times), list(self.command_times)
+        states += states[-1:] * (horizon + 1 - len(states))
+        commands += [self.end_command_time] * (horizon - len(commands))
+        return states, commands
 
     def finish(self, reason: Optional[str]) -> None:
         self.timer.cancel()
@@ -176,6 +190,12 @@ class EpisodeLoop:
             return f'state bounds: {violation} {where}'
         self.controller.observe(position, velocity)
         self.state_times.append(stamp)
+        self.end = self.ends.check(self.controller, self.episode, self.t)
+        if self.end is not None:               # the task's end, not an abort: stop commanding
+            bridge.send_zero_command()
+            self.end_command_time = bridge.get_clock().now().nanoseconds
+            self.t = self.controller.horizon + 1
+            return None
         if self.t == self.controller.horizon:
             self.t += 1
             return None
@@ -202,9 +222,11 @@ class EpisodeLoop:
 
 async def run_timed(transport, goal, goal_handle, controller, bounds,
                     fail: Callable[[str], RunEpisodes.Result], version: int,
-                    feedback: Callable[[str, int], None]) -> RunEpisodes.Result:
+                    feedback: Callable[[str, int], None], ends) -> RunEpisodes.Result:
     """The goal's episodes on the timer loop (the topic transport's ``run`` for ``loop: timer``);
-    ``feedback(status, episodes_done)`` tells the goal's client what a reset waits for."""
+    ``feedback(status, episodes_done)`` tells the goal's client what a reset waits for and which
+    episode ended at a terminal state (``ends``, ``episode_ends.EpisodeEnds``).  After such an end
+    the episode's timestamps hold: the terminal state's stamp, and the zero command's send time."""
     bridge, waits = transport.bridge, transport.bridge.waits
     rate = bridge.parameters['control_rate'] or (1.0 / controller.control_period if controller.control_period
                                                    else 0.0)
@@ -234,22 +256,24 @@ async def run_timed(transport, goal, goal_handle, controller, bounds,
                                                  f'(episode {episode})'))
         controller.start_episode()
         command_filter.reset()
-        loop = EpisodeLoop(transport, controller, bounds, command_filter, timing, episode)
+        loop = EpisodeLoop(transport, controller, bounds, command_filter, timing, episode, ends)
         reason = await loop.run()
         stamps, timing.late_states = transport.end_timed_episode(), timing.late_states + transport.late_states
         timing.count_drops(stamps)
         if reason is not None:
             return failed(reason)
-        state_times.append(loop.state_times)
-        command_times.append(loop.command_times)
-        goal_handle.publish_feedback(RunEpisodes.Feedback(episodes_done=episode + 1))
+        sensed, commanded = loop.times(controller.horizon)
+        state_times.append(sensed)
+        command_times.append(commanded)
+        feedback('' if loop.end is None else loop.end.describe(), episode + 1)
     bridge.send_zero_command()
     summary = finish_timing(bridge, timing)
     batch = controller.batch(version)
     batch.state_times = np.asarray(state_times, dtype=np.float64) * 1e-9
     batch.command_times = np.asarray(command_times, dtype=np.float64) * 1e-9
     return RunEpisodes.Result(success=True, trajectories=conversions.trajectories_to_msg(batch),
-                              message=f'command filter: {command_filter.counts()}', timing=key_values(summary))
+                              message=f'{ends.message(int(goal.n_episodes))}command filter: {command_filter.counts()}',
+                              timing=key_values(summary))
 
 
 def finish_timing(bridge, timing: LoopTiming) -> dict:

@@ -155,6 +155,8 @@ class HardwareBridge(LifecycleNode):
         self.verifier = None               # provenance.GoalVerifier when policy_key_file is set
         self.requests = KeptResults(lambda: self.parameters['result_cache_size'])
         self.in_process_calls = 0          # batched goals handed to the emulator in this process
+        self.terminated_episodes = 0       # episodes ended at a terminal state of the task (episode_ends.py)
+        self.last_termination = ''         # the last of them, in words
         if self.parameters['autostart']:
             self.autostart_timer = self.create_timer(0.0, self.autostart_callback)
 
@@ -315,6 +317,14 @@ class HardwareBridge(LifecycleNode):
             return self.estop_reason
         self.command_publisher.publish(Float64MultiArray(data=to_command_order(values, self.command_index)))
         return None
+
+    def episode_ended(self, words: str) -> None:
+        """An episode ended at a terminal state of the task (``nodes/episode_ends.py``): counted,
+        logged and on /diagnostics at once; not an abort."""
+        self.terminated_episodes += 1
+        self.last_termination = words
+        self.get_logger().info(f'{words} -- the policy stopped there (not an abort: the goal goes on)')
+        self.publish_diagnostics()
 
     def set_reason(self, reason: str, level=DiagnosticStatus.OK) -> None:
         """The state line of the diagnostics becomes ``reason``, published at once."""
@@ -489,7 +499,9 @@ class HardwareBridge(LifecycleNode):
                     KeyValue(key='newest_policy_version', value=str(self.newest_policy_version)),
                     KeyValue(key='signed_goals_only', value=str(self.verifier is not None)),
                     KeyValue(key='results_resent', value=str(self.requests.resent)),
-                    KeyValue(key='goals_handed_in_process', value=str(self.in_process_calls))]
+                    KeyValue(key='goals_handed_in_process', value=str(self.in_process_calls)),
+                    KeyValue(key='terminated_episodes', value=str(self.terminated_episodes)),
+                    KeyValue(key='last_termination', value=self.last_termination)]
             + key_values(self.loop_timing, prefix='loop_'))
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()

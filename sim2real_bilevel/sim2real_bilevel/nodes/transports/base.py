@@ -66,6 +66,9 @@ class BridgeFacilities(Protocol):
     def joint_bounds(self):
         """Every joint's limits now (``safety.JointBounds``, ``nodes/joints.py``)."""
 
+    def episode_ended(self, words: str) -> None:
+        """An episode ended at a terminal state of the task: counted, logged, on /diagnostics."""
+
     def set_reason(self, reason: str, level) -> None:
         """The bridge's state line (diagnostics) becomes ``reason``, published at ``level``."""
 

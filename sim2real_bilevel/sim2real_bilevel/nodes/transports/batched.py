@@ -7,6 +7,7 @@ from rclpy.action import ActionClient
 from sim2real_bilevel_interfaces.action import RunEpisodes
 
 from ..action_calls import GoalRejected, PeerLost, call_async, call_in_process_async, find_in_process_endpoint
+from ..episode_ends import EpisodeEnds
 from .base import Transport
 
 
@@ -34,15 +35,21 @@ class BatchedTransport(Transport):
             if endpoint is not None:       # the emulator in this process (containers:=robot): a direct call
                 result = await call_in_process_async(endpoint, forwarded)
                 bridge.in_process_calls += 1
-                return result
-            response = await call_async(self.client, forwarded, name, waits.until, waits.future,
-                                        bridge.parameters['episode_timeout_s'], on_done=waits.wake,
-                                        stopped=lambda: not bridge.active or bridge.estopped)
+            else:
+                result = (await call_async(self.client, forwarded, name, waits.until, waits.future,
+                                           bridge.parameters['episode_timeout_s'], on_done=waits.wake,
+                                           stopped=lambda: not bridge.active or bridge.estopped)).result
         except GoalRejected:
             return RunEpisodes.Result(success=False, message='the emulator rejected the episodes (its log says why)')
         except PeerLost as err:
             return RunEpisodes.Result(success=False, message=str(err))
-        return response.result
+        if result.success:                 # episodes the emulator stopped at a terminal state: reported here too
+            ends = EpisodeEnds(bridge, 0)
+            ends.from_batch(result.trajectories)
+            if ends.ends:                  # a new message: an in-process result is the emulator's kept one
+                result = RunEpisodes.Result(success=True, trajectories=result.trajectories, timing=result.timing,
+                                            message=ends.message(int(goal.n_episodes)) + result.message)
+        return result
 
     def in_process_endpoint(self):
         """The emulator's action served on this bridge's executor (a robot container), when

@@ -23,7 +23,8 @@ from sim2real_bilevel_interfaces.action import RunEpisodes
 
 from .. import conversions
 from ..control_loop import run_timed
-from ..resets import EpisodeResets
+from ..episode_ends import EpisodeEnds
+from ..resets import EpisodeResets, stop_reason
 from ..runtime import ROBOT_STREAM, SENSOR
 from ..joints import read_joint_state
 from .base import Transport
@@ -116,8 +117,10 @@ class TopicTransport(Transport):
         the controller needs one).  Effort commands (``commands_are_efforts``) pass the
         CommandFilter (effort clamp, rate limit); stale joint_states (watchdog), a joint outside
         its bounds, an e-stop or a deactivation then send a zero command and the whole goal
-        fails with the reason -- an aborted episode is never returned as data.  Other commands
-        (e.g. a discrete action index) wait ``step_timeout_s`` per answer."""
+        fails with the reason -- an aborted episode is never returned as data.  A terminal state
+        of the task (``episode_ends.py``) is not an abort: the episode stops there (a zero command,
+        whose answer from the robot is awaited) and the goal goes on with the next one.  Other
+        commands (e.g. a discrete action index) wait ``step_timeout_s`` per answer."""
         bridge, waits, problem = self.bridge, self.bridge.waits, self.bridge.problem
         phi, version, _ = conversions.policy_from_msg(goal.policy, problem.phi_size())
         try:
@@ -144,10 +147,11 @@ class TopicTransport(Transport):
         def feedback(status: str, episodes_done: int) -> None:
             goal_handle.publish_feedback(RunEpisodes.Feedback(episodes_done=episodes_done, status=status))
 
+        ends = EpisodeEnds(bridge, controller.horizon)
         if self.loop == 'timer':
             if not safety:
                 return fail('the timer loop runs effort controllers only; use loop lockstep')
-            return await run_timed(self, goal, goal_handle, controller, bounds, fail, version, feedback)
+            return await run_timed(self, goal, goal_handle, controller, bounds, fail, version, feedback, ends)
         for episode in range(int(goal.n_episodes)):
             reset = await self.reset_robot(safety, lambda status, done=episode: feedback(status, done))
             if not reset.success:
@@ -158,6 +162,7 @@ class TopicTransport(Transport):
             controller.start_episode()
             if safety:
                 command_filter.reset()
+            end = None
             for t in range(controller.horizon + 1):
                 if safety and self.latest_velocity.size != self.latest_state.size:
                     return fail(f'joint_states without velocities for {bridge.joints}: the velocity limits '
@@ -166,6 +171,16 @@ class TopicTransport(Transport):
                 violation = bounds.violation(self.latest_state, self.latest_velocity) if safety else None
                 if violation is not None:
                     return fail(f'state bounds: {violation} (episode {episode}, step {t})')
+                end = ends.check(controller, episode, t)
+                if end is not None:
+                    if safety:                         # the robot answers the zero command before the reset
+                        self.expect_state()
+                        bridge.send_zero_command()
+                        if not await waits.until(self.state_arrived, timeout):
+                            return fail(stop_reason(bridge) or self.stale_reason(
+                                f'watchdog: no joint_states within {timeout} s of the zero command that ended '
+                                f'episode {episode}'))
+                    break
                 if t == controller.horizon:
                     break
                 requested = controller.command()
@@ -186,14 +201,14 @@ class TopicTransport(Transport):
                     return fail(self.stale_reason(f'watchdog: joint_states stale for {timeout} s (episode {episode}, '
                                                   f'step {t})'))
                 controller.record(command, self.rewards[-1] if controller.needs_reward else None)
-            goal_handle.publish_feedback(RunEpisodes.Feedback(episodes_done=episode + 1))
-        message = ''
+            feedback('' if end is None else end.describe(), episode + 1)
+        message = ends.message(int(goal.n_episodes))
         if safety:
             bridge.send_zero_command()
             counts = command_filter.counts()
             if any(counts.values()):
                 bridge.get_logger().warning(f'command filter changed commands in these episodes: {counts}')
             bridge.filter_counts = counts
-            message = f'command filter: {counts}'
+            message += f'command filter: {counts}'
         batch = controller.batch(version)
         return RunEpisodes.Result(success=True, trajectories=conversions.trajectories_to_msg(batch), message=message)

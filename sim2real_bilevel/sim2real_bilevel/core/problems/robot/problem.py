@@ -348,7 +348,11 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         efforts (n, T, 1), task rewards on the measurements (n, T) and log pi (n, T).
 
         The episodes run in lockstep on separate emulators so that one batched policy call
-        serves them all; each emulator still sees only its own command stream."""
+        serves them all; each emulator still sees only its own command stream.
+
+        With a termination, an episode stops at its first terminal state (after the first), as the
+        hardware bridge stops it: its emulator is not stepped again, and the episode holds that
+        state with zero commands up to the horizon (``PendulumController.batch``)."""
         require_finite_policy(phi, f'{self.source}: real episodes')
         seeds = [int(seed) for seed in seeds]
         if len(seeds) > MAX_PARALLEL_EPISODES:
@@ -361,16 +365,23 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         states = np.empty((len(seeds), self.horizon + 1, self.model.state_dim))
         actions = np.empty((len(seeds), self.horizon, self.model.action_dim))
         samples = [emulator.reset(seed) for emulator, seed in zip(emulators, seeds)]
+        ended = np.zeros(len(seeds), dtype=bool)
         with torch.no_grad():
             std = np.exp(self.policy.log_std(phi_t).numpy())
             for t in range(self.horizon):
                 states[:, t] = [list(sample.position) + list(sample.velocity) for sample in samples]
-                mean = self.policy.mean(phi_t, self.model.observation(torch.as_tensor(states[:, t], dtype=DTYPE)))
+                state_t = torch.as_tensor(states[:, t], dtype=DTYPE)
+                terminal = self.terminal_states(state_t) if t else None
+                if terminal is not None:
+                    ended |= terminal.numpy()
+                mean = self.policy.mean(phi_t, self.model.observation(state_t))
                 actions[:, t] = mean.numpy() + std * np.array([rng.standard_normal(self.model.action_dim)
                                                                for rng in action_rngs])
-                for emulator, action in zip(emulators, actions[:, t]):
-                    emulator.apply_effort(action)
-                samples = [emulator.step() for emulator in emulators]
+                actions[ended, t] = 0.0
+                for i, (emulator, action) in enumerate(zip(emulators, actions[:, t])):
+                    if not ended[i]:
+                        emulator.apply_effort(action)
+                        samples[i] = emulator.step()
             states[:, -1] = [list(sample.position) + list(sample.velocity) for sample in samples]
         rewards, log_probs = self.score_episodes(phi, states, actions)
         return states, actions, rewards, log_probs
@@ -540,21 +551,24 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
 
     def system_identification(self, batches: list[Trajectories], theta_init: np.ndarray) -> np.ndarray:
         """Maximum likelihood of the learnable dynamics entries under the Gaussian transition
-        model on every real transition (L-BFGS-B inside the bounds); reward entries keep
-        their values in ``theta_init``."""
+        model on every real transition up to each episode's end (``dones``: after a terminal
+        state the batch holds it, nothing was measured; L-BFGS-B inside the bounds); reward
+        entries keep their values in ``theta_init``."""
         from scipy.optimize import minimize
         state_dim, action_dim = self.model.state_dim, self.model.action_dim
+        ran = torch.as_tensor(np.concatenate([alive_mask(b.dones).reshape(-1) for b in batches]))
         states = torch.as_tensor(np.concatenate([b.states[:, :-1].reshape(-1, state_dim) for b in batches]),
-                                 dtype=DTYPE)
+                                 dtype=DTYPE)[ran]
         next_states = torch.as_tensor(np.concatenate([b.states[:, 1:].reshape(-1, state_dim) for b in batches]),
-                                      dtype=DTYPE)
-        actions = torch.as_tensor(np.concatenate([b.actions.reshape(-1, action_dim) for b in batches]), dtype=DTYPE)
+                                      dtype=DTYPE)[ran]
+        actions = torch.as_tensor(np.concatenate([b.actions.reshape(-1, action_dim) for b in batches]),
+                                  dtype=DTYPE)[ran]
         # a delayed simulator's previous commands, per transition in the same (episode, step) order
         history = {}
         if getattr(self.model, 'action_history', 0):
             history = {'history': torch.cat([
                 history_arguments(self.model, torch.as_tensor(b.actions, dtype=DTYPE).transpose(0, 1))['history']
-                .transpose(0, 1).reshape((-1,) + (self.model.action_history, action_dim)) for b in batches])}
+                .transpose(0, 1).reshape((-1,) + (self.model.action_history, action_dim)) for b in batches])[ran]}
         theta = np.asarray(theta_init, dtype=np.float64).copy()
         dynamics = self.theta_groups()['dynamics']
         if not dynamics.any():

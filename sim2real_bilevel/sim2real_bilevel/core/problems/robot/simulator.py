@@ -93,6 +93,15 @@ class PendulumSimulatorFamily:
         terminal = getattr(self.model, 'terminal', None)
         return None if terminal is None else terminal(states)
 
+    def termination_reason(self, state) -> Optional[str]:
+        """Why one state (2n: joint positions, then velocities; a row of a batch's states) ends its
+        episode, in words: which bound of the task's termination, which joint, which value (the rule
+        of ``terminal_states``); None when it does not or the task has none."""
+        describe = getattr(self.model, 'termination_reason', None)
+        if describe is None:
+            return None
+        return describe(np.asarray(state, dtype=np.float64), [joint.name for joint in self.joints()])
+
     def episode_dones(self, states: np.ndarray) -> np.ndarray:
         """dones (n, T) of episodes with states (n, T+1, 2n): True at the first transition into a
         terminal state, else at the last step (``alive_mask`` keeps the rewards up to it)."""

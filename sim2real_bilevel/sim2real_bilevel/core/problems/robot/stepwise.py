@@ -87,11 +87,25 @@ class PendulumController(EpisodeController):
     def record(self, applied: Sequence[float], reward: Optional[float]) -> None:
         self.actions[-1].append([float(value) for value in applied])
 
+    def terminal(self) -> Optional[str]:
+        """The task's termination at the state observed last (``problem.termination_reason``)."""
+        return self.problem.termination_reason(self.states[-1][-1])
+
     def batch(self, policy_version: int) -> Trajectories:
+        """The episodes; one the bridge ended at a terminal state holds that state, with zero
+        commands, up to the horizon (the contract: ``EpisodeController``)."""
         n = len(self.states)
         model = self.problem.model
-        states = np.array(self.states, dtype=np.float64).reshape(n, self.horizon + 1, model.state_dim)
-        actions = np.array(self.actions, dtype=np.float64).reshape(n, self.horizon, model.action_dim)
+        states = np.zeros((n, self.horizon + 1, model.state_dim))
+        actions = np.zeros((n, self.horizon, model.action_dim))
+        for i, (observed, applied) in enumerate(zip(self.states, self.actions)):
+            if not 0 < len(observed) <= self.horizon + 1 or len(applied) != len(observed) - 1:
+                raise ValueError(f'PendulumController.batch: episode {i} has {len(observed)} states and {len(applied)} '
+                                 f'commands: expected 1..{self.horizon + 1} states and one command fewer')
+            states[i, :len(observed)] = observed
+            states[i, len(observed):] = observed[-1]
+            if applied:
+                actions[i, :len(applied)] = applied
         rewards, log_probs = self.problem.score_episodes(self.phi, states, actions)
         dones = self.problem.episode_dones(states)
         return Trajectories(states=states, actions=actions, rewards=rewards, dones=dones, log_probs=log_probs,
