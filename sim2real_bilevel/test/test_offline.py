@@ -202,8 +202,8 @@ def test_robot_action_change_bound_warns_on_a_policy_faster_than_the_data():
     assert estimator.action_change_ratio(smooth) < 1.0 and estimator.coverage(smooth) < 0.3
     assert run.max_action_change == estimator.DEFAULT_MAX_ACTION_CHANGE == 2.0
 
-    def report_for(policy, bound):
-        run.phi, run.iteration, run.max_action_change = policy, 1, bound
+    def report_for(policy, bound, held=0):
+        run.phi, run.iteration, run.max_action_change, run.action_change_held = policy, 1, bound, held
         run.start_objective = estimator.value(policy) - 1.0          # the estimate rose: no other reason to warn
         return run.final_report()
 
@@ -216,8 +216,26 @@ def test_robot_action_change_bound_warns_on_a_policy_faster_than_the_data():
     assert report_for(chattering, 0.0)['warning'] == ''
     assert report_for(smooth, 2.0)['warning'] == ''
     assert report_for(estimator.behaviour_phi, 2.0)['warning'] == ''
+    # a run the bound held (a step halved or refused for it) ends within it, and still warns
+    assert report_for(smooth, 2.0, held=1)['warning'].startswith('the estimate is not supported by the data: the '
+                                                                 'action-change bound held 1 of 1 steps')
     with pytest.raises(ValueError, match='max_action_change = -1'):
         OfflineSettings(max_action_change=-1.0).validate()
+
+
+@pytest.mark.slow
+def test_the_pendulum_run_that_lost_return_offline_is_held_and_warned():
+    """The issue-14 failure (bench/results/mixed_pendulum/warning_rule/): pendulum, 10 nominal-policy
+    episodes (bench dataset seed 4), 15 iterations.  Without the bound it fell to 0.588 with no warning;
+    with it (the default) the last step is halved to a ratio <= 2 and the report warns (~3 min)."""
+    problem = load_problem(builtin_config('pendulum'))
+    dataset, _ = generate_dataset(problem, 10, np.random.default_rng([4, 10, 0]))   # bench: dataset_of(.., 10, 'nominal', 4)
+    run = make_offline_run(problem, 'bilevel', dataset, seed=4, iterations=15, evaluate=True)
+    run.run()
+    report = run.final_report()
+    assert run.action_change_held >= 1 and report['action_change'] <= 2.0
+    assert report['warning'].startswith('the estimate is not supported by the data: the action-change bound held')
+    assert report['normalized_return'] < 0.85        # it did lose return (sim-only reading of the real model)
 
 
 def test_solve_offline_from_the_command_line(tmp_path):

@@ -126,11 +126,13 @@ class OfflineBilevelRun(BilevelOuterLoop):
         self.coverage = NAN
         self.refused_steps = 0
         self.halved_steps = 0
+        self.action_change_held = 0     # steps halved or refused because of max_action_change (``diagnose``)
         self.start_objective = NAN      # what the gradient climbs, at the start policy (``diagnose``)
 
     def state_dict(self) -> dict:
         state = super().state_dict()
         state['meta']['offline'] = {'refused_steps': int(self.refused_steps), 'halved_steps': int(self.halved_steps),
+                                    'action_change_held': int(self.action_change_held),
                                     'transitions': self.dataset.transitions,
                                     'start_objective': float(self.start_objective)}
         return state
@@ -142,6 +144,7 @@ class OfflineBilevelRun(BilevelOuterLoop):
                              f'recorded transitions; the dataset given has {self.dataset.transitions}')
         super().load_state_dict(state)
         self.refused_steps, self.halved_steps = int(saved['refused_steps']), int(saved['halved_steps'])
+        self.action_change_held = int(saved.get('action_change_held', 0))
         self.start_objective = float(saved.get('start_objective', NAN))
         if self.phi is not None:
             self.coverage = self.estimator.coverage(self.phi)
@@ -170,11 +173,13 @@ class OfflineBilevelRun(BilevelOuterLoop):
         # a policy already changing its actions faster than allowed may not go further
         ceiling = max(self.max_action_change, action_change_of(self.estimator, self.phi)) if self.max_action_change \
             else np.inf
+        held = False
         for halving in range(self.settings.max_halvings + 1):
             candidate = np.clip(self.theta + direction * 0.5 ** halving, self.lower, self.upper)
             result = self.solve_inner(candidate, self.phi)
             coverage = self.estimator.coverage(result.phi)
             change = action_change_of(self.estimator, result.phi) if np.isfinite(ceiling) else 0.0
+            held = held or (coverage >= floor and change > ceiling)
             if coverage >= floor and change <= ceiling:
                 self.theta = candidate
                 self.set_policy(result)
@@ -194,6 +199,7 @@ class OfflineBilevelRun(BilevelOuterLoop):
                 self.event = (f'step refused: the policy it leads to changes its action between steps {change:.3g} '
                               f'times as much as the data (rms) > {ceiling:.3g} (max_action_change '
                               f'{self.max_action_change:g}) even at 1/{2 ** self.settings.max_halvings} of the step')
+        self.action_change_held += held
         timing['inner_s'] = time.perf_counter() - t1
         return float(np.linalg.norm(gradient)), self.estimator.value(self.phi), timing
 
@@ -278,19 +284,17 @@ def diagnose(run) -> str:
       tried fewer than ``MIN_PAIR_COUNT`` times: the pessimistic estimate's plateau);
     - the estimated return (what the gradient climbs) did not rise from the start policy's;
     - the final policy changes its action between steps more than ``max_action_change`` times as much as
-      the data (kinds with ``action_change_ratio``): the data do not show the robot's response to it, so
-      the estimate may be far off (measured: bench/results/mixed_pendulum/warning_rule/)."""
+      the data, or that bound halved or refused a step (kinds with ``action_change_ratio``): the data do
+      not show the robot's response to such changes, so the estimate may be far off (measured:
+      bench/results/mixed_pendulum/warning_rule/; a refused step's words come from here, not from the
+      coverage reason)."""
     if run.iteration < 1 or not np.isfinite(run.start_objective):
         return ''
     reasons = []
     last = run.history[-1].event if run.history else ''
-    if last.startswith('step refused') and 'coverage' in last.split(':')[1]:
+    if last.startswith('step refused') and 'has coverage' in last:
         reasons.append(f'the coverage constraint refused {run.refused_steps} of {run.iteration} steps, the last one '
                        f'included (the policies the gradient points to have coverage < {run.min_coverage:g})')
-    elif last.startswith('step refused'):
-        reasons.append(f'the action-change bound refused {run.refused_steps} of {run.iteration} steps, the last one '
-                       f'included (the policies the gradient points to change their action between steps more than '
-                       f'{run.max_action_change:g} times as much as the data)')
     unsupported = getattr(run.estimator, 'unsupported_improvement', None)
     found = unsupported(run.phi, run.min_coverage) if unsupported is not None else None
     if found:
@@ -302,14 +306,18 @@ def diagnose(run) -> str:
                        f'{final:.4g})')
     bound = getattr(run, 'max_action_change', 0.0)
     change = action_change_of(run.estimator, run.phi) if bound else NAN
-    unsupported_estimate = bool(bound) and change > bound
+    held = getattr(run, 'action_change_held', 0)
+    unsupported_estimate = bool(bound) and (change > bound or held > 0)
     if unsupported_estimate:
         interval = run.estimator.interval(run.phi, run.config.confidence)
-        reasons.insert(0, f'the final policy changes its action between steps {change:.3g} times as much as the data '
-                          f'(rms; max_action_change {bound:g}): the data do not show the robot\'s response to such '
-                          f'command changes (an actuation delay or actuator dynamics the simulator lacks), so the '
-                          f'estimated return {interval.mean:.4g} [{interval.low:.4g}, {interval.high:.4g}] may be far '
-                          'too high')
+        what = (f'the final policy changes its action between steps {change:.3g} times as much as the data (rms; '
+                f'max_action_change {bound:g})' if change > bound else
+                f'the action-change bound held {held} of {run.iteration} steps (halved or refused: the gradient '
+                f'points to policies that change their action between steps more than {bound:g} times as much as '
+                f'the data, rms; the final policy {change:.3g})')
+        reasons.insert(0, f'{what}: the data do not show the robot\'s response to such command changes (an actuation '
+                          f'delay or actuator dynamics the simulator lacks), so the estimated return {interval.mean:.4g} '
+                          f'[{interval.low:.4g}, {interval.high:.4g}] may be far too high')
     if not reasons:
         return ''
     prefix = ('the estimate is not supported by the data: ' if unsupported_estimate else

@@ -28,6 +28,12 @@ estimate is as good as the policy stays near the data (the coverage constraint).
   unlike the effective sample size of importance weights);
 - ``interval``: percentile bootstrap over whole episodes of the per-episode returns (theta_hat and
   b_hat held at the full data's fit: the interval is conditional on the model).
+- ``action_change_ratio(phi)``: the rms of pi_phi's step-to-step action change along the re-simulated
+  episodes over the data's.  The residuals replayed are the robot's response to the data's own command
+  changes; what the simulator lacks (the pendulum's 40 ms actuation delay) bites a policy that changes
+  its commands faster, and the estimate cannot see it (``DEFAULT_MAX_ACTION_CHANGE``: the pessimism bound
+  and the report's warning, ``core/offline.py``).  Neither the interval nor a cross-fitted model nor fresh
+  initial states flagged the run that showed it (bench/results/mixed_pendulum/warning_rule/).
 
 Why the clipped per-decision importance weights this replaces never moved theta on the pendulum
 (measured at the nominal policy on 30 nominal-policy episodes): their gradient norm was 2.7e4, and every
