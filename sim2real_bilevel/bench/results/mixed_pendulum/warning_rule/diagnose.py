@@ -48,8 +48,8 @@ def state_distance(states, data, scale):
 
 
 for name in sys.argv[1:]:
-    saved = json.loads((HERE / 'runs' / f'{name}.json').read_text())
-    phis = np.load(HERE / 'runs' / f'{name}.npz')['phis']
+    saved = json.loads((HERE / 'records' / f'{name}.json').read_text())
+    phis = np.load(HERE / 'records' / f'{name}.npz')['phis']
     dataset = dataset_of(problem, saved['N'], 'nominal', saved['seed'])
     est = OfflineEstimator(problem, prepare_dataset(problem, dataset))
     n = est.noise.initial_states.shape[0]
@@ -89,4 +89,4 @@ for name in sys.argv[1:]:
               f"+-{r['paired_gap_se']:.1f} p10 {r['fresh_res_p10']:.1f} min {r['fresh_res_min']:.1f} rec_sim "
               f"{r['rec_sim']:.1f} fresh_sim {r['fresh_sim']:.1f} cov {r['coverage']:.3f} sgap {r['state_gap']:.3f}",
               flush=True)
-    (HERE / 'runs' / f'{name}_diagnosis.json').write_text(json.dumps(rows, indent=1) + '\n')
+    (HERE / 'records' / f'{name}_diagnosis.json').write_text(json.dumps(rows, indent=1) + '\n')

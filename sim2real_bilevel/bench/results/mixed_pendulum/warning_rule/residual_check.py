@@ -54,8 +54,8 @@ def rollout(est, phi, weights, rest):
 
 
 for name in [a for a in sys.argv[1:] if '=' not in a]:
-    saved = json.loads((HERE / 'runs' / f'{name}.json').read_text())
-    phis = np.load(HERE / 'runs' / f'{name}.npz')['phis']
+    saved = json.loads((HERE / 'records' / f'{name}.json').read_text())
+    phis = np.load(HERE / 'records' / f'{name}.npz')['phis']
     est = OfflineEstimator(problem, prepare_dataset(problem, dataset_of(problem, saved['N'], 'nominal', saved['seed'])))
     residuals = est.noise.transition_noise * problem.model.noise_std          # (T, n, 2)
     states = torch.as_tensor(np.concatenate([b.states for b in est.dataset.batches]), dtype=DTYPE).transpose(0, 1)
@@ -82,4 +82,4 @@ for name in [a for a in sys.argv[1:] if '=' not in a]:
         out.append(r)
         print(f"{name} it{it:2d} true {r['true_norm']:.3f} ({r['true']:.1f}) est {r['est']:.1f} low {r['ci_low']:.1f} "
               f"augmented {r['augmented']:.1f} diff {r['diff']:.1f}+-{r['diff_se']:.1f}", flush=True)
-    (HERE / 'runs' / f'{name}_residual_lags{LAGS}.json').write_text(json.dumps(out, indent=1) + '\n')
+    (HERE / 'records' / f'{name}_residual_lags{LAGS}.json').write_text(json.dumps(out, indent=1) + '\n')

@@ -1,6 +1,6 @@
 """Offline phase of mixed N SEED (the same dataset, seed and 15 iterations as bench/mixed.py), step by step:
 every iteration's policy phi, its true normalised return (evaluator: reporting only) and the estimator's
-report saved to runs/N{N}_seed{SEED}.npz|json, for diagnose.py.
+report saved to records/N{N}_seed{SEED}.npz|json, for diagnose.py.
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python sim2real_bilevel/bench/results/mixed_pendulum/warning_rule/runs.py N SEED
 """
@@ -40,7 +40,7 @@ while run.iteration < 15:
     phis.append(run.phi.copy())
 run.settle()
 report = run.final_report()
-out = HERE / 'runs'
+out = HERE / 'records'
 out.mkdir(exist_ok=True)
 np.savez(out / f'N{n_episodes}_seed{seed}{tag}.npz', phis=np.array(phis))
 document = {'N': n_episodes, 'seed': seed, 'settings': extra, 'seconds': time.perf_counter() - t0,

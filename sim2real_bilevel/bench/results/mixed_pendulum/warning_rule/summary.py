@@ -1,4 +1,4 @@
-"""The table of README.md from runs/ (runs.py's records, support_check.py's and diagnose.py's quantities).
+"""The table of README.md from records/ (runs.py's records, support_check.py's and diagnose.py's quantities).
 
     python3 sim2real_bilevel/bench/results/mixed_pendulum/warning_rule/summary.py
 """
@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-RUNS = Path(__file__).resolve().parent / 'runs'
+RUNS = Path(__file__).resolve().parent / 'records'
 print('| run | bound in the run | true normalised: start -> max -> final | estimate [95 % interval] (final) | '
       'coverage | action-change ratio: final (max over iterations) | fresh-start gap (final) | rule fires | '
       'warning (final report) |')

@@ -34,8 +34,8 @@ def pairs(est, phi):
 
 
 for name in sys.argv[1:]:
-    saved = json.loads((HERE / 'runs' / f'{name}.json').read_text())
-    phis = np.load(HERE / 'runs' / f'{name}.npz')['phis']
+    saved = json.loads((HERE / 'records' / f'{name}.json').read_text())
+    phis = np.load(HERE / 'records' / f'{name}.npz')['phis']
     est = OfflineEstimator(problem, prepare_dataset(problem, dataset_of(problem, saved['N'], 'nominal', saved['seed'])))
     data_s = torch.as_tensor(np.concatenate([b.states for b in est.dataset.batches]), dtype=DTYPE)[:, :-1].transpose(0, 1)
     data_a = est.actions.transpose(0, 1)
@@ -60,4 +60,4 @@ for name in sys.argv[1:]:
         out.append(r)
         print(f"{name} it{it:2d} true {r['true_norm']:.3f} act_ratio {r['act_ratio']:.3f} outside {r['outside']:.3f} "
               f"inc_ratio {r['inc_ratio']:.3f} sa_gap {r['sa_gap']:.3f} cov {r['coverage']:.3f}", flush=True)
-    (HERE / 'runs' / f'{name}_support.json').write_text(json.dumps(out, indent=1) + '\n')
+    (HERE / 'records' / f'{name}_support.json').write_text(json.dumps(out, indent=1) + '\n')
