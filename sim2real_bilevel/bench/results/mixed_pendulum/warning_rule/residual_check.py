@@ -48,8 +48,7 @@ def rollout(est, phi, weights, rest):
         state = model.step_mean_with(state, action, coefficients) + residual
         actions.append(action)
         rewards_states.append(state)
-    rewards = model.reward(torch.stack(rewards_states[:-1]), torch.stack(actions), est.theta_full[model.n_physical:]
-                           if False else model.split(est.theta_full)[1])
+    rewards = model.reward(torch.stack(rewards_states[:-1]), torch.stack(actions), model.split(est.theta_full)[1])
     return (discounts * rewards).sum(0).numpy()
 
 
