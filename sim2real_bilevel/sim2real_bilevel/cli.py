@@ -29,6 +29,7 @@ def cmd_solve(args) -> int:
             return 2
         invocation['offline'] = {
             'real_data': [str(Path(p).resolve()) for p in args.real_data], 'min_coverage': args.min_coverage,
+            'max_action_change': args.max_action_change,
             'online_episodes': args.online_episodes,
             'recording': {'joint_states_topic': args.joint_states_topic, 'commands_topic': args.commands_topic,
                           'reward_topic': args.reward_topic, 'joints': args.joints, 'velocities': args.velocities,
@@ -163,7 +164,8 @@ def _solve_offline(invocation, config, methods, seeds, iterations, overrides, on
         print(f'  {note}', file=sys.stderr)
     return run_offline_experiment(config, methods, dataset, seeds=seeds, iterations=iterations, overrides=overrides,
                                   on_record=on_record, run_dir=run_dir, evaluate=bool(invocation.get('evaluate')),
-                                  settings=OfflineSettings(min_coverage=offline['min_coverage']),
+                                  settings=OfflineSettings(min_coverage=offline['min_coverage'],
+                                                            max_action_change=offline.get('max_action_change')),
                                   online_episodes=offline.get('online_episodes'))
 
 
@@ -283,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     offline.add_argument('--min-coverage', type=float, default=None,
                          help="pessimism: no step to a policy the data cover less than this, in [0, 1] (default: "
                               "the problem kind's; 0: off)")
+    offline.add_argument('--max-action-change', type=float, default=None,
+                         help="pessimism (robot kind): no step to a policy whose step-to-step action change is more "
+                              "than this multiple of the recorded data's, and a warning when the final policy is "
+                              "beyond it (default: the kind's, 2; 0: off)")
     add_recording_options(offline)
     solve.set_defaults(func=cmd_solve)
 

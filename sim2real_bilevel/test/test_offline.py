@@ -182,6 +182,62 @@ def test_robot_residual_model_gradient_coverage_and_unknown_behaviour():
     assert other.value(point) == estimator.value(point) and other.coverage(point) == estimator.coverage(point)
 
 
+def test_robot_action_change_bound_warns_on_a_policy_faster_than_the_data():
+    """Pendulum, 4 episodes of a noisy behaviour: the fitted behaviour re-simulates the data, so its
+    action-change ratio is 1; the same policy with its output layer x10 chatters (ratio > 2, the default
+    bound): its report warns in words with the numbers, and is silent with the bound off (0); a policy with
+    the behaviour's mean and a 30x smaller std (coverage as low, actions as smooth) is not flagged."""
+    problem = load_problem(builtin_config('pendulum'))
+    phi = problem.policy.init_params(np.random.default_rng(0))
+    sampler, behaviour, words = offline_module(problem).behaviour_sampler(problem, phi, 2.0)
+    dataset = Dataset([sampler.sample_real(behaviour, 4, np.random.default_rng(1))], behaviour=words)
+    run = make_offline_run(problem, 'bilevel', dataset, seed=0, iterations=1)
+    estimator, k = run.estimator, problem.model.action_dim
+    assert estimator.action_change_ratio(estimator.behaviour_phi) == pytest.approx(1.0, rel=1e-9)
+    chattering = estimator.behaviour_phi.copy()
+    chattering[-k - 17:-k] *= 10.0                     # the last layer (16 weights, 1 bias) of the mean
+    smooth = estimator.behaviour_phi.copy()
+    smooth[-k:] -= np.log(30.0)
+    assert estimator.action_change_ratio(chattering) > 2.0 * run.max_action_change
+    assert estimator.action_change_ratio(smooth) < 1.0 and estimator.coverage(smooth) < 0.3
+    assert run.max_action_change == estimator.DEFAULT_MAX_ACTION_CHANGE == 2.0
+
+    def report_for(policy, bound, held=0):
+        run.phi, run.iteration, run.max_action_change, run.action_change_held = policy, 1, bound, held
+        run.start_objective = estimator.value(policy) - 1.0          # the estimate rose: no other reason to warn
+        return run.final_report()
+
+    flagged = report_for(chattering, 2.0)
+    ratio = estimator.action_change_ratio(chattering)
+    assert flagged['warning'].startswith('the estimate is not supported by the data: the final policy changes its '
+                                         f'action between steps {ratio:.3g} times as much as the data')
+    assert f"{flagged['real_return_estimate']:.4g} [" in flagged['warning']
+    assert flagged['action_change'] == pytest.approx(ratio)
+    assert report_for(chattering, 0.0)['warning'] == ''
+    assert report_for(smooth, 2.0)['warning'] == ''
+    assert report_for(estimator.behaviour_phi, 2.0)['warning'] == ''
+    # a run the bound held (a step halved or refused for it) ends within it, and still warns
+    assert report_for(smooth, 2.0, held=1)['warning'].startswith('the estimate is not supported by the data: the '
+                                                                 'action-change bound held 1 of 1 steps')
+    with pytest.raises(ValueError, match='max_action_change = -1'):
+        OfflineSettings(max_action_change=-1.0).validate()
+
+
+@pytest.mark.slow
+def test_the_pendulum_run_that_lost_return_offline_is_held_and_warned():
+    """The issue-14 failure (bench/results/mixed_pendulum/warning_rule/): pendulum, 10 nominal-policy
+    episodes (bench dataset seed 4), 15 iterations.  Without the bound it fell to 0.588 with no warning;
+    with it (the default) the last step is halved to a ratio <= 2 and the report warns (~3 min)."""
+    problem = load_problem(builtin_config('pendulum'))
+    dataset, _ = generate_dataset(problem, 10, np.random.default_rng([4, 10, 0]))   # bench: dataset_of(.., 10, 'nominal', 4)
+    run = make_offline_run(problem, 'bilevel', dataset, seed=4, iterations=15, evaluate=True)
+    run.run()
+    report = run.final_report()
+    assert run.action_change_held >= 1 and report['action_change'] <= 2.0
+    assert report['warning'].startswith('the estimate is not supported by the data: the action-change bound held')
+    assert report['normalized_return'] < 0.85        # it did lose return (sim-only reading of the real model)
+
+
 def test_solve_offline_from_the_command_line(tmp_path):
     """dataset -> solve --real-data --offline: results.json holds the final policy's estimate, interval and
     coverage; bad combinations are refused with the reason."""

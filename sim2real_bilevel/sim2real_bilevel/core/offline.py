@@ -14,7 +14,10 @@ with steps 1-2 replaced by estimates from the dataset (``core/datasets.py``):
      ``coverage`` by the dataset is below ``min_coverage`` (and below the current policy's) is not
      taken; the step is halved up to ``max_halvings`` times, then refused (the record's event says
      so).  Coverage is in [0, 1] (1: the data cover the policy; defined per kind, see
-     ``OfflineEstimator.coverage``).
+     ``OfflineEstimator.coverage``).  Kinds whose estimate re-simulates the data (robot) also bound
+     the policy's step-to-step action change, as a multiple of the data's (``max_action_change``,
+     ``OfflineEstimator.action_change_ratio``): the same halving, then refusal; and the report warns
+     when the final policy is beyond it (the data do not show the robot's response to it).
 
 Each record's ``real_return_estimate`` is the dataset's estimate of the current policy's real
 return (the infinite-horizon discounted return from the data's initial states: what the
@@ -71,6 +74,10 @@ class OfflineSettings:
     min_coverage: Optional[float] = None
     """Pessimism: a step may not move the policy to a coverage below this (None: the kind's
     ``DEFAULT_MIN_COVERAGE``; 0 turns the constraint off)."""
+    max_action_change: Optional[float] = None
+    """Pessimism, for kinds with ``action_change_ratio`` (robot): a step may not move the policy to
+    step-to-step action changes above this multiple of the recorded data's (rms; None: the kind's
+    ``DEFAULT_MAX_ACTION_CHANGE``; 0 turns the check and its warning off)."""
     max_halvings: int = 4
     """Halvings of a step whose policy breaks the coverage constraint before it is refused."""
     resamples: int = 100
@@ -82,6 +89,8 @@ class OfflineSettings:
     def validate(self) -> None:
         if self.min_coverage is not None and not 0.0 <= self.min_coverage <= 1.0:
             raise ValueError(f'min_coverage = {self.min_coverage!r}: expected a number in [0, 1]')
+        if self.max_action_change is not None and not self.max_action_change >= 0.0:
+            raise ValueError(f'max_action_change = {self.max_action_change!r}: expected a number >= 0 (0: off)')
         if self.max_halvings < 0:
             raise ValueError(f'max_halvings = {self.max_halvings!r}: expected an integer >= 0')
         if self.resamples < 2:
@@ -110,17 +119,20 @@ class OfflineBilevelRun(BilevelOuterLoop):
         self.dataset = self.estimator.dataset
         self.min_coverage = (self.estimator.DEFAULT_MIN_COVERAGE if self.settings.min_coverage is None
                              else float(self.settings.min_coverage))
+        self.max_action_change = max_action_change(self.estimator, self.settings)
         # the data used, in the real-data accounting (no episode is added by the run)
         self.real_transitions = self.dataset.transitions
         self.real_episode_count = self.dataset.episodes
         self.coverage = NAN
         self.refused_steps = 0
         self.halved_steps = 0
+        self.action_change_held = 0     # steps halved or refused because of max_action_change (``diagnose``)
         self.start_objective = NAN      # what the gradient climbs, at the start policy (``diagnose``)
 
     def state_dict(self) -> dict:
         state = super().state_dict()
         state['meta']['offline'] = {'refused_steps': int(self.refused_steps), 'halved_steps': int(self.halved_steps),
+                                    'action_change_held': int(self.action_change_held),
                                     'transitions': self.dataset.transitions,
                                     'start_objective': float(self.start_objective)}
         return state
@@ -132,6 +144,7 @@ class OfflineBilevelRun(BilevelOuterLoop):
                              f'recorded transitions; the dataset given has {self.dataset.transitions}')
         super().load_state_dict(state)
         self.refused_steps, self.halved_steps = int(saved['refused_steps']), int(saved['halved_steps'])
+        self.action_change_held = int(saved.get('action_change_held', 0))
         self.start_objective = float(saved.get('start_objective', NAN))
         if self.phi is not None:
             self.coverage = self.estimator.coverage(self.phi)
@@ -157,23 +170,36 @@ class OfflineBilevelRun(BilevelOuterLoop):
         direction = self.step_direction(gradient)
         t1 = time.perf_counter()
         floor = min(self.min_coverage, self.coverage)   # a policy already off the data may not go further off
+        # a policy already changing its actions faster than allowed may not go further
+        ceiling = max(self.max_action_change, action_change_of(self.estimator, self.phi)) if self.max_action_change \
+            else np.inf
+        held = False
         for halving in range(self.settings.max_halvings + 1):
             candidate = np.clip(self.theta + direction * 0.5 ** halving, self.lower, self.upper)
             result = self.solve_inner(candidate, self.phi)
             coverage = self.estimator.coverage(result.phi)
-            if coverage >= floor:
+            change = action_change_of(self.estimator, result.phi) if np.isfinite(ceiling) else 0.0
+            held = held or (coverage >= floor and change > ceiling)
+            if coverage >= floor and change <= ceiling:
                 self.theta = candidate
                 self.set_policy(result)
                 self.coverage = coverage
                 if halving:
                     self.halved_steps += 1
-                    self.event = f'step halved {halving} time(s): coverage {coverage:.3g} >= {floor:.3g}'
+                    self.event = (f'step halved {halving} time(s): coverage {coverage:.3g} >= {floor:.3g}'
+                                  + (f', action change {change:.3g} <= {ceiling:.3g}' if np.isfinite(ceiling) else ''))
                 break
         else:
             self.refused_steps += 1
-            self.event = (f'step refused: the policy it leads to has coverage {coverage:.3g} < {floor:.3g} '
-                          f'(min_coverage {self.min_coverage:g}) even at 1/{2 ** self.settings.max_halvings} '
-                          'of the step')
+            if coverage < floor:
+                self.event = (f'step refused: the policy it leads to has coverage {coverage:.3g} < {floor:.3g} '
+                              f'(min_coverage {self.min_coverage:g}) even at 1/{2 ** self.settings.max_halvings} '
+                              'of the step')
+            else:
+                self.event = (f'step refused: the policy it leads to changes its action between steps {change:.3g} '
+                              f'times as much as the data (rms) > {ceiling:.3g} (max_action_change '
+                              f'{self.max_action_change:g}) even at 1/{2 ** self.settings.max_halvings} of the step')
+        self.action_change_held += held
         timing['inner_s'] = time.perf_counter() - t1
         return float(np.linalg.norm(gradient)), self.estimator.value(self.phi), timing
 
@@ -225,6 +251,20 @@ class OfflineSysIdRun(MethodRun):
         return final_report(self)
 
 
+def max_action_change(estimator, settings: OfflineSettings) -> float:
+    """The bound on the action-change ratio (0: off, also for kinds without ``action_change_ratio``)."""
+    if not hasattr(estimator, 'action_change_ratio'):
+        return 0.0
+    default = getattr(estimator, 'DEFAULT_MAX_ACTION_CHANGE', 0.0)
+    return float(default if settings.max_action_change is None else settings.max_action_change)
+
+
+def action_change_of(estimator, phi: np.ndarray) -> float:
+    """The policy's action-change ratio (``OfflineEstimator.action_change_ratio``), NaN for kinds without one."""
+    ratio = getattr(estimator, 'action_change_ratio', None)
+    return float(ratio(phi)) if ratio is not None else NAN
+
+
 def objective_of(estimator) -> Callable[[np.ndarray], float]:
     """What the kind's offline gradient climbs: its ``objective`` (e.g. the pessimistic return), else its ``value``."""
     return getattr(estimator, 'objective', estimator.value)
@@ -242,12 +282,17 @@ def diagnose(run) -> str:
     - the kind sees a better policy only off the data (``estimator.unsupported_improvement``: tabular --
       the count model's optimal policy, better by more than a share of the return range, through pairs
       tried fewer than ``MIN_PAIR_COUNT`` times: the pessimistic estimate's plateau);
-    - the estimated return (what the gradient climbs) did not rise from the start policy's."""
+    - the estimated return (what the gradient climbs) did not rise from the start policy's;
+    - the final policy changes its action between steps more than ``max_action_change`` times as much as
+      the data, or that bound halved or refused a step (kinds with ``action_change_ratio``): the data do
+      not show the robot's response to such changes, so the estimate may be far off (measured:
+      bench/results/mixed_pendulum/warning_rule/; a refused step's words come from here, not from the
+      coverage reason)."""
     if run.iteration < 1 or not np.isfinite(run.start_objective):
         return ''
     reasons = []
     last = run.history[-1].event if run.history else ''
-    if last.startswith('step refused'):
+    if last.startswith('step refused') and 'has coverage' in last:
         reasons.append(f'the coverage constraint refused {run.refused_steps} of {run.iteration} steps, the last one '
                        f'included (the policies the gradient points to have coverage < {run.min_coverage:g})')
     unsupported = getattr(run.estimator, 'unsupported_improvement', None)
@@ -259,10 +304,25 @@ def diagnose(run) -> str:
     if not risen:
         reasons.append(f'the estimated return did not rise from the start policy\'s ({run.start_objective:.4g} -> '
                        f'{final:.4g})')
+    bound = getattr(run, 'max_action_change', 0.0)
+    change = action_change_of(run.estimator, run.phi) if bound else NAN
+    held = getattr(run, 'action_change_held', 0)
+    unsupported_estimate = bool(bound) and (change > bound or held > 0)
+    if unsupported_estimate:
+        interval = run.estimator.interval(run.phi, run.config.confidence)
+        what = (f'the final policy changes its action between steps {change:.3g} times as much as the data (rms; '
+                f'max_action_change {bound:g})' if change > bound else
+                f'the action-change bound held {held} of {run.iteration} steps (halved or refused: the gradient '
+                f'points to policies that change their action between steps more than {bound:g} times as much as '
+                f'the data, rms; the final policy {change:.3g})')
+        reasons.insert(0, f'{what}: the data do not show the robot\'s response to such command changes (an actuation '
+                          f'delay or actuator dynamics the simulator lacks), so the estimated return {interval.mean:.4g} '
+                          f'[{interval.low:.4g}, {interval.high:.4g}] may be far too high')
     if not reasons:
         return ''
-    return ('no further supported improvement: ' if risen else 'no supported improvement: ') + '; '.join(reasons) \
-        + '; ' + ADVICE
+    prefix = ('the estimate is not supported by the data: ' if unsupported_estimate else
+              'no further supported improvement: ' if risen else 'no supported improvement: ')
+    return prefix + '; '.join(reasons) + '; ' + ADVICE
 
 
 def final_report(run, **extra) -> dict:
@@ -274,6 +334,7 @@ def final_report(run, **extra) -> dict:
     report = {'offline': True, 'iteration': int(run.iteration), 'theta': run.theta.tolist(),
               'confidence': run.config.confidence, **estimate.to_json(),
               'coverage': float(run.estimator.coverage(run.phi)), 'dataset': run.dataset.describe(),
+              'action_change': action_change_of(run.estimator, run.phi),
               'pessimistic_estimate': float(getattr(run.estimator, 'pessimistic_value', run.estimator.value)(run.phi)),
               'transitions': run.dataset.transitions,
               'warning': diagnose(run) if hasattr(run, 'start_objective') else '', **extra}

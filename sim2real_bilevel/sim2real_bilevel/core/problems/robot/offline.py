@@ -28,6 +28,12 @@ estimate is as good as the policy stays near the data (the coverage constraint).
   unlike the effective sample size of importance weights);
 - ``interval``: percentile bootstrap over whole episodes of the per-episode returns (theta_hat and
   b_hat held at the full data's fit: the interval is conditional on the model).
+- ``action_change_ratio(phi)``: the rms of pi_phi's step-to-step action change along the re-simulated
+  episodes over the data's.  The residuals replayed are the robot's response to the data's own command
+  changes; what the simulator lacks (the pendulum's 40 ms actuation delay) bites a policy that changes
+  its commands faster, and the estimate cannot see it (``DEFAULT_MAX_ACTION_CHANGE``: the pessimism bound
+  and the report's warning, ``core/offline.py``).  Neither the interval nor a cross-fitted model nor fresh
+  initial states flagged the run that showed it (bench/results/mixed_pendulum/warning_rule/).
 
 Why the clipped per-decision importance weights this replaces never moved theta on the pendulum
 (measured at the nominal policy on 30 nominal-policy episodes): their gradient norm was 2.7e4, and every
@@ -58,6 +64,15 @@ policy is 0.905, online bi-level with 30 real episodes 0.984): min_coverage 0.5 
 constraint) at 1.004 (coverage 0.18).  The policy's action std is 0.044 N m there, so the overlap falls
 fast with any change of its mean: the residual model stays usable further off than the overlap says.
 One seed: a choice, not a tuned value."""
+DEFAULT_MAX_ACTION_CHANGE = 2.0
+"""No step to (and a warning for) a policy whose step-to-step action changes along the re-simulated
+episodes are, in rms, more than twice the recorded data's (``OfflineEstimator.action_change_ratio``).
+The replayed residuals hold the robot's response to the data's own command changes -- an actuation delay,
+actuator dynamics, effort limits the simulator family lacks -- and say nothing about its response to
+faster ones.  Measured on the pendulum (bench/results/mixed_pendulum/warning_rule/: mixed N = 10 seed 4,
+whose offline phase fell 0.905 -> 0.588 with its estimate unmoved, ended at 2.52, its last step from 1.75;
+every other run's policies, N = 10 and 30, stayed at or below 1.65).  One failing run: a choice, not a
+tuned value."""
 BEHAVIOUR_FIT_ITERATIONS = 1000
 """L-BFGS iterations of the behaviour fit.  Measured on 30 nominal-policy pendulum episodes (policy std
 0.044): 300 iterations left the fit's mean 0.099 (rms over the data) from the behaviour's, 1000: 0.012
@@ -135,6 +150,7 @@ class OfflineEstimator:
     """The residual-model estimators of the module docstring on one dataset."""
 
     DEFAULT_MIN_COVERAGE = DEFAULT_MIN_COVERAGE
+    DEFAULT_MAX_ACTION_CHANGE = DEFAULT_MAX_ACTION_CHANGE
 
     def __init__(self, problem, dataset: Dataset, resamples: int = 100, pessimism: bool = True):
         self.problem, self.dataset, self.resamples = problem, dataset, int(resamples)
@@ -157,6 +173,22 @@ class OfflineEstimator:
         self.discounts = torch.as_tensor(discounts[:, None] * alive_mask(batch.dones).T, dtype=DTYPE)   # (T, n)
         self.time_weights = torch.as_tensor(discounts / discounts.sum(), dtype=DTYPE)
         self.key = batch.states.tobytes()
+        self.data_action_change = self._action_change(self.actions.transpose(0, 1), self.discounts > 0)
+
+    @staticmethod
+    def _action_change(actions: torch.Tensor, alive: torch.Tensor) -> float:
+        """rms of a_t - a_{t-1} (actions (T, n, k)) over the steps where both are alive (alive (T, n))."""
+        both = (alive[1:] & alive[:-1]).to(actions.dtype)
+        squares = (actions[1:] - actions[:-1]).pow(2).sum(-1) * both
+        return float(torch.sqrt(squares.sum() / torch.clamp(both.sum() * actions.shape[-1], min=1.0)))
+
+    def action_change_ratio(self, phi: np.ndarray) -> float:
+        """rms of pi_phi's step-to-step action change along the re-simulated episodes (the estimate's own
+        rollouts) over the recorded data's: about 1 on the behaviour; large when pi_phi commands changes
+        faster than any the data show the robot's response to (``DEFAULT_MAX_ACTION_CHANGE``)."""
+        with torch.no_grad():
+            _, actions, _ = self.problem.rollout(torch.as_tensor(phi, dtype=DTYPE), self.theta_full, self.noise)
+        return self._action_change(actions, self.discounts > 0) / max(self.data_action_change, 1e-12)
 
     def _returns(self, phi: torch.Tensor) -> torch.Tensor:
         """Per-episode discounted task returns (n,) of the re-simulated episodes."""
