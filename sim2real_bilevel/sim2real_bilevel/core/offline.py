@@ -30,8 +30,9 @@ reads the real model.
 
 Kinds: a kind offers offline learning through ``OFFLINE_KINDS`` (its ``offline`` module:
 ``OfflineEstimator``, ``prepare_dataset`` and ``behaviour_sampler``): tabular (count model), LQR
-(LSTD-Q), robot (a residual model: the simulator at the data's sysid fit, the recorded residuals replayed).
-The urdf kind has none yet, and ``--offline`` refuses it with the reason.
+(LSTD-Q), robot and urdf (a residual model: the simulator at the data's sysid fit, the recorded residuals
+replayed; recorded episodes that end before the horizon at a terminal state of the task are padded, truncated
+ones dropped with a warning: ``datasets.fit_to_horizon``).
 """
 from __future__ import annotations
 
@@ -53,11 +54,9 @@ OFFLINE_KINDS = {
     'tabular': '.problems.tabular.offline',
     'lqr': '.problems.lqr.offline',
     'robot': '.problems.robot.offline',
+    'urdf': '.problems.robot.offline',          # a UrdfProblem is a RobotProblem: the same residual model
 }
-NOT_OFFLINE = {
-    'urdf': ('the urdf kind has no off-policy real-gradient estimator yet (the robot kind\'s residual model '
-             'is not wired to it); run it online'),
-}
+NOT_OFFLINE: dict[str, str] = {}
 
 
 def offline_module(problem: BilevelProblem):
