@@ -21,6 +21,11 @@ Where datasets come from:
   behaviour policy (the nominal policy, or a noisier one).
 
 ``save_dataset`` writes a dataset in the run-folder layout, so every reader above reads it back.
+
+Episodes that end before the task's horizon (``fit_to_horizon``, called by kinds whose estimators need
+one horizon: robot, urdf): kept and padded when they end at a terminal state of the task (as the
+bridge and the stand-in pad: ``problem.pad_episodes``), dropped with a warning when truncated; the
+counts are in ``Dataset.padded`` / ``dropped`` and ``describe()``.
 """
 from __future__ import annotations
 

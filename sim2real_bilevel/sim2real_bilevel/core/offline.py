@@ -386,12 +386,13 @@ def run_offline_experiment(config_path, methods: list[str], dataset: Dataset, se
     unknown = [m for m in methods if m not in allowed]
     if unknown:
         raise ValueError(words.format(unknown, list(allowed)))
-    make_estimator(load_problem(config_path), dataset, settings or OfflineSettings())   # refusals before any run
+    # refusals before any run; the summary is of the data as the problem takes it (padded / dropped episodes)
+    prepared = make_estimator(load_problem(config_path), dataset, settings or OfflineSettings()).dataset
     document = run_experiment(config_path, methods, seeds=seeds, iterations=iterations, overrides=overrides,
                               on_record=on_record, run_dir=run_dir, evaluate=evaluate,
                               make=partial(_make_for_experiment, dataset=dataset, settings=settings,
                                            online_episodes=online_episodes))
-    document['offline'] = {'dataset': dataset.describe(), 'sources': dataset.sources, 'notes': dataset.notes,
+    document['offline'] = {'dataset': prepared.describe(), 'sources': dataset.sources, 'notes': prepared.notes,
                            'behaviour_known': dataset.behaviour_known, 'online_episodes': online_episodes}
     return document
 
