@@ -39,7 +39,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from . import checkpoint
-from .problem import Trajectories, alive_mask, pad_episodes
+from .problem import Trajectories, pad_episodes
 
 DATASET_FILE = 'dataset.json'
 
@@ -109,7 +109,7 @@ class Dataset:
     def origin(self, batch: int, episode: int) -> str:
         """Where episode ``episode`` of batch ``batch`` (0-based) came from, in words."""
         origins = self.origins[batch] if batch < len(self.origins) else None
-        if origins is not None:
+        if origins is not None and origins[episode] is not None:
             return origins[episode].describe()
         return f'{", ".join(self.sources) or "dataset"} batch {batch + 1} episode {episode}'
 
@@ -364,7 +364,8 @@ def batches_from_episodes(episodes: list[dict]) -> tuple[list[Trajectories], lis
 
 
 # --- episodes that end before the horizon ------------------------------------------------------------------------
-def fit_to_horizon(dataset: Dataset, horizon: int, termination_reason: Callable[[np.ndarray], Optional[str]]) -> Dataset:
+def fit_to_horizon(dataset: Dataset, horizon: int,
+                   termination_reason: Callable[[np.ndarray], Optional[str]]) -> Dataset:
     """The dataset with every episode shorter than ``horizon`` steps made a valid episode or dropped:
 
     - one whose states reach a terminal state of the task (``termination_reason``, the problem's: the
@@ -395,7 +396,7 @@ def fit_to_horizon(dataset: Dataset, horizon: int, termination_reason: Callable[
             terminal = next((j for j in range(1, length + 1) if termination_reason(batch.states[i, j]) is not None),
                             None)
             if terminal is None:
-                end = origin[i].end if origin is not None else 'recording'
+                end = origin[i].end if origin is not None and origin[i] is not None else 'recording'
                 reason = ('truncated (the recording stops mid-episode)' if end == 'recording'
                           else 'ended early by the cutting rule at a non-terminal state')
                 message = (f'{where}: {length} of {horizon} steps, ending at a state the task\'s termination does not '
