@@ -85,18 +85,24 @@ def stand_in():
 
 def test_a_bag_with_terminated_and_truncated_episodes_feeds_the_offline_loop(tmp_path, stand_in):
     problem, pushed, still = stand_in
-    episodes = ([recorded(pushed, n) for n in range(3)] + [recorded(still, n) for n in range(2)]
-                + [recorded(still, 2, stop_at=30)])                      # the bag stops mid-episode
+    episodes = ([recorded(pushed, n) for n in range(3)] + [recorded(still, 0)]
+                + [recorded(still, 2, stop_at=25)]       # stopped early by its controller, not at a terminal state
+                + [recorded(still, 1)] + [recorded(still, 2, stop_at=30)])          # the bag stops mid-episode
     bag = write_pendulum_bag(tmp_path / 'bag', episodes)
     dataset = load_real_data([bag], RecordingOptions(joints=[JOINT], velocities=True, reward_topic=None))
-    assert dataset.episodes == 6 and dataset.padded == 0
-    with pytest.warns(UserWarning, match=rf'{bag} episode 5: 30 of 50 steps.*truncated \(the recording stops'):
+    assert dataset.episodes == 7 and dataset.padded == 0
+    with pytest.warns(UserWarning) as caught:
         prepared = prepare_dataset(problem, dataset)
+    messages = sorted(str(w.message) for w in caught if issubclass(w.category, UserWarning))
+    assert len(messages) == 2
+    assert messages[0].startswith(f'{bag} episode 4: 25 of 50 steps') and 'by the cutting rule' in messages[0]
+    assert messages[1].startswith(f'{bag} episode 6: 30 of 50 steps') and 'recording stops mid-episode' in messages[1]
     assert prepared.episodes == 5 and prepared.padded == 3
-    assert prepared.dropped == {'truncated (the recording stops mid-episode)': 1}
+    assert prepared.dropped == {'ended early by the cutting rule at a non-terminal state': 1,
+                                'truncated (the recording stops mid-episode)': 1}
     summary = prepared.describe()
     assert '5 episodes (3 ended early at a terminal state, padded to the horizon)' in summary
-    assert '1 dropped (1 truncated (the recording stops mid-episode))' in summary
+    assert '2 dropped (1 ended early by the cutting rule at a non-terminal state, 1 truncated' in summary
     assert any('3 step(s) recorded after their terminal state ignored' in note for note in prepared.notes)
     # the padded episodes are the stand-in's own batch: held state, zero commands and rewards, dones at the end
     order = np.argsort([int(b.dones.argmax(1).min()) for b in prepared.batches])      # pushed batch first
