@@ -21,19 +21,25 @@ Where datasets come from:
   behaviour policy (the nominal policy, or a noisier one).
 
 ``save_dataset`` writes a dataset in the run-folder layout, so every reader above reads it back.
+
+Episodes that end before the task's horizon (``fit_to_horizon``, called by kinds whose estimators need
+one horizon: robot, urdf): kept and padded when they end at a terminal state of the task (as the
+bridge and the stand-in pad: ``problem.pad_episodes``), dropped with a warning when truncated; the
+counts are in ``Dataset.padded`` / ``dropped`` and ``describe()``.
 """
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from . import checkpoint
-from .problem import Trajectories
+from .problem import Trajectories, pad_episodes
 
 DATASET_FILE = 'dataset.json'
 
@@ -59,6 +65,13 @@ class Dataset:
     """What collected the data, in words (e.g. 'nominal policy, temperature x2', 'recorded controller')."""
     notes: list[str] = field(default_factory=list)
     """What the readers did that a user should know (episodes dropped, how they were cut)."""
+    origins: list[Optional[list['EpisodeOrigin']]] = field(default_factory=list)
+    """Per batch, where each of its episodes came from (recordings cut into episodes), or None / absent
+    (run folders, generated data: named by source, batch and episode number)."""
+    padded: int = 0
+    """Episodes that ended early at a terminal state of the task, padded to the horizon (``fit_to_horizon``)."""
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Episodes dropped, by reason (``fit_to_horizon``; none is dropped silently)."""
 
     @property
     def episodes(self) -> int:
@@ -79,8 +92,26 @@ class Dataset:
 
     def describe(self) -> str:
         known = 'known' if self.behaviour_known else 'unknown (recorded controller)'
-        return (f'{self.episodes} episodes, {self.transitions} transitions in {len(self.batches)} batch(es); '
+        kept = f'{self.episodes} episodes ({self.padded} ended early at a terminal state, padded to the horizon)' \
+            if self.padded else f'{self.episodes} episodes'
+        dropped = ''
+        if self.dropped:
+            dropped = (f'; {sum(self.dropped.values())} dropped ('
+                       + ', '.join(f'{count} {reason}' for reason, count in self.dropped.items()) + ')')
+        return (f'{kept}, {self.transitions} transitions in {len(self.batches)} batch(es){dropped}; '
                 f'behaviour {self.behaviour or "?"}, probabilities {known}')
+
+    def with_batches(self, batches: list[Trajectories]) -> 'Dataset':
+        """The same dataset (sources, behaviour, notes, counts) with its batches checked or converted
+        one for one (a kind's ``prepare_dataset``)."""
+        return replace(self, batches=batches)
+
+    def origin(self, batch: int, episode: int) -> str:
+        """Where episode ``episode`` of batch ``batch`` (0-based) came from, in words."""
+        origins = self.origins[batch] if batch < len(self.origins) else None
+        if origins is not None and origins[episode] is not None:
+            return origins[episode].describe()
+        return f'{", ".join(self.sources) or "dataset"} batch {batch + 1} episode {episode}'
 
 
 def merge(datasets: Sequence[Dataset]) -> Dataset:
@@ -89,7 +120,23 @@ def merge(datasets: Sequence[Dataset]) -> Dataset:
                    behaviour_known=all(d.behaviour_known for d in datasets),
                    sources=[s for d in datasets for s in d.sources],
                    behaviour='; '.join(dict.fromkeys(d.behaviour for d in datasets if d.behaviour)),
-                   notes=[n for d in datasets for n in d.notes])
+                   notes=[n for d in datasets for n in d.notes],
+                   origins=[o for d in datasets for o in _origins(d)],
+                   padded=sum(d.padded for d in datasets),
+                   dropped=_add_counts(d.dropped for d in datasets))
+
+
+def _origins(dataset: Dataset) -> list:
+    """One entry per batch (None where unknown)."""
+    return list(dataset.origins) + [None] * (len(dataset.batches) - len(dataset.origins))
+
+
+def _add_counts(counts) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for part in counts:
+        for reason, count in part.items():
+            total[reason] = total.get(reason, 0) + count
+    return total
 
 
 # --- run folders -----------------------------------------------------------------------------------------------
@@ -184,6 +231,22 @@ class EpisodeRule:
             raise DatasetError(f'min_steps {self.min_steps!r}: expected an integer >= 1')
 
 
+ENDS = {'rule': 'the cutting rule ended it',
+        'recording': 'the recording stops mid-episode (the bag ends, or no joint state after its last command)'}
+
+
+@dataclass(frozen=True)
+class EpisodeOrigin:
+    """Where a recorded episode came from: the recording, its index among the episodes cut from it
+    (0-based, before any was dropped) and what ended it (``ENDS``: 'rule' or 'recording')."""
+    source: str
+    index: int
+    end: str = 'rule'
+
+    def describe(self) -> str:
+        return f'{self.source} episode {self.index}'
+
+
 @dataclass
 class Streams:
     """What a recording holds, as time-ordered arrays (times in ns): joint states (positions and
@@ -226,8 +289,10 @@ def episode_bounds(command_times: np.ndarray, rule: EpisodeRule,
 
 
 def cut_episodes(streams: Streams, rule: EpisodeRule, source: str = 'the recording') -> tuple[list[dict], list[str]]:
-    """Episodes of a recording as dicts of arrays {'states' (T+1, d), 'actions' (T, m), 'rewards' (T,) or
-    None}, and notes saying what was done.
+    """Episodes of a recording as dicts {'states' (T+1, d), 'actions' (T, m), 'rewards' (T,) or None,
+    'origin' (``EpisodeOrigin``)}, and notes saying what was done.  An episode's end is 'recording'
+    (truncated: nothing says it ended) when no joint state follows its last commands, or when it is
+    the recording's last episode under the 'gap' or 'reset' rule; else 'rule'.
 
     Per command t of an episode: s_t is the last joint state at or before the command, a_t the
     command, s_{t+1} the last joint state before the next command (for the episode's last
@@ -244,7 +309,7 @@ def cut_episodes(streams: Streams, rule: EpisodeRule, source: str = 'the recordi
     bounds, words = episode_bounds(command_times, rule, streams.reset_times)
     notes.append(f'{source}: episodes cut by {words}')
     episodes, short, unobserved = [], 0, 0
-    for first, end in bounds:
+    for index, (first, end) in enumerate(bounds):
         times, actions = command_times[first:end], commands[first:end]
         before = np.searchsorted(state_times, times, side='right') - 1
         keep = before >= 0
@@ -256,6 +321,7 @@ def cut_episodes(streams: Streams, rule: EpisodeRule, source: str = 'the recordi
         observed = after > before
         steps = len(times) if observed.all() else int(np.argmin(observed))
         unobserved += len(times) - steps
+        truncated = steps < len(times) or (index == len(bounds) - 1 and rule.rule != 'length')
         if steps < rule.min_steps:
             short += 1
             continue
@@ -267,7 +333,8 @@ def cut_episodes(streams: Streams, rule: EpisodeRule, source: str = 'the recordi
             cells = np.searchsorted(times, reward_times, side='right') - 1
             inside = (cells >= 0) & (reward_times < boundaries[np.maximum(cells, 0)])
             rewards = np.bincount(cells[inside], weights=np.asarray(streams.rewards)[inside], minlength=steps)
-        episodes.append({'states': episode_states, 'actions': actions, 'rewards': rewards})
+        episodes.append({'states': episode_states, 'actions': actions, 'rewards': rewards,
+                         'origin': EpisodeOrigin(source, index, 'recording' if truncated else 'rule')})
     if unobserved:
         notes.append(f'{source}: {unobserved} command(s) without a joint state after them dropped (episodes end there)')
     if short:
@@ -278,9 +345,11 @@ def cut_episodes(streams: Streams, rule: EpisodeRule, source: str = 'the recordi
     return episodes, notes
 
 
-def batches_from_episodes(episodes: list[dict]) -> list[Trajectories]:
+def batches_from_episodes(episodes: list[dict]) -> tuple[list[Trajectories], list[list[EpisodeOrigin]]]:
     """Rectangular real batches of episodes of varying length: one batch per horizon, in order of
-    first appearance; ``log_probs`` NaN (the recorded controller's probabilities are unknown)."""
+    first appearance; ``log_probs`` NaN (the recorded controller's probabilities are unknown); and
+    each batch's episode origins (``Dataset.origins``).  Episodes shorter than the task's horizon
+    are fitted to it by the problem (``fit_to_horizon``)."""
     by_length: dict[int, list[dict]] = {}
     for episode in episodes:
         by_length.setdefault(len(episode['actions']), []).append(episode)
@@ -291,4 +360,76 @@ def batches_from_episodes(episodes: list[dict]) -> list[Trajectories]:
                                     actions=np.stack([e['actions'] for e in group]),
                                     rewards=rewards, dones=np.zeros((len(group), horizon), dtype=bool),
                                     log_probs=np.full((len(group), horizon), np.nan), source='real'))
-    return batches
+    return batches, [[e.get('origin') for e in group] for group in by_length.values()]
+
+
+# --- episodes that end before the horizon ------------------------------------------------------------------------
+def fit_to_horizon(dataset: Dataset, horizon: int,
+                   termination_reason: Callable[[np.ndarray], Optional[str]]) -> Dataset:
+    """The dataset with every episode shorter than ``horizon`` steps made a valid episode or dropped:
+
+    - one whose states reach a terminal state of the task (``termination_reason``, the problem's: the
+      first such state s_j, j >= 1) ended there: it is kept, cut at s_j (steps recorded after it --
+      e.g. the bridge's zero command -- are not the policy's) and padded to ``horizon`` as the bridge
+      and the stand-in pad (``pad_episodes``: s_j held, zero actions, zero rewards), ``dones`` at
+      step j - 1;
+    - one that ends at a state the task does not end was truncated (the recording stops
+      mid-episode, or the cutting rule ended it early for a reason the task does not state).
+      Truncation is not termination, and ``Trajectories`` cannot mark an episode as cut short
+      without calling its last state terminal (``dones``), which estimators would read as "no
+      reward after it": it is DROPPED, with a warning naming the file and episode.
+    Episodes of ``horizon`` steps or more are kept as they are (the kind checks them).  Counts of
+    padded and dropped episodes go into ``Dataset.padded`` / ``dropped`` and the notes."""
+    batches, origins, notes = [], [], list(dataset.notes)
+    padded, dropped = dataset.padded, dict(dataset.dropped)
+    extra_steps = 0
+    for number, batch in enumerate(dataset.batches):
+        length = batch.actions.shape[1]
+        origin = _origins(dataset)[number]
+        if length >= horizon:
+            batches.append(batch)
+            origins.append(origin)
+            continue
+        keep, ends = [], []
+        for i in range(batch.actions.shape[0]):
+            where = dataset.origin(number, i)
+            terminal = next((j for j in range(1, length + 1) if termination_reason(batch.states[i, j]) is not None),
+                            None)
+            if terminal is None:
+                end = origin[i].end if origin is not None and origin[i] is not None else 'recording'
+                reason = ('truncated (the recording stops mid-episode)' if end == 'recording'
+                          else 'ended early by the cutting rule at a non-terminal state')
+                message = (f'{where}: {length} of {horizon} steps, ending at a state the task\'s termination does not '
+                           f'end: {reason}; dropped (truncation is not termination: a padded episode would mark its '
+                           'last state terminal)')
+                warnings.warn(message, stacklevel=2)
+                notes.append(message)
+                dropped[reason] = dropped.get(reason, 0) + 1
+                continue
+            keep.append(i)
+            ends.append(terminal)
+            extra_steps += length - terminal
+        if not keep:
+            continue
+        states, actions = pad_episodes([batch.states[i, :j + 1] for i, j in zip(keep, ends)],
+                                       [batch.actions[i, :j] for i, j in zip(keep, ends)], horizon,
+                                       batch.states.shape[2:], batch.actions.shape[2:], where=dataset.origin(number, 0))
+        rewards = np.zeros((len(keep), horizon))
+        log_probs = np.zeros((len(keep), horizon))
+        dones = np.zeros((len(keep), horizon), dtype=bool)
+        for row, (i, j) in enumerate(zip(keep, ends)):
+            rewards[row, :j], log_probs[row, :j], dones[row, j - 1] = batch.rewards[i, :j], batch.log_probs[i, :j], True
+        batches.append(Trajectories(states=states, actions=actions, rewards=rewards, dones=dones, log_probs=log_probs,
+                                    source=batch.source, policy_version=batch.policy_version))
+        origins.append(None if origin is None else [origin[i] for i in keep])
+        padded += len(keep)
+    if padded > dataset.padded:
+        notes.append(f'{padded - dataset.padded} episode(s) ended early at a terminal state of the task, padded to '
+                     f'{horizon} steps (state held, zero action and reward, done at the end)'
+                     + (f'; {extra_steps} step(s) recorded after their terminal state ignored' if extra_steps else ''))
+    if not batches:
+        raise DatasetError(f'{", ".join(dataset.sources) or "dataset"}: every episode was dropped '
+                           f'({_add_counts([dropped])}): episodes shorter than the task\'s {horizon} steps must end at '
+                           'a terminal state of the task (cut the recording into episodes of the horizon: '
+                           f'`--episode-length {horizon}`)')
+    return replace(dataset, batches=batches, notes=notes, origins=origins, padded=padded, dropped=dropped)

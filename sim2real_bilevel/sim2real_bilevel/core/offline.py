@@ -30,8 +30,9 @@ reads the real model.
 
 Kinds: a kind offers offline learning through ``OFFLINE_KINDS`` (its ``offline`` module:
 ``OfflineEstimator``, ``prepare_dataset`` and ``behaviour_sampler``): tabular (count model), LQR
-(LSTD-Q), robot (a residual model: the simulator at the data's sysid fit, the recorded residuals replayed).
-The urdf kind has none yet, and ``--offline`` refuses it with the reason.
+(LSTD-Q), robot and urdf (a residual model: the simulator at the data's sysid fit, the recorded residuals
+replayed; recorded episodes that end before the horizon at a terminal state of the task are padded, truncated
+ones dropped with a warning: ``datasets.fit_to_horizon``).
 """
 from __future__ import annotations
 
@@ -53,11 +54,9 @@ OFFLINE_KINDS = {
     'tabular': '.problems.tabular.offline',
     'lqr': '.problems.lqr.offline',
     'robot': '.problems.robot.offline',
+    'urdf': '.problems.robot.offline',          # a UrdfProblem is a RobotProblem: the same residual model
 }
-NOT_OFFLINE = {
-    'urdf': ('the urdf kind has no off-policy real-gradient estimator yet (the robot kind\'s residual model '
-             'is not wired to it); run it online'),
-}
+NOT_OFFLINE: dict[str, str] = {}
 
 
 def offline_module(problem: BilevelProblem):
@@ -387,12 +386,13 @@ def run_offline_experiment(config_path, methods: list[str], dataset: Dataset, se
     unknown = [m for m in methods if m not in allowed]
     if unknown:
         raise ValueError(words.format(unknown, list(allowed)))
-    make_estimator(load_problem(config_path), dataset, settings or OfflineSettings())   # refusals before any run
+    # refusals before any run; the summary is of the data as the problem takes it (padded / dropped episodes)
+    prepared = make_estimator(load_problem(config_path), dataset, settings or OfflineSettings()).dataset
     document = run_experiment(config_path, methods, seeds=seeds, iterations=iterations, overrides=overrides,
                               on_record=on_record, run_dir=run_dir, evaluate=evaluate,
                               make=partial(_make_for_experiment, dataset=dataset, settings=settings,
                                            online_episodes=online_episodes))
-    document['offline'] = {'dataset': dataset.describe(), 'sources': dataset.sources, 'notes': dataset.notes,
+    document['offline'] = {'dataset': prepared.describe(), 'sources': dataset.sources, 'notes': prepared.notes,
                            'behaviour_known': dataset.behaviour_known, 'online_episodes': online_episodes}
     return document
 

@@ -92,7 +92,35 @@ class Trajectories:
 
     @property
     def n_transitions(self) -> int:
-        return int(self.rewards.size)
+        """Transitions that ran: per episode up to and including its first done (all T without one);
+        the held steps after an early end (``pad_episodes``) are not counted."""
+        return int(alive_mask(np.asarray(self.dones, dtype=bool)).sum())
+
+
+def alive_mask(dones: np.ndarray) -> np.ndarray:
+    """(n, T) mask of the steps at or before each episode's first done: the transitions that ran."""
+    return (np.cumsum(dones, axis=1) - dones) == 0
+
+
+def pad_episodes(states: Sequence, actions: Sequence, horizon: int, state_shape: tuple = (),
+                 action_shape: tuple = (), where: str = 'pad_episodes') -> tuple[np.ndarray, np.ndarray]:
+    """Episodes of up to ``horizon`` steps (per episode: k+1 states, k actions, 0 <= k <= horizon) in the
+    batch shape: states (n, horizon+1, *state_shape), actions (n, horizon, *action_shape).  An episode
+    that ended early holds its last state up to the horizon with zero actions after it: what the
+    hardware bridge, the stand-in and the simulator's rollouts record after a terminal state (the
+    caller zeroes the rewards there and sets ``dones`` at the end)."""
+    padded_states = np.zeros((len(states), horizon + 1) + tuple(state_shape))
+    padded_actions = np.zeros((len(states), horizon) + tuple(action_shape))
+    for i, (observed, applied) in enumerate(zip(states, actions)):
+        observed, applied = np.asarray(observed, dtype=np.float64), np.asarray(applied, dtype=np.float64)
+        if not 0 < len(observed) <= horizon + 1 or len(applied) != len(observed) - 1:
+            raise ValueError(f'{where}: episode {i} has {len(observed)} states and {len(applied)} commands: '
+                             f'expected 1..{horizon + 1} states and one command fewer')
+        padded_states[i, :len(observed)] = observed
+        padded_states[i, len(observed):] = observed[-1]
+        if len(applied):
+            padded_actions[i, :len(applied)] = applied.reshape((len(applied),) + tuple(action_shape))
+    return padded_states, padded_actions
 
 
 @dataclass

@@ -323,8 +323,8 @@ class OuterOptimizer(Node):
                                  'datasets (real/batch_*.npz): convert it with `sim2real-bilevel dataset --from '
                                  f'{path} --out DIR` (bag options as for `solve --real-data`)')
         dataset = merge([load_run_folder(p) for p in paths])
-        make_estimator(self.problem, dataset, self.offline_settings())      # the kind's refusal, bad data
-        self.get_logger().info(f'offline: real data {dataset.describe()} from {paths}; no real episode will be '
+        prepared = make_estimator(self.problem, dataset, self.offline_settings()).dataset   # refusals, bad data
+        self.get_logger().info(f'offline: real data {prepared.describe()} from {paths}; no real episode will be '
                                'asked for')
         return dataset
 
@@ -492,8 +492,9 @@ class OuterOptimizer(Node):
         from ..core.experiments import format_summary, method_entry, results_document, seed_entry, write_results
         seed = seed_entry(loop, loop.seed, wall_time)
         seed['graph_startup_s'] = self.startup_s        # part of wall_time_s
+        data = getattr(loop, 'dataset', self.dataset)      # as the problem took it (padded / dropped episodes)
         context = {} if self.dataset is None else {'offline': {
-            'dataset': self.dataset.describe(), 'sources': self.dataset.sources, 'notes': self.dataset.notes,
+            'dataset': data.describe(), 'sources': self.dataset.sources, 'notes': data.notes,
             'behaviour_known': self.dataset.behaviour_known}}
         document = results_document(self.problem.source, self.problem, {'bilevel': method_entry(loop, [seed])},
                                     transport='ros2', status=self.status, **context)

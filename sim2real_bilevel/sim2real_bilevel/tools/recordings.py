@@ -175,5 +175,6 @@ def load_robot_bag(folder: Path, topics: dict[str, str], options: RecordingOptio
     notes.append(f'{folder}: states = {"positions and velocities" if options.velocities else "positions"} of '
                  f'{joints} from {joint_topic}; actions from {command_topic}; rewards '
                  f'{"from " + reward_topic if reward_topic else "not recorded"}')
-    return Dataset(batches=batches_from_episodes(episodes), behaviour_known=False, sources=[str(folder)],
-                   behaviour=f'recorded controller on {command_topic}', notes=notes)
+    batches, origins = batches_from_episodes(episodes)
+    return Dataset(batches=batches, behaviour_known=False, sources=[str(folder)],
+                   behaviour=f'recorded controller on {command_topic}', notes=notes, origins=origins)

@@ -64,8 +64,7 @@ def prepare_dataset(problem, dataset: Dataset) -> Dataset:
                         + np.einsum('nti,ij,ntj->nt', actions, problem.cost_r, actions))
         batches.append(type(batch)(states=states, actions=actions, rewards=rewards, dones=batch.dones,
                                    log_probs=batch.log_probs, source='real', policy_version=batch.policy_version))
-    return Dataset(batches=batches, behaviour_known=dataset.behaviour_known, sources=dataset.sources,
-                   behaviour=dataset.behaviour, notes=dataset.notes)
+    return dataset.with_batches(batches)
 
 
 def behaviour_sampler(problem, phi: np.ndarray, noise: float):

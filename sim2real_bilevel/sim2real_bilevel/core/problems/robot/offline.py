@@ -49,10 +49,9 @@ import math
 import numpy as np
 import torch
 
-from ...datasets import Dataset, DatasetError
+from ...datasets import Dataset, DatasetError, fit_to_horizon
 from ...evaluation import ReturnEstimate, bootstrap_interval
-from ...problem import Trajectories
-from .estimators import alive_mask
+from ...problem import Trajectories, alive_mask
 from .simulator import DTYPE
 
 DEFAULT_MIN_COVERAGE = 0.2
@@ -82,8 +81,11 @@ BEHAVIOUR_FIT_ITERATIONS = 1000
 def prepare_dataset(problem, dataset: Dataset) -> Dataset:
     """The dataset with shapes and finiteness checked, as one batch of one horizon; rewards the
     recording lacks are the task reward of its states and actions (``score_episodes``).  The
-    behaviour's probabilities are not needed (the estimator fits the behaviour)."""
+    behaviour's probabilities are not needed (the estimator fits the behaviour).  Episodes shorter
+    than the task's horizon are padded when they end at a terminal state of the task, else dropped
+    with a warning (``datasets.fit_to_horizon``)."""
     state_dim, action_dim = problem.model.state_dim, problem.model.action_dim
+    dataset = fit_to_horizon(dataset, problem.horizon, problem.termination_reason)
     where_all = ", ".join(dataset.sources) or "dataset"
     horizons = sorted({b.actions.shape[1] for b in dataset.batches})
     if len(horizons) != 1:
@@ -109,8 +111,7 @@ def prepare_dataset(problem, dataset: Dataset) -> Dataset:
         # the task's termination applies to recorded data too (no termination: the last step)
         batches.append(type(batch)(states=states, actions=actions, rewards=rewards, dones=problem.episode_dones(states),
                                    log_probs=log_probs, source='real', policy_version=batch.policy_version))
-    return Dataset(batches=batches, behaviour_known=dataset.behaviour_known, sources=dataset.sources,
-                   behaviour=dataset.behaviour, notes=dataset.notes)
+    return dataset.with_batches(batches)
 
 
 def behaviour_sampler(problem, phi: np.ndarray, noise: float):

@@ -8,11 +8,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ...problem import (BilevelProblem, InnerResult, JointLimits, SensitivityTerms, Trajectories,
+from ...problem import (BilevelProblem, InnerResult, JointLimits, SensitivityTerms, Trajectories, alive_mask,
                         require_finite_policy)
 from ...robot_model import THETA_NAMES, PendulumGeometry, PendulumModel
 from .config import REAL_GRADIENT_ESTIMATORS, InnerSettings, read_problem_file
-from .estimators import alive_mask, cross_fitted_values, gae, value_features
+from .estimators import cross_fitted_values, gae, value_features
 from .guard import ADAM_RESTARTS, LBFGS_RESTARTS, FiniteGuard
 from .simulator import DTYPE, CommonNoise, InitialStateRange, PendulumSimulatorFamily, history_arguments, make_policy
 from .stepwise import PendulumController, PendulumRealSystem

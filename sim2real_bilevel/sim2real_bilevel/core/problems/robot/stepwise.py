@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ...problem import EpisodeController, RealSystem, Sample, Trajectories
+from ...problem import EpisodeController, RealSystem, Sample, Trajectories, pad_episodes
 from ...robots.pendulum import BASE_FRAME, JointStateSample, tip_pose
 from .simulator import DTYPE
 
@@ -94,18 +94,9 @@ class PendulumController(EpisodeController):
     def batch(self, policy_version: int) -> Trajectories:
         """The episodes; one the bridge ended at a terminal state holds that state, with zero
         commands, up to the horizon (the contract: ``EpisodeController``)."""
-        n = len(self.states)
         model = self.problem.model
-        states = np.zeros((n, self.horizon + 1, model.state_dim))
-        actions = np.zeros((n, self.horizon, model.action_dim))
-        for i, (observed, applied) in enumerate(zip(self.states, self.actions)):
-            if not 0 < len(observed) <= self.horizon + 1 or len(applied) != len(observed) - 1:
-                raise ValueError(f'PendulumController.batch: episode {i} has {len(observed)} states and {len(applied)} '
-                                 f'commands: expected 1..{self.horizon + 1} states and one command fewer')
-            states[i, :len(observed)] = observed
-            states[i, len(observed):] = observed[-1]
-            if applied:
-                actions[i, :len(applied)] = applied
+        states, actions = pad_episodes(self.states, self.actions, self.horizon, (model.state_dim,), (model.action_dim,),
+                                       where='PendulumController.batch')
         rewards, log_probs = self.problem.score_episodes(self.phi, states, actions)
         dones = self.problem.episode_dones(states)
         return Trajectories(states=states, actions=actions, rewards=rewards, dones=dones, log_probs=log_probs,

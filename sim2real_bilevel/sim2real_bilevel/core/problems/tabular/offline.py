@@ -69,8 +69,7 @@ def prepare_dataset(problem, dataset: Dataset) -> Dataset:
                                'record the reward topic)')
         batches.append(type(batch)(states=states, actions=actions, rewards=rewards, dones=batch.dones,
                                    log_probs=batch.log_probs, source='real', policy_version=batch.policy_version))
-    return Dataset(batches=batches, behaviour_known=dataset.behaviour_known, sources=dataset.sources,
-                   behaviour=dataset.behaviour, notes=dataset.notes)
+    return dataset.with_batches(batches)
 
 
 def _indices(values: np.ndarray, count: int, what: str) -> np.ndarray:
