@@ -223,6 +223,23 @@ def test_robot_action_change_bound_warns_on_a_policy_faster_than_the_data():
         OfflineSettings(max_action_change=-1.0).validate()
 
 
+def test_robot_action_change_ratio_stays_finite_on_data_whose_commands_never_change():
+    """Recorded commands held constant (a held torque): the data's own change is 0, so the ratio
+    divides by a thousandth of the commands' rms instead -- large for a policy that varies its command,
+    but a number (it was 1e150 with a 1e-12 floor)."""
+    problem = load_problem(builtin_config('pendulum'))
+    phi = problem.policy.init_params(np.random.default_rng(0))
+    sampler, behaviour, words = offline_module(problem).behaviour_sampler(problem, phi, 2.0)
+    batch = sampler.sample_real(behaviour, 4, np.random.default_rng(1))
+    batch.actions = np.full_like(batch.actions, 0.5)
+    run = make_offline_run(problem, 'bilevel', Dataset([batch], behaviour=words), seed=0, iterations=1)
+    estimator = run.estimator
+    assert estimator.data_action_change == pytest.approx(0.0, abs=1e-12)
+    assert estimator.action_change_scale == pytest.approx(1e-3 * 0.5)
+    ratio = estimator.action_change_ratio(phi)
+    assert np.isfinite(ratio) and 10.0 < ratio < 1e6
+
+
 @pytest.mark.slow
 def test_the_pendulum_run_that_lost_return_offline_is_held_and_warned():
     """The issue-14 failure (bench/results/mixed_pendulum/warning_rule/): pendulum, 10 nominal-policy

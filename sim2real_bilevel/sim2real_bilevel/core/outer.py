@@ -24,7 +24,7 @@ import numpy as np
 
 from . import checkpoint, implicit
 from .evaluation import BestPolicy, Evaluator, ReturnEstimate
-from .problem import BilevelProblem, InnerResult, Trajectories, require_finite_policy
+from .problem import BilevelProblem, InnerResult, Trajectories, alive_mask, require_finite_policy
 
 log = logging.getLogger(__name__)
 
@@ -192,15 +192,9 @@ def sensitivity_solver(config: OuterConfig, problem: BilevelProblem, inner_grad_
 
 def discounted_returns(batch: Trajectories, gamma: float) -> np.ndarray:
     """Per-episode discounted return of a batch (rewards after a done are ignored)."""
-    rewards = np.where(_alive(batch.dones), batch.rewards, 0.0)
+    rewards = np.where(alive_mask(batch.dones), batch.rewards, 0.0)
     discounts = gamma ** np.arange(rewards.shape[1])
     return rewards @ discounts
-
-
-def _alive(dones: np.ndarray) -> np.ndarray:
-    """Mask of steps at or before the first done of each episode."""
-    before = np.cumsum(dones, axis=1) - dones
-    return before == 0
 
 
 class Adam:

@@ -12,9 +12,13 @@ to 5 real episodes: theta_1, phi_1), the next real batch is collected as that ru
 Real returns: the hidden model on the file's 16 fixed evaluation episodes (reporting only).
 
     cd sim2real_bilevel && OMP_NUM_THREADS=1 nice -n 8 ../.venv/bin/python \
-        bench/results/theta_start/iiwa/hypergradient_at_sysid.py        # -> hypergradient_at_sysid.json
+        bench/results/theta_start/iiwa/hypergradient_at_sysid.py [WARM_ITERATIONS]   # -> hypergradient_at_sysid[_warmW].json
+
+WARM_ITERATIONS: phi_1 is first solved further at theta_1 (WARM_ITERATIONS more warm iterations, closer to
+stationary), and the re-solves at theta_1 +- 0.1 run that many (default: the file's inner.max_iterations, 20).
 """
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -36,6 +40,10 @@ run.phi = np.load(GAP / 'policies.npz')['nominal_seed0']
 run.inner_grad_norm = float('nan')
 run.step()
 phi, theta = run.phi.copy(), run.theta.copy()
+warm = {'max_iterations': int(sys.argv[1])} if len(sys.argv) > 1 else {}
+if warm:
+    further = problem.inner_solve(theta, phi, **warm)
+    phi, run.inner_grad_norm = further.phi.copy(), further.grad_norm
 names = problem.theta_names
 report = {'theta_names': names, 'theta_1': theta.tolist(), 'inner_grad_norm_1': run.inner_grad_norm,
           'real_return_1': problem.real_return(phi)}
@@ -59,9 +67,9 @@ for i in coordinates:
     for sign in (+1, -1):
         shifted = theta.copy()
         shifted[i] += sign * eps
-        solved = problem.inner_solve(shifted, phi)
+        solved = problem.inner_solve(shifted, phi, **warm)
         values[sign] = problem.real_return(solved.phi)
     entry['real_slope_in_theta (warm re-solves)'] = (values[1] - values[-1]) / (2 * eps)
     report[names[i]] = entry
     print(names[i], json.dumps(entry), f'({time.perf_counter() - started:.0f} s)', flush=True)
-(HERE / 'hypergradient_at_sysid.json').write_text(json.dumps(report, indent=1) + '\n')
+(HERE / f'hypergradient_at_sysid{"_warm" + sys.argv[1] if warm else ""}.json').write_text(json.dumps(report, indent=1) + '\n')

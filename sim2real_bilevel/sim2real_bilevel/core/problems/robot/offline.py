@@ -175,6 +175,13 @@ class OfflineEstimator:
         self.time_weights = torch.as_tensor(discounts / discounts.sum(), dtype=DTYPE)
         self.key = batch.states.tobytes()
         self.data_action_change = self._action_change(self.actions.transpose(0, 1), self.discounts > 0)
+        # the scale the ratio divides by: the data's own change, but at least a thousandth of the recorded
+        # commands' rms, so that data whose commands never change (a held torque) give a large, finite
+        # ratio that says so, not 1e150 (``action_change_ratio``)
+        alive = (self.discounts > 0).transpose(0, 1).to(self.actions.dtype)
+        rms = float(torch.sqrt((self.actions.pow(2).sum(-1) * alive).sum()
+                               / torch.clamp(alive.sum() * self.actions.shape[-1], min=1.0)))
+        self.action_change_scale = max(self.data_action_change, 1e-3 * rms, 1e-9)
 
     @staticmethod
     def _action_change(actions: torch.Tensor, alive: torch.Tensor) -> float:
@@ -189,7 +196,7 @@ class OfflineEstimator:
         faster than any the data show the robot's response to (``DEFAULT_MAX_ACTION_CHANGE``)."""
         with torch.no_grad():
             _, actions, _ = self.problem.rollout(torch.as_tensor(phi, dtype=DTYPE), self.theta_full, self.noise)
-        return self._action_change(actions, self.discounts > 0) / max(self.data_action_change, 1e-12)
+        return self._action_change(actions, self.discounts > 0) / self.action_change_scale
 
     def _returns(self, phi: torch.Tensor) -> torch.Tensor:
         """Per-episode discounted task returns (n,) of the re-simulated episodes."""
