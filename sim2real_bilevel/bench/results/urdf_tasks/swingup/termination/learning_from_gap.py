@@ -25,7 +25,20 @@ torch.set_num_threads(1)
 arguments = [a for a in sys.argv[1:] if '=' not in a]
 settings = dict(a.split('=', 1) for a in sys.argv[1:] if '=' in a)      # outer settings, e.g. solver=first_order
 gap_dir, out, methods = Path(arguments[0]), arguments[1], arguments[2:]
-seed = int(settings.pop('gap_seed', 0))        # the gap run's seed k: the problem with inner.seed k, policies *_seedk
+seed = int(settings.pop('gap_seed', 0))
+
+
+def _number(text):
+    """A KEY=VALUE value as the config's type: int, float, else the string."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+settings = {key: _number(value) for key, value in settings.items()}        # the gap run's seed k: the problem with inner.seed k, policies *_seedk
 policies = np.load(gap_dir / 'policies.npz')
 original = experiments.load_problem
 
