@@ -298,3 +298,14 @@ def test_malformed_goals_are_rejected_with_a_logged_reason_and_no_crash(ros):
     assert not handle.accepted
     ros.spin_until(lambda: 'rejected train_policy goal' in trainer.log(), 10.0, 'the trainer\'s reason')
     assert bridge.alive() and emulator.alive() and trainer.alive()
+
+
+def test_a_node_dumps_its_threads_stacks_on_sigusr1_and_keeps_running(ros):
+    """What docs/hardware.md tells an operator whose node stops answering: kill -USR1 PID."""
+    node = ros.start('sensitivity', problem=PROBLEM)
+    assert ros.wait_for_log(node, 'ready', timeout=60.0), node.log()[-2000:]
+    dump = node.stacks()
+    assert 'most recent call first' in dump and 'run_nodes' in dump, dump[-3000:]
+    getter = ros.node.create_client(GetParameters, '/sensitivity/get_parameters')
+    assert ros.call(getter, GetParameters.Request(names=['solver']), 60.0).values[0].string_value   # still serving
+    assert node.alive()
