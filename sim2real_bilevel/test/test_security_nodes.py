@@ -6,6 +6,8 @@ robot commands is ignored by the robot and latches the bridge's e-stop."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -118,34 +120,18 @@ def test_a_bridge_with_an_unusable_key_file_refuses_to_configure(ros, tmp_path):
 
 def test_a_bridge_that_requires_a_key_refuses_to_configure_without_one(ros):
     """What the hardware launch sets (graph.MODE_PARAMETERS): no key, no configured bridge."""
-    from lifecycle_msgs.srv import GetState
-    from rcl_interfaces.srv import GetParameters
     assert not os.environ.get('SIM2REAL_POLICY_KEY_FILE')
-    # the clients exist before the bridge does, so that its discovery of them starts with its own
-    state_client = ros.node.create_client(GetState, '/hardware_bridge/get_state')
-    parameter_client = ros.node.create_client(GetParameters, '/hardware_bridge/get_parameters')
     bridge = ros.start('hardware_bridge', problem=PROBLEM, autostart='true', require_policy_key='true')
     assert ros.wait_for_log(bridge, 'configure failed: no policy key', timeout=60.0), bridge.log()[-2000:]
     assert 'sim2real-bilevel keygen' in bridge.log()
-
-    def ask(client, request, tries=6):
-        """The answer, or None: an answer can be lost while discovery is incomplete, so ask again."""
-        ros.spin_until(client.service_is_ready, 30.0, client.srv_name)
-        for _ in range(tries):
-            future = client.call_async(request)
-            deadline = time.monotonic() + 5.0
-            while not future.done() and time.monotonic() < deadline:
-                ros.executor.spin_once(timeout_sec=0.05)
-            if future.done():
-                return future.result()
-        return None
-
-    state = ask(state_client, GetState.Request())
-    if state is None:                     # say what the bridge was doing, for the next reader of CI
-        parameters = ask(parameter_client, GetParameters.Request(names=['require_policy_key']), tries=1)
-        pytest.fail(f'no answer from /hardware_bridge/get_state in 6 tries; get_parameters answered: '
-                    f'{parameters is not None}\n{bridge.stacks()}')
-    assert state.current_state.label == 'unconfigured'
+    # its lifecycle state, asked as an operator asks it: `sim2real-bilevel bridge status`, a process of
+    # its own.  (A client in this pytest process got no answer to get_state nor get_parameters in 2 of
+    # ~10 full CI runs while the bridge sat idle in its executor's wait -- its stacks, dumped on
+    # SIGUSR1, showed it: the requests did not reach it from this process's participant.)
+    result = subprocess.run([sys.executable, '-m', 'sim2real_bilevel.cli', 'bridge', 'status', '--timeout', '60'],
+                            capture_output=True, text=True, env=ros.environment, timeout=120)
+    assert result.returncode == 0 and '/hardware_bridge: unconfigured' in result.stdout, (
+        result.stdout, result.stderr, bridge.stacks())
     assert bridge.alive()
 
 
