@@ -26,19 +26,13 @@ import numpy as np
 import torch
 
 from sim2real_bilevel.core import implicit
-from sim2real_bilevel.core.experiments import make_run
 from sim2real_bilevel.core.outer import make_solver
-from sim2real_bilevel.core.problems import load_problem
+from sysid_fit import replay_to_sysid_fit
 
 torch.set_num_threads(1)
 HERE = Path(__file__).resolve().parent
-GAP = HERE.parents[1] / 'urdf_tasks' / 'iiwa_payload'
 started = time.perf_counter()
-problem = load_problem('config/iiwa_payload.yaml')
-run = make_run(problem, 'bilevel-from-sysid', seed=0, iterations=1, overrides={'real_episodes': 5})
-run.phi = np.load(GAP / 'policies.npz')['nominal_seed0']
-run.inner_grad_norm = float('nan')
-run.step()
+problem, run = replay_to_sysid_fit()
 phi, theta = run.phi.copy(), run.theta.copy()
 warm = {'max_iterations': int(sys.argv[1])} if len(sys.argv) > 1 else {}
 if warm:

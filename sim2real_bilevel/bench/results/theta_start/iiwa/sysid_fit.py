@@ -1,0 +1,21 @@
+"""The iiwa run `bilevel_from.py ... method=bilevel-from-sysid` replayed to its first iteration (sysid's
+fit to 5 real episodes from the gap run's nominal policy): shared by hypergradient_at_sysid.py and
+real_gradient_at_sysid.py."""
+from pathlib import Path
+
+import numpy as np
+
+from sim2real_bilevel.core.experiments import make_run
+from sim2real_bilevel.core.problems import load_problem
+
+GAP = Path(__file__).resolve().parents[2] / 'urdf_tasks' / 'iiwa_payload'
+
+
+def replay_to_sysid_fit():
+    """(problem, run) after the run's first iteration: run.theta is sysid's fit, run.phi the policy there."""
+    problem = load_problem('config/iiwa_payload.yaml')
+    run = make_run(problem, 'bilevel-from-sysid', seed=0, iterations=1, overrides={'real_episodes': 5})
+    run.phi = np.load(GAP / 'policies.npz')['nominal_seed0']
+    run.inner_grad_norm = float('nan')
+    run.step()
+    return problem, run
