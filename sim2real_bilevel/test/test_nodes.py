@@ -205,6 +205,44 @@ def test_parameters_are_set_and_rejected_with_a_reason_across_processes(ros):
     assert "rejected parameter change: solver = 'gauss_seidel'" in node.log()
 
 
+def test_the_sensitivity_node_takes_the_first_order_step_for_a_policy_far_from_stationary(ros):
+    """outer.first_order_above in the node (the rule ``outer.sensitivity_solver``): a goal whose policy
+    ended its inner solve above 100x the pendulum's tolerance gets the first-order sensitivity, logged
+    with the reason; below it the configured CG solve; ``first_order_above`` 0, set live, turns it off."""
+    from sim2real_bilevel_interfaces.action import ComputeSensitivity
+    from sim2real_bilevel.nodes import conversions
+    from sim2real_bilevel.nodes.runtime import load_problem
+
+    problem = load_problem('pendulum')
+    node = ros.start('sensitivity', problem='pendulum')
+    client = ActionClient(ros.node, ComputeSensitivity, 'compute_sensitivity')
+    setter = ros.node.create_client(SetParameters, '/sensitivity/set_parameters')
+    lower, upper = problem.theta_bounds()
+    theta = conversions.theta_to_msg(problem.theta_names, problem.theta0(), lower, upper, 0)
+    phi = problem.policy.init_params(np.random.default_rng(0))
+    gradient = np.linspace(-1.0, 1.0, problem.phi_size())
+    tolerance = problem.inner_tolerance()
+
+    def solved_with(grad_norm):
+        goal = ComputeSensitivity.Goal(theta=theta, policy=conversions.policy_to_msg(phi, 1, 0, grad_norm),
+                                       real_gradient=gradient.tolist())
+        result = ros.run_goal(client, goal, 60.0).result
+        assert result.success, result.message
+        return result.gradient.solver, np.asarray(result.gradient.gradient)
+
+    near_solver, near = solved_with(10 * tolerance)
+    far_solver, far = solved_with(1000 * tolerance)
+    assert (near_solver, far_solver) == ('cg', 'first_order')
+    assert not np.allclose(near, far)
+    assert ros.wait_for_log(node, f'first-order sensitivity: the inner solve ended at ||F|| {1000 * tolerance:.3g}',
+                            timeout=10.0), node.log()[-2000:]
+    changed = ros.call(setter, SetParameters.Request(parameters=[_parameter('first_order_above', 0.0)]), 60.0)
+    assert changed.results[0].successful, changed.results[0].reason
+    off_solver, off = solved_with(1000 * tolerance)
+    assert off_solver == 'cg' and np.allclose(off, near)
+    assert node.alive()
+
+
 # --- the hardware bridge -----------------------------------------------------------------------------------
 def _policy(version: int, values=None):
     from sim2real_bilevel.nodes import conversions
