@@ -32,12 +32,9 @@ from sysid_fit import replay_to_sysid_fit
 torch.set_num_threads(1)
 HERE = Path(__file__).resolve().parent
 started = time.perf_counter()
-problem, run = replay_to_sysid_fit()
-phi, theta = run.phi.copy(), run.theta.copy()
 warm = {'max_iterations': int(sys.argv[1])} if len(sys.argv) > 1 else {}
-if warm:
-    further = problem.inner_solve(theta, phi, **warm)
-    phi, run.inner_grad_norm = further.phi.copy(), further.grad_norm
+problem, run = replay_to_sysid_fit(warm.get('max_iterations'))
+phi, theta = run.phi.copy(), run.theta.copy()
 names = problem.theta_names
 report = {'theta_names': names, 'theta_1': theta.tolist(), 'inner_grad_norm_1': run.inner_grad_norm,
           'real_return_1': problem.real_return(phi)}

@@ -11,11 +11,15 @@ from sim2real_bilevel.core.problems import load_problem
 GAP = Path(__file__).resolve().parents[2] / 'urdf_tasks' / 'iiwa_payload'
 
 
-def replay_to_sysid_fit():
-    """(problem, run) after the run's first iteration: run.theta is sysid's fit, run.phi the policy there."""
+def replay_to_sysid_fit(further_iterations=None):
+    """(problem, run) after the run's first iteration: run.theta is sysid's fit, run.phi the policy there
+    (solved ``further_iterations`` more warm iterations at that theta when given, run.inner_grad_norm its ||F||)."""
     problem = load_problem('config/iiwa_payload.yaml')
     run = make_run(problem, 'bilevel-from-sysid', seed=0, iterations=1, overrides={'real_episodes': 5})
     run.phi = np.load(GAP / 'policies.npz')['nominal_seed0']
     run.inner_grad_norm = float('nan')
     run.step()
+    if further_iterations:
+        further = problem.inner_solve(run.theta, run.phi, max_iterations=further_iterations)
+        run.phi, run.inner_grad_norm = further.phi.copy(), further.grad_norm
     return problem, run

@@ -6,8 +6,9 @@ at the same code, saved ~40 min of this machine each).
     cd sim2real_bilevel && OMP_NUM_THREADS=1 nice -n 8 ../.venv/bin/python \
         bench/results/urdf_tasks/swingup/termination/learning_from_gap.py GAP_DIR OUT METHOD [METHOD...] [KEY=VALUE...]
 
-KEY=VALUE: outer settings (e.g. solver=first_order), and gap_seed=K for the gap run's seed K (the
-problem with inner.seed K, its policies *_seedK; default 0).  Runs experiment seed 0, 4 outer iterations of 5 real episodes (N = 0, 5, 10, 15, 20).
+KEY=VALUE: outer settings (e.g. solver=first_order), gap_seed=K for the gap run's seed K (the
+problem with inner.seed K, its policies *_seedK; default 0), and iterations=I (default 4).  Runs experiment
+seed 0, I outer iterations of 5 real episodes (N = 0, 5, ..., 5 I).
 """
 import sys
 from argparse import Namespace
@@ -26,6 +27,7 @@ arguments = [a for a in sys.argv[1:] if '=' not in a]
 settings = dict(a.split('=', 1) for a in sys.argv[1:] if '=' in a)      # outer settings, e.g. solver=first_order
 gap_dir, out, methods = Path(arguments[0]), arguments[1], arguments[2:]
 seed = int(settings.pop('gap_seed', 0))
+iterations = int(settings.pop('iterations', 4))
 
 
 def _number(text):
@@ -61,5 +63,5 @@ if settings:      # the experiment runner takes real_episodes only: pass the res
     def run_experiment(*args, overrides=None, **kwargs):
         return original_run(*args, overrides={**(overrides or {}), **settings}, **kwargs)
     experiments.run_experiment = run_experiment
-urdf_tasks.figures(Namespace(task='config/swingup.yaml', methods=methods, seeds=1, iterations=4, real_episodes=5,
+urdf_tasks.figures(Namespace(task='config/swingup.yaml', methods=methods, seeds=1, iterations=iterations, real_episodes=5,
                              out=out))
