@@ -99,8 +99,11 @@ def summary_lines(series: dict[str, list[float]]) -> list[str]:
         best = max(measured, key=lambda i: estimates[i])
 
         def cell(i):
-            interval = (f' [{lows[i]:.4g}, {highs[i]:.4g}]' if i < len(lows) and i < len(highs) else '')
-            return f'{estimates[i]:.4g}{interval}'
+            if i >= len(lows) or i >= len(highs):
+                return f'{estimates[i]:.4g}'
+            if not (math.isfinite(lows[i]) and math.isfinite(highs[i])):
+                return f'{estimates[i]:.4g} [no interval: one real episode]'
+            return f'{estimates[i]:.4g} [{lows[i]:.4g}, {highs[i]:.4g}]'
         lines.append(f'estimated real return (real episodes, confidence interval): last {cell(last)} at iteration '
                      f'{last}, highest {cell(best)} at iteration {best}')
     returns = series.get('normalized_return', [])
