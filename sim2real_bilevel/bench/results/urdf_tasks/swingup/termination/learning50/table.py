@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 HERE = Path(__file__).resolve().parent
 BUDGETS = (0, 5, 10, 20, 50)
 GAP_RUNS = {0: HERE.parent, 1: HERE.parent / 'seed1', 2: HERE.parent / 'seed2'}
+COLORS = {'bilevel-from-sysid': 'tab:blue', 'sysid': 'tab:red', 'bilevel': 'tab:orange', 'cmaes': 'tab:green'}
 
 
 def curve(path):
@@ -39,7 +40,7 @@ for axis, seed in zip(axes[0], seeds):
     for path in (p for p in runs if p.stem.startswith(f'seed{seed}_')):
         method = path.stem.split('_', 1)[1]
         episodes, values = curve(path)
-        axis.plot(episodes, values, marker='o', markersize=3, label=method)
+        axis.plot(episodes, values, marker='o', markersize=3, label=method, color=COLORS.get(method))
         print(f'| {seed} | {method} | ' + ' | '.join(f'{at(episodes, values, n):.3f}' for n in BUDGETS) + ' |')
     gap = GAP_RUNS[seed] / 'results.json'
     if gap.exists():
@@ -54,7 +55,8 @@ for axis, seed in zip(axes[0], seeds):
     axis.set_title(f'swing-up, gap seed {seed}')
     axis.set_xlabel('real episodes')
     axis.grid(alpha=0.3)
+    axis.set_xlim(-1, 52)
+    axis.legend(fontsize=7)
 axes[0][0].set_ylabel('normalised real return')
-axes[0][-1].legend(fontsize=7)
 figure.tight_layout()
 figure.savefig(HERE / 'learning50.png', dpi=110)
