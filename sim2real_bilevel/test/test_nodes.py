@@ -208,12 +208,14 @@ def test_parameters_are_set_and_rejected_with_a_reason_across_processes(ros):
 def test_the_sensitivity_node_takes_the_first_order_step_for_a_policy_far_from_stationary(ros):
     """outer.first_order_above in the node (the rule ``outer.sensitivity_solver``): a goal whose policy
     ended its inner solve above 100x the pendulum's tolerance gets the first-order sensitivity, logged
-    with the reason; below it the configured CG solve; ``first_order_above`` 0, set live, turns it off."""
+    with the reason; below it the file's solve (CG); ``first_order_above`` 0, set live, turns it off."""
     from sim2real_bilevel_interfaces.action import ComputeSensitivity
     from sim2real_bilevel.nodes import conversions
-    from sim2real_bilevel.nodes.runtime import load_problem
+    from sim2real_bilevel.nodes.runtime import load_problem, outer_config_defaults
 
     problem = load_problem('pendulum')
+    configured = outer_config_defaults(problem)['solver']
+    assert configured in ('dense', 'cg')          # the file's implicit-function solve, not the fallback's
     node = ros.start('sensitivity', problem='pendulum')
     client = ActionClient(ros.node, ComputeSensitivity, 'compute_sensitivity')
     setter = ros.node.create_client(SetParameters, '/sensitivity/set_parameters')
@@ -232,14 +234,14 @@ def test_the_sensitivity_node_takes_the_first_order_step_for_a_policy_far_from_s
 
     near_solver, near = solved_with(10 * tolerance)
     far_solver, far = solved_with(1000 * tolerance)
-    assert (near_solver, far_solver) == ('cg', 'first_order')
+    assert (near_solver, far_solver) == (configured, 'first_order')
     assert not np.allclose(near, far)
     assert ros.wait_for_log(node, f'first-order sensitivity: the inner solve ended at ||F|| {1000 * tolerance:.3g}',
                             timeout=10.0), node.log()[-2000:]
     changed = ros.call(setter, SetParameters.Request(parameters=[_parameter('first_order_above', 0.0)]), 60.0)
     assert changed.results[0].successful, changed.results[0].reason
     off_solver, off = solved_with(1000 * tolerance)
-    assert off_solver == 'cg' and np.allclose(off, near)
+    assert off_solver == configured and np.allclose(off, near)
     assert node.alive()
 
 

@@ -40,6 +40,8 @@ started = time.perf_counter()
 warm = {'max_iterations': int(sys.argv[1])} if len(sys.argv) > 1 and int(sys.argv[1]) > 0 else {}
 delta = float(sys.argv[2]) if len(sys.argv) > 2 else 0.1
 solver = sys.argv[3] if len(sys.argv) > 3 else 'lbfgs'
+if solver not in ('lbfgs', 'adam', 'gd'):
+    sys.exit(f"SOLVER = {solver!r}: expected 'lbfgs', 'adam' or 'gd'")
 
 
 def adam_solve(theta_, start):
@@ -56,7 +58,8 @@ def adam_solve(theta_, start):
 
 def gradient_solve(theta_, start):
     """Plain gradient ascent on J_sim with one fixed step (the file's learning rate over the rms of F at
-    (phi_1, theta_1), so the first step moves a coordinate by about that rate): a smooth map of theta."""
+    (phi_1, theta_1), so the first step moves a coordinate by about that rate): a smooth map of theta while
+    the iteration is stable (on the iiwa it is not at this step: README)."""
     theta_full = problem.full_theta(torch.as_tensor(theta_, dtype=torch.float64)).detach()
     point = torch.tensor(start, dtype=torch.float64)
     for _ in range(warm.get('max_iterations', problem.inner.max_iterations)):
