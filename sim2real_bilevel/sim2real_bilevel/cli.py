@@ -1,6 +1,6 @@
 """The ``sim2real-bilevel`` command line.
 
-The in-process commands (solve, resume, gradcheck, keygen) need only ``core``; the commands of
+The in-process commands (solve, resume, gradcheck, smoothness, keygen) need only ``core``; the commands of
 the ROS layer (launch, report) come from ``tools/commands.py``, imported only when ``tools`` is
 there.  This module sits above ``core``, ``tools`` and ``nodes``; none of them imports it."""
 from __future__ import annotations
@@ -230,6 +230,44 @@ def cmd_gradcheck(args) -> int:
     return 0
 
 
+def cmd_smoothness(args) -> int:
+    import numpy as np
+    from .core.problems import load_problem
+    from .core.smoothness import solve_response, summary
+
+    problem = load_problem(builtin_config(args.config))
+    theta = problem.theta0()
+    if args.policy:
+        path, _, key = args.policy.partition(':')
+        try:
+            stored = np.load(path)
+            phi = np.asarray(stored[key] if key else stored, dtype=np.float64).reshape(-1)
+        except (OSError, KeyError, ValueError) as err:
+            print(f'error: --policy {args.policy!r}: {err}', file=sys.stderr)
+            return 2
+        if phi.size != problem.phi_size():
+            print(f'error: --policy {args.policy!r}: {phi.size} values, expected {problem.phi_size()} (the policy of '
+                  f'{args.config})', file=sys.stderr)
+            return 2
+    else:
+        print(f'{args.config}: solving the inner problem at the file\'s theta (cold) for the start policy ...',
+              flush=True)
+        phi = problem.inner_solve(theta).phi
+    print(f'{args.config}: the warm inner solve at theta +- step, per learnable theta coordinate '
+          f'({2 * len(args.steps) * len(theta)} solves; steps {args.steps})', flush=True)
+    try:
+        responses = solve_response(problem, theta, phi, args.steps, progress=print)
+    except ValueError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
+    print(summary(responses))
+    if args.out:
+        Path(args.out).write_text(json.dumps({'config': args.config, 'steps': list(args.steps), 'coordinates': [
+            {'name': r.name, 'distances': list(r.distances), 'linearity': r.linearity, 'smooth': r.smooth}
+            for r in responses]}, indent=1) + '\n')
+    return 0 if all(r.smooth for r in responses) else 1
+
+
 def cmd_keygen(args) -> int:
     from .core.provenance import ProvenanceError, generate_key_file
     try:
@@ -325,6 +363,17 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument('--sim-episodes', type=_positive_int, default=None)
     check.add_argument('--sim-horizon', type=_positive_int, default=None)
     check.set_defaults(func=cmd_gradcheck)
+
+    smooth = commands.add_parser('smoothness', help='simulator only: is the policy the outer loop deploys (the warm '
+                                                    'inner solve) a smooth function of theta? exit 1 where not')
+    smooth.add_argument('config')
+    smooth.add_argument('--policy', default=None,
+                        help='the start policy as FILE.npy or FILE.npz:KEY (default: the cold solve at the '
+                             'file\'s theta)')
+    smooth.add_argument('--steps', type=float, nargs='+', default=[0.1, 0.01],
+                        help='changes of each theta coordinate to compare (default 0.1 0.01)')
+    smooth.add_argument('--out', default=None, help='also write the figures as JSON here')
+    smooth.set_defaults(func=cmd_smoothness)
 
     from .core.generators import add_generate_command
     add_generate_command(commands)
