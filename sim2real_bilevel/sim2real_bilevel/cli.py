@@ -263,7 +263,8 @@ def cmd_smoothness(args) -> int:
     print(summary(responses))
     if args.out:
         Path(args.out).write_text(json.dumps({'config': args.config, 'steps': list(args.steps), 'coordinates': [
-            {'name': r.name, 'distances': list(r.distances), 'linearity': r.linearity, 'smooth': r.smooth}
+            {'name': r.name, 'distances': list(r.distances), 'policy_norm': r.policy_norm, 'linearity': r.linearity,
+             'linear': r.smooth}
             for r in responses]}, indent=1) + '\n')
     return 0 if all(r.smooth for r in responses) else 1
 

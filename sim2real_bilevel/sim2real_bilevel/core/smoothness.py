@@ -5,13 +5,16 @@ loop deploys -- the problem's warm inner solve S(theta, phi) from the current po
 with theta at the scale of an outer step.  On the iiwa payload task it does not: a tenfold smaller change of
 theta moved the policy only 1-5x less, and the real return's slope in theta changed sign
 (bench/results/theta_start/README.md, "Is the warm solve a smooth function of theta?").  Where that happens
-no sensitivity can point the outer step the right way, so a user should know it before spending real
-episodes.
+part of what an outer step does to the deployed policy is beyond any sensitivity, and a user may want to
+know it before spending real episodes.
 
 The check needs no real data and no hidden model: per learnable theta coordinate i and step delta,
 ||S(theta + delta e_i, phi) - S(theta - delta e_i, phi)||, for two steps a factor apart.  For a
 differentiable S the distance shrinks by that factor (linearity 1); a solve whose output jumps keeps its
-distance (linearity near the inverse of the factor)."""
+distance (linearity near the inverse of the factor).  It holds at one (theta, phi) only, and it is not a
+prediction of failure (bench/results/theta_start/smoothness/README.md): on the iiwa the warm solve is smooth
+at the file's theta from the nominal policy but not at sysid's fit, where the policy is far from
+stationary; the shipped pendulum is flagged in every coordinate and bi-level still improves it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,9 +22,11 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-SMOOTH_LINEARITY = 0.5
-"""The linearity at or above which a coordinate's response counts as consistent with a differentiable
-solve: the distance shrank by at least half the factor between the steps."""
+LINEAR_RANGE = (0.5, 2.0)
+"""The linearity (distance ratio over step ratio) within which a coordinate's response counts as linear in
+theta over the steps compared: the distance shrank by the step factor to within a factor of 2."""
+NEGLIGIBLE = 1e-6
+"""A response shorter than this times max(1, |phi|) at the largest step is no measurable effect."""
 
 
 @dataclass
@@ -30,14 +35,16 @@ class CoordinateResponse:
     steps: tuple[float, ...]
     distances: tuple[float, ...]
     """||S(theta + step e_i) - S(theta - step e_i)|| per step."""
+    policy_norm: float = 1.0
 
     @property
     def linearity(self) -> float:
-        """(distance ratio) / (step ratio) between the largest and the smallest step: 1 for a
-        differentiable solve, ~ smallest/largest step for one whose output jumps; NaN when the largest
-        step moved nothing (the policy does not depend on this coordinate)."""
+        """(distance ratio) / (step ratio) between the largest and the smallest step: 1 for a solve that is
+        linear in theta over these steps; well below 1 for one whose output jumps at the small step; well
+        above 1 for one that jumps (or curves) only over the large step.  NaN when the largest step moved
+        the policy by no measurable amount (``NEGLIGIBLE``: the policy does not depend on this coordinate)."""
         small, large = int(np.argmin(self.steps)), int(np.argmax(self.steps))
-        if not self.distances[large] > 0:
+        if not self.distances[large] > NEGLIGIBLE * max(1.0, self.policy_norm):
             return float('nan')
         distance_ratio = self.distances[large] / max(self.distances[small], 1e-300)
         return distance_ratio / (self.steps[large] / self.steps[small])
@@ -45,8 +52,7 @@ class CoordinateResponse:
     @property
     def smooth(self) -> bool:
         value = self.linearity
-        # above 1 is smooth too: a coordinate whose first derivative vanishes shrinks faster than the step
-        return bool(np.isnan(value) or value >= SMOOTH_LINEARITY)
+        return bool(np.isnan(value) or LINEAR_RANGE[0] <= value <= LINEAR_RANGE[1])
 
 
 def solve_response(problem, theta: np.ndarray, phi: np.ndarray, steps: Sequence[float] = (0.1, 0.01),
@@ -67,7 +73,8 @@ def solve_response(problem, theta: np.ndarray, phi: np.ndarray, steps: Sequence[
                 shifted[i] += sign * step
                 solved.append(problem.inner_solve(shifted, phi).phi)
             distances.append(float(np.linalg.norm(solved[0] - solved[1])))
-        responses.append(CoordinateResponse(name, steps, tuple(distances)))
+        responses.append(CoordinateResponse(name, steps, tuple(distances),
+                                            float(np.linalg.norm(phi)) if phi is not None else 1.0))
         if progress is not None:
             progress(format_row(responses[-1]))
     return responses
@@ -75,15 +82,20 @@ def solve_response(problem, theta: np.ndarray, phi: np.ndarray, steps: Sequence[
 
 def format_row(response: CoordinateResponse) -> str:
     distances = ', '.join(f'{d:.3g} at +-{s:g}' for s, d in zip(response.steps, response.distances))
-    verdict = 'consistent with a differentiable solve' if response.smooth else 'NOT smooth'
+    if np.isnan(response.linearity):
+        verdict = 'no measurable effect'
+    else:
+        verdict = 'linear over these steps' if response.smooth else 'NOT linear'
     return f'{response.name}: |phi(+step) - phi(-step)| {distances}; linearity {response.linearity:.2f} ({verdict})'
 
 
 def summary(responses: Sequence[CoordinateResponse]) -> str:
     rough = [r.name for r in responses if not r.smooth]
     if not rough:
-        return f'every coordinate: consistent with a differentiable warm solve (linearity >= {SMOOTH_LINEARITY:g})'
-    return (f'{len(rough)} of {len(responses)} coordinates ({", ".join(rough)}): the warm solve is not a smooth '
-            'function of theta there, so no sensitivity can point the outer step along them and bi-level\'s '
-            'steps there follow noise (bench/results/theta_start/README.md); the sysid baseline does not rely '
-            'on this derivative')
+        return (f'every coordinate: the warm solve is linear in theta over these steps (linearity in '
+                f'[{LINEAR_RANGE[0]:g}, {LINEAR_RANGE[1]:g}]) or does not depend on it')
+    return (f'{len(rough)} of {len(responses)} coordinates ({", ".join(rough)}): the warm solve is not '
+            'linear in theta there (its distance does not scale with the step), so part of what an outer step '
+            'does to the deployed policy is beyond any sensitivity.  Not a prediction of failure: the '
+            'shipped pendulum is flagged in every coordinate and bi-level still improves it '
+            '(bench/results/theta_start/smoothness/README.md)')
