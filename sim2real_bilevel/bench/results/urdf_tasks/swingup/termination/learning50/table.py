@@ -32,6 +32,7 @@ def at(episodes, values, budget):
 
 
 runs = sorted(HERE.glob('seed*_*.json'))
+rows: dict = {}                 # method -> {seed: values at the budgets}
 seeds = sorted({int(p.stem.split('_')[0][4:]) for p in runs})
 figure, axes = plt.subplots(1, len(seeds), figsize=(5 * len(seeds), 4), sharey=True, squeeze=False)
 print('| gap seed | method | ' + ' | '.join(f'N = {n}' for n in BUDGETS) + ' |')
@@ -41,7 +42,8 @@ for axis, seed in zip(axes[0], seeds):
         method = path.stem.split('_', 1)[1]
         episodes, values = curve(path)
         axis.plot(episodes, values, marker='o', markersize=3, label=method, color=COLORS.get(method))
-        print(f'| {seed} | {method} | ' + ' | '.join(f'{at(episodes, values, n):.3f}' for n in BUDGETS) + ' |')
+        rows.setdefault(method, {})[seed] = [at(episodes, values, n) for n in BUDGETS]
+        print(f'| {seed} | {method} | ' + ' | '.join(f'{v:.3f}' for v in rows[method][seed]) + ' |')
     gap = GAP_RUNS[seed] / 'results.json'
     if gap.exists():
         entries = [e for e in json.loads(gap.read_text())['results'] if e['seed'] == seed]
@@ -49,6 +51,7 @@ for axis, seed in zip(axes[0], seeds):
         for entry in entries:
             if entry['method'] in ('nominal', 'domain-randomization'):
                 value = entry['real_return'] / oracle
+                rows.setdefault(entry['method'], {})[seed] = [value] * len(BUDGETS)
                 axis.axhline(value, linestyle=':', color='grey' if entry['method'] == 'nominal' else 'black',
                              label=f"{entry['method']} (no real data)")
                 print(f"| {seed} | {entry['method']} (gap run, no real data) | " + ' | '.join([f'{value:.3f}'] * len(BUDGETS)) + ' |')
@@ -60,3 +63,7 @@ for axis, seed in zip(axes[0], seeds):
 axes[0][0].set_ylabel('normalised real return')
 figure.tight_layout()
 figure.savefig(HERE / 'learning50.png', dpi=110)
+for method, by_seed in rows.items():
+    if len(by_seed) == len(seeds):
+        means = [sum(values[k] for values in by_seed.values()) / len(by_seed) for k in range(len(BUDGETS))]
+        print(f'| mean of {len(by_seed)} | {method} | ' + ' | '.join(f'{v:.3f}' for v in means) + ' |')
