@@ -12,9 +12,9 @@ The check needs no real data and no hidden model: per learnable theta coordinate
 ||S(theta + delta e_i, phi) - S(theta - delta e_i, phi)||, for two steps a factor apart.  For a
 differentiable S the distance shrinks by that factor (linearity 1); a solve whose output jumps keeps its
 distance (linearity near the inverse of the factor).  It holds at one (theta, phi) only, and it is not a
-prediction of failure (bench/results/theta_start/smoothness/README.md): on the iiwa the warm solve is smooth
-at the file's theta from the nominal policy but not at sysid's fit, where the policy is far from
-stationary; the shipped pendulum is flagged in every coordinate and bi-level still improves it."""
+prediction of failure (bench/results/theta_start/smoothness/README.md): the warm solve is not linear in most
+coordinates of all three shipped robot tasks at the file's theta, and bi-level still improves the pendulum,
+which is flagged in every coordinate."""
 from __future__ import annotations
 
 from dataclasses import dataclass
