@@ -241,6 +241,8 @@ def cmd_smoothness(args) -> int:
         path, _, key = args.policy.partition(':')
         try:
             stored = np.load(path)
+            if isinstance(stored, np.lib.npyio.NpzFile) and not key:
+                raise ValueError(f'an .npz file holds several arrays: name one as FILE.npz:KEY (keys: {stored.files})')
             phi = np.asarray(stored[key] if key else stored, dtype=np.float64).reshape(-1)
         except (OSError, KeyError, ValueError) as err:
             print(f'error: --policy {args.policy!r}: {err}', file=sys.stderr)

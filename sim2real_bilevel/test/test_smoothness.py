@@ -76,3 +76,11 @@ def test_the_command_refuses_a_policy_of_the_wrong_size(tmp_path):
     done = subprocess.run([sys.executable, '-m', 'sim2real_bilevel.cli', 'smoothness', 'lqr', '--policy', str(policy)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and '3 values, expected' in done.stderr
+
+
+def test_the_command_asks_for_the_key_of_an_npz_policy(tmp_path):
+    policy = tmp_path / 'p.npz'
+    np.savez(policy, a=np.zeros(3), b=np.ones(3))
+    done = subprocess.run([sys.executable, '-m', 'sim2real_bilevel.cli', 'smoothness', 'lqr', '--policy', str(policy)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "FILE.npz:KEY (keys: ['a', 'b'])" in done.stderr
