@@ -80,13 +80,17 @@ def solve_response(problem, theta: np.ndarray, phi: np.ndarray, steps: Sequence[
     return responses
 
 
+def verdict(response: CoordinateResponse) -> str:
+    """'no measurable effect', 'linear' or 'not linear'."""
+    if np.isnan(response.linearity):
+        return 'no measurable effect'
+    return 'linear' if response.smooth else 'not linear'
+
+
 def format_row(response: CoordinateResponse) -> str:
     distances = ', '.join(f'{d:.3g} at +-{s:g}' for s, d in zip(response.steps, response.distances))
-    if np.isnan(response.linearity):
-        verdict = 'no measurable effect'
-    else:
-        verdict = 'linear over these steps' if response.smooth else 'NOT linear'
-    return f'{response.name}: |phi(+step) - phi(-step)| {distances}; linearity {response.linearity:.2f} ({verdict})'
+    said = {'linear': 'linear over these steps', 'not linear': 'NOT linear'}.get(verdict(response), verdict(response))
+    return f'{response.name}: |phi(+step) - phi(-step)| {distances}; linearity {response.linearity:.2f} ({said})'
 
 
 def summary(responses: Sequence[CoordinateResponse]) -> str:

@@ -4,7 +4,7 @@ sim2real_bilevel/:  ../.venv/bin/python bench/results/theta_start/smoothness/tab
 import json
 from pathlib import Path
 
-from sim2real_bilevel.core.smoothness import CoordinateResponse
+from sim2real_bilevel.core.smoothness import CoordinateResponse, verdict
 
 HERE = Path(__file__).resolve().parent
 print('| task (start policy) | coordinate | distance at +-0.1 | at +-0.01 | linearity | verdict |')
@@ -14,7 +14,6 @@ for path in sorted(HERE.glob('*.json')):
     for entry in figures['coordinates']:
         response = CoordinateResponse(entry['name'], tuple(figures['steps']), tuple(entry['distances']),
                                       entry.get('policy_norm', 1.0))
-        verdict = ('no measurable effect' if response.linearity != response.linearity
-                   else 'linear' if response.smooth else '**not linear**')
+        said = verdict(response)
         print(f"| {path.stem} | {entry['name']} | {entry['distances'][0]:.3g} | {entry['distances'][1]:.3g} | "
-              f"{response.linearity:.2f} | {verdict} |")
+              f"{response.linearity:.2f} | {'**not linear**' if said == 'not linear' else said} |")
