@@ -30,7 +30,7 @@ from typing import Any, Awaitable, Callable, Optional
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.task import Future
 
-from .runtime import ShutdownRequested, wait_for
+from .runtime import ShutdownRequested, spin_once, wait_for
 
 RESULT_KEPT_S = 10.0
 """How long the action servers keep a finished goal's result (their ``result_timeout``): time for
@@ -176,7 +176,7 @@ def wait_for_result(executor: SingleThreadedExecutor, handle, timeout_s: Optiona
         if deadline is not None and now >= deadline:
             raise TimeoutError(f'{what}: no answer within {timeout_s:g} s')
         request.poll()
-        executor.spin_once(timeout_sec=0.1 if deadline is None else max(0.0, min(0.1, deadline - now)))
+        spin_once(executor)
     return request.future.result()
 
 
@@ -269,7 +269,7 @@ class ActionCaller:
                 raise TimeoutError(f'action server {client._action_name} did not appear within {timeout:g} s')
             if not self.executor.context.ok():
                 raise ShutdownRequested(client._action_name)
-            self.executor.spin_once(timeout_sec=0.05)
+            spin_once(self.executor)
 
     def pause(self, seconds: float) -> None:
         """Wait, serving callbacks (parameters) meanwhile."""
@@ -277,7 +277,7 @@ class ActionCaller:
         while time.monotonic() < until:
             if not self.executor.context.ok():
                 raise ShutdownRequested('pause')
-            self.executor.spin_once(timeout_sec=max(0.0, min(0.05, until - time.monotonic())))
+            spin_once(self.executor)
 
 
 Wait = Callable[[Callable[[], bool], float], Awaitable[bool]]

@@ -24,7 +24,7 @@ from rclpy.task import Future
 from sim2real_bilevel_interfaces.srv import EvaluatePolicy
 
 from . import conversions
-from .runtime import BackgroundWork, ShutdownRequested
+from .runtime import BackgroundWork, ShutdownRequested, spin_once
 
 NOT_EVALUATED = {'normalized_return': math.nan, 'real_return': math.nan}
 
@@ -158,7 +158,7 @@ class EvaluatorClient:
     def _spin(self, executor) -> None:
         if not executor.context.ok():
             raise ShutdownRequested('evaluator')
-        executor.spin_once(timeout_sec=0.05)
+        spin_once(executor)
 
     def _failed(self, reason: str) -> dict:
         self.failures += 1

@@ -188,11 +188,20 @@ def wait_for(executor: SingleThreadedExecutor, future: Future, timeout_s: Option
     while not future.done():
         if not executor.context.ok():
             raise ShutdownRequested(what)
-        remaining = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
-        if remaining <= 0:
+        if deadline is not None and time.monotonic() >= deadline:
             raise TimeoutError(f'{what}: no answer within {timeout_s:g} s')
-        executor.spin_once(timeout_sec=remaining)
+        spin_once(executor)
     return future.result()
+
+
+def spin_once(executor) -> None:
+    """One ``executor.spin_once``, always with the timeout ``SIGNAL_CHECK_S``: every wait of this
+    package spins this way and checks its own deadline between spins (overshooting it by at most
+    ``SIGNAL_CHECK_S``).  rclpy keeps the executor's generator of ready callbacks only while the
+    arguments of ``spin_once`` stay the same: a timeout that changes from call to call (a
+    remaining time) makes every call build a new wait set and timer and drop the callbacks
+    the last wait found ready, so each must be found again by a wait of its own."""
+    executor.spin_once(timeout_sec=SIGNAL_CHECK_S)
 
 
 def command_publishers(node, topic: str) -> list[str]:
@@ -339,7 +348,7 @@ def run_nodes(makers: Sequence[Callable[[], Any]], args=None,
             # wait a moment before it takes the context down, so one unbounded wait more can
             # last forever.
             while own_signals or executor.context.ok():
-                executor.spin_once(timeout_sec=SIGNAL_CHECK_S)
+                spin_once(executor)
         else:
             status = body(nodes, executor)
     except (KeyboardInterrupt, ExternalShutdownException, ShutdownRequested):
