@@ -165,6 +165,33 @@ def test_inner_solve_converges_and_warm_start_is_cheap(problem, solved):
     np.testing.assert_allclose(again.phi, phi, atol=1e-8)
 
 
+def test_start_best_keeps_the_cold_solve_where_a_warm_chain_is_stuck_below_it():
+    """inner.start: best -- a warm start that its budget cannot bring to the optimum (1 L-BFGS
+    iteration from a policy far off) loses to the cold solve at the same theta, by J_sim."""
+    warm_start = np.full(tiny().phi_size(), 2.0)
+    stuck, best = tiny(**{'inner.max_iterations': 1}), tiny(**{'inner.max_iterations': 1, 'inner.start': 'best'})
+    theta = stuck.theta0()
+    warm = stuck.inner_solve(theta, warm_start)
+    cold = stuck.inner_solve(theta)
+    assert warm.info['objective'] < cold.info['objective'] - 1e-3
+    chosen = best.inner_solve(theta, warm_start)
+    assert chosen.info['start'] == 'cold'
+    np.testing.assert_array_equal(chosen.phi, cold.phi)
+    assert chosen.info['warm_objective'] == pytest.approx(warm.info['objective'])
+    assert chosen.info['cold_objective'] == pytest.approx(cold.info['objective'])
+    # a warm solve that reaches the higher J_sim is kept
+    better = best.inner_solve(theta, cold.phi)
+    assert better.info['objective'] >= better.info['cold_objective']
+    assert better.info['start'] == ('warm' if better.info['warm_objective'] >= better.info['cold_objective'] else 'cold')
+    assert 'start' not in warm.info                          # the default ('warm') solves warm only
+
+
+def test_an_unknown_inner_start_is_refused_naming_the_field():
+    with pytest.raises(ProblemConfigError, match='inner.start') as error:
+        tiny(**{'inner.start': 'bset'})
+    assert 'bset' in str(error.value)
+
+
 def test_implicit_sensitivity_matches_resolved_inner_optima(problem, solved):
     """d phi*/d theta from the IFT (dense, and CG that never forms the Hessian) against
     central differences of phi*(theta +- h e_j) re-solved by Newton to machine precision."""

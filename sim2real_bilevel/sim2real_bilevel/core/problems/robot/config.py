@@ -33,6 +33,9 @@ class InnerSettings:
     learning_rate: float = setting(1e-2, low=0.0, low_open=True)   # Adam step size
     oracle_iterations: int = setting(600, low=1)       # iteration budget of the oracle's (cold) solve
     sampled_episodes: int = setting(32, low=1)         # fresh rollouts per stochastic gradient ('sampled')
+    # a warm-started exact solve: 'warm' keeps it; 'best' also solves cold at the same theta (from the
+    # initial policy, cached per theta) and keeps the one with the higher J_sim on the CRN set
+    start: str = setting('warm', choices=('warm', 'best'))
 
 
 def read_problem_file(data: dict, source: str) -> dict:

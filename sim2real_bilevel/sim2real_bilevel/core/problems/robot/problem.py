@@ -97,6 +97,8 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
     def inner_solve(self, theta: np.ndarray, phi_init: Optional[np.ndarray] = None, *, method: str = 'exact',
                     rng: Optional[np.random.Generator] = None, **options) -> InnerResult:
         theta_full = self.full_theta(torch.as_tensor(theta, dtype=DTYPE)).detach()
+        if phi_init is not None and method == 'exact' and not options and self.inner.start == 'best':
+            return self._best_of_warm_and_cold(theta, theta_full, phi_init, rng)
         if phi_init is not None or method != 'exact' or options:
             return self._solve(theta_full, phi_init, method=method, rng=rng, **options)
         # a cold exact solve is a deterministic function of theta (fixed CRN set and initial policy):
@@ -109,6 +111,22 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         solved = self._cold_solves[key]
         return InnerResult(phi=solved.phi.copy(), grad_norm=solved.grad_norm, iterations=solved.iterations,
                            info=dict(solved.info))
+
+    def _best_of_warm_and_cold(self, theta, theta_full: torch.Tensor, phi_init: np.ndarray,
+                               rng: Optional[np.random.Generator]) -> InnerResult:
+        """``inner.start: best``: the warm solve from ``phi_init`` and the cold one at the same theta,
+        whichever reaches the higher J_sim on the CRN set (a non-finite objective loses).  A
+        warm chain can stay in the basin of a policy solved for another theta (measured on the
+        swing-up: J_sim 4.4 warm against 9.8 cold at sysid's first fit); the cold solve is a
+        deterministic function of theta, cached.  info: ``start`` (which), both objectives."""
+        warm = self._solve(theta_full, phi_init, method='exact', rng=rng)
+        cold = self.inner_solve(theta, None, method='exact', rng=rng)
+        objectives = {'warm': warm.info['objective'], 'cold': cold.info['objective']}
+        take_cold = np.isfinite(objectives['cold']) and not objectives['warm'] >= objectives['cold']
+        chosen = cold if take_cold else warm
+        chosen.info.update(start='cold' if take_cold else 'warm', warm_objective=objectives['warm'],
+                           cold_objective=objectives['cold'])
+        return chosen
 
     def inner_tolerance(self) -> float:
         return float(self.inner.tolerance)
