@@ -92,6 +92,10 @@ class InnerTrainer(Node):
             goal_handle.canceled()
             result.message = 'cancelled: the solve finished but its policy was not adopted'
             return result
+        if solved.info.get('start') == 'cold':        # inner.start: best replaced the warm chain
+            self.get_logger().info(f'theta version {theta_version}: the cold solve reached J_sim '
+                                   f'{solved.info["cold_objective"]:.4g} against the warm solve\'s '
+                                   f'{solved.info["warm_objective"]:.4g}: its policy is kept (inner.start: best)')
         self.phi, self.theta_version = solved.phi, theta_version
         self.policy_version += 1
         policy = conversions.policy_to_msg(solved.phi, self.policy_version, theta_version, solved.grad_norm)

@@ -7,7 +7,10 @@ at the same code, saved ~40 min of this machine each).
         bench/results/urdf_tasks/swingup/termination/learning_from_gap.py GAP_DIR OUT METHOD [METHOD...] [KEY=VALUE...]
 
 KEY=VALUE: outer settings (e.g. solver=first_order), gap_seed=K for the gap run's seed K (the
-problem with inner.seed K, its policies *_seedK; default 0), and iterations=I (default 4).  Runs experiment
+problem with inner.seed K, its policies *_seedK; default 0), iterations=I (default 4), and
+inner_start=cold: every inner solve of the loop cold (from the oracle's initial policy, the cold
+budget) instead of warm from the last policy, or inner_start=best: both, keeping the one with the
+higher J_sim at theta (OUT/best_of_solves.jsonl logs both; cold_at_fits/README.md).  Runs experiment
 seed 0, I outer iterations of 5 real episodes (N = 0, 5, ..., 5 I).
 """
 import sys
@@ -28,6 +31,31 @@ settings = dict(a.split('=', 1) for a in sys.argv[1:] if '=' in a)      # outer 
 gap_dir, out, methods = Path(arguments[0]), arguments[1], arguments[2:]
 seed = int(settings.pop('gap_seed', 0))
 iterations = int(settings.pop('iterations', 4))
+inner_start = settings.pop('inner_start', 'warm')
+if inner_start not in ('warm', 'cold', 'best'):
+    raise SystemExit(f'inner_start={inner_start!r}: expected warm, cold or best')
+if inner_start != 'warm':
+    import json
+    from sim2real_bilevel.core import outer
+
+    def solve_inner(self, theta, phi_init):
+        cold = self.problem.inner_solve(theta, None, method=self.config.inner_method, rng=self.rng)
+        if inner_start == 'cold' or phi_init is None:
+            return cold
+        # best: the warm and the cold solve, the one with the higher simulated objective J_sim on
+        # the CRN set at theta (no real data); both logged with their real returns (reporting only)
+        warm = self.problem.inner_solve(theta, phi_init, method=self.config.inner_method, rng=self.rng)
+        chosen = cold if cold.info['objective'] > warm.info['objective'] else warm
+        line = {'method': self.name, 'theta': np.asarray(theta).tolist(),
+                'warm_objective': warm.info['objective'], 'cold_objective': cold.info['objective'],
+                'warm_real_return': self.problem.real_return(warm.phi),
+                'cold_real_return': self.problem.real_return(cold.phi),
+                'chosen': 'cold' if chosen is cold else 'warm'}
+        Path(out).mkdir(parents=True, exist_ok=True)
+        with open(Path(out) / 'best_of_solves.jsonl', 'a') as stream:
+            stream.write(json.dumps(line) + '\n')
+        return chosen
+    outer.MethodRun.solve_inner = solve_inner
 
 
 def _number(text):
