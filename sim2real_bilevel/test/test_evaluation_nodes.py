@@ -112,3 +112,32 @@ def test_the_emulator_stops_on_the_first_signal_while_an_evaluation_runs(ros):
     assert ros.wait_for_log(emulator, f'{COMPUTING} 1', timeout=60.0), emulator.log()[-2000:]
     # SIGINT; NodeProcess.stop escalates to SIGKILL (status -9) after 10 s
     assert emulator.stop() == 0, emulator.log()[-2000:]
+
+
+def test_the_evaluator_client_asks_again_when_an_answer_is_lost(ros):
+    """An answer can be lost (the server sends it before DDS has matched its response writer with
+    the client: "failed to send response"); the client asks again within seconds instead of
+    waiting its whole answer timeout.  The server here never answers its first request."""
+    import time
+
+    from rclpy.callback_groups import ReentrantCallbackGroup
+    from rclpy.task import Future
+
+    requests = []
+
+    async def serve(request, response):
+        requests.append(time.monotonic())
+        if len(requests) == 1:
+            await Future()                               # the lost answer: never sent
+        response.success, response.normalized_return, response.real_return = True, 0.5, 1.5
+        return response
+    ros.node.create_service(EvaluatePolicy, '/lossy/evaluate', serve, callback_group=ReentrantCallbackGroup())
+    client = EvaluatorClient(ros.node, '/lossy/evaluate', lambda phi: _policy(1, phi), lambda: ros.executor,
+                             timeout_s=30.0, answer_timeout_s=120.0, retries=0)
+    ros.spin_until(client.client.service_is_ready, 30.0, 'service /lossy/evaluate')
+    started = time.monotonic()
+    values = client(np.asarray(PHI))
+    assert client.failures == 0
+    assert values == {'normalized_return': 0.5, 'real_return': 1.5}
+    assert len(requests) >= 2
+    assert time.monotonic() - started < 60.0            # asked again long before the 120 s answer timeout

@@ -173,10 +173,16 @@ class Evaluation:
     without a wait; ``result()``: the values (waiting, asking again as the client says; NaN after
     a failure, logged), ``ShutdownRequested`` if the node goes down meanwhile."""
 
+    ASK_AGAIN_FIRST_S = 1.0
+    ASK_AGAIN_MAX_S = 30.0
+
     def __init__(self, client: EvaluatorClient, request):
         self.client, self.request = client, request
-        self.future: Optional[Future] = None
+        self.pending: list[Future] = []
+        """This attempt's requests: the first, then the ones asked again (``_ask_again``)."""
         self.deadline = 0.0
+        self.ask_again_s = self.ASK_AGAIN_FIRST_S
+        self.ask_again_at = 0.0
         self.attempts = 0
         self.values: Optional[dict] = None
         try:
@@ -194,11 +200,36 @@ class Evaluation:
                                    f'(waited {client.timeout_s:g} s)')
             client._spin(executor)
         self.attempts += 1
-        self.future = client.client.call_async(self.request)
-        self.deadline = time.monotonic() + client.answer_timeout_s
+        self.pending = [client.client.call_async(self.request)]
+        now = time.monotonic()
+        self.deadline = now + client.answer_timeout_s
+        self.ask_again_s, self.ask_again_at = self.ASK_AGAIN_FIRST_S, now + self.ASK_AGAIN_FIRST_S
+
+    def _ask_again(self) -> None:
+        """The same request once more while the answer is awaited, after 1 s, then at doubling
+        intervals (at most ``ASK_AGAIN_MAX_S``): an answer sent before DDS has matched the
+        server's response writer with this client is dropped by the server ("failed to send
+        response"), and without this the caller would wait ``answer_timeout_s`` (300 s) for it.
+        The server computes a policy once: a request asked again joins the evaluation in flight
+        or gets its kept answer."""
+        now = time.monotonic()
+        if now < self.ask_again_at:
+            return
+        self.pending.append(self.client.client.call_async(self.request))
+        self.ask_again_s = min(2 * self.ask_again_s, self.ASK_AGAIN_MAX_S)
+        self.ask_again_at = now + self.ask_again_s
+
+    def _answered(self) -> Optional[Future]:
+        return next((future for future in self.pending if future.done()), None)
+
+    def _drop_pending(self) -> None:
+        for future in self.pending:
+            if not future.done():
+                self.client.client.remove_pending_request(future)
+        self.pending = []
 
     def done(self) -> bool:
-        return self.values is not None or (self.future is not None and self.future.done())
+        return self.values is not None or self._answered() is not None
 
     def result(self) -> dict:
         if self.values is None:
@@ -212,20 +243,23 @@ class Evaluation:
         client = self.client
         executor = client.executor()
         while True:
-            if self.future is None:
+            if not self.pending:
                 self._send()
-            while not self.future.done() and client.client.service_is_ready() and time.monotonic() < self.deadline:
+            while (self._answered() is None and client.client.service_is_ready()
+                   and time.monotonic() < self.deadline):
+                self._ask_again()
                 client._spin(executor)
-            if self.future.done():
+            answered = self._answered()
+            if answered is not None:
                 break
-            client.client.remove_pending_request(self.future)
-            self.future = None
+            self._drop_pending()
             reason = ('no answer within {:g} s'.format(client.answer_timeout_s)
                       if client.client.service_is_ready() else 'the server left while evaluating')
             if self.attempts > client.retries:
                 raise TimeoutError(f'evaluator {client.client.srv_name}: {reason} ({self.attempts} requests)')
-            # a lost request or answer, or a restarting server: ask again
-        response = self.future.result()
+            # a restarting server, or no answer at all: a new attempt
+        self._drop_pending()
+        response = answered.result()
         if not response.success:
             return client._failed(f'evaluator {client.client.srv_name} refused: {response.message}')
         client.last_reason = ''
