@@ -119,9 +119,10 @@ class EvaluatorClient:
     """``phi -> {'normalized_return', 'real_return'}`` by the EvaluatePolicy service ``name``.
 
     Each request waits at most ``timeout_s`` for the service to be there and at most
-    ``answer_timeout_s`` for its answer (an exact evaluation may take tens of seconds); a server
-    that leaves the graph meanwhile, or an answer that does not come, is asked again up to
-    ``retries`` times (the server computes a policy once, a retry joins it).  After that, or
+    ``answer_timeout_s`` for its answer (an exact evaluation may take tens of seconds), asking
+    again meanwhile after 1 s and at doubling intervals (a lost answer; ``Evaluation._ask_again``);
+    a server that leaves the graph meanwhile, or an answer that does not come, is asked again up to
+    ``retries`` times (the server computes a policy once, a request asked again joins it).  After that, or
     when the service is absent or refuses, the values are NaN and the reason is logged (once
     per distinct reason in a row).  ``policy_message(phi)`` builds the request's policy;
     ``executor()`` is the node's executor (spun while waiting).

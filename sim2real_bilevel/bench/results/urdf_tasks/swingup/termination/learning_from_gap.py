@@ -43,7 +43,8 @@ if inner_start != 'warm':
         if inner_start == 'cold' or phi_init is None:
             return cold
         # best: the warm and the cold solve, the one with the higher simulated objective J_sim on
-        # the CRN set at theta (no real data); both logged with their real returns (reporting only)
+        # the CRN set at theta (no real data; inner.start: best's rule for finite objectives, which
+        # every logged solve had); both logged with their real returns (reporting only)
         warm = self.problem.inner_solve(theta, phi_init, method=self.config.inner_method, rng=self.rng)
         chosen = cold if cold.info['objective'] > warm.info['objective'] else warm
         line = {'method': self.name, 'theta': np.asarray(theta).tolist(),
