@@ -59,6 +59,8 @@ def measure(calls: int, blocks: int = 2) -> list[tuple[float, float]]:
     from sim2real_bilevel_interfaces.action import RunEpisodes
     from std_srvs.srv import Trigger
 
+    from sim2real_bilevel.nodes.runtime import wait_for
+
     rclpy.init()
     node = rclpy.create_node('round_trip_client')
     executor = SingleThreadedExecutor()
@@ -66,13 +68,8 @@ def measure(calls: int, blocks: int = 2) -> list[tuple[float, float]]:
     action = ActionClient(node, RunEpisodes, 'round_trip')
     service = node.create_client(Trigger, 'round_trip_service')
 
-    def until(future, timeout_s=10.0):
-        deadline = time.monotonic() + timeout_s
-        while not future.done():
-            if time.monotonic() > deadline:
-                raise TimeoutError('no answer within 10 s')
-            executor.spin_once(timeout_sec=0.1)
-        return future.result()
+    def until(future):
+        return wait_for(executor, future, 10.0, 'round trip')
 
     if not action.wait_for_server(timeout_sec=30.0) or not service.wait_for_service(timeout_sec=30.0):
         raise TimeoutError('the server process did not appear within 30 s')

@@ -30,7 +30,7 @@ from typing import Any, Awaitable, Callable, Optional
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.task import Future
 
-from .runtime import ShutdownRequested, spin_once, wait_for
+from .runtime import Backoff, ShutdownRequested, spin_once, wait_for
 
 RESULT_KEPT_S = 10.0
 """How long the action servers keep a finished goal's result (their ``result_timeout``): time for
@@ -137,8 +137,7 @@ class ResultRequest:
         self.terminal = (GoalStatus.STATUS_SUCCEEDED, GoalStatus.STATUS_ABORTED, GoalStatus.STATUS_CANCELED)
         self.handle, self.rerequest_s, self.on_done = handle, rerequest_s, on_done
         self.finished_at: Optional[float] = None
-        self.probe_s = probe_s
-        self.probe_at = time.monotonic() + probe_s
+        self.probe = Backoff(probe_s, self.PROBE_MAX_S)
         self.future = self._request()
 
     def _request(self) -> Future:
@@ -152,9 +151,8 @@ class ResultRequest:
             return
         now = time.monotonic()
         if self.handle.status not in self.terminal:
-            if now >= self.probe_at:                      # still running, or its server restarted
-                self.probe_s = min(2 * self.probe_s, self.PROBE_MAX_S)
-                self.future, self.probe_at = self._request(), now + self.probe_s
+            if self.probe.due():                          # still running, or its server restarted
+                self.future = self._request()
             return
         if self.finished_at is None:
             self.finished_at = now

@@ -24,7 +24,7 @@ from rclpy.task import Future
 from sim2real_bilevel_interfaces.srv import EvaluatePolicy
 
 from . import conversions
-from .runtime import BackgroundWork, ShutdownRequested, spin_once
+from .runtime import Backoff, BackgroundWork, ShutdownRequested, spin_once
 
 NOT_EVALUATED = {'normalized_return': math.nan, 'real_return': math.nan}
 
@@ -182,8 +182,7 @@ class Evaluation:
         self.pending: list[Future] = []
         """This attempt's requests: the first, then the ones asked again (``_ask_again``)."""
         self.deadline = 0.0
-        self.ask_again_s = self.ASK_AGAIN_FIRST_S
-        self.ask_again_at = 0.0
+        self.ask_again = Backoff(self.ASK_AGAIN_FIRST_S, self.ASK_AGAIN_MAX_S)
         self.attempts = 0
         self.values: Optional[dict] = None
         try:
@@ -202,9 +201,8 @@ class Evaluation:
             client._spin(executor)
         self.attempts += 1
         self.pending = [client.client.call_async(self.request)]
-        now = time.monotonic()
-        self.deadline = now + client.answer_timeout_s
-        self.ask_again_s, self.ask_again_at = self.ASK_AGAIN_FIRST_S, now + self.ASK_AGAIN_FIRST_S
+        self.deadline = time.monotonic() + client.answer_timeout_s
+        self.ask_again = Backoff(self.ASK_AGAIN_FIRST_S, self.ASK_AGAIN_MAX_S)
 
     def _ask_again(self) -> None:
         """The same request once more while the answer is awaited, after 1 s, then at doubling
@@ -213,12 +211,8 @@ class Evaluation:
         response"), and without this the caller would wait ``answer_timeout_s`` (300 s) for it.
         The server computes a policy once: a request asked again joins the evaluation in flight
         or gets its kept answer."""
-        now = time.monotonic()
-        if now < self.ask_again_at:
-            return
-        self.pending.append(self.client.client.call_async(self.request))
-        self.ask_again_s = min(2 * self.ask_again_s, self.ASK_AGAIN_MAX_S)
-        self.ask_again_at = now + self.ask_again_s
+        if self.ask_again.due():
+            self.pending.append(self.client.client.call_async(self.request))
 
     def _answered(self) -> Optional[Future]:
         return next((future for future in self.pending if future.done()), None)

@@ -204,6 +204,24 @@ def spin_once(executor) -> None:
     executor.spin_once(timeout_sec=SIGNAL_CHECK_S)
 
 
+class Backoff:
+    """When to ask a peer again whose answer may have been lost: due ``first_s`` after it is made,
+    then at doubling intervals of at most ``max_s``."""
+
+    def __init__(self, first_s: float, max_s: float):
+        self.interval_s, self.max_s = first_s, max_s
+        self.due_at = time.monotonic() + first_s
+
+    def due(self) -> bool:
+        """True when the next ask is due (the one after it is then scheduled)."""
+        now = time.monotonic()
+        if now < self.due_at:
+            return False
+        self.interval_s = min(2 * self.interval_s, self.max_s)
+        self.due_at = now + self.interval_s
+        return True
+
+
 def command_publishers(node, topic: str) -> list[str]:
     """Fully qualified names of the nodes publishing on ``topic``, one entry per publisher (a
     name twice: two publishers claim it), as the ROS graph of ``node`` sees them now."""

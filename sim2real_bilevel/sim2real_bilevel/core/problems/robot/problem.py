@@ -22,6 +22,13 @@ INNER_SOLVERS = ('exact', 'sampled', 'ppo')
 PPO_EPOCHS, PPO_CLIP, PPO_GAE_LAMBDA = 4, 0.2, 0.95
 
 
+def better_start(warm: InnerResult, cold: InnerResult) -> str:
+    """``inner.start: best``'s rule: 'cold' when the cold solve reached the higher J_sim on the CRN set
+    (``info['objective']``), else 'warm'; a non-finite objective loses."""
+    warm_objective, cold_objective = warm.info['objective'], cold.info['objective']
+    return 'cold' if np.isfinite(cold_objective) and not warm_objective >= cold_objective else 'warm'
+
+
 class _NonFiniteEvaluation(Exception):
     """Raised by the L-BFGS closure to leave the step at a non-finite evaluation (``FiniteGuard``)."""
 
@@ -121,11 +128,9 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         deterministic function of theta, cached.  info: ``start`` (which), both objectives."""
         warm = self._solve(theta_full, phi_init, method='exact', rng=rng)
         cold = self.inner_solve(theta, None, method='exact', rng=rng)
-        objectives = {'warm': warm.info['objective'], 'cold': cold.info['objective']}
-        take_cold = np.isfinite(objectives['cold']) and not objectives['warm'] >= objectives['cold']
-        chosen = cold if take_cold else warm
-        chosen.info.update(start='cold' if take_cold else 'warm', warm_objective=objectives['warm'],
-                           cold_objective=objectives['cold'])
+        start = better_start(warm, cold)
+        chosen = cold if start == 'cold' else warm
+        chosen.info.update(start=start, warm_objective=warm.info['objective'], cold_objective=cold.info['objective'])
         return chosen
 
     def inner_tolerance(self) -> float:

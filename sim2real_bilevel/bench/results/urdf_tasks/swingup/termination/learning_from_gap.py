@@ -37,16 +37,17 @@ if inner_start not in ('warm', 'cold', 'best'):
 if inner_start != 'warm':
     import json
     from sim2real_bilevel.core import outer
+    from sim2real_bilevel.core.problems.robot.problem import better_start
 
     def solve_inner(self, theta, phi_init):
         cold = self.problem.inner_solve(theta, None, method=self.config.inner_method, rng=self.rng)
         if inner_start == 'cold' or phi_init is None:
             return cold
-        # best: the warm and the cold solve, the one with the higher simulated objective J_sim on
-        # the CRN set at theta (no real data; inner.start: best's rule for finite objectives, which
-        # every logged solve had); both logged with their real returns (reporting only)
+        # best: the warm and the cold solve, the one inner.start: best keeps (the higher simulated
+        # objective J_sim on the CRN set at theta; no real data); both logged with their real
+        # returns (reporting only)
         warm = self.problem.inner_solve(theta, phi_init, method=self.config.inner_method, rng=self.rng)
-        chosen = cold if cold.info['objective'] > warm.info['objective'] else warm
+        chosen = cold if better_start(warm, cold) == 'cold' else warm
         line = {'method': self.name, 'theta': np.asarray(theta).tolist(),
                 'warm_objective': warm.info['objective'], 'cold_objective': cold.info['objective'],
                 'warm_real_return': self.problem.real_return(warm.phi),

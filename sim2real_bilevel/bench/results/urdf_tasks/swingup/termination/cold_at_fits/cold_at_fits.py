@@ -31,9 +31,7 @@ for pick in picks:
     row = next(r for r in run['iterations'] if r['iteration'] == int(iteration))
     theta = np.asarray(row['theta'], dtype=np.float64)
     started = time.perf_counter()
-    theta_full = problem.full_theta(torch.as_tensor(theta, dtype=torch.float64)).detach()
-    solved = problem._solve(theta_full, None, method='exact', rng=None,
-                            max_iterations=problem.inner.oracle_iterations)
+    solved = problem.inner_solve(theta, None, max_iterations=problem.inner.oracle_iterations)
     real = problem.real_return(solved.phi)
     line = {'method': method, 'iteration': int(iteration), 'theta': theta.tolist(),
             'warm_normalized_return': row['normalized_return'],
