@@ -189,3 +189,25 @@ def test_l_bfgs_restarts_are_capped_and_keep_the_start_when_nothing_better_is_fi
     result = p.inner_solve(p.theta0(), start)
     assert result.info['non_finite']['events'] == 1 + LBFGS_RESTARTS
     np.testing.assert_array_equal(result.phi, start)
+
+
+def test_start_best_keeps_the_warm_solve_when_the_cold_one_finds_nothing_finite():
+    """inner.start: best -- every simulator step after the warm solve's is NaN, so the cold solve
+    raises (its starting policy is already non-finite): the warm solve is kept, the cold one's
+    error is in info; when both fail, the warm solve's error is raised."""
+    start = problem().policy.init_params(np.random.default_rng(3))
+    reference, calls = problem(), []
+    corrupt(reference, lambda i: calls.append(i) is not None)          # counts the warm solve's steps
+    warm = reference.inner_solve(reference.theta0(), start)
+    p = problem(start='best')
+    bad = corrupt(p, lambda i: i >= len(calls))
+    result = p.inner_solve(p.theta0(), start)
+    assert bad, 'the cold solve never met the corruption'
+    assert result.info['start'] == 'warm' and np.isnan(result.info['cold_objective'])
+    assert 'no finite iterate to keep' in result.info['cold_error'] and 'warm_error' not in result.info
+    np.testing.assert_array_equal(result.phi, warm.phi)
+    assert result.info['warm_objective'] == pytest.approx(warm.info['objective'])
+    both = problem(start='best')
+    corrupt(both, lambda i: True)
+    with pytest.raises(NonFiniteInnerSolve, match='no finite iterate to keep'):
+        both.inner_solve(both.theta0(), start)

@@ -13,7 +13,7 @@ from ...problem import (BilevelProblem, InnerResult, JointLimits, SensitivityTer
 from ...robot_model import THETA_NAMES, PendulumGeometry, PendulumModel
 from .config import REAL_GRADIENT_ESTIMATORS, InnerSettings, read_problem_file
 from .estimators import cross_fitted_values, gae, value_features
-from .guard import ADAM_RESTARTS, LBFGS_RESTARTS, FiniteGuard
+from .guard import ADAM_RESTARTS, LBFGS_RESTARTS, FiniteGuard, NonFiniteInnerSolve
 from .simulator import DTYPE, CommonNoise, InitialStateRange, PendulumSimulatorFamily, history_arguments, make_policy
 from .stepwise import PendulumController, PendulumRealSystem
 
@@ -125,12 +125,24 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         whichever reaches the higher J_sim on the CRN set (a non-finite objective loses).  A
         warm chain can stay in the basin of a policy solved for another theta (measured on the
         swing-up: J_sim 4.4 warm against 9.8 cold at sysid's first fit); the cold solve is a
-        deterministic function of theta, cached.  info: ``start`` (which), both objectives."""
-        warm = self._solve(theta_full, phi_init, method='exact', rng=rng)
-        cold = self.inner_solve(theta, None, method='exact', rng=rng)
-        start = better_start(warm, cold)
-        chosen = cold if start == 'cold' else warm
-        chosen.info.update(start=start, warm_objective=warm.info['objective'], cold_objective=cold.info['objective'])
+        deterministic function of theta, cached.  info: ``start`` (which), both objectives.  A solve
+        that finds no finite iterate at all (``NonFiniteInnerSolve``) loses to the other one, its
+        objective NaN and its error in info (``warm_error`` / ``cold_error``); both failing raises
+        the warm solve's error."""
+        solves, errors = {}, {}
+        for start, solve in (('warm', lambda: self._solve(theta_full, phi_init, method='exact', rng=rng)),
+                             ('cold', lambda: self.inner_solve(theta, None, method='exact', rng=rng))):
+            try:
+                solves[start] = solve()
+            except NonFiniteInnerSolve as err:
+                errors[start] = err
+        if not solves:
+            raise errors['warm']
+        start = better_start(solves['warm'], solves['cold']) if len(solves) == 2 else next(iter(solves))
+        chosen = solves[start]
+        chosen.info.update({'start': start, **{f'{which}_objective': solves[which].info['objective']
+                                               if which in solves else math.nan for which in ('warm', 'cold')},
+                            **{f'{which}_error': str(err) for which, err in errors.items()}})
         return chosen
 
     def inner_tolerance(self) -> float:
