@@ -233,7 +233,6 @@ def test_robot_action_change_ratio_stays_finite_on_data_whose_commands_never_cha
     batch = sampler.sample_real(behaviour, 4, np.random.default_rng(1))
     batch.actions = np.full_like(batch.actions, 0.5)
     run = make_offline_run(problem, 'bilevel', Dataset([batch], behaviour=words), seed=0, iterations=1)
-    estimator = run.estimator
     assert estimator.data_action_change == pytest.approx(0.0, abs=1e-12)
     assert estimator.action_change_scale == pytest.approx(1e-3 * 0.5)
     ratio = estimator.action_change_ratio(phi)
@@ -241,18 +240,32 @@ def test_robot_action_change_ratio_stays_finite_on_data_whose_commands_never_cha
 
 
 @pytest.mark.slow
-def test_the_pendulum_run_that_lost_return_offline_is_held_and_warned():
-    """The issue-14 failure (bench/results/mixed_pendulum/warning_rule/): pendulum, 10 nominal-policy
-    episodes (bench dataset seed 4), 15 iterations.  Without the bound it fell to 0.588 with no warning;
-    with it (the default) the last step is halved to a ratio <= 2 and the report warns (~3 min)."""
+def test_a_pendulum_offline_run_whose_gradient_speeds_up_the_actions_is_held_at_the_bound_and_warned():
+    """The action-change bound in a whole offline run (issue 14; the rule: bench/results/mixed_pendulum/warning_rule/):
+    pendulum, 10 nominal-policy episodes (bench dataset seed 4).  The gradient leads to policies that change
+    their action between steps faster than the data (unbounded, this run's ratio reaches 1.42 after 15
+    iterations here, and every improving run of the bench's table passed 1.33).  With a bound of 1.05 (the data's own
+    ratio is 1.0 by definition) a step is halved or refused within 5 iterations, the policy
+    it ends with stays within the bound, and the report warns.
+
+    This replaced a replay of the bench's failing run (true return 0.905 -> 0.588 unbounded, held by the
+    default 2.0): on a later machine the same code and pinned packages start that run at 0.879 and end it at
+    0.979 with no step held -- the 15-iteration path is chaotic in floating-point rounding, so the replay
+    tested one machine's path, not the rule (~3 min)."""
     problem = load_problem(builtin_config('pendulum'))
     dataset, _ = generate_dataset(problem, 10, np.random.default_rng([4, 10, 0]))   # bench: dataset_of(.., 10, 'nominal', 4)
-    run = make_offline_run(problem, 'bilevel', dataset, seed=4, iterations=15, evaluate=True)
+    bound = 1.05
+    run = make_offline_run(problem, 'bilevel', dataset, seed=4, iterations=5, evaluate=True,
+                           settings=OfflineSettings(max_action_change=bound))
     run.run()
     report = run.final_report()
-    assert run.action_change_held >= 1 and report['action_change'] <= 2.0
-    assert report['warning'].startswith('the estimate is not supported by the data: the action-change bound held')
-    assert report['normalized_return'] < 0.85        # it did lose return (sim-only reading of the real model)
+    events = [record.event for record in run.history]
+    assert run.action_change_held >= 1, events
+    assert any('action change' in event or 'changes its action' in event for event in events), events
+    assert report['action_change'] <= bound, report
+    assert report['warning'].startswith('the estimate is not supported by the data: the action-change bound held'), \
+        report['warning']
+    assert np.isfinite(report['normalized_return'])
 
 
 def test_solve_offline_from_the_command_line(tmp_path):
