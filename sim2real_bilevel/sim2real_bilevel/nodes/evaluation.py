@@ -182,7 +182,8 @@ class Evaluation:
         self.pending: list[Future] = []
         """This attempt's requests: the first, then the ones asked again (``_ask_again``)."""
         self.deadline = 0.0
-        self.ask_again = Backoff(self.ASK_AGAIN_FIRST_S, self.ASK_AGAIN_MAX_S)
+        self.ask_again: Optional[Backoff] = None
+        """When to ask again (``_ask_again``), fresh at each attempt (``_send``)."""
         self.attempts = 0
         self.values: Optional[dict] = None
         try:

@@ -140,9 +140,11 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
             raise errors['warm']
         start = better_start(solves['warm'], solves['cold']) if len(solves) == 2 else next(iter(solves))
         chosen = solves[start]
-        chosen.info.update({'start': start, **{f'{which}_objective': solves[which].info['objective']
-                                               if which in solves else math.nan for which in ('warm', 'cold')},
-                            **{f'{which}_error': str(err) for which, err in errors.items()}})
+        chosen.info['start'] = start
+        for which in ('warm', 'cold'):
+            chosen.info[f'{which}_objective'] = solves[which].info['objective'] if which in solves else math.nan
+        for which, err in errors.items():
+            chosen.info[f'{which}_error'] = str(err)
         return chosen
 
     def inner_tolerance(self) -> float:
