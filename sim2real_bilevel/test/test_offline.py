@@ -249,9 +249,10 @@ def test_a_pendulum_offline_run_whose_gradient_speeds_up_the_actions_is_held_at_
     it ends with stays within the bound, and the report warns.
 
     This replaced a replay of the bench's failing run (true return 0.905 -> 0.588 unbounded, held by the
-    default 2.0): on a later machine the same code and pinned packages start that run at 0.879 and end it at
-    0.979 with no step held -- the 15-iteration path is chaotic in floating-point rounding, so the replay
-    tested one machine's path, not the rule (~3 min)."""
+    default 2.0): on later machines the same code and pinned packages start that run at 0.879 (the nominal
+    policy itself differs: bench/results/inner_start/ has 0.879 too) and end it at 0.979 with no step held.
+    The inner solves' paths move with the platform's floating-point rounding, so the replay tested one
+    machine's path, not the rule (~3 min)."""
     problem = load_problem(builtin_config('pendulum'))
     dataset, _ = generate_dataset(problem, 10, np.random.default_rng([4, 10, 0]))   # bench: dataset_of(.., 10, 'nominal', 4)
     bound = 1.05
