@@ -233,6 +233,7 @@ def test_robot_action_change_ratio_stays_finite_on_data_whose_commands_never_cha
     batch = sampler.sample_real(behaviour, 4, np.random.default_rng(1))
     batch.actions = np.full_like(batch.actions, 0.5)
     run = make_offline_run(problem, 'bilevel', Dataset([batch], behaviour=words), seed=0, iterations=1)
+    estimator = run.estimator
     assert estimator.data_action_change == pytest.approx(0.0, abs=1e-12)
     assert estimator.action_change_scale == pytest.approx(1e-3 * 0.5)
     ratio = estimator.action_change_ratio(phi)
