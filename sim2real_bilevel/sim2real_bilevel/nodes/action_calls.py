@@ -90,6 +90,22 @@ async def call_in_process_async(endpoint: InProcessEndpoint, goal):
     return await result if inspect.isawaitable(result) else result
 
 
+def run_until_first_await(outcome) -> tuple:
+    """``(result, None)`` when ``outcome`` -- what an execute callback returned: a result, or the
+    coroutine of an ``async def`` one -- is done, after running a coroutine up to its first
+    ``await`` of something not yet done; else ``(None, coroutine)``, the coroutine to go on as an
+    executor task (rclpy's Task resumes a started coroutine the same way it runs a new one).
+    An exception the coroutine raises is raised here."""
+    import inspect
+    if not inspect.iscoroutine(outcome):
+        return outcome, None
+    try:
+        outcome.send(None)
+    except StopIteration as finished:
+        return finished.value, None
+    return None, outcome
+
+
 class InProcessGoalHandle:
     """The goal handle of a goal handed over in-process: what an execute callback uses of
     rclpy's ServerGoalHandle.  Feedback goes only to a goal's own client, which here does not
@@ -246,14 +262,18 @@ class ActionCaller:
         return self._endpoints[client]
 
     def call_in_process(self, endpoint: InProcessEndpoint, goal, name: str):
-        """``call_once`` by a direct call: the server's goal check, then its execute callback as a
-        task of this executor (which it may await on, like over DDS), within ``action_timeout_s``."""
+        """``call_once`` by a direct call: the server's goal check, then its execute callback, run
+        here until it first awaits something; one that finishes without awaiting (an exact solve)
+        costs no spin of the executor.  One that awaits (work in a thread, a service of another
+        node) goes on as a task of this executor, as over DDS, within ``action_timeout_s``."""
         from rclpy.action import GoalResponse
         if endpoint.goal_callback(goal) != GoalResponse.ACCEPT:
             raise GoalRejected(f'goal rejected by {endpoint.name} (its log says why)')
         handle = InProcessGoalHandle(goal)
-        task = self.executor.create_task(endpoint.execute_callback, handle)
-        result = wait_for(self.executor, task, self.parameters['action_timeout_s'], f'{name} result')
+        result, pending = run_until_first_await(endpoint.execute_callback(handle))
+        if pending is not None:
+            task = self.executor.create_task(pending)
+            result = wait_for(self.executor, task, self.parameters['action_timeout_s'], f'{name} result')
         self.in_process_calls += 1
         if not result.success:
             raise PeerLost(f'failed (status {handle.status}): {result.message}')
