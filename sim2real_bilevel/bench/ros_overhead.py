@@ -26,9 +26,9 @@ come out of one run:
 
 ``--phases`` also prints (and writes to phases.txt) the per-iteration phase medians of every
 configuration's runs, read from their run dirs' history.jsonl (``--phases RUN_ROOT`` alone: those
-of an earlier bench's run root, nothing run); ``--profile`` runs the optimizer's process under
-cProfile (profile-NAME.prof and its top functions in profile-NAME.txt; cProfile's own cost
-inflates those runs' loop times).
+of an earlier bench's run root, nothing run); ``--profile [NODE]`` runs the optimizer's process
+(or NODE's, e.g. ``hardware_bridge``: its own, or its container) under cProfile (profile-NAME.prof
+and its top functions in profile-NAME.txt; cProfile's own cost inflates those runs' loop times).
 
 Timings on a shared machine are upper bounds; the core and the graph runs alternate, so
 load falls on both.
@@ -108,10 +108,12 @@ def params_file(variant: Variant, problem: str, iterations: int, directory: Path
 
 
 def graph_run(variant: Variant, problem: str, seed: int, iterations: int, work: Path, environment: dict,
-              timeout_s: float, run_root: Path, repeat: int = 0, profile: Optional[Path] = None) -> Timing:
+              timeout_s: float, run_root: Path, repeat: int = 0, profile: Optional[Path] = None,
+              profile_node: str = 'outer_optimizer') -> Timing:
     run_dir = run_root / f'{variant.name}-{problem}-{repeat}'
     if profile is not None:
-        environment = profile_environment(environment, work, profile, f'{variant.name}-{problem}-{repeat}')
+        environment = profile_environment(environment, work, profile, f'{variant.name}-{problem}-{repeat}',
+                                          profile_node)
     command = [sys.executable, '-m', 'sim2real_bilevel.cli', 'launch', MODE, f'problem:={problem}', f'seed:={seed}',
                f'run_dir:={run_dir}', f'params_file:={params_file(variant, problem, iterations, work)}',
                *variant.arguments]
@@ -163,7 +165,7 @@ def phase_medians(run_root: Path, names: list[str], problems: list[str]) -> str:
 
 PROFILE_HOOK = """import os, sys
 _out = os.environ.get('SIM2REAL_BENCH_PROFILE')
-if _out and 'outer_optimizer' in sys.argv:          # the optimizer's process (its own, or its container)
+if _out and os.environ.get('SIM2REAL_BENCH_PROFILE_NODE', 'outer_optimizer') in sys.argv:   # its process, or container
     import cProfile
     _profile = cProfile.Profile()
 
@@ -176,15 +178,16 @@ if _out and 'outer_optimizer' in sys.argv:          # the optimizer's process (i
 """
 
 
-def profile_environment(environment: dict, work: Path, out: Path, label: str) -> dict:
+def profile_environment(environment: dict, work: Path, out: Path, label: str, node: str = 'outer_optimizer') -> dict:
     """``environment`` with the cProfile hook (a sitecustomize.py ahead on PYTHONPATH) writing
-    OUT/profile-LABEL.prof when the optimizer's process ends."""
+    OUT/profile-LABEL.prof when the process of ``node`` (its own, or its container) ends."""
     site = work / 'profile_site'
     site.mkdir(exist_ok=True)
     (site / 'sitecustomize.py').write_text(PROFILE_HOOK)
     env = dict(environment)
     env['PYTHONPATH'] = os.pathsep.join([str(site), env.get('PYTHONPATH', '')])
     env['SIM2REAL_BENCH_PROFILE'] = str(out / f'profile-{label}.prof')
+    env['SIM2REAL_BENCH_PROFILE_NODE'] = node
     return env
 
 
@@ -273,8 +276,9 @@ def main(argv=None) -> int:
     parser.add_argument('--phases', nargs='?', type=Path, const=True, default=None, metavar='RUN_ROOT',
                         help='also print and write phases.txt: per-iteration phase medians of every configuration; '
                              'with RUN_ROOT: only those of the run dirs there (an earlier bench), nothing run')
-    parser.add_argument('--profile', action='store_true',
-                        help="run the optimizer's process of every graph run under cProfile (profile-*.prof/.txt)")
+    parser.add_argument('--profile', nargs='?', const='outer_optimizer', default=None, metavar='NODE',
+                        help="run the process of NODE (default outer_optimizer; its own, or its container) of every "
+                             'graph run under cProfile (profile-*.prof/.txt)')
     args = parser.parse_args(argv)
 
     out = args.out or Path(tempfile.mkdtemp(prefix='ros_overhead-'))
@@ -312,7 +316,8 @@ def main(argv=None) -> int:
                 try:
                     graphs[variant.name].append(graph_run(variant, problem, args.seed, iterations, work, environment,
                                                           args.timeout, run_root, repeat,
-                                                          out if args.profile else None))
+                                                          out if args.profile else None,
+                                                          args.profile or 'outer_optimizer'))
                 except (RuntimeError, subprocess.TimeoutExpired) as err:
                     print(f'[bench]   {variant.name}: {err}', flush=True)
                     continue

@@ -87,10 +87,12 @@ MODES: dict[str, tuple[NodeSpec, ...]] = {
 AUTOSTART_BRIDGE = {'sim_only': 'true', 'hardware': 'false'}
 
 # Parameters a mode fixes for a node, on top of the params file: on hardware the bridge talks to
-# the robot on its topics (there is no emulator to forward to) and runs only signed goals.
+# the robot on its topics (there is no emulator to forward to) and runs only signed goals, which the
+# optimizer sends on the run_episodes action (feedback, cancel), never as one service call.
 MODE_PARAMETERS: dict[str, dict[str, dict]] = {
     'sim_only': {},
-    'hardware': {'hardware_bridge': {'transport': 'topics', 'require_policy_key': True}},
+    'hardware': {'hardware_bridge': {'transport': 'topics', 'require_policy_key': True},
+                 'outer_optimizer': {'run_episodes_via': 'action'}},
 }
 
 # Only a sim-only run has an evaluator (the emulator's hidden real model); on hardware nothing

@@ -58,6 +58,8 @@ def test_empty_run_dir_is_left_to_the_node_and_bad_values_are_refused():
     # only a sim-only run has an evaluator; hardware runs keep to safe improvement
     hardware = graph.parameter_overrides(graph.OUTER_OPTIMIZER, graph.argument_defaults('hardware'), 'hardware')
     assert hardware['evaluator'] == '' and hardware['safe_improvement'] is True
+    # on hardware real episodes go by the run_episodes action (feedback, cancel), never as one service call
+    assert hardware['run_episodes_via'] == 'action' and 'run_episodes_via' not in overrides
     # sim-only runs sync their run dir once a second; on hardware every file is on disk before the loop goes on
     assert hardware['sync_period_s'] == 0.0
     assert launcher.parse_assignments('sim_only', ['sync_period_s:=0'])['sync_period_s'] == '0'

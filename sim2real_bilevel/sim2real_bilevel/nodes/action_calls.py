@@ -46,6 +46,15 @@ class PeerLost(ActionFailed):
     peer that may be restarting, or a malformed result."""
 
 
+class Unsupported(ActionFailed):
+    """A service that takes goals as one request (``ActionCaller.call_service``) answered that it
+    does not take this kind of request at all (its message starts with ``UNSUPPORTED``): not
+    sent again; the caller uses another way."""
+
+
+UNSUPPORTED = 'unsupported: '
+
+
 class GoalRejected(PeerLost):
     """The server rejected the goal (its log says why: the action protocol carries no reason)."""
 
@@ -145,10 +154,11 @@ class ResultRequest:
     server answers every request when the goal ends.  ``future`` is the latest request's;
     ``on_done`` is attached to each."""
 
+    PROBE_FIRST_S = 2.0
     PROBE_MAX_S = 60.0
 
     def __init__(self, handle, rerequest_s: float = 1.0, on_done: Optional[Callable[[], None]] = None,
-                 probe_s: float = 2.0):
+                 probe_s: float = PROBE_FIRST_S):
         from action_msgs.msg import GoalStatus
         self.terminal = (GoalStatus.STATUS_SUCCEEDED, GoalStatus.STATUS_ABORTED, GoalStatus.STATUS_CANCELED)
         self.handle, self.rerequest_s, self.on_done = handle, rerequest_s, on_done
@@ -194,6 +204,11 @@ def wait_for_result(executor: SingleThreadedExecutor, handle, timeout_s: Optiona
     return request.future.result()
 
 
+def server_name(client) -> str:
+    """'action server NAME' or 'service NAME' of an action or service client."""
+    return f'service {client.srv_name}' if hasattr(client, 'srv_name') else f'action server {client._action_name}'
+
+
 class ActionCaller:
     """Synchronous action calls of a node that spins its own executor between them.
 
@@ -218,26 +233,72 @@ class ActionCaller:
         server is back) when the attempt fails in a way a restarted peer may fix, at most
         ``action_retries`` times in a row; then the last reason is raised as ActionFailed.
         ``prepare(goal)`` runs before every send."""
+        return self._with_retries(client, name, read, lambda: self.call_once(client, goal, name, prepare))
+
+    def call_service(self, client, goal, name: str, make_request: Callable[[Any], Any],
+                     read: Optional[Callable[[Any], Any]] = None, prepare: Optional[Callable[[Any], None]] = None):
+        """``call`` for a service that takes a goal as one request (``make_request(goal)``) and
+        answers with the fields of its result (``success``, ``message``, ...): the same retries,
+        each attempt bounded by ``action_timeout_s``.  A service has no way to ask for a lost
+        answer again, so while no answer comes the request is sent again (``prepare`` first),
+        after ``ResultRequest``'s probe interval, then at doubling intervals: only for goals with
+        a ``request_id``, which the server answers with the first request's result."""
+        return self._with_retries(client, name, read,
+                                  lambda: self.call_service_once(client, goal, name, make_request, prepare))
+
+    def _with_retries(self, client, name: str, read: Optional[Callable[[Any], Any]], attempt_once: Callable[[], Any]):
         from .conversions import MessageValidationError
         retries = self.parameters['action_retries']
         for attempt in range(retries + 1):
             try:
-                if prepare is not None:
-                    prepare(goal)
-                result = self.call_once(client, goal, name)
+                result = attempt_once()
                 return result if read is None else read(result)
-            except (PeerLost, TimeoutError, MessageValidationError) as err:
+            except (PeerLost, TimeoutError, MessageValidationError) as err:     # not Unsupported
                 if attempt == retries:
                     raise ActionFailed(f'{name}: {err} (after {retries} retries)') from err
                 self.retries += 1
-                self.node.get_logger().warning(f'{name}: {err}; sending it again once {client._action_name} is up '
+                self.node.get_logger().warning(f'{name}: {err}; sending it again once {server_name(client)} is up '
                                                f'(retry {attempt + 1} of {retries})')
                 self.wait_for_server(client)
                 self.pause(min(0.25 * 2 ** attempt, 5.0))    # a restarted peer may still be activating
 
-    def call_once(self, client, goal, name: str):
+    def call_service_once(self, client, goal, name: str, make_request: Callable[[Any], Any],
+                          prepare: Optional[Callable[[Any], None]] = None):
+        """One attempt of ``call_service``: the response, or PeerLost / TimeoutError saying why not."""
+        def send() -> Future:
+            if prepare is not None:
+                prepare(goal)
+            return client.call_async(make_request(goal))
+        timeout = self.parameters['action_timeout_s']
+        deadline = time.monotonic() + timeout
+        sent = [send()]
+        probe = Backoff(ResultRequest.PROBE_FIRST_S, ResultRequest.PROBE_MAX_S) if getattr(goal, 'request_id', '') \
+            else None
+        try:
+            while not any(future.done() for future in sent):
+                if not self.executor.context.ok():
+                    raise ShutdownRequested(f'{name} response')
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f'{name} response: no answer within {timeout:g} s')
+                if probe is not None and probe.due():
+                    sent.append(send())
+                spin_once(self.executor)
+            response = next(future for future in sent if future.done()).result()
+        finally:                           # answers to the other sends are not waited for
+            for future in sent:
+                if not future.done():
+                    client.remove_pending_request(future)
+        if not response.success and response.message.startswith(UNSUPPORTED):
+            raise Unsupported(f'{name}: {response.message[len(UNSUPPORTED):]}')
+        if not response.success:
+            raise PeerLost(f'failed: {response.message}')
+        return response
+
+    def call_once(self, client, goal, name: str, prepare: Optional[Callable[[Any], None]] = None):
         """One attempt: the result, or PeerLost / TimeoutError saying why not."""
         from action_msgs.msg import GoalStatus
+        if prepare is not None:
+            prepare(goal)
         endpoint = self.in_process_endpoint(client)
         if endpoint is not None:
             return self.call_in_process(endpoint, goal, name)
@@ -280,13 +341,15 @@ class ActionCaller:
         return result
 
     def wait_for_server(self, client) -> None:
+        """Spin until the server of ``client`` (an action or a service client) is there."""
         timeout = self.parameters['server_timeout_s']
         deadline = time.monotonic() + timeout
-        while not client.server_is_ready():
+        ready = client.service_is_ready if hasattr(client, 'service_is_ready') else client.server_is_ready
+        while not ready():
             if time.monotonic() > deadline:
-                raise TimeoutError(f'action server {client._action_name} did not appear within {timeout:g} s')
+                raise TimeoutError(f'{server_name(client)} did not appear within {timeout:g} s')
             if not self.executor.context.ok():
-                raise ShutdownRequested(client._action_name)
+                raise ShutdownRequested(server_name(client))
             spin_once(self.executor)
 
     def pause(self, seconds: float) -> None:

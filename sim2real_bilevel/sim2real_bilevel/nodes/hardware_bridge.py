@@ -19,7 +19,10 @@ and episode count, gets the kept result again instead of running the robot a sec
 
 Transports (parameter ``transport``, package ``nodes/transports``):
 - ``batched``: forwards the goal to the emulator's ``robot_emulator/run_episodes`` action
-  (sim-only loops, where one DDS round trip per transition would dominate);
+  (sim-only loops, where one DDS round trip per transition would dominate); on this transport the
+  bridge also takes a goal as one call of the ``run_episode_batch`` service (the optimizer's
+  ``run_episodes_via: service``): the same checks and kept results, without the action's status
+  traffic;
 - ``topics``: the ros2_control contract of real hardware -- reads ``joint_states`` (the
   problem's controlled joints by name, in any order, other joints ignored), writes
   ``<controller>/commands`` (std_msgs/Float64MultiArray in the controller's order, the ``joints``
@@ -36,6 +39,7 @@ from typing import Optional, Sequence
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.action import ActionServer, GoalResponse
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.duration import Duration
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -44,9 +48,10 @@ from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 from sim2real_bilevel_interfaces.action import RunEpisodes
 from sim2real_bilevel_interfaces.msg import PolicyParameters
+from sim2real_bilevel_interfaces.srv import RunEpisodeBatch
 
 from . import conversions, provenance
-from .action_calls import RESULT_KEPT_S
+from .action_calls import RESULT_KEPT_S, UNSUPPORTED, InProcessGoalHandle
 from .control_loop import key_values
 from .joints import controlled_joints, joint_bounds, parse_joint_limits, to_command_order
 from .kept_results import KeptResults
@@ -228,6 +233,11 @@ class HardwareBridge(LifecycleNode):
         self.episodes_server = ActionServer(self, RunEpisodes, 'run_episodes',
                                             execute_callback=self.run_episodes_callback,
                                             goal_callback=self.goal_callback, result_timeout=RESULT_KEPT_S)
+        # its own group: an awaiting callback holds its group (the e-stop must be served meanwhile);
+        # reentrant: a request sent again while the first runs waits for that run's kept result
+        self.episode_batch_service = self.create_service(RunEpisodeBatch, 'run_episode_batch',
+                                                         self.run_episode_batch_callback,
+                                                         callback_group=ReentrantCallbackGroup())
         self.command_publisher_names = PublisherNames(self, self.command_publisher.topic_name)
         self.commander_timer = self.create_timer(1.0, self.watch_the_command_channel)
         self.command_readers = 0
@@ -277,6 +287,7 @@ class HardwareBridge(LifecycleNode):
         self.transports = {}
         self.destroy_service(self.estop_service)
         self.destroy_service(self.reset_estop_service)
+        self.destroy_service(self.episode_batch_service)
         self.destroy_subscription(self.policy_subscription)
         self.destroy_lifecycle_publisher(self.command_publisher)
         self.destroy_publisher(self.diagnostics_publisher)
@@ -443,6 +454,27 @@ class HardwareBridge(LifecycleNode):
             self.set_reason(f'rejected: {reason}', DiagnosticStatus.WARN)
             return GoalResponse.REJECT
         return GoalResponse.ACCEPT
+
+    async def run_episode_batch_callback(self, request, response):
+        """``run_episode_batch``: a run_episodes goal as one service call, for sim-only loops on the
+        batched transport -- the same checks (``refusal``), kept results and episodes as the action,
+        without its status traffic; refused on any other transport (on a robot the action's
+        feedback and cancel are the way)."""
+        transport = self.parameters['transport']
+        if transport != 'batched':
+            response.message = (f'{UNSUPPORTED}run_episode_batch serves the batched transport only (transport is '
+                                 f'{transport!r}): use the run_episodes action')
+            return response
+        reason = self.refusal(request)
+        if reason is not None:
+            self.get_logger().error(f'rejected run_episode_batch request: {reason}')
+            self.set_reason(f'rejected: {reason}', DiagnosticStatus.WARN)
+            response.success, response.message = False, f'rejected: {reason}'
+            return response
+        result = await self.run_episodes_callback(InProcessGoalHandle(request))
+        response.success, response.message = result.success, result.message
+        response.trajectories, response.timing = result.trajectories, result.timing
+        return response
 
     async def run_episodes_callback(self, goal_handle):
         goal = goal_handle.request

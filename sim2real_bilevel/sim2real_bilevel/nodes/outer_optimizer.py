@@ -50,15 +50,16 @@ from rclpy.node import Node
 from sim2real_bilevel_interfaces.action import ComputeSensitivity, RunEpisodes, TrainPolicy
 from sim2real_bilevel_interfaces.msg import OuterGradient, OuterMetrics, PolicyParameters, SimParameters, \
     TrajectoryBatch
+from sim2real_bilevel_interfaces.srv import RunEpisodeBatch
 
 from ..core.checkpoint import CheckpointError
 from ..core.offline import OfflineBilevelRun
 from ..core.outer import BilevelOuterLoop, IterationRecord, OuterConfig
 from . import conversions, provenance
-from .action_calls import ActionCaller, ActionFailed
+from .action_calls import ActionCaller, ActionFailed, Unsupported
 from .evaluation import EvaluatorClient
 from .loop_reporting import LoopReporter
-from .real_episodes import RealEpisodeRequests
+from .real_episodes import RealEpisodeRequests, batch_request
 from .recording import PublicationLog, RunRecording, bag_folder
 from .runtime import (EVENTS, LATCHED, PROBLEM, SEED, DeclaredParameters, ParameterSpec, ShutdownRequested,
                       load_problem, outer_config_defaults, run_node)
@@ -188,6 +189,12 @@ class OuterOptimizer(Node):
                           'hand goals to the action servers of the same process (inner_trainer, sensitivity) by a '
                           'direct call instead of over DDS, as rclcpp\'s intra-process communication does; the '
                           'servers check and run them as any goal (read at every goal)'),
+            ParameterSpec('run_episodes_via', 'auto', "how real episodes are asked of the hardware_bridge: 'action' "
+                          "(run_episodes: feedback and cancel, what a robot needs), 'service' (run_episode_batch: one "
+                          'service call, a fraction of the round trip, which the bridge takes on its batched '
+                          "transport only: sim-only loops) or 'auto' (the service while the bridge takes it, then the "
+                          'action; hardware launches fix action); read at every batch',
+                          choices=('auto', 'action', 'service')),
             ParameterSpec('progress_period_s', 0.5, 'least time between two progress lines on stdout',
                           low=0.0, high=3600.0),
             ParameterSpec('evaluator', '', "sim-only evaluator: the EvaluatePolicy service (the robot_emulator's "
@@ -239,6 +246,8 @@ class OuterOptimizer(Node):
         self.trajectory_publisher = self.create_publisher(TrajectoryBatch, 'real_trajectories', EVENTS)
         self.train_client = ActionClient(self, TrainPolicy, 'train_policy')
         self.episodes_client = ActionClient(self, RunEpisodes, 'run_episodes')
+        self.episode_batch_client = self.create_client(RunEpisodeBatch, 'run_episode_batch')
+        self.episode_batch_refused = False     # the bridge is not on its batched transport: the action
         self.sensitivity_client = ActionClient(self, ComputeSensitivity, 'compute_sensitivity')
         self.actions = ActionCaller(self, self.parameters)
         self.run_dir = Path(self.parameters['run_dir'] or
@@ -286,11 +295,27 @@ class OuterOptimizer(Node):
         goal = self.episodes.new_goal(self.policy, n_episodes, self.loop.real_batch_count + 1)
         version = self.policy.version
         # a malformed batch (faulty bridge) is logged and asked for again, never used
-        batch, trajectories = self.actions.call(self.episodes_client, goal, 'run_episodes',
-                                                read=lambda result: self.episodes.read(result, version),
-                                                prepare=self.episodes.sign)
+        read = lambda result: self.episodes.read(result, version)          # noqa: E731
+        if self.episodes_by_service():
+            try:
+                batch, trajectories = self.actions.call_service(
+                    self.episode_batch_client, goal, 'run_episode_batch', batch_request, read=read,
+                    prepare=self.episodes.sign)
+            except Unsupported as err:
+                if self.parameters['run_episodes_via'] != 'auto':
+                    raise
+                self.episode_batch_refused = True
+                self.get_logger().warning(f'{err}: real episodes are asked for by the run_episodes action from now '
+                                          'on (run_episodes_via)')
+        if not self.episodes_by_service():
+            batch, trajectories = self.actions.call(self.episodes_client, goal, 'run_episodes', read=read,
+                                                    prepare=self.episodes.sign)
         self.publications.publish(self.trajectory_publisher, trajectories)
         return batch
+
+    def episodes_by_service(self) -> bool:
+        via = self.parameters['run_episodes_via']
+        return via == 'service' or (via == 'auto' and not self.episode_batch_refused)
 
     def compute_sensitivity(self, real_gradient: np.ndarray) -> np.ndarray:
         lower, upper = self.problem.theta_bounds()
@@ -372,8 +397,9 @@ class OuterOptimizer(Node):
 
     def wait_for_servers(self) -> None:
         """The servers the run calls (offline: no run_episodes, no bridge)."""
+        episodes = self.episode_batch_client if self.episodes_by_service() else self.episodes_client
         clients = (self.train_client, self.sensitivity_client) if self.dataset is not None else \
-            (self.train_client, self.episodes_client, self.sensitivity_client)
+            (self.train_client, episodes, self.sensitivity_client)
         for client in clients:
             self.actions.wait_for_server(client)
 

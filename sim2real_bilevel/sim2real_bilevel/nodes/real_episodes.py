@@ -35,6 +35,13 @@ def policy_message(fields: dict) -> PolicyParameters:
                             inner_grad_norm=float(fields['inner_grad_norm']))
 
 
+def batch_request(goal: RunEpisodes.Goal):
+    """The run_episode_batch request of a run_episodes goal: the same fields (the signature, over
+    those fields, stays valid)."""
+    from sim2real_bilevel_interfaces.srv import RunEpisodeBatch
+    return RunEpisodeBatch.Request(**{name: getattr(goal, name) for name in goal.get_fields_and_field_types()})
+
+
 class RealEpisodeRequests:
     """run_episodes goals of one run (``run_dir``) on ``problem``, signed with ``key`` if not None."""
 
