@@ -21,7 +21,7 @@ Transports (parameter ``transport``, package ``nodes/transports``):
 - ``batched``: forwards the goal to the emulator's ``robot_emulator/run_episodes`` action
   (sim-only loops, where one DDS round trip per transition would dominate); on this transport the
   bridge also takes a goal as one call of the ``run_episode_batch`` service (the optimizer's
-  ``run_episodes_via: service``): the same checks and kept results, without the action's status
+  ``run_episodes_via``, ``auto`` by default): the same checks and kept results, without the action's status
   traffic;
 - ``topics``: the ros2_control contract of real hardware -- reads ``joint_states`` (the
   problem's controlled joints by name, in any order, other joints ignored), writes
