@@ -204,9 +204,14 @@ def wait_for_result(executor: SingleThreadedExecutor, handle, timeout_s: Optiona
     return request.future.result()
 
 
+def is_service_client(client) -> bool:
+    """An rclpy service client (else an action client)."""
+    return hasattr(client, 'srv_name')
+
+
 def server_name(client) -> str:
     """'action server NAME' or 'service NAME' of an action or service client."""
-    return f'service {client.srv_name}' if hasattr(client, 'srv_name') else f'action server {client._action_name}'
+    return f'service {client.srv_name}' if is_service_client(client) else f'action server {client._action_name}'
 
 
 class ActionCaller:
@@ -344,7 +349,7 @@ class ActionCaller:
         """Spin until the server of ``client`` (an action or a service client) is there."""
         timeout = self.parameters['server_timeout_s']
         deadline = time.monotonic() + timeout
-        ready = client.service_is_ready if hasattr(client, 'service_is_ready') else client.server_is_ready
+        ready = client.service_is_ready if is_service_client(client) else client.server_is_ready
         while not ready():
             if time.monotonic() > deadline:
                 raise TimeoutError(f'{server_name(client)} did not appear within {timeout:g} s')

@@ -447,13 +447,16 @@ class HardwareBridge(LifecycleNode):
             return f'n_episodes={goal.n_episodes}: expected 1..{self.parameters["max_episodes"]} (max_episodes)'
         return None
 
-    def goal_callback(self, goal) -> GoalResponse:
+    def refused(self, goal, what: str) -> Optional[str]:
+        """``refusal``, logged and shown on /diagnostics when there is one (``what``: the kind of request)."""
         reason = self.refusal(goal)
         if reason is not None:
-            self.get_logger().error(f'rejected run_episodes goal: {reason}')
+            self.get_logger().error(f'rejected {what}: {reason}')
             self.set_reason(f'rejected: {reason}', DiagnosticStatus.WARN)
-            return GoalResponse.REJECT
-        return GoalResponse.ACCEPT
+        return reason
+
+    def goal_callback(self, goal) -> GoalResponse:
+        return GoalResponse.REJECT if self.refused(goal, 'run_episodes goal') is not None else GoalResponse.ACCEPT
 
     async def run_episode_batch_callback(self, request, response):
         """``run_episode_batch``: a run_episodes goal as one service call, for sim-only loops on the
@@ -465,10 +468,8 @@ class HardwareBridge(LifecycleNode):
             response.message = (f'{UNSUPPORTED}run_episode_batch serves the batched transport only (transport is '
                                  f'{transport!r}): use the run_episodes action')
             return response
-        reason = self.refusal(request)
+        reason = self.refused(request, 'run_episode_batch request')
         if reason is not None:
-            self.get_logger().error(f'rejected run_episode_batch request: {reason}')
-            self.set_reason(f'rejected: {reason}', DiagnosticStatus.WARN)
             response.success, response.message = False, f'rejected: {reason}'
             return response
         result = await self.run_episodes_callback(InProcessGoalHandle(request))

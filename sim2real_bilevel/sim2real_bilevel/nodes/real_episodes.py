@@ -15,6 +15,7 @@ from typing import Callable, Optional
 
 from sim2real_bilevel_interfaces.action import RunEpisodes
 from sim2real_bilevel_interfaces.msg import PolicyParameters
+from sim2real_bilevel_interfaces.srv import RunEpisodeBatch
 
 from ..core import checkpoint
 from . import conversions, provenance
@@ -38,7 +39,6 @@ def policy_message(fields: dict) -> PolicyParameters:
 def batch_request(goal: RunEpisodes.Goal):
     """The run_episode_batch request of a run_episodes goal: the same fields (the signature, over
     those fields, stays valid)."""
-    from sim2real_bilevel_interfaces.srv import RunEpisodeBatch
     return RunEpisodeBatch.Request(**{name: getattr(goal, name) for name in goal.get_fields_and_field_types()})
 
 
