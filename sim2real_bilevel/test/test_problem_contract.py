@@ -158,3 +158,34 @@ def test_lqr_has_no_step_by_step_system_and_says_why(lqr):
 
 def test_samples_default_to_no_velocity_effort_or_reward():
     assert Sample(position=[1.0]) == Sample(position=[1.0], velocity=[], effort=[], reward=None)
+
+
+WARM_UP_CHECK = """
+import json, sys
+import numpy as np
+from sim2real_bilevel.core.problems import load_problem
+problem = load_problem(sys.argv[1])
+theta = np.asarray(problem.theta0(), dtype=float)
+phi = problem.inner_solve(theta, None).phi if problem.kind == 'lqr' else np.zeros(problem.phi_size())
+loaded_before = 'torch._dynamo' in sys.modules
+problem.warm_up()
+modules = set(sys.modules)
+problem.sensitivity_terms(phi, theta, method='exact')
+print(json.dumps({'loaded_before': loaded_before, 'new': sorted(set(sys.modules) - modules)}))
+"""
+
+
+@pytest.mark.parametrize('name', ['lqr.yaml', 'pendulum.yaml'])
+def test_warm_up_leaves_the_first_exact_sensitivity_nothing_to_import(name):
+    """``warm_up`` (what the sensitivity node calls before it is ready) pays the lazy imports of
+    torch.func's transforms, ~2 s, that the first exact sensitivity would otherwise pay inside the
+    first outer iteration.  A fresh interpreter each, so no other test has imported them yet."""
+    import json
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, '-c', WARM_UP_CHECK, str(CONFIG / name)], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report['loaded_before'] is False         # the check below is not vacuous
+    assert report['new'] == []

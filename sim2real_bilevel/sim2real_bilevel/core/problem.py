@@ -259,6 +259,15 @@ class EpisodeController(abc.ABC):
         return None
 
 
+def warm_torch_func() -> None:
+    """torch.func's first transform (grad, jvp, jacfwd, ...) in a process imports torch._dynamo:
+    ~2 s on these machines (an lqr run through the graph stalled 1.6-2.4 s in its first outer
+    iteration for it, bench/results/ros_overhead_warm_up/).  One tiny transform pays it now."""
+    x = torch.zeros(2, dtype=torch.float64)
+    torch.func.grad(lambda y: (y * y).sum())(x)
+    torch.func.jacfwd(lambda y: y * y)(x)          # forward mode: vmap and jvp's own decompositions
+
+
 class BilevelProblem(abc.ABC):
     """One sim-to-real problem: a real system to sample and a parametrised simulator."""
 
@@ -290,6 +299,12 @@ class BilevelProblem(abc.ABC):
                     **options) -> InnerResult:
         """phi*(theta). method 'exact' (soft DP / Riccati) or 'sampled' (actor-critic SPG,
         warm-started at phi_init, stopping when ||F|| falls below a tolerance)."""
+
+    def warm_up(self) -> None:
+        """One-time work that would otherwise fall into the first outer iteration (lazy imports,
+        caches), done ahead: the sensitivity node calls it at start-up, so that the first real
+        episodes of a run are not followed by a stall.  Results are unchanged.  Default: nothing;
+        kinds whose sensitivities use torch.func call ``warm_torch_func``."""
 
     def inner_tolerance(self) -> Optional[float]:
         """The ||F|| below which ``inner_solve`` calls a policy solved; None for kinds whose exact

@@ -66,6 +66,7 @@ class Sensitivity(Node):
                           'the real episodes run, instead of when the gradient is asked for'),
         ])
         self.rng = np.random.default_rng([self.parameters['seed'], 3])
+        self.problem.warm_up()              # before 'ready': not in the first outer iteration
         self.work = BackgroundWork(self)
         self.gradient_publisher = self.create_publisher(OuterGradient, 'outer_gradient', EVENTS)
         self.simulate_client = self.create_client(SimulateRollouts, self.parameters['simulate_service'])

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ...policies import linear_gaussian as policy
-from ...problem import BilevelProblem, InnerResult, SensitivityTerms, Trajectories
+from ...problem import BilevelProblem, InnerResult, SensitivityTerms, Trajectories, warm_torch_func
 from ...settings import override_settings
 from ..common import SampleSizesFromInnerSettings
 from .config import InnerSettings, read_problem_file
@@ -65,6 +65,9 @@ class LQRProblem(SampleSizesFromInnerSettings, BilevelProblem):
 
     def theta_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         return self.family.lower.copy(), self.family.upper.copy()
+
+    def warm_up(self) -> None:
+        warm_torch_func()                  # the exact sensitivity's Jacobians (jacfwd)
 
     def theta_groups(self) -> dict[str, np.ndarray]:
         return {'dynamics': self.family.group('AB'), 'reward': self.family.group('QR')}

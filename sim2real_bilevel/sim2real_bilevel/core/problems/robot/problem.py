@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ...problem import (BilevelProblem, InnerResult, JointLimits, SensitivityTerms, Trajectories, alive_mask,
-                        require_finite_policy)
+                        require_finite_policy, warm_torch_func)
 from ...robot_model import THETA_NAMES, PendulumGeometry, PendulumModel
 from .config import REAL_GRADIENT_ESTIMATORS, InnerSettings, read_problem_file
 from .estimators import cross_fitted_values, gae, value_features
@@ -146,6 +146,9 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         for which, err in errors.items():
             chosen.info[f'{which}_error'] = str(err)
         return chosen
+
+    def warm_up(self) -> None:
+        warm_torch_func()                  # the sensitivities' grad / jvp (a sensitivity node does no inner solve)
 
     def inner_tolerance(self) -> float:
         return float(self.inner.tolerance)
