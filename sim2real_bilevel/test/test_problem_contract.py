@@ -1,8 +1,12 @@
 """The part of the problem contract the ROS nodes use (core/problem.py): trajectory_sizes,
 default_sim_horizon, real_system (robot emulator, topic transport) and controller (hardware
-bridge, topic transport), for every problem kind -- without ROS graph or processes."""
+bridge, topic transport), for every problem kind, and warm_up (what the sensitivity node calls)
+-- without a ROS graph or node processes (the warm-up check runs a fresh plain interpreter)."""
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -180,9 +184,6 @@ def test_warm_up_leaves_the_first_exact_sensitivity_nothing_to_import(name):
     """``warm_up`` (what the sensitivity node calls before it is ready) pays the lazy imports of
     torch.func's transforms, ~2 s, that the first exact sensitivity would otherwise pay inside the
     first outer iteration.  A fresh interpreter each, so no other test has imported them yet."""
-    import json
-    import subprocess
-    import sys
     done = subprocess.run([sys.executable, '-c', WARM_UP_CHECK, str(CONFIG / name)], capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
