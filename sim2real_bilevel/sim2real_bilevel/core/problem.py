@@ -302,9 +302,9 @@ class BilevelProblem(abc.ABC):
 
     def warm_up(self) -> None:
         """One-time work that would otherwise fall into the first outer iteration (lazy imports,
-        caches), done ahead: the sensitivity node calls it at start-up, so that the first real
-        episodes of a run are not followed by a stall.  Results are unchanged.  Default: nothing;
-        kinds whose sensitivities use torch.func call ``warm_torch_func``."""
+        caches), done ahead: the sensitivity node calls it at start-up, so that the first outer
+        iteration does not stall on it.  Results are unchanged.  Default: nothing; kinds whose
+        sensitivities use torch.func (lqr, robot and its URDF subclass) call ``warm_torch_func``."""
 
     def inner_tolerance(self) -> Optional[float]:
         """The ||F|| below which ``inner_solve`` calls a policy solved; None for kinds whose exact
