@@ -128,6 +128,7 @@ class BagRecorder:
         of subscribing to them (what it publishes: no DDS hop, and no publish at all when nobody
         else listens)."""
         from mcap.writer import CompressionType, Writer
+        from rclpy.event_handler import SubscriptionEventCallbacks
 
         self.node = node
         self.folder = Path(folder)
@@ -162,9 +163,11 @@ class BagRecorder:
             self._topics[resolved] = {'type': full_type, 'channel': channel, 'count': 0, 'qos': offered}
             if name in direct:
                 continue
+            # the profile each topic is published with: no mismatch to warn of, and no QoS event
+            # handlers to add to every spin's wait set (runtime.internal_publisher)
             self._subscriptions.append(node.create_subscription(
                 message_class, name, lambda data, topic=resolved: self.record_callback(topic, data),
-                qos, raw=True))
+                qos, raw=True, event_callbacks=SubscriptionEventCallbacks(use_default_callbacks=False)))
 
     def records(self, topic: str) -> bool:
         """Whether ``topic`` (fully qualified) is one of the recorded topics."""

@@ -44,6 +44,10 @@ class EvaluationServer:
 
     KEPT = 16
     """Answers kept for policies asked again (the newest ones)."""
+    SLOW_S = 1.0
+    """An evaluation this long or longer is logged (start and result); faster ones are summed up
+    (``QuietEvaluations``) every ``SUMMARY_S``, one line each at DEBUG level."""
+    SUMMARY_S = 10.0
 
     def __init__(self, node, phi_size: int, make_problem: Callable[[], Any],
                  delay_s: Callable[[], float] = lambda: 0.0):
@@ -54,6 +58,8 @@ class EvaluationServer:
         self.in_flight: dict[bytes, Future] = {}
         self.kept: OrderedDict[bytes, dict] = OrderedDict()
         self.computed = 0
+        self.last_duration_s = 0.0
+        self.quiet = QuietEvaluations(node.get_logger(), self.SUMMARY_S)
         # its own callback group: an awaiting callback holds its group, and the node's default
         # group serves everything else; reentrant: a retry is taken while the first one waits
         self.service = node.create_service(EvaluatePolicy, '~/evaluate', self.callback,
@@ -100,8 +106,11 @@ class EvaluationServer:
         """In the worker thread."""
         with self.lock:
             self.computed += 1
-            self.node.get_logger().info(f'evaluate: computing policy version {version} '
-                                        f'(evaluation {self.computed} of this node)')
+            # the first evaluation, and each one after a slow one, logs its start and result: a
+            # fast sim-only loop evaluates a policy every few milliseconds, and rclpy spends
+            # ~0.5 ms of this process's CPU per log call (it inspects the caller's frame)
+            loud = self.computed == 1 or self.last_duration_s >= self.SLOW_S
+            self._log(loud, f'evaluate: computing policy version {version} (evaluation {self.computed} of this node)')
             started = time.monotonic()
             if self.evaluate is None:
                 from ..core.evaluation import oracle_evaluator
@@ -110,9 +119,41 @@ class EvaluationServer:
             if delay > 0:
                 time.sleep(delay)
             values = self.evaluate(phi)
-            self.node.get_logger().info(f'evaluate: policy version {version}: normalised return '
-                                        f'{values["normalized_return"]:.6g} ({time.monotonic() - started:.1f} s)')
+            self.last_duration_s = time.monotonic() - started
+            loud = loud or self.last_duration_s >= self.SLOW_S
+            self._log(loud, f'evaluate: policy version {version}: normalised return '
+                            f'{values["normalized_return"]:.6g} ({self.last_duration_s:.1f} s)')
+            if not loud:
+                self.quiet.add(version, values['normalized_return'])
             return values
+
+    def _log(self, loud: bool, message: str) -> None:
+        # two call sites: rclpy refuses one call site logging at two severities
+        if loud:
+            self.node.get_logger().info(message)
+        else:
+            self.node.get_logger().debug(message)
+
+
+class QuietEvaluations:
+    """The evaluations an ``EvaluationServer`` did not log one by one, summed up in one INFO line at
+    most every ``period_s``: how many, which versions, the newest normalised return."""
+
+    def __init__(self, logger, period_s: float):
+        self.logger, self.period_s = logger, period_s
+        self.count, self.since, self.first, self.last, self.value = 0, 0.0, 0, 0, math.nan
+
+    def add(self, version: int, normalized_return: float) -> None:
+        now = time.monotonic()
+        if self.count == 0:
+            self.since, self.first = now, version
+        self.count += 1
+        self.last, self.value = version, normalized_return
+        if now - self.since >= self.period_s:
+            self.logger.info(f'evaluate: {self.count} policies in the last {now - self.since:.0f} s (versions '
+                             f'{self.first}-{self.last}); policy version {self.last}: normalised return '
+                             f'{self.value:.6g}')
+            self.count = 0
 
 
 class EvaluatorClient:

@@ -18,7 +18,7 @@ from ..core.outer import INNER_METHODS
 from . import conversions
 from .action_calls import RESULT_KEPT_S, serve_action
 from .runtime import (LATCHED, PROBLEM, SEED, BackgroundWork, DeclaredParameters, ParameterSpec, accept_cancel,
-                      goal_validator, load_problem, outer_config_defaults, run_node)
+                      goal_validator, internal_publisher, load_problem, outer_config_defaults, run_node)
 
 
 class InnerTrainer(Node):
@@ -39,7 +39,7 @@ class InnerTrainer(Node):
         self.policy_version = 0
         self.theta_version = -1
         self.work = BackgroundWork(self)
-        self.policy_publisher = self.create_publisher(PolicyParameters, 'policy', LATCHED)
+        self.policy_publisher = internal_publisher(self, PolicyParameters, 'policy', LATCHED)
         self.train_server = serve_action(
             self, TrainPolicy, 'train_policy', execute_callback=self.train_policy_callback,
             goal_callback=goal_validator(self, self._read_goal, 'train_policy'), cancel_callback=accept_cancel,

@@ -13,7 +13,7 @@ from sim2real_bilevel_interfaces.msg import OuterMetrics
 
 from ..core.outer import IterationRecord
 from . import conversions
-from .runtime import EVENTS
+from .runtime import EVENTS, internal_publisher
 
 SCALARS = ('real_return', 'normalized_return', 'inner_grad_norm', 'outer_grad_norm', 'real_return_estimate',
            'real_return_ci_low', 'real_return_ci_high')
@@ -35,10 +35,10 @@ class LoopReporter:
         self.publications = publications
         self.hardware_id = hardware_id
         self.metric_names = [topic_token(name) for name in theta_names]
-        self.metrics_publisher = node.create_publisher(OuterMetrics, 'outer_metrics', EVENTS)
-        self.diagnostics_publisher = node.create_publisher(DiagnosticArray, '/diagnostics', EVENTS)
-        self.scalar_publishers = {name: node.create_publisher(Float64, f'metrics/{name}', EVENTS) for name in SCALARS}
-        self.theta_metric_publishers = [node.create_publisher(Float64, f'metrics/theta/{token}', EVENTS)
+        self.metrics_publisher = internal_publisher(node, OuterMetrics, 'outer_metrics', EVENTS)
+        self.diagnostics_publisher = internal_publisher(node, DiagnosticArray, '/diagnostics', EVENTS)
+        self.scalar_publishers = {name: internal_publisher(node, Float64, f'metrics/{name}', EVENTS) for name in SCALARS}
+        self.theta_metric_publishers = [internal_publisher(node, Float64, f'metrics/theta/{token}', EVENTS)
                                         for token in self.metric_names]
         self.last_progress = 0.0
 

@@ -62,7 +62,7 @@ from .loop_reporting import LoopReporter
 from .real_episodes import RealEpisodeRequests, batch_request
 from .recording import PublicationLog, RunRecording, bag_folder
 from .runtime import (EVENTS, LATCHED, PROBLEM, SEED, DeclaredParameters, ParameterSpec, ShutdownRequested,
-                      load_problem, outer_config_defaults, run_node)
+                      internal_publisher, load_problem, outer_config_defaults, run_node)
 
 LIVE_PARAMETERS = ('iterations', 'step_size', 'real_episodes')
 
@@ -240,10 +240,10 @@ class OuterOptimizer(Node):
         self.policy: Optional[PolicyParameters] = None
         self.gradient_message: Optional[OuterGradient] = None
         self.theta_names = list(self.problem.theta_names)
-        self.theta_publisher = self.create_publisher(SimParameters, 'theta', LATCHED)
+        self.theta_publisher = internal_publisher(self, SimParameters, 'theta', LATCHED)
         self.publications = PublicationLog()
         self.reporter = LoopReporter(self, self.theta_names, self.problem.kind, self.publications)
-        self.trajectory_publisher = self.create_publisher(TrajectoryBatch, 'real_trajectories', EVENTS)
+        self.trajectory_publisher = internal_publisher(self, TrajectoryBatch, 'real_trajectories', EVENTS)
         self.train_client = ActionClient(self, TrainPolicy, 'train_policy')
         self.episodes_client = ActionClient(self, RunEpisodes, 'run_episodes')
         self.episode_batch_client = self.create_client(RunEpisodeBatch, 'run_episode_batch')

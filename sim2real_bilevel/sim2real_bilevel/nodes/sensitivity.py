@@ -23,7 +23,7 @@ from ..core.outer import SENSITIVITY_METHODS, SOLVERS, OuterConfig, sensitivity_
 from . import conversions
 from .action_calls import RESULT_KEPT_S, serve_action
 from .runtime import (EVENTS, LATCHED, PROBLEM, SEED, BackgroundWork, DeclaredParameters, ParameterSpec, accept_cancel,
-                      goal_validator, load_problem, outer_config_defaults, run_node)
+                      goal_validator, internal_publisher, load_problem, outer_config_defaults, run_node)
 
 SOLVER_PARAMETERS = ('sensitivity_method', 'solver', 'damping', 'cg_maxiter', 'cg_tol', 'first_order_step',
                      'first_order_above', 'sim_episodes', 'sim_horizon')
@@ -68,7 +68,7 @@ class Sensitivity(Node):
         self.rng = np.random.default_rng([self.parameters['seed'], 3])
         self.problem.warm_up()              # before 'ready': not in the first outer iteration
         self.work = BackgroundWork(self)
-        self.gradient_publisher = self.create_publisher(OuterGradient, 'outer_gradient', EVENTS)
+        self.gradient_publisher = internal_publisher(self, OuterGradient, 'outer_gradient', EVENTS)
         self.simulate_client = self.create_client(SimulateRollouts, self.parameters['simulate_service'])
         # exact terms at the latest (policy, theta): {'key': (policy version, theta version), ...}
         self.latest_theta = self.latest_policy = self.precomputed = None
