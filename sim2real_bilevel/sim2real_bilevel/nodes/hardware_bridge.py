@@ -225,7 +225,11 @@ class HardwareBridge(LifecycleNode):
         self.command_publisher = self.create_lifecycle_publisher(
             Float64MultiArray, f'{self.parameters["controller"]}/commands', ROBOT_STREAM)
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, '/diagnostics', EVENTS)
-        self.policy_subscription = self.create_subscription(PolicyParameters, 'policy', self.policy_callback, LATCHED)
+        # the newest published version (stale goals) -- only without signed goals: a signed goal is
+        # checked by its signature, and the topic is not signed.  Not subscribing then also spares
+        # the robot's host a message per outer iteration.
+        self.policy_subscription = None if self.verifier is not None else \
+            self.create_subscription(PolicyParameters, 'policy', self.policy_callback, LATCHED)
         # every transport, so that the transport parameter can change between goals
         self.transports = {name: transport(self) for name, transport in TRANSPORTS.items()}
         self.estop_service = self.create_service(Trigger, '~/estop', self.estop_callback)
@@ -288,7 +292,8 @@ class HardwareBridge(LifecycleNode):
         self.destroy_service(self.estop_service)
         self.destroy_service(self.reset_estop_service)
         self.destroy_service(self.episode_batch_service)
-        self.destroy_subscription(self.policy_subscription)
+        if self.policy_subscription is not None:
+            self.destroy_subscription(self.policy_subscription)
         self.destroy_lifecycle_publisher(self.command_publisher)
         self.destroy_publisher(self.diagnostics_publisher)
         self.entities_created = False
@@ -404,9 +409,7 @@ class HardwareBridge(LifecycleNode):
     def policy_callback(self, msg: PolicyParameters) -> None:
         """Track the newest published policy version -- only from well-formed messages whose
         version is a plausible successor (a hostile far-future version would otherwise make
-        every genuine goal 'stale'), and not at all when goals are signed (the topic is not)."""
-        if self.verifier is not None:
-            return
+        every genuine goal 'stale'); not subscribed when goals are signed (the topic is not)."""
         try:
             conversions.policy_from_msg(msg, self.problem.phi_size())
             version = conversions.check_version(msg.version, self.newest_policy_version or 0,
