@@ -249,6 +249,51 @@ def test_joints_are_mapped_by_name_and_shutdown_sends_a_zero_command(ros):
     ros.spin_until(lambda: robot['commands'] and robot['commands'][-1] == [0.0], 10.0, 'the zero command on shutdown')
 
 
+def test_another_sources_joint_states_on_the_topic_are_ignored_and_named_when_nothing_else_comes(ros):
+    """A second publisher on joint_states (a gripper's broadcaster: it names none of the
+    controlled joints) sends before every state of the arm: the episode runs on the arm's states.
+    A robot that sends only the gripper's: the episode fails saying what came."""
+    from sensor_msgs.msg import JointState
+    bridge = ros.start('hardware_bridge', problem=PENDULUM, autostart='true', transport='topics',
+                       joints='[pendulum_joint]', reset_service='fake_robot/reset')
+    goal, problem = pendulum_goal()
+    states = ros.node.create_publisher(JointState, 'joint_states', ROBOT_STREAM)
+    robot = {'q': 0.1, 'arm': True}
+
+    def publish():
+        states.publish(JointState(name=['finger_left', 'finger_right'], position=[0.01, 0.01], velocity=[0.0, 0.0]))
+        if robot['arm']:
+            states.publish(JointState(name=['pendulum_joint'], position=[robot['q']], velocity=[0.0]))
+
+    def on_reset(request, response):
+        robot['q'] = 0.1
+        publish()
+        response.success = True
+        return response
+
+    def on_command(msg):
+        robot['q'] += 0.001
+        publish()
+
+    ros.node.create_service(Trigger, 'fake_robot/reset', on_reset)
+    ros.node.create_subscription(Float64MultiArray, 'forward_command_controller/commands', on_command, ROBOT_STREAM)
+    episodes = ActionClient(ros.node, RunEpisodes, 'run_episodes')
+    ros.spin_until(episodes.server_is_ready, 60.0, 'the bridge')
+    response = ros.run_goal(episodes, goal, timeout=120.0)
+    assert response.result.success, response.result.message
+    batch = conversions.trajectories_from_msg(response.result.trajectories)
+    assert batch.states[0, :, 0] == pytest.approx(0.1 + 0.001 * np.arange(problem.horizon + 1))
+    assert 'ignored joint_states' not in bridge.log()
+
+    robot['arm'] = False
+    goal.policy.version += 1
+    response = ros.run_goal(episodes, goal, timeout=120.0)
+    assert not response.result.success
+    assert ("joint_states message(s) named none of the controlled joints ['pendulum_joint'] (the last named "
+            "['finger_left', 'finger_right'])") in response.result.message, response.result.message
+    assert bridge.alive()
+
+
 def test_joint_states_without_velocities_abort_a_velocity_limited_episode(ros):
     """A robot whose joint_states carry positions only: the velocity limit cannot be checked, so
     the episode is aborted with the reason and a zero command -- the missing velocity is never

@@ -1,7 +1,8 @@
-"""What the nodes' per-iteration machinery costs, as properties that could break:
+"""What the nodes' per-message and per-iteration machinery costs, as properties that could break:
 ``internal_publisher`` adds nothing to an executor's wait set, while a subscriber with an
 incompatible profile is still told; ``BackgroundWork`` keeps one worker thread across
-computations; the evaluation server logs fast evaluations as a periodic summary."""
+computations; the evaluation server logs fast evaluations as a periodic summary; ``LogThrottle``
+holds lines back before rclpy is called."""
 import threading
 import time
 
@@ -113,3 +114,16 @@ def test_fast_evaluations_are_summed_up_once_per_period():
     assert len(lines) == 1 and '5 policies' in lines[0] and 'versions 2-6' in lines[0] and '0.75' in lines[0]
     quiet.add(7, 0.8)                              # a new period starts
     assert len(lines) == 1
+
+
+def test_a_log_throttle_holds_lines_back_within_its_period_and_counts_them():
+    from sim2real_bilevel.nodes.runtime import LogThrottle
+    lines = []
+    throttle = LogThrottle(0.3)
+    assert throttle(lines.append, 'ignored joint_states: a')
+    assert not throttle(lines.append, 'ignored joint_states: b') and not throttle(lines.append, 'ignored joint_states: c')
+    assert lines == ['ignored joint_states: a']
+    time.sleep(0.35)
+    assert throttle(lines.append, 'ignored joint_states: d')
+    assert lines[-1] == 'ignored joint_states: d (2 more like it since the last such line)'
+    assert throttle.held_back == 0

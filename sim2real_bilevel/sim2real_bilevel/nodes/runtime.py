@@ -54,6 +54,31 @@ def internal_publisher(node, message_type, topic: str, qos: QoSProfile):
                                  event_callbacks=PublisherEventCallbacks(use_default_callbacks=False))
 
 
+class LogThrottle:
+    """Logs through ``log`` at most once per ``period_s``; the lines it holds back are counted and
+    the count goes with the next line.  For callbacks that may fire at a robot's message rate:
+    rclpy's own ``throttle_duration_sec`` is applied only after rclpy has inspected the caller's
+    frame, which costs 1.5-5 ms per call here (``inspect.getmodule`` scans every loaded module,
+    ~1 300 once torch is imported), so a held-back line would still cost that much."""
+
+    def __init__(self, period_s: float):
+        self.period_s = period_s
+        self.next_at = 0.0
+        self.held_back = 0
+
+    def __call__(self, log: Callable[[str], Any], message: str) -> bool:
+        """True when it was logged."""
+        now = time.monotonic()
+        if now < self.next_at:
+            self.held_back += 1
+            return False
+        if self.held_back:
+            message += f' ({self.held_back} more like it since the last such line)'
+        self.held_back, self.next_at = 0, now + self.period_s
+        log(message)
+        return True
+
+
 class ShutdownRequested(Exception):
     """The context was shut down (Ctrl-C, SIGTERM) while a node was waiting."""
 

@@ -25,7 +25,7 @@ from .. import conversions
 from ..control_loop import run_timed
 from ..episode_ends import EpisodeEnds
 from ..resets import EpisodeResets, stop_reason
-from ..runtime import ROBOT_STREAM, SENSOR
+from ..runtime import ROBOT_STREAM, SENSOR, LogThrottle
 from ..joints import read_joint_state
 from .base import Transport
 
@@ -38,6 +38,9 @@ class TopicTransport(Transport):
         self.latest_velocity = None
         self.latest_stamp = None           # of latest_state, ns of ROS time
         self.state_error = None            # why the newest joint_states was not a state (a joint missing)
+        self.foreign_states = 0            # joint_states naming none of the controlled joints (since expect_state)
+        self.foreign_names: list[str] = []  # the names of the last of them
+        self.bad_state_log = LogThrottle(5.0)
         self.episode_stamps = None         # timer loop: the stamps of the episode's states, in arrival order
         self.accept_after = 0              # timer loop: states sensed before the episode's reset are ignored
         self.late_states = 0               # timer loop: states older than the newest one, ignored
@@ -57,13 +60,20 @@ class TopicTransport(Transport):
     def joint_state_callback(self, msg: JointState) -> None:
         """Joints are read by name (other joints and any order are fine).  A message that lacks a
         controlled joint is not a state: its reason is kept in ``state_error`` (the episode waiting
-        for a state then fails with it)."""
+        for a state then fails with it).  A message that names none of them is another source's
+        (a gripper's broadcaster on the same topic, as robot_state_publisher reads it): counted
+        and otherwise ignored; an episode that gets no state says how many came and what they named."""
+        joints = self.bridge.joints
+        if not any(joint in joints for joint in msg.name):
+            self.foreign_states += 1
+            self.foreign_names = list(msg.name)
+            return
         try:
             # no velocities is not zero velocity: a velocity-limited episode refuses such states
-            positions, velocities = read_joint_state(msg.name, msg.position, msg.velocity, self.bridge.joints)
+            positions, velocities = read_joint_state(msg.name, msg.position, msg.velocity, joints)
         except ValueError as err:
             self.state_error = str(err)
-            self.bridge.get_logger().error(f'ignored joint_states: {err}', throttle_duration_sec=5.0)
+            self.bad_state_log(self.bridge.get_logger().error, f'ignored joint_states: {err}')
             self.bridge.waits.wake()
             return
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
@@ -82,14 +92,21 @@ class TopicTransport(Transport):
     def expect_state(self) -> None:
         """From now on only a joint_states that arrives counts (or a message that is not one)."""
         self.latest_state = self.state_error = None
+        self.foreign_states = 0
 
     def state_arrived(self) -> bool:
         """A state has come since ``latest_state`` was cleared, or a message that is not one."""
         return self.latest_state is not None or self.state_error is not None
 
     def stale_reason(self, fallback: str) -> str:
-        """Why no usable state arrived: the last bad joint_states if there was one, else ``fallback``."""
-        return f'{self.state_error} ({fallback})' if self.state_error is not None else fallback
+        """Why no usable state arrived: the last bad joint_states if there was one, else ``fallback``
+        (with the messages that named none of the controlled joints, if any came)."""
+        if self.state_error is not None:
+            return f'{self.state_error} ({fallback})'
+        if self.foreign_states:
+            return (f'{fallback}; {self.foreign_states} joint_states message(s) named none of the controlled '
+                    f'joints {list(self.bridge.joints)} (the last named {self.foreign_names})')
+        return fallback
 
     def reward_callback(self, msg: Float64) -> None:
         self.rewards.append(float(msg.data))
@@ -98,6 +115,7 @@ class TopicTransport(Transport):
     def start_timed_episode(self, reset_at_ns: int) -> None:
         """The timer loop starts an episode: only states sensed from ``reset_at_ns`` on count."""
         self.latest_state = self.latest_velocity = self.latest_stamp = self.state_error = None
+        self.foreign_states = 0
         self.episode_stamps, self.accept_after, self.late_states = [], reset_at_ns, 0
 
     def end_timed_episode(self) -> list[int]:
