@@ -12,6 +12,7 @@ pytest.importorskip('sim2real_bilevel_interfaces')
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState  # noqa: E402
 from rclpy.action import ActionClient  # noqa: E402
+from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from sim2real_bilevel_interfaces.action import RunEpisodes  # noqa: E402
@@ -173,7 +174,6 @@ def test_emulator_publishes_clock_and_link_pose_in_lockstep(ros):
     clocks, poses, states = [], [], []
     ros.node.create_subscription(Clock, '/clock', lambda m: clocks.append(m.clock.sec * 10**9 + m.clock.nanosec), 10)
     ros.node.create_subscription(PoseStamped, 'robot_emulator/link_pose', poses.append, 10)
-    from sensor_msgs.msg import JointState
     ros.node.create_subscription(JointState, 'joint_states', states.append, ROBOT_STREAM)
     reset = ros.node.create_client(Trigger, 'robot_emulator/reset')
     ros.spin_until(reset.service_is_ready, 60.0, 'the emulator')
@@ -208,62 +208,20 @@ def test_link_pose_quaternion_is_the_rotation_about_the_joint_axis():
     assert tip == pytest.approx([pose.position.x, pose.position.y, pose.position.z])
 
 
-def test_joints_are_mapped_by_name_and_shutdown_sends_a_zero_command(ros):
-    """The test is the robot: its joint_states carry an extra joint first and the pendulum's
-    joint second; the bridge must read the named joint (the extra one's wild values would
-    trip the state bounds) and command it.  SIGINT (shutdown) while active: zero command."""
-    from sensor_msgs.msg import JointState
+def _fake_pendulum_robot(ros, states_of):
+    """The test as a pendulum robot on the topics: ``states_of(q)`` is the list of joint_states
+    messages it publishes after its reset (q = 0.1) and after each command (q += 0.001).  A
+    bridge on the topics with reset_service fake_robot/reset is started; returns (bridge,
+    episodes client, the commands it received)."""
     bridge = ros.start('hardware_bridge', problem=PENDULUM, autostart='true', transport='topics',
                        joints='[pendulum_joint]', reset_service='fake_robot/reset')
-    size_goal, problem = pendulum_goal()
     states = ros.node.create_publisher(JointState, 'joint_states', ROBOT_STREAM)
-    robot = {'q': 0.1, 'qd': 0.0, 'commands': []}
+    robot = {'q': 0.1}
+    commands = []
 
     def publish():
-        states.publish(JointState(name=['gripper', 'pendulum_joint'], position=[1e6, robot['q']],
-                                  velocity=[-1e6, robot['qd']], effort=[0.0, 0.0]))
-
-    def on_reset(request, response):
-        robot['q'], robot['qd'] = 0.1, 0.0
-        publish()
-        response.success = True
-        return response
-
-    def on_command(msg):
-        robot['commands'].append(list(msg.data))
-        robot['q'] += 0.001
-        publish()
-
-    ros.node.create_service(Trigger, 'fake_robot/reset', on_reset)
-    ros.node.create_subscription(Float64MultiArray, 'forward_command_controller/commands', on_command, ROBOT_STREAM)
-    episodes = ActionClient(ros.node, RunEpisodes, 'run_episodes')
-    ros.spin_until(episodes.server_is_ready, 60.0, 'the bridge')
-    response = ros.run_goal(episodes, size_goal, timeout=120.0)
-    assert response.result.success, response.result.message
-    batch = conversions.trajectories_from_msg(response.result.trajectories)
-    assert batch.states[0, :, 0] == pytest.approx(0.1 + 0.001 * np.arange(problem.horizon + 1))
-    assert all(len(c) == 1 for c in robot['commands'])
-    # shutdown while active
-    robot['commands'].clear()
-    bridge.stop()
-    ros.spin_until(lambda: robot['commands'] and robot['commands'][-1] == [0.0], 10.0, 'the zero command on shutdown')
-
-
-def test_another_sources_joint_states_on_the_topic_are_ignored_and_named_when_nothing_else_comes(ros):
-    """A second publisher on joint_states (a gripper's broadcaster: it names none of the
-    controlled joints) sends before every state of the arm: the episode runs on the arm's states.
-    A robot that sends only the gripper's: the episode fails saying what came."""
-    from sensor_msgs.msg import JointState
-    bridge = ros.start('hardware_bridge', problem=PENDULUM, autostart='true', transport='topics',
-                       joints='[pendulum_joint]', reset_service='fake_robot/reset')
-    goal, problem = pendulum_goal()
-    states = ros.node.create_publisher(JointState, 'joint_states', ROBOT_STREAM)
-    robot = {'q': 0.1, 'arm': True}
-
-    def publish():
-        states.publish(JointState(name=['finger_left', 'finger_right'], position=[0.01, 0.01], velocity=[0.0, 0.0]))
-        if robot['arm']:
-            states.publish(JointState(name=['pendulum_joint'], position=[robot['q']], velocity=[0.0]))
+        for message in states_of(robot['q']):
+            states.publish(message)
 
     def on_reset(request, response):
         robot['q'] = 0.1
@@ -272,6 +230,7 @@ def test_another_sources_joint_states_on_the_topic_are_ignored_and_named_when_no
         return response
 
     def on_command(msg):
+        commands.append(list(msg.data))
         robot['q'] += 0.001
         publish()
 
@@ -279,13 +238,46 @@ def test_another_sources_joint_states_on_the_topic_are_ignored_and_named_when_no
     ros.node.create_subscription(Float64MultiArray, 'forward_command_controller/commands', on_command, ROBOT_STREAM)
     episodes = ActionClient(ros.node, RunEpisodes, 'run_episodes')
     ros.spin_until(episodes.server_is_ready, 60.0, 'the bridge')
+    return bridge, episodes, commands
+
+
+def _ramp_episode(ros, episodes, goal, problem):
+    """Runs ``goal``; asserts it succeeded on the fake robot's states (0.1 rising by 0.001 a step)."""
     response = ros.run_goal(episodes, goal, timeout=120.0)
     assert response.result.success, response.result.message
     batch = conversions.trajectories_from_msg(response.result.trajectories)
     assert batch.states[0, :, 0] == pytest.approx(0.1 + 0.001 * np.arange(problem.horizon + 1))
+
+
+def test_joints_are_mapped_by_name_and_shutdown_sends_a_zero_command(ros):
+    """The test is the robot: its joint_states carry an extra joint first and the pendulum's
+    joint second; the bridge must read the named joint (the extra one's wild values would
+    trip the state bounds) and command it.  SIGINT (shutdown) while active: zero command."""
+    bridge, episodes, commands = _fake_pendulum_robot(ros, lambda q: [JointState(
+        name=['gripper', 'pendulum_joint'], position=[1e6, q], velocity=[-1e6, 0.0], effort=[0.0, 0.0])])
+    _ramp_episode(ros, episodes, *pendulum_goal())
+    assert all(len(c) == 1 for c in commands)
+    # shutdown while active
+    commands.clear()
+    bridge.stop()
+    ros.spin_until(lambda: commands and commands[-1] == [0.0], 10.0, 'the zero command on shutdown')
+
+
+def test_another_sources_joint_states_on_the_topic_are_ignored_and_named_when_nothing_else_comes(ros):
+    """A second publisher on joint_states (a gripper's broadcaster: it names none of the
+    controlled joints) sends before every state of the arm: the episode runs on the arm's states.
+    A robot that sends only the gripper's: the episode fails saying what came."""
+    arm = {'on': True}
+
+    def states_of(q):
+        gripper = JointState(name=['finger_left', 'finger_right'], position=[0.01, 0.01], velocity=[0.0, 0.0])
+        return [gripper] + ([JointState(name=['pendulum_joint'], position=[q], velocity=[0.0])] if arm['on'] else [])
+    bridge, episodes, _ = _fake_pendulum_robot(ros, states_of)
+    goal, problem = pendulum_goal()
+    _ramp_episode(ros, episodes, goal, problem)
     assert 'ignored joint_states' not in bridge.log()
 
-    robot['arm'] = False
+    arm['on'] = False
     goal.policy.version += 1
     response = ros.run_goal(episodes, goal, timeout=120.0)
     assert not response.result.success
@@ -298,7 +290,6 @@ def test_joint_states_without_velocities_abort_a_velocity_limited_episode(ros):
     """A robot whose joint_states carry positions only: the velocity limit cannot be checked, so
     the episode is aborted with the reason and a zero command -- the missing velocity is never
     taken for zero."""
-    from sensor_msgs.msg import JointState
     bridge = ros.start('hardware_bridge', problem=PENDULUM, autostart='true', transport='topics',
                        joints='[pendulum_joint]', reset_service='fake_robot/reset')
     goal, _ = pendulum_goal()
