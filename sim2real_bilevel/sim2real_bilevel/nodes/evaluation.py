@@ -108,7 +108,7 @@ class EvaluationServer:
             self.computed += 1
             # the first evaluation, and each one after a slow one, logs its start and result: a
             # fast sim-only loop evaluates a policy every few milliseconds, and rclpy spends
-            # ~0.5 ms of this process's CPU per log call (it inspects the caller's frame)
+            # milliseconds of this process's CPU per log call (runtime.LogThrottle says why)
             loud = self.computed == 1 or self.last_duration_s >= self.SLOW_S
             self._log(loud, f'evaluate: computing policy version {version} (evaluation {self.computed} of this node)')
             started = time.monotonic()

@@ -41,14 +41,15 @@ ROBOT_STREAM = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability
 
 
 def internal_publisher(node, message_type, topic: str, qos: QoSProfile):
-    """A publisher of a topic the graph's own nodes subscribe to with the profile above that it
-    was made for, created without rclpy's default QoS event handlers (incompatible QoS, incompatible
-    type).  rclpy makes each such handler a waitable that every spin of the node's executor adds to
-    its wait set in Python: two per publisher, ~6 us each per spin, and the learning side has a
-    publisher per theta entry (``metrics/theta/*``).  On the learning container's executor they were
-    60 % of a spin's cost (0.57 ms against 0.21 ms without them, 4 nodes, discrete_3s2a).  A
-    subscriber with an incompatible profile (a user's tool) still warns on its own side: rclpy's and
-    rclcpp's subscriptions log it by default.  The robot side's topics keep rclpy's defaults."""
+    """A publisher for one of the graph's own topics (its subscribers use the profile from this
+    module that it was made for), created without rclpy's default QoS event handlers (incompatible
+    QoS, incompatible type).  rclpy makes each such handler a waitable that every spin of the node's
+    executor adds to its wait set in Python: two per publisher, ~6 us each per spin, and the
+    learning side has a publisher per theta entry (``metrics/theta/*``).  One spin of the learning
+    container's executor (discrete_3s2a): best of 5, 0.35 ms without them against 0.62 ms with
+    them (``bench/results/ros_overhead_cpu/``).  A subscriber with an incompatible profile (a
+    user's tool) is still told on its own side: rclpy's and rclcpp's subscriptions log it by
+    default.  The robot side's topics keep rclpy's defaults."""
     from rclpy.event_handler import PublisherEventCallbacks
     return node.create_publisher(message_type, topic, qos,
                                  event_callbacks=PublisherEventCallbacks(use_default_callbacks=False))
