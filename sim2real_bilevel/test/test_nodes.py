@@ -66,7 +66,9 @@ class NodeProcess:
         before = len(self.log())
         os.kill(self.process.pid, signal.SIGUSR1)
         deadline = time.monotonic() + timeout
-        while 'most recent call first' not in self.log()[before:] and time.monotonic() < deadline:
+        # the dump is whole once the main thread's outermost frame (the module) is in
+        while not ('most recent call first' in self.log()[before:] and ' in <module>' in self.log()[before:]) \
+                and time.monotonic() < deadline:
             time.sleep(0.1)
         return f'{self.name} (alive):\n{self.log()[-6000:]}'
 
