@@ -16,12 +16,13 @@ same checkpoints and real batches on disk as the graph, which always persists it
 ``--run-root /dev/shm`` to take the disk's fsync latency out of both).
 
 Each ``--variant NAME=ARGS`` is one graph run per problem with extra launch arguments (e.g.
-``--variant composed=containers:=learning,robot``) and node parameters (``NODE.PARAM:=VALUE``,
+``--variant separate=containers:=none``: one process per node; without a ``containers`` argument
+the launch's default ``auto``, both sides in a container each) and node parameters (``NODE.PARAM:=VALUE``,
 e.g. ``outer_optimizer.write_behind:=true``); ``--ref REF`` adds a variant running the code
 of git ref REF (``git archive``, on PYTHONPATH ahead of this checkout), so before and after
 come out of one run:
 
-    python sim2real_bilevel/bench/ros_overhead.py --ref main --variant separate= \\
+    python sim2real_bilevel/bench/ros_overhead.py --ref main --variant separate=containers:=none \\
         --variant composed=containers:=learning,robot --out sim2real_bilevel/bench/results/ros_overhead
 
 ``--phases`` also prints (and writes to phases.txt) the per-iteration phase medians of every

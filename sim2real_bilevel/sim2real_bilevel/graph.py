@@ -76,6 +76,19 @@ CONTAINERS: dict[str, tuple[str, ...]] = {
     'robot': ('hardware_bridge', 'robot_emulator'),
 }
 CONTAINER_EXECUTABLE = 'container'
+# ``containers:=auto`` (the default) by mode and robot_mode.  A lockstep sim-only run is the fast
+# loop: both sides in a container each (200 discrete_3s2a iterations in 3.0 s against 9.4 s with one
+# process per node and 4.9 s with the learning side alone, core 0.65 s; bench/results/
+# ros_overhead_containers).  A real-time robot keeps its own processes, as a robot's driver is one:
+# its wall-clock physics timer and the bridge's control timer do not share an executor.  On hardware
+# the real episodes take seconds, so each node keeps its own process (a node's fault stays its own).
+AUTO_CONTAINERS: dict[tuple[str, str], tuple[str, ...]] = {
+    ('sim_only', 'lockstep'): ('learning', 'robot'),
+    ('sim_only', 'realtime'): ('learning',),
+    ('hardware', 'lockstep'): (),
+    ('hardware', 'realtime'): (),
+}
+CONTAINER_CHOICES = ('auto', 'none')
 
 MODES: dict[str, tuple[NodeSpec, ...]] = {
     'sim_only': (SIMULATOR, INNER_TRAINER, SENSITIVITY, HARDWARE_BRIDGE, ROBOT_EMULATOR, OUTER_OPTIMIZER),
@@ -182,9 +195,10 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument('real_data', '', 'offline: comma-separated run folders or datasets (real/batch_*.npz) the outer '
                    'optimizer learns from, with no real episode; only the simulator, inner trainer, sensitivity and '
                    'outer optimizer are started (no bridge, no emulator, no evaluator); empty: online'),
-    LaunchArgument('containers', '', 'comma-separated sides of the graph to run as one process each, on one '
+    LaunchArgument('containers', 'auto', 'comma-separated sides of the graph to run as one process each, on one '
                    'executor: ' + ', '.join(f'{name} ({"/".join(members)})' for name, members in CONTAINERS.items())
-                   + '; empty: one process per node'),
+                   + '; none (or empty): one process per node; auto: both sides in a sim-only lockstep run, '
+                   'the learning side with robot_mode:=realtime, none on hardware'),
     LaunchArgument('robot_mode', 'lockstep', "the robot's timing: lockstep (the emulator steps once per command, "
                    'as fast as the loop asks) or realtime (the emulator on a wall-clock timer, the bridge on its '
                    'timer-driven control loop over the topics; with the arguments control_rate, state_rate and '
@@ -212,23 +226,37 @@ def nodes(mode: str, offline: bool = False) -> tuple[NodeSpec, ...]:
     return tuple(s for s in MODES[mode] if s not in OFFLINE_ABSENT) if offline else MODES[mode]
 
 
-def container_names(text: str) -> tuple[str, ...]:
-    """The ``containers`` launch argument as container names (validated)."""
+def container_names(text: str, mode: str = 'sim_only', robot_mode: str = 'lockstep') -> tuple[str, ...]:
+    """The ``containers`` launch argument as container names (validated): ``auto`` is
+    ``AUTO_CONTAINERS`` of the mode and robot_mode, ``none`` or empty is no container."""
+    stripped = text.strip()
+    if stripped == 'auto':
+        key = (mode, robot_mode.strip() or 'lockstep')
+        if key not in AUTO_CONTAINERS:
+            raise ValueError(f'launch argument containers:=auto: no default for mode {mode!r} with '
+                             f'robot_mode:={robot_mode!r}; expected a mode of {sorted(MODES)} and a robot_mode '
+                             f'of {list(ROBOT_MODES)}')
+        return AUTO_CONTAINERS[key]
+    if stripped == 'none':
+        return ()
     names = tuple(name.strip() for name in text.split(',') if name.strip())
     unknown = [name for name in names if name not in CONTAINERS]
     if unknown:
-        raise ValueError(f'launch argument containers:={text!r}: unknown container(s) {unknown}; expected a '
-                         f'comma-separated list of {sorted(CONTAINERS)} (or empty)')
+        raise ValueError(f'launch argument containers:={text!r}: unknown container(s) {unknown}; expected '
+                         f'{" or ".join(CONTAINER_CHOICES)} or a comma-separated list of {sorted(CONTAINERS)}')
     return tuple(dict.fromkeys(names))
 
 
-def processes(mode: str, containers: str = '', offline: bool = False) -> list[tuple[NodeSpec, tuple[NodeSpec, ...]]]:
+def processes(mode: str, containers: str = 'none', offline: bool = False,
+              robot_mode: str = 'lockstep') -> list[tuple[NodeSpec, tuple[NodeSpec, ...]]]:
     """The processes of a mode: (process spec, member node specs), in the order of ``nodes(mode)``;
     a container's process spec is named after the container and runs ``CONTAINER_EXECUTABLE``
     with the members' launch-argument overrides.  A container of which the mode has one node
-    only (the robot side on hardware) is that node's own process."""
+    only (the robot side on hardware) is that node's own process.  ``containers`` is the launch
+    argument (``container_names``; ``auto`` depends on ``robot_mode``)."""
     specs = nodes(mode, offline)
-    grouped = {name: tuple(s for s in specs if s.name in CONTAINERS[name]) for name in container_names(containers)}
+    grouped = {name: tuple(s for s in specs if s.name in CONTAINERS[name])
+               for name in container_names(containers, mode, robot_mode)}
     result, placed = [], set()
     for spec in specs:
         if spec.name in placed:
@@ -401,7 +429,8 @@ def launch_description(mode: str):
                                               LaunchConfiguration('policy_key_file'), '')))]
         handlers = []
         offline = bool(LaunchConfiguration('real_data').perform(context))
-        for spec, members in processes(mode, LaunchConfiguration('containers').perform(context), offline):
+        for spec, members in processes(mode, LaunchConfiguration('containers').perform(context), offline,
+                                       LaunchConfiguration('robot_mode').perform(context)):
             overrides = {('autostart' if name == 'autostart_bridge' else name):
                          ParameterValue(LaunchConfiguration(name), value_type=argument_type(name))
                          for name in spec.overrides}

@@ -77,20 +77,21 @@ def test_empty_run_dir_is_left_to_the_node_and_bad_values_are_refused():
 
 def test_real_data_plans_an_offline_graph_without_bridge_emulator_or_evaluator():
     for mode in ('sim_only', 'hardware'):
-        arguments = launcher.parse_assignments(mode, ['problem:=lqr', 'real_data:=/data/a,/data/b'])
+        arguments = launcher.parse_assignments(mode, ['problem:=lqr', 'real_data:=/data/a,/data/b', 'containers:=none'])
         plans = launcher.plan(mode, arguments)
         assert [p.spec.name for p in plans] == ['differentiable_simulator', 'inner_trainer', 'sensitivity',
                                                 'outer_optimizer']
         optimizer = plans[-1].parameters
         assert optimizer['real_data'] == '/data/a,/data/b' and optimizer['evaluator'] == ''
-    online = launcher.plan('sim_only', launcher.parse_assignments('sim_only', ['problem:=lqr']))
+    online = launcher.plan('sim_only', launcher.parse_assignments('sim_only', ['problem:=lqr', 'containers:=none']))
     assert 'real_data' not in online[-1].parameters and online[-1].parameters['evaluator'] == 'robot_emulator/evaluate'
     learning = graph.processes('sim_only', 'learning,robot', offline=True)
     assert [(spec.name, len(members)) for spec, members in learning] == [('learning', 4)]
 
 
 def test_launcher_plans_every_node_with_the_shipped_params_file(tmp_path):
-    arguments = launcher.parse_assignments('sim_only', ['problem:=discrete_3s2a', 'namespace:=ns', 'seed:=2'])
+    arguments = launcher.parse_assignments('sim_only', ['problem:=discrete_3s2a', 'namespace:=ns', 'seed:=2',
+                                                        'containers:=none'])
     plans = launcher.plan('sim_only', arguments)
     assert [p.spec.name for p in plans] == [s.name for s in graph.nodes('sim_only')]
     for item in plans:
@@ -165,8 +166,30 @@ def test_launcher_plans_a_container_per_side_with_every_members_overrides():
     assert not any(a.startswith('__node:=') for a in learning + robot)      # the members keep their names
     assert '__ns:=/ns' in learning and "run_dir:='/runs/x'" in learning and 'seed:=2' in learning
     assert 'autostart:=true' in robot and robot[3:5] == ['hardware_bridge', 'robot_emulator']
-    assert launcher.optimizer_process(launcher.plan('sim_only', launcher.parse_assignments('sim_only', []))) == \
-        'outer_optimizer'
+    assert launcher.optimizer_process(launcher.plan('sim_only', launcher.parse_assignments(
+        'sim_only', ['containers:=none']))) == 'outer_optimizer'
+
+
+@pytest.mark.parametrize('mode, assignments, processes', [
+    ('sim_only', [], ['learning', 'robot']),
+    ('sim_only', ['robot_mode:=realtime'], ['learning', 'hardware_bridge', 'robot_emulator']),
+    ('sim_only', ['real_data:=/data/a'], ['learning']),
+    ('sim_only', ['containers:=none'], [s.name for s in graph.nodes('sim_only')]),
+    ('sim_only', ['containers:='], [s.name for s in graph.nodes('sim_only')]),
+    ('sim_only', ['containers:=learning'], ['learning', 'hardware_bridge', 'robot_emulator']),
+    ('hardware', [], [s.name for s in graph.nodes('hardware')]),
+    ('hardware', ['robot_mode:=realtime'], [s.name for s in graph.nodes('hardware')]),
+], ids=['sim-lockstep', 'sim-realtime', 'sim-offline', 'none', 'empty', 'learning', 'hardware', 'hardware-realtime'])
+def test_containers_auto_is_both_sides_in_a_lockstep_sim_run_and_keeps_the_robots_own_processes(
+        mode, assignments, processes):
+    """The default (containers:=auto): the fast lockstep sim-only loop in two processes; the real-time
+    robot's emulator and bridge keep their own processes, as does every node on hardware."""
+    arguments = launcher.parse_assignments(mode, ['problem:=lqr', *assignments])
+    assert graph.argument_defaults(mode)['containers'] == 'auto'
+    assert [p.spec.name for p in launcher.plan(mode, arguments)] == processes
+    with pytest.raises(launcher.LaunchError, match=r"containers:='learning,auto'.*expected auto or none or a "
+                                                   r"comma-separated list of \['learning', 'robot'\]"):
+        launcher.parse_assignments(mode, ['containers:=learning,auto'])
 
 
 def test_every_node_module_can_be_a_container_member():
@@ -188,16 +211,19 @@ def test_launch_file_starts_the_containers_it_is_asked_for():
     description = graph.launch_description('sim_only')
     opaque = next(e for e in description.entities if isinstance(e, OpaqueFunction))
     executables = {}
-    for containers in ('', 'learning,robot'):
+    for containers, robot_mode in (('', 'lockstep'), ('learning,robot', 'lockstep'), ('auto', 'lockstep'),
+                                   ('auto', 'realtime')):
         context = LaunchContext()
-        context.launch_configurations.update(graph.argument_defaults('sim_only') | {'containers': containers})
+        context.launch_configurations.update(graph.argument_defaults('sim_only')
+                                             | {'containers': containers, 'robot_mode': robot_mode})
         entities = opaque.execute(context)
         group = next(e for e in entities if isinstance(e, GroupAction))
         nodes = [a for a in group.get_sub_entities() if isinstance(a, Node)]
-        executables[containers] = sorted(n.node_executable for n in nodes)
+        executables[containers, robot_mode] = sorted(n.node_executable for n in nodes)
         assert sum(isinstance(e, RegisterEventHandler) for e in entities) == 1      # the optimizer's process
-    assert executables[''] == sorted(s.executable for s in graph.nodes('sim_only'))
-    assert executables['learning,robot'] == ['container', 'container']
+    assert executables['', 'lockstep'] == sorted(s.executable for s in graph.nodes('sim_only'))
+    assert executables['learning,robot', 'lockstep'] == executables['auto', 'lockstep'] == ['container', 'container']
+    assert executables['auto', 'realtime'] == ['container', 'hardware_bridge', 'robot_emulator']
 
 
 def _plan_parameters(plans, node):

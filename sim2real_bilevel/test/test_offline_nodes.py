@@ -50,7 +50,9 @@ def test_the_graph_learns_offline_without_a_bridge_and_matches_the_core(tmp_path
                    f'params_file:={_params_file(tmp_path, iterations)}', f'real_data:={tmp_path / "data"}')
     output = done.stdout
     assert done.returncode == 0, output
-    assert '4 nodes in 4 processes' in output and 'no bridge, no emulator' in output
+    # containers:=auto: the four learning-side nodes in one process
+    assert '4 nodes in 1 process (containers: learning (differentiable_simulator, inner_trainer, sensitivity, '\
+           'outer_optimizer))' in output and 'no bridge, no emulator' in output
     assert 'offline: real data 20 episodes' in output
     assert '[hardware_bridge]' not in output and '[robot_emulator]' not in output
     assert 'no evaluator: records carry the estimated real return' in output

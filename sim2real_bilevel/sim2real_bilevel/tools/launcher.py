@@ -48,8 +48,8 @@ def parse_assignments(mode: str, assignments: list[str]) -> dict[str, str]:
         except ValueError as err:
             raise LaunchError(str(err)) from None
     try:
-        graph.container_names(values['containers'])
         graph.realtime_overrides('', values)
+        graph.container_names(values['containers'], mode, values['robot_mode'])
     except ValueError as err:
         raise LaunchError(str(err)) from None
     return values
@@ -87,7 +87,8 @@ def default_run_dir(problem: str) -> Path:
 def plan(mode: str, arguments: dict[str, str]) -> list[graph.ProcessPlan]:
     params_file = resolve_params_file(arguments)
     plans = []
-    for spec, members in graph.processes(mode, arguments['containers'], offline=bool(arguments['real_data'])):
+    for spec, members in graph.processes(mode, arguments['containers'], offline=bool(arguments['real_data']),
+                                         robot_mode=arguments['robot_mode']):
         overrides = graph.parameter_overrides(spec, arguments, mode, members)
         command = [sys.executable, '-m', f'sim2real_bilevel.nodes.{spec.executable}']
         if spec.executable == graph.CONTAINER_EXECUTABLE:
@@ -238,7 +239,7 @@ def launch(mode: str, assignments: list[str], shutdown_timeout: float = 10.0,
     containers = [f'{item.spec.name} ({", ".join(m.name for m in item.members)})' for item in plans
                   if len(item.members) > 1]
     params = plans[0].command[plans[0].command.index('--params-file') + 1]
-    print(f'[launch] {mode}: {sum(len(item.members) for item in plans)} nodes in {len(plans)} processes'
+    print(f'[launch] {mode}: {sum(len(item.members) for item in plans)} nodes in {len(plans)} process{"es" if len(plans) != 1 else ""}'
           + (f' (containers: {"; ".join(containers)})' if containers else '')
           + f', problem {arguments["problem"]}, params {params}'
           + (f', run_dir {arguments["run_dir"]}' if arguments['run_dir'] else '')
