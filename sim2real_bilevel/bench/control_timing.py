@@ -144,8 +144,11 @@ def start_busy_graph(environment: dict, out: Path, warmup_s: float = 20.0):
     """The pendulum's sim-only learning graph under /busy, its nodes up and working (the inner
     trainer's first solve starts at once) for ``warmup_s``."""
     params = soak_params_file('pendulum', 1_000_000, {}, out)
+    # one process per node, as the committed figures were measured (the default, containers:=auto,
+    # puts this lockstep graph in two processes)
     arguments = launcher.parse_assignments('sim_only', ['problem:=pendulum', 'namespace:=busy',
-                                                        f'params_file:={params}', f'run_dir:={out / "busy_run"}'])
+                                                        f'params_file:={params}', f'run_dir:={out / "busy_run"}',
+                                                        'containers:=none'])
     processes = launcher.GraphProcesses(launcher.plan('sim_only', arguments), environment, 10.0)
     processes.start()
     time.sleep(warmup_s)

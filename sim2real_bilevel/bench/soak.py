@@ -1,7 +1,7 @@
 """Soak: the whole sim-only node graph as real processes for a long run, sampled from /proc.
 
-Starts the graph the way ``sim2real-bilevel launch sim_only`` does (``tools.launcher``'s plan
-and process group), with the outer optimizer set to many iterations so the loop stays busy,
+Starts the graph the way ``sim2real-bilevel launch sim_only containers:=none`` does (``tools.launcher``'s
+plan and process group: one process per node), with the outer optimizer set to many iterations so the loop stays busy,
 and every ``--interval`` seconds reads for each node process: RSS (VmRSS) and thread count
 (Threads) from /proc/PID/status, open file descriptors (entries of /proc/PID/fd) and child
 processes; the optimizer's progress comes from its ``progress iteration=N`` output lines.
@@ -306,8 +306,10 @@ def run_soak(duration_s: float, out: Path, environment: dict, problem: str = 'di
     (out / 'samples.csv').unlink(missing_ok=True)
     environment = graph_environment(out, environment)
     params = soak_params_file(problem, iterations, parameter_overrides or {}, out)
+    # one process per node (not the launch's default containers): each node is sampled, stalled and
+    # killed on its own
     arguments = launcher.parse_assignments(MODE, [f'problem:={problem}', f'params_file:={params}',
-                                                  f'run_dir:={out / "run"}'])
+                                                  f'run_dir:={out / "run"}', 'containers:=none'])
     processes = SoakGraph(launcher.plan(MODE, arguments), environment, shutdown_timeout_s)
     started = time.monotonic()
     processes.start()

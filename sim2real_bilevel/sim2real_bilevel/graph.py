@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import yaml
+
 PACKAGE = 'sim2real_bilevel'
 POLICY_KEY_ENV = 'SIM2REAL_POLICY_KEY_FILE'
 """Environment variable the outer_optimizer and hardware_bridge read their policy key file from
@@ -198,7 +200,8 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument('containers', 'auto', 'comma-separated sides of the graph to run as one process each, on one '
                    'executor: ' + ', '.join(f'{name} ({"/".join(members)})' for name, members in CONTAINERS.items())
                    + '; none (or empty): one process per node; auto: both sides in a sim-only lockstep run, '
-                   'the learning side with robot_mode:=realtime, none on hardware'),
+                   'the learning side only with a real-time robot (robot_mode:=realtime, or the params file\'s '
+                   'robot_emulator mode: realtime or hardware_bridge loop: timer), none on hardware'),
     LaunchArgument('robot_mode', 'lockstep', "the robot's timing: lockstep (the emulator steps once per command, "
                    'as fast as the loop asks) or realtime (the emulator on a wall-clock timer, the bridge on its '
                    'timer-driven control loop over the topics; with the arguments control_rate, state_rate and '
@@ -224,6 +227,39 @@ def nodes(mode: str, offline: bool = False) -> tuple[NodeSpec, ...]:
     if mode not in MODES:
         raise ValueError(f'unknown mode {mode!r}; expected one of {sorted(MODES)}')
     return tuple(s for s in MODES[mode] if s not in OFFLINE_ABSENT) if offline else MODES[mode]
+
+
+# What makes the robot side real-time in a params file: either node's parameter of this name with this value.
+REALTIME_IN_PARAMS = {'robot_emulator': ('mode', 'realtime'), 'hardware_bridge': ('loop', 'timer')}
+
+
+def params_file_realtime(params_file) -> bool:
+    """Whether the ROS params file runs the robot side in real time (``REALTIME_IN_PARAMS``), in a
+    section that applies to the node: its name, with or without a namespace, or a wildcard
+    (``/**``, ``/**/robot_emulator``).  A file that cannot be read says no: the nodes report it."""
+    try:
+        document = yaml.safe_load(Path(params_file).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    if not isinstance(document, dict):
+        return False
+    for key, section in document.items():
+        parameters = section.get('ros__parameters') if isinstance(section, dict) else None
+        if not isinstance(parameters, dict):
+            continue
+        name = str(key).rstrip('/').rsplit('/', 1)[-1]
+        for node, (parameter, value) in REALTIME_IN_PARAMS.items():
+            if name in (node, '*', '**') and parameters.get(parameter) == value:
+                return True
+    return False
+
+
+def effective_robot_mode(robot_mode: str, params_file) -> str:
+    """``realtime`` when the launch argument says so or the params file runs the robot side in real
+    time (``params_file_realtime``); else ``lockstep``: what ``containers:=auto`` goes by."""
+    if (robot_mode.strip() or 'lockstep') == 'realtime' or (params_file and params_file_realtime(params_file)):
+        return 'realtime'
+    return robot_mode.strip() or 'lockstep'
 
 
 def container_names(text: str, mode: str = 'sim_only', robot_mode: str = 'lockstep') -> tuple[str, ...]:
@@ -429,8 +465,9 @@ def launch_description(mode: str):
                                               LaunchConfiguration('policy_key_file'), '')))]
         handlers = []
         offline = bool(LaunchConfiguration('real_data').perform(context))
-        for spec, members in processes(mode, LaunchConfiguration('containers').perform(context), offline,
-                                       LaunchConfiguration('robot_mode').perform(context)):
+        robot_mode = effective_robot_mode(LaunchConfiguration('robot_mode').perform(context),
+                                          LaunchConfiguration('params_file').perform(context))
+        for spec, members in processes(mode, LaunchConfiguration('containers').perform(context), offline, robot_mode):
             overrides = {('autostart' if name == 'autostart_bridge' else name):
                          ParameterValue(LaunchConfiguration(name), value_type=argument_type(name))
                          for name in spec.overrides}

@@ -192,6 +192,33 @@ def test_containers_auto_is_both_sides_in_a_lockstep_sim_run_and_keeps_the_robot
         launcher.parse_assignments(mode, ['containers:=learning,auto'])
 
 
+@pytest.mark.parametrize('section, parameters, realtime', [
+    ('/**/robot_emulator', {'mode': 'realtime'}, True),
+    ('/run1/robot_emulator', {'mode': 'realtime'}, True),
+    ('robot_emulator', {'mode': 'lockstep'}, False),
+    ('/**/hardware_bridge', {'loop': 'timer', 'transport': 'topics'}, True),
+    ('/**/hardware_bridge', {'loop': 'lockstep', 'transport': 'topics'}, False),
+    ('/**', {'mode': 'realtime'}, True),
+    ('/**/outer_optimizer', {'mode': 'realtime'}, False),
+], ids=['emulator', 'namespaced', 'lockstep', 'bridge-timer', 'bridge-lockstep', 'wildcard', 'other-node'])
+def test_containers_auto_keeps_a_robot_made_real_time_by_the_params_file_in_its_own_processes(
+        tmp_path, section, parameters, realtime):
+    """robot_mode:=realtime is one way to a real-time robot; a params file setting the emulator's mode
+    or the bridge's loop is the other, and containers:=auto must not put that robot in one executor."""
+    params = yaml.safe_load((CONFIG / 'pendulum_params.yaml').read_text())
+    params[section] = {'ros__parameters': {**params.get(section, {}).get('ros__parameters', {}), **parameters}}
+    path = tmp_path / 'params.yaml'
+    path.write_text(yaml.safe_dump(params))
+    assert graph.params_file_realtime(path) is realtime
+    plans = launcher.plan('sim_only', launcher.parse_assignments('sim_only', ['problem:=pendulum',
+                                                                             f'params_file:={path}']))
+    assert [p.spec.name for p in plans] == (['learning', 'hardware_bridge', 'robot_emulator'] if realtime
+                                            else ['learning', 'robot'])
+    assert not graph.params_file_realtime(tmp_path / 'missing.yaml')
+    (tmp_path / 'bad.yaml').write_text('[unclosed')
+    assert not graph.params_file_realtime(tmp_path / 'bad.yaml')
+
+
 def test_every_node_module_can_be_a_container_member():
     from sim2real_bilevel.nodes import container
     assert set(container.MEMBERS) == {s.executable for s in graph.MODES['sim_only']}

@@ -87,8 +87,9 @@ def default_run_dir(problem: str) -> Path:
 def plan(mode: str, arguments: dict[str, str]) -> list[graph.ProcessPlan]:
     params_file = resolve_params_file(arguments)
     plans = []
+    robot_mode = graph.effective_robot_mode(arguments['robot_mode'], params_file)
     for spec, members in graph.processes(mode, arguments['containers'], offline=bool(arguments['real_data']),
-                                         robot_mode=arguments['robot_mode']):
+                                         robot_mode=robot_mode):
         overrides = graph.parameter_overrides(spec, arguments, mode, members)
         command = [sys.executable, '-m', f'sim2real_bilevel.nodes.{spec.executable}']
         if spec.executable == graph.CONTAINER_EXECUTABLE:
