@@ -109,3 +109,46 @@ def test_the_bridge_stops_on_the_first_signal_in_every_lifecycle_state(ros, stat
     assert seconds < EXIT_WITHIN_S, (seconds, bridge.log()[-2000:])
     assert status == 0, (status, bridge.log()[-2000:])
     assert 'Traceback' not in bridge.log(), bridge.log()[-3000:]
+
+
+@pytest.mark.parametrize('node', ['hardware_bridge', 'sensitivity', 'container'])
+def test_a_node_stopped_while_it_imports_exits_quietly(tmp_path, node):
+    """A launch stops the whole graph when one node fails at start-up, often while the others still
+    import: each must exit at once with 128 + SIGINT and no KeyboardInterrupt traceback, which would
+    bury the failing node's message.  The signal goes in once torch's library is mapped into the
+    process: past the package's own start, well before any node is built."""
+    import sys
+    from sim2real_bilevel.nodes import NODE_MODULES
+    assert node in NODE_MODULES
+    members = ['sensitivity', 'outer_optimizer'] if node == 'container' else []
+    environment = dict(os.environ, ROS_LOG_DIR=str(tmp_path), ROS_DOMAIN_ID='232')
+    process = subprocess.Popen([sys.executable, '-m', f'sim2real_bilevel.nodes.{node}', *members, '--ros-args',
+                                '-p', f'problem:={PROBLEM}'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env=environment)
+    deadline = time.monotonic() + 60.0
+    try:
+        while 'libtorch' not in open(f'/proc/{process.pid}/maps').read():
+            assert process.poll() is None and time.monotonic() < deadline, 'torch never loaded'
+            time.sleep(0.005)
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert READY_LOG not in output                       # stopped before it built a node
+    assert process.returncode == 128 + signal.SIGINT, (process.returncode, output[-3000:])
+    assert 'Traceback' not in output and 'KeyboardInterrupt' not in output, output[-3000:]
+
+
+def test_only_the_graphs_node_executables_take_the_quiet_start_up_signal_handler():
+    from sim2real_bilevel.nodes import started_as_node
+    assert started_as_node(['/venv/bin/python', '-m', 'sim2real_bilevel.nodes.hardware_bridge', '--ros-args'])
+    assert started_as_node(['python3', '-u', '-m', 'sim2real_bilevel.nodes.container', 'sensitivity'])
+    assert started_as_node(['/usr/bin/python3', '/ws/install/lib/sim2real_bilevel/outer_optimizer', '--ros-args'])
+    for argv in (['python', '-m', 'pytest', 'test'], ['/venv/bin/python', '/venv/bin/sim2real-bilevel', 'launch'],
+                 ['python', '-c', 'import sim2real_bilevel.nodes'], ['python', '-m', 'sim2real_bilevel.cli', 'bridge'],
+                 ['python', 'sim2real_bilevel/bench/soak.py']):
+        assert not started_as_node(argv), argv
+    # this (pytest) process kept Python's own handler
+    assert signal.getsignal(signal.SIGINT) is not None
+    import sim2real_bilevel.nodes as nodes
+    assert signal.getsignal(signal.SIGINT) is not nodes._exit_quietly
