@@ -140,7 +140,13 @@ def test_a_node_stopped_while_it_imports_exits_quietly(tmp_path, node):
 
 
 def test_only_the_graphs_node_executables_take_the_quiet_start_up_signal_handler():
-    from sim2real_bilevel.nodes import started_as_node
+    import ast
+    from pathlib import Path
+    from sim2real_bilevel.nodes import NODE_MODULES, started_as_node
+    setup = ast.parse((Path(__file__).resolve().parents[1] / 'setup.py').read_text())
+    scripts = next(ast.literal_eval(node.value) for node in ast.walk(setup) if isinstance(node, ast.Assign)
+                   and any(getattr(target, 'id', None) == 'NODES' for target in node.targets))
+    assert sorted(scripts) == sorted(NODE_MODULES)      # setup.py's console scripts, one per node module
     assert started_as_node(['/venv/bin/python', '-m', 'sim2real_bilevel.nodes.hardware_bridge', '--ros-args'])
     assert started_as_node(['python3', '-u', '-m', 'sim2real_bilevel.nodes.container', 'sensitivity'])
     assert started_as_node(['/usr/bin/python3', '/ws/install/lib/sim2real_bilevel/outer_optimizer', '--ros-args'])
