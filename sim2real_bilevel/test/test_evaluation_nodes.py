@@ -6,6 +6,9 @@ through retries shorter than the evaluation.  The slowness is the emulator's tes
 from __future__ import annotations
 
 import math
+import os
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -141,3 +144,72 @@ def test_the_evaluator_client_asks_again_when_an_answer_is_lost(ros):
     assert values == {'normalized_return': 0.5, 'real_return': 1.5}
     assert len(requests) >= 2
     assert time.monotonic() - started < 60.0            # asked again long before the 120 s answer timeout
+
+
+def _children(pid: int, module: str = 'sim2real_bilevel.nodes.evaluation') -> list[int]:
+    """The live processes whose parent is ``pid`` and whose command line runs ``module``."""
+    found = []
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = open(f'/proc/{entry}/stat').read()
+            command = open(f'/proc/{entry}/cmdline').read().split('\0')
+        except OSError:
+            continue
+        parent = int(stat.rsplit(')', 1)[1].split()[1])
+        state = stat.rsplit(')', 1)[1].split()[0]
+        if parent == pid and module in command and state != 'Z':
+            found.append(int(entry))
+    return found
+
+
+def test_a_child_evaluator_answers_as_this_process_does_and_ends_with_its_pipe():
+    from sim2real_bilevel.core.config import builtin_config
+    from sim2real_bilevel.core.problems import load_problem as load_file
+    from sim2real_bilevel.nodes.evaluation import ChildEvaluator
+    for name in ('lqr', 'discrete_3s2a'):
+        path = str(builtin_config(name))
+        problem = load_file(path)
+        evaluator = ChildEvaluator(path)
+        try:
+            for seed in range(2):
+                phi = np.random.default_rng(seed).normal(size=problem.phi_size()) * 0.1
+                assert evaluator(phi) == oracle_evaluator(problem)(phi)       # the same floats
+            pid = evaluator.process.pid
+            assert _children(os.getpid()) == [pid]                           # one child, kept
+        finally:
+            evaluator.close()
+        assert _children(os.getpid()) == []
+    # a file it cannot load: refused with the child's reason; the child is still there for the next
+    evaluator = ChildEvaluator('/nonexistent/problem.yaml')
+    try:
+        with pytest.raises(RuntimeError, match=r"in the evaluation process: ProblemConfigError: .*nonexistent"):
+            evaluator(np.zeros(3))
+        process = evaluator.process
+        assert process.poll() is None
+        process.stdin.close()                   # the parent gone: the child ends with its stdin
+        assert process.wait(timeout=30) == 0
+    finally:
+        evaluator.close()
+
+
+def test_the_real_time_emulator_evaluates_in_a_child_process_that_ends_with_it(ros):
+    """mode: realtime: the pendulum's exact evaluation (its oracle first, tens of seconds) runs in a
+    child process, not in the interpreter of the robot's physics timer; SIGINT to the emulator
+    alone, mid-evaluation, and the child is gone with it."""
+    emulator = ros.start('robot_emulator', problem='pendulum', mode='realtime')
+    evaluate = ros.node.create_client(EvaluatePolicy, '/robot_emulator/evaluate')
+    ros.spin_until(evaluate.service_is_ready, 60.0, 'service /robot_emulator/evaluate')
+    ros.settle(evaluate)
+    phi = np.zeros(load_problem('pendulum').phi_size())
+    evaluate.call_async(EvaluatePolicy.Request(policy=_policy(1, phi)))
+    assert ros.wait_for_log(emulator, f'{COMPUTING} 1', timeout=60.0), emulator.log()[-2000:]
+    ros.spin_until(lambda: len(_children(emulator.process.pid)) == 1, 30.0, 'the evaluation process')
+    child = _children(emulator.process.pid)[0]
+    os.kill(emulator.process.pid, signal.SIGINT)            # the emulator only, not its process group
+    assert emulator.process.wait(timeout=30) == 0, emulator.log()[-2000:]
+    deadline = time.monotonic() + 10.0
+    while os.path.exists(f'/proc/{child}') and 'Z' not in open(f'/proc/{child}/stat').read().rsplit(')', 1)[1][:3]:
+        assert time.monotonic() < deadline, f'evaluation process {child} outlived the emulator'
+        time.sleep(0.05)

@@ -12,7 +12,10 @@ answer (an exact evaluation may take tens of seconds; the emulator computes it o
 so its robot keeps being served meanwhile, and once per policy however often it is asked)."""
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -50,8 +53,10 @@ class EvaluationServer:
     SUMMARY_S = 10.0
 
     def __init__(self, node, phi_size: int, make_problem: Callable[[], Any],
-                 delay_s: Callable[[], float] = lambda: 0.0):
+                 delay_s: Callable[[], float] = lambda: 0.0, child_problem: Optional[str] = None):
         self.node, self.phi_size, self.make_problem, self.delay_s = node, phi_size, make_problem, delay_s
+        # the problem file a child process evaluates on (None: this process); see ChildEvaluator
+        self.child = ChildEvaluator(child_problem) if child_problem is not None else None
         self.work = BackgroundWork(node)
         self.lock = threading.Lock()        # one evaluation at a time, the problem made once
         self.evaluate: Optional[Callable[[np.ndarray], dict]] = None
@@ -113,8 +118,11 @@ class EvaluationServer:
             self._log(loud, f'evaluate: computing policy version {version} (evaluation {self.computed} of this node)')
             started = time.monotonic()
             if self.evaluate is None:
-                from ..core.evaluation import oracle_evaluator
-                self.evaluate = oracle_evaluator(self.make_problem())
+                if self.child is not None:
+                    self.evaluate = self.child
+                else:
+                    from ..core.evaluation import oracle_evaluator
+                    self.evaluate = oracle_evaluator(self.make_problem())
             delay = self.delay_s()
             if delay > 0:
                 time.sleep(delay)
@@ -127,12 +135,79 @@ class EvaluationServer:
                 self.quiet.add(version, values['normalized_return'])
             return values
 
+    def destroy(self) -> None:
+        """Ends the child process, if any (an evaluation in flight there is abandoned)."""
+        if self.child is not None:
+            self.child.close()
+
     def _log(self, loud: bool, message: str) -> None:
         # two call sites: rclpy refuses one call site logging at two severities
         if loud:
             self.node.get_logger().info(message)
         else:
             self.node.get_logger().debug(message)
+
+
+class ChildEvaluator:
+    """``oracle_evaluator(load_problem(path))`` in a child process of its own (started on first use,
+    one evaluation at a time), called like it: ``phi -> values``.
+
+    For the real-time robot (``mode: realtime``): an exact evaluation is reporting only, yet the
+    pendulum's first one computes the oracle policy, ~80 s of torch in the emulator's interpreter,
+    and its physics timer then missed its periods: the bridge aborted the first episodes of every
+    ``robot_mode:=realtime`` run on stale states (2-3 of the first goals, 100-117 ms old against
+    the 100 ms limit).  In a child process the evaluation holds no lock the robot's timer needs.
+
+    The child is ``python -m sim2real_bilevel.nodes.evaluation PROBLEM``: one JSON line in (phi),
+    one out (the values, or the error); it loads the problem file itself, so its answers are the
+    in-process ones (fixed seeds), and it ends when its stdin closes (the node gone, even killed).
+    Its stderr is the node's."""
+
+    def __init__(self, problem_path: str):
+        self.problem_path = str(problem_path)
+        self.process: Optional[subprocess.Popen] = None
+
+    def __call__(self, phi: np.ndarray) -> dict:
+        if self.process is None or self.process.poll() is not None:
+            self.process = subprocess.Popen([sys.executable, '-m', __name__, self.problem_path],
+                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.process.stdin.write(json.dumps([float(v) for v in np.asarray(phi, dtype=np.float64).ravel()]) + '\n')
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f'the evaluation process for {self.problem_path} ended (status '
+                               f'{self.process.wait()}; its output is in this node\'s log)')
+        answer = json.loads(line)
+        if 'error' in answer:
+            raise RuntimeError(f'in the evaluation process: {answer["error"]}')
+        return answer
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()               # an evaluation in flight may last a minute: not waited for
+            self.process.wait()
+        self.process = None
+
+
+def child_main(argv: list[str]) -> int:
+    """The evaluation process: ``oracle_evaluator`` of the problem file ``argv[0]``, made on the
+    first request; each stdin line a JSON list (phi), each answer a JSON object on stdout."""
+    import torch
+    torch.set_num_threads(1)
+    from ..core.evaluation import oracle_evaluator
+    from ..core.problems import load_problem
+    evaluate = None
+    for line in sys.stdin:
+        try:
+            if evaluate is None:
+                evaluate = oracle_evaluator(load_problem(argv[0]))
+            values = evaluate(np.asarray(json.loads(line), dtype=np.float64))
+            answer = {key: float(value) for key, value in values.items()}
+        except Exception as err:      # noqa: BLE001 -- the parent refuses that evaluation with the reason
+            answer = {'error': f'{type(err).__name__}: {err}'}
+        sys.stdout.write(json.dumps(answer) + '\n')
+        sys.stdout.flush()
+    return 0
 
 
 class QuietEvaluations:
@@ -301,3 +376,7 @@ class Evaluation:
             return client._failed(f'evaluator {client.client.srv_name} refused: {response.message}')
         client.last_reason = ''
         return {'normalized_return': float(response.normalized_return), 'real_return': float(response.real_return)}
+
+
+if __name__ == '__main__':
+    raise SystemExit(child_main(sys.argv[1:]))

@@ -34,8 +34,9 @@ Two transports, the bridge picks one:
   reported at 0) in that order.
 - ``~/evaluate`` (EvaluatePolicy, ``nodes/evaluation.py``): the sim-only evaluator, the exact
   normalised and real return of a policy from the hidden model (the outer_optimizer's ``evaluator``),
-  computed in a worker thread on a problem instance of its own, so resets, episode goals and the
-  real-time physics go on meanwhile; a policy asked again is computed once.
+  computed in a worker thread on a problem instance of its own (in realtime mode, in a child
+  process: ``evaluation.ChildEvaluator``), so resets, episode goals and the real-time physics go on
+  meanwhile; a policy asked again is computed once.
 
 Only the nodes named in ``commanders`` may drive the robot: while any other node publishes on
 ``<controller>/commands`` (seen in the ROS graph, checked at every command), every command is
@@ -146,9 +147,11 @@ class RobotEmulator(Node):
         self.command_publisher_names = PublisherNames(self, self.command_subscription.topic_name)
         self.reset_service = self.create_service(Trigger, '~/reset', self.reset_callback)
         # ~/evaluate, the sim-only evaluator: its own copy of the problem, loaded on first use
+        # (a real-time robot's: in a child process, off the interpreter its physics timer runs in)
         self.evaluation = EvaluationServer(self, self.problem.phi_size(),
                                            lambda: load_problem(self.parameters['problem']),
-                                           delay_s=lambda: self.parameters['evaluation_delay_s'])
+                                           delay_s=lambda: self.parameters['evaluation_delay_s'],
+                                           child_problem=self.problem.source if self.realtime_mode else None)
         self.sim_time_ns = 0
         self.clock_publisher = (self.create_publisher(Clock, '/clock', 10) if self.parameters['publish_clock']
                                 else None)
@@ -305,6 +308,7 @@ class RobotEmulator(Node):
         """The real-time robot's timer and delivery thread go first."""
         if self.realtime is not None:
             self.realtime.destroy()
+        self.evaluation.destroy()
         self.visuals.destroy()
         super().destroy_node()
 
