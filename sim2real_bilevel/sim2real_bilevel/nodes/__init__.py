@@ -4,7 +4,7 @@ import os
 import signal
 import sys
 
-PACKAGE = __name__
+NODES_PACKAGE = __name__
 
 
 def started_as_node(argv: list[str]) -> bool:
@@ -13,7 +13,7 @@ def started_as_node(argv: list[str]) -> bool:
     console script named after a node module (``ros2 launch``, ``ros2 run``)."""
     for i, argument in enumerate(argv[:-1]):
         if argument == '-m':
-            return argv[i + 1].startswith(f'{PACKAGE}.')
+            return argv[i + 1].startswith(f"{NODES_PACKAGE}.")
         if not argument.startswith('-') and i > 0:
             break                        # a script: its name decides
     scripts = [a for a in argv[1:2] + argv[:1] if a and not a.startswith('-')]
