@@ -160,8 +160,10 @@ class ChildEvaluator:
 
     The child is ``python -m sim2real_bilevel.nodes.evaluation PROBLEM``: one JSON line in (phi),
     one out (the values, or the error); it loads the problem file itself, so its answers are the
-    in-process ones (fixed seeds), and it ends when its stdin closes (the node gone, even killed).
-    Its stderr is the node's."""
+    in-process ones (fixed seeds; the same floats where torch runs one thread in both, as in the
+    tests: the child always does).  ``close`` (the node destroyed) kills it; a node killed outright
+    closes the child's stdin, and the child ends once its evaluation in flight is done.  Its stderr
+    is the node's."""
 
     def __init__(self, problem_path: str):
         self.problem_path = str(problem_path)
