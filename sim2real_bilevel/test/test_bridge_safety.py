@@ -312,3 +312,14 @@ def test_joint_states_without_velocities_abort_a_velocity_limited_episode(ros):
     assert 'zero command sent' in response.result.message
     ros.spin_until(lambda: commands == [[0.0]], 10.0, 'the zero command')       # nothing else was sent
     assert bridge.alive()
+
+
+@pytest.mark.parametrize('effort_limit, warns', [('2.0', True), ('4.0', False)], ids=['below', 'at'])
+def test_a_bridge_clamping_below_the_simulators_actuator_range_says_so(ros, effort_limit, warns):
+    """The pendulum's simulator saturates commands at 4: a bridge clamping at 2 changes the task the
+    policy was trained for (bench/results/pendulum_command_filter), and sim-only batched runs never
+    show it, so the bridge warns at configure; at 4 it does not."""
+    bridge, _, _, _ = start_pendulum(ros, effort_limit=effort_limit)
+    assert ros.wait_for_log(bridge, 'active: policies may now be deployed', timeout=30.0), bridge.log()[-2000:]
+    warning = "effort limits below the simulator's actuator range (pendulum_joint 2 < 4)"
+    assert (warning in bridge.log()) is warns, bridge.log()[-2000:]

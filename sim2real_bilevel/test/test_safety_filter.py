@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from sim2real_bilevel.nodes.safety import CommandFilter, state_violation
+from sim2real_bilevel.nodes.safety import CommandFilter, JointBounds, state_violation
 
 
 def test_effort_clamp_and_rate_limit_are_applied_and_counted():
@@ -42,3 +42,14 @@ def test_state_bounds():
     assert 'position' in state_violation(['j'], [1.2], [0.0], 1.0, 5.0)
     assert 'velocity' in state_violation(['j'], [0.0], [-6.0], 1.0, 5.0)
     assert 'position' in state_violation(['j'], [math.nan], [0.0], 1.0, 5.0)
+
+
+def test_effort_limits_below_the_simulators_actuator_range_are_named():
+    from sim2real_bilevel.nodes.safety import effort_below_actuator
+    bounds = JointBounds(('shoulder', 'elbow'), np.array([3.0, 1.0]), np.array([1.0, 1.0]), np.array([-3.0, -3.0]),
+                         np.array([3.0, 3.0]), np.array([10.0, 10.0]))
+    assert effort_below_actuator(bounds, (3.0, 1.5)) == 'elbow 1 < 1.5'
+    assert effort_below_actuator(bounds, (4.0, 1.5)) == 'shoulder 3 < 4, elbow 1 < 1.5'
+    assert effort_below_actuator(bounds, (3.0, 1.0)) is None          # equal: nothing the policy uses is cut
+    assert effort_below_actuator(bounds, None) is None                # a simulator without an actuator limit
+    assert effort_below_actuator(bounds, (3.0,)) is None              # not one value per joint: not compared

@@ -392,6 +392,13 @@ class BilevelProblem(abc.ABC):
         commands; None when the problem has no joints (see the module docstring)."""
         return None
 
+    def actuator_range(self) -> Optional[tuple[float, ...]]:
+        """Per joint (``joints()`` order), the command magnitude the simulator's actuator model
+        saturates at (the policy is trained to use commands up to about this); None when the
+        simulator has no such limit.  The hardware bridge warns when its effort limit clamps below
+        it: the policy then meets on the robot a filter it was not trained with."""
+        return None
+
     def robot_description(self) -> Optional[str]:
         """The robot's URDF text (for ``robot_description``); None when there is no robot model."""
         return None

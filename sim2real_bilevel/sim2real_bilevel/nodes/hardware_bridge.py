@@ -56,7 +56,7 @@ from .control_loop import key_values
 from .joints import controlled_joints, joint_bounds, parse_joint_limits, to_command_order
 from .kept_results import KeptResults
 from .resets import RESET_PARAMETERS, start_pose
-from .safety import JointBounds
+from .safety import JointBounds, effort_below_actuator
 from .robot_visuals import RobotVisuals
 from .runtime import EVENTS, LATCHED, PROBLEM, ROBOT_STREAM, DeclaredParameters, ParameterSpec, \
     PublisherNames, load_problem, run_node
@@ -249,6 +249,13 @@ class HardwareBridge(LifecycleNode):
         self.last_reason = 'configured'
         self.get_logger().info(f'configured: commands on {self.command_publisher.topic_name} for joints {joints}, '
                                f'transport {self.parameters["transport"]}; limits {bounds.describe()}')
+        below = effort_below_actuator(bounds, self.problem.actuator_range())
+        if below and self.parameters['transport'] == 'topics':
+            self.get_logger().warning(
+                f'effort limits below the simulator\'s actuator range ({below}): the policy is trained to use '
+                'commands this bridge will clamp, and sim-only runs on the batched transport never apply the '
+                'clamp; raise effort_limit / joint_limits, or set the problem\'s simulator effort_limit to the '
+                'robot\'s (docs/hardware.md)')
         self.publish_diagnostics()
         return TransitionCallbackReturn.SUCCESS
 

@@ -92,6 +92,18 @@ class JointBounds:
                                                          self.upper, self.velocity))
 
 
+def effort_below_actuator(bounds: JointBounds, actuator_range) -> Optional[str]:
+    """Which joints' effort limits clamp commands below the simulator's actuator range (the
+    problem's ``actuator_range()``, same order), in words; None when none does or the range is
+    unknown."""
+    if actuator_range is None or len(actuator_range) != len(bounds.names):
+        return None
+    below = [f'{name} {limit:g} < {actuator:g}' for name, limit, actuator in zip(bounds.names, bounds.effort,
+                                                                                actuator_range)
+             if limit < actuator]
+    return ', '.join(below) or None
+
+
 def state_violation(names, positions, velocities, position_limit: float,
                     velocity_limit: float) -> Optional[str]:
     """None if every joint is inside |q| <= position_limit and |qd| <= velocity_limit, else why."""

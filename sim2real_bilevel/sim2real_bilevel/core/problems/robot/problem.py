@@ -463,6 +463,10 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         from ...robots import JOINT_NAME
         return (JointLimits(JOINT_NAME),)
 
+    def actuator_range(self) -> tuple[float, ...]:
+        """The simulator's smooth command saturation (``simulator.effort_limit``)."""
+        return (float(self.geometry.effort_limit),)
+
     def robot_description(self) -> str:
         """The URDF of the pendulum the user describes (rod, no payload: the payload is uncertain)."""
         from ...robots.pendulum import pendulum_urdf

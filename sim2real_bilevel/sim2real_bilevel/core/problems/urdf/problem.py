@@ -46,6 +46,10 @@ class UrdfProblem(RobotProblem):
         return tuple(JointLimits(j.name, effort=j.effort, lower=j.lower, upper=j.upper, velocity=j.velocity)
                      for j in (self.description.joints[name] for name in self.joint_names))
 
+    def actuator_range(self) -> tuple[float, ...]:
+        """The simulator's smooth command saturation per controlled joint (``UrdfModel``'s U)."""
+        return tuple(float(u) for u in self.settings.effort_limit)
+
     def robot_description(self) -> str:
         return Path(self.urdf_path).read_text()
 
