@@ -140,10 +140,12 @@ FLOAT_ARGUMENTS = ('sync_period_s',)
 # timer (``mode: realtime``) and the bridge's timer-driven control loop on the topic transport;
 # the arguments below pass the rates and the injected faults through (empty: the params file's).
 ROBOT_MODES = ('lockstep', 'realtime')
+# What makes the robot side real-time: either node's parameter of this name with this value (in
+# a params file too: ``params_file_realtime``); robot_mode:=realtime sets both, and the bridge's topics.
+REALTIME_IN_PARAMS = {'robot_emulator': ('mode', 'realtime'), 'hardware_bridge': ('loop', 'timer')}
 REALTIME_PARAMETERS: dict[str, dict] = {
-    'hardware_bridge': {'transport': 'topics', 'loop': 'timer'},
-    'robot_emulator': {'mode': 'realtime'},
-}
+    node: {**({'transport': 'topics'} if node == 'hardware_bridge' else {}), parameter: value}
+    for node, (parameter, value) in REALTIME_IN_PARAMS.items()}
 REALTIME_ARGUMENTS: dict[str, tuple[str, str]] = {
     'control_rate': ('hardware_bridge', "the bridge's control loop rate (Hz; 0: the controller's own rate)"),
     'state_rate': ('robot_emulator', 'joint_states rate of the real-time robot (Hz; 0: every physics step)'),
@@ -229,10 +231,6 @@ def nodes(mode: str, offline: bool = False) -> tuple[NodeSpec, ...]:
     return tuple(s for s in MODES[mode] if s not in OFFLINE_ABSENT) if offline else MODES[mode]
 
 
-# What makes the robot side real-time in a params file: either node's parameter of this name with this value.
-REALTIME_IN_PARAMS = {'robot_emulator': ('mode', 'realtime'), 'hardware_bridge': ('loop', 'timer')}
-
-
 def params_file_realtime(params_file) -> bool:
     """Whether the ROS params file runs the robot side in real time (``REALTIME_IN_PARAMS``), in a
     section that applies to the node: its name, with or without a namespace, or a wildcard
@@ -257,9 +255,10 @@ def params_file_realtime(params_file) -> bool:
 def effective_robot_mode(robot_mode: str, params_file) -> str:
     """``realtime`` when the launch argument says so or the params file runs the robot side in real
     time (``params_file_realtime``); else ``lockstep``: what ``containers:=auto`` goes by."""
-    if (robot_mode.strip() or 'lockstep') == 'realtime' or (params_file and params_file_realtime(params_file)):
+    robot_mode = robot_mode.strip() or 'lockstep'
+    if robot_mode != 'realtime' and params_file and params_file_realtime(params_file):
         return 'realtime'
-    return robot_mode.strip() or 'lockstep'
+    return robot_mode
 
 
 def container_names(text: str, mode: str = 'sim_only', robot_mode: str = 'lockstep') -> tuple[str, ...]:

@@ -55,11 +55,12 @@ class EvaluationServer:
     def __init__(self, node, phi_size: int, make_problem: Callable[[], Any],
                  delay_s: Callable[[], float] = lambda: 0.0, child_problem: Optional[str] = None):
         self.node, self.phi_size, self.make_problem, self.delay_s = node, phi_size, make_problem, delay_s
-        # the problem file a child process evaluates on (None: this process); see ChildEvaluator
-        self.child = ChildEvaluator(child_problem) if child_problem is not None else None
         self.work = BackgroundWork(node)
         self.lock = threading.Lock()        # one evaluation at a time, the problem made once
-        self.evaluate: Optional[Callable[[np.ndarray], dict]] = None
+        # made on the first request; with ``child_problem`` (a problem file) a ChildEvaluator, whose
+        # process starts on its first call
+        self.evaluate: Optional[Callable[[np.ndarray], dict]] = \
+            ChildEvaluator(child_problem) if child_problem is not None else None
         self.in_flight: dict[bytes, Future] = {}
         self.kept: OrderedDict[bytes, dict] = OrderedDict()
         self.computed = 0
@@ -118,11 +119,8 @@ class EvaluationServer:
             self._log(loud, f'evaluate: computing policy version {version} (evaluation {self.computed} of this node)')
             started = time.monotonic()
             if self.evaluate is None:
-                if self.child is not None:
-                    self.evaluate = self.child
-                else:
-                    from ..core.evaluation import oracle_evaluator
-                    self.evaluate = oracle_evaluator(self.make_problem())
+                from ..core.evaluation import oracle_evaluator
+                self.evaluate = oracle_evaluator(self.make_problem())
             delay = self.delay_s()
             if delay > 0:
                 time.sleep(delay)
@@ -137,8 +135,8 @@ class EvaluationServer:
 
     def destroy(self) -> None:
         """Ends the child process, if any (an evaluation in flight there is abandoned)."""
-        if self.child is not None:
-            self.child.close()
+        if isinstance(self.evaluate, ChildEvaluator):
+            self.evaluate.close()
 
     def _log(self, loud: bool, message: str) -> None:
         # two call sites: rclpy refuses one call site logging at two severities
