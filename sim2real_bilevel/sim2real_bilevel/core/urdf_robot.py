@@ -14,7 +14,8 @@
 
 Two adam-robotics 0.5.0 bugs are fixed here, each with a test in test/test_urdf_robot.py:
 - an ``<inertial>`` without an ``<origin>`` (legal URDF: the origin defaults to zero) raises
-  AttributeError in its parser: ``normalised_urdf_text`` writes the default origin explicitly;
+  AttributeError in its parser: ``normalised_urdf_text`` writes the default origin explicitly
+  (and leaves out visual and collision geometry, which the dynamics do not read);
 - prismatic joints fail (every robot with one, e.g. pybullet_data's cartpole.urdf): the motion
   subspace concatenates scalars with 3-vectors (RuntimeError at construction), and the joint
   transforms multiply a batch of positions (B,) with the axis (3,) and index as if unbatched
@@ -51,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
 MOVING_JOINT_TYPES = ('revolute', 'continuous', 'prismatic')
@@ -180,8 +182,84 @@ def _float(node, attribute: str, path, element: str, default: float) -> float:
     return value
 
 
+INERTIA_KEYS = ('ixx', 'ixy', 'ixz', 'iyy', 'iyz', 'izz')
+
+
+def inertia_tensor(node, path, element: str) -> np.ndarray:
+    """The 3x3 rotational inertia of an ``<inertia>`` element (absent attributes are 0)."""
+    values = [_float(node, key, path, element, 0.0) for key in INERTIA_KEYS]
+    if not all(math.isfinite(v) for v in values):
+        raise UrdfError(path, element, dict(zip(INERTIA_KEYS, values)), 'finite ' + ', '.join(INERTIA_KEYS))
+    xx, xy, xz, yy, yz, zz = values
+    return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+
+
+def physical_inertia(tensor: np.ndarray) -> tuple[np.ndarray, float]:
+    """(the tensor, 0) when its principal moments satisfy the triangle inequality (the two smaller
+    sum to at least the largest, as every rigid body's do); else (the nearest such tensor along its
+    principal axes: half the shortfall added to each of the two smaller moments, and the shortfall).
+    pybullet silently sets an inertia failing that test to ZERO, so the stand-in and the simulator
+    would be different robots; vendors' URDFs fail it by small amounts (pybullet_data's xarm6:
+    link2's two smaller moments 0.7 % short of the largest)."""
+    moments, axes = np.linalg.eigh(tensor)
+    shortfall = moments[2] - moments[0] - moments[1]
+    if shortfall <= 1e-9 * abs(moments[2]):        # the rounding of the file's decimals, no more
+        return tensor, 0.0
+    raised = moments + np.array([0.5, 0.5, 0.0]) * shortfall * (1 + 1e-6)   # strictly inside: pybullet's test is exact
+    return axes @ np.diag(raised) @ axes.T, float(shortfall)
+
+
+def set_inertia(node, tensor: np.ndarray) -> None:
+    """Write ``tensor`` into an ``<inertia>`` element."""
+    for key, (i, j) in zip(INERTIA_KEYS, ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))):
+        node.set(key, repr(float(tensor[i, j])))
+
+
+def _check_inertia(node, path, element: str) -> None:
+    """Negative principal moments are an error (no rigid body has them, nor a rounding error);
+    a failed triangle inequality is repaired where the dynamics read the file
+    (``dynamics_urdf_text``, with a warning)."""
+    moments = np.linalg.eigvalsh(inertia_tensor(node, path, element))
+    if moments[0] < -1e-9 * abs(moments[2]):
+        raise UrdfError(path, element, {k: v for k, v in node.attrib.items() if k in INERTIA_KEYS},
+                        f'a physical inertia: principal moments ({", ".join(f"{v:.6g}" for v in moments)}) '
+                        'must be >= 0')
+
+
+def dynamics_urdf_text(root, source=None) -> str:
+    """The URDF text of ``root`` (an ElementTree element, modified) as rigid-body dynamics reads it:
+    - only links and joints: ``<visual>``, ``<collision>`` and every other element removed
+      (meshes need not exist where the text is loaded, nothing here touches geometry: no
+      contacts; and the parsers choke on what they do not know: adam's urdf_parser_py fails on
+      the ``<transmission>`` of pybullet_data's xarm6, and prints a line per unknown tag);
+    - an explicit zero ``<origin>`` in every ``<inertial>`` that has none (the URDF default,
+      which adam-robotics 0.5.0 fails to apply);
+    - inertias that fail the triangle inequality repaired (``physical_inertia``), with a warning
+      naming ``source``, the link and the change (none when ``source`` is None)."""
+    for child in [c for c in root if c.tag not in ('link', 'joint')]:
+        root.remove(child)
+    for link in root.iter('link'):
+        for child in [c for c in link if c.tag != 'inertial']:
+            link.remove(child)
+        inertia = link.find('inertial/inertia')
+        if inertia is not None:
+            tensor = inertia_tensor(inertia, source or '<URDF text>', f'link {link.get("name")!r} inertial/inertia')
+            repaired, shortfall = physical_inertia(tensor)
+            if shortfall:
+                set_inertia(inertia, repaired)
+            if shortfall and source is not None:
+                warnings.warn(f'{source}: link {link.get("name")!r}: its inertia is not physical (the two smaller '
+                              f'principal moments are {shortfall:.3g} short of the largest, '
+                              f'{np.linalg.eigvalsh(tensor)[2]:.6g}); raised by half of that each, in the simulator '
+                              'and the stand-in alike (pybullet would zero it): better, fix the URDF', stacklevel=2)
+    for inertial in root.iter('inertial'):
+        if inertial.find('origin') is None:
+            inertial.insert(0, ElementTree.Element('origin', {'xyz': '0 0 0', 'rpy': '0 0 0'}))
+    return ElementTree.tostring(root, encoding='unicode')
+
+
 def read_urdf(path) -> UrdfDescription:
-    """Joints and links of the URDF at ``path`` (checked: names, limits, masses)."""
+    """Joints and links of the URDF at ``path`` (checked: names, limits, masses, inertias)."""
     path = Path(path)
     try:
         root = ElementTree.parse(path).getroot()
@@ -202,6 +280,7 @@ def read_urdf(path) -> UrdfDescription:
         origin = inertial.find('origin')
         com = _floats(None if origin is None else origin.get('xyz'), 3, path,
                       f'link {name!r} inertial/origin xyz', (0.0, 0.0, 0.0))
+        _check_inertia(inertial.find('inertia'), path, f'link {name!r} inertial/inertia')
         links[name] = LinkInfo(name, mass, com)
     joints = {}
     for node in root.findall('joint'):
@@ -234,13 +313,8 @@ def read_urdf(path) -> UrdfDescription:
 
 
 def normalised_urdf_text(path) -> str:
-    """The URDF text with an explicit zero ``<origin>`` in every ``<inertial>`` that has none
-    (the URDF default, which adam-robotics 0.5.0 fails to apply)."""
-    tree = ElementTree.parse(path)
-    for inertial in tree.getroot().iter('inertial'):
-        if inertial.find('origin') is None:
-            inertial.insert(0, ElementTree.Element('origin', {'xyz': '0 0 0', 'rpy': '0 0 0'}))
-    return ElementTree.tostring(tree.getroot(), encoding='unicode')
+    """The file's text for adam-robotics (``dynamics_urdf_text``)."""
+    return dynamics_urdf_text(ElementTree.parse(path).getroot(), path)
 
 
 def point_mass_inertia(mass: torch.Tensor, center: torch.Tensor) -> torch.Tensor:

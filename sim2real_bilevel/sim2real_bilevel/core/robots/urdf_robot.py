@@ -34,6 +34,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..urdf_robot import MOVING_JOINT_TYPES, dynamics_urdf_text, inertia_tensor, physical_inertia, set_inertia
 from .pendulum import JointStateSample, SensorNoise
 
 PAYLOAD_INERTIA = 0.0     # a point payload: no rotational inertia about its own centre
@@ -63,14 +64,10 @@ def _rpy_matrix(rpy) -> np.ndarray:
 def urdf_with_inertials(path, mass_scale: dict, payloads: dict) -> str:
     """The URDF text with each named link's inertial scaled and/or merged with a point payload
     (mass, centre of mass and inertia about it by the parallel-axis theorem, written in the
-    link frame), and relative mesh file names made absolute (the text is loaded from elsewhere)."""
+    link frame)."""
     path = Path(path)
     tree = ElementTree.parse(path)
     root = tree.getroot()
-    for mesh in root.iter('mesh'):
-        name = mesh.get('filename', '')
-        if name and '://' not in name and not Path(name).is_absolute():
-            mesh.set('filename', str((path.parent / name).resolve()))
     for link in root.findall('link'):
         name = link.get('name')
         if name not in mass_scale and name not in payloads:
@@ -79,10 +76,7 @@ def urdf_with_inertials(path, mass_scale: dict, payloads: dict) -> str:
         origin = inertial.find('origin')
         xyz = np.array([float(v) for v in (origin.get('xyz', '0 0 0') if origin is not None else '0 0 0').split()])
         rpy = [float(v) for v in (origin.get('rpy', '0 0 0') if origin is not None else '0 0 0').split()]
-        node = inertial.find('inertia')
-        i = {k: float(node.get(k, 0.0)) for k in ('ixx', 'ixy', 'ixz', 'iyy', 'iyz', 'izz')}
-        inertia = np.array([[i['ixx'], i['ixy'], i['ixz']], [i['ixy'], i['iyy'], i['iyz']],
-                            [i['ixz'], i['iyz'], i['izz']]])
+        inertia, _ = physical_inertia(inertia_tensor(inertial.find('inertia'), path, f'link {name!r}'))   # as adam's
         rotation = _rpy_matrix(rpy)
         inertia = rotation @ inertia @ rotation.T            # about the CoM, link axes
         mass = float(inertial.find('mass').get('value'))
@@ -103,16 +97,39 @@ def urdf_with_inertials(path, mass_scale: dict, payloads: dict) -> str:
             inertial.remove(child)
         ElementTree.SubElement(inertial, 'origin', {'xyz': ' '.join(repr(float(v)) for v in xyz), 'rpy': '0 0 0'})
         ElementTree.SubElement(inertial, 'mass', {'value': repr(float(mass))})
-        ElementTree.SubElement(inertial, 'inertia', {
-            'ixx': repr(float(inertia[0, 0])), 'ixy': repr(float(inertia[0, 1])), 'ixz': repr(float(inertia[0, 2])),
-            'iyy': repr(float(inertia[1, 1])), 'iyz': repr(float(inertia[1, 2])), 'izz': repr(float(inertia[2, 2]))})
+        set_inertia(ElementTree.SubElement(inertial, 'inertia'), inertia)
     return ElementTree.tostring(root, encoding='unicode')
 
 
+def pybullet_urdf_text(urdf_text: str, joint_names: Sequence[str]) -> str:
+    """URDF text that pybullet reads as the simulator (adam-robotics, ``RigidBodyDynamics``) does:
+    - no visual or collision geometry (``dynamics_urdf_text``): the text is loaded from a
+      temporary folder, where a user's ``package://`` and relative mesh paths do not resolve
+      (pybullet then refuses the file), and no contacts are simulated;
+    - a link without ``<inertial>`` gets a zero one (the URDF default, and adam's; pybullet
+      would give it 1 kg and a unit inertia);
+    - a moving joint that is not controlled becomes fixed at its zero position (the simulator
+      keeps only the controlled joints; pybullet would let it move freely);
+    - inertias repaired as for the simulator (its warning was given where the simulator read
+      the file)."""
+    root = ElementTree.fromstring(urdf_text)
+    for link in root.findall('link'):
+        if link.find('inertial') is None:
+            inertial = ElementTree.SubElement(link, 'inertial')
+            ElementTree.SubElement(inertial, 'mass', {'value': '0'})
+            set_inertia(ElementTree.SubElement(inertial, 'inertia'), np.zeros((3, 3)))
+    controlled = set(joint_names)
+    for joint in root.findall('joint'):
+        if joint.get('type') in MOVING_JOINT_TYPES and joint.get('name') not in controlled:
+            joint.set('type', 'fixed')
+    return dynamics_urdf_text(root)
+
+
 class PybulletRobot:
-    """A fixed-base pybullet body loaded from URDF text, with the controlled joints by name and
-    pybullet's defaults that the simulator family does not have switched off (link damping,
-    the default velocity motors).  ``joint_damping``: per controlled joint."""
+    """A fixed-base pybullet body loaded from URDF text (as ``pybullet_urdf_text`` rewrites it),
+    with the controlled joints by name and pybullet's defaults that the simulator family does not
+    have switched off (link damping, the default velocity motors).  ``joint_damping``: per
+    controlled joint."""
 
     def __init__(self, urdf_text: str, joint_names: Sequence[str], *, gravity: float, time_step: float,
                  joint_damping: Optional[Sequence[float]] = None):
@@ -121,7 +138,7 @@ class PybulletRobot:
         self._client = pybullet.connect(pybullet.DIRECT)
         self._dir = tempfile.TemporaryDirectory(prefix='urdf_robot_')
         urdf = Path(self._dir.name) / 'robot.urdf'
-        urdf.write_text(urdf_text)
+        urdf.write_text(pybullet_urdf_text(urdf_text, joint_names))
         self.call(pybullet.setTimeStep, time_step)
         self.call(pybullet.setGravity, 0.0, 0.0, -gravity)
         self.body = self.call(pybullet.loadURDF, str(urdf), useFixedBase=True, flags=pybullet.URDF_USE_INERTIA_FROM_FILE)
