@@ -389,6 +389,14 @@ def test_errors_name_file_element_and_value(tmp_path):
     with pytest.raises(UrdfError, match=r"no_inertial.urdf: link 'lower_link': '<no inertial>'"):
         read_urdf(no_inertial).link('lower_link', 'parameters.mass_scale@lower_link')
     assert description.joints['elbow'].damping == 0.01
+    xacro = tmp_path / 'arm.urdf.xacro'          # what a ROS description package holds
+    xacro.write_text(ARM.replace('<robot name="arm3">', '<robot name="arm3" xmlns:xacro="http://www.ros.org/wiki/xacro">'
+                                 '<xacro:property name="m" value="1.2"/>'))
+    with pytest.raises(UrdfError, match=r"arm.urdf.xacro: <file>: 'property': expected a URDF, not xacro"):
+        read_urdf(xacro)
+    xacro.write_text(ARM.replace('<mass value="1.2"/>', '<mass value="${upper_mass}"/>'))
+    with pytest.raises(UrdfError, match=r"<file>: '\$\{upper_mass\}': expected a URDF, not xacro: expand it first"):
+        read_urdf(xacro)
 
 
 def test_resolve_urdf_paths_and_package_uris(tmp_path):

@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 MOVING_JOINT_TYPES = ('revolute', 'continuous', 'prismatic')
+XACRO = '{http://www.ros.org/wiki/xacro}'
 GRAVITY = 9.81
 
 
@@ -267,6 +268,11 @@ def read_urdf(path) -> UrdfDescription:
         raise UrdfError(path, '<file>', str(path), f'a readable URDF (XML) file ({err})') from None
     if root.tag != 'robot':
         raise UrdfError(path, '<root element>', root.tag, '<robot>')
+    macro = next((node.tag.split('}')[-1] for node in root.iter() if node.tag.startswith(XACRO)), None) or next(
+        (value for node in root.iter() for value in node.attrib.values() if '${' in value or '$(' in value), None)
+    if macro is not None:
+        raise UrdfError(path, '<file>', macro, 'a URDF, not xacro: expand it first (`xacro robot.urdf.xacro > '
+                        'robot.urdf`, or save what `ros2 param get /robot_state_publisher robot_description` gives)')
     links = {}
     for node in root.findall('link'):
         name = node.get('name')
