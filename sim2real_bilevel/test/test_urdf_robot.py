@@ -522,3 +522,19 @@ def test_non_physical_inertias_are_refused_or_repaired_alike_in_simulator_and_st
     np.testing.assert_allclose(mass[0].numpy(), reference.mass_matrix(q[0]), atol=1e-9)
     np.testing.assert_allclose(bias[0].numpy(), reference.bias(q[0], qd[0]), atol=1e-9)
     reference.close()
+
+
+def test_stand_ins_leave_no_file_behind_while_they_live(tmp_path, monkeypatch):
+    """pybullet loads files only: the URDF texts go to temporary files that are gone once loaded
+    (they were kept for the object's life, and a killed process -- every node at shutdown by
+    SIGTERM -- left one folder per emulator in /tmp: 588 on this machine in a day)."""
+    import tempfile
+    from sim2real_bilevel.core.robots import PendulumEmulator, PendulumParameters
+    monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))
+    pendulum = PendulumEmulator(PendulumParameters(payload_mass=0.5, damping=0.08, coulomb_friction=0.1, motor_gain=0.7))
+    pendulum.reset(0)                      # reloads the URDF
+    path, joints = ROBOTS['acrobot']
+    robot = PybulletRobot(urdf_with_inertials(path, {}, {}), joints, gravity=9.81, time_step=0.001)
+    assert list(tmp_path.iterdir()) == []
+    pendulum.close()
+    robot.close()

@@ -34,6 +34,17 @@ PENDULUM_LINK = 'pendulum_link'
 ROD_RADIUS = 0.02
 
 
+def load_urdf_text(pybullet, client: int, text: str) -> int:
+    """pybullet's body of URDF ``text`` (fixed base, the file's inertias): pybullet loads files only,
+    so the text goes to a temporary file that is gone once loaded -- none is left behind by a
+    process that is killed, or whose objects are never closed."""
+    with tempfile.TemporaryDirectory(prefix='sim2real_urdf_') as folder:
+        path = Path(folder) / 'robot.urdf'
+        path.write_text(text)
+        return pybullet.loadURDF(str(path), useFixedBase=True, flags=pybullet.URDF_USE_INERTIA_FROM_FILE,
+                                 physicsClientId=client)
+
+
 @dataclass(frozen=True)
 class SensorNoise:
     """Standard deviations of the additive Gaussian measurement noise."""
@@ -186,10 +197,7 @@ class PendulumEmulator:
         self.initial_velocity_range = tuple(map(float, initial_velocity_range))
         self._pb = pybullet
         self._client = pybullet.connect(pybullet.DIRECT)
-        self._urdf_dir = tempfile.TemporaryDirectory(prefix='pendulum_urdf_')
-        self._urdf_path = Path(self._urdf_dir.name) / 'pendulum.urdf'
-        self._urdf_path.write_text(pendulum_urdf(self.link_length, self.rod_mass, parameters.payload_mass,
-                                                  self.rod_radius))
+        self._urdf_text = pendulum_urdf(self.link_length, self.rod_mass, parameters.payload_mass, self.rod_radius)
         self._body = None
         self._rng = np.random.default_rng(0)
         self._command = 0.0
@@ -208,8 +216,7 @@ class PendulumEmulator:
         self._call(pb.resetSimulation)
         self._call(pb.setTimeStep, self.control_period / self.physics_substeps)
         self._call(pb.setGravity, 0.0, 0.0, -self.gravity)
-        self._body = self._call(pb.loadURDF, str(self._urdf_path), useFixedBase=True,
-                                flags=pb.URDF_USE_INERTIA_FROM_FILE)
+        self._body = load_urdf_text(pb, self._client, self._urdf_text)
         # No air drag on the link; the joint's viscous damping is pybullet's joint damping
         # (an explicit -b * velocity torque each physics step).
         self._call(pb.changeDynamics, self._body, 0, linearDamping=0.0, angularDamping=0.0,
@@ -223,7 +230,6 @@ class PendulumEmulator:
         if self._client is not None:
             self._call(self._pb.disconnect)
             self._client = None
-            self._urdf_dir.cleanup()
 
     def __enter__(self):
         return self

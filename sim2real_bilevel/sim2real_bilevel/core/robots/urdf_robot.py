@@ -25,7 +25,6 @@ parameters, the reference the differentiable simulator is verified against.
 from __future__ import annotations
 
 import math
-import tempfile
 import xml.etree.ElementTree as ElementTree
 from collections import deque
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..urdf_robot import MOVING_JOINT_TYPES, dynamics_urdf_text, inertia_tensor, physical_inertia, set_inertia
-from .pendulum import JointStateSample, SensorNoise
+from .pendulum import JointStateSample, SensorNoise, load_urdf_text
 
 PAYLOAD_INERTIA = 0.0     # a point payload: no rotational inertia about its own centre
 
@@ -136,12 +135,9 @@ class PybulletRobot:
         import pybullet
         self._pb = pybullet
         self._client = pybullet.connect(pybullet.DIRECT)
-        self._dir = tempfile.TemporaryDirectory(prefix='urdf_robot_')
-        urdf = Path(self._dir.name) / 'robot.urdf'
-        urdf.write_text(pybullet_urdf_text(urdf_text, joint_names))
         self.call(pybullet.setTimeStep, time_step)
         self.call(pybullet.setGravity, 0.0, 0.0, -gravity)
-        self.body = self.call(pybullet.loadURDF, str(urdf), useFixedBase=True, flags=pybullet.URDF_USE_INERTIA_FROM_FILE)
+        self.body = load_urdf_text(pybullet, self._client, pybullet_urdf_text(urdf_text, joint_names))
         names = {}
         self.moving = []          # pybullet indices of every non-fixed joint (the order of its q vectors)
         for index in range(self.call(pybullet.getNumJoints, self.body)):
@@ -197,7 +193,6 @@ class PybulletRobot:
         if self._client is not None:
             self._pb.disconnect(physicsClientId=self._client)
             self._client = None
-            self._dir.cleanup()
 
     def __del__(self):
         try:
