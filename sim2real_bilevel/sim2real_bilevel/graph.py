@@ -188,7 +188,9 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
                    'problem file: a shipped name (discrete_3s2a, lqr, ...) or a path to a YAML file'),
     LaunchArgument('namespace', '', 'ROS namespace pushed onto every node of the graph'),
     LaunchArgument('params_file', '',
-                   'ROS parameter file for all nodes (default: config/<problem>_params.yaml of the package)'),
+                   'ROS parameter file for all nodes (default: <problem>_params.yaml beside a problem file, or '
+                   'config/<problem>_params.yaml of the package for a shipped problem; sim_only without one: the '
+                   "nodes' defaults; hardware needs one)"),
     LaunchArgument('use_sim_time', 'false', 'use the /clock topic instead of the wall clock'),
     LaunchArgument('seed', '0', 'random seed of the run (real-data stream and sampled methods)'),
     LaunchArgument('run_dir', '',
@@ -311,8 +313,58 @@ def processes(mode: str, containers: str = 'none', offline: bool = False,
 
 
 def params_file_name(problem: str) -> str:
-    """``config/<stem>_params.yaml`` for a shipped problem name or a problem file path."""
+    """``<stem>_params.yaml`` for a shipped problem name or a problem file path."""
     return f'{Path(problem).stem}_params.yaml'
+
+
+class ParamsFileError(ValueError):
+    """No usable params file for a launch."""
+
+
+def config_directories() -> list[Path]:
+    """Where shipped parameter files live: the source checkout, then the ament share."""
+    here = [Path(__file__).resolve().parents[1] / 'config']
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        here.append(Path(get_package_share_directory(PACKAGE)) / 'config')
+    except Exception:        # not installed in an ament index
+        pass
+    return here
+
+
+def params_file_for(mode: str, problem: str, given: str, config_folders) -> Optional[Path]:
+    """The params file of a launch: ``given`` (it must exist), else ``default_params_file``; None
+    (the nodes' defaults) only in sim_only: on hardware the bridge's joints and limits must be the
+    user's own choice, so a missing file is an error."""
+    if given:
+        path = Path(given).expanduser()
+        if not path.is_file():
+            raise ParamsFileError(f'params_file:={given}: no such file')
+        return path.resolve()
+    found = default_params_file(problem, config_folders)
+    if found is None and mode == 'hardware':
+        where = 'beside the problem file' if is_problem_path(problem) else \
+            f'in {[str(d) for d in config_folders]}'
+        raise ParamsFileError(f'no parameter file {params_file_name(problem)} for problem {problem!r} {where}: on '
+                              'hardware the bridge\'s joints and limits must be your own (docs/hardware.md); pass '
+                              'params_file:=PATH')
+    return found
+
+
+def is_problem_path(problem: str) -> bool:
+    """Whether ``problem`` names a file (a path, or a .yaml name) rather than a shipped problem."""
+    path = Path(problem)
+    return path.suffix in ('.yaml', '.yml') or len(path.parts) > 1
+
+
+def default_params_file(problem: str, config_folders) -> Optional[Path]:
+    """The params file a run uses when ``params_file`` is not given: ``<stem>_params.yaml`` beside a
+    problem file given by path, or in the package's config folder for a shipped problem name;
+    None when there is none (the nodes' own defaults: a sim-only run of a user's problem, or of a
+    shipped one without a params file, needs none)."""
+    name = params_file_name(problem)
+    folders = [Path(problem).expanduser().parent] if is_problem_path(problem) else list(config_folders)
+    return next(((folder / name).resolve() for folder in folders if (folder / name).is_file()), None)
 
 
 def argument_type(name: str) -> type:
@@ -435,21 +487,13 @@ def launch_description(mode: str):
     from launch.conditions import IfCondition
     from launch.event_handlers import OnProcessExit
     from launch.events import Shutdown
-    from launch.substitutions import LaunchConfiguration, NotEqualsSubstitution, PathJoinSubstitution
+    from launch.substitutions import LaunchConfiguration, NotEqualsSubstitution
     from launch_ros.actions import LifecycleNode, Node, PushROSNamespace
     from launch_ros.parameter_descriptions import ParameterValue
-    from launch_ros.substitutions import FindPackageShare
 
     defaults = argument_defaults(mode)
-    declared = []
-    for argument in LAUNCH_ARGUMENTS:
-        default = defaults[argument.name]
-        if argument.name == 'params_file':
-            # <share>/config/<problem>_params.yaml (a substitution list is concatenated)
-            default = [PathJoinSubstitution([FindPackageShare(PACKAGE), 'config']), '/',
-                       LaunchConfiguration('problem'), '_params.yaml']
-        declared.append(DeclareLaunchArgument(argument.name, default_value=default,
-                                              description=argument.description))
+    declared = [DeclareLaunchArgument(argument.name, default_value=defaults[argument.name],
+                                      description=argument.description) for argument in LAUNCH_ARGUMENTS]
     for name, (description, _) in MODE_ARGUMENTS.items():
         declared.append(DeclareLaunchArgument(name, default_value=defaults[name], description=description))
 
@@ -464,8 +508,9 @@ def launch_description(mode: str):
                                               LaunchConfiguration('policy_key_file'), '')))]
         handlers = []
         offline = bool(LaunchConfiguration('real_data').perform(context))
-        robot_mode = effective_robot_mode(LaunchConfiguration('robot_mode').perform(context),
-                                          LaunchConfiguration('params_file').perform(context))
+        params_file = params_file_for(mode, LaunchConfiguration('problem').perform(context),
+                                      LaunchConfiguration('params_file').perform(context), config_directories())
+        robot_mode = effective_robot_mode(LaunchConfiguration('robot_mode').perform(context), params_file)
         for spec, members in processes(mode, LaunchConfiguration('containers').perform(context), offline, robot_mode):
             overrides = {('autostart' if name == 'autostart_bridge' else name):
                          ParameterValue(LaunchConfiguration(name), value_type=argument_type(name))
@@ -475,7 +520,7 @@ def launch_description(mode: str):
             if offline and 'evaluator' in overrides:
                 overrides['evaluator'] = ''      # the emulator serving it is not started
             common = dict(package=PACKAGE, executable=spec.executable, output='screen',
-                          parameters=[LaunchConfiguration('params_file'), overrides],
+                          parameters=([str(params_file)] if params_file else []) + [overrides],
                           remappings=list(spec.remappings),
                           ros_arguments=['--log-level', LaunchConfiguration('log_level')])
             if spec.executable == CONTAINER_EXECUTABLE:     # the members keep their own names

@@ -106,10 +106,34 @@ def test_launcher_refuses_unknown_arguments_and_missing_files():
         launcher.parse_assignments('sim_only', ['problme:=x'])
     with pytest.raises(launcher.LaunchError, match='NAME:=VALUE'):
         launcher.parse_assignments('sim_only', ['problem=x'])
-    with pytest.raises(launcher.LaunchError, match='no parameter file'):
-        launcher.plan('sim_only', launcher.parse_assignments('sim_only', ['problem:=no_such_problem']))
     with pytest.raises(launcher.LaunchError, match='no such file'):
         launcher.plan('sim_only', launcher.parse_assignments('sim_only', ['params_file:=/no/such.yaml']))
+    with pytest.raises(launcher.LaunchError, match=r"no parameter file swingup_params.yaml for problem 'swingup' "
+                                                  r"in .*on hardware the bridge's joints and limits must be your own"):
+        launcher.plan('hardware', launcher.parse_assignments('hardware', ['problem:=swingup']))
+
+
+def test_params_file_beside_a_users_problem_else_the_nodes_defaults(tmp_path):
+    """A problem file given by path takes <stem>_params.yaml from its own folder (never the
+    package's, whose pendulum_params.yaml is not about the user's pendulum.yaml); without one, and
+    for a shipped problem without one, a sim-only run uses the nodes' defaults; hardware refuses."""
+    problem = tmp_path / 'pendulum.yaml'
+    problem.write_text('kind: robot\n')
+
+    def params_of(mode, *arguments):
+        commands = [item.command for item in launcher.plan(mode, launcher.parse_assignments(mode, list(arguments)))]
+        files = {c[c.index('--params-file') + 1] if '--params-file' in c else None for c in commands}
+        assert len(files) == 1
+        return files.pop()
+    assert params_of('sim_only', f'problem:={problem}') is None
+    assert params_of('sim_only', 'problem:=swingup') is None
+    with pytest.raises(launcher.LaunchError, match=r"pendulum_params.yaml for problem '.*pendulum.yaml' beside the "
+                                                  r"problem file"):
+        params_of('hardware', f'problem:={problem}')
+    (tmp_path / 'pendulum_params.yaml').write_text('/**/outer_optimizer:\n  ros__parameters:\n    iterations: 3\n')
+    assert params_of('sim_only', f'problem:={problem}') == str(tmp_path / 'pendulum_params.yaml')
+    assert params_of('hardware', f'problem:={problem}') == str(tmp_path / 'pendulum_params.yaml')
+    assert params_of('sim_only', 'problem:=pendulum') == str(CONFIG / 'pendulum_params.yaml')
 
 
 @pytest.mark.parametrize('path', sorted(CONFIG.glob('*_params.yaml')), ids=lambda p: p.name)
@@ -251,6 +275,38 @@ def test_launch_file_starts_the_containers_it_is_asked_for():
     assert executables['', 'lockstep'] == sorted(s.executable for s in graph.nodes('sim_only'))
     assert executables['learning,robot', 'lockstep'] == executables['auto', 'lockstep'] == ['container', 'container']
     assert executables['auto', 'realtime'] == ['container', 'hardware_bridge', 'robot_emulator']
+
+
+@pytest.mark.skipif(importlib.util.find_spec('launch_ros') is None, reason='launch_ros is not installed')
+def test_launch_file_takes_the_params_file_the_pip_launcher_takes(tmp_path):
+    from launch import LaunchContext
+    from launch.actions import GroupAction, OpaqueFunction
+    from launch_ros.actions import Node
+    from launch_ros.parameter_descriptions import ParameterFile
+    description = graph.launch_description('sim_only')
+    opaque = next(e for e in description.entities if isinstance(e, OpaqueFunction))
+    problem = tmp_path / 'arm.yaml'
+    problem.write_text('kind: urdf\n')
+    (tmp_path / 'arm_params.yaml').write_text('/**/outer_optimizer:\n  ros__parameters:\n    iterations: 3\n')
+    for name, expected in (('pendulum', str(CONFIG / 'pendulum_params.yaml')), ('swingup', None),
+                           (str(problem), str(tmp_path / 'arm_params.yaml'))):
+        context = LaunchContext()
+        context.launch_configurations.update(graph.argument_defaults('sim_only') | {'problem': name})
+        group = next(e for e in opaque.execute(context) if isinstance(e, GroupAction))
+        for node in (a for a in group.get_sub_entities() if isinstance(a, Node)):
+            files = [str(p.evaluate(context)) for p in node._Node__parameters      # the file; then the overrides
+                     if isinstance(p, ParameterFile)]
+            assert files == ([expected] if expected else []), (name, node.node_executable, files)
+        assert params_of_plan(name) == expected
+
+
+def params_of_plan(problem):
+    """The params file the pip-only launcher gives every process of a sim-only run of ``problem``."""
+    commands = [p.command for p in launcher.plan('sim_only', launcher.parse_assignments('sim_only',
+                                                                                         [f'problem:={problem}']))]
+    files = {c[c.index('--params-file') + 1] if '--params-file' in c else None for c in commands}
+    assert len(files) == 1
+    return files.pop()
 
 
 def _plan_parameters(plans, node):

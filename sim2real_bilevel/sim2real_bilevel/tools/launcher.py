@@ -55,29 +55,13 @@ def parse_assignments(mode: str, assignments: list[str]) -> dict[str, str]:
     return values
 
 
-def config_directories() -> list[Path]:
-    """Where shipped parameter files live: the source checkout, then the ament share."""
-    here = [Path(__file__).resolve().parents[2] / 'config']
+def resolve_params_file(arguments: dict[str, str], mode: str = 'sim_only') -> Optional[Path]:
+    """``graph.params_file_for`` with the package's config folders; None: the nodes' defaults."""
     try:
-        from ament_index_python.packages import get_package_share_directory
-        here.append(Path(get_package_share_directory(graph.PACKAGE)) / 'config')
-    except Exception:        # not installed in an ament index
-        pass
-    return here
-
-
-def resolve_params_file(arguments: dict[str, str]) -> Path:
-    if arguments['params_file']:
-        path = Path(arguments['params_file']).expanduser()
-        if not path.is_file():
-            raise LaunchError(f'params_file:={arguments["params_file"]}: no such file')
-        return path.resolve()
-    name = graph.params_file_name(arguments['problem'])
-    for directory in config_directories():
-        if (directory / name).is_file():
-            return directory / name
-    raise LaunchError(f'no parameter file {name} for problem {arguments["problem"]!r} in '
-                      f'{[str(d) for d in config_directories()]}; pass params_file:=PATH')
+        return graph.params_file_for(mode, arguments['problem'], arguments['params_file'],
+                                     graph.config_directories())
+    except graph.ParamsFileError as err:
+        raise LaunchError(str(err)) from None
 
 
 def default_run_dir(problem: str) -> Path:
@@ -85,7 +69,7 @@ def default_run_dir(problem: str) -> Path:
 
 
 def plan(mode: str, arguments: dict[str, str]) -> list[graph.ProcessPlan]:
-    params_file = resolve_params_file(arguments)
+    params_file = resolve_params_file(arguments, mode)
     plans = []
     robot_mode = graph.effective_robot_mode(arguments['robot_mode'], params_file)
     for spec, members in graph.processes(mode, arguments['containers'], offline=bool(arguments['real_data']),
@@ -94,7 +78,7 @@ def plan(mode: str, arguments: dict[str, str]) -> list[graph.ProcessPlan]:
         command = [sys.executable, '-m', f'sim2real_bilevel.nodes.{spec.executable}']
         if spec.executable == graph.CONTAINER_EXECUTABLE:
             command += [member.executable for member in members]
-        command += graph.ros_arguments(spec, arguments['namespace'], str(params_file), overrides,
+        command += graph.ros_arguments(spec, arguments['namespace'], params_file, overrides,
                                        arguments['log_level'])
         plans.append(graph.ProcessPlan(spec, command, overrides, members))
     return plans
@@ -239,7 +223,9 @@ def launch(mode: str, assignments: list[str], shutdown_timeout: float = 10.0,
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     containers = [f'{item.spec.name} ({", ".join(m.name for m in item.members)})' for item in plans
                   if len(item.members) > 1]
-    params = plans[0].command[plans[0].command.index('--params-file') + 1]
+    command = plans[0].command
+    params = (command[command.index('--params-file') + 1] if '--params-file' in command
+              else f"the nodes' defaults (no {graph.params_file_name(arguments['problem'])})")
     print(f'[launch] {mode}: {sum(len(item.members) for item in plans)} nodes in {len(plans)} process{"es" if len(plans) != 1 else ""}'
           + (f' (containers: {"; ".join(containers)})' if containers else '')
           + f', problem {arguments["problem"]}, params {params}'
