@@ -8,9 +8,16 @@ per control step, as on hardware) in every setting:
   bridge ``loop: timer`` at the problem's 50 Hz;
 - ``realtime_faulty``: as ``realtime`` with joint_states delayed 10 ms +- 5 ms and 5 % of them
   dropped (``state_latency_s``, ``state_jitter_s``, ``state_drop_rate``).
-Reads each run's results.json (normalised real return per outer iteration, from the
-emulator's exact evaluator, and the real episodes used so far) and prints the curves side by
-side, mean over seeds, and the final values.
+The bridge keeps the pendulum's shipped limits (``config/pendulum_params.yaml``: the simulator's
+actuator range, one turn of position), as a user's run would.  Reads each run's results.json and
+prints, side by side, mean over seeds:
+- the learning curve: normalised real return per outer iteration from the emulator's exact
+  evaluator (lockstep physics: the same number for a policy whatever robot collected the data);
+- what the robot experienced: each iteration's mean discounted return of the episodes the robot
+  ran (``real_return_estimate``, the policy of the record before) minus the exact return of that
+  policy (``real_return`` of the record before).  Near 0 in lockstep (sampling noise); below 0 by
+  what running against a wall clock (latency, held commands, drops) costs the policy itself.
+It also counts the bridge's aborted goals in each run's log.
 
     python sim2real_bilevel/bench/realtime_learning.py --seeds 0 1 2 --iterations 15 --out /tmp/rt_learning
 """
@@ -34,11 +41,6 @@ from sim2real_bilevel.tools import launcher  # noqa: E402
 
 REALTIME = {'hardware_bridge.transport': 'topics', 'hardware_bridge.loop': 'timer',
             'robot_emulator.mode': 'realtime'}
-# the pendulum's state bounds (3.2 rad from upright) abort the episodes of policies that let it
-# fall, which the bi-level steps produce on the way; this compares timing, not safety.  (The
-# evaluator's shipped timeouts hold: evaluator_timeout_s covers only the service appearing, an
-# exact evaluation has evaluator_answer_timeout_s, 300 s.)
-COMMON = {'hardware_bridge.position_limit': 100.0, 'hardware_bridge.velocity_limit': 1000.0}
 SETTINGS = {
     'lockstep': {'hardware_bridge.transport': 'topics', 'hardware_bridge.loop': 'lockstep',
                  'robot_emulator.mode': 'lockstep'},
@@ -52,15 +54,18 @@ def run_once(setting: str, seed: int, iterations: int, environment: dict, out: P
     """One sim-only run; its per-iteration records (results.json) and wall time."""
     directory = out / f'{setting}_seed{seed}'
     directory.mkdir(parents=True, exist_ok=True)
-    params = soak_params_file('pendulum', iterations, {**SETTINGS[setting], **COMMON}, directory)
+    params = soak_params_file('pendulum', iterations, SETTINGS[setting], directory)
     arguments = launcher.parse_assignments('sim_only', ['problem:=pendulum', f'params_file:={params}',
                                                         f'seed:={seed}', f'run_dir:={directory / "run"}'])
-    processes = launcher.GraphProcesses(launcher.plan('sim_only', arguments), environment, 10.0)
+    plans = launcher.plan('sim_only', arguments)
+    optimizer = launcher.optimizer_process(plans)      # its own process, or the learning container
+    processes = launcher.GraphProcesses(plans, environment, 10.0)
     started = time.monotonic()
     processes.start()
     log = open(directory / 'graph.log', 'w')
+    aborted = 0
     try:
-        while 'outer_optimizer' in processes.alive():
+        while optimizer in processes.alive():
             if time.monotonic() - started > timeout_s:
                 raise RuntimeError(f'{setting} seed {seed}: not finished within {timeout_s:g} s ({directory})')
             try:
@@ -69,16 +74,25 @@ def run_once(setting: str, seed: int, iterations: int, environment: dict, out: P
                 continue
             if line is not None:
                 log.write(f'[{name}] {line}\n')
+                aborted += 'run_episodes aborted' in line
     finally:
         wall = time.monotonic() - started
         processes.stop()
         log.close()
+    if not (directory / 'run' / 'results.json').exists():
+        raise RuntimeError(f'{setting} seed {seed}: {optimizer} ended without results.json (log: {directory}/graph.log)')
     results = json.loads((directory / 'run' / 'results.json').read_text())
     method = next(iter(results['methods'].values()))
     records = method['seeds'][0]['iterations']
-    return {'setting': setting, 'seed': seed, 'wall_s': wall,
-            'real_episodes': [r['real_episodes'] for r in records],
-            'normalized_return': [r['normalized_return'] for r in records]}
+    return {'setting': setting, 'seed': seed, 'wall_s': wall, 'aborted_lines': aborted,
+            **{key: [r[key] for r in records] for key in ('real_episodes', 'normalized_return', 'real_return',
+                                                          'real_return_estimate')}}
+
+
+def experienced_gaps(run: dict) -> np.ndarray:
+    """Per iteration: the robot's mean discounted return of the episodes it ran minus the exact
+    return of the policy that ran them (the record before's)."""
+    return np.asarray(run['real_return_estimate'][1:]) - np.asarray(run['real_return'][:-1])
 
 
 def main(argv=None) -> int:
@@ -108,6 +122,13 @@ def main(argv=None) -> int:
             values = curves[setting][:, i]
             cells.append(f'{values.mean():.3f} [{values.min():.3f}, {values.max():.3f}]')
         print(f'{count:>14} ' + ' '.join(f'{c:>26}' for c in cells))
+    print('what the robot experienced: mean episode return minus the exact return of the deployed policy, '
+          'pooled over seeds and iterations (mean +- standard error, n)')
+    for setting in args.settings:
+        gaps = np.concatenate([experienced_gaps(r) for r in runs if r['setting'] == setting])
+        aborted = sum(r['aborted_lines'] for r in runs if r['setting'] == setting)
+        print(f'{setting:>16}: {gaps.mean():+.3f} +- {gaps.std(ddof=1) / np.sqrt(len(gaps)):.3f} (n {len(gaps)}); '
+              f'goals aborted: {aborted}')
     print(f'(runs in {args.out}; learning.json holds every curve)')
     return 0
 
