@@ -351,3 +351,45 @@ def test_a_node_dumps_its_threads_stacks_on_sigusr1_and_keeps_running(ros):
     getter = ros.node.create_client(GetParameters, '/sensitivity/get_parameters')
     assert ros.call(getter, GetParameters.Request(names=['solver']), 60.0).values[0].string_value   # still serving
     assert node.alive()
+
+
+def test_a_long_inner_solve_keeps_the_trainer_answering_and_its_client_waiting(ros, tmp_path):
+    """A robot's exact inner solve takes minutes (the iiwa's cold solve ~20 min here).  It ran on
+    the trainer's executor, so goals went unanswered meanwhile, and a client that waited longer
+    than action_timeout_s gave up and sent it again, in vain: the Franka Panda through one
+    process per node (hardware's layout) with action_timeout_s 8 stopped at iteration 0 after 3
+    retries.  Now a long solve runs in the trainer's worker with feedback every few seconds, and
+    the client counts silence, not work: here a pendulum cold solve longer than action_timeout_s,
+    with no retry allowed."""
+    import yaml
+    from rclpy.action import ActionClient
+    from sim2real_bilevel_interfaces.action import TrainPolicy
+    from sim2real_bilevel.core.config import builtin_config
+    from sim2real_bilevel.core.problems import load_problem
+    from sim2real_bilevel.nodes import conversions
+    from sim2real_bilevel.nodes.action_calls import ActionCaller
+    from sim2real_bilevel.nodes.runtime import BackgroundWork
+
+    document = yaml.safe_load(builtin_config('pendulum').read_text())
+    document['inner'].update(warmup_iterations=10, cold_iterations=80, tolerance=1e-12)    # ~9 s idle here
+    problem_file = tmp_path / 'pendulum_long.yaml'
+    problem_file.write_text(yaml.safe_dump(document))
+    problem = load_problem(problem_file)
+    timeout = 2 * BackgroundWork.HEARTBEAT_S
+    trainer = ros.start('inner_trainer', problem=str(problem_file))
+    client = ActionClient(ros.node, TrainPolicy, 'train_policy')
+    caller = ActionCaller(ros.node, {'goal_timeout_s': 10.0, 'action_timeout_s': timeout, 'action_retries': 0,
+                                     'server_timeout_s': 60.0, 'intra_process_actions': False})
+    caller.executor = ros.executor
+    ros.spin_until(lambda: 'ready' in trainer.log() and client.server_is_ready(), 60.0, 'the trainer')
+    ros.settle(client)                 # no retry here: a goal sent before discovery settled is lost
+    theta = problem.theta0()
+    lower, upper = problem.theta_bounds()
+    goal = TrainPolicy.Goal(theta=conversions.theta_to_msg(problem.theta_names, theta, lower, upper, 1))
+    started = time.monotonic()
+    result = caller.call(client, goal, 'train_policy')
+    took = time.monotonic() - started
+    assert result.success and result.iterations > 0
+    assert took > 1.5 * timeout, f'the solve took {took:.1f} s: too short to show anything'
+    assert caller.retries == 0
+    assert 'Traceback' not in trainer.log()

@@ -30,7 +30,7 @@ from typing import Any, Awaitable, Callable, Optional
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.task import Future
 
-from .runtime import Backoff, ShutdownRequested, spin_once, wait_for
+from .runtime import Backoff, ShutdownRequested, Silence, spin_once, wait_for
 
 RESULT_KEPT_S = 10.0
 """How long the action servers keep a finished goal's result (their ``result_timeout``): time for
@@ -117,8 +117,8 @@ def run_until_first_await(outcome) -> tuple:
 
 class InProcessGoalHandle:
     """The goal handle of a goal handed over in-process: what an execute callback uses of
-    rclpy's ServerGoalHandle.  Feedback goes only to a goal's own client, which here does not
-    ask for it, so it is dropped."""
+    rclpy's ServerGoalHandle.  Feedback goes only to a goal's own client, which here only notes
+    when it came (``heard``: a sign of life, as over DDS)."""
 
     def __init__(self, request):
         from action_msgs.msg import GoalStatus
@@ -126,9 +126,10 @@ class InProcessGoalHandle:
         self.is_cancel_requested = False
         self.status = GoalStatus.STATUS_EXECUTING
         self._codes = GoalStatus
+        self.heard: Optional[float] = None
 
     def publish_feedback(self, feedback) -> None:
-        pass
+        self.heard = time.monotonic()
 
     def succeed(self) -> None:
         self.status = self._codes.STATUS_SUCCEEDED
@@ -187,18 +188,16 @@ class ResultRequest:
 
 
 def wait_for_result(executor: SingleThreadedExecutor, handle, timeout_s: Optional[float], what: str,
-                    rerequest_s: float = 1.0):
+                    rerequest_s: float = 1.0, heard: Optional[Callable[[], Optional[float]]] = None):
     """Spin until the result of an accepted goal arrives (asked for again when lost:
     ``ResultRequest``); returns the GetResult response.  TimeoutError / ShutdownRequested as
-    ``wait_for``."""
-    deadline = None if timeout_s is None or timeout_s <= 0 else time.monotonic() + timeout_s
+    ``wait_for`` (``heard``: the time of the goal's last feedback)."""
+    silence = Silence(timeout_s, what, heard)
     request = ResultRequest(handle, rerequest_s)
     while not request.future.done():
         if not executor.context.ok():
             raise ShutdownRequested(what)
-        now = time.monotonic()
-        if deadline is not None and now >= deadline:
-            raise TimeoutError(f'{what}: no answer within {timeout_s:g} s')
+        silence.check()
         request.poll()
         spin_once(executor)
     return request.future.result()
@@ -307,11 +306,16 @@ class ActionCaller:
         endpoint = self.in_process_endpoint(client)
         if endpoint is not None:
             return self.call_in_process(endpoint, goal, name)
-        sent = wait_for(self.executor, client.send_goal_async(goal), self.parameters['goal_timeout_s'],
-                        f'{name} goal')
+        heard: list = [None]              # the goal's last feedback: a server still working is waited for
+
+        def note_feedback(_message) -> None:
+            heard[0] = time.monotonic()
+        sent = wait_for(self.executor, client.send_goal_async(goal, feedback_callback=note_feedback),
+                        self.parameters['goal_timeout_s'], f'{name} goal')
         if not sent.accepted:
             raise GoalRejected(f'goal rejected by {client._action_name} (its log says why)')
-        response = wait_for_result(self.executor, sent, self.parameters['action_timeout_s'], f'{name} result')
+        response = wait_for_result(self.executor, sent, self.parameters['action_timeout_s'], f'{name} result',
+                                   heard=lambda: heard[0])
         if response.status == GoalStatus.STATUS_UNKNOWN:
             raise PeerLost(f'{client._action_name} no longer knows the goal (its server restarted while it ran)')
         if not response.result.success:
@@ -339,7 +343,8 @@ class ActionCaller:
         result, pending = run_until_first_await(endpoint.execute_callback(handle))
         if pending is not None:
             task = self.executor.create_task(pending)
-            result = wait_for(self.executor, task, self.parameters['action_timeout_s'], f'{name} result')
+            result = wait_for(self.executor, task, self.parameters['action_timeout_s'], f'{name} result',
+                              heard=lambda: handle.heard)
         self.in_process_calls += 1
         if not result.success:
             raise PeerLost(f'failed (status {handle.status}): {result.message}')

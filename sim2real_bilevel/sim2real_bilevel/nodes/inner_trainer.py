@@ -71,16 +71,13 @@ class InnerTrainer(Node):
         def solve():
             return self.problem.inner_solve(theta, phi_init, method=method, rng=self.rng)
 
-        # exact solves take milliseconds: a thread hand-off (or feedback messages, which each
-        # wake the client) would cost more than they tell
+        # inline while solves are quick (tabular, LQR: a thread hand-off and feedback would cost
+        # more than they tell); long ones (a robot's exact solve: minutes) in the worker, with
+        # feedback every few seconds, so that goals are still accepted and the optimizer waits
+        def still_solving():
+            goal_handle.publish_feedback(TrainPolicy.Feedback(iteration=0, grad_norm=float('nan')))
         try:
-            if method == 'exact':
-                solved = solve()
-            else:
-                goal_handle.publish_feedback(TrainPolicy.Feedback(iteration=0, grad_norm=float('nan')))
-                solved = await self.work.run(solve)
-                goal_handle.publish_feedback(TrainPolicy.Feedback(iteration=int(solved.iterations),
-                                                                  grad_norm=float(solved.grad_norm)))
+            solved = await self.work.run_long(solve, still_solving)
             if not (np.all(np.isfinite(solved.phi)) and np.isfinite(solved.grad_norm)):
                 raise FloatingPointError(f'non-finite policy (||phi_hat|| = {solved.grad_norm!r})')
         except Exception as err:     # noqa: BLE001 -- the latest policy stays as it was

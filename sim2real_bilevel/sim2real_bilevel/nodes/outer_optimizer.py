@@ -176,8 +176,10 @@ class OuterOptimizer(Node):
                           read_only=True),
             ParameterSpec('record_bag', True, 'record theta, policies, gradients, metrics and real '
                           'trajectories to RUN_DIR/bag (read at startup)', read_only=True),
-            ParameterSpec('action_timeout_s', 600.0, 'longest wait for one action result (then the goal is '
-                          'sent again, see action_retries)', low=0.1, high=1e6),
+            ParameterSpec('action_timeout_s', 600.0, 'longest wait for one action result with no feedback from '
+                          'its server (then the goal is sent again, see action_retries); the trainer and the '
+                          'sensitivity node send feedback every few seconds while a long computation runs',
+                          low=0.1, high=1e6),
             ParameterSpec('goal_timeout_s', 10.0, 'longest wait for a goal to be accepted or rejected (a goal '
                           'sent while its server restarts is lost: it is sent again after this)', low=0.1,
                           high=1e6),

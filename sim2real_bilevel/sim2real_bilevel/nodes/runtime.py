@@ -221,16 +221,35 @@ def problem_outer_defaults(problem) -> dict:
 
 
 # --- waiting -------------------------------------------------------------------------------------------
+class Silence:
+    """The deadline of a wait for an answer: ``timeout_s`` after the wait began, or after the
+    last sign of life of the one answering (``heard()``: the monotonic time of its last feedback,
+    or None) -- a server that says it is still working is not given up on."""
+
+    def __init__(self, timeout_s: Optional[float], what: str, heard: Optional[Callable[[], Optional[float]]] = None):
+        self.timeout_s, self.what, self.heard = timeout_s, what, heard
+        self.started = time.monotonic()
+
+    def check(self) -> None:
+        """TimeoutError once the deadline has passed."""
+        if self.timeout_s is None or self.timeout_s <= 0:
+            return
+        last = self.heard() if self.heard is not None else None
+        if time.monotonic() >= max(self.started, last or self.started) + self.timeout_s:
+            silent = ' and no feedback' if self.heard is not None else ''
+            raise TimeoutError(f'{self.what}: no answer{silent} within {self.timeout_s:g} s')
+
+
 def wait_for(executor: SingleThreadedExecutor, future: Future, timeout_s: Optional[float],
-             what: str) -> Any:
+             what: str, heard: Optional[Callable[[], Optional[float]]] = None) -> Any:
     """Spin until ``future`` is done; returns its result.  Raises TimeoutError naming
-    ``what``, or ShutdownRequested when the context goes down."""
-    deadline = None if timeout_s is None or timeout_s <= 0 else time.monotonic() + timeout_s
+    ``what`` (``timeout_s`` without an answer, or since the last feedback: ``Silence``), or
+    ShutdownRequested when the context goes down."""
+    silence = Silence(timeout_s, what, heard)
     while not future.done():
         if not executor.context.ok():
             raise ShutdownRequested(what)
-        if deadline is not None and time.monotonic() >= deadline:
-            raise TimeoutError(f'{what}: no answer within {timeout_s:g} s')
+        silence.check()
         spin_once(executor)
     return future.result()
 
@@ -308,20 +327,58 @@ class BackgroundWork:
 
     IDLE_S = 30.0
     """A worker idle this long ends (a later computation starts another)."""
+    INLINE_BELOW_S = 0.02
+    """``run_long``: a computation runs on the executor's thread while the last one took less
+    (a thread hand-off and feedback would cost more than they tell: tabular, LQR)."""
+    HEARTBEAT_S = 2.0
+    """``run_long``: the period of its ``heartbeat`` while a computation runs in the worker."""
 
     def __init__(self, node):
         self.node = node
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.thread: Optional[threading.Thread] = None
         self.lock = threading.Lock()
+        self.queued = 0                     # computations started and not finished
+        self.last_s: Optional[float] = None  # how long the last computation took
 
     async def run(self, function: Callable[[], Any]) -> Any:
         return await self.start(function)
 
+    def quick(self) -> bool:
+        """Whether the next computation may run inline: the last took under ``INLINE_BELOW_S`` and
+        none is queued (it would overtake it)."""
+        return self.last_s is not None and self.last_s < self.INLINE_BELOW_S and self.queued == 0
+
+    def timed(self, function: Callable[[], Any]) -> Callable[[], Any]:
+        def call():
+            started = time.perf_counter()
+            try:
+                return function()
+            finally:
+                self.last_s = time.perf_counter() - started
+        return call
+
+    async def run_long(self, function: Callable[[], Any], heartbeat: Optional[Callable[[], None]] = None) -> Any:
+        """``function()`` for an action whose computations may be long (an exact inner solve or
+        sensitivity of a robot: minutes; of a tabular problem: microseconds): inline while they
+        are quick (``quick``), else in the worker, with ``heartbeat()`` (the action's feedback)
+        every ``HEARTBEAT_S`` meanwhile, so that the executor goes on serving -- goals, cancels,
+        parameters -- and a client that waits counts the silence, not the work (``Silence``).
+        The first computation of a node runs in the worker: its cost is not known yet."""
+        if self.quick():
+            return self.timed(function)()
+        timer = self.node.create_timer(self.HEARTBEAT_S, heartbeat) if heartbeat is not None else None
+        try:
+            return await self.start(function)
+        finally:
+            if timer is not None:
+                self.node.destroy_timer(timer)
+
     def start(self, function: Callable[[], Any]) -> Future:
         future = Future()
         with self.lock:
-            self.queue.put((function, future, self.node.executor))
+            self.queued += 1
+            self.queue.put((self.timed(function), future, self.node.executor))
             if self.thread is None:
                 self.thread = threading.Thread(target=self._work, daemon=True, name=f'{self.node.get_name()}-work')
                 self.thread.start()
@@ -341,6 +398,8 @@ class BackgroundWork:
                 future.set_result(function())
             except BaseException as err:      # re-raised in the awaiting callback
                 future.set_exception(err)
+            with self.lock:
+                self.queued -= 1
             if executor is not None:
                 executor.wake()
             del function, future, executor     # nothing of a finished computation kept while idle

@@ -110,17 +110,26 @@ class Sensitivity(Node):
         key = (version, theta_version)
         if trained_on != theta_version or (self.precomputed is not None and self.precomputed['key'] == key):
             return
-        try:
-            terms = self.problem.sensitivity_terms(phi, theta, method='exact')
-        except Exception as err:     # noqa: BLE001 -- a subscription callback that raises ends the node
-            self.get_logger().error(f'no precomputed sensitivity at policy {version}, theta {theta_version}: '
-                                    f'{type(err).__name__}: {err}')
-            return
-        self.precomputed = {'key': key, 'phi': phi, 'theta': theta, 'terms': terms}
+        self.precomputed = {'key': key, 'phi': phi, 'theta': theta, 'terms': None}
+
+        def linearise():
+            # long for a robot (tens of seconds): in the worker, and the action's solve queues behind it
+            try:
+                terms = self.problem.sensitivity_terms(phi, theta, method='exact')
+            except Exception as err:     # noqa: BLE001 -- the action computes them itself then
+                self.get_logger().error(f'no precomputed sensitivity at policy {version}, theta {theta_version}: '
+                                        f'{type(err).__name__}: {err}')
+                return
+            if self.precomputed is not None and self.precomputed['key'] == key:
+                self.precomputed['terms'] = terms
+        if self.work.quick():
+            linearise()
+        else:
+            self.work.start(linearise)
 
     def _terms(self, phi, theta, key, method, trajectories):
         cached = self.precomputed
-        if (method == 'exact' and cached is not None and cached['key'] == key
+        if (method == 'exact' and cached is not None and cached['key'] == key and cached['terms'] is not None
                 and np.array_equal(cached['phi'], phi) and np.array_equal(cached['theta'], theta)):
             return cached['terms']
         return self.problem.sensitivity_terms(phi, theta, method=method, trajectories=trajectories, rng=self.rng)
@@ -167,9 +176,12 @@ class Sensitivity(Node):
                                 trajectories)
             return np.asarray(implicit.outer_gradient(terms, real_gradient, solver), dtype=np.float64)
 
-        # exact terms of small problems take milliseconds: no thread hand-off for them
+        # inline while quick (exact terms of small problems: milliseconds), else in the worker --
+        # behind a linearisation still running there -- with feedback every few seconds
+        def still_solving():
+            goal_handle.publish_feedback(ComputeSensitivity.Feedback(stage='solving'))
         try:
-            gradient = solve() if config.sensitivity_method == 'exact' else await self.work.run(solve)
+            gradient = await self.work.run_long(solve, still_solving)
         except Exception as err:     # noqa: BLE001 -- e.g. a policy that destabilises the simulator
             goal_handle.abort()
             result.message = f'sensitivity failed: {type(err).__name__}: {err}'
