@@ -110,7 +110,7 @@ class Sensitivity(Node):
         key = (version, theta_version)
         if trained_on != theta_version or (self.precomputed is not None and self.precomputed['key'] == key):
             return
-        self.precomputed = {'key': key, 'phi': phi, 'theta': theta, 'terms': None}
+        entry = self.precomputed = {'key': key, 'phi': phi, 'theta': theta, 'terms': None}
 
         def linearise():
             # long for a robot (tens of seconds): in the worker, and the action's solve queues behind it
@@ -120,8 +120,7 @@ class Sensitivity(Node):
                 self.get_logger().error(f'no precomputed sensitivity at policy {version}, theta {theta_version}: '
                                         f'{type(err).__name__}: {err}')
                 return
-            if self.precomputed is not None and self.precomputed['key'] == key:
-                self.precomputed['terms'] = terms
+            entry['terms'] = terms         # its own entry: a newer policy's is another dict
         if self.work.quick():
             linearise()
         else:
