@@ -119,21 +119,15 @@ def test_params_file_beside_a_users_problem_else_the_nodes_defaults(tmp_path):
     for a shipped problem without one, a sim-only run uses the nodes' defaults; hardware refuses."""
     problem = tmp_path / 'pendulum.yaml'
     problem.write_text('kind: robot\n')
-
-    def params_of(mode, *arguments):
-        commands = [item.command for item in launcher.plan(mode, launcher.parse_assignments(mode, list(arguments)))]
-        files = {c[c.index('--params-file') + 1] if '--params-file' in c else None for c in commands}
-        assert len(files) == 1
-        return files.pop()
-    assert params_of('sim_only', f'problem:={problem}') is None
-    assert params_of('sim_only', 'problem:=swingup') is None
+    assert params_of_plan(problem) is None
+    assert params_of_plan('swingup') is None
     with pytest.raises(launcher.LaunchError, match=r"pendulum_params.yaml for problem '.*pendulum.yaml' beside the "
                                                   r"problem file"):
-        params_of('hardware', f'problem:={problem}')
+        params_of_plan(problem, 'hardware')
     (tmp_path / 'pendulum_params.yaml').write_text('/**/outer_optimizer:\n  ros__parameters:\n    iterations: 3\n')
-    assert params_of('sim_only', f'problem:={problem}') == str(tmp_path / 'pendulum_params.yaml')
-    assert params_of('hardware', f'problem:={problem}') == str(tmp_path / 'pendulum_params.yaml')
-    assert params_of('sim_only', 'problem:=pendulum') == str(CONFIG / 'pendulum_params.yaml')
+    assert params_of_plan(problem) == str(tmp_path / 'pendulum_params.yaml')
+    assert params_of_plan(problem, 'hardware') == str(tmp_path / 'pendulum_params.yaml')
+    assert params_of_plan('pendulum') == str(CONFIG / 'pendulum_params.yaml')
 
 
 @pytest.mark.parametrize('path', sorted(CONFIG.glob('*_params.yaml')), ids=lambda p: p.name)
@@ -300,10 +294,9 @@ def test_launch_file_takes_the_params_file_the_pip_launcher_takes(tmp_path):
         assert params_of_plan(name) == expected
 
 
-def params_of_plan(problem):
-    """The params file the pip-only launcher gives every process of a sim-only run of ``problem``."""
-    commands = [p.command for p in launcher.plan('sim_only', launcher.parse_assignments('sim_only',
-                                                                                         [f'problem:={problem}']))]
+def params_of_plan(problem, mode='sim_only'):
+    """The params file the pip-only launcher gives every process of a ``mode`` run of ``problem``."""
+    commands = [p.command for p in launcher.plan(mode, launcher.parse_assignments(mode, [f'problem:={problem}']))]
     files = {c[c.index('--params-file') + 1] if '--params-file' in c else None for c in commands}
     assert len(files) == 1
     return files.pop()

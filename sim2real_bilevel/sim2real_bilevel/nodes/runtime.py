@@ -318,9 +318,9 @@ class PublisherNames:
 
 class BackgroundWork:
     """Runs computations one at a time, in order, in a worker thread of its own; ``await
-    work.run(fn)`` from an async callback lets the executor go on serving (cancel requests,
-    parameters) meanwhile.  ``work.start(fn)`` returns the rclpy Future of the result (several
-    callbacks may await it).  The thread is started at the first computation and then kept: a
+    work.start(fn)`` (or ``work.run_long(fn, heartbeat)``) from an async callback lets the executor
+    go on serving (cancel requests, parameters) meanwhile.  ``work.start(fn)`` returns the rclpy
+    Future of the result (several callbacks may await it).  The thread is started at the first computation and then kept: a
     new thread per computation cost the executor's thread ~1 ms in ``Thread.start`` on a loaded
     2-core machine (the robot container's evaluator, once per outer iteration).  The hand-back
     costs a few milliseconds (GIL switch interval), so use it for long work."""
@@ -340,9 +340,6 @@ class BackgroundWork:
         self.lock = threading.Lock()
         self.queued = 0                     # computations started and not finished
         self.last_s: Optional[float] = None  # how long the last computation took
-
-    async def run(self, function: Callable[[], Any]) -> Any:
-        return await self.start(function)
 
     def quick(self) -> bool:
         """Whether the next computation may run inline: the last took under ``INLINE_BELOW_S`` and

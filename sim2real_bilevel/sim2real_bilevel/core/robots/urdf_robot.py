@@ -109,7 +109,7 @@ def pybullet_urdf_text(urdf_text: str, joint_names: Sequence[str]) -> str:
       would give it 1 kg and a unit inertia);
     - a moving joint that is not controlled becomes fixed at its zero position (the simulator
       keeps only the controlled joints; pybullet would let it move freely);
-    - inertias repaired as for the simulator (its warning was given where the simulator read
+    - inertias repaired as for the simulator (``dynamics_urdf_text``; its warning was given where the simulator read
       the file)."""
     root = ElementTree.fromstring(urdf_text)
     for link in root.findall('link'):
