@@ -191,9 +191,9 @@ def test_service_reset_times_out_when_the_robot_does_not_answer(ros):
 @ros_test
 def test_service_reset_starts_each_episode_from_the_emulators_reset(ros):
     bridge, episodes, _ = start_bridge(ros, reset_mode='service')
-    start_emulator(ros)
+    emulator = start_emulator(ros)
     result = Goal(ros, episodes, n_episodes=2).result(120.0)
-    assert result.success, result.message
+    assert result.success, (result.message, emulator.log()[-3000:], bridge.log()[-3000:])
     starts = conversions.trajectories_from_msg(result.trajectories).states[:, 0, 0]
     assert np.all(np.abs(starts) <= 0.5 + 0.05) and starts[0] != starts[1]   # two draws from [-0.5, 0.5]
 

@@ -40,12 +40,16 @@ Two transports, the bridge picks one:
 
 Only the nodes named in ``commanders`` may drive the robot: while any other node publishes on
 ``<controller>/commands`` (seen in the ROS graph, checked at every command), every command is
-ignored and counted.  rclpy gives no per-message sender, so this is a graph-level check: it
+ignored and counted.  A writer the graph does not name yet (DDS delivers before the name arrives)
+is not trusted either; in lockstep its commands are held, in order, until the graph names it
+(applied) or names an intruder or UNNAMED_GRACE_S pass (ignored), since a lockstep commander
+waits for each answer.  rclpy gives no per-message sender, so this is a graph-level check: it
 stops a stray ``ros2 topic pub`` or a second controller, not a participant that takes the
 bridge's name (docs/security.md).
 """
 from __future__ import annotations
 
+import time
 from typing import Optional, Sequence
 
 import numpy as np
@@ -67,8 +71,13 @@ from .evaluation import EvaluationServer
 from .realtime_robot import RealTimeRobot, fault_parameters
 from .robot_visuals import RobotVisuals
 from .runtime import PROBLEM, ROBOT_STREAM, SEED, SENSOR, DeclaredParameters, ParameterSpec, \
-    PublisherNames, load_problem, run_node
+    UNKNOWN_NODE, PublisherNames, load_problem, run_node
 
+UNNAMED = ' publisher(s) not yet in the ROS graph'
+"""An intruder of ``intruders()`` that may be an allowed commander whose name has not reached the
+graph yet: DDS matches a writer and delivers its data before the writer's node name arrives."""
+UNNAMED_GRACE_S = 1.0
+"""Lockstep: the longest a command from such a writer is held, waiting for its name."""
 
 class RobotEmulator(Node):
 
@@ -133,6 +142,8 @@ class RobotEmulator(Node):
         self.commanders = {name if name.startswith('/') else f'{namespace}/{name}'
                            for name in self.parameters['commanders'] if name}
         self.refused_commands = 0
+        self.held_commands: list[Float64MultiArray] = []     # from a writer the graph does not name yet
+        self.held_since, self.held_timer = 0.0, None
         self.requests = KeptResults(lambda: 16)    # a bridge restarted while episodes ran asks again
         # a bridge in the same process (containers:=robot) may hand its goals over by a direct call
         self.episodes_server = serve_action(self, RunEpisodes, '~/run_episodes', self.run_episodes_callback,
@@ -221,6 +232,10 @@ class RobotEmulator(Node):
             return response
         sample = self.system.reset()
         self.running = True
+        if self.held_commands:                       # sent for the episode the reset ends
+            self.get_logger().warning(f'reset: {len(self.held_commands)} held command(s) dropped')
+            self.held_commands = []
+            self.destroy_timer(self.held_timer)
         if self.realtime_mode:
             if self.realtime is None:
                 self.realtime = RealTimeRobot(self, self.system, self.parameters,
@@ -240,25 +255,60 @@ class RobotEmulator(Node):
         if not self.commanders:
             return []
         names = self.command_publisher_names()
-        intruders = {name for name in names if name not in self.commanders or names.count(name) > 1}
+        known = [name for name in names if not name.endswith(UNKNOWN_NODE)]
+        intruders = {name for name in known if name not in self.commanders or names.count(name) > 1}
         # DDS matches a writer before its data arrives, but its node name reaches the ROS graph
-        # separately (and later): a matched writer the graph does not show yet is not trusted
-        unnamed = self.command_subscription.get_publisher_count() - len(names)
+        # separately (and later): a matched writer the graph does not name yet is not trusted
+        unnamed = self.command_subscription.get_publisher_count() - len(known)
         if unnamed > 0:
-            intruders.add(f'{unnamed} publisher(s) not yet in the ROS graph')
+            intruders.add(f'{unnamed}{UNNAMED}')
         return sorted(intruders)
 
     def command_callback(self, msg: Float64MultiArray) -> None:
         if not self.running:
             return
-        intruders = self.intruders()
-        if intruders:
-            self.refused_commands += 1
-            self.get_logger().error(f'ignored command {list(msg.data)}: {", ".join(intruders)} also publish(es) on '
-                                    f'{self.command_subscription.topic_name}; only {sorted(self.commanders)} may '
-                                    f'command the robot ({self.refused_commands} refused so far)',
-                                    throttle_duration_sec=1.0)
+        if self.held_commands:                       # in order, behind the held ones
+            self.held_commands.append(msg)
             return
+        intruders = self.intruders()
+        if intruders and self.only_unnamed(intruders) and not self.realtime_mode:
+            # a lockstep robot that drops a command stalls its commander: hold it until the
+            # graph names the writer (then decide), for UNNAMED_GRACE_S at most
+            self.held_commands.append(msg)
+            self.held_since = time.monotonic()
+            self.held_timer = self.create_timer(0.02, self.release_held_commands)
+            return
+        if intruders:
+            self.refuse_command(msg, intruders)
+            return
+        self.apply_command(msg)
+
+    @staticmethod
+    def only_unnamed(intruders: list[str]) -> bool:
+        return all(name.endswith(UNNAMED) for name in intruders)
+
+    def release_held_commands(self) -> None:
+        """The held commands, once the ROS graph names every writer: applied in order (or refused
+        when an intruder is named, or when UNNAMED_GRACE_S passed without a name)."""
+        intruders = self.intruders()
+        if intruders and self.only_unnamed(intruders) and time.monotonic() - self.held_since < UNNAMED_GRACE_S:
+            return
+        self.destroy_timer(self.held_timer)
+        held, self.held_commands = self.held_commands, []
+        for msg in held:
+            if intruders:
+                self.refuse_command(msg, intruders)
+            elif self.running:
+                self.apply_command(msg)
+
+    def refuse_command(self, msg: Float64MultiArray, intruders: list[str]) -> None:
+        self.refused_commands += 1
+        self.get_logger().error(f'ignored command {list(msg.data)}: {", ".join(intruders)} also publish(es) on '
+                                f'{self.command_subscription.topic_name}; only {sorted(self.commanders)} may '
+                                f'command the robot ({self.refused_commands} refused so far)',
+                                throttle_duration_sec=1.0)
+
+    def apply_command(self, msg: Float64MultiArray) -> None:
         command = list(msg.data)
         if len(command) != len(self.joints):
             order = [self.joints[i] for i in self.command_index]

@@ -282,6 +282,11 @@ class Backoff:
         return True
 
 
+UNKNOWN_NODE = '_NODE_NAME_UNKNOWN_'
+"""rmw's node name for an endpoint whose node's name has not reached this participant yet (DDS
+discovers a writer, and delivers its data, before its participant's node list arrives)."""
+
+
 def command_publishers(node, topic: str) -> list[str]:
     """Fully qualified names of the nodes publishing on ``topic``, one entry per publisher (a
     name twice: two publishers claim it), as the ROS graph of ``node`` sees them now."""
@@ -310,8 +315,10 @@ class PublisherNames:
         now = time.monotonic()
         if fresh or count != self.count or now - self.read_at > self.refresh_s:
             self.names = command_publishers(self.node, self.topic)
-            # a count the names disagree with (the graph changed between the two reads) is not kept
-            self.count, self.read_at = (count if count == len(self.names) else None), now
+            # a count the names disagree with (the graph changed between the two reads) is not kept,
+            # nor one with a name still unknown (it arrives without changing the count)
+            kept = count == len(self.names) and not any(name.endswith(UNKNOWN_NODE) for name in self.names)
+            self.count, self.read_at = (count if kept else None), now
             self.reads += 1
         return self.names
 

@@ -14,6 +14,8 @@ joint_states (the lockstep emulator, tabular problems); ``timer``, the wall-cloc
 QoS, which matches reliable publishers too)."""
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
 from sensor_msgs.msg import JointState
@@ -123,6 +125,32 @@ class TopicTransport(Transport):
         stamps, self.episode_stamps = self.episode_stamps or [], None
         return stamps
 
+    async def commands_reach_the_robot(self) -> Optional[str]:
+        """Wait until the command publisher has matched every subscription the ROS graph lists on
+        the command topic, and at least one; None then, else why not.  A reliable, volatile
+        writer drops what it publishes before it has matched a reader, and one command of the
+        lockstep loop, lost, leaves the robot waiting and the watchdog firing (seen under load:
+        the robot's reset service was ready and its first state had arrived, but the bridge's
+        writer had not matched its command reader yet).  Up to ``reset_timeout_s`` for a first
+        reader; then up to ``watchdog_timeout_s`` for the others the graph lists (a reader whose
+        QoS never matches is only warned of)."""
+        bridge, waits = self.bridge, self.bridge.waits
+        publisher = bridge.command_publisher
+        topic = publisher.topic_name
+        first = bridge.parameters['reset_timeout_s']
+        if not await waits.until(lambda: publisher.get_subscription_count() > 0, first):
+            return stop_reason(bridge) or (f'no robot controller subscribes to {topic} within reset_timeout_s '
+                                           f'({first:g} s): is the controller loaded and active?')
+        if not await waits.until(lambda: publisher.get_subscription_count() >= bridge.count_subscribers(topic),
+                                 bridge.parameters['watchdog_timeout_s']):
+            if stop_reason(bridge) is not None:
+                return stop_reason(bridge)
+            bridge.get_logger().warning(
+                f'{topic}: the ROS graph lists {bridge.count_subscribers(topic)} subscription(s), the command '
+                f'publisher matched {publisher.get_subscription_count()} (a subscriber with incompatible QoS?); '
+                'commanding the matched ones')
+        return None
+
     async def reset_robot(self, efforts: bool = True, feedback=None) -> Trigger.Response:
         """Bring the robot to an initial state by ``reset_mode`` (``nodes/resets.py``); on success
         ``latest_state`` is None or measured after the reset.  ``efforts``: commands are joint
@@ -170,6 +198,9 @@ class TopicTransport(Transport):
             if not safety:
                 return fail('the timer loop runs effort controllers only; use loop lockstep')
             return await run_timed(self, goal, goal_handle, controller, bounds, fail, version, feedback, ends)
+        unreachable = await self.commands_reach_the_robot()
+        if unreachable is not None:
+            return fail(unreachable)
         for episode in range(int(goal.n_episodes)):
             reset = await self.reset_robot(safety, lambda status, done=episode: feedback(status, done))
             if not reset.success:
@@ -211,13 +242,13 @@ class TopicTransport(Transport):
                 answered = ((lambda c=reward_count: self.state_arrived() and len(self.rewards) > c)
                             if controller.needs_reward else self.state_arrived)
                 if not await waits.until(answered, timeout) or self.latest_state is None:
+                    where = (f'episode {episode}, step {t}; the command went to '
+                             f'{bridge.command_publisher.get_subscription_count()} matched reader(s)')
                     if not safety:
-                        return fail(self.stale_reason(f'no answer from the robot within {timeout} s (episode '
-                                                      f'{episode}, step {t})'))
+                        return fail(self.stale_reason(f'no answer from the robot within {timeout} s ({where})'))
                     if bridge.estopped:
                         return fail(f'E-STOP: {bridge.estop_reason}')
-                    return fail(self.stale_reason(f'watchdog: joint_states stale for {timeout} s (episode {episode}, '
-                                                  f'step {t})'))
+                    return fail(self.stale_reason(f'watchdog: joint_states stale for {timeout} s ({where})'))
                 controller.record(command, self.rewards[-1] if controller.needs_reward else None)
             feedback('' if end is None else end.describe(), episode + 1)
         message = ends.message(int(goal.n_episodes))
