@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -108,9 +109,10 @@ def test_launcher_refuses_unknown_arguments_and_missing_files():
         launcher.parse_assignments('sim_only', ['problem=x'])
     with pytest.raises(launcher.LaunchError, match='no such file'):
         launcher.plan('sim_only', launcher.parse_assignments('sim_only', ['params_file:=/no/such.yaml']))
-    with pytest.raises(launcher.LaunchError, match=r"no parameter file swingup_params.yaml for problem 'swingup' "
+    with pytest.raises(launcher.LaunchError, match=r"no parameter file pendulum_urdf_params.yaml for problem "
+                                                  r"'pendulum_urdf' "
                                                   r"in .*on hardware the bridge's joints and limits must be your own"):
-        launcher.plan('hardware', launcher.parse_assignments('hardware', ['problem:=swingup']))
+        launcher.plan('hardware', launcher.parse_assignments('hardware', ['problem:=pendulum_urdf']))
 
 
 def test_params_file_beside_a_users_problem_else_the_nodes_defaults(tmp_path):
@@ -120,7 +122,7 @@ def test_params_file_beside_a_users_problem_else_the_nodes_defaults(tmp_path):
     problem = tmp_path / 'pendulum.yaml'
     problem.write_text('kind: robot\n')
     assert params_of_plan(problem) is None
-    assert params_of_plan('swingup') is None
+    assert params_of_plan('pendulum_urdf') is None
     with pytest.raises(launcher.LaunchError, match=r"pendulum_params.yaml for problem '.*pendulum.yaml' beside the "
                                                   r"problem file"):
         params_of_plan(problem, 'hardware')
@@ -282,7 +284,7 @@ def test_launch_file_takes_the_params_file_the_pip_launcher_takes(tmp_path):
     problem = tmp_path / 'arm.yaml'
     problem.write_text('kind: urdf\n')
     (tmp_path / 'arm_params.yaml').write_text('/**/outer_optimizer:\n  ros__parameters:\n    iterations: 3\n')
-    for name, expected in (('pendulum', str(CONFIG / 'pendulum_params.yaml')), ('swingup', None),
+    for name, expected in (('pendulum', str(CONFIG / 'pendulum_params.yaml')), ('pendulum_urdf', None),
                            (str(problem), str(tmp_path / 'arm_params.yaml'))):
         context = LaunchContext()
         context.launch_configurations.update(graph.argument_defaults('sim_only') | {'problem': name})
@@ -347,3 +349,47 @@ def test_robot_mode_arguments_are_checked_before_anything_starts(assignments, me
     with pytest.raises(launcher.LaunchError, match=message):
         launcher.parse_assignments('sim_only', assignments)
 
+
+
+ROBOT_PARAMS = [path for path in sorted(CONFIG.glob('*_params.yaml'))
+                if (CONFIG / path.name.replace('_params.yaml', '.yaml')).exists()
+                and yaml.safe_load((CONFIG / path.name.replace('_params.yaml', '.yaml')).read_text())['kind']
+                in ('robot', 'urdf')]
+
+
+def test_every_shipped_robot_task_has_a_params_file():
+    """Without one a sim-only run takes the bridge's node defaults (effort 2 N m, +-3.2 rad), which
+    would clamp the swing-up's shoulder and the iiwa's every joint on the topic transport, and
+    `launch hardware` refuses."""
+    tasks = sorted(p.stem for p in CONFIG.glob('*.yaml') if not p.stem.endswith('_params')
+                   and yaml.safe_load(p.read_text())['kind'] in ('robot', 'urdf'))
+    assert {'pendulum', 'swingup', 'iiwa_payload'} <= set(tasks)
+    assert [p.name for p in ROBOT_PARAMS] == [f'{t}_params.yaml' for t in tasks if (CONFIG / f'{t}_params.yaml')
+                                              .exists()]
+    missing = [t for t in tasks if not (CONFIG / f'{t}_params.yaml').exists()]
+    assert missing in ([], ['pendulum_urdf']), missing     # pendulum_urdf: the pendulum's URDF twin, sim-only
+
+
+@pytest.mark.parametrize('path', ROBOT_PARAMS, ids=lambda p: p.name)
+def test_a_shipped_bridge_commands_the_whole_actuator_range_the_policy_was_trained_on(path):
+    """The bridge's joints are the task's, and its command filter is not tighter than the
+    simulator's actuator (the class of failure measured on the pendulum: a filter at half the
+    range made the nominal policy fall in 16 of 32 episodes); the task's start states are inside
+    its state bounds."""
+    from sim2real_bilevel.core.problems import load_problem
+    from sim2real_bilevel.nodes.joints import controlled_joints, joint_bounds, parse_joint_limits
+    from sim2real_bilevel.nodes.safety import effort_below_actuator
+    problem = load_problem(CONFIG / path.name.replace('_params.yaml', '.yaml'))
+    document = yaml.safe_load(path.read_text())
+    bridge = document['/**/hardware_bridge']['ros__parameters']
+    joints, _ = controlled_joints(bridge['joints'], problem.joints())
+    assert controlled_joints(document['/**/robot_emulator']['ros__parameters']['joints'], problem.joints())[0] == joints
+    bounds = joint_bounds(joints, problem.joints(), effort_limit=bridge['effort_limit'],
+                          max_effort_rate=bridge['max_effort_rate'], position_limit=bridge['position_limit'],
+                          velocity_limit=bridge['velocity_limit'],
+                          overrides=parse_joint_limits(bridge.get('joint_limits', ''), joints))
+    actuator = np.asarray(problem.actuator_range())
+    assert effort_below_actuator(bounds, tuple(actuator)) is None
+    assert np.all(bounds.effort_rate >= actuator - 1e-9), bounds.describe()      # zero to full in one step
+    start = problem.start_pose()
+    assert bounds.violation(np.asarray(start), np.zeros(len(joints))) is None

@@ -44,7 +44,10 @@ class NodeProcess:
         self.output = log_dir / f'{executable}.out'
         command = [sys.executable, '-m', f'sim2real_bilevel.nodes.{executable}', '--ros-args',
                    '-r', f'__node:={executable}']
-        for key, value in (parameters or {}).items():
+        parameters = dict(parameters or {})
+        if 'params_file' in parameters:                  # a file first; the -p values override it
+            command += ['--params-file', str(parameters.pop('params_file'))]
+        for key, value in parameters.items():
             command += ['-p', f'{key}:={value}']
         with open(self.output, 'w') as stream:
             # a test process killed without its teardown must not leave nodes behind on its

@@ -23,6 +23,11 @@ PENDULUM = 'pendulum'
 def test_the_pendulum_starts_at_the_mean_of_its_initial_states_and_tabular_has_no_start_pose():
     assert load_problem(builtin_config(PENDULUM)).start_pose() == [0.0]            # position_range [-0.5, 0.5]
     assert load_problem(builtin_config('discrete_3s2a')).start_pose() is None
+    # one per joint, the middle of each joint's range (it was the mean over the two columns: the
+    # swing-up's scripted reset drove the shoulder to 1.47 rad, not to hanging at 3.14)
+    assert load_problem(builtin_config('swingup')).start_pose() == pytest.approx([3.14, 0.0])
+    assert load_problem(builtin_config('iiwa_payload')).start_pose() == pytest.approx([0.0, 0.5, 0.0, -1.2, 0.0, 0.8,
+                                                                                      0.0])
 
 
 def test_start_pose_takes_named_entries_over_the_problems_pose_and_names_bad_ones():
@@ -75,7 +80,7 @@ from sim2real_bilevel_interfaces.action import RunEpisodes  # noqa: E402
 from sim2real_bilevel.nodes import conversions  # noqa: E402
 from sim2real_bilevel.nodes.action_calls import wait_for_result  # noqa: E402
 from sim2real_bilevel.nodes.runtime import EVENTS, ROBOT_STREAM  # noqa: E402
-from test_nodes import ros  # noqa: E402,F401 (ros: the fixture)
+from test_nodes import PACKAGE_ROOT, ros  # noqa: E402,F401 (ros: the fixture)
 
 ros_test = pytest.mark.ros
 
@@ -346,3 +351,31 @@ def test_estop_and_deactivation_end_every_reset_at_once_with_a_zero_command(ros,
     finally:
         if robot is not None:
             robot.close()
+
+
+@ros_test
+def test_the_swingups_shipped_parameters_run_its_episodes_on_the_topic_transport_from_a_scripted_reset(ros):
+    """config/swingup_params.yaml as a hardware user would start from it: the topic transport, a
+    scripted reset to the task's start pose (hanging, [3.14, 0]; it was [1.47, 1.67], the mean of the
+    wrong axis) with the file's reset gains (the node defaults clamp every command and never settle
+    here), and an initial policy's episodes under the file's limits, no bound crossed."""
+    params = PACKAGE_ROOT / 'config' / 'swingup_params.yaml'
+    problem = load_problem(builtin_config('swingup'))
+    bridge = ros.start('hardware_bridge', params_file=params, problem='swingup', autostart='true',
+                       transport='topics', reset_mode='scripted')
+    emulator = ros.start('robot_emulator', params_file=params, problem='swingup', start_running='true', seed='0')
+    ros.spin_until(lambda: ros.node.count_subscribers('forward_command_controller/commands') >= 1, 60.0,
+                   "the emulator's command subscription")
+    episodes = ActionClient(ros.node, RunEpisodes, 'run_episodes')
+    ros.spin_until(episodes.server_is_ready, 60.0, 'the bridge')
+    ros.settle(episodes)
+    phi = problem.policy.init_params(np.random.default_rng(0))
+    response = ros.run_goal(episodes, RunEpisodes.Goal(policy=conversions.policy_to_msg(phi, 1, 0, 0.0),
+                                                       n_episodes=2), 300.0)
+    assert response is not None and response.result.success, (response, bridge.log()[-3000:],
+                                                               emulator.log()[-2000:])
+    batch = conversions.trajectories_from_msg(response.result.trajectories)
+    assert batch.states.shape[0] == 2
+    assert np.abs(batch.states[:, 0, 0] - 3.14).max() <= 0.05 and np.abs(batch.states[:, 0, 1]).max() <= 0.05
+    assert 'reset (scripted): start pose [3.14, 0.0] reached' in bridge.log()
+

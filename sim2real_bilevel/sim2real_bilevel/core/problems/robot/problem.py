@@ -481,8 +481,10 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         return BASE_LINK, {BASE_LINK: np.eye(4), PENDULUM_LINK: transform}
 
     def start_pose(self) -> list[float]:
-        """The middle of ``initial_state.position_range`` (the mean of the uniform initial angle)."""
-        return [0.5 * (self.initial.position[0] + self.initial.position[1])]
+        """The middle of ``initial_state.position_range`` (the mean of the uniform initial angle),
+        one per joint: the range is one (low, high) pair, or one row per joint."""
+        ranges = np.asarray(self.initial.position, dtype=np.float64).reshape(-1, 2)
+        return [float(value) for value in ranges.mean(axis=1)]
 
     def real_policy_gradient(self, phi: np.ndarray, batches: list[Trajectories],
                              theta: Optional[np.ndarray] = None) -> np.ndarray:
