@@ -55,7 +55,7 @@ from .action_calls import RESULT_KEPT_S, UNSUPPORTED, InProcessGoalHandle
 from .control_loop import key_values
 from .joints import controlled_joints, joint_bounds, parse_joint_limits, to_command_order
 from .kept_results import KeptResults
-from .resets import RESET_PARAMETERS, start_pose
+from .resets import RESET_PARAMETERS, model_response, start_pose
 from .safety import JointBounds, effort_below_actuator
 from .robot_visuals import RobotVisuals
 from .runtime import EVENTS, LATCHED, PROBLEM, ROBOT_STREAM, DeclaredParameters, ParameterSpec, \
@@ -108,7 +108,9 @@ class HardwareBridge(LifecycleNode):
                           'in time in one episode: zero command, episode aborted', low=0, high=10 ** 9),
             ParameterSpec('step_timeout_s', 2.0, 'longest wait for the robot\'s answer to one command',
                           low=0.001, high=600.0),
-            ParameterSpec('reset_timeout_s', 10.0, 'longest wait for the reset service to start an episode',
+            ParameterSpec('reset_timeout_s', 10.0, 'longest wait for the robot to answer a reset (the reset '
+                          'service, or the first joint_states of a scripted reset) and for a command reader '
+                          'before a goal',
                           low=0.01, high=600.0),
             *RESET_PARAMETERS,
             ParameterSpec('episode_timeout_s', 600.0, 'longest wait for a batched run_episodes result',
@@ -200,6 +202,7 @@ class HardwareBridge(LifecycleNode):
         if self.parameters['reset_mode'] == 'scripted':
             try:
                 start_pose(self.parameters['reset_pose'], self.joints, self.problem.start_pose(), bounds)
+                model_response(self.problem)          # the scripted reset's model gains, now rather than mid-goal
             except ValueError as err:
                 self.get_logger().error(f'configure failed: reset_mode scripted: {err}')
                 return TransitionCallbackReturn.FAILURE

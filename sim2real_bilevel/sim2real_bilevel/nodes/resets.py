@@ -6,7 +6,13 @@ episode, chosen by the hardware bridge's ``reset_mode`` (read before every episo
   unanswered half that time is sent once more.
 - ``scripted``: the bridge drives the joints to a start pose -- ``reset_pose`` entries
   ``joint=position`` (comma-separated) by name, other joints at the problem's ``start_pose()`` (the mean of its
-  initial-state distribution) -- with a PD law, effort = ``reset_kp`` (q* - q) - ``reset_kd`` qd,
+  initial-state distribution) -- with a PD law per joint (``ResetLaw``), effort = hold + kp (q* - q) - kd qd.
+  By default the gains come from the user's own model (the problem's ``reset_response()`` at the
+  start pose: each joint's velocity answer over one control period to its command and to its
+  displacement, and the hold commands): the joint's closed loop, linearised, has a double pole
+  at -w, w = ``reset_bandwidth`` / control period, gravity's tipping included.  ``reset_kp`` > 0
+  sets fixed gains ``reset_kp``, ``reset_kd`` for every joint instead (a problem without a model:
+  FALLBACK_GAINS).  An unknown load the model lacks leaves a position error of load / kp.  It runs
   under the bridge's own per-joint limits (``nodes/joints.py``): the CommandFilter (effort and
   rate limits, from a zero command like an episode) and the state bounds (position and velocity
   limits).  One command per joint_states: a lockstep robot steps on them, a
@@ -14,7 +20,7 @@ episode, chosen by the hardware bridge's ``reset_mode`` (read before every episo
   zero commands, one per ``watchdog_timeout_s``).  The pose is reached once every joint is within
   ``reset_position_tolerance`` of its target and ``reset_velocity_tolerance`` of rest for
   ``reset_settle_samples`` readings in a row; it is not reached within
-  ``scripted_reset_timeout_s`` (or a bound is crossed, or joint_states go stale for
+  ``scripted_reset_timeout_s`` from the robot's first state (or a bound is crossed, or joint_states go stale for
   ``watchdog_timeout_s``): zero command, and the episode is refused with the joint's state.
 - ``operator``: zero command (a person may now handle the robot), then the goal's feedback
   (``status``), the bridge's log and its /diagnostics say the bridge waits for the operator,
@@ -30,6 +36,7 @@ After a successful reset the transport's ``latest_state`` is None or a state mea
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -50,9 +57,12 @@ RESET_PARAMETERS = [
                   'the next episode', choices=RESET_MODES),
     ParameterSpec('reset_pose', '', "scripted reset: start positions, 'joint=position' entries (rad) separated by "
                   "commas; joints not named start at the problem's start pose (the mean of its initial states)"),
-    ParameterSpec('reset_kp', 10.0, 'scripted reset: PD stiffness (N m per rad of position error)', low=0.0,
-                  high=1e6),
-    ParameterSpec('reset_kd', 1.0, 'scripted reset: PD damping (N m per rad/s of velocity)', low=0.0, high=1e6),
+    ParameterSpec('reset_kp', 0.0, "scripted reset: a fixed PD stiffness for every joint (N m per rad of position "
+                  "error); 0 = each joint's gains from the problem's model and reset_bandwidth", low=0.0, high=1e6),
+    ParameterSpec('reset_kd', 1.0, 'scripted reset: the fixed PD damping (N m per rad/s of velocity), with '
+                  'reset_kp > 0', low=0.0, high=1e6),
+    ParameterSpec('reset_bandwidth', 0.25, "scripted reset with the model's gains: the closed loop's double pole, "
+                  'in rad per control period (smaller: slower, more tolerant of delay)', low=1e-3, high=1.0),
     ParameterSpec('reset_position_tolerance', 0.05, 'scripted reset: largest |position - target| (rad) of a '
                   'reached start pose', low=1e-9, high=1e6),
     ParameterSpec('reset_velocity_tolerance', 0.25, 'scripted reset: largest |velocity| (rad/s) of a reached start '
@@ -98,9 +108,57 @@ def start_pose(text: str, joints: Sequence[str], default: Optional[Sequence[floa
     return np.array([pose[joint] for joint in joints])
 
 
-def pd_effort(target: np.ndarray, position: np.ndarray, velocity: np.ndarray, kp: float, kd: float) -> np.ndarray:
-    """The scripted reset's requested effort per joint (before the CommandFilter)."""
+def pd_effort(target: np.ndarray, position: np.ndarray, velocity: np.ndarray, kp, kd) -> np.ndarray:
+    """A PD law's effort per joint (``kp``, ``kd``: one value, or one per joint)."""
     return kp * (target - position) - kd * velocity
+
+
+FALLBACK_GAINS = (10.0, 1.0)
+"""Fixed (kp, kd) when the problem gives no model: the pendulum's, before model gains."""
+
+
+@dataclass(frozen=True)
+class ResetLaw:
+    """The scripted reset's effort per joint: ``hold + kp (q* - q) - kd qd`` (before the
+    CommandFilter); ``words`` says where the gains came from."""
+    kp: np.ndarray
+    kd: np.ndarray
+    hold: np.ndarray
+    words: str
+
+    def __call__(self, target: np.ndarray, position: np.ndarray, velocity: np.ndarray) -> np.ndarray:
+        return self.hold + pd_effort(target, position, velocity, self.kp, self.kd)
+
+    @staticmethod
+    def of(problem, parameters, joints: int) -> 'ResetLaw':
+        """The gains of the module docstring, for ``joints`` joints."""
+        model = model_response(problem)
+        hold = np.zeros(joints) if model is None else model.hold
+        kp, kd = parameters['reset_kp'], parameters['reset_kd']
+        if kp > 0:
+            return ResetLaw(np.full(joints, kp), np.full(joints, kd), hold, f'fixed gains kp {kp:g}, kd {kd:g}')
+        period = getattr(problem, 'control_period', None)
+        if model is None or not period:
+            kp, kd = FALLBACK_GAINS
+            return ResetLaw(np.full(joints, kp), np.full(joints, kd), hold,
+                            f'fixed gains kp {kp:g}, kd {kd:g} (the problem has no model to derive them from: '
+                            'set reset_kp and reset_kd for your robot)')
+        w = parameters['reset_bandwidth'] / period
+        # linearised, per joint: qdd = (command * u + position * dq) / period; (s + w)^2 wanted,
+        # with gravity's tipping (position > 0) overcome and its restoring (< 0) not relied on
+        kp = (w * w * period + np.maximum(model.position, 0.0)) / model.command
+        kd = 2.0 * w * period / model.command
+        return ResetLaw(kp, kd, hold, f'gains from the model (poles at -{w:.3g} rad/s): kp '
+                                      f'{np.round(kp, 4).tolist()}, kd {np.round(kd, 4).tolist()}, hold '
+                                      f'{np.round(hold, 4).tolist()}')
+
+
+def model_response(problem):
+    """``problem.reset_response()``, once per problem instance (seconds on a 7-joint URDF model:
+    the bridge asks at configure with reset_mode scripted, else at the first scripted reset)."""
+    if not hasattr(problem, '_reset_response'):
+        problem._reset_response = problem.reset_response()
+    return problem._reset_response
 
 
 def pose_miss(joints: Sequence[str], target: np.ndarray, position: np.ndarray, velocity: np.ndarray,
@@ -195,7 +253,8 @@ class EpisodeResets:
             return answer(False, f'scripted reset: {err}')
         joints = bridge.joints
         command_filter = bounds.command_filter()
-        kp, kd, settle = parameters['reset_kp'], parameters['reset_kd'], parameters['reset_settle_samples']
+        law = ResetLaw.of(bridge.problem, parameters, len(joints))
+        settle = parameters['reset_settle_samples']
         tolerances = (parameters['reset_position_tolerance'], parameters['reset_velocity_tolerance'])
         timeout, watchdog = parameters['scripted_reset_timeout_s'], parameters['watchdog_timeout_s']
         started = time.monotonic()
@@ -204,23 +263,26 @@ class EpisodeResets:
         def refuse(reason: str) -> Trigger.Response:
             bridge.send_zero_command()
             return answer(False, f'scripted reset to {target.tolist()}: {reason}; zero command sent '
-                                 f'({commands} reset commands, filter: {command_filter.counts()})')
+                                 f'({commands} reset commands, filter: {command_filter.counts()}; {law.words})')
 
         fresh = transport.state_arrived
         asked = 0
         while not fresh():
             # no state yet (the first goal; a lockstep robot publishes only when commanded): a
             # zero command -- the command in force between goals -- asks for one, once per
-            # watchdog period (a command sent before DDS matched the robot is lost)
+            # watchdog period (a command sent before DDS matched the robot is lost); within
+            # reset_timeout_s, as any wait for the robot to answer: the drive's own clock starts
+            # at its first state (a 1 s drive once lost its whole time to discovery here)
             if transport.state_error is not None:
                 return refuse(transport.state_error)
-            if stop_reason(bridge) is not None or time.monotonic() - started > timeout:
-                return refuse(stop_reason(bridge) or f'no joint_states within scripted_reset_timeout_s ({timeout:g} s, '
-                              f'{asked} zero commands sent): the robot publishes none (the robot emulator moves '
-                              'only after a reset or with start_running)')
+            if stop_reason(bridge) is not None or time.monotonic() - started > parameters['reset_timeout_s']:
+                return refuse(stop_reason(bridge) or f'no joint_states within reset_timeout_s '
+                              f'({parameters["reset_timeout_s"]:g} s, {asked} zero commands sent): the robot '
+                              'publishes none (the robot emulator moves only after a reset or with start_running)')
             bridge.send_zero_command()
             asked += 1
             await waits.until(fresh, watchdog)
+        started = time.monotonic()
         while True:
             stop = stop_reason(bridge)               # (a state may arrive together with the stop)
             if stop is not None:
@@ -238,11 +300,11 @@ class EpisodeResets:
             if settled >= settle:
                 elapsed = time.monotonic() - started
                 return answer(True, f'start pose {target.tolist()} reached in {commands} commands ({elapsed:.2f} s): '
-                                    f'position {position.tolist()}, velocity {velocity.tolist()}')
+                                    f'position {position.tolist()}, velocity {velocity.tolist()}; {law.words}')
             if time.monotonic() - started > timeout:
                 return refuse(f'start pose not reached within scripted_reset_timeout_s ({timeout:g} s): '
                               f'{miss or f"within the tolerances for only {settled} of {settle} readings"}')
-            command = command_filter(pd_effort(target, position, velocity, kp, kd))
+            command = command_filter(law(target, position, velocity))
             transport.expect_state()
             estop = bridge.send_command([float(c) for c in command])
             commands += 1

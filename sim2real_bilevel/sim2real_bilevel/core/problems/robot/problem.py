@@ -8,8 +8,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ...problem import (BilevelProblem, InnerResult, JointLimits, SensitivityTerms, Trajectories, alive_mask,
-                        require_finite_policy, warm_torch_func)
+from ...problem import (BilevelProblem, InnerResult, JointLimits, ResetResponse, SensitivityTerms, Trajectories,
+                        alive_mask, require_finite_policy, warm_torch_func)
 from ...robot_model import THETA_NAMES, PendulumGeometry, PendulumModel
 from .config import REAL_GRADIENT_ESTIMATORS, InnerSettings, read_problem_file
 from .estimators import cross_fitted_values, gae, value_features
@@ -19,6 +19,7 @@ from .stepwise import PendulumController, PendulumRealSystem
 
 MAX_PARALLEL_EPISODES = 64       # emulators stepped side by side (one pybullet client each)
 INNER_SOLVERS = ('exact', 'sampled', 'ppo')
+RESET_NEWTON_STEPS = 4         # reset_response: the hold commands converge in 2-3 (the saturation is smooth)
 PPO_EPOCHS, PPO_CLIP, PPO_GAE_LAMBDA = 4, 0.2, 0.95
 
 
@@ -485,6 +486,33 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         one per joint: the range is one (low, high) pair, or one row per joint."""
         ranges = np.asarray(self.initial.position, dtype=np.float64).reshape(-1, 2)
         return [float(value) for value in ranges.mean(axis=1)]
+
+    def reset_response(self) -> Optional[ResetResponse]:
+        """``BilevelProblem.reset_response`` from the simulator's one-step mean at the nominal
+        theta: the hold commands by Newton's method on the velocity after one period from rest at
+        the start pose (within the actuator range), then the diagonals of that velocity's
+        Jacobians in the commands and in the positions there.  None when they are not finite, or
+        a joint does not answer its own command."""
+        pose = torch.tensor(self.start_pose(), dtype=DTYPE)
+        n = pose.numel()
+        theta_phys = self.model.split(self.full_theta(torch.as_tensor(self.theta0(), dtype=DTYPE)))[0].detach()
+        limit = torch.tensor(self.actuator_range(), dtype=DTYPE)
+        rest = torch.zeros(n, dtype=DTYPE)
+
+        def velocity(command: torch.Tensor, position: torch.Tensor = pose) -> torch.Tensor:
+            return self.model.step_mean(torch.cat([position, rest]), command, theta_phys)[n:]
+        hold = torch.zeros(n, dtype=DTYPE)
+        for _ in range(RESET_NEWTON_STEPS):
+            try:
+                step = torch.linalg.solve(torch.autograd.functional.jacobian(velocity, hold), velocity(hold))
+            except RuntimeError:                      # singular: a joint the commands do not move
+                return None
+            hold = torch.clamp(hold - step, -limit, limit)
+        by_command, by_position = torch.autograd.functional.jacobian(velocity, (hold, pose))
+        response = ResetResponse(command=torch.diagonal(by_command).numpy().copy(),
+                                 position=torch.diagonal(by_position).numpy().copy(), hold=hold.numpy().copy())
+        finite = all(np.all(np.isfinite(v)) for v in (response.command, response.position, response.hold))
+        return response if finite and np.all(response.command > 0) else None
 
     def real_policy_gradient(self, phi: np.ndarray, batches: list[Trajectories],
                              theta: Optional[np.ndarray] = None) -> np.ndarray:
