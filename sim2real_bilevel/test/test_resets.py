@@ -55,7 +55,8 @@ def test_start_pose_takes_named_entries_over_the_problems_pose_and_names_bad_one
 def test_the_reset_response_is_the_models_one_period_answer_and_its_gains_place_a_double_pole(name):
     """reset_response against central differences of the simulator's one-step mean (float64), the
     hold commands holding the pose, and the scripted reset's model gains: each joint's linearised
-    closed loop qdd = (command * u + max(position, 0) * dq) / period has the double pole -w."""
+    closed loop qdd = (command * u + max(position, 0) * dq) / period, with the PID, has the poles
+    -w, -w and -w / 4."""
     pytest.importorskip('rclpy')
     import torch
     from sim2real_bilevel.nodes.resets import ResetLaw
@@ -77,14 +78,24 @@ def test_the_reset_response_is_the_models_one_period_answer_and_its_gains_place_
         assert by_position[i] == pytest.approx(response.position[i], rel=1e-6, abs=1e-9)
     assert np.abs(velocity(response.hold, pose)).max() < 1e-9
     assert np.all(response.command > 0)
-    law = ResetLaw.of(problem, {'reset_kp': 0.0, 'reset_kd': 1.0, 'reset_bandwidth': 0.25}, n)
+    limits = np.full(n, 100.0)
+    law = ResetLaw.of(problem, {'reset_kp': 0.0, 'reset_kd': 1.0, 'reset_bandwidth': 0.25}, pose, limits)
     w = 0.25 / period
-    stiffness = (response.command * law.kp - np.maximum(response.position, 0.0)) / period
-    np.testing.assert_allclose(stiffness, w * w, rtol=1e-12)
-    np.testing.assert_allclose(response.command * law.kd / period, 2 * w, rtol=1e-12)
+    inertia, tipping = period / response.command, np.maximum(response.position, 0.0) / period
+    for j in range(n):                   # I s^3 + kd s^2 + (kp - I tipping) s + ki: poles -w, -w, -w / 4
+        poles = np.roots([1.0, law.kd[j] / inertia[j], law.kp[j] / inertia[j] - tipping[j], law.ki[j] / inertia[j]])
+        np.testing.assert_allclose(np.sort(poles.real), [-w, -w, -w / 4], rtol=1e-4)
+        assert np.abs(poles.imag).max() < 1e-4 * w
     assert 'gains from the model' in law.words
-    fixed = ResetLaw.of(problem, {'reset_kp': 3.0, 'reset_kd': 0.5, 'reset_bandwidth': 0.25}, n)
-    assert fixed.kp.tolist() == [3.0] * n and fixed.kd.tolist() == [0.5] * n
+    # the integral grows with the error, and a joint at its effort limit keeps its integral
+    first = law(pose + 0.1, pose, np.zeros(n))
+    np.testing.assert_allclose(law(pose + 0.1, pose, np.zeros(n)) - first, law.ki * 0.1 * period)
+    saturated = ResetLaw.of(problem, {'reset_kp': 0.0, 'reset_kd': 1.0, 'reset_bandwidth': 0.25}, pose,
+                            np.full(n, 1e-6))
+    saturated(pose + 0.1, pose, np.zeros(n))
+    assert np.all(saturated.integral == 0.0)
+    fixed = ResetLaw.of(problem, {'reset_kp': 3.0, 'reset_kd': 0.5, 'reset_bandwidth': 0.25}, pose, limits)
+    assert fixed.kp.tolist() == [3.0] * n and fixed.kd.tolist() == [0.5] * n and not np.any(fixed.ki)
     np.testing.assert_allclose(fixed(pose, pose, np.zeros(n)), response.hold)
 
 

@@ -418,16 +418,17 @@ class BilevelProblem(abc.ABC):
         real initial-state distribution; None when efforts cannot drive it there."""
         return None
 
-    def reset_response(self) -> Optional['ResetResponse']:
+    def reset_response(self, pose: Optional[Sequence[float]] = None) -> Optional['ResetResponse']:
         """What the user's model (the simulator at the nominal theta) says about holding the
-        robot at ``start_pose()``, for the scripted reset's gains; None when the problem has no
-        such model (the bridge then uses fixed gains and no hold command)."""
+        robot at ``pose`` (command order; default ``start_pose()``), for the scripted reset's
+        gains; None when the problem has no such model (the bridge then uses fixed gains and no
+        hold command)."""
         return None
 
 
 @dataclass(frozen=True)
 class ResetResponse:
-    """The model's one-period answer at the start pose, at rest, per joint (command order)."""
+    """The model's one-period answer at a pose, at rest, per joint (command order)."""
     command: np.ndarray      # velocity change (rad/s) over one control period per unit of the joint's command
     position: np.ndarray     # the same per rad of the joint's displacement (> 0: gravity tips it over)
     hold: np.ndarray         # the commands that keep the pose at rest

@@ -201,8 +201,8 @@ class HardwareBridge(LifecycleNode):
         joints = [self.joints[i] for i in self.command_index]            # the command array's order
         if self.parameters['reset_mode'] == 'scripted':
             try:
-                start_pose(self.parameters['reset_pose'], self.joints, self.problem.start_pose(), bounds)
-                model_response(self.problem)          # the scripted reset's model gains, now rather than mid-goal
+                pose = start_pose(self.parameters['reset_pose'], self.joints, self.problem.start_pose(), bounds)
+                model_response(self.problem, pose)    # the scripted reset's model gains, now rather than mid-goal
             except ValueError as err:
                 self.get_logger().error(f'configure failed: reset_mode scripted: {err}')
                 return TransitionCallbackReturn.FAILURE

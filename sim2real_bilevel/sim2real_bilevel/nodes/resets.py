@@ -6,13 +6,14 @@ episode, chosen by the hardware bridge's ``reset_mode`` (read before every episo
   unanswered half that time is sent once more.
 - ``scripted``: the bridge drives the joints to a start pose -- ``reset_pose`` entries
   ``joint=position`` (comma-separated) by name, other joints at the problem's ``start_pose()`` (the mean of its
-  initial-state distribution) -- with a PD law per joint (``ResetLaw``), effort = hold + kp (q* - q) - kd qd.
-  By default the gains come from the user's own model (the problem's ``reset_response()`` at the
-  start pose: each joint's velocity answer over one control period to its command and to its
-  displacement, and the hold commands): the joint's closed loop, linearised, has a double pole
-  at -w, w = ``reset_bandwidth`` / control period, gravity's tipping included.  ``reset_kp`` > 0
-  sets fixed gains ``reset_kp``, ``reset_kd`` for every joint instead (a problem without a model:
-  FALLBACK_GAINS).  An unknown load the model lacks leaves a position error of load / kp.  It runs
+  initial-state distribution) -- with a PID law per joint (``ResetLaw``), effort = hold + kp (q* - q) - kd qd
+  + ki * integral (q* - q) dt.
+  By default the gains come from the user's own model (the problem's ``reset_response(pose)`` at
+  the target pose: each joint's velocity answer over one control period to its command and to its
+  displacement, and the hold commands): the joint's closed loop, linearised, has poles at -w
+  (double) and -w / INTEGRAL_SLOWER, w = ``reset_bandwidth`` / control period, gravity's tipping
+  included.  ``reset_kp`` > 0 sets fixed PD gains ``reset_kp``, ``reset_kd`` for every joint
+  instead (a problem without a model: FALLBACK_GAINS, no integral).  It runs
   under the bridge's own per-joint limits (``nodes/joints.py``): the CommandFilter (effort and
   rate limits, from a zero command like an episode) and the state bounds (position and velocity
   limits).  One command per joint_states: a lockstep robot steps on them, a
@@ -36,7 +37,6 @@ After a successful reset the transport's ``latest_state`` is None or a state mea
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -117,48 +117,74 @@ FALLBACK_GAINS = (10.0, 1.0)
 """Fixed (kp, kd) when the problem gives no model: the pendulum's, before model gains."""
 
 
-@dataclass(frozen=True)
 class ResetLaw:
-    """The scripted reset's effort per joint: ``hold + kp (q* - q) - kd qd`` (before the
-    CommandFilter); ``words`` says where the gains came from."""
-    kp: np.ndarray
-    kd: np.ndarray
-    hold: np.ndarray
-    words: str
+    """The scripted reset's effort per joint, one reading at a time (before the CommandFilter):
+    ``hold + kp (q* - q) - kd qd + ki * integral of (q* - q) dt``.  A joint whose effort would
+    reach its limit keeps its integral (no wind-up: a saturated loop winding it up overshoots or
+    never settles).  ``words`` says where the gains came from; one law per reset (its integral
+    starts at zero)."""
+
+    def __init__(self, kp, kd, ki, hold, period: float, effort_range, words: str):
+        self.kp, self.kd, self.ki, self.hold = (np.asarray(v, dtype=np.float64) for v in (kp, kd, ki, hold))
+        self.period = period
+        self.effort_range = np.asarray(effort_range, dtype=np.float64)
+        self.integral = np.zeros_like(self.hold)
+        self.words = words
 
     def __call__(self, target: np.ndarray, position: np.ndarray, velocity: np.ndarray) -> np.ndarray:
-        return self.hold + pd_effort(target, position, velocity, self.kp, self.kd)
+        base = self.hold + pd_effort(target, position, velocity, self.kp, self.kd)
+        grown = self.integral + (target - position) * self.period
+        free = np.abs(base + self.ki * grown) < self.effort_range
+        self.integral = np.where(free, grown, self.integral)
+        return base + self.ki * self.integral
 
     @staticmethod
-    def of(problem, parameters, joints: int) -> 'ResetLaw':
-        """The gains of the module docstring, for ``joints`` joints."""
-        model = model_response(problem)
+    def of(problem, parameters, target: np.ndarray, effort_range) -> 'ResetLaw':
+        """The gains of the module docstring, for the pose ``target`` (one entry per joint) under
+        the bridge's effort limits ``effort_range``."""
+        joints = len(target)
+        model = model_response(problem, target)
         hold = np.zeros(joints) if model is None else model.hold
+        period = getattr(problem, 'control_period', None) or 0.0
         kp, kd = parameters['reset_kp'], parameters['reset_kd']
         if kp > 0:
-            return ResetLaw(np.full(joints, kp), np.full(joints, kd), hold, f'fixed gains kp {kp:g}, kd {kd:g}')
-        period = getattr(problem, 'control_period', None)
+            return ResetLaw(np.full(joints, kp), np.full(joints, kd), np.zeros(joints), hold, period, effort_range,
+                            f'fixed gains kp {kp:g}, kd {kd:g}')
         if model is None or not period:
             kp, kd = FALLBACK_GAINS
-            return ResetLaw(np.full(joints, kp), np.full(joints, kd), hold,
+            return ResetLaw(np.full(joints, kp), np.full(joints, kd), np.zeros(joints), hold, period, effort_range,
                             f'fixed gains kp {kp:g}, kd {kd:g} (the problem has no model to derive them from: '
                             'set reset_kp and reset_kd for your robot)')
         w = parameters['reset_bandwidth'] / period
-        # linearised, per joint: qdd = (command * u + position * dq) / period; (s + w)^2 wanted,
-        # with gravity's tipping (position > 0) overcome and its restoring (< 0) not relied on
-        kp = (w * w * period + np.maximum(model.position, 0.0)) / model.command
-        kd = 2.0 * w * period / model.command
-        return ResetLaw(kp, kd, hold, f'gains from the model (poles at -{w:.3g} rad/s): kp '
-                                      f'{np.round(kp, 4).tolist()}, kd {np.round(kd, 4).tolist()}, hold '
-                                      f'{np.round(hold, 4).tolist()}')
+        slow = w / INTEGRAL_SLOWER
+        # linearised, per joint: qdd = (command * u + position * dq) / period, with gravity's
+        # tipping (position > 0) overcome and its restoring (< 0) not relied on; poles
+        # (s + w)^2 (s + slow): a PD's double pole and a slower one that removes what the model
+        # lacks (a heavier load, stiction, a weaker motor)
+        inertia = period / model.command
+        tipping = np.maximum(model.position, 0.0) / period
+        kd = inertia * (2.0 * w + slow)
+        kp = inertia * (w * w + 2.0 * w * slow + tipping)
+        ki = inertia * w * w * slow
+        return ResetLaw(kp, kd, ki, hold, period, effort_range,
+                        f'gains from the model (poles at -{w:.3g}, -{w:.3g}, -{slow:.3g} rad/s): kp '
+                        f'{np.round(kp, 4).tolist()}, kd {np.round(kd, 4).tolist()}, ki {np.round(ki, 4).tolist()}, '
+                        f'hold {np.round(hold, 4).tolist()}')
 
 
-def model_response(problem):
-    """``problem.reset_response()``, once per problem instance (seconds on a 7-joint URDF model:
-    the bridge asks at configure with reset_mode scripted, else at the first scripted reset)."""
-    if not hasattr(problem, '_reset_response'):
-        problem._reset_response = problem.reset_response()
-    return problem._reset_response
+INTEGRAL_SLOWER = 4.0
+"""The model gains' integral pole is this many times slower than the PD's double pole."""
+
+
+def model_response(problem, pose: Sequence[float]):
+    """``problem.reset_response(pose)``, once per problem instance and pose (seconds on a 7-joint
+    URDF model: the bridge asks at configure with reset_mode scripted, else at the first scripted
+    reset to a pose)."""
+    known = problem.__dict__.setdefault('_reset_responses', {})
+    key = tuple(float(q) for q in pose)
+    if key not in known:
+        known[key] = problem.reset_response(key)
+    return known[key]
 
 
 def pose_miss(joints: Sequence[str], target: np.ndarray, position: np.ndarray, velocity: np.ndarray,
@@ -253,7 +279,7 @@ class EpisodeResets:
             return answer(False, f'scripted reset: {err}')
         joints = bridge.joints
         command_filter = bounds.command_filter()
-        law = ResetLaw.of(bridge.problem, parameters, len(joints))
+        law = ResetLaw.of(bridge.problem, parameters, target, bounds.effort)
         settle = parameters['reset_settle_samples']
         tolerances = (parameters['reset_position_tolerance'], parameters['reset_velocity_tolerance'])
         timeout, watchdog = parameters['scripted_reset_timeout_s'], parameters['watchdog_timeout_s']

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -487,13 +487,13 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         ranges = np.asarray(self.initial.position, dtype=np.float64).reshape(-1, 2)
         return [float(value) for value in ranges.mean(axis=1)]
 
-    def reset_response(self) -> Optional[ResetResponse]:
+    def reset_response(self, pose: Optional[Sequence[float]] = None) -> Optional[ResetResponse]:
         """``BilevelProblem.reset_response`` from the simulator's one-step mean at the nominal
         theta: the hold commands by Newton's method on the velocity after one period from rest at
-        the start pose (within the actuator range), then the diagonals of that velocity's
-        Jacobians in the commands and in the positions there.  None when they are not finite, or
-        a joint does not answer its own command."""
-        pose = torch.tensor(self.start_pose(), dtype=DTYPE)
+        ``pose`` (within the actuator range), then the diagonals of that velocity's Jacobians in
+        the commands and in the positions there.  None when they are not finite, or a joint does
+        not answer its own command."""
+        pose = torch.tensor(self.start_pose() if pose is None else [float(q) for q in pose], dtype=DTYPE)
         n = pose.numel()
         theta_phys = self.model.split(self.full_theta(torch.as_tensor(self.theta0(), dtype=DTYPE)))[0].detach()
         limit = torch.tensor(self.actuator_range(), dtype=DTYPE)
