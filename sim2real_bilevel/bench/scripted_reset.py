@@ -5,7 +5,7 @@ initial states to targets ``offsets`` rad from the task's start pose on every jo
 (10, 1: the old node default) against the gains from the model, side by side.
 
     cd sim2real_bilevel && OMP_NUM_THREADS=1 ../.venv/bin/python bench/scripted_reset.py \\
-        --out bench/results/scripted_reset
+        --out bench/results/scripted_reset [--seconds 30]
 """
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def main() -> None:
                              f'{max(r["error"] for r in runs):.3g} | {misses[0] if misses else ""} |')
                 print(lines[-1], flush=True)
             words.append(f'- {name}, offset {offset:g}: {law.words} (model answer in {model_s:.1f} s)')
-    (args.out / 'scripted_reset.md').write_text('\n'.join(lines + [''] + words) + '\n')
+    (args.out / f'scripted_reset_{args.seconds:g}s.md').write_text('\n'.join(lines + [''] + words) + '\n')
 
 
 if __name__ == '__main__':

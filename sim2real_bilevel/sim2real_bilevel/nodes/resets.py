@@ -69,7 +69,7 @@ RESET_PARAMETERS = [
                   'pose (above the sensor noise)', low=1e-9, high=1e6),
     ParameterSpec('reset_settle_samples', 3, 'scripted reset: joint_states in a row within both tolerances',
                   low=1, high=100000),
-    ParameterSpec('scripted_reset_timeout_s', 10.0, 'scripted reset: longest drive to the start pose before the '
+    ParameterSpec('scripted_reset_timeout_s', 30.0, 'scripted reset: longest drive to the start pose before the '
                   'episode is refused (zero command)', low=0.01, high=3600.0),
     ParameterSpec('operator_timeout_s', 300.0, 'operator reset: longest wait for ~/continue_episode before the '
                   'goal is aborted', low=0.01, high=86400.0),
