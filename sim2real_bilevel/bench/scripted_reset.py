@@ -14,13 +14,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from sim2real_bilevel.core.config import builtin_config
 from sim2real_bilevel.core.problems import load_problem
-from sim2real_bilevel.nodes.joints import joint_bounds, parse_joint_limits, controlled_joints
+from sim2real_bilevel.nodes.joints import bridge_joint_bounds, controlled_joints, parse_joint_limits
 from sim2real_bilevel.nodes.resets import ResetLaw, model_response, pose_miss
 
-import yaml
 
 TASKS = ('pendulum', 'swingup', 'iiwa_payload')
 
@@ -29,10 +29,8 @@ def bridge_bounds(problem, name: str):
     """The bridge's limits from the task's shipped params file."""
     bridge = yaml.safe_load(Path(builtin_config(f'{name}_params')).read_text())['/**/hardware_bridge']['ros__parameters']
     joints, _ = controlled_joints(bridge['joints'], problem.joints())
-    return joints, joint_bounds(joints, problem.joints(), effort_limit=bridge['effort_limit'],
-                                max_effort_rate=bridge['max_effort_rate'], position_limit=bridge['position_limit'],
-                                velocity_limit=bridge['velocity_limit'],
-                                overrides=parse_joint_limits(bridge.get('joint_limits', ''), joints))
+    return joints, bridge_joint_bounds(joints, problem.joints(), bridge,
+                                       parse_joint_limits(bridge.get('joint_limits', ''), joints))
 
 
 def drive(problem, joints, bounds, law, target, seed: int, seconds: float) -> dict:

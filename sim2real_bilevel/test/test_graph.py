@@ -377,17 +377,15 @@ def test_a_shipped_bridge_commands_the_whole_actuator_range_the_policy_was_train
     range made the nominal policy fall in 16 of 32 episodes); the task's start states are inside
     its state bounds."""
     from sim2real_bilevel.core.problems import load_problem
-    from sim2real_bilevel.nodes.joints import controlled_joints, joint_bounds, parse_joint_limits
+    from sim2real_bilevel.nodes.joints import bridge_joint_bounds, controlled_joints, parse_joint_limits
     from sim2real_bilevel.nodes.safety import effort_below_actuator
     problem = load_problem(CONFIG / path.name.replace('_params.yaml', '.yaml'))
     document = yaml.safe_load(path.read_text())
     bridge = document['/**/hardware_bridge']['ros__parameters']
     joints, _ = controlled_joints(bridge['joints'], problem.joints())
     assert controlled_joints(document['/**/robot_emulator']['ros__parameters']['joints'], problem.joints())[0] == joints
-    bounds = joint_bounds(joints, problem.joints(), effort_limit=bridge['effort_limit'],
-                          max_effort_rate=bridge['max_effort_rate'], position_limit=bridge['position_limit'],
-                          velocity_limit=bridge['velocity_limit'],
-                          overrides=parse_joint_limits(bridge.get('joint_limits', ''), joints))
+    bounds = bridge_joint_bounds(joints, problem.joints(), bridge,
+                                 parse_joint_limits(bridge.get('joint_limits', ''), joints))
     actuator = np.asarray(problem.actuator_range())
     assert effort_below_actuator(bounds, tuple(actuator)) is None
     assert np.all(bounds.effort_rate >= actuator - 1e-9), bounds.describe()      # zero to full in one step

@@ -53,7 +53,7 @@ from sim2real_bilevel_interfaces.srv import RunEpisodeBatch
 from . import conversions, provenance
 from .action_calls import RESULT_KEPT_S, UNSUPPORTED, InProcessGoalHandle
 from .control_loop import key_values
-from .joints import controlled_joints, joint_bounds, parse_joint_limits, to_command_order
+from .joints import bridge_joint_bounds, controlled_joints, parse_joint_limits, to_command_order
 from .kept_results import KeptResults
 from .resets import RESET_PARAMETERS, model_response, start_pose
 from .safety import JointBounds, effort_below_actuator
@@ -317,10 +317,7 @@ class HardwareBridge(LifecycleNode):
     def joint_bounds(self) -> JointBounds:
         """Every joint's limits now (problem order; ``nodes/joints.py``): the blanket parameters as
         they are set now, the problem's limits and the ``joint_limits`` read at configure."""
-        return joint_bounds(self.joints, self.problem.joints(), effort_limit=self.parameters['effort_limit'],
-                            max_effort_rate=self.parameters['max_effort_rate'],
-                            position_limit=self.parameters['position_limit'],
-                            velocity_limit=self.parameters['velocity_limit'], overrides=self.limit_overrides)
+        return bridge_joint_bounds(self.joints, self.problem.joints(), self.parameters, self.limit_overrides)
 
     def send_zero_command(self, flush: bool = False) -> None:
         """Zero command to every joint; ``flush`` (the process is about to end): wait, up to

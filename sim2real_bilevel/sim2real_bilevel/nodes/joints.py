@@ -147,3 +147,15 @@ def joint_bounds(joints: Sequence[str], problem_joints, *, effort_limit: float, 
         rows.append(values)
     return JointBounds(tuple(joints), *(np.array([row[field] for row in rows], dtype=np.float64)
                                         for field in LIMIT_FIELDS))
+
+
+BLANKET_LIMITS = ('effort_limit', 'max_effort_rate', 'position_limit', 'velocity_limit')
+"""The hardware bridge's parameters that cap every joint (``joint_bounds``'s keyword arguments)."""
+
+
+def bridge_joint_bounds(joints: Sequence[str], problem_joints, parameters,
+                        overrides: Optional[dict[tuple[str, str], float]] = None) -> JointBounds:
+    """``joint_bounds`` from the bridge's parameters (its own, or a params file's
+    ``ros__parameters``: anything indexable by the BLANKET_LIMITS names)."""
+    return joint_bounds(joints, problem_joints, overrides=overrides, **{key: parameters[key] for key in BLANKET_LIMITS})
+

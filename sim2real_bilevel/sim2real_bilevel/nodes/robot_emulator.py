@@ -73,11 +73,10 @@ from .robot_visuals import RobotVisuals
 from .runtime import PROBLEM, ROBOT_STREAM, SEED, SENSOR, DeclaredParameters, ParameterSpec, \
     UNKNOWN_NODE, PublisherNames, load_problem, run_node
 
-UNNAMED = ' publisher(s) not yet in the ROS graph'
-"""An intruder of ``intruders()`` that may be an allowed commander whose name has not reached the
-graph yet: DDS matches a writer and delivers its data before the writer's node name arrives."""
 UNNAMED_GRACE_S = 1.0
-"""Lockstep: the longest a command from such a writer is held, waiting for its name."""
+"""Lockstep: the longest a command from a writer the graph does not name yet is held, waiting for
+its name (``RobotEmulator.intruders``)."""
+
 
 class RobotEmulator(Node):
 
@@ -249,20 +248,18 @@ class RobotEmulator(Node):
         response.success, response.message = True, self.system.describe(sample)
         return response
 
-    def intruders(self) -> list[str]:
-        """Publishers on the command topic that are not allowed commanders (a name listed once
-        but published under twice counts: somebody took an allowed name)."""
+    def intruders(self) -> tuple[list[str], int]:
+        """(publishers on the command topic the graph names that are not allowed commanders -- a
+        name listed once but published under twice counts: somebody took an allowed name --, and
+        the matched writers the graph does not name yet).  DDS matches a writer and delivers its
+        data before its node name reaches the ROS graph (meanwhile listed as UNKNOWN_NODE): such
+        a writer is not trusted until named."""
         if not self.commanders:
-            return []
+            return [], 0
         names = self.command_publisher_names()
         known = [name for name in names if not name.endswith(UNKNOWN_NODE)]
-        intruders = {name for name in known if name not in self.commanders or names.count(name) > 1}
-        # DDS matches a writer before its data arrives, but its node name reaches the ROS graph
-        # separately (and later): a matched writer the graph does not name yet is not trusted
-        unnamed = self.command_subscription.get_publisher_count() - len(known)
-        if unnamed > 0:
-            intruders.add(f'{unnamed}{UNNAMED}')
-        return sorted(intruders)
+        named = sorted({name for name in known if name not in self.commanders or names.count(name) > 1})
+        return named, max(0, self.command_subscription.get_publisher_count() - len(known))
 
     def command_callback(self, msg: Float64MultiArray) -> None:
         if not self.running:
@@ -270,38 +267,34 @@ class RobotEmulator(Node):
         if self.held_commands:                       # in order, behind the held ones
             self.held_commands.append(msg)
             return
-        intruders = self.intruders()
-        if intruders and self.only_unnamed(intruders) and not self.realtime_mode:
+        named, unnamed = self.intruders()
+        if unnamed and not named and not self.realtime_mode:
             # a lockstep robot that drops a command stalls its commander: hold it until the
             # graph names the writer (then decide), for UNNAMED_GRACE_S at most
             self.held_commands.append(msg)
             self.held_since = time.monotonic()
             self.held_timer = self.create_timer(0.02, self.release_held_commands)
-            return
-        if intruders:
-            self.refuse_command(msg, intruders)
-            return
-        self.apply_command(msg)
-
-    @staticmethod
-    def only_unnamed(intruders: list[str]) -> bool:
-        return all(name.endswith(UNNAMED) for name in intruders)
+        elif named or unnamed:
+            self.refuse_command(msg, named, unnamed)
+        else:
+            self.apply_command(msg)
 
     def release_held_commands(self) -> None:
         """The held commands, once the ROS graph names every writer: applied in order (or refused
         when an intruder is named, or when UNNAMED_GRACE_S passed without a name)."""
-        intruders = self.intruders()
-        if intruders and self.only_unnamed(intruders) and time.monotonic() - self.held_since < UNNAMED_GRACE_S:
+        named, unnamed = self.intruders()
+        if unnamed and not named and time.monotonic() - self.held_since < UNNAMED_GRACE_S:
             return
         self.destroy_timer(self.held_timer)
         held, self.held_commands = self.held_commands, []
         for msg in held:
-            if intruders:
-                self.refuse_command(msg, intruders)
+            if named or unnamed:
+                self.refuse_command(msg, named, unnamed)
             elif self.running:
                 self.apply_command(msg)
 
-    def refuse_command(self, msg: Float64MultiArray, intruders: list[str]) -> None:
+    def refuse_command(self, msg: Float64MultiArray, named: list[str], unnamed: int) -> None:
+        intruders = named + ([f'{unnamed} publisher(s) not yet in the ROS graph'] if unnamed else [])
         self.refused_commands += 1
         self.get_logger().error(f'ignored command {list(msg.data)}: {", ".join(intruders)} also publish(es) on '
                                 f'{self.command_subscription.topic_name}; only {sorted(self.commanders)} may '
