@@ -165,6 +165,19 @@ class RosSession:
         self.node.destroy_node()
 
 
+def close_in_process_nodes(executor, nodes) -> None:
+    """End nodes a test built in its own process: the context's shutdown leaves their DDS entities
+    in the graph, and ``destroy_node`` leaves their action servers and clients, while the next
+    test in this process may get the same ROS_DOMAIN_ID (a leftover /hardware_bridge there is a
+    second commander, a leftover run_episodes server a second server for its goals)."""
+    executor.shutdown()
+    for node in nodes:
+        for waitable in list(node.waitables):
+            if hasattr(waitable, 'destroy'):
+                waitable.destroy()
+        node.destroy_node()
+
+
 @pytest.fixture
 def ros(ros_env, ros_context):
     session = RosSession(ros_env, ros_context)

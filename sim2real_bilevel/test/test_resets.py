@@ -128,7 +128,7 @@ from sim2real_bilevel_interfaces.action import RunEpisodes  # noqa: E402
 from sim2real_bilevel.nodes import conversions  # noqa: E402
 from sim2real_bilevel.nodes.action_calls import wait_for_result  # noqa: E402
 from sim2real_bilevel.nodes.runtime import EVENTS, ROBOT_STREAM  # noqa: E402
-from test_nodes import PACKAGE_ROOT, ros  # noqa: E402,F401 (ros: the fixture)
+from test_nodes import PACKAGE_ROOT, close_in_process_nodes, ros  # noqa: E402,F401 (ros: the fixture)
 
 ros_test = pytest.mark.ros
 
@@ -405,6 +405,77 @@ def test_estop_and_deactivation_end_every_reset_at_once_with_a_zero_command(ros,
     finally:
         if robot is not None:
             robot.close()
+
+
+@ros_test
+def test_a_reset_pose_set_live_gets_its_model_off_the_executor_and_the_estop_is_served_meanwhile(ros_env):
+    """A ``reset_pose`` set after configure has no model answer yet (~0.5 s on the iiwa, 5 s for
+    a first pose): the scripted reset computes it in the bridge's worker, and the e-stop is answered
+    while it runs.  The bridge is a real node in this process so that the model's computation can
+    be held (the test releases it) and seen from inside: the robot side is the test's command
+    subscription only (the reset never reaches its first command)."""
+    from rclpy.parameter import Parameter
+    from sim2real_bilevel.nodes.hardware_bridge import HardwareBridge
+    rclpy.init(args=['--ros-args', '-p', f'problem:={PENDULUM}', '-p', 'autostart:=true', '-p', 'transport:=topics',
+                     '-p', 'reset_mode:=scripted', '-p', 'reset_timeout_s:=60.0'],
+               domain_id=int(ros_env['ROS_DOMAIN_ID']))
+    entered, inside, release = threading.Event(), threading.Event(), threading.Event()
+    executor, nodes = SingleThreadedExecutor(), []
+    try:
+        bridge = HardwareBridge()
+        client = rclpy.create_node('reset_pose_test')
+        for node in (bridge, client):
+            nodes.append(node)
+            executor.add_node(node)
+
+        def spin_until(condition, timeout: float, what: str) -> None:
+            deadline = time.monotonic() + timeout
+            while not condition():
+                assert time.monotonic() < deadline, f'{what}: not within {timeout} s'
+                executor.spin_once(timeout_sec=0.05)
+
+        spin_until(lambda: bridge.active, 60.0, 'the bridge configured and active')
+        original, threads = bridge.problem.reset_response, []
+
+        def held(pose):
+            threads.append(threading.current_thread().name)
+            inside.set()
+            entered.set()
+            try:
+                release.wait(20.0)
+                return original(pose)
+            finally:
+                inside.clear()
+        bridge.problem.reset_response = held
+        assert bridge.set_parameters([Parameter('reset_pose', Parameter.Type.STRING, 'pendulum_joint=0.3')])[0] \
+            .successful
+        commands = []
+        client.create_subscription(Float64MultiArray, 'forward_command_controller/commands',
+                                   lambda msg: commands.append(list(msg.data)), ROBOT_STREAM)
+        episodes = ActionClient(client, RunEpisodes, 'run_episodes')
+        estop = client.create_client(Trigger, 'hardware_bridge/estop')
+        spin_until(episodes.server_is_ready, 60.0, 'the run_episodes server')
+        phi = load_problem(builtin_config(PENDULUM)).policy.init_params(np.random.default_rng(0))
+        sent = episodes.send_goal_async(RunEpisodes.Goal(policy=conversions.policy_to_msg(phi, 1, 0, 0.0),
+                                                         n_episodes=1))
+        spin_until(sent.done, 30.0, 'the goal response')
+        assert sent.result().accepted
+        # on the executor's thread, the computation would hold this loop until it ended (20 s)
+        spin_until(entered.is_set, 60.0, 'the scripted reset computing the model at the new pose')
+        answer = estop.call_async(Trigger.Request())
+        spin_until(answer.done, 10.0, 'the e-stop\'s answer')
+        assert answer.result().success and inside.is_set(), 'the e-stop was answered only after the model'
+        assert threads == [f'{bridge.get_name()}-work'], threads
+        release.set()
+        result = sent.result().get_result_async()
+        spin_until(result.done, 30.0, 'the goal\'s result')
+        message = result.result().result.message
+        assert not result.result().result.success and 'E-STOP' in message and 'scripted reset' in message, message
+        assert all(c == [0.0] for c in commands), commands          # the reset never drove the robot
+    finally:
+        release.set()
+        close_in_process_nodes(executor, nodes)
+        rclpy.try_shutdown()
 
 
 @ros_test

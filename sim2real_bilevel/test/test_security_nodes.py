@@ -28,7 +28,7 @@ from sim2real_bilevel.nodes import conversions  # noqa: E402
 from sim2real_bilevel.core.provenance import generate_key_file, load_key
 from sim2real_bilevel.nodes.provenance import sign_goal  # noqa: E402
 from sim2real_bilevel.nodes.runtime import LATCHED, ROBOT_STREAM  # noqa: E402
-from test_nodes import PACKAGE_ROOT, ros  # noqa: E402,F401 (ros: the fixture)
+from test_nodes import PACKAGE_ROOT, close_in_process_nodes, ros  # noqa: E402,F401 (ros: the fixture)
 
 pytestmark = pytest.mark.ros
 
@@ -245,9 +245,9 @@ def test_a_lockstep_command_from_a_writer_the_graph_does_not_name_yet_is_held_un
     from rclpy.executors import SingleThreadedExecutor
     rclpy.init(args=['--ros-args', '-p', f'problem:={PROBLEM}', '-p', 'start_running:=true'],
                domain_id=int(ros_env['ROS_DOMAIN_ID']))
+    executor, emulator = SingleThreadedExecutor(), None
     try:
         emulator = robot_emulator.RobotEmulator()
-        executor = SingleThreadedExecutor()
         executor.add_node(emulator)
         reads = []
 
@@ -273,4 +273,5 @@ def test_a_lockstep_command_from_a_writer_the_graph_does_not_name_yet_is_held_un
         if graph == 'never named':
             assert reads[-1] - reads[0] >= robot_emulator.UNNAMED_GRACE_S
     finally:
+        close_in_process_nodes(executor, [emulator] if emulator is not None else [])
         rclpy.try_shutdown()

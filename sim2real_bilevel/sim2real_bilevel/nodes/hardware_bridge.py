@@ -58,7 +58,7 @@ from .kept_results import KeptResults
 from .resets import RESET_PARAMETERS, model_response, start_pose
 from .safety import JointBounds, effort_below_actuator
 from .robot_visuals import RobotVisuals
-from .runtime import EVENTS, LATCHED, PROBLEM, ROBOT_STREAM, DeclaredParameters, ParameterSpec, \
+from .runtime import EVENTS, LATCHED, PROBLEM, ROBOT_STREAM, BackgroundWork, DeclaredParameters, ParameterSpec, \
     PublisherNames, load_problem, run_node
 from .transports import TRANSPORTS, RobotWaits, Transport
 
@@ -155,6 +155,7 @@ class HardwareBridge(LifecycleNode):
         self.estop_reason = ''             # why it latched (while estopped)
         self.last_reason = 'unconfigured'
         self.waits = RobotWaits(self, stopped=lambda: not self.active or self.estopped)
+        self.work = BackgroundWork(self)   # computations a goal awaits off the executor (a new reset pose's model)
         self.filter_counts: dict = {}
         self.loop_timing: dict = {}        # the timer loop's timing of the last goal (control_loop.py)
         self.transports: dict[str, Transport] = {}

@@ -13,7 +13,10 @@ episode, chosen by the hardware bridge's ``reset_mode`` (read before every episo
   displacement, and the hold commands): the joint's closed loop, linearised, has poles at -w
   (double) and -w / INTEGRAL_SLOWER, w = ``reset_bandwidth`` / control period, gravity's tipping
   included.  ``reset_kp`` > 0 sets fixed PD gains ``reset_kp``, ``reset_kd`` for every joint
-  instead (a problem without a model: FALLBACK_GAINS, no integral).  It runs
+  instead (a problem without a model: FALLBACK_GAINS, no integral).  The model's answer is computed
+  at configure for the configured pose; for a pose set later (``ros2 param set ... reset_pose``)
+  at the next scripted reset, in the bridge's worker thread (~0.5 s on the iiwa), so that the
+  executor serves the e-stop meanwhile (an e-stop or a deactivation ends the wait).  It runs
   under the bridge's own per-joint limits (``nodes/joints.py``): the CommandFilter (effort and
   rate limits, from a zero command like an episode) and the state bounds (position and velocity
   limits).  One command per joint_states: a lockstep robot steps on them, a
@@ -177,14 +180,19 @@ INTEGRAL_SLOWER = 4.0
 
 
 def model_response(problem, pose: Sequence[float]):
-    """``problem.reset_response(pose)``, once per problem instance and pose (seconds on a 7-joint
-    URDF model: the bridge asks at configure with reset_mode scripted, else at the first scripted
-    reset to a pose)."""
+    """``problem.reset_response(pose)``, once per problem instance and pose (5 s for the first pose
+    of a 7-joint URDF model, ~0.5 s for the next: the bridge asks at configure with reset_mode
+    scripted, else at the first scripted reset to a pose, off its executor: ``model_known``)."""
     known = problem.__dict__.setdefault('_reset_responses', {})
     key = tuple(float(q) for q in pose)
     if key not in known:
         known[key] = problem.reset_response(key)
     return known[key]
+
+
+def model_known(problem, pose: Sequence[float]) -> bool:
+    """Whether ``model_response(problem, pose)`` is already computed (an instant answer)."""
+    return tuple(float(q) for q in pose) in problem.__dict__.get('_reset_responses', {})
 
 
 def pose_miss(joints: Sequence[str], target: np.ndarray, position: np.ndarray, velocity: np.ndarray,
@@ -279,6 +287,19 @@ class EpisodeResets:
             return answer(False, f'scripted reset: {err}')
         joints = bridge.joints
         command_filter = bounds.command_filter()
+        if not model_known(bridge.problem, target):
+            # a pose set after configure: the model's answer in the worker, the e-stop served meanwhile
+            bridge.get_logger().info(f'scripted reset: computing the model\'s gains at the new pose {target.tolist()}')
+            computing = bridge.work.start(lambda: model_response(bridge.problem, target))
+            if not await waits.future(computing, parameters['scripted_reset_timeout_s']):
+                bridge.send_zero_command()
+                return answer(False, f'scripted reset to {target.tolist()}: ' + (
+                    stop_reason(bridge) or f'the model\'s gains at the pose were not ready within '
+                                           f'scripted_reset_timeout_s ({parameters["scripted_reset_timeout_s"]:g} s)')
+                    + '; zero command sent')
+            if computing.exception() is not None:
+                return answer(False, f'scripted reset to {target.tolist()}: the model\'s gains at the pose: '
+                                     f'{type(computing.exception()).__name__}: {computing.exception()}')
         law = ResetLaw.of(bridge.problem, parameters, target, bounds.effort)
         settle = parameters['reset_settle_samples']
         tolerances = (parameters['reset_position_tolerance'], parameters['reset_velocity_tolerance'])

@@ -56,6 +56,7 @@ class BridgeFacilities(Protocol):
     estopped: bool
     estop_reason: str
     waits: RobotWaits
+    work: object                   # runtime.BackgroundWork: computations a goal awaits off the executor
     filter_counts: dict
 
     def send_command(self, values: Sequence[float]) -> Optional[str]:
