@@ -323,3 +323,36 @@ def test_a_bridge_clamping_below_the_simulators_actuator_range_says_so(ros, effo
     assert ros.wait_for_log(bridge, 'active: policies may now be deployed', timeout=30.0), bridge.log()[-2000:]
     warning = "effort limits below the simulator's actuator range (pendulum_joint 2 < 4)"
     assert (warning in bridge.log()) is warns, bridge.log()[-2000:]
+
+
+@pytest.mark.parametrize('limits, binds', [(dict(effort_limit='0.05'), True),
+                                           (dict(effort_limit='100.0', max_effort_rate='100.0',
+                                                 velocity_limit='1000.0'), False)], ids=['tight', 'wide'])
+def test_the_batched_transport_says_what_its_unapplied_checks_would_have_changed(ros, limits, binds):
+    """The emulator runs batched episodes whole, without the bridge's filter and bounds: the bridge
+    replays them through both and says, in the result, the log and /diagnostics, what the topic
+    transport (hardware) would have changed; the data stay the emulator's, unfiltered."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    bridge, _, episodes, _ = start_pendulum(ros, transport='batched', **limits)
+    diagnostics = []
+    ros.node.create_subscription(DiagnosticArray, '/diagnostics', diagnostics.append, 10)
+    request, problem = pendulum_goal(n_episodes=2)
+    response = ros.run_goal(episodes, request, timeout=120.0)
+    assert response.result.success, response.result.message
+    batch = conversions.trajectories_from_msg(response.result.trajectories)
+    message = response.result.message
+    said = 'Not applied on this transport: the command filter would have changed commands ('
+    assert (said in message) is binds, message
+    if binds:
+        assert np.abs(batch.actions).max() > 0.05                    # the emulator's commands, not clamped
+        assert "of 200 commands)" in message and "'clamped': 0," not in message, message
+        assert ros.wait_for_log(bridge, 'sim-only episodes ran without the bridge\'s checks (transport batched): '
+                                        'the command filter would have changed commands', timeout=10.0)
+
+    def counted():
+        values = [kv.value for array in diagnostics for status in array.status for kv in status.values
+                  if kv.key == 'unapplied_checks' and 'commands' in kv.value]
+        return values[-1] if values else None
+    ros.spin_until(counted, 10.0, 'the unapplied checks on /diagnostics')
+    assert "'commands': 200" in counted() and ("'clamped': 0," not in counted()) is binds, counted()
+    assert bridge.alive()

@@ -157,6 +157,7 @@ class HardwareBridge(LifecycleNode):
         self.waits = RobotWaits(self, stopped=lambda: not self.active or self.estopped)
         self.work = BackgroundWork(self)   # computations a goal awaits off the executor (a new reset pose's model)
         self.filter_counts: dict = {}
+        self.unapplied_checks: dict = {}   # batched transport: what the checks would have changed, since start
         self.loop_timing: dict = {}        # the timer loop's timing of the last goal (control_loop.py)
         self.transports: dict[str, Transport] = {}
         self.entities_created = False
@@ -258,7 +259,7 @@ class HardwareBridge(LifecycleNode):
             self.get_logger().warning(
                 f'effort limits below the simulator\'s actuator range ({below}): the policy is trained to use '
                 'commands this bridge will clamp, and sim-only runs on the batched transport never apply the '
-                'clamp; raise effort_limit / joint_limits, or set the problem\'s simulator effort_limit to the '
+                'clamp (they only report it); raise effort_limit / joint_limits, or set the problem\'s simulator effort_limit to the '
                 'robot\'s (docs/hardware.md)')
         self.publish_diagnostics()
         return TransitionCallbackReturn.SUCCESS
@@ -540,6 +541,7 @@ class HardwareBridge(LifecycleNode):
                     KeyValue(key='deployed_policy_version', value=str(self.deployed)),
                     KeyValue(key='estop', value=self.estop_reason if self.estopped else 'clear'),
                     KeyValue(key='command_filter', value=str(self.filter_counts)),
+                    KeyValue(key='unapplied_checks', value=str(self.unapplied_checks)),
                     KeyValue(key='newest_policy_version', value=str(self.newest_policy_version)),
                     KeyValue(key='signed_goals_only', value=str(self.verifier is not None)),
                     KeyValue(key='results_resent', value=str(self.requests.resent)),

@@ -6,7 +6,8 @@ change per control step to +-its rate limit (the first command of an episode is
 rate-limited from 0), and every clamp is counted.  ``JointBounds`` holds every joint's limits
 (``nodes/joints.py`` builds them by name) and names the first joint outside its position /
 velocity bounds (the episode must then stop); ``state_violation`` is the same check with one
-symmetric bound for all joints."""
+symmetric bound for all joints.  ``checks_on_episodes`` replays both over episodes run without
+them (the batched transport's): what the topic transport would have done to them."""
 from __future__ import annotations
 
 import math
@@ -51,8 +52,11 @@ class CommandFilter:
         command = np.where(finite, requested, 0.0)
         limited = np.clip(command, -self.effort_limit, self.effort_limit)
         self.clamped += int((limited != command).sum())
-        step = np.clip(limited - self.previous, -self.max_effort_rate, self.max_effort_rate)
-        rated = self.previous + step
+        change = limited - self.previous
+        # within the rate: the command itself (previous + change may differ from it by rounding,
+        # which would count as rate-limited and reach the motor a few ulp off)
+        rated = np.where(np.abs(change) <= self.max_effort_rate, limited,
+                         self.previous + np.clip(change, -self.max_effort_rate, self.max_effort_rate))
         self.rate_limited += int((rated != limited).sum())
         self.previous = rated
         return rated
@@ -102,6 +106,70 @@ def effort_below_actuator(bounds: JointBounds, actuator_range) -> Optional[str]:
                                                                                 actuator_range)
              if limit < actuator]
     return ', '.join(below) or None
+
+
+@dataclass
+class EpisodeChecks:
+    """``checks_on_episodes``' answer: the filter's counts, and each episode that crosses the
+    state bounds with where (episode, step, the first joint out)."""
+    filter_counts: dict
+    commands: int
+    crossings: list
+
+    def describe(self, episodes: int) -> str:
+        """'' when the checks would have changed nothing, else in words."""
+        changed = self.filter_counts['clamped'] + self.filter_counts['rate_limited'] + self.filter_counts['non_finite']
+        words = []
+        if changed:
+            words.append(f'the command filter would have changed commands ({self.filter_counts} of '
+                         f'{self.commands} commands)')
+        if self.crossings:
+            words.append(f'{len(self.crossings)} of {episodes} episode(s) cross the state bounds, where the '
+                         f'topic transport aborts the goal (first: {self.crossings[0]})')
+        return '; '.join(words)
+
+
+def checks_on_episodes(bounds: JointBounds, states: np.ndarray, actions: np.ndarray,
+                       alive: np.ndarray) -> EpisodeChecks:
+    """The topic transport's per-step checks replayed on episodes that ran without them: each
+    episode's commands through a fresh CommandFilter (from a zero command, as an episode starts),
+    and its states against the bounds (each state read before a command, and the last).
+    ``states`` (n, T + 1, 2 * joints): positions then velocities, ``bounds.names`` order;
+    ``actions`` (n, T, joints); ``alive`` (n, T): the steps commanded (an episode that ended at a
+    terminal state has fewer).  A replay: the filtered commands would have moved the robot
+    elsewhere, so after the first changed command the counts say how often, not what."""
+    joints = len(bounds.names)
+    alive = np.asarray(alive, dtype=bool)
+    if _nothing_to_change(bounds, states, actions, alive):        # the common case, without a loop
+        return EpisodeChecks({'clamped': 0, 'rate_limited': 0, 'non_finite': 0}, int(alive.sum()), [])
+    command_filter = bounds.command_filter()
+    crossings, commands = [], 0
+    for episode in range(actions.shape[0]):
+        command_filter.reset()
+        steps = int(np.asarray(alive[episode], dtype=bool).sum())
+        for t in range(steps + 1):
+            violation = bounds.violation(states[episode, t, :joints], states[episode, t, joints:2 * joints])
+            if violation is not None:
+                crossings.append(f'episode {episode}, step {t}: {violation}')
+                break
+            if t < steps:
+                command_filter(actions[episode, t])
+                commands += 1
+    return EpisodeChecks(command_filter.counts(), commands, crossings)
+
+
+def _nothing_to_change(bounds: JointBounds, states: np.ndarray, actions: np.ndarray, alive: np.ndarray) -> bool:
+    """Whether every commanded step is inside both filter limits (its change from the step before,
+    or from zero, inside the rate limit) and every checked state inside the bounds: then the
+    filter passes each command unchanged and nothing crosses (``checks_on_episodes``' loop would
+    count nothing)."""
+    joints = len(bounds.names)
+    changes = np.diff(actions, axis=1, prepend=0.0)
+    commands_fit = np.all(np.abs(actions[alive]) <= bounds.effort) and np.all(np.abs(changes[alive]) <= bounds.effort_rate)
+    checked = np.concatenate([np.ones((alive.shape[0], 1), dtype=bool), alive], axis=1)    # state t before command t
+    positions, velocities = states[checked][:, :joints], states[checked][:, joints:2 * joints]
+    return bool(commands_fit and np.all((bounds.lower <= positions) & (positions <= bounds.upper))
+                and np.all(np.abs(velocities) <= bounds.velocity))
 
 
 def state_violation(names, positions, velocities, position_limit: float,

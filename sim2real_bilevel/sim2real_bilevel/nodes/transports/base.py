@@ -58,6 +58,7 @@ class BridgeFacilities(Protocol):
     waits: RobotWaits
     work: object                   # runtime.BackgroundWork: computations a goal awaits off the executor
     filter_counts: dict
+    unapplied_checks: dict         # batched: the checks' counts on episodes run without them (since start)
 
     def send_command(self, values: Sequence[float]) -> Optional[str]:
         """Publish a command unless the e-stop latches for another commander; then its reason."""
