@@ -347,7 +347,7 @@ def params_file_for(mode: str, problem: str, given: str, config_folders) -> Opti
             f'in {[str(d) for d in config_folders]}'
         raise ParamsFileError(f'no parameter file {params_file_name(problem)} for problem {problem!r} {where}: on '
                               'hardware the bridge\'s joints and limits must be your own (docs/hardware.md); pass '
-                              'params_file:=PATH')
+                              f'params_file:=PATH (`sim2real-bilevel params {problem}` writes one to start from)')
     return found
 
 

@@ -372,15 +372,20 @@ def test_every_shipped_robot_task_has_a_params_file():
 
 @pytest.mark.parametrize('path', ROBOT_PARAMS, ids=lambda p: p.name)
 def test_a_shipped_bridge_commands_the_whole_actuator_range_the_policy_was_trained_on(path):
-    """The bridge's joints are the task's, and its command filter is not tighter than the
-    simulator's actuator (the class of failure measured on the pendulum: a filter at half the
-    range made the nominal policy fall in 16 of 32 episodes); the task's start states are inside
-    its state bounds."""
     from sim2real_bilevel.core.problems import load_problem
+    assert_the_bridge_fits_the_task(load_problem(CONFIG / path.name.replace('_params.yaml', '.yaml')),
+                                    yaml.safe_load(path.read_text()))
+
+
+def assert_the_bridge_fits_the_task(problem, document: dict):
+    """The bridge's joints (a params file ``document``'s) are the task's, and its command filter is
+    not tighter than the simulator's actuator (the class of failure measured on the pendulum: a
+    filter at half the range made the nominal policy fall in 16 of 32 episodes); the task's start
+    states are inside its state bounds, and those clear the task's termination (the bridge checks
+    its bounds first and aborts the whole goal: at a bound equal to a termination bound, the task
+    would never end an episode itself).  Returns the bounds."""
     from sim2real_bilevel.nodes.joints import bridge_joint_bounds, controlled_joints, parse_joint_limits
     from sim2real_bilevel.nodes.safety import effort_below_actuator
-    problem = load_problem(CONFIG / path.name.replace('_params.yaml', '.yaml'))
-    document = yaml.safe_load(path.read_text())
     bridge = document['/**/hardware_bridge']['ros__parameters']
     joints, _ = controlled_joints(bridge['joints'], problem.joints())
     assert controlled_joints(document['/**/robot_emulator']['ros__parameters']['joints'], problem.joints())[0] == joints
@@ -391,3 +396,11 @@ def test_a_shipped_bridge_commands_the_whole_actuator_range_the_policy_was_train
     assert np.all(bounds.effort_rate >= actuator - 1e-9), bounds.describe()      # zero to full in one step
     start = problem.start_pose()
     assert bounds.violation(np.asarray(start), np.zeros(len(joints))) is None
+    termination = problem.termination_bounds()
+    if termination is not None:
+        speed, low, high = (np.asarray(v) for v in (termination.max_speed, termination.position_low,
+                                                     termination.position_high))
+        assert np.all(~np.isfinite(speed) | (speed < bounds.velocity)), bounds.describe()
+        assert np.all(~np.isfinite(low) | (bounds.lower < low)), bounds.describe()
+        assert np.all(~np.isfinite(high) | (high < bounds.upper)), bounds.describe()
+    return bounds

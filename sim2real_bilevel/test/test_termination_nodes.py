@@ -10,6 +10,7 @@ episodes)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -45,13 +46,17 @@ class Robot:
     """The hanging pendulum's emulator and bridge, a record of every command the bridge sends and
     of /diagnostics."""
 
-    def __init__(self, ros, transport: str, problem: Path = HANGING):
+    def __init__(self, ros, transport: str, problem: Path = HANGING, params_file: Optional[Path] = None):
         bridge_parameters, emulator_parameters = TRANSPORTS[transport]
         self.ros = ros
         self.problem = load_problem(problem)
-        self.bridge = ros.start('hardware_bridge', problem=str(problem), autostart='true', position_limit='100.0',
+        # the bridge's position bound out of the way (the node default, 3.2 rad, lies between the
+        # starts and the task's bound), or a params file's limits
+        limits = {'params_file': str(params_file)} if params_file is not None else {'position_limit': '100.0'}
+        self.bridge = ros.start('hardware_bridge', problem=str(problem), autostart='true', **limits,
                                 **bridge_parameters)
-        self.emulator = ros.start('robot_emulator', problem=str(problem), seed='3', **emulator_parameters)
+        self.emulator = ros.start('robot_emulator', problem=str(problem), seed='3', **emulator_parameters,
+                                  **({'params_file': str(params_file)} if params_file is not None else {}))
         self.episodes = ActionClient(ros.node, RunEpisodes, 'run_episodes')
         self.commands: list = []
         subscription = ros.node.create_subscription(Float64MultiArray, 'forward_command_controller/commands',
@@ -171,3 +176,19 @@ def test_episodes_that_stay_inside_the_bounds_run_their_whole_horizon(ros, trans
     assert robot.commands == expected
     ros.spin_until(lambda: robot.diagnostic('terminated_episodes'), 10.0, '/diagnostics')
     assert set(robot.diagnostic('terminated_episodes')) == {'0'}
+
+
+def test_a_generated_params_file_lets_the_task_end_its_episodes_on_the_topic_transport(ros, tmp_path):
+    """``sim2real-bilevel params`` for the hanging pendulum: with its limits (no position bound given
+    by hand) the pushed pendulum's episodes end at the task's terminal states, and no goal aborts
+    (the node default position_limit, 3.2 rad, lies between the starts and the task's 3.5 rad bound)."""
+    from sim2real_bilevel.tools.params_file import params_text
+    params = tmp_path / 'pendulum_hanging_params.yaml'
+    params.write_text(params_text(load_problem(HANGING), str(HANGING)))
+    robot = Robot(ros, 'lockstep', params_file=params)
+    result, _ = robot.run(PUSH, n_episodes=2)
+    assert '2 of 2 episode(s) stopped at a terminal state of the task' in result.message, result.message
+    assert 'effort limits below' not in robot.bridge.log() and 'aborted' not in robot.bridge.log(), \
+        robot.bridge.log()[-2000:]
+    assert "limits pendulum_joint: effort +-4, rate +-8/step, position [-6.3, 6.3], velocity +-20" \
+        in robot.bridge.log(), robot.bridge.log()[-2000:]

@@ -413,6 +413,12 @@ class BilevelProblem(abc.ABC):
         when it does not (the default: no termination, episodes run their whole horizon)."""
         return None
 
+    def termination_bounds(self):
+        """The task's termination as per-joint bounds (``joints()`` order; an object with
+        ``position_low``, ``position_high`` and ``max_speed`` tuples, infinite where unbounded), for
+        the bridge's own bounds to clear; None when the task has none."""
+        return None
+
     def start_pose(self) -> Optional[list[float]]:
         """Joint positions (command order) a scripted reset drives the robot to: the mean of the
         real initial-state distribution; None when efforts cannot drive it there."""

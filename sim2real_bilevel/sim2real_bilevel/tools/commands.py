@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from .bridge_operator import add_bridge_command
 from .launcher import add_launch_command
+from .params_file import add_params_command
 from .report import add_report_command
 
-REGISTRARS = [add_launch_command, add_report_command, add_bridge_command]
+REGISTRARS = [add_launch_command, add_report_command, add_bridge_command, add_params_command]

@@ -93,6 +93,11 @@ class PendulumSimulatorFamily:
         terminal = getattr(self.model, 'terminal', None)
         return None if terminal is None else terminal(states)
 
+    def termination_bounds(self):
+        """``BilevelProblem.termination_bounds``: the task file's ``task.termination``
+        (``core.urdf_model.Termination``), None without one."""
+        return getattr(getattr(self.model, 'settings', None), 'termination', None)
+
     def termination_reason(self, state) -> Optional[str]:
         """Why one state (2n: joint positions, then velocities; a row of a batch's states) ends its
         episode, in words: which bound of the task's termination, which joint, which value (the rule
