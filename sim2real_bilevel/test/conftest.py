@@ -23,11 +23,18 @@ DOMAIN_IDS = range(1, 102)
 LOCK_DIR = Path(tempfile.gettempdir()) / 'sim2real_bilevel_ros_domains'
 
 
+_domains_taken = [0]     # by this process so far: each test starts its search one further on
+
+
 @pytest.fixture
 def ros_domain_id():
-    """A ROS_DOMAIN_ID held exclusively by this test (across processes on this machine)."""
+    """A ROS_DOMAIN_ID held exclusively by this test (across processes on this machine).  The next
+    test in this process starts its search one domain further, so that it does not meet what a
+    test may leave in its domain (DDS entities of nodes built in the test process outlive their
+    context: ``test_nodes.close_in_process_nodes``)."""
     LOCK_DIR.mkdir(exist_ok=True)
-    start = (os.getpid() * 37) % len(DOMAIN_IDS)
+    start = (os.getpid() * 37 + _domains_taken[0]) % len(DOMAIN_IDS)
+    _domains_taken[0] += 1
     for offset in range(len(DOMAIN_IDS)):
         domain = DOMAIN_IDS[(start + offset) % len(DOMAIN_IDS)]
         handle = open(LOCK_DIR / f'{domain}.lock', 'w')

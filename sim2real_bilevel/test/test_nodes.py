@@ -167,15 +167,20 @@ class RosSession:
 
 def close_in_process_nodes(executor, nodes) -> None:
     """End nodes a test built in its own process: the context's shutdown leaves their DDS entities
-    in the graph, and ``destroy_node`` leaves their action servers and clients, while the next
-    test in this process may get the same ROS_DOMAIN_ID (a leftover /hardware_bridge there is a
-    second commander, a leftover run_episodes server a second server for its goals)."""
+    in the graph, ``destroy_node`` leaves their action servers and clients, and a lifecycle node's
+    services live as long as its state machine, while the next test in this process may get the
+    same ROS_DOMAIN_ID (seen: a leftover /hardware_bridge there is a second commander, a leftover
+    run_episodes server left the next test's goal unanswered, a leftover get_state answered for a
+    bridge process still importing, which a signal then killed)."""
     executor.shutdown()
     for node in nodes:
         for waitable in list(node.waitables):
             if hasattr(waitable, 'destroy'):
                 waitable.destroy()
+        machine = getattr(node, '_state_machine', None)      # rclpy LifecycleNode (private: no public API)
         node.destroy_node()
+        if machine is not None:
+            machine.destroy_when_not_in_use()
 
 
 @pytest.fixture
