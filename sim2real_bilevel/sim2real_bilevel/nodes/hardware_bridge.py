@@ -259,8 +259,8 @@ class HardwareBridge(LifecycleNode):
             self.get_logger().warning(
                 f'effort limits below the simulator\'s actuator range ({below}): the policy is trained to use '
                 'commands this bridge will clamp, and sim-only runs on the batched transport never apply the '
-                'clamp (they only report it); raise effort_limit / joint_limits, or set the problem\'s simulator effort_limit to the '
-                'robot\'s (docs/hardware.md)')
+                'clamp (they only report it); raise effort_limit / joint_limits, or set the problem\'s simulator '
+                'effort_limit to the robot\'s (docs/hardware.md)')
         self.publish_diagnostics()
         return TransitionCallbackReturn.SUCCESS
 

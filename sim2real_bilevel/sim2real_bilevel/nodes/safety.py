@@ -118,9 +118,8 @@ class EpisodeChecks:
 
     def describe(self, episodes: int) -> str:
         """'' when the checks would have changed nothing, else in words."""
-        changed = self.filter_counts['clamped'] + self.filter_counts['rate_limited'] + self.filter_counts['non_finite']
         words = []
-        if changed:
+        if sum(self.filter_counts.values()):
             words.append(f'the command filter would have changed commands ({self.filter_counts} of '
                          f'{self.commands} commands)')
         if self.crossings:
@@ -146,7 +145,7 @@ def checks_on_episodes(bounds: JointBounds, states: np.ndarray, actions: np.ndar
     crossings, commands = [], 0
     for episode in range(actions.shape[0]):
         command_filter.reset()
-        steps = int(np.asarray(alive[episode], dtype=bool).sum())
+        steps = int(alive[episode].sum())
         for t in range(steps + 1):
             violation = bounds.violation(states[episode, t, :joints], states[episode, t, joints:2 * joints])
             if violation is not None:
@@ -165,7 +164,8 @@ def _nothing_to_change(bounds: JointBounds, states: np.ndarray, actions: np.ndar
     count nothing)."""
     joints = len(bounds.names)
     changes = np.diff(actions, axis=1, prepend=0.0)
-    commands_fit = np.all(np.abs(actions[alive]) <= bounds.effort) and np.all(np.abs(changes[alive]) <= bounds.effort_rate)
+    commands_fit = (np.all(np.abs(actions[alive]) <= bounds.effort)
+                    and np.all(np.abs(changes[alive]) <= bounds.effort_rate))
     checked = np.concatenate([np.ones((alive.shape[0], 1), dtype=bool), alive], axis=1)    # state t before command t
     positions, velocities = states[checked][:, :joints], states[checked][:, joints:2 * joints]
     return bool(commands_fit and np.all((bounds.lower <= positions) & (positions <= bounds.upper))

@@ -87,8 +87,8 @@ def bridge_limits(problem) -> BridgeLimits:
         velocity = TERMINATION_MARGIN * max(speeds) if speeds else velocity
         for i, joint in enumerate(joints):
             if math.isfinite(termination.max_speed[i]) and joint.velocity <= termination.max_speed[i]:
-                notes.append(f'joint {joint.name}: the URDF velocity limit {joint.velocity:g} does not clear the task\'s '
-                             f'termination speed {termination.max_speed[i]:g}: the bridge aborts before the task ends')
+                notes.append(f'joint {joint.name}: the URDF velocity limit {joint.velocity:g} does not clear the '
+                             f'task\'s termination speed {termination.max_speed[i]:g}: the bridge aborts before the task ends')
             low, high = termination.position_low[i], termination.position_high[i]
             if (math.isfinite(low) and joint.lower >= low) or (math.isfinite(high) and joint.upper <= high):
                 notes.append(f'joint {joint.name}: the URDF position limits [{joint.lower:g}, {joint.upper:g}] do not '
@@ -108,9 +108,10 @@ def _number(value: float) -> str:
     return text if any(c in text for c in '.en') else text + '.0'
 
 
-def params_text(problem, problem_ref: str) -> str:
-    """The params file (YAML with comments) for ``problem``, named ``problem_ref`` in its header."""
-    limits = bridge_limits(problem)
+def params_text(problem, problem_ref: str, limits: Optional[BridgeLimits] = None) -> str:
+    """The params file (YAML with comments) for ``problem``, named ``problem_ref`` in its header;
+    ``limits``: ``bridge_limits(problem)``, computed here when not given."""
+    limits = limits or bridge_limits(problem)
     joints = yaml.safe_dump(list(limits.joints), default_flow_style=True, width=1000).strip()
     period = problem.control_period
     actuator = problem.actuator_range()
@@ -213,11 +214,12 @@ def cmd_params(args) -> int:
         return 2
     try:
         problem = load_problem(builtin_config(args.config))
-        text = params_text(problem, args.config)
+        limits = bridge_limits(problem)
+        text = params_text(problem, args.config, limits)
     except (ProblemConfigError, FileNotFoundError, ValueError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
-    for note in bridge_limits(problem).notes:
+    for note in limits.notes:
         print(f'warning: {note}', file=sys.stderr)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
