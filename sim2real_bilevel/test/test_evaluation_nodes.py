@@ -106,6 +106,42 @@ def test_the_evaluator_client_gets_a_slow_answer_through_its_retries_computed_on
     assert absent.failures == 1
 
 
+def test_the_evaluator_client_waits_for_an_evaluation_that_reports_progress_and_not_for_a_frozen_one(ros):
+    """A URDF robot's first evaluation solves its oracle policy (minutes): the client's
+    answer_timeout_s is the longest silence, not the longest evaluation.  Here an evaluation of
+    10 s against a 4 s timeout and no retry is answered (before progress it was NaN); a frozen
+    emulator (SIGSTOP: no answer, no progress) is given up on after those 4 s."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+    delay, silence = 10.0, 4.0
+    emulator = ros.start('robot_emulator', problem=PROBLEM, evaluation_delay_s=delay)
+    heard: list = []
+    ros.node.create_subscription(DiagnosticStatus, '/robot_emulator/evaluate/progress', heard.append, 10)
+    client = EvaluatorClient(ros.node, '/robot_emulator/evaluate', lambda phi: _policy(6, phi), lambda: ros.executor,
+                             timeout_s=60.0, answer_timeout_s=silence, retries=0)
+    ros.spin_until(client.client.service_is_ready, 60.0, 'service /robot_emulator/evaluate')
+    ros.settle(client.client)
+    started = time.monotonic()
+    values = client(np.asarray(PHI))
+    waited = time.monotonic() - started
+    assert client.failures == 0, emulator.log()[-2000:]
+    assert waited >= delay > silence
+    assert values['normalized_return'] == pytest.approx(expected(PHI)['normalized_return'], rel=1e-12)
+    assert len(heard) >= 2, heard
+    assert all(status.message.startswith('evaluating policy version 6: ') for status in heard), heard[0].message
+    assert {value.key for value in heard[-1].values} == {'policy_version', 'elapsed_s', 'evaluations_asked'}
+    assert emulator.log().count(COMPUTING) == 1
+
+    os.kill(emulator.process.pid, signal.SIGSTOP)        # frozen: neither an answer nor progress comes
+    try:
+        started = time.monotonic()
+        values = client(np.asarray([0.0, 0.5, -0.5]))
+        waited = time.monotonic() - started
+    finally:
+        os.kill(emulator.process.pid, signal.SIGCONT)
+    assert math.isnan(values['normalized_return']) and client.failures == 1
+    assert silence <= waited < silence + 20.0, waited
+
+
 def test_the_emulator_stops_on_the_first_signal_while_an_evaluation_runs(ros):
     emulator = ros.start('robot_emulator', problem=PROBLEM, evaluation_delay_s=600.0)
     evaluate = ros.node.create_client(EvaluatePolicy, '/robot_emulator/evaluate')

@@ -7,9 +7,11 @@ A real robot has no hidden model: on hardware the parameter is empty, nothing is
 records' normalised and real return are NaN (the estimate from the real episodes and its
 interval are there either way).  A configured evaluator that is absent or does not answer leaves
 them NaN for that record with a logged reason, and the run goes on: an absent one costs
-``evaluator_timeout_s`` per record; one that is there is given ``evaluator_answer_timeout_s`` to
-answer (an exact evaluation may take tens of seconds; the emulator computes it off its executor,
-so its robot keeps being served meanwhile, and once per policy however often it is asked)."""
+``evaluator_timeout_s`` per record; one that is there may go ``evaluator_answer_timeout_s``
+without a word (an exact evaluation may take minutes: the first one of a URDF robot solves the
+oracle policy; the emulator computes it off its executor, so its robot keeps being served
+meanwhile, once per policy however often it is asked, and reports on ``~/evaluate/progress``
+every ``PROGRESS_S`` while it works, so the client counts the silence, not the work)."""
 from __future__ import annotations
 
 import json
@@ -22,6 +24,7 @@ from collections import OrderedDict
 from typing import Any, Callable, Optional
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.task import Future
 from sim2real_bilevel_interfaces.srv import EvaluatePolicy
@@ -30,6 +33,14 @@ from . import conversions
 from .runtime import Backoff, BackgroundWork, ShutdownRequested, spin_once
 
 NOT_EVALUATED = {'normalized_return': math.nan, 'real_return': math.nan}
+PROGRESS_S = BackgroundWork.HEARTBEAT_S
+"""While an evaluation is asked for and not answered, the server says so this often on
+``<service>/progress`` (diagnostic_msgs/DiagnosticStatus: which policy version, for how long)."""
+
+
+def progress_topic(service: str) -> str:
+    """The progress topic of the evaluation service ``service`` (as named, relative or not)."""
+    return f'{service.rstrip("/")}/progress'
 
 
 class EvaluationServer:
@@ -42,8 +53,11 @@ class EvaluationServer:
     the first request, so the node's real episodes and robot stay untouched -- and the service
     callback awaits it while the node goes on serving resets, episode goals and its timers.
     The same policy asked again (a client's retry, or the same phi once more) joins the
-    evaluation in flight or gets the kept answer: it is computed once.  ``delay_s()`` (tests
-    only) is added to every evaluation's duration."""
+    evaluation in flight or gets the kept answer: it is computed once.  While a policy is being
+    evaluated (or waits for the one before it), ``~/evaluate/progress`` says so every
+    ``PROGRESS_S`` (``EvaluatorClient`` waits for silence, not for the whole evaluation: a URDF
+    robot's first one solves its oracle policy, ~12-20 min on a loaded 2-core machine for the
+    iiwa).  ``delay_s()`` (tests only) is added to every evaluation's duration."""
 
     KEPT = 16
     """Answers kept for policies asked again (the newest ones)."""
@@ -64,12 +78,15 @@ class EvaluationServer:
         self.in_flight: dict[bytes, Future] = {}
         self.kept: OrderedDict[bytes, dict] = OrderedDict()
         self.computed = 0
+        self.evaluating: Optional[int] = None
+        """The policy version the worker is computing now (None: none yet)."""
         self.last_duration_s = 0.0
         self.quiet = QuietEvaluations(node.get_logger(), self.SUMMARY_S)
         # its own callback group: an awaiting callback holds its group, and the node's default
         # group serves everything else; reentrant: a retry is taken while the first one waits
         self.service = node.create_service(EvaluatePolicy, '~/evaluate', self.callback,
                                            callback_group=ReentrantCallbackGroup())
+        self.progress = node.create_publisher(DiagnosticStatus, progress_topic('~/evaluate'), 10)
 
     async def callback(self, request, response):
         try:
@@ -85,8 +102,11 @@ class EvaluationServer:
             self.node.get_logger().info(f'evaluate: policy version {version} was evaluated before: answered again')
         else:
             future = self.in_flight.get(key)
+            timer = None
             if future is None:
                 future = self.in_flight[key] = self.work.start(lambda: self._compute(phi, version))
+                asked = time.monotonic()
+                timer = self.node.create_timer(PROGRESS_S, lambda: self._tell_progress(version, asked))
             else:
                 self.node.get_logger().info(f'evaluate: policy version {version} is being evaluated: this request '
                                             'waits for that evaluation')
@@ -97,6 +117,8 @@ class EvaluationServer:
                 self.node.get_logger().error(f'evaluate: policy version {version}: {response.message}')
                 return response
             finally:
+                if timer is not None:
+                    self.node.destroy_timer(timer)
                 if self.in_flight.get(key) is future:
                     del self.in_flight[key]
             if key not in self.kept:
@@ -108,9 +130,21 @@ class EvaluationServer:
         response.real_return = float(values['real_return'])
         return response
 
+    def _tell_progress(self, version: int, asked: float) -> None:
+        """One progress message of the evaluation of policy ``version``, asked for at ``asked``."""
+        elapsed = time.monotonic() - asked
+        waiting = ', waiting for the evaluation before it' if self.evaluating != version else ''
+        self.progress.publish(DiagnosticStatus(
+            level=DiagnosticStatus.OK, name=f'{self.node.get_fully_qualified_name()}/evaluate',
+            message=f'evaluating policy version {version}: {elapsed:.0f} s so far{waiting}',
+            values=[KeyValue(key='policy_version', value=str(version)),
+                    KeyValue(key='elapsed_s', value=f'{elapsed:.1f}'),
+                    KeyValue(key='evaluations_asked', value=str(len(self.in_flight)))]))
+
     def _compute(self, phi: np.ndarray, version: int) -> dict:
         """In the worker thread."""
         with self.lock:
+            self.evaluating = version
             self.computed += 1
             # the first evaluation, and each one after a slow one, logs its start and result: a
             # fast sim-only loop evaluates a policy every few milliseconds, and rclpy spends
@@ -235,8 +269,10 @@ class EvaluatorClient:
     """``phi -> {'normalized_return', 'real_return'}`` by the EvaluatePolicy service ``name``.
 
     Each request waits at most ``timeout_s`` for the service to be there and at most
-    ``answer_timeout_s`` for its answer (an exact evaluation may take tens of seconds), asking
-    again meanwhile after 1 s and at doubling intervals (a lost answer; ``Evaluation._ask_again``);
+    ``answer_timeout_s`` without an answer or a progress message from the server (its
+    ``<name>/progress``: an evaluation in progress, however long, is waited for; a frozen server
+    is not), asking again meanwhile after 1 s and at doubling intervals (a lost answer;
+    ``Evaluation._ask_again``); progress is logged every ``PROGRESS_LOG_S`` while waited for;
     a server that leaves the graph meanwhile, or an answer that does not come, is asked again up to
     ``retries`` times (the server computes a policy once, a request asked again joins it).  After that, or
     when the service is absent or refuses, the values are NaN and the reason is logged (once
@@ -248,10 +284,17 @@ class EvaluatorClient:
     other work, and ``result()`` waits only for what is left of it (the outer loop's pipelined
     records, ``MethodRun.record``)."""
 
+    PROGRESS_LOG_S = 60.0
+
     def __init__(self, node, name: str, policy_message, executor, timeout_s: float = 5.0, retries: int = 2,
                  answer_timeout_s: float = 300.0):
         self.node, self.name = node, name
         self.client = node.create_client(EvaluatePolicy, name)
+        self.heard_at: Optional[float] = None
+        """When the server last said it is evaluating (``<name>/progress``)."""
+        self.progress = ''
+        self.progress_logged_at = -math.inf
+        self.subscription = node.create_subscription(DiagnosticStatus, progress_topic(name), self._heard, 10)
         self.policy_message, self.executor = policy_message, executor
         self.timeout_s, self.retries, self.answer_timeout_s = timeout_s, retries, answer_timeout_s
         self.failures = 0
@@ -271,6 +314,22 @@ class EvaluatorClient:
         if not self.executor().context.ok():
             raise ShutdownRequested('evaluator')
         return Evaluation(self, EvaluatePolicy.Request(policy=self.policy_message(phi)))
+
+    def _heard(self, status: DiagnosticStatus) -> None:
+        self.heard_at, self.progress = time.monotonic(), status.message
+
+    def waited_out(self, deadline: float) -> bool:
+        """Whether ``answer_timeout_s`` has passed since ``deadline - answer_timeout_s`` (the
+        request) and since the server's last progress message."""
+        now = time.monotonic()
+        heard = self.heard_at if self.heard_at is not None else -math.inf
+        return now >= deadline and now >= heard + self.answer_timeout_s
+
+    def log_progress(self) -> None:
+        """The server's newest progress, at most every ``PROGRESS_LOG_S``, while an answer is awaited."""
+        if self.heard_at is not None and self.heard_at - self.progress_logged_at >= self.PROGRESS_LOG_S:
+            self.progress_logged_at = self.heard_at
+            self.node.get_logger().info(f'evaluator {self.client.srv_name}: {self.progress}')
 
     def _spin(self, executor) -> None:
         if not executor.context.ok():
@@ -358,14 +417,15 @@ class Evaluation:
             if not self.pending:
                 self._send()
             while (self._answered() is None and client.client.service_is_ready()
-                   and time.monotonic() < self.deadline):
+                   and not client.waited_out(self.deadline)):
                 self._ask_again()
                 client._spin(executor)
+                client.log_progress()
             answered = self._answered()
             if answered is not None:
                 break
             self._drop_pending()
-            reason = ('no answer within {:g} s'.format(client.answer_timeout_s)
+            reason = ('no answer and no progress for {:g} s'.format(client.answer_timeout_s)
                       if client.client.service_is_ready() else 'the server left while evaluating')
             if self.attempts > client.retries:
                 raise TimeoutError(f'evaluator {client.client.srv_name}: {reason} ({self.attempts} requests)')

@@ -211,8 +211,9 @@ class OuterOptimizer(Node):
             ParameterSpec('evaluator_timeout_s', 5.0, 'longest wait for the evaluator service to be there (absent: '
                           'the record\'s normalised return is NaN)', low=0.01, high=1e4),
             ParameterSpec('evaluator_answer_timeout_s', 300.0, 'longest wait for the evaluator\'s answer to one '
-                          'request: an exact evaluation takes tens of seconds for a robot problem (the pendulum\'s '
-                          'first, with its oracle, ~48 s on a loaded 2-core machine); a lost answer or a server gone '
+                          'request without word from it: the evaluator reports an evaluation in progress every 2 s '
+                          '(<evaluator>/progress), so a long one -- a URDF robot\'s first solves its oracle policy, '
+                          'minutes -- is waited for and a silent evaluator is not; a lost answer or a server gone '
                           'meanwhile is asked for again, action_retries times; then NaN', low=0.01, high=1e5),
             ParameterSpec('safe_improvement', bool(d['safe_improvement']),
                           'backtrack theta, phi and the optimiser to the best deployed policy (and halve the step) '
