@@ -204,3 +204,29 @@ def test_cli_solve_bilevel_evaluate_end_to_end(pendulum_data, tmp_path):
         records = document['methods'][method]['seeds'][0]['iterations']
         assert records and all(np.isfinite(r['normalized_return']) and r['normalized_return'] > 0 for r in records)
     assert len(document['methods']['bilevel']['seeds'][0]['iterations']) == 2
+
+
+def test_a_cold_solve_that_ends_far_from_stationary_is_reported_with_the_settings_to_raise(pendulum_data, caplog):
+    """A cold solve's policy is where every method starts: one that ends far above its tolerance
+    (on config/pendulum_urdf.yaml, inner.seed 0 ended at 1 945 x with a normalised return of 0.20)
+    is reported in its info and once as a warning naming the file and the budget to raise (the
+    oracle's own budget for the oracle's solve, at INFO as a second report); a converged one is not."""
+    import logging
+    data = small(pendulum_data, horizon=8)
+    data['inner'] = dict(data['inner'], warmup_iterations=0, cold_iterations=1, oracle_iterations=1, tolerance=1e-6)
+    problem = UrdfProblem.from_dict(data, 'my_robot.yaml')
+    with caplog.at_level(logging.INFO, logger='sim2real_bilevel.core.problems.robot.problem'):
+        solved = problem.inner_solve(problem.theta0())
+        problem.oracle_phi()
+    report = solved.info['unconverged']
+    assert report['ratio'] == pytest.approx(solved.grad_norm / 1e-6) and report['ratio'] > 100
+    records = [(r.levelno, r.getMessage()) for r in caplog.records if 'far from a stationary point' in r.getMessage()]
+    assert [level for level, _ in records] == [logging.WARNING, logging.INFO], records
+    first, oracle = records[0][1], records[1][1]
+    assert first.startswith('my_robot.yaml: a cold inner solve (inner.seed 0: 0 Adam warm-up steps')
+    assert 'raise inner.warmup_iterations (default 150) or inner.cold_iterations (default 300)' in first.lower()
+    assert 'inner.oracle_iterations (default 600)' in oracle
+
+    data['inner'] = dict(data['inner'], tolerance=1e9)
+    converged = UrdfProblem.from_dict(data, 'my_robot.yaml').inner_solve(problem.theta0())
+    assert 'unconverged' not in converged.info and converged.grad_norm <= 1e9
