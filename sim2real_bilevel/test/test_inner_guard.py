@@ -20,10 +20,13 @@ SOURCE = 'guard_test.yaml'
 
 
 def problem(**inner) -> RobotProblem:
+    """A tiny robot problem; one solve per cold solve (``cold_restarts`` 0: these tests count and
+    corrupt one solve's evaluations; restarts are test_urdf_problem.py's)."""
     data = copy.deepcopy(TINY)
     data['horizon'] = HORIZON
-    data['inner'] = dict(data['inner'], episodes=3, warmup_iterations=6, max_iterations=6, cold_iterations=6,
-                         sampled_episodes=3, learning_rate=0.05, **inner)
+    data['inner'] = dict(data['inner'], **{'episodes': 3, 'warmup_iterations': 6, 'max_iterations': 6,
+                                           'cold_iterations': 6, 'sampled_episodes': 3, 'learning_rate': 0.05,
+                                           'cold_restarts': 0, **inner})
     return RobotProblem.from_dict(data, SOURCE)
 
 

@@ -206,11 +206,13 @@ def test_cli_solve_bilevel_evaluate_end_to_end(pendulum_data, tmp_path):
     assert len(document['methods']['bilevel']['seeds'][0]['iterations']) == 2
 
 
-def test_a_cold_solve_that_ends_far_from_stationary_is_reported_with_the_settings_to_raise(pendulum_data, caplog):
+def test_a_cold_solve_that_ends_far_from_stationary_is_restarted_and_reported_with_the_settings_to_raise(
+        pendulum_data, caplog):
     """A cold solve's policy is where every method starts: one that ends far above its tolerance
     (on config/pendulum_urdf.yaml, inner.seed 0 ended at 1 945 x with a normalised return of 0.20)
-    is reported in its info and once as a warning naming the file and the budget to raise (the
-    oracle's own budget for the oracle's solve, at INFO as a second report); a converged one is not."""
+    is solved again from other initial policies, the best J_sim kept, and reported when still that
+    far: in its info and once as a warning naming the file and the budget to raise (the oracle's
+    own budget for the oracle's solve, at INFO as a second report).  A converged one is not."""
     import logging
     data = small(pendulum_data, horizon=8)
     data['inner'] = dict(data['inner'], warmup_iterations=0, cold_iterations=1, oracle_iterations=1, tolerance=1e-6)
@@ -220,13 +222,58 @@ def test_a_cold_solve_that_ends_far_from_stationary_is_reported_with_the_setting
         problem.oracle_phi()
     report = solved.info['unconverged']
     assert report['ratio'] == pytest.approx(solved.grad_norm / 1e-6) and report['ratio'] > 100
+    starts = solved.info['cold_starts']
+    assert [start['start'] for start in starts] == [0, 1, 2]          # inner.cold_restarts 2 by default
+    assert solved.info['objective'] == max(start['objective'] for start in starts)
+    assert starts[solved.info['cold_start']]['objective'] == solved.info['objective']
+    assert len({start['objective'] for start in starts}) == 3         # three different initial policies
     records = [(r.levelno, r.getMessage()) for r in caplog.records if 'far from a stationary point' in r.getMessage()]
     assert [level for level, _ in records] == [logging.WARNING, logging.INFO], records
     first, oracle = records[0][1], records[1][1]
     assert first.startswith('my_robot.yaml: a cold inner solve (inner.seed 0: 0 Adam warm-up steps')
-    assert 'raise inner.warmup_iterations (default 150) or inner.cold_iterations (default 300)' in first.lower()
+    assert 'the best J_sim of 3 initial policies (inner.cold_restarts 2)' in first
+    assert 'Raise inner.warmup_iterations (default 150) or inner.cold_iterations (default 300)' in first
     assert 'inner.oracle_iterations (default 600)' in oracle
 
-    data['inner'] = dict(data['inner'], tolerance=1e9)
+    # without restarts: start 0 alone, the first of the three above
+    data['inner'] = dict(data['inner'], cold_restarts=0)
+    alone = UrdfProblem.from_dict(data, 'my_robot.yaml').inner_solve(problem.theta0())
+    assert 'cold_starts' not in alone.info and alone.info['unconverged']['ratio'] > 100
+    assert alone.info['objective'] == starts[0]['objective']
+
+    # converged: no restart, nothing reported, the policy of start 0 (as without restarts)
+    data['inner'] = dict(data['inner'], tolerance=1e9, cold_restarts=2)
     converged = UrdfProblem.from_dict(data, 'my_robot.yaml').inner_solve(problem.theta0())
-    assert 'unconverged' not in converged.info and converged.grad_norm <= 1e9
+    assert 'unconverged' not in converged.info and 'cold_starts' not in converged.info
+    data['inner'] = dict(data['inner'], cold_restarts=0)
+    np.testing.assert_array_equal(converged.phi, UrdfProblem.from_dict(data, 'my_robot.yaml').inner_solve(
+        problem.theta0()).phi)
+
+
+def test_cold_restarts_stop_at_the_first_solve_near_stationary_and_skip_a_start_without_a_finite_iterate(
+        pendulum_data):
+    """``_restarted``'s rule on solves given to it: start 1 has no finite iterate (skipped), start 2
+    ends within 100 x the tolerance, so start 3 is never solved; the best J_sim of those there is kept."""
+    from sim2real_bilevel.core.problem import InnerResult
+    from sim2real_bilevel.core.problems.robot.guard import NonFiniteInnerSolve
+    data = small(pendulum_data)
+    data['inner'] = dict(data['inner'], cold_restarts=5)
+    problem = UrdfProblem.from_dict(data, 'my_robot.yaml')
+
+    def result(objective, grad_norm):
+        return InnerResult(phi=np.full(3, objective), grad_norm=grad_norm, iterations=1, info={'objective': objective})
+    asked = []
+
+    def solve_from(k):
+        asked.append(k)
+        if k == 1:
+            raise NonFiniteInnerSolve('diverged at once')
+        return {2: result(30.0, 5.0), 3: result(99.0, 0.1)}[k]
+    chosen = problem._restarted(result(10.0, 500.0), 1.0, 'inner.cold_iterations', 4, solve_from)
+    assert asked == [1, 2]
+    assert chosen.info['objective'] == 30.0 and chosen.info['cold_start'] == 2
+    assert [start['start'] for start in chosen.info['cold_starts']] == [0, 1, 2]
+    assert np.isnan(chosen.info['cold_starts'][1]['objective']) and 'unconverged' not in chosen.info
+    # a far first solve that stays the best: kept, and reported
+    chosen = problem._restarted(result(50.0, 500.0), 1.0, 'inner.cold_iterations', 4, lambda k: result(1.0, 0.5))
+    assert chosen.info['cold_start'] == 0 and chosen.info['unconverged']['ratio'] == 500.0

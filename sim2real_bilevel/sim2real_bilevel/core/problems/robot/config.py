@@ -32,6 +32,9 @@ class InnerSettings:
     warmup_iterations: int = setting(150, low=0)       # Adam steps before L-BFGS when there is no warm start
     learning_rate: float = setting(1e-2, low=0.0, low_open=True)   # Adam step size
     oracle_iterations: int = setting(600, low=1)       # iteration budget of the oracle's (cold) solve
+    # a cold exact solve that ends above 100 x tolerance is solved again from up to this many other
+    # initial policies (stopping at one that ends within it); the best J_sim on the CRN set is kept
+    cold_restarts: int = setting(2, low=0)
     sampled_episodes: int = setting(32, low=1)         # fresh rollouts per stochastic gradient ('sampled')
     # a warm-started exact solve: 'warm' keeps it; 'best' also solves cold at the same theta (from the
     # initial policy, cached per theta) and keeps the one with the higher J_sim on the CRN set
