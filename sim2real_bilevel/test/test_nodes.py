@@ -392,7 +392,8 @@ def test_a_long_inner_solve_keeps_the_trainer_answering_and_its_client_waiting(r
     from sim2real_bilevel.nodes.runtime import BackgroundWork
 
     document = yaml.safe_load(builtin_config('pendulum').read_text())
-    document['inner'].update(warmup_iterations=10, cold_iterations=80, tolerance=1e-12)    # ~9 s idle here
+    # ~9 s idle here; one solve (cold_restarts 0: a tolerance no solve reaches would triple it)
+    document['inner'].update(warmup_iterations=10, cold_iterations=80, tolerance=1e-12, cold_restarts=0)
     problem_file = tmp_path / 'pendulum_long.yaml'
     problem_file.write_text(yaml.safe_dump(document))
     problem = load_problem(problem_file)
