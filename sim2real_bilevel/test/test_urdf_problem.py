@@ -209,7 +209,7 @@ def test_cli_solve_bilevel_evaluate_end_to_end(pendulum_data, tmp_path):
 def test_a_cold_solve_that_ends_far_from_stationary_is_restarted_and_reported_with_the_settings_to_raise(
         pendulum_data, caplog):
     """A cold solve's policy is where every method starts: one that ends far above its tolerance
-    (on config/pendulum_urdf.yaml, inner.seed 0 ended at 1 945 x with a normalised return of 0.20)
+    (on config/pendulum_urdf.yaml, inner.seed 0 ended at 1 947 x with a normalised return of 0.20)
     is solved again from other initial policies, the best J_sim kept, and reported when still that
     far: in its info and once as a warning naming the file and the budget to raise (the oracle's
     own budget for the oracle's solve, at INFO as a second report).  A converged one is not."""

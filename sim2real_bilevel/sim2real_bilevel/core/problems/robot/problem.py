@@ -28,7 +28,7 @@ stationary point: its policy may sit on a poor slope of J_sim that every method 
 It is solved again from other initial policies (``inner.cold_restarts``, the best J_sim on the CRN
 set kept), and the one kept is reported when it is still that far (``InnerResult.info['unconverged']``,
 a warning).  Measured (config/pendulum_urdf.yaml, inner.seed 0, 50 Adam warm-up steps): J_sim 14.4 at
-||F|| 389 = 1 945 x tolerance, normalised real return 0.20, where seeds 1-3 reached J_sim 56-58
+||F|| 389 = 1 947 x tolerance, normalised real return 0.20, where seeds 1-3 reached J_sim 56-58
 (0.76-0.97); the same CRN set from the next initial policy reached J_sim 56.7 at 6 x.  The same
 factor as ``OuterConfig.first_order_above``."""
 PPO_EPOCHS, PPO_CLIP, PPO_GAE_LAMBDA = 4, 0.2, 0.95
