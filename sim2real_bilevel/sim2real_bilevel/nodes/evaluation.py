@@ -11,7 +11,7 @@ them NaN for that record with a logged reason, and the run goes on: an absent on
 without a word (an exact evaluation may take minutes: the first one of a URDF robot solves the
 oracle policy; the emulator computes it off its executor, so its robot keeps being served
 meanwhile, once per policy however often it is asked, and reports on ``~/evaluate/progress``
-every ``PROGRESS_S`` while it works, so the client counts the silence, not the work)."""
+every ``BackgroundWork.HEARTBEAT_S`` while it works, so the client counts the silence, not the work)."""
 from __future__ import annotations
 
 import json
@@ -30,14 +30,9 @@ from rclpy.task import Future
 from sim2real_bilevel_interfaces.srv import EvaluatePolicy
 
 from . import conversions
-from .runtime import Backoff, BackgroundWork, ShutdownRequested, spin_once
+from .runtime import Backoff, BackgroundWork, ShutdownRequested, Silence, spin_once
 
 NOT_EVALUATED = {'normalized_return': math.nan, 'real_return': math.nan}
-PROGRESS_S = BackgroundWork.HEARTBEAT_S
-"""While an evaluation is asked for and not answered, the server says so this often on
-``<service>/progress`` (diagnostic_msgs/DiagnosticStatus: which policy version, for how long)."""
-
-
 def progress_topic(service: str) -> str:
     """The progress topic of the evaluation service ``service`` (as named, relative or not)."""
     return f'{service.rstrip("/")}/progress'
@@ -54,8 +49,9 @@ class EvaluationServer:
     callback awaits it while the node goes on serving resets, episode goals and its timers.
     The same policy asked again (a client's retry, or the same phi once more) joins the
     evaluation in flight or gets the kept answer: it is computed once.  While a policy is being
-    evaluated (or waits for the one before it), ``~/evaluate/progress`` says so every
-    ``PROGRESS_S`` (``EvaluatorClient`` waits for silence, not for the whole evaluation: a URDF
+    evaluated (or waits for the one before it), ``~/evaluate/progress`` (diagnostic_msgs/
+    DiagnosticStatus: which policy version, for how long) says so every
+    ``BackgroundWork.HEARTBEAT_S`` (``EvaluatorClient`` waits for silence, not for the whole evaluation: a URDF
     robot's first one solves its oracle policy, ~12-20 min on a loaded 2-core machine for the
     iiwa).  ``delay_s()`` (tests only) is added to every evaluation's duration."""
 
@@ -102,23 +98,24 @@ class EvaluationServer:
             self.node.get_logger().info(f'evaluate: policy version {version} was evaluated before: answered again')
         else:
             future = self.in_flight.get(key)
-            timer = None
+            progress = None                 # the request that starts an evaluation reports its progress
             if future is None:
                 future = self.in_flight[key] = self.work.start(lambda: self._compute(phi, version))
                 asked = time.monotonic()
-                timer = self.node.create_timer(PROGRESS_S, lambda: self._tell_progress(version, asked))
+
+                def progress():
+                    self._tell_progress(version, asked)
             else:
                 self.node.get_logger().info(f'evaluate: policy version {version} is being evaluated: this request '
                                             'waits for that evaluation')
             try:
-                values = await future
+                with self.work.heartbeat(progress):
+                    values = await future
             except Exception as err:     # noqa: BLE001 -- a failed evaluation is refused with its reason
                 response.success, response.message = False, f'evaluation failed: {type(err).__name__}: {err}'
                 self.node.get_logger().error(f'evaluate: policy version {version}: {response.message}')
                 return response
             finally:
-                if timer is not None:
-                    self.node.destroy_timer(timer)
                 if self.in_flight.get(key) is future:
                     del self.in_flight[key]
             if key not in self.kept:
@@ -318,13 +315,6 @@ class EvaluatorClient:
     def _heard(self, status: DiagnosticStatus) -> None:
         self.heard_at, self.progress = time.monotonic(), status.message
 
-    def waited_out(self, deadline: float) -> bool:
-        """Whether ``answer_timeout_s`` has passed since ``deadline - answer_timeout_s`` (the
-        request) and since the server's last progress message."""
-        now = time.monotonic()
-        heard = self.heard_at if self.heard_at is not None else -math.inf
-        return now >= deadline and now >= heard + self.answer_timeout_s
-
     def log_progress(self) -> None:
         """The server's newest progress, at most every ``PROGRESS_LOG_S``, while an answer is awaited."""
         if self.heard_at is not None and self.heard_at - self.progress_logged_at >= self.PROGRESS_LOG_S:
@@ -356,7 +346,9 @@ class Evaluation:
         self.client, self.request = client, request
         self.pending: list[Future] = []
         """This attempt's requests: the first, then the ones asked again (``_ask_again``)."""
-        self.deadline = 0.0
+        self.silence: Optional[Silence] = None
+        """This attempt's wait for an answer: ``answer_timeout_s`` since the request or the server's
+        last progress message (``_send``)."""
         self.ask_again: Optional[Backoff] = None
         """When to ask again (``_ask_again``), fresh at each attempt (``_send``)."""
         self.attempts = 0
@@ -377,7 +369,8 @@ class Evaluation:
             client._spin(executor)
         self.attempts += 1
         self.pending = [client.client.call_async(self.request)]
-        self.deadline = time.monotonic() + client.answer_timeout_s
+        self.silence = Silence(client.answer_timeout_s, f'evaluator {client.client.srv_name}',
+                               heard=lambda: client.heard_at)
         self.ask_again = Backoff(self.ASK_AGAIN_FIRST_S, self.ASK_AGAIN_MAX_S)
 
     def _ask_again(self) -> None:
@@ -417,7 +410,7 @@ class Evaluation:
             if not self.pending:
                 self._send()
             while (self._answered() is None and client.client.service_is_ready()
-                   and not client.waited_out(self.deadline)):
+                   and not self.silence.passed()):
                 self._ask_again()
                 client._spin(executor)
                 client.log_progress()

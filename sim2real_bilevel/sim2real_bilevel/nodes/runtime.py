@@ -14,6 +14,7 @@ import math
 import queue
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
@@ -230,12 +231,16 @@ class Silence:
         self.timeout_s, self.what, self.heard = timeout_s, what, heard
         self.started = time.monotonic()
 
+    def passed(self) -> bool:
+        """Whether the deadline has passed."""
+        if self.timeout_s is None or self.timeout_s <= 0:
+            return False
+        last = self.heard() if self.heard is not None else None
+        return time.monotonic() >= max(self.started, last or self.started) + self.timeout_s
+
     def check(self) -> None:
         """TimeoutError once the deadline has passed."""
-        if self.timeout_s is None or self.timeout_s <= 0:
-            return
-        last = self.heard() if self.heard is not None else None
-        if time.monotonic() >= max(self.started, last or self.started) + self.timeout_s:
+        if self.passed():
             silent = ' and no feedback' if self.heard is not None else ''
             raise TimeoutError(f'{self.what}: no answer{silent} within {self.timeout_s:g} s')
 
@@ -371,9 +376,16 @@ class BackgroundWork:
         The first computation of a node runs in the worker: its cost is not known yet."""
         if self.quick():
             return self.timed(function)()
+        with self.heartbeat(heartbeat):
+            return await self.start(function)
+
+    @contextmanager
+    def heartbeat(self, heartbeat: Optional[Callable[[], None]]):
+        """``heartbeat()`` every ``HEARTBEAT_S`` on the node's executor while the block runs (an
+        awaited computation's sign of life to a client that counts silence; None: nothing)."""
         timer = self.node.create_timer(self.HEARTBEAT_S, heartbeat) if heartbeat is not None else None
         try:
-            return await self.start(function)
+            yield
         finally:
             if timer is not None:
                 self.node.destroy_timer(timer)
