@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import yaml
@@ -65,9 +66,12 @@ def problem_at_rate(rate: float, directory: Path) -> Path:
     return path
 
 
-def start_node(executable: str, namespace: str, parameters: dict, environment: dict, log: Path):
+def start_node(executable: str, namespace: str, parameters: dict, environment: dict, log: Path,
+               params_file: Optional[Path] = None):
     command = [sys.executable, '-m', f'sim2real_bilevel.nodes.{executable}', '--ros-args',
                '-r', f'__ns:={namespace}', '-r', f'__node:={executable}']
+    if params_file is not None:          # first: the -p values below override it
+        command += ['--params-file', str(params_file)]
     for key, value in parameters.items():
         command += ['-p', f'{key}:={value}']
     return subprocess.Popen(command, stdout=open(log, 'w'), stderr=subprocess.STDOUT, env=environment,
@@ -86,27 +90,30 @@ def stop(processes) -> None:
             process.wait()
 
 
-def measure(rate: float, ticks: int, problem_file: Path, environment: dict, out: Path, node) -> dict:
-    """One run of the timer loop at ``rate``: the bridge's timing figures."""
+def realtime_robot_episodes(name: str, problem_file: Path, phi: np.ndarray, episodes: int, environment: dict,
+                            out: Path, node, bridge_parameters: dict, emulator_parameters: Optional[dict] = None,
+                            params_file: Optional[Path] = None, timeout_s: float = 600.0):
+    """``episodes`` episodes of policy ``phi`` on a real-time robot: a ``robot_emulator``
+    (``mode: realtime``) and a ``hardware_bridge`` (``transport: topics``, ``loop: timer``) started
+    as processes of their own for this call (logs ``out/bridge_NAME.log``, ``out/emulator_NAME.log``),
+    the goal signed with the environment's policy key.  The RunEpisodes result."""
     from rclpy.action import ActionClient
     from rclpy.executors import SingleThreadedExecutor
     from sim2real_bilevel_interfaces.action import RunEpisodes
-    from sim2real_bilevel.core.problems import load_problem
     from sim2real_bilevel.graph import POLICY_KEY_ENV
     from sim2real_bilevel.nodes import conversions, provenance
     from sim2real_bilevel.nodes.action_calls import wait_for_result
 
     # a namespace of its own per run: a stopped run's server may linger in the ROS graph, and a goal
     # sent to it would never be answered
-    measure.runs = getattr(measure, 'runs', 0) + 1
-    namespace = f'/timing_{int(rate)}_{measure.runs}'
-    problem = load_problem(problem_file)
+    realtime_robot_episodes.runs = getattr(realtime_robot_episodes, 'runs', 0) + 1
+    namespace = f'/{name}_{realtime_robot_episodes.runs}'
     bridge = start_node('hardware_bridge', namespace, {
-        'problem': problem_file, 'autostart': 'true', 'transport': 'topics', 'loop': 'timer',
-        'position_limit': '100.0', 'velocity_limit': '1000.0', 'max_deadline_misses': str(10 ** 9),
-        'max_state_age_s': '1.0', 'max_episodes': '100000', 'reset_timeout_s': '120.0'}, environment, out / f'bridge_{rate:g}.log')
-    emulator = start_node('robot_emulator', namespace, {'problem': problem_file, 'mode': 'realtime'},
-                          environment, out / f'emulator_{rate:g}.log')
+        'problem': problem_file, 'autostart': 'true', 'transport': 'topics', 'loop': 'timer', **bridge_parameters},
+        environment, out / f'bridge_{name}.log', params_file)
+    emulator = start_node('robot_emulator', namespace, {'problem': problem_file, 'mode': 'realtime',
+                                                        **(emulator_parameters or {})},
+                          environment, out / f'emulator_{name}.log', params_file)
     executor = SingleThreadedExecutor(context=node.context)
     executor.add_node(node)
     client = ActionClient(node, RunEpisodes, f'{namespace}/run_episodes')
@@ -114,13 +121,11 @@ def measure(rate: float, ticks: int, problem_file: Path, environment: dict, out:
         deadline = time.monotonic() + 120
         while not client.server_is_ready():
             if time.monotonic() > deadline or bridge.poll() is not None or emulator.poll() is not None:
-                raise RuntimeError(f'the bridge at {rate:g} Hz did not come up (logs in {out})')
+                raise RuntimeError(f'the bridge of {name} did not come up (logs in {out})')
             executor.spin_once(timeout_sec=0.1)
         settle = time.monotonic() + 2.0
         while time.monotonic() < settle:
             executor.spin_once(timeout_sec=0.05)
-        phi = problem.policy.init_params(np.random.default_rng(0))
-        episodes = math.ceil(ticks / (problem.horizon + 1))
         goal = RunEpisodes.Goal(policy=conversions.policy_to_msg(phi, 1, 0, 0.0), n_episodes=episodes)
         provenance.sign_goal(provenance.load_key(environment[POLICY_KEY_ENV]), goal)   # graph_environment's key
         future = client.send_goal_async(goal)
@@ -128,16 +133,29 @@ def measure(rate: float, ticks: int, problem_file: Path, environment: dict, out:
             executor.spin_once(timeout_sec=0.1)
         handle = future.result()
         if not handle.accepted:
-            raise RuntimeError(f'goal refused at {rate:g} Hz (logs in {out})')
-        result = wait_for_result(executor, handle, 600.0, 'the timing episodes').result
+            raise RuntimeError(f'goal refused ({name}, logs in {out})')
+        result = wait_for_result(executor, handle, timeout_s, f'the episodes of {name}').result
         if not result.success:
-            raise RuntimeError(f'episodes failed at {rate:g} Hz: {result.message}')
-        return {kv.key: float(kv.value) for kv in result.timing}
+            raise RuntimeError(f'episodes of {name} failed: {result.message}')
+        return result
     finally:
         client.destroy()
         executor.remove_node(node)
         executor.shutdown()
         stop([bridge, emulator])
+
+
+def measure(rate: float, ticks: int, problem_file: Path, environment: dict, out: Path, node) -> dict:
+    """One run of the timer loop at ``rate``: the bridge's timing figures."""
+    from sim2real_bilevel.core.problems import load_problem
+
+    problem = load_problem(problem_file)
+    phi = problem.policy.init_params(np.random.default_rng(0))
+    result = realtime_robot_episodes(
+        f'timing_{int(rate)}', problem_file, phi, math.ceil(ticks / (problem.horizon + 1)), environment, out, node,
+        {'position_limit': '100.0', 'velocity_limit': '1000.0', 'max_deadline_misses': str(10 ** 9),
+         'max_state_age_s': '1.0', 'max_episodes': '100000', 'reset_timeout_s': '120.0'})
+    return {kv.key: float(kv.value) for kv in result.timing}
 
 
 def start_busy_graph(environment: dict, out: Path, warmup_s: float = 20.0):
