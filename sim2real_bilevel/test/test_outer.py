@@ -1,11 +1,12 @@
 """The generic outer loop and baselines on a bi-level problem with a closed form."""
 import json
+import re
 
 import numpy as np
 import pytest
 
 from sim2real_bilevel.core.experiments import format_summary, plot_results, summarize
-from sim2real_bilevel.core.outer import Adam, BilevelOuterLoop, OuterConfig, discounted_returns
+from sim2real_bilevel.core.outer import Adam, BilevelOuterLoop, OuterConfig, discounted_returns, sensing_to_command
 from sim2real_bilevel.core.problem import Trajectories
 from sim2real_bilevel.core import baselines
 from sim2real_bilevel.core.evaluation import oracle_evaluator
@@ -89,6 +90,57 @@ def test_discounted_returns_stop_at_first_done():
     batch = Trajectories(states=np.zeros((2, 5)), actions=np.zeros((2, 4)), rewards=rewards,
                          dones=dones, log_probs=np.zeros((2, 4)))
     np.testing.assert_allclose(discounted_returns(batch, 0.5), [1.5, 1.875])
+
+
+def test_sensing_to_command_covers_the_steps_that_ran_and_needs_timestamps():
+    dones = np.array([[0, 1, 0, 0], [0, 0, 0, 0]], dtype=bool)
+    sensed = 50.0 + 0.02 * np.arange(5) + np.zeros((2, 5))
+    commanded = sensed[:, :-1] + np.array([[0.001, 0.002, 0.1, 0.1], [0.003, np.nan, 0.004, 0.005]])
+    batch = Trajectories(states=np.zeros((2, 5)), actions=np.zeros((2, 4)), rewards=np.ones((2, 4)), dones=dones,
+                         log_probs=np.zeros((2, 4)), state_times=sensed, command_times=commanded)
+    # episode 0 ends at its step 1: its held steps after it (0.1 s) are not delays the robot had
+    np.testing.assert_allclose(np.sort(sensing_to_command(batch)), [0.001, 0.002, 0.003, 0.004, 0.005], atol=1e-9)
+    batch.command_times = None
+    assert sensing_to_command(batch).size == 0
+
+
+class TimedToy(ToyProblem):
+    """Real episodes whose commands left 1, 2, 3, ... ms after their states were sensed."""
+
+    def sample_real(self, phi, n_episodes, rng):
+        batch = super().sample_real(phi, n_episodes, rng)
+        sensed = 1.8e9 + np.arange(n_episodes)[:, None] + np.zeros((n_episodes, 2))
+        batch.state_times, batch.command_times = sensed, sensed[:, :1] + 1e-3 * (1 + np.arange(n_episodes))[:, None]
+        return batch
+
+
+def test_each_record_holds_the_loop_delay_of_its_real_episodes():
+    problem = toy()
+    timed = TimedToy(coupling=problem.coupling, phi_real=problem.phi_real)
+    history = BilevelOuterLoop(timed, OuterConfig(iterations=2, step_size=0.1, real_episodes=4), seed=1).run()
+    assert np.isnan(history[0].loop_delay_p50_ms)          # no real episode yet
+    for record in history[1:]:
+        np.testing.assert_allclose([record.loop_delay_p50_ms, record.loop_delay_p99_ms],
+                                   np.percentile([1.0, 2.0, 3.0, 4.0], [50, 99]), atol=1e-3)   # 1 us: seconds since 1970 in float64
+        assert json.loads(json.dumps(record.to_json()))['loop_delay_p50_ms'] == record.loop_delay_p50_ms
+    plain = BilevelOuterLoop(problem, OuterConfig(iterations=1, step_size=0.1, real_episodes=4), seed=1).run()
+    assert np.isnan(plain[-1].loop_delay_p50_ms) and np.isnan(plain[-1].loop_delay_p99_ms)
+
+
+@pytest.mark.parametrize('period, modelled, warned', [(0.004, False, True), (0.004, True, False),
+                                                     (0.02, False, False)])
+def test_a_loop_delay_the_simulator_family_does_not_model_is_warned_about_once(caplog, period, modelled, warned):
+    problem = toy()
+    timed = TimedToy(coupling=problem.coupling, phi_real=problem.phi_real)
+    timed.source, timed.control_period = 'timed_toy.yaml', period       # median delay 2.5 ms
+    timed.models_actuation_delay = lambda: modelled
+    with caplog.at_level('WARNING', logger='sim2real_bilevel.core.outer'):
+        BilevelOuterLoop(timed, OuterConfig(iterations=3, step_size=0.1, real_episodes=4), seed=1).run()
+    messages = [r.getMessage() for r in caplog.records if 'actuation delay' in r.getMessage()]
+    assert len(messages) == int(warned)
+    if warned:
+        assert messages[0].startswith('timed_toy.yaml: on the real robot, commands left 2.5 ms (median; p99 3.97 ms)')
+        assert re.search(r': 0\.6[23] control periods of 4 ms', messages[0])      # 2.5 / 4
 
 
 def test_summary_and_plot(tmp_path):

@@ -153,6 +153,16 @@ def test_actuation_delay_entry_through_the_problem(pendulum_data):
     assert np.all(identified >= lower - 1e-12) and np.all(identified <= upper + 1e-12)
 
 
+@pytest.mark.parametrize('entry, modelled', [(None, False), ({'value': 0.02, 'learn': False}, True),
+                                             ({'value': 0.013, 'learn': True, 'bounds': [0.001, 0.05]}, True)])
+def test_the_problem_says_whether_its_simulator_delays_commands(pendulum_data, entry, modelled):
+    """What the outer loop's unmodelled-delay warning reads: a fixed delay entry counts too."""
+    data = small(pendulum_data)
+    if entry is not None:
+        data['simulator']['parameters']['delay'] = entry
+    assert UrdfProblem.from_dict(data, str(CONFIG / 'pendulum_urdf.yaml')).models_actuation_delay() is modelled
+
+
 @pytest.mark.parametrize('edit, message', [
     (lambda d: d['robot'].update(joints=['shoulder', 'wrist']),
      r"acrobot.yaml: field 'robot.joints\[1\]' = 'wrist': expected a moving joint of .*acrobot.urdf: one of \['shoulder', 'elbow'\]"),

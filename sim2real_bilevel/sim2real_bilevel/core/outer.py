@@ -32,6 +32,9 @@ SOLVERS = ('dense', 'cg', 'first_order')
 SENSITIVITY_METHODS = ('exact', 'sampled')
 INNER_METHODS = ('exact', 'sampled', 'ppo')
 THETA_STARTS = ('nominal', 'sysid')
+UNMODELLED_DELAY_WARNING = 0.25
+"""A real loop whose median sensing-to-command delay is at least this fraction of the control
+period, on a simulator family without an actuation delay, is warned about (once per run)."""
 
 
 @dataclass
@@ -190,6 +193,17 @@ def sensitivity_solver(config: OuterConfig, problem: BilevelProblem, inner_grad_
     return make_solver(config), ''
 
 
+def sensing_to_command(batch: Trajectories) -> np.ndarray:
+    """Seconds from the sensing of each state a command used to that command leaving the
+    controller, over the steps that ran (``alive_mask``); empty when the batch has no timestamps
+    (episodes of the batched transport or of the core's own real system)."""
+    if batch.state_times is None or batch.command_times is None:
+        return np.zeros(0)
+    delays = np.asarray(batch.command_times, dtype=np.float64) - np.asarray(batch.state_times, dtype=np.float64)[:, :-1]
+    delays = delays[alive_mask(np.asarray(batch.dones, dtype=bool))]
+    return delays[np.isfinite(delays)]
+
+
 def discounted_returns(batch: Trajectories, gamma: float) -> np.ndarray:
     """Per-episode discounted return of a batch (rewards after a done are ignored)."""
     rewards = np.where(alive_mask(batch.dones), batch.rewards, 0.0)
@@ -265,6 +279,11 @@ class IterationRecord:
     real_return_ci_high: float = float('nan')
     event: str = ''
     """'' or what safe improvement did in this iteration ('backtracked: ...', 'refused: ...')."""
+    loop_delay_p50_ms: float = float('nan')
+    loop_delay_p99_ms: float = float('nan')
+    """Over this iteration's real episodes: from the sensing of each state a command used to the
+    command leaving the controller (``sensing_to_command``); NaN without timestamps (the batched
+    transport, the core's own real system)."""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -295,6 +314,9 @@ class MethodRun:
         (``evaluation.oracle_evaluator``); None on a robot (those record fields are then NaN)."""
         self.iteration_returns: list[np.ndarray] = []
         """Per-episode discounted returns of the real batches collected since the last record."""
+        self.iteration_delays: list[np.ndarray] = []
+        """``sensing_to_command`` of the real batches collected since the last record."""
+        self.delay_checked = False          # ``check_loop_delay`` has seen timestamps
         self.best: Optional[BestPolicy] = None
         """The best policy deployed so far (highest mean estimated real return)."""
         self.last_deployed: Optional[ReturnEstimate] = None
@@ -362,7 +384,30 @@ class MethodRun:
             self.real_batches.append(batch)
             self.kept_batch_numbers.append(self.real_batch_count)
         self.note_deployed(phi, self.theta if theta is None else theta, discounted_returns(batch, self.problem.gamma))
+        self.iteration_delays.append(sensing_to_command(batch))
+        self.check_loop_delay(self.iteration_delays[-1])
         return batch
+
+    def check_loop_delay(self, delays: np.ndarray) -> None:
+        """At the first real batch with timestamps: a warning when the loop's median
+        sensing-to-command delay is at least UNMODELLED_DELAY_WARNING control periods and the
+        simulator family does not delay its commands (``models_actuation_delay``).  Reads only the
+        real data's timestamps and the user's problem file."""
+        modelled = getattr(self.problem, 'models_actuation_delay', None)
+        period = getattr(self.problem, 'control_period', None)
+        if self.delay_checked or delays.size == 0 or modelled is None or not period:
+            return
+        self.delay_checked = True
+        median, p99 = np.percentile(delays, [50, 99])
+        if median < UNMODELLED_DELAY_WARNING * period or modelled():
+            return
+        log.warning('%s: on the real robot, commands left %.3g ms (median; p99 %.3g ms) after the states they '
+                    'were computed from were sensed: %.2g control periods of %.3g ms, before any delay in the '
+                    'actuators.  The simulator family has no actuation delay (its commands act at once), so '
+                    'every policy trained in it is trained for a robot that reacts sooner.  A `delay` entry '
+                    'in the simulator (kind urdf: simulator.parameters.delay, seconds, docs/dynamics.md), '
+                    'fixed at the measured median or learnable from it, models this delay.',
+                    self.problem.source, 1e3 * median, 1e3 * p99, median / period, 1e3 * period)
 
     def note_deployed(self, phi: np.ndarray, theta: np.ndarray, returns: np.ndarray) -> None:
         """Book a deployed policy's episode returns: into this iteration's estimate, and into the
@@ -474,7 +519,9 @@ class MethodRun:
         submit = getattr(self.evaluator, 'submit', None)
         evaluated = self.evaluator(self.phi) if self.evaluator is not None and submit is None else {}
         interval = self.return_interval()
-        self.iteration_returns = []
+        delays = np.concatenate(self.iteration_delays) if self.iteration_delays else np.zeros(0)
+        delay_p50, delay_p99 = (1e3 * np.percentile(delays, [50, 99]) if delays.size else (float('nan'),) * 2)
+        self.iteration_returns, self.iteration_delays = [], []
         record = IterationRecord(
             iteration=self.iteration,
             normalized_return=float(evaluated.get('normalized_return', float('nan'))),
@@ -490,6 +537,8 @@ class MethodRun:
             real_return_ci_low=interval.low,
             real_return_ci_high=interval.high,
             event=self.event,
+            loop_delay_p50_ms=float(delay_p50),
+            loop_delay_p99_ms=float(delay_p99),
         )
         self.event = ''
         if submit is None:

@@ -16,9 +16,10 @@ from . import conversions
 from .runtime import EVENTS, internal_publisher
 
 SCALARS = ('real_return', 'normalized_return', 'inner_grad_norm', 'outer_grad_norm', 'real_return_estimate',
-           'real_return_ci_low', 'real_return_ci_high')
+           'real_return_ci_low', 'real_return_ci_high', 'loop_delay_p50_ms', 'loop_delay_p99_ms')
 """The Float64 ``metrics/*`` topics.  normalized_return and real_return are NaN without an evaluator
-(hardware); the estimate and its interval come from the real episodes."""
+(hardware); the estimate and its interval come from the real episodes, and so does the loop's
+sensing-to-command delay (NaN without timestamps: the batched transport)."""
 
 
 def topic_token(name: str) -> str:
@@ -60,7 +61,9 @@ class LoopReporter:
                             ('inner_grad_norm', record.inner_grad_norm), ('outer_grad_norm', record.grad_norm),
                             ('real_return_estimate', record.real_return_estimate),
                             ('real_return_ci_low', record.real_return_ci_low),
-                            ('real_return_ci_high', record.real_return_ci_high)):
+                            ('real_return_ci_high', record.real_return_ci_high),
+                            ('loop_delay_p50_ms', record.loop_delay_p50_ms),
+                            ('loop_delay_p99_ms', record.loop_delay_p99_ms)):
             self.publications.publish(self.scalar_publishers[name], Float64(data=float(value)))
         for publisher, value in zip(self.theta_metric_publishers, record.theta):
             self.publications.publish(publisher, Float64(data=float(value)))
@@ -75,6 +78,8 @@ class LoopReporter:
                   f'real_return_estimate={record.real_return_estimate:.4g} '
                   f'ci=[{record.real_return_ci_low:.4g},{record.real_return_ci_high:.4g}] '
                   f'inner_grad_norm={record.inner_grad_norm:.2e} real_transitions={record.real_transitions}'
+                  + (f' loop_delay_ms=[p50 {record.loop_delay_p50_ms:.3g}, p99 {record.loop_delay_p99_ms:.3g}]'
+                     if math.isfinite(record.loop_delay_p50_ms) else '')
                   + (f' event="{record.event}"' if record.event else ''), flush=True)
 
     def publish_diagnostics(self, loop, status: str, theta_version: int) -> None:
@@ -88,6 +93,9 @@ class LoopReporter:
             values.update(real_return_estimate=f'{last.real_return_estimate:.6g}',
                           real_return_ci=f'[{last.real_return_ci_low:.6g}, {last.real_return_ci_high:.6g}]',
                           inner_grad_norm=f'{last.inner_grad_norm:.3e}')
+            if math.isfinite(last.loop_delay_p50_ms):    # real episodes with timestamps (the topic transport)
+                values.update(loop_delay_p50_ms=f'{last.loop_delay_p50_ms:.4g}',
+                              loop_delay_p99_ms=f'{last.loop_delay_p99_ms:.4g}')
         best = getattr(loop, 'best', None)
         if best is not None:
             estimate = best.estimate(loop.config.confidence)

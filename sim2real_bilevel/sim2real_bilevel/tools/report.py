@@ -112,6 +112,11 @@ def summary_lines(series: dict[str, list[float]]) -> list[str]:
                      f'(best {max(v for v in returns if math.isfinite(v)):.4f})')
     else:
         lines.append('normalised real return: not evaluated (no evaluator: a hardware run)')
+    p50s = [v for v in series.get('loop_delay_p50_ms', []) if math.isfinite(v)]
+    p99s = [v for v in series.get('loop_delay_p99_ms', []) if math.isfinite(v)]
+    if p50s and p99s:
+        lines.append(f'loop delay, sensing to command (real episodes with timestamps): p50 {min(p50s):.3g}-'
+                     f'{max(p50s):.3g} ms, p99 up to {max(p99s):.3g} ms over {len(p50s)} iterations')
     return lines
 
 

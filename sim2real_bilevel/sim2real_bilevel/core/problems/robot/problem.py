@@ -542,6 +542,11 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         """The simulator's smooth command saturation (``simulator.effort_limit``)."""
         return (float(self.geometry.effort_limit),)
 
+    def models_actuation_delay(self) -> bool:
+        """Whether the simulator family delays commands (a ``delay`` entry, fixed or learnable):
+        the hand-written pendulum's does not; its commands act at once."""
+        return False
+
     def robot_description(self) -> str:
         """The URDF of the pendulum the user describes (rod, no payload: the payload is uncertain)."""
         from ...robots.pendulum import pendulum_urdf

@@ -50,6 +50,10 @@ class UrdfProblem(RobotProblem):
         """The simulator's smooth command saturation per controlled joint (``UrdfModel``'s U)."""
         return tuple(float(u) for u in self.settings.effort_limit)
 
+    def models_actuation_delay(self) -> bool:
+        """Whether the simulator has a ``delay`` entry (fixed or learnable)."""
+        return any(entry.kind == 'delay' for entry in self.model.physical)
+
     def robot_description(self) -> str:
         return Path(self.urdf_path).read_text()
 
