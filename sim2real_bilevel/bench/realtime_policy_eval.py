@@ -7,8 +7,9 @@ nominal one: ``real/batch_000001.npz``) and its last policy (``checkpoint.npz``)
 ``--episodes`` episodes each on a fresh real-time robot (``robot_emulator`` ``mode: realtime``,
 ``hardware_bridge`` on the topic transport with its timer loop, the problem's params file as the
 run had it), the same emulator seed for every policy (the same initial states and sensor noise
-draws).  It prints, per run, the mean discounted return with its standard error next to the
-exact lockstep return of the same policy (``real_return`` in the run's records), and per problem
+draws).  A goal the bridge aborts (a stale state on a busy host) is run again, at most 3
+times.  It prints, per run, the mean discounted return with its standard error next to the exact
+lockstep return of the same policy (``real_return`` in the run's records), and per problem
 the final-minus-nominal difference, paired by seed.
 
     python sim2real_bilevel/bench/realtime_policy_eval.py /tmp/rt/*_realtime_seed* --episodes 24 --out /tmp/rt_eval
@@ -26,6 +27,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from control_timing import bench_environment, realtime_robot_episodes  # noqa: E402
+
+ATTEMPTS = 3
+"""Per policy: a goal the bridge aborts (a stale state on a busy host) is run again, from scratch."""
 
 
 def policies(run_folder: Path) -> dict:
@@ -62,9 +66,17 @@ def main(argv=None) -> int:
             records = next(iter(results['methods'].values()))['seeds'][0]['iterations']
             exact = {'nominal': records[0]['real_return'], 'final': records[-1]['real_return']}
             for which, phi in policies(folder).items():
-                result = realtime_robot_episodes(
-                    f'eval_{which}', problem_file, phi, args.episodes, environment, args.out, node,
-                    {'max_episodes': '100000'}, {'seed': str(args.emulator_seed)}, params_file)
+                for attempt in range(1, ATTEMPTS + 1):
+                    try:
+                        result = realtime_robot_episodes(
+                            f'eval_{which}', problem_file, phi, args.episodes, environment, args.out, node,
+                            {'max_episodes': '100000'}, {'seed': str(args.emulator_seed)}, params_file)
+                        break
+                    except RuntimeError as err:      # e.g. aborted on a stale state: the host was too busy
+                        print(f'[realtime_policy_eval] {folder.name} {which}: attempt {attempt} failed: {err}',
+                              flush=True)
+                        if attempt == ATTEMPTS:
+                            raise
                 returns = discounted_returns(conversions.trajectories_from_msg(result.trajectories), problem.gamma)
                 row = {'run': folder.name, 'problem': problem_file.stem, 'policy': which,
                        'mean': float(returns.mean()), 'se': float(returns.std(ddof=1) / np.sqrt(len(returns))),
