@@ -128,7 +128,12 @@ def main(argv=None) -> int:
     parser.add_argument('--iterations', type=int, default=15)
     parser.add_argument('--timeout-s', type=float, default=1200.0, help='per run')
     parser.add_argument('--out', type=Path, default=Path(tempfile.mkdtemp(prefix='realtime_learning_')))
+    parser.add_argument('--tables', type=Path, nargs='+', default=None, metavar='LEARNING_JSON',
+                        help='run nothing: print the tables of stored runs (learning.json files, merged)')
     args = parser.parse_args(argv)
+    if args.tables:
+        print_tables([run for path in args.tables for run in json.loads(path.read_text())])
+        return 0
     problems = [with_params_file(p) for p in args.problem]
     environment, _lock = bench_environment(args.out)
     runs = []
@@ -141,22 +146,34 @@ def main(argv=None) -> int:
                       f'normalised return {run["normalized_return"][-1]:.3f} after {run["real_episodes"][-1]} real '
                       'episodes', flush=True)
                 (args.out / 'learning.json').write_text(json.dumps(runs, indent=1))
-    columns = [(label(p), s) for p in problems for s in args.settings]
-    names = {c: (f'{c[0]} {c[1]}' if len(problems) > 1 else c[1]) for c in columns}
+    print_tables(runs)
+    print(f'(runs in {args.out}; learning.json holds every curve)')
+    return 0
+
+
+def print_tables(runs: list) -> None:
+    """The learning curves, what the robot experienced and the learned theta, per problem and setting."""
+    columns = list(dict.fromkeys((r['problem'], r['setting']) for r in runs))
+    several = len({c[0] for c in columns}) > 1
+    names = {c: (f'{c[0]} {c[1]}' if several else c[1]) for c in columns}
 
     def runs_of(column):
         return [r for r in runs if (r['problem'], r['setting']) == column]
 
     print('normalised real return (mean over seeds [min, max]) vs real episodes')
     print(f'{"real_episodes":>14} ' + ' '.join(f'{names[c]:>30}' for c in columns))
-    curves = {c: np.array([r['normalized_return'] for r in runs_of(c)]) for c in columns}
-    episodes = next(r['real_episodes'] for r in runs)
+    episodes = max((r['real_episodes'] for r in runs), key=len)
     for i, count in enumerate(episodes):
         cells = []
-        for column in columns:
-            values = curves[column][:, i]
-            cells.append(f'{values.mean():.3f} [{values.min():.3f}, {values.max():.3f}]')
+        for column in columns:      # a run stopped early (e.g. its goals aborted) has fewer records
+            values = np.array([r['normalized_return'][i] for r in runs_of(column) if i < len(r['normalized_return'])])
+            cells.append(f'{values.mean():.3f} [{values.min():.3f}, {values.max():.3f}]' + (
+                f' ({len(values)} of {len(runs_of(column))} runs)' if len(values) < len(runs_of(column)) else '') if len(values) else '-')
         print(f'{count:>14} ' + ' '.join(f'{c:>30}' for c in cells))
+    for run in runs:
+        if len(run['real_episodes']) < len(episodes):
+            print(f'  {names[(run["problem"], run["setting"])]} seed {run["seed"]} stopped after '
+                  f'{run["real_episodes"][-1]} real episodes ({run["aborted_lines"]} aborted goals; its graph.log)')
     print('what the robot experienced: mean episode return minus the exact return of the deployed policy, '
           'pooled over seeds and iterations (mean +- standard error, n); the mean episode return itself')
     for column in columns:
@@ -171,8 +188,6 @@ def main(argv=None) -> int:
         pairs = ', '.join(f'{n[4:]} {np.exp(v):.4g}' if n.startswith('log_') else f'{n} {v:.4g}'
                           for n, v in zip(run['theta_names'] or [], run['theta'][-1]))
         print(f'  {names[(run["problem"], run["setting"])]} seed {run["seed"]}: {pairs}')
-    print(f'(runs in {args.out}; learning.json holds every curve)')
-    return 0
 
 
 if __name__ == '__main__':
