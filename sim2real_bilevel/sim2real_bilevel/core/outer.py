@@ -405,8 +405,9 @@ class MethodRun:
                     'were computed from were sensed: %.2g control periods of %.3g ms, before any delay in the '
                     'actuators.  The simulator family has no actuation delay (its commands act at once), so '
                     'every policy trained in it is trained for a robot that reacts sooner.  A `delay` entry '
-                    'in the simulator (kind urdf: simulator.parameters.delay, seconds, docs/dynamics.md), '
-                    'fixed at the measured median or learnable from it, models this delay.',
+                    'in the simulator (kind urdf: simulator.parameters.delay, seconds, docs/dynamics.md) can '
+                    'represent it; the robot\'s own actuation delay comes on top (docs/hardware.md, "Loop '
+                    'delay": what such entries changed on the real-time pendulum).',
                     self.problem.source, 1e3 * median, 1e3 * p99, median / period, 1e3 * period)
 
     def note_deployed(self, phi: np.ndarray, theta: np.ndarray, returns: np.ndarray) -> None:
