@@ -166,9 +166,12 @@ def print_tables(runs: list) -> None:
     for i, count in enumerate(episodes):
         cells = []
         for column in columns:      # a run stopped early (e.g. its goals aborted) has fewer records
-            values = np.array([r['normalized_return'][i] for r in runs_of(column) if i < len(r['normalized_return'])])
-            cells.append(f'{values.mean():.3f} [{values.min():.3f}, {values.max():.3f}]' + (
-                f' ({len(values)} of {len(runs_of(column))} runs)' if len(values) < len(runs_of(column)) else '') if len(values) else '-')
+            of_column = runs_of(column)
+            values = np.array([r['normalized_return'][i] for r in of_column if i < len(r['normalized_return'])])
+            cell = f'{values.mean():.3f} [{values.min():.3f}, {values.max():.3f}]' if len(values) else '-'
+            if 0 < len(values) < len(of_column):
+                cell += f' ({len(values)} of {len(of_column)} runs)'
+            cells.append(cell)
         print(f'{count:>14} ' + ' '.join(f'{c:>30}' for c in cells))
     for run in runs:
         if len(run['real_episodes']) < len(episodes):

@@ -97,9 +97,8 @@ def main(argv=None) -> int:
             chosen = [r for r in rows if r['problem'] == problem and r['policy'] == which]
             cells.append(f'{which} {np.mean([r["mean"] for r in chosen]):.2f} '
                          f'({np.mean([r["exact_lockstep"] for r in chosen]):.2f})')
-        runs = dict.fromkeys(r['run'] for r in rows if r['problem'] == problem)
-        gains = [next(r['mean'] for r in rows if r['run'] == run and r['policy'] == 'final')
-                 - next(r['mean'] for r in rows if r['run'] == run and r['policy'] == 'nominal') for run in runs]
+        means = {(r['run'], r['policy']): r['mean'] for r in rows if r['problem'] == problem}
+        gains = [means[run, 'final'] - means[run, 'nominal'] for run, which in means if which == 'final']
         print(f'  {problem}: ' + '; '.join(cells) + f'; final - nominal per run: '
               + ', '.join(f'{g:+.2f}' for g in gains))
     print(f'(logs and policy_eval.json in {args.out})')

@@ -20,6 +20,8 @@ SCALARS = ('real_return', 'normalized_return', 'inner_grad_norm', 'outer_grad_no
 """The Float64 ``metrics/*`` topics.  normalized_return and real_return are NaN without an evaluator
 (hardware); the estimate and its interval come from the real episodes, and so does the loop's
 sensing-to-command delay (NaN without timestamps: the batched transport)."""
+RECORD_FIELDS = {'outer_grad_norm': 'grad_norm'}
+"""The ``IterationRecord`` field of a metrics topic whose name differs from it."""
 
 
 def topic_token(name: str) -> str:
@@ -57,14 +59,9 @@ class LoopReporter:
         metrics = conversions.metrics_to_msg(record, theta_version, policy_version)
         metrics.header.stamp = stamp
         self.publications.publish(self.metrics_publisher, metrics)
-        for name, value in (('real_return', record.real_return), ('normalized_return', record.normalized_return),
-                            ('inner_grad_norm', record.inner_grad_norm), ('outer_grad_norm', record.grad_norm),
-                            ('real_return_estimate', record.real_return_estimate),
-                            ('real_return_ci_low', record.real_return_ci_low),
-                            ('real_return_ci_high', record.real_return_ci_high),
-                            ('loop_delay_p50_ms', record.loop_delay_p50_ms),
-                            ('loop_delay_p99_ms', record.loop_delay_p99_ms)):
-            self.publications.publish(self.scalar_publishers[name], Float64(data=float(value)))
+        for name, publisher in self.scalar_publishers.items():
+            value = getattr(record, RECORD_FIELDS.get(name, name))
+            self.publications.publish(publisher, Float64(data=float(value)))
         for publisher, value in zip(self.theta_metric_publishers, record.theta):
             self.publications.publish(publisher, Float64(data=float(value)))
         now = time.monotonic()
