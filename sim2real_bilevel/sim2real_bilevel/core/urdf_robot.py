@@ -56,6 +56,8 @@ import numpy as np
 import torch
 
 MOVING_JOINT_TYPES = ('revolute', 'continuous', 'prismatic')
+AXIS_NORM_TOLERANCE = 1e-3
+"""A joint axis further than this from unit length is normalised with a warning (closer: silently, as rounding)."""
 XACRO = '{http://www.ros.org/wiki/xacro}'
 GRAVITY = 9.81
 
@@ -233,10 +235,14 @@ def dynamics_urdf_text(root, source=None) -> str:
       (meshes need not exist where the text is loaded, nothing here touches geometry: no
       contacts; and the parsers choke on what they do not know: adam's urdf_parser_py fails on
       the ``<transmission>`` of pybullet_data's xarm6, and prints a line per unknown tag);
-    - an explicit zero ``<origin>`` in every ``<inertial>`` that has none (the URDF default,
-      which adam-robotics 0.5.0 fails to apply);
+    - an explicit zero ``<origin>`` in every ``<inertial>`` and ``<joint>`` that has none (the
+      URDF default, which adam-robotics 0.5.0 fails to apply: AttributeError);
     - inertias that fail the triangle inequality repaired (``physical_inertia``), with a warning
-      naming ``source``, the link and the change (none when ``source`` is None)."""
+      naming ``source``, the link and the change (none when ``source`` is None);
+    - every moving joint's ``<axis>`` explicit and of unit length (``joint_axis``): URDF's default
+      (1 0 0) where there is none, and a non-unit axis normalised, as pybullet, KDL and MoveIt
+      read it (adam would scale the joint's motion by its length), with a warning when it is more
+      than AXIS_NORM_TOLERANCE from unit length."""
     for child in [c for c in root if c.tag not in ('link', 'joint')]:
         root.remove(child)
     for link in root.iter('link'):
@@ -253,10 +259,34 @@ def dynamics_urdf_text(root, source=None) -> str:
                               f'principal moments are {shortfall:.3g} short of the largest, '
                               f'{np.linalg.eigvalsh(tensor)[2]:.6g}); raised by half of that each, in the simulator '
                               'and the stand-in alike (pybullet would zero it): better, fix the URDF', stacklevel=2)
-    for inertial in root.iter('inertial'):
-        if inertial.find('origin') is None:
-            inertial.insert(0, ElementTree.Element('origin', {'xyz': '0 0 0', 'rpy': '0 0 0'}))
+    for element in list(root.iter('inertial')) + list(root.iter('joint')):
+        if element.find('origin') is None:
+            element.insert(0, ElementTree.Element('origin', {'xyz': '0 0 0', 'rpy': '0 0 0'}))
+    for joint in root.iter('joint'):
+        if joint.get('type') not in MOVING_JOINT_TYPES:
+            continue
+        axis, norm = joint_axis(joint, source or '<URDF text>')
+        if abs(norm - 1.0) > AXIS_NORM_TOLERANCE and source is not None:
+            warnings.warn(f'{source}: joint {joint.get("name")!r} axis {joint.find("axis").get("xyz")!r} has length '
+                          f'{norm:.6g}: normalised to unit length (URDF asks for a unit axis), in the simulator and '
+                          'the stand-in alike', stacklevel=2)
+        node = joint.find('axis')
+        if node is None:
+            node = ElementTree.SubElement(joint, 'axis')
+        node.set('xyz', ' '.join(repr(float(v)) for v in axis))
     return ElementTree.tostring(root, encoding='unicode')
+
+
+def joint_axis(joint, path) -> tuple[np.ndarray, float]:
+    """A moving joint's unit axis and the length the file gives it ((1 0 0), 1.0 without ``<axis>``);
+    a zero or non-finite axis is an error naming the joint."""
+    node = joint.find('axis')
+    element = f'joint {joint.get("name")!r} axis xyz'
+    axis = np.array(_floats(None if node is None else node.get('xyz'), 3, path, element, (1.0, 0.0, 0.0)))
+    norm = float(np.linalg.norm(axis))
+    if not norm > 1e-9:
+        raise UrdfError(path, element, node.get('xyz'), 'a non-zero direction')
+    return axis / norm, norm
 
 
 def read_urdf(path) -> UrdfDescription:
@@ -300,6 +330,8 @@ def read_urdf(path) -> UrdfDescription:
         for role, link in (('parent', parent), ('child', child)):
             if link not in links:
                 raise UrdfError(path, f'{element} {role} link', link, f'a link of this URDF: one of {list(links)}')
+        if kind in MOVING_JOINT_TYPES:
+            joint_axis(node, path)
         limit, dynamics = node.find('limit'), node.find('dynamics')
         bounded = kind in ('revolute', 'prismatic') and limit is not None
         lower = _float(limit, 'lower', path, f'{element} limit', 0.0) if bounded else -math.inf
@@ -366,22 +398,25 @@ def payload_moments(mass: torch.Tensor, center: torch.Tensor) -> list[tuple[torc
 
 def _fix_prismatic_joints() -> None:
     """Patch adam's ``StdJoint.motion_subspace`` (for prismatic joints: the 6-vector (axis, 0, 0, 0)
-    in adam's order linear, angular), ``SpatialMath.H_prismatic_joint`` (a batch of positions (B,)
-    times the axis (3,) -> (B, 3) offsets, the rotation broadcast) and ``X_prismatic_joint``
-    (its spatial transform, batched).  Idempotent."""
+    in adam's order linear, angular), ``SpatialMath.H_prismatic_joint`` and ``X_prismatic_joint``
+    (the joint's transform and its spatial transform, batched over positions (B,)).  Three faults:
+    the motion subspace raises, the transforms are not batched, and adam translates along the
+    axis in the parent's frame (``xyz + q axis``) where URDF gives the axis in the joint's frame,
+    after the origin's rotation (``xyz + R(rpy) q axis``, as pybullet and the motion subspace
+    read it) -- wrong M and h whenever a prismatic joint has a rotated origin and a link beyond it
+    rotates (``test_generated_robots_match_pybullet``).  Idempotent."""
     from adam.core.spatial_math import SpatialMath
     from adam.model.std_factories.std_joint import StdJoint
     original = StdJoint.motion_subspace
     if getattr(original, 'fixed_prismatic', False):
         return
-    original_transform = SpatialMath.H_prismatic_joint
 
     def H_prismatic_joint(self, xyz, rpy, axis, q):
-        positions = getattr(q, 'array', q)
-        if not isinstance(positions, torch.Tensor) or positions.ndim == 0:
-            return original_transform(self, xyz, rpy, axis, q)
-        offset = getattr(xyz, 'array', xyz) + positions[..., None] * getattr(axis, 'array', axis)
-        rotation = getattr(self.R_from_RPY(rpy), 'array').expand(offset.shape[:-1] + (3, 3))
+        positions = torch.as_tensor(getattr(q, 'array', q))
+        rotation = getattr(self.R_from_RPY(rpy), 'array')
+        direction = rotation @ getattr(axis, 'array', axis)           # the axis in the parent's frame
+        offset = getattr(xyz, 'array', xyz) + positions[..., None] * direction
+        rotation = rotation.expand(offset.shape[:-1] + (3, 3))
         return self.homogeneous(self.factory.asarray(rotation), self.factory.asarray(offset))
 
     def X_prismatic_joint(self, xyz, rpy, axis, q):

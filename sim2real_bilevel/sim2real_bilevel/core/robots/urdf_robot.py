@@ -72,13 +72,7 @@ def urdf_with_inertials(path, mass_scale: dict, payloads: dict) -> str:
         if name not in mass_scale and name not in payloads:
             continue
         inertial = link.find('inertial')
-        origin = inertial.find('origin')
-        xyz = np.array([float(v) for v in (origin.get('xyz', '0 0 0') if origin is not None else '0 0 0').split()])
-        rpy = [float(v) for v in (origin.get('rpy', '0 0 0') if origin is not None else '0 0 0').split()]
-        inertia, _ = physical_inertia(inertia_tensor(inertial.find('inertia'), path, f'link {name!r}'))   # as adam's
-        rotation = _rpy_matrix(rpy)
-        inertia = rotation @ inertia @ rotation.T            # about the CoM, link axes
-        mass = float(inertial.find('mass').get('value'))
+        mass, xyz, inertia = inertial_in_link_axes(inertial, path, name)
         scale = float(mass_scale.get(name, 1.0))
         mass, inertia = scale * mass, scale * inertia
         if name in payloads:
@@ -92,12 +86,28 @@ def urdf_with_inertials(path, mass_scale: dict, payloads: dict) -> str:
 
             inertia = inertia + shifted(mass, xyz - com) + PAYLOAD_INERTIA * np.eye(3) + shifted(payload_mass, center - com)
             mass, xyz = total, com
-        for child in list(inertial):
-            inertial.remove(child)
-        ElementTree.SubElement(inertial, 'origin', {'xyz': ' '.join(repr(float(v)) for v in xyz), 'rpy': '0 0 0'})
-        ElementTree.SubElement(inertial, 'mass', {'value': repr(float(mass))})
-        set_inertia(ElementTree.SubElement(inertial, 'inertia'), inertia)
+        write_inertial(inertial, mass, xyz, inertia)
     return ElementTree.tostring(root, encoding='unicode')
+
+
+def inertial_in_link_axes(inertial, path, name: str) -> tuple[float, np.ndarray, np.ndarray]:
+    """An ``<inertial>``'s mass, centre of mass and inertia about it, in the link's axes (its
+    origin's rpy applied; the inertia as adam reads it, ``physical_inertia``)."""
+    origin = inertial.find('origin')
+    xyz = np.array([float(v) for v in (origin.get('xyz', '0 0 0') if origin is not None else '0 0 0').split()])
+    rpy = [float(v) for v in (origin.get('rpy', '0 0 0') if origin is not None else '0 0 0').split()]
+    inertia, _ = physical_inertia(inertia_tensor(inertial.find('inertia'), path, f'link {name!r}'))
+    rotation = _rpy_matrix(rpy)
+    return float(inertial.find('mass').get('value')), xyz, rotation @ inertia @ rotation.T
+
+
+def write_inertial(inertial, mass: float, xyz, inertia: np.ndarray) -> None:
+    """Replace an ``<inertial>``'s content: origin ``xyz`` with no rotation, ``mass``, ``inertia``."""
+    for child in list(inertial):
+        inertial.remove(child)
+    ElementTree.SubElement(inertial, 'origin', {'xyz': ' '.join(repr(float(v)) for v in xyz), 'rpy': '0 0 0'})
+    ElementTree.SubElement(inertial, 'mass', {'value': repr(float(mass))})
+    set_inertia(ElementTree.SubElement(inertial, 'inertia'), inertia)
 
 
 def pybullet_urdf_text(urdf_text: str, joint_names: Sequence[str]) -> str:
@@ -110,13 +120,20 @@ def pybullet_urdf_text(urdf_text: str, joint_names: Sequence[str]) -> str:
     - a moving joint that is not controlled becomes fixed at its zero position (the simulator
       keeps only the controlled joints; pybullet would let it move freely);
     - inertias repaired as for the simulator (``dynamics_urdf_text``; its warning was given where the simulator read
-      the file)."""
+      the file);
+    - the root link's inertial in the link's axes: pybullet places a fixed base by its inertial
+      frame, so a rotated one (``<origin rpy>``) would turn the whole robot, and gravity with it,
+      against the frame the URDF and the simulator use."""
     root = ElementTree.fromstring(urdf_text)
+    children = {joint.find('child').get('link') for joint in root.findall('joint') if joint.find('child') is not None}
     for link in root.findall('link'):
-        if link.find('inertial') is None:
+        inertial = link.find('inertial')
+        if inertial is None:
             inertial = ElementTree.SubElement(link, 'inertial')
             ElementTree.SubElement(inertial, 'mass', {'value': '0'})
             set_inertia(ElementTree.SubElement(inertial, 'inertia'), np.zeros((3, 3)))
+        elif link.get('name') not in children:
+            write_inertial(inertial, *inertial_in_link_axes(inertial, '<urdf text>', link.get('name')))
     controlled = set(joint_names)
     for joint in root.findall('joint'):
         if joint.get('type') in MOVING_JOINT_TYPES and joint.get('name') not in controlled:
