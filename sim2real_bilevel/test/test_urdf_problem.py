@@ -1,6 +1,7 @@
 """``kind: urdf``: the pendulum as a URDF and a task file reproduces ``kind: robot``; a two-joint
 robot through the contract; every file error names the file, the field and the bad value."""
 import copy
+import math
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +194,34 @@ def test_file_errors_name_the_field_and_the_value(pendulum_data, tmp_path, edit,
     edit(data)
     with pytest.raises(ProblemConfigError, match=message):
         UrdfProblem.from_dict(data, 'acrobot.yaml')
+
+
+def cartpole_data(pendulum_data, joints=('slider_to_cart', 'cart_to_pole')):
+    import pybullet_data
+    data = small(pendulum_data)
+    n = len(joints)
+    data['robot'] = {'urdf': str(Path(pybullet_data.getDataPath()) / 'cartpole.urdf'), 'joints': list(joints)}
+    data['initial_state'] = {'position_range': [[-0.1, 0.1]] * n, 'velocity_range': [[0, 0]] * n}
+    data['task'] = {'targets': [0.0] * n, 'reward_weights': {'angle': 2.0, 'position': 0.5}}
+    data['real'] = {'damping': 0.01, 'sensor_noise': {'position': 0.001, 'velocity': 0.01}}
+    data['simulator'] = {'effort_limit': [10.0] * n, 'transition_noise_std': [0.002] * n + [0.05] * n,
+                         'parameters': {'damping': {'value': 0.02, 'learn': True, 'bounds': [0.001, 0.5]}},
+                         'reward_weights': {'angle': {'value': 2.0}, 'position': {'value': 0.5}}}
+    return data
+
+
+def test_the_angle_term_covers_angular_joints_only(pendulum_data):
+    """A cart-pole task with angle and position terms: 1 - cos of the cart's position in metres
+    would make x = 2 pi m as good as x = 0 and x = pi m the worst; the angle term leaves the prismatic cart to position."""
+    problem = UrdfProblem.from_dict(cartpole_data(pendulum_data), 'cartpole.yaml')
+    model, theta_reward = problem.model, torch.log(torch.tensor([2.0, 0.5], dtype=torch.float64))
+    state = torch.tensor([[0.0, 0.3, 0.0, 0.0], [math.pi, 0.3, 0.0, 0.0]], dtype=torch.float64)
+    reward = model.reward(state, torch.zeros(2, 2, dtype=torch.float64), theta_reward)
+    expected = torch.exp(-(2.0 * (1 - math.cos(0.3)) + 0.5 * (state[:, 0] ** 2 + 0.3 ** 2)))
+    torch.testing.assert_close(reward, expected)
+    with pytest.raises(ProblemConfigError, match=r"cart.yaml: field 'task.reward_weights.angle' = 2.0: expected no angle "
+                                                 r"term: the controlled joints \['slider_to_cart'\] are all prismatic"):
+        UrdfProblem.from_dict(cartpole_data(pendulum_data, joints=('slider_to_cart',)), 'cart.yaml')
 
 
 def test_cli_solve_bilevel_evaluate_end_to_end(pendulum_data, tmp_path):

@@ -441,6 +441,28 @@ def test_step_gradients_match_float64_finite_differences():
     torch.testing.assert_close(together, alone)
 
 
+@pytest.mark.filterwarnings('ignore:.*normalised to unit length')
+def test_step_gradients_match_float64_finite_differences_on_a_generated_robot(tmp_path):
+    """The same on a generated robot (revolute, continuous and prismatic joints, rotated frames):
+    every physical entry kind, the payload and the scaled link anywhere in the tree."""
+    robot = random_robot(0)
+    assert set(robot.types) == {'revolute', 'continuous', 'prismatic'}
+    path = tmp_path / 'robot.urdf'
+    path.write_text(robot.text)
+    n, last = len(robot.joints), robot.text.count('<link name=') - 1
+    physical = [PhysicalEntry('mass_scale', link=f'link{last}'),
+                PhysicalEntry('payload_mass', link='link1', center_of_mass=(0.05, -0.1, 0.2)),
+                PhysicalEntry('damping', joints=tuple(range(n))), PhysicalEntry('coulomb_friction', joints=tuple(range(n))),
+                PhysicalEntry('armature', joints=(n - 1,)), PhysicalEntry('motor_gain', joints=tuple(range(n)))]
+    model = make_model((path, list(robot.joints)), physical=physical, substeps=2, implicit=True)
+    rng = np.random.default_rng(5)
+    state = torch.as_tensor(rng.uniform(-0.5, 0.5, (2, 2 * n))).requires_grad_(True)
+    action = torch.as_tensor(rng.uniform(-0.3, 0.3, (2, n))).requires_grad_(True)
+    theta = torch.log(torch.tensor([1.2, 0.3, 0.05, 0.02, 0.01, 0.8], dtype=torch.float64)).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda theta, state, action: model.step_mean(state, action, theta),
+                                    (theta, state, action), eps=1e-6, atol=1e-6)
+
+
 def delayed_model(substeps, max_delay=0.025):
     physical = [PhysicalEntry('delay'), PhysicalEntry('damping', joints=(0, 1)), PhysicalEntry('motor_gain', joints=(0, 1))]
     path, joints = ROBOTS['acrobot']

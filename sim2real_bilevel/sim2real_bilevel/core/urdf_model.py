@@ -371,7 +371,7 @@ class UrdfModel:
         n = self.n_joints
         position, velocity = state[..., :n], state[..., n:]
         error = position - self._targets.to(state)
-        terms = {'angle': lambda: (1.0 - torch.cos(error)).sum(-1),
+        terms = {'angle': lambda: (1.0 - torch.cos(error[..., torch.as_tensor(self.angular)])).sum(-1),
                  'position': lambda: (error ** 2).sum(-1),
                  'velocity': lambda: (velocity ** 2).sum(-1),
                  'effort': lambda: (action ** 2).sum(-1)}

@@ -147,6 +147,9 @@ def read_problem_file(data: dict, source: str) -> dict:
     if not terms:
         raise task.error('reward_weights', weights.data, f'at least one of {list(REWARD_TERMS)}')
     task_weights = np.array([weights.scalar(name, low=0.0, low_open=True) for name in terms])
+    if 'angle' in terms and all(description.joints[name].type == 'prismatic' for name in joints):
+        raise weights.error('angle', weights.data['angle'], f'no angle term: the controlled joints {joints} are all '
+                            'prismatic (angle covers revolute and continuous joints; use position)')
     targets = task.array('targets', (n,), [0.0] * n)
     termination = _read_termination(task, description, joints, initial) if task.has('termination') else None
 
