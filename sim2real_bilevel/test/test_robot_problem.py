@@ -1,6 +1,7 @@
 """RobotProblem: config validation, the CRN objective and its derivatives, the implicit
 function theorem against re-solved inner optima, real episodes, sysid, the oracle."""
 import copy
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,30 @@ def test_unknown_fields_and_outer_typos_are_rejected():
         tiny(**{'real.mass': 1.0})
     with pytest.raises(ProblemConfigError, match='outer'):
         tiny(outer={'step_sise': 0.1})
+
+
+def test_without_an_outer_section_the_sensitivity_is_cg_with_few_hessian_products(problem, solved):
+    """OuterConfig's general default (dense) would form the Hessian from one product per policy
+    parameter; the robot kinds default to damped CG (``OUTER_DEFAULTS``), and the file's own
+    values win over it."""
+    from sim2real_bilevel.core.experiments import make_config
+    from sim2real_bilevel.core.outer import make_solver
+    config = make_config(problem, 'bilevel', None, None, {})
+    assert (config.solver, config.damping, config.cg_maxiter, config.cg_tol) == ('cg', 1.0, 10, 1e-3)
+    theta, _, phi = solved
+    products = {}
+    for name, solver in (('default', make_solver(config)), ('dense', implicit.dense_solver(damping=1.0))):
+        terms = problem.sensitivity_terms(phi, theta)
+        count = [0]
+
+        def counted(v, hvp=terms.hvp, count=count):
+            count[0] += 1
+            return hvp(v)
+        implicit.outer_gradient(dataclasses.replace(terms, hvp=counted), np.ones(problem.phi_size()), solver)
+        products[name] = count[0]
+    assert products['dense'] == problem.phi_size() > 10 and products['default'] <= 11, products
+    written = make_config(tiny(outer={'solver': 'dense', 'damping': 1e-6}), 'bilevel', None, None, {})
+    assert (written.solver, written.damping) == ('dense', 1e-6)
 
 
 def test_nothing_learnable_is_rejected():
