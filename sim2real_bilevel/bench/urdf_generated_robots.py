@@ -63,7 +63,7 @@ def main() -> int:
     names = {'mass': 'M', 'bias': 'h', 'pose': 'frames', 'rollout': '1 s rollout'}
     print(f'\n| variant | robots | above tolerance ({", ".join(f"{names[k]} {v:g}" for k, v in limits.items())}) '
           f'| could not load | {" | ".join(f"max {names[k]} error" for k in limits)} |')
-    print('|---' * (3 + len(limits)) + '|')
+    print('|---' * (4 + len(limits)) + '|')
     for variant in args.variants:
         mine = [row for row in rows if row['variant'] == variant]
         loaded = [row for row in mine if 'error' not in row]
