@@ -257,6 +257,23 @@ def test_replayed_recording_equals_the_library_values_and_derivatives(robot):
                                        (4, torch.float64, torch.device('cpu'), False)}
 
 
+def test_instances_of_a_robot_share_their_recordings():
+    """torch keeps every recording for the life of the process: a second instance of the same
+    robot (another node's problem in a container) replays the first one's; another gravity is
+    another robot."""
+    path, joints = ROBOTS['acrobot']
+    first, second = RigidBodyDynamics(path, joints), RigidBodyDynamics(path, joints)
+    moon = RigidBodyDynamics(path, joints, gravity=1.62)
+    q = torch.as_tensor(np.random.default_rng(2).uniform(-1, 1, (6, 2)))
+    at_rest = {name: dynamics.mass_matrix_and_bias(q, torch.zeros_like(q))[1]
+               for name, dynamics in (('first', first), ('second', second), ('moon', moon))}
+    key = (6, torch.float64, torch.device('cpu'), False)
+    assert second._recordings[key] is first._recordings[key]
+    assert moon._recordings[key] is not first._recordings[key]
+    torch.testing.assert_close(at_rest['second'], at_rest['first'], rtol=0, atol=0)
+    torch.testing.assert_close(at_rest['moon'], at_rest['first'] * 1.62 / 9.81)     # gravity alone at rest
+
+
 @pytest.mark.parametrize('robot', ['acrobot', 'iiwa'])
 def test_gravity_torque_is_the_bias_at_rest_from_its_own_recording(robot):
     """``gravity_torque`` (a recording of adam's gravity term alone, used for the controller's
