@@ -156,6 +156,19 @@ def test_generated_robots_roll_out_as_pybullet(tmp_path, seed):
     assert rollout_error((path, list(robot.joints)), 1.0) < ROLLOUT_ATOL
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize('seed', range(12, 52))
+@pytest.mark.filterwarnings('ignore:.*normalised to unit length')
+def test_forty_more_generated_robots_match_pybullet_and_roll_out_alike(tmp_path, seed):
+    """The fast suite's generated-robot checks at the benchmark's scale (``bench/urdf_generated_robots.py``)."""
+    robot = random_robot(seed, axis_length=1.5, axisless=0.25, originless=0.25)
+    path = tmp_path / 'robot.urdf'
+    path.write_text(robot.text)
+    errors = errors_against_pybullet(path, robot.joints)
+    assert errors['mass'] < MASS_ATOL and errors['bias'] < BIAS_ATOL and errors['pose'] < POSE_ATOL, (robot.types, errors)
+    assert rollout_error((path, list(robot.joints)), 1.0) < ROLLOUT_ATOL
+
+
 SLIDE_THEN_TURN = """<?xml version="1.0"?>
 <robot name="slide_then_turn">
   <link name="base"><inertial><origin xyz="0.1 0 0" rpy="0.4 -0.3 1.2"/><mass value="2"/>
