@@ -138,8 +138,7 @@ def test_generated_robots_match_pybullet(tmp_path, seed, options):
     assert errors['mass'] < MASS_ATOL and errors['bias'] < BIAS_ATOL and errors['pose'] < POSE_ATOL, (robot.types, errors)
     # theta's inertia entries: the simulator's override against the stand-in's rewritten file (the
     # first link drawn carries a payload, the last is scaled; rotated inertial frames included)
-    last = robot.text.count('<link name=') - 1
-    errors = errors_against_pybullet(path, robot.joints, mass_scale={f'link{last}': 1.4},
+    errors = errors_against_pybullet(path, robot.joints, mass_scale={robot.links[-1]: 1.4},
                                      payloads={'link1': (0.8, (0.05, -0.1, 0.2))})
     assert errors['mass'] < MASS_ATOL and errors['bias'] < BIAS_ATOL and errors['pose'] < POSE_ATOL, (robot.types, errors)
 
@@ -479,8 +478,8 @@ def test_step_gradients_match_float64_finite_differences_on_a_generated_robot(tm
     assert set(robot.types) == {'revolute', 'continuous', 'prismatic'}
     path = tmp_path / 'robot.urdf'
     path.write_text(robot.text)
-    n, last = len(robot.joints), robot.text.count('<link name=') - 1
-    physical = [PhysicalEntry('mass_scale', link=f'link{last}'),
+    n = len(robot.joints)
+    physical = [PhysicalEntry('mass_scale', link=robot.links[-1]),
                 PhysicalEntry('payload_mass', link='link1', center_of_mass=(0.05, -0.1, 0.2)),
                 PhysicalEntry('damping', joints=tuple(range(n))), PhysicalEntry('coulomb_friction', joints=tuple(range(n))),
                 PhysicalEntry('armature', joints=(n - 1,)), PhysicalEntry('motor_gain', joints=tuple(range(n)))]

@@ -184,6 +184,7 @@ class UrdfModel:
         self.state_dim = 2 * n
         self.action_dim = n
         self.angular = np.asarray(angular, dtype=bool)
+        self._angular_mask = torch.as_tensor(self.angular)
         self.observation_dim = int(2 * self.angular.sum() + (~self.angular).sum() + n)
         self.n_physical = len(self.physical)
         masses = {entry.link for entry in self.physical if entry.kind == 'payload_mass'}
@@ -371,7 +372,7 @@ class UrdfModel:
         n = self.n_joints
         position, velocity = state[..., :n], state[..., n:]
         error = position - self._targets.to(state)
-        terms = {'angle': lambda: (1.0 - torch.cos(error[..., torch.as_tensor(self.angular)])).sum(-1),
+        terms = {'angle': lambda: (1.0 - torch.cos(error[..., self._angular_mask])).sum(-1),
                  'position': lambda: (error ** 2).sum(-1),
                  'velocity': lambda: (velocity ** 2).sum(-1),
                  'effort': lambda: (action ** 2).sum(-1)}
@@ -382,7 +383,7 @@ class UrdfModel:
         """(sin q, cos q) of angular joints, q of the others, then qd / 4."""
         n = self.n_joints
         position, velocity = state[..., :n], state[..., n:]
-        angular = torch.as_tensor(self.angular)
+        angular = self._angular_mask
         parts = []
         if bool(angular.any()):
             parts += [torch.sin(position[..., angular]), torch.cos(position[..., angular])]

@@ -52,7 +52,6 @@ import os
 import threading
 import warnings
 import xml.etree.ElementTree as ElementTree
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -461,9 +460,6 @@ class RigidBodyDynamics:
     False calls adam eagerly every time (the reference the recording is tested against).
     """
 
-    MAX_RECORDINGS = 16          # distinct (batch, dtype, device) recordings this instance holds (least recently used
-                                 # dropped from it; the process keeps every recording: _SHARED_RECORDINGS)
-
     def __init__(self, path, joint_names: Sequence[str], *, dtype=torch.float64,
                  device: Optional[torch.device] = None, gravity: float = GRAVITY, traced: bool = True):
         from adam.core.constants import Representations
@@ -493,7 +489,7 @@ class RigidBodyDynamics:
         self._base_stack = torch.stack([inertia.array for inertia in self._base_inertias])     # (L, 6, 6)
         self.n_joints = len(self.joint_names)
         self.traced = bool(traced)
-        self._recordings: OrderedDict = OrderedDict()
+        self._recordings: dict = {}      # (batch, dtype, device, gravity only) -> the shared recording this instance uses
 
     def to(self, device) -> 'RigidBodyDynamics':
         """The same robot on ``device`` (a new instance; recordings are made there on first use)."""
@@ -624,10 +620,6 @@ class RigidBodyDynamics:
                 with _SHARED_LOCK:
                     function = _SHARED_RECORDINGS.setdefault(self._robot + key, function)
             self._recordings[key] = function
-            while len(self._recordings) > self.MAX_RECORDINGS:
-                self._recordings.popitem(last=False)
-        else:
-            self._recordings.move_to_end(key)
         arguments = ((position.to(self.dtype), inertias) if gravity_only
                      else (position.to(self.dtype), velocity.to(self.dtype), inertias))
         if self.device.type == 'cuda':

@@ -39,6 +39,7 @@ class GeneratedRobot:
     text: str                  # the URDF
     joints: tuple[str, ...]    # the moving joints, in the order drawn (the controlled joints of a task)
     types: tuple[str, ...]     # their types
+    links: tuple[str, ...]     # every link, the base first, in the order drawn
 
 
 def _numbers(values) -> str:
@@ -107,4 +108,5 @@ def random_robot(seed: int, *, joints: int | None = None, types: tuple[str, ...]
             kinds.append(kind)
         links.append(child)
     lines.append('</robot>')
-    return GeneratedRobot(seed=int(seed), text='\n'.join(lines) + '\n', joints=tuple(moving), types=tuple(kinds))
+    return GeneratedRobot(seed=int(seed), text='\n'.join(lines) + '\n', joints=tuple(moving), types=tuple(kinds),
+                          links=tuple(links))
