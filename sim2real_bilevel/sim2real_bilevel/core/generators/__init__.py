@@ -257,7 +257,8 @@ def add_generate_command(subparsers) -> None:
                     'objective mismatch checked exactly at generation: the nominal and the system-identified '
                     f'simulators reach at most {MAX_BASELINE} normalised real return, a theta inside the bounds '
                     f'reaches at least {MIN_REACHABLE}.  Options not given are drawn from the seed.')
-    parser.add_argument('kind', help=f'one of {", ".join(KINDS)}')
+    parser.add_argument('kind', help=f'one of {", ".join(KINDS)}, or urdf: a URDF task (a random robot, a reaching '
+                        'task and a hidden gap; no check at generation, --out required: the URDF is written beside it)')
     parser.add_argument('--seed', type=int, default=0, help='integer >= 0 (default 0)')
     parser.add_argument('--states', type=int, default=None,
                         help='states: tabular {}..{}, lqr {}..{} (default: drawn)'.format(
@@ -273,11 +274,53 @@ def add_generate_command(subparsers) -> None:
     parser.add_argument('--horizon', default=None,
                         help='real episode length {}..{}, or none to leave the field out (default: drawn)'.format(
                             *HORIZON_RANGE))
+    parser.add_argument('--joints', type=int, default=None, help='urdf: controlled joints 1..3 (default: 1 or 2, drawn)')
     parser.add_argument('--out', default='-', help='output file, - for stdout (default)')
     parser.set_defaults(func=cmd_generate)
 
 
+def _written(out: str, files: dict) -> bool:
+    """Write path -> text; False (the error printed, naming --out) if one cannot be written."""
+    try:
+        for path, text in files.items():
+            path.write_text(text)
+    except OSError as err:
+        print(f'error: --out {out}: cannot write it ({err.strerror})', file=sys.stderr)
+        return False
+    return True
+
+
+def cmd_generate_urdf(args) -> int:
+    """``generate urdf``: the task file at --out and its URDF beside it."""
+    from .urdf_tasks import random_urdf_task
+    given = [f'--{name.replace("_", "-")}' for name in ('states', 'actions', 'inputs', 'learn', 'open_loop', 'horizon')
+             if getattr(args, name) is not None]
+    if given:
+        print(f'error: {" ".join(given)}: not an option of urdf tasks (they take --joints)', file=sys.stderr)
+        return 2
+    if args.out == '-':
+        print('error: --out -: a urdf task is two files (the task and its URDF); give --out FILE.yaml', file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    try:
+        task = random_urdf_task(args.seed, joints=args.joints)
+    except ValueError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if not _written(args.out, {out.parent / task.urdf_name: task.urdf_text, out: task.text}):
+        return 2
+    print(f'wrote {args.out} and {out.parent / task.urdf_name} (urdf, seed {args.seed}, {task.info["joints"]} joint(s), '
+          f'{time.perf_counter() - started:.2f} s)', file=sys.stderr)
+    return 0
+
+
 def cmd_generate(args) -> int:
+    if args.kind == 'urdf':
+        return cmd_generate_urdf(args)
+    if args.joints is not None:
+        print(f'error: --joints {args.joints}: an option of urdf tasks only', file=sys.stderr)
+        return 2
     options = {'states': args.states, 'actions': args.actions, 'inputs': args.inputs, 'learn': args.learn,
                'open_loop': args.open_loop, 'horizon': args.horizon}
     try:
@@ -291,10 +334,7 @@ def cmd_generate(args) -> int:
     if args.out == '-':
         sys.stdout.write(result.text)
     else:
-        try:
-            Path(args.out).write_text(result.text)
-        except OSError as err:
-            print(f'error: --out {args.out}: cannot write it ({err.strerror})', file=sys.stderr)
+        if not _written(args.out, {Path(args.out): result.text}):
             return 2
         print(f'wrote {args.out} ({args.kind}, seed {args.seed}, {result.draws} draw(s), '
               f'{result.seconds:.2f} s)', file=sys.stderr)
