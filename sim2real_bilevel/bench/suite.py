@@ -130,7 +130,7 @@ def run_job(spec: dict) -> dict:
             raise RuntimeError(f'injected failure in {spec["key"]} (test hook)')
         problem, load_s = loaded_problem(spec['path'])
         run = experiments.make_run(problem, spec['method'], spec['run_seed'], iterations=spec['iterations'],
-                                   **RUN_OPTIONS)
+                                   overrides=spec.get('overrides'), **RUN_OPTIONS)
         run.run()
         record['status'] = 'ok'
     except Exception as err:        # noqa: BLE001 -- an aborted run is a result, not a crash

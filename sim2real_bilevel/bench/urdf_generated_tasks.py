@@ -25,6 +25,8 @@ if str(PACKAGE_ROOT) not in sys.path:
     sys.path.insert(0, str(PACKAGE_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import suite  # noqa: E402
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
 from sim2real_bilevel.core.generators.urdf_tasks import random_urdf_task  # noqa: E402
 
 
@@ -38,18 +40,38 @@ def write_task(out: Path, seed: int, joints=None) -> tuple[Path, dict]:
     return path, task.info
 
 
+def parse_method(text: str) -> tuple[str, dict]:
+    """'bilevel' or 'bilevel:real_episodes=2,step_size=0.1': a method and OuterConfig overrides."""
+    name, _, rest = text.partition(':')
+    overrides = {}
+    for item in filter(None, rest.split(',')):
+        key, _, value = item.partition('=')
+        overrides[key] = yaml.safe_load(value)
+    return name, overrides
+
+
 def run_task(path: str, seed: int, methods: list, iterations: int, done: list) -> list:
-    """Every method not yet done on one task, in order, in this process."""
+    """Every method not yet done on one task, in order, in this process.  ``iterations``: the
+    iterative methods' real-episode budget is iterations x 10 (the default real_episodes); a
+    method with other real_episodes gets as many iterations as keep that budget."""
     suite._worker_init()
+    problem, _ = suite.loaded_problem(path)       # the runs below reuse it (suite.run_job)
+    oracle = Path(path).with_suffix('.oracle.npy')    # the oracle policy, solved once per task (reporting only)
+    if oracle.exists():
+        problem._oracle_phi = np.load(oracle)
     records = []
     for method in methods:
         key = f'urdf/{seed:03d}/{method}/0'
         if key in done:
             continue
-        spec = {'key': key, 'kind': 'urdf', 'problem_seed': seed, 'method': method, 'run_seed': 0,
-                'iterations': None if method == 'nominal' else iterations, 'path': path}
+        name, overrides = parse_method(method)
+        budget = iterations * 10 // int(overrides.get('real_episodes', 10))
+        spec = {'key': key, 'kind': 'urdf', 'problem_seed': seed, 'method': name, 'run_seed': 0,
+                'iterations': None if name == 'nominal' else budget, 'path': path, 'overrides': overrides}
         record = suite.run_job(spec)
         records.append(record)
+        if problem._oracle_phi is not None and not oracle.exists():
+            np.save(oracle, problem._oracle_phi)
         with open(Path(path).parents[1] / suite.JOBS_FILE, 'a') as stream:
             stream.write(json.dumps(record) + '\n')
         status = f'final {record["final"]:.3f}' if record['status'] == 'ok' else f'ABORT {record["error"][:100]}'
@@ -61,7 +83,7 @@ def tabulate(out: Path, infos: dict, methods: list) -> str:
     jobs = {}
     for record in suite.read_records(out / suite.JOBS_FILE):
         if record.get('type') == 'job':
-            jobs[(record['problem_seed'], record['method'])] = record
+            jobs[(record['problem_seed'], record['key'].split('/')[2])] = record
     lines = ['| task | joints | gain, payload kg, delay, shaping | ' + ' | '.join(methods) + ' |',
              '|---|---|---|' + '---|' * len(methods)]
     for seed, info in sorted(infos.items()):
@@ -73,7 +95,8 @@ def tabulate(out: Path, infos: dict, methods: list) -> str:
             elif record['status'] != 'ok':
                 cells.append('abort: ' + record['error'][:60].replace('|', '/'))
             else:
-                cells.append(' → '.join(f'{c:.3f}' for c in record['curve']) + f' ({record["wall_s"]:.0f} s)')
+                cells.append(' → '.join(f'{c:.3f}' for c in record['curve'])
+                             + f' ({record.get("real_episodes", 0)} ep., {record["wall_s"]:.0f} s)')
         lines.append(f'| {seed} | {info["joints"]} | {info["motor_gain"]}, {info["payload_mass"]}, '
                      f'{info["delay_steps"]}, {info["reward_shaping"]} | ' + ' | '.join(cells) + ' |')
     text = '\n'.join(lines) + '\n'
