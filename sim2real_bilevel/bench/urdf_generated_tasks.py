@@ -79,6 +79,20 @@ def run_task(path: str, seed: int, methods: list, iterations: int, done: list) -
     return records
 
 
+BUDGETS = (0, 10, 20, 30)
+
+
+def at_budget(record: dict, episodes: int) -> str:
+    """The curve's value after ``episodes`` real episodes ('' past the run's end; a one-point curve
+    -- nominal -- holds throughout)."""
+    curve = record['curve']
+    if len(curve) == 1:
+        return f'{curve[0]:.3f}'
+    per_iteration = record['real_episodes'] / (len(curve) - 1)
+    index = episodes / per_iteration
+    return f'{curve[int(index)]:.3f}' if index == int(index) and index < len(curve) else ''
+
+
 def tabulate(out: Path, infos: dict, methods: list) -> str:
     jobs = {}
     for record in suite.read_records(out / suite.JOBS_FILE):
@@ -99,6 +113,14 @@ def tabulate(out: Path, infos: dict, methods: list) -> str:
                              + f' ({record.get("real_episodes", 0)} ep., {record["wall_s"]:.0f} s)')
         lines.append(f'| {seed} | {info["joints"]} | {info["motor_gain"]}, {info["payload_mass"]}, '
                      f'{info["delay_steps"]}, {info["reward_shaping"]} | ' + ' | '.join(cells) + ' |')
+    lines += ['', 'Normalised real return after N real episodes (the policy held then):', '',
+              '| task | method | ' + ' | '.join(f'N = {n}' for n in BUDGETS) + ' |', '|---|---|' + '---|' * len(BUDGETS)]
+    for seed in sorted(infos):
+        for method in methods:
+            record = jobs.get((seed, method))
+            if record is None or record['status'] != 'ok':
+                continue
+            lines.append(f'| {seed} | {method} | ' + ' | '.join(at_budget(record, n) for n in BUDGETS) + ' |')
     text = '\n'.join(lines) + '\n'
     (out / 'tasks.md').write_text(text)
     return text
