@@ -27,16 +27,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import suite  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
+from sim2real_bilevel.core import experiments  # noqa: E402
 from sim2real_bilevel.core.generators.urdf_tasks import random_urdf_task  # noqa: E402
 
 
 def write_task(out: Path, seed: int, joints=None) -> tuple[Path, dict]:
     task = random_urdf_task(seed, joints=joints)
-    folder = out / 'problems'
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / task.urdf_name).write_text(task.urdf_text)
-    path = folder / f'task-{seed:03d}.yaml'
-    path.write_text(task.text)
+    path = out / 'problems' / f'task-{seed:03d}.yaml'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for file, text in task.files(path).items():
+        file.write_text(text)
     return path, task.info
 
 
@@ -50,22 +50,23 @@ def parse_method(text: str) -> tuple[str, dict]:
     return name, overrides
 
 
-def run_task(path: str, seed: int, methods: list, iterations: int, done: list) -> list:
+def run_task(path: str, seed: int, methods: list, iterations: int, done: set) -> list:
     """Every method not yet done on one task, in order, in this process.  ``iterations``: the
-    iterative methods' real-episode budget is iterations x 10 (the default real_episodes); a
+    iterative methods' real-episode budget is iterations x the task's default real_episodes; a
     method with other real_episodes gets as many iterations as keep that budget."""
     suite._worker_init()
     problem, _ = suite.loaded_problem(path)       # the runs below reuse it (suite.run_job)
     oracle = Path(path).with_suffix('.oracle.npy')    # the oracle policy, solved once per task (reporting only)
     if oracle.exists():
         problem._oracle_phi = np.load(oracle)
+    default_episodes = experiments.make_config(problem, 'bilevel', None, None, {}).real_episodes
     records = []
     for method in methods:
         key = f'urdf/{seed:03d}/{method}/0'
         if key in done:
             continue
         name, overrides = parse_method(method)
-        budget = iterations * 10 // int(overrides.get('real_episodes', 10))
+        budget = iterations * default_episodes // int(overrides.get('real_episodes', default_episodes))
         spec = {'key': key, 'kind': 'urdf', 'problem_seed': seed, 'method': name, 'run_seed': 0,
                 'iterations': None if name == 'nominal' else budget, 'path': path, 'overrides': overrides}
         record = suite.run_job(spec)
@@ -138,12 +139,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     methods = args.methods.split(',')
-    paths, infos = {}, {}
-    for seed in args.tasks:
-        paths[seed], infos[seed] = write_task(out, seed, args.joints)
-    (out / 'infos.json').write_text(json.dumps(infos, indent=1))
-    if not args.tabulate_only:
-        done = [r['key'] for r in suite.read_records(out / suite.JOBS_FILE) if r.get('status') == 'ok']
+    if args.tabulate_only:
+        infos = {seed: random_urdf_task(seed, joints=args.joints).info for seed in args.tasks}
+    else:
+        paths, infos = {}, {}
+        for seed in args.tasks:
+            paths[seed], infos[seed] = write_task(out, seed, args.joints)
+        (out / 'infos.json').write_text(json.dumps(infos, indent=1))
+        done = {r['key'] for r in suite.read_records(out / suite.JOBS_FILE) if r.get('status') == 'ok'}
         started = time.perf_counter()
         with cf.ProcessPoolExecutor(args.workers) as pool:
             futures = [pool.submit(run_task, str(paths[s]), s, methods, args.iterations, done) for s in args.tasks]

@@ -24,9 +24,9 @@ SEEDS = range(6)
 
 
 def written(task, folder):
-    (folder / task.urdf_name).write_text(task.urdf_text)
     path = folder / f'task_{task.seed}.yaml'
-    path.write_text(task.text)
+    for file, text in task.files(path).items():
+        file.write_text(text)
     return path
 
 

@@ -307,10 +307,9 @@ def cmd_generate_urdf(args) -> int:
     except ValueError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
-    out = Path(args.out)
-    if not _written(args.out, {out.parent / task.urdf_name: task.urdf_text, out: task.text}):
+    if not _written(args.out, task.files(args.out)):
         return 2
-    print(f'wrote {args.out} and {out.parent / task.urdf_name} (urdf, seed {args.seed}, {task.info["joints"]} joint(s), '
+    print(f'wrote {args.out} and {Path(args.out).parent / task.urdf_name} (urdf, seed {args.seed}, {task.info["joints"]} joint(s), '
           f'{time.perf_counter() - started:.2f} s)', file=sys.stderr)
     return 0
 

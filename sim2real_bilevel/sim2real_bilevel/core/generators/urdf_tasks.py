@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from . import number, row
 from .robots import random_robot
 
 TASK_TAG = 4                     # first word of every seed sequence (tabular 1, lqr 2, robots 3)
@@ -44,9 +46,10 @@ class GeneratedTask:
     urdf_name: str
     info: dict                   # what was drawn (for reports)
 
-
-def _numbers(values, digits: int = 4) -> str:
-    return '[' + ', '.join(repr(round(float(v), digits)) for v in np.ravel(values)) + ']'
+    def files(self, path) -> dict:
+        """path -> text of the two files, the task at ``path`` and its URDF beside it."""
+        path = Path(path)
+        return {path.parent / self.urdf_name: self.urdf_text, path: self.text}
 
 
 def with_payload(urdf_text: str, link: str, mass: float, center) -> str:
@@ -124,37 +127,37 @@ def random_urdf_task(seed: int, *, joints: int | None = None) -> GeneratedTask:
         f'control_period: {CONTROL_PERIOD}',
         'gravity: 9.81',
         'initial_state:',
-        f'  position_range: [{", ".join(_numbers([c - 0.2, c + 0.2]) for c in centre)}]',
-        f'  velocity_range: [{", ".join(_numbers([-0.2, 0.2]) for _ in range(n))}]',
+        f'  position_range: [{", ".join(row([c - 0.2, c + 0.2]) for c in centre)}]',
+        f'  velocity_range: [{", ".join(row([-0.2, 0.2]) for _ in range(n))}]',
         'task:',
-        f'  targets: {_numbers(targets)}',
-        f'  reward_weights: {{angle: 2.0, velocity: 0.02, effort: {round(effort_weight, 6)!r}}}',
+        f'  targets: {row(targets)}',
+        f'  reward_weights: {{angle: 2.0, velocity: 0.02, effort: {number(effort_weight, 6)}}}',
         '  termination: {max_speed: 40.0}',
         'real:                            # HIDDEN: read only by the stand-in (and the oracle, for reporting)',
         '  payload_mass:',
-        f'    {last}: {{mass: {round(payload, 4)!r}, center_of_mass: {_numbers(payload_com)}}}',
-        f'  damping: {_numbers(damping)}',
-        f'  coulomb_friction: {_numbers(friction)}',
-        f'  stribeck_friction: {_numbers(stribeck)}',
-        f'  motor_gain: {round(gain, 4)!r}',
-        f'  effort_limit: {_numbers(gain * rated)}',
+        f'    {last}: {{mass: {number(payload, 4)}, center_of_mass: {row(payload_com)}}}',
+        f'  damping: {row(damping)}',
+        f'  coulomb_friction: {row(friction)}',
+        f'  stribeck_friction: {row(stribeck)}',
+        f'  motor_gain: {number(gain, 4)}',
+        f'  effort_limit: {row(gain * rated)}',
         f'  actuation_delay_steps: {delay}',
         '  sensor_noise: {position: 0.002, velocity: 0.02, effort: 0.02}',
         '  physics_substeps: 8',
         'simulator:',
         '  physics_substeps: 2',
-        f'  effort_limit: {_numbers(rated)}',
-        f'  transition_noise_std: {_numbers([0.002] * n + [0.02] * n)}',
+        f'  effort_limit: {row(rated)}',
+        f'  transition_noise_std: {row([0.002] * n + [0.02] * n)}',
         '  parameters:',
-        f'    payload_mass@{last}: {{value: 0.05, learn: true, bounds: [0.01, 3.0], center_of_mass: {_numbers(payload_com)}}}',
+        f'    payload_mass@{last}: {{value: 0.05, learn: true, bounds: [0.01, 3.0], center_of_mass: {row(payload_com)}}}',
         '    damping:          {value: 0.01, learn: true, bounds: [0.001, 1.0]}',
-        f'    coulomb_friction: {{value: {round(0.002 * float(rated.mean()), 5)!r}, learn: true, '
-        f'bounds: [{round(0.0005 * float(rated.mean()), 6)!r}, {round(0.2 * float(rated.mean()), 5)!r}]}}',
+        f'    coulomb_friction: {{value: {number(0.002 * float(rated.mean()), 5)}, learn: true, '
+        f'bounds: [{number(0.0005 * float(rated.mean()), 6)}, {number(0.2 * float(rated.mean()), 5)}]}}',
         '    motor_gain:       {value: 1.0,  learn: true, bounds: [0.3, 1.5]}',
         '  reward_weights:',
         '    angle:    {value: 2.0, learn: false}',
-        f'    velocity: {{value: {round(sim_velocity, 5)!r}, learn: true, bounds: [0.002, 0.5]}}',
-        f'    effort:   {{value: {round(sim_effort, 6)!r}, learn: true, '
-        f'bounds: [{round(effort_weight / 10, 7)!r}, {round(effort_weight * 30, 6)!r}]}}',
+        f'    velocity: {{value: {number(sim_velocity, 5)}, learn: true, bounds: [0.002, 0.5]}}',
+        f'    effort:   {{value: {number(sim_effort, 6)}, learn: true, '
+        f'bounds: [{number(effort_weight / 10, 7)}, {number(effort_weight * 30, 6)}]}}',
     ]
     return GeneratedTask(seed=seed, text='\n'.join(lines) + '\n', urdf_text=robot.text, urdf_name=urdf_name, info=info)
