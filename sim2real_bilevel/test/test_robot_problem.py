@@ -426,8 +426,7 @@ def test_pathwise_real_gradient_reproduces_the_real_trajectory_and_matches_finit
         r = problem.rollout(p, task_theta, noise)[2]
         return (problem._discounts[:, None] * r).sum(0).mean()
 
-    gradient = problem.real_policy_gradient(phi, [batch], theta=theta)
-    np.testing.assert_array_equal(gradient, problem.pathwise_real_gradient(phi, batch, theta))
+    gradient = problem.pathwise_real_gradient(phi, batch, theta)
     for seed in range(3):
         direction = torch.as_tensor(np.random.default_rng(seed).standard_normal(phi.size))
         numeric = central_difference(replayed_return, torch.as_tensor(phi), direction)
@@ -439,6 +438,35 @@ def test_real_gradient_estimator_is_chosen_in_the_problem_file():
     assert tiny(**{'real_gradient.estimator': 'reinforce'}).real_gradient_estimator == 'reinforce'
     with pytest.raises(ProblemConfigError, match='estimator'):
         tiny(**{'real_gradient.estimator': 'magic'})
+    assert tiny().real_gradient_model == 'identified'
+    assert tiny(**{'real_gradient.model': 'simulator'}).real_gradient_model == 'simulator'
+    with pytest.raises(ProblemConfigError, match=r"model.*'exact'.*identified"):
+        tiny(**{'real_gradient.model': 'exact'})
+
+
+def test_pathwise_real_gradient_differentiates_through_the_model_its_setting_names(problem):
+    """'identified' (default): the simulator at the dynamics entries' maximum-likelihood fit to
+    every batch given, the same fit from whatever theta the outer loop holds; 'simulator': the
+    simulator at the outer loop's theta."""
+    rng = np.random.default_rng(31)
+    phi = problem.policy.init_params(rng) + 0.2 * rng.standard_normal(problem.phi_size())
+    batches = [problem.sample_real(phi, 3, np.random.default_rng(seed)) for seed in (32, 33)]
+    dynamics = np.asarray(problem.theta_groups()['dynamics'], dtype=bool)
+    assert dynamics.any() and not dynamics.all()
+    lower, upper = problem.theta_bounds()
+    here, there = problem.theta0(), np.clip(problem.theta0() + 0.3, lower, upper)
+    fitted = problem.gradient_model_theta(batches, here)
+    np.testing.assert_array_equal(fitted[~dynamics], here[~dynamics])
+    np.testing.assert_array_equal(problem.gradient_model_theta(batches, there)[dynamics], fitted[dynamics])
+    np.testing.assert_array_equal(fitted[dynamics], np.clip(problem.system_identification(batches, here),
+                                                            lower, upper)[dynamics])
+    assert not np.allclose(fitted[dynamics], here[dynamics])     # the fit moved: the test can tell them apart
+    identified = problem.real_policy_gradient(phi, batches, theta=there)
+    np.testing.assert_array_equal(identified, problem.pathwise_real_gradient(phi, batches[-1], fitted))
+    simulator = tiny(**{'real_gradient.model': 'simulator'})
+    np.testing.assert_array_equal(simulator.real_policy_gradient(phi, batches, theta=there),
+                                  simulator.pathwise_real_gradient(phi, batches[-1], there))
+    assert not np.allclose(identified, simulator.real_policy_gradient(phi, batches, theta=there))
 
 
 def test_ppo_inner_learner_improves_the_in_sim_return_and_warm_starts(problem):

@@ -14,6 +14,7 @@ from .simulator import InitialStateRange
 
 
 REAL_GRADIENT_ESTIMATORS = ('pathwise', 'reinforce')
+REAL_GRADIENT_MODELS = ('identified', 'simulator')
 TOP_LEVEL_FIELDS = {'kind', 'robot', 'gamma', 'horizon', 'geometry', 'initial_state', 'task', 'real',
                     'simulator', 'policy', 'inner', 'evaluation', 'real_gradient', 'outer'}
 
@@ -160,16 +161,20 @@ def read_learning_sections(root: FieldReader, horizon: int) -> dict:
     ev = root.section('evaluation', {})
     ev.reject_unknown({'episodes', 'seed'})
     real_gradient = root.section('real_gradient', {})
-    real_gradient.reject_unknown({'gae_lambda', 'estimator'})
+    real_gradient.reject_unknown({'gae_lambda', 'estimator', 'model'})
     gae_lambda = real_gradient.scalar('gae_lambda', 1.0, low=0.0, high=1.0)
     estimator = real_gradient.raw('estimator', 'pathwise')
     if estimator not in REAL_GRADIENT_ESTIMATORS:
         raise real_gradient.error('estimator', estimator, f'one of {list(REAL_GRADIENT_ESTIMATORS)}')
+    gradient_model = real_gradient.raw('model', 'identified')
+    if gradient_model not in REAL_GRADIENT_MODELS:
+        raise real_gradient.error('model', gradient_model, f'one of {list(REAL_GRADIENT_MODELS)}')
     outer = {**OUTER_DEFAULTS, **read_outer_section(root)}
     return dict(hidden_sizes=tuple(hidden), initial_std=initial_std, inner=inner,
                 evaluation_episodes=ev.integer('episodes', 32, low=1),
                 evaluation_seed=ev.integer('seed', 100000, low=0), outer_defaults=outer,
-                real_gradient_lambda=gae_lambda, real_gradient_estimator=estimator)
+                real_gradient_lambda=gae_lambda, real_gradient_estimator=estimator,
+                real_gradient_model=gradient_model)
 
 
 def _range(reader: FieldReader, key: str, positive: bool = False) -> tuple[float, float]:
