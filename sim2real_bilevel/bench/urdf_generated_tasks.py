@@ -50,6 +50,19 @@ def parse_method(text: str) -> tuple[str, dict]:
     return name, overrides
 
 
+def split_methods(text: str) -> list:
+    """'nominal,bilevel:optimizer=sgd,normalize_gradient=true,sysid' -> ['nominal',
+    'bilevel:optimizer=sgd,normalize_gradient=true', 'sysid']: a KEY=VALUE item after a method's
+    ':' belongs to that method."""
+    methods = []
+    for item in text.split(','):
+        if '=' in item and ':' not in item and methods and ':' in methods[-1]:
+            methods[-1] += ',' + item
+        else:
+            methods.append(item)
+    return methods
+
+
 def run_task(path: str, seed: int, methods: list, iterations: int, done: set) -> list:
     """Every method not yet done on one task, in order, in this process.  ``iterations``: the
     iterative methods' real-episode budget is iterations x the task's default real_episodes; a
@@ -138,7 +151,7 @@ def main(argv=None) -> int:
     parser.add_argument('--tabulate-only', action='store_true')
     args = parser.parse_args(argv)
     out = Path(args.out)
-    methods = args.methods.split(',')
+    methods = split_methods(args.methods)
     if args.tabulate_only:
         infos = {seed: random_urdf_task(seed, joints=args.joints).info for seed in args.tasks}
     else:

@@ -8,6 +8,7 @@ can reach), the robot can hold its targets with its weak motors and payload, and
 simulator rolls out finite.  Whether the gap is real and the methods close it is measured by
 ``bench/urdf_generated_tasks.py`` (minutes per task), not here."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,3 +90,21 @@ def test_generate_urdf_writes_the_task_and_its_urdf_and_refuses_what_it_cannot_d
                         (['generate', 'lqr', '--joints', '2'], '--joints 2')):
         assert main(argv) == 2
         assert named in capsys.readouterr().err
+
+
+def test_the_bench_keeps_a_methods_overrides_together():
+    """bench/urdf_generated_tasks.py --methods: the commas between one method's KEY=VALUE
+    overrides do not start new methods."""
+    import importlib.util
+    import sys
+    bench = Path(__file__).resolve().parents[1] / 'bench'
+    saved = list(sys.path)                               # the bench puts its folder on sys.path
+    try:
+        spec = importlib.util.spec_from_file_location('urdf_generated_tasks_bench', bench / 'urdf_generated_tasks.py')
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = saved
+    methods = module.split_methods('nominal,bilevel:optimizer=sgd,normalize_gradient=true,sysid,bilevel:real_episodes=2')
+    assert methods == ['nominal', 'bilevel:optimizer=sgd,normalize_gradient=true', 'sysid', 'bilevel:real_episodes=2']
+    assert module.parse_method(methods[1]) == ('bilevel', {'optimizer': 'sgd', 'normalize_gradient': True})
