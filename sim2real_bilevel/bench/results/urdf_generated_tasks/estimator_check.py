@@ -40,7 +40,7 @@ cache = Path(args.cache) if args.cache else Path(tempfile.mkdtemp())
 cache.mkdir(parents=True, exist_ok=True)
 torch.set_num_threads(1)
 problems = here / 'problems'
-problem = load_problem(problems / 'task-005.yaml', )
+problem = load_problem(problems / 'task-005.yaml')
 data = yaml.safe_load((problems / 'task-005.yaml').read_text())
 data['simulator']['parameters']['delay'] = {'value': 0.04, 'learn': False, 'bounds': [0.001, 0.08]}
 data['robot']['urdf'] = str(problems / 'generated_task_5.urdf')

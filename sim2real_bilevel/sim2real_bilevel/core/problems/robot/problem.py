@@ -619,13 +619,11 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
 
     def gradient_model_theta(self, batches: list[Trajectories], theta: np.ndarray) -> np.ndarray:
         """``theta`` with its learnable dynamics entries replaced by their maximum-likelihood fit
-        to ``batches`` (``system_identification`` from the nominal values, inside the bounds;
-        deterministic in the data, whatever path the outer loop took); the reward entries are
-        ``theta``'s (the pathwise estimator uses the task's reward, not them)."""
-        lower, upper = self.theta_bounds()
-        identified = np.clip(self.system_identification(batches, self.theta0()), lower, upper)
+        to ``batches`` (``system_identification``, started from the nominal values: deterministic
+        in the data, whatever path the outer loop took); the reward entries are ``theta``'s (the
+        pathwise estimator uses the task's reward, not them)."""
         dynamics = np.asarray(self.theta_groups()['dynamics'], dtype=bool)
-        return np.where(dynamics, identified, np.asarray(theta, dtype=np.float64))
+        return self.system_identification(batches, np.where(dynamics, self.theta0(), np.asarray(theta, dtype=np.float64)))
 
     def pathwise_real_gradient(self, phi: np.ndarray, batch: Trajectories, theta: np.ndarray) -> np.ndarray:
         """Pathwise gradient of the TASK return along the real trajectories (SVG(inf)-style,
