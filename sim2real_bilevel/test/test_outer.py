@@ -53,7 +53,8 @@ def test_learn_mask_freezes_entries():
 
 @pytest.mark.parametrize('field,value', [('iterations', -1), ('step_size', 0.0), ('solver', 'lu'),
                                          ('real_episodes', 0), ('learn', 'everything'),
-                                         ('first_order_above', -1.0), ('theta_start', 'identified')])
+                                         ('first_order_above', -1.0), ('theta_start', 'identified'),
+                                         ('normalize_gradient', 'false')])
 def test_config_rejects_bad_values_with_their_name(field, value):
     with pytest.raises(ValueError, match=field):
         OuterConfig.from_mapping({field: value})

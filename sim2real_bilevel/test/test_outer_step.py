@@ -96,6 +96,24 @@ def test_adam_state_round_trips():
     np.testing.assert_array_equal(legacy.factor, 1.0)
 
 
+@pytest.mark.parametrize('optimizer', ['adam', 'sgd'])
+def test_normalize_gradient_makes_each_step_blind_to_its_gradient_s_scale(optimizer):
+    """With ``normalize_gradient`` an iteration's gradient counts by its direction only: a second
+    gradient 1000x larger (as the first-order fallback's are against CG's) moves theta as the plain
+    one does; without it Adam's moments follow the large one."""
+    problem = load_problem(builtin_config('discrete_3s2a'))
+    rng = np.random.default_rng(3)
+    first, second = rng.normal(size=problem.theta0().size), rng.normal(size=problem.theta0().size)
+
+    def last_step(normalize, factor):
+        run = make_run(problem, 'bilevel', 0, iterations=2,
+                       overrides={'optimizer': optimizer, 'normalize_gradient': normalize})
+        run.apply_step(first)
+        return run.apply_step(factor * second) - run.theta
+    np.testing.assert_allclose(last_step(True, 1.0), last_step(True, 1000.0), rtol=1e-9, atol=1e-12)
+    assert not np.allclose(last_step(False, 1.0), last_step(False, 1000.0), rtol=1e-3)
+
+
 @pytest.mark.parametrize('kind,fraction', [('lqr', LQR_FRACTION), ('tabular', TABULAR_FRACTION)])
 def test_files_without_a_step_get_the_per_coordinate_rule(kind, fraction):
     problem = load_text(generate(kind, 3).text)

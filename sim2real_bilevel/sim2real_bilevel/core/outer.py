@@ -101,7 +101,12 @@ class OuterConfig:
     problem's ``system_identification``, the sysid baseline's fit; reward entries keep their values)
     and re-solves the policy there; the outer gradient takes over from the second iteration."""
     normalize_gradient: bool = False
-    """Divide the outer gradient by its norm before the optimiser (SGD only)."""
+    """Divide each outer gradient by its norm before the optimiser (Adam or SGD; opt-in).  With
+    Adam every iteration's direction then weighs the same in its moments: one gradient orders of
+    magnitude larger than the rest (an iteration on the first-order fallback, a real batch whose
+    pathwise estimate blows up) no longer fixes the step's sign for the rest of a short run
+    (swing-up: one first-order iteration at ~3500 against ~5 held the motor gain's first moment
+    positive after the gradient turned negative; bench/results/urdf_tasks/adam_scale/)."""
     # --- baselines (same real-data accounting) ---
     cma_sigma: float = 0.3
     """CMA-ES initial step size, as a fraction of each theta entry's bound range."""
@@ -133,6 +138,7 @@ class OuterConfig:
             (self.step_size > 0 and np.isfinite(self.step_size), 'step_size', 'a finite number > 0'),
             (self.optimizer in ('adam', 'sgd'), 'optimizer', "'adam' or 'sgd'"),
             (isinstance(self.step_per_range, (bool, np.bool_)), 'step_per_range', 'true or false'),
+            (isinstance(self.normalize_gradient, (bool, np.bool_)), 'normalize_gradient', 'true or false'),
             (0 < self.step_shrink_on_flip <= 1, 'step_shrink_on_flip', 'a number in (0, 1]'),
             (self.real_episodes >= 1, 'real_episodes', 'an integer >= 1'),
             (self.score_episodes >= 0, 'score_episodes', 'an integer >= 0 (0: real_episodes)'),
@@ -894,12 +900,13 @@ class BilevelOuterLoop(MethodRun):
         return f'{estimate.mean:.4g} [{estimate.low:.4g}, {estimate.high:.4g}]'
 
     def apply_step(self, gradient: np.ndarray) -> np.ndarray:
+        norm = np.linalg.norm(gradient)
+        if self.config.normalize_gradient and norm > 0:
+            gradient = gradient / norm
         if self.config.optimizer == 'adam':
             direction = self.adam.direction(gradient)
         else:
-            norm = np.linalg.norm(gradient)
-            scale = 1.0 / norm if (self.config.normalize_gradient and norm > 0) else 1.0
-            direction = self.config.step_size * self.step_units * scale * gradient
+            direction = self.config.step_size * self.step_units * gradient
         if self.config.safe_improvement:
             direction = direction * self.step_scale
         direction = np.where(self.learn_mask, direction, 0.0)

@@ -1,7 +1,8 @@
 """Bi-level outer iterations on the iiwa task from the gap run's nominal policy (its iteration 0),
 the first one under cProfile; real return of every iterate on the fixed evaluation seeds,
 normalised by the gap run's oracle; theta printed in natural units.  Usage: bilevel_from.py TASK GAP_DIR ITERATIONS
-REAL_EPISODES [method=NAME] [KEY=VALUE ...] (outer settings, e.g. first_order_above=0)"""
+REAL_EPISODES [method=NAME] [KEY=VALUE ...] (outer settings, e.g. first_order_above=0 or
+safe_improvement=true)"""
 import cProfile, io, json, pstats, sys, time
 import numpy as np, torch
 torch.set_num_threads(1)
@@ -10,7 +11,8 @@ from sim2real_bilevel.core.experiments import make_run
 task, gap_dir, iterations, episodes = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 settings = dict(a.split('=', 1) for a in sys.argv[5:])
 method = settings.pop('method', 'bilevel')
-settings = {key: float(value) if key != 'solver' else value for key, value in settings.items()}
+settings = {key: (value == 'true' if value in ('true', 'false') else value if key == 'solver' else float(value))
+            for key, value in settings.items()}
 problem = load_problem(task)
 results = json.load(open(f'{gap_dir}/results.json'))['results']
 oracle = [r for r in results if r['method'] == 'oracle' and r['seed'] == 0][0]['real_return']
@@ -20,7 +22,10 @@ run.phi = policies['nominal_seed0']
 run.inner_grad_norm = float('nan')
 print(f'iteration 0: 0 real episodes, real return {problem.real_return(run.phi):.3f}, '
       f'normalised {problem.real_return(run.phi) / oracle:.3f}', flush=True)
+names = [n.removeprefix('log_') for n in problem.theta_names]
 for k in range(iterations):
+    adam = getattr(run, 'adam', None)
+    m_before = adam.m.copy() if adam is not None else None
     profiler = cProfile.Profile() if k == 0 else None
     t0 = time.perf_counter()
     if profiler: profiler.enable()
@@ -32,4 +37,9 @@ for k in range(iterations):
     value = problem.real_return(run.phi)
     print(f'iteration {k + 1}: {run.real_episode_count} real episodes, real return {value:.3f}, normalised '
           f'{value / oracle:.3f}; {time.perf_counter() - t0:.0f} s; timing {record.timing}; {record.event} theta '
-          f'{dict(zip((n.removeprefix("log_") for n in problem.theta_names), np.exp(run.theta).round(3).tolist()))}', flush=True)
+          f'{dict(zip(names, np.exp(run.theta).round(3).tolist()))}', flush=True)
+    if adam is not None and adam.t > 0 and not record.event:
+        # the outer gradient this step took, from Adam's first moment: g = (m_t - beta1 m_(t-1)) / (1 - beta1)
+        gradient = (adam.m - adam.betas[0] * m_before) / (1 - adam.betas[0])
+        print('  outer gradient ' + ', '.join(f'{n} {x:.3g}' for n, x in zip(names, gradient))
+              + '; Adam first moment ' + ', '.join(f'{x:.3g}' for x in adam.m), flush=True)

@@ -61,7 +61,9 @@ if inner_start != 'warm':
 
 
 def _number(text):
-    """A KEY=VALUE value as the config's type: int, float, else the string."""
+    """A KEY=VALUE value as the config's type: true/false, int, float, else the string."""
+    if text in ('true', 'false'):
+        return text == 'true'
     for kind in (int, float):
         try:
             return kind(text)
