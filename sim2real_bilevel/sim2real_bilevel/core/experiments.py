@@ -27,6 +27,8 @@ METHODS: dict[str, tuple[type, dict]] = {
     'bilevel-from-sysid': (BilevelOuterLoop, {'theta_start': 'sysid'}),
     # bi-level with safe improvement on (the hardware default; off for ``solve`` unless asked)
     'bilevel-safe': (BilevelOuterLoop, {'safe_improvement': True}),
+    # each iteration's outer gradient divided by its norm before Adam (opt-in; bench/results/urdf_tasks/swingup/adam_scale/)
+    'bilevel-normalized': (BilevelOuterLoop, {'normalize_gradient': True}),
     'nominal': (baselines.NominalRun, {'iterations': 0}),
     'domain-randomization': (baselines.DomainRandomizationRun, {'iterations': 0}),
     'sysid': (baselines.SysIdRun, {}),
