@@ -106,7 +106,7 @@ class OuterConfig:
     magnitude larger than the rest (an iteration on the first-order fallback, a real batch whose
     pathwise estimate blows up) no longer fixes the step's sign for the rest of a short run
     (swing-up: one first-order iteration at ~3500 against ~5 held the motor gain's first moment
-    positive after the gradient turned negative; bench/results/urdf_tasks/adam_scale/)."""
+    positive after the gradient turned negative; bench/results/urdf_tasks/swingup/adam_scale/)."""
     # --- baselines (same real-data accounting) ---
     cma_sigma: float = 0.3
     """CMA-ES initial step size, as a fraction of each theta entry's bound range."""
