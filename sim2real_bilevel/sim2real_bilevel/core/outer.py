@@ -900,9 +900,9 @@ class BilevelOuterLoop(MethodRun):
         return f'{estimate.mean:.4g} [{estimate.low:.4g}, {estimate.high:.4g}]'
 
     def apply_step(self, gradient: np.ndarray) -> np.ndarray:
-        norm = np.linalg.norm(gradient)
-        if self.config.normalize_gradient and norm > 0:
-            gradient = gradient / norm
+        if self.config.normalize_gradient:
+            norm = np.linalg.norm(gradient)
+            gradient = gradient / norm if norm > 0 else gradient
         if self.config.optimizer == 'adam':
             direction = self.adam.direction(gradient)
         else:

@@ -1,10 +1,13 @@
 """Table and figure of the swing-up runs in this folder (seedK_METHOD.json, written by
 termination/learning_from_gap.py): normalised real return against real episodes, per gap seed and
-the mean over seeds.  Usage: python compare.py  ->  prints the markdown table, writes compare.png"""
+the mean over seeds (``experiments.return_at_episodes``).  Usage: python compare.py  ->  prints the
+markdown table, writes compare.png"""
 import json
 from pathlib import Path
 
 import numpy as np
+
+from sim2real_bilevel.core.experiments import return_at_episodes
 
 HERE = Path(__file__).resolve().parent
 METHODS = {'bilevel': 'bi-level', 'fromsysid': 'bi-level from sysid', 'sysid': 'sysid'}
@@ -12,12 +15,21 @@ SEEDS = (0, 1, 2)
 SHOWN = (0, 5, 10, 20, 30, 50)
 
 
-def curve(seed: int, method: str) -> tuple[np.ndarray, np.ndarray]:
-    document = json.loads((HERE / f'seed{seed}_{method}.json').read_text())
-    (runs,) = document['methods'].values()
-    records = runs['seeds'][0]['iterations']
-    episodes = np.array([r['real_episodes'] for r in records])       # cumulative
-    return episodes, np.array([r['normalized_return'] for r in records])
+def run(seed: int, method: str) -> dict:
+    """The one run of seedK_METHOD.json: its ``iterations`` records."""
+    (runs,) = json.loads((HERE / f'seed{seed}_{method}.json').read_text())['methods'].values()
+    return runs['seeds'][0]
+
+
+def curve(records: dict) -> tuple[list, list]:
+    return ([r['real_episodes'] for r in records['iterations']],        # cumulative
+            [r['normalized_return'] for r in records['iterations']])
+
+
+def row(label: str, seed, table: dict, bold: bool = False) -> str:
+    mark = '**' if bold else ''
+    return (f'| {mark}{label}{mark} | {seed} | '
+            + ' | '.join(f'{mark}{table[str(n)][0]:.3f}{mark}' for n in SHOWN) + ' |')
 
 
 def main() -> None:
@@ -28,16 +40,13 @@ def main() -> None:
              '|---|---|' + '---|' * len(SHOWN)]
     figure, axes = plt.subplots(1, len(SEEDS) + 1, figsize=(4 * (len(SEEDS) + 1), 3.4), sharey=True)
     for method, label in METHODS.items():
-        curves = [curve(seed, method) for seed in SEEDS]
-        for seed, (episodes, values) in zip(SEEDS, curves):
-            at = dict(zip(episodes.tolist(), values.tolist()))
-            lines.append(f'| {label} | {seed} | ' + ' | '.join(f'{at[n]:.3f}' for n in SHOWN) + ' |')
-            axes[seed].plot(episodes, values, marker='o', ms=3, label=label)
-        episodes = curves[0][0]
-        mean = np.mean([values for _, values in curves], axis=0)
-        at = dict(zip(episodes.tolist(), mean.tolist()))
-        lines.append(f'| **{label}** | mean | ' + ' | '.join(f'**{at[n]:.3f}**' for n in SHOWN) + ' |')
-        axes[-1].plot(episodes, mean, marker='o', ms=3, label=label)
+        runs = [run(seed, method) for seed in SEEDS]
+        for seed, records in zip(SEEDS, runs):
+            lines.append(row(label, seed, return_at_episodes([records], SHOWN)))
+            axes[seed].plot(*curve(records), marker='o', ms=3, label=label)
+        lines.append(row(label, 'mean', return_at_episodes(runs, SHOWN), bold=True))
+        episodes, _ = curve(runs[0])
+        axes[-1].plot(episodes, np.mean([curve(records)[1] for records in runs], axis=0), marker='o', ms=3, label=label)
     for axis, title in zip(axes, [f'gap seed {s}' for s in SEEDS] + ['mean of 3 seeds']):
         axis.set_title(title)
         axis.set_xlabel('real episodes')
