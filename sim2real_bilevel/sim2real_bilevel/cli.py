@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     solve = commands.add_parser('solve', help='run methods on a problem file; write results.json/png')
     solve.add_argument('config', help='problem YAML (path, or a shipped name such as discrete_3s2a)')
     solve.add_argument('--method', action='append',
-                       help='bilevel, bilevel-first-order, bilevel-cg, bilevel-sampled, nominal, sysid, '
+                       help='bilevel, bilevel-resolve, bilevel-first-order, bilevel-cg, bilevel-sampled, nominal, sysid, '
                             'cmaes, spsa, real-rl, ... (repeat to run side by side)')
     solve.add_argument('--seeds', type=_positive_int, default=1)
     solve.add_argument('--iterations', type=_non_negative_int, default=None,

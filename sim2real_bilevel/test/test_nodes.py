@@ -217,7 +217,7 @@ def test_parameters_are_set_and_rejected_with_a_reason_across_processes(ros):
     negative = set_one('damping', -1.0)
     assert not negative.successful and 'damping' in negative.reason
     unknown_solver = set_one('solver', 'gauss_seidel')
-    assert not unknown_solver.successful and "expected one of ['dense', 'cg', 'first_order']" in unknown_solver.reason
+    assert not unknown_solver.successful and "expected one of ['dense', 'cg', 'first_order', 'resolve']" in unknown_solver.reason
     wrong_type = set_one('cg_maxiter', 'many')
     assert not wrong_type.successful
     read_only = set_one('problem', 'lqr')
@@ -266,6 +266,36 @@ def test_the_sensitivity_node_takes_the_first_order_step_for_a_policy_far_from_s
     off_solver, off = solved_with(1000 * tolerance)
     assert off_solver == configured and np.allclose(off, near)
     assert node.alive()
+
+
+def test_the_sensitivity_node_re_solves_the_inner_problem_when_the_solver_is_resolve(ros):
+    """solver 'resolve', set live: the node runs the inner solves itself, continued from the goal's
+    policy, and answers the core's ``resolved_outer_gradient`` for the goal's (phi, theta, g)."""
+    from sim2real_bilevel_interfaces.action import ComputeSensitivity
+    from sim2real_bilevel.core.outer import resolve_steps, resolved_outer_gradient
+    from sim2real_bilevel.nodes import conversions
+    from sim2real_bilevel.nodes.runtime import load_problem
+
+    problem = load_problem(PROBLEM)
+    node = ros.start('sensitivity', problem=PROBLEM)
+    client = ActionClient(ros.node, ComputeSensitivity, 'compute_sensitivity')
+    setter = ros.node.create_client(SetParameters, '/sensitivity/set_parameters')
+    changed = ros.call(setter, SetParameters.Request(parameters=[_parameter('solver', 'resolve'),
+                                                                 _parameter('resolve_step', 1e-3)]), 60.0)
+    assert all(result.successful for result in changed.results), changed.results
+    lower, upper = problem.theta_bounds()
+    theta = problem.theta0()
+    phi = problem.inner_solve(theta).phi
+    g = np.linspace(-1.0, 1.0, problem.phi_size())
+    goal = ComputeSensitivity.Goal(theta=conversions.theta_to_msg(problem.theta_names, theta, lower, upper, 0),
+                                   policy=conversions.policy_to_msg(phi, 1, 0, 0.0), real_gradient=g.tolist())
+    result = ros.run_goal(client, goal, 60.0).result
+    assert result.success, result.message
+    expected, _ = resolved_outer_gradient(problem, phi, theta, g, resolve_steps(problem, 1e-3))
+    assert result.gradient.solver == 'resolve'
+    np.testing.assert_allclose(np.asarray(result.gradient.gradient), expected, rtol=1e-9, atol=1e-12)
+    assert np.linalg.norm(expected) > 0
+    assert ros.wait_for_log(node, f'{theta.size + 1} inner solves continued from it', timeout=10.0), node.log()[-2000:]
 
 
 # --- the hardware bridge -----------------------------------------------------------------------------------

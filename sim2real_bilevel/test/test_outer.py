@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from sim2real_bilevel.core.experiments import format_summary, plot_results, summarize
-from sim2real_bilevel.core.outer import Adam, BilevelOuterLoop, OuterConfig, discounted_returns, sensing_to_command
-from sim2real_bilevel.core.problem import Trajectories
+from sim2real_bilevel.core.outer import (Adam, BilevelOuterLoop, OuterConfig, discounted_returns, resolve_steps,
+                                         resolved_outer_gradient, sensing_to_command)
+from sim2real_bilevel.core.problem import InnerResult, Trajectories
 from sim2real_bilevel.core import baselines
 from sim2real_bilevel.core.evaluation import oracle_evaluator
 
@@ -54,10 +55,77 @@ def test_learn_mask_freezes_entries():
 @pytest.mark.parametrize('field,value', [('iterations', -1), ('step_size', 0.0), ('solver', 'lu'),
                                          ('real_episodes', 0), ('learn', 'everything'),
                                          ('first_order_above', -1.0), ('theta_start', 'identified'),
-                                         ('normalize_gradient', 'false')])
+                                         ('normalize_gradient', 'false'), ('resolve_step', 0.0),
+                                         ('resolve_step', 1.5)])
 def test_config_rejects_bad_values_with_their_name(field, value):
     with pytest.raises(ValueError, match=field):
         OuterConfig.from_mapping({field: value})
+
+
+def test_resolve_refuses_a_stochastic_inner_solve():
+    with pytest.raises(ValueError, match="solver = 'resolve'.*exact"):
+        OuterConfig.from_mapping({'solver': 'resolve', 'inner_method': 'sampled'})
+
+
+class BudgetedToy(ToyProblem):
+    """The toy whose inner solve is ``steps`` gradient-ascent steps of size ``rate`` from phi_init
+    (phi* = C theta only in the limit): phi_K = (1 - rate)^K phi_0 + (1 - (1 - rate)^K) C theta, so
+    the solve the outer step will trigger moves phi by (1 - (1 - rate)^K) C per unit of theta, where
+    the implicit-function theorem says C."""
+
+    def __init__(self, *args, steps=3, rate=0.25, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.steps, self.rate, self.solves = steps, rate, []
+
+    def inner_solve(self, theta, phi_init=None, *, method='exact', rng=None, **options):
+        self.solves.append(np.array(theta, dtype=np.float64))
+        phi = np.zeros(self.phi_size()) if phi_init is None else np.array(phi_init, dtype=np.float64)
+        for _ in range(self.steps):
+            phi = phi + self.rate * (self.coupling @ theta - phi)
+        return InnerResult(phi=phi, grad_norm=float(np.linalg.norm(self.coupling @ theta - phi)), iterations=self.steps)
+
+    def inner_tolerance(self):
+        return 1e-3
+
+
+def test_resolve_differentiates_the_solve_that_the_step_will_run():
+    """Solver 'resolve' on an inner solve that stops short of stationarity: its gradient is the
+    pull-back through the budgeted solve's own map, (1 - (1 - rate)^K) C^T g, where the implicit-
+    function solve gives C^T g whatever the budget (the map is linear in theta: forward
+    differences are exact to rounding)."""
+    base = toy()
+    problem = BudgetedToy(coupling=base.coupling, phi_real=base.phi_real, steps=3, rate=0.25)
+    g = np.array([1.0, 2.0, -1.0])
+    phi, theta = np.array([0.3, -0.2, 0.5]), np.array([0.4, -1.0, 2.0, 0.1])
+    loop = BilevelOuterLoop(problem, OuterConfig(solver='resolve', first_order_above=0.0))
+    resolved = loop.outer_gradient(phi, theta, g)
+    np.testing.assert_allclose(resolved, (1 - 0.75 ** 3) * problem.coupling.T @ g, rtol=1e-8)
+    implicit_loop = BilevelOuterLoop(problem, OuterConfig(solver='dense', damping=0.0, first_order_above=0.0))
+    np.testing.assert_allclose(implicit_loop.outer_gradient(phi, theta, g), problem.coupling.T @ g, rtol=1e-12)
+
+
+def test_resolve_steps_inside_the_bounds_and_only_along_learned_coordinates():
+    base = toy()
+    problem = BudgetedToy(coupling=base.coupling, phi_real=base.phi_real)
+    g = np.array([1.0, 2.0, -1.0])
+    theta = np.array([10.0, -10.0, 0.0, 0.0])          # coordinate 0 at its upper bound, 1 at its lower
+    mask = np.array([True, True, False, True])
+    steps = resolve_steps(problem, 0.05)
+    np.testing.assert_allclose(steps, 0.05 * 20.0)
+    gradient, info = resolved_outer_gradient(problem, np.zeros(3), theta, g, steps, mask)
+    assert info['solves'] == 4 and len(problem.solves) == 4
+    lower, upper = problem.theta_bounds()
+    assert all(np.all(t >= lower) and np.all(t <= upper) for t in problem.solves)
+    assert problem.solves[1][0] == 9.0 and problem.solves[2][1] == -9.0     # down at the upper bound, up at the lower
+    assert gradient[2] == 0.0 and info['column_norms'][2] == 0.0
+    np.testing.assert_allclose(gradient[mask], ((1 - 0.75 ** 3) * problem.coupling.T @ g)[mask], rtol=1e-8)
+
+
+def test_resolve_steps_name_a_coordinate_without_a_finite_range():
+    problem = toy()
+    problem.theta_bounds = lambda: (np.array([-1.0, 0.0, -np.inf, 0.0]), np.ones(4))
+    with pytest.raises(ValueError, match=r"coordinate t2 of <toy> has bounds \[-inf, 1\]"):
+        resolve_steps(problem, 0.05)
 
 
 def test_config_rejects_unknown_field():

@@ -211,6 +211,20 @@ def test_start_best_keeps_the_cold_solve_where_a_warm_chain_is_stuck_below_it():
     assert 'start' not in warm.info                          # the default ('warm') solves warm only
 
 
+def test_the_continued_solve_is_the_warm_one_whatever_inner_start_says():
+    """Solver 'resolve' differentiates ``continued_solve``: under ``inner.start: best`` it is still the
+    warm solve from phi (where ``inner_solve`` keeps the cold one), so its finite differences do not
+    jump between basins."""
+    warm_start = np.full(tiny().phi_size(), 2.0)
+    best = tiny(**{'inner.max_iterations': 1, 'inner.start': 'best'})
+    theta = best.theta0()
+    assert best.inner_solve(theta, warm_start).info['start'] == 'cold'
+    continued = best.continued_solve(theta, warm_start)
+    warm = tiny(**{'inner.max_iterations': 1}).inner_solve(theta, warm_start)
+    assert 'start' not in continued.info
+    np.testing.assert_array_equal(continued.phi, warm.phi)
+
+
 def test_an_unknown_inner_start_is_refused_naming_the_field():
     with pytest.raises(ProblemConfigError, match='inner.start') as error:
         tiny(**{'inner.start': 'bset'})

@@ -20,6 +20,8 @@ METHODS: dict[str, tuple[type, dict]] = {
     'bilevel': (BilevelOuterLoop, {}),
     'bilevel-cg': (BilevelOuterLoop, {'solver': 'cg'}),
     'bilevel-first-order': (BilevelOuterLoop, {'solver': 'first_order'}),
+    # d phi*/d theta by finite differences of the re-solved inner problem (one inner solve per theta entry)
+    'bilevel-resolve': (BilevelOuterLoop, {'solver': 'resolve'}),
     'bilevel-sampled': (BilevelOuterLoop, {'sensitivity_method': 'sampled'}),
     'bilevel-reward': (BilevelOuterLoop, {'learn': 'reward'}),
     'bilevel-dynamics': (BilevelOuterLoop, {'learn': 'dynamics'}),

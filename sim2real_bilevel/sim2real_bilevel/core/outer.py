@@ -28,7 +28,9 @@ from .problem import BilevelProblem, InnerResult, Trajectories, alive_mask, requ
 
 log = logging.getLogger(__name__)
 
-SOLVERS = ('dense', 'cg', 'first_order')
+SOLVERS = ('dense', 'cg', 'first_order', 'resolve')
+LINEAR_SOLVERS = ('dense', 'cg', 'first_order')
+"""The solvers that solve the implicit-function system ('resolve' re-solves the inner problem instead)."""
 SENSITIVITY_METHODS = ('exact', 'sampled')
 INNER_METHODS = ('exact', 'sampled', 'ppo')
 THETA_STARTS = ('nominal', 'sysid')
@@ -77,7 +79,11 @@ class OuterConfig:
     sim_horizon: int = 0
     """Their horizon (0: the problem's default)."""
     solver: str = 'dense'
-    """Implicit-function solve: 'dense', 'cg' or 'first_order'."""
+    """Implicit-function solve: 'dense', 'cg' or 'first_order'; or 'resolve': no implicit-function
+    solve, but d phi*/d theta by forward differences of the inner solve itself, continued from phi
+    (``BilevelProblem.continued_solve``) at theta and at theta + h_i e_i for each learnable
+    coordinate (``resolve_step``): one more inner solve per coordinate and iteration, and exact
+    where the solve is a smooth function of theta, stationary or not (``resolved_outer_gradient``)."""
     damping: float = 1e-8
     """Ridge added to -dF/dphi in dense and CG solves."""
     cg_maxiter: int = 200
@@ -93,6 +99,9 @@ class OuterConfig:
     far from it the linear system does not describe the solve (the swing-up's warm solves end at
     ||F|| 5000-25000x the tolerance, the pendulum's at <= 9x: bench/results/urdf_tasks/swingup/).
     0: never."""
+    resolve_step: float = 0.05
+    """Solver 'resolve': the finite-difference step h_i of theta coordinate i, as a fraction of its
+    bound range (the outer step's size with ``step_per_range`` and the default ``step_size``)."""
     learn: str = 'all'
     """Which theta entries move: 'all', 'dynamics' or 'reward' (ablations)."""
     theta_start: str = 'nominal'
@@ -149,6 +158,10 @@ class OuterConfig:
             (self.solver in SOLVERS, 'solver', f'one of {SOLVERS}'),
             (self.damping >= 0, 'damping', 'a number >= 0'),
             (self.first_order_above >= 0, 'first_order_above', 'a number >= 0 (0: never)'),
+            (0 < self.resolve_step <= 1, 'resolve_step', 'a fraction of the bound range in (0, 1]'),
+            (self.solver != 'resolve' or self.inner_method == 'exact', 'solver',
+             "a linear solver ('dense', 'cg', 'first_order') with inner_method 'sampled' or 'ppo': 'resolve' "
+             'differentiates the exact (deterministic) inner solve'),
             (self.learn in ('all', 'dynamics', 'reward'), 'learn', "'all', 'dynamics' or 'reward'"),
             (self.theta_start in THETA_STARTS, 'theta_start', f'one of {THETA_STARTS}'),
             (self.cma_sigma > 0, 'cma_sigma', 'a number > 0'),
@@ -177,7 +190,10 @@ class OuterConfig:
 
 
 def make_solver(config: OuterConfig):
-    """The implicit-function linear solver named by the configuration."""
+    """The implicit-function linear solver named by the configuration (not for 'resolve')."""
+    if config.solver not in LINEAR_SOLVERS:
+        raise ValueError(f'make_solver: solver {config.solver!r} solves no linear system; expected one of '
+                         f'{LINEAR_SOLVERS}')
     if config.solver == 'dense':
         return implicit.dense_solver(damping=config.damping)
     if config.solver == 'cg':
@@ -191,12 +207,58 @@ def sensitivity_solver(config: OuterConfig, problem: BilevelProblem, inner_grad_
     far from stationary (``OuterConfig.first_order_above``)."""
     tolerance = problem.inner_tolerance()
     factor = config.first_order_above
-    if (config.solver != 'first_order' and factor > 0 and tolerance is not None
+    if (config.solver in ('dense', 'cg') and factor > 0 and tolerance is not None
             and np.isfinite(inner_grad_norm) and inner_grad_norm > factor * tolerance):
         return (implicit.first_order(step=config.first_order_step),
                 f'first-order sensitivity: the inner solve ended at ||F|| {inner_grad_norm:.3g}, '
                 f'above {factor:g} x its tolerance {tolerance:g}')
     return make_solver(config), ''
+
+
+def resolve_steps(problem: BilevelProblem, fraction: float) -> np.ndarray:
+    """Solver 'resolve': each theta coordinate's finite-difference step, ``fraction`` of its bound
+    range (a ValueError names a coordinate whose range is not finite and > 0)."""
+    lower, upper = (np.asarray(b, dtype=np.float64) for b in problem.theta_bounds())
+    ranges = upper - lower
+    bad = ~(np.isfinite(ranges) & (ranges > 0))
+    if bad.any():
+        i = int(np.argmax(bad))
+        name = problem.theta_names[i] if i < len(problem.theta_names) else str(i)
+        raise ValueError(f"solver 'resolve': theta coordinate {name} of {problem.source} has bounds "
+                         f'[{lower[i]:g}, {upper[i]:g}]; expected a finite range > 0 for its finite-difference step')
+    return fraction * ranges
+
+
+def resolved_outer_gradient(problem: BilevelProblem, phi: np.ndarray, theta: np.ndarray,
+                            real_gradient: np.ndarray, steps: np.ndarray,
+                            mask: Optional[np.ndarray] = None) -> tuple[np.ndarray, dict]:
+    """Solver 'resolve': (d phi*/d theta)^T g with d phi*/d theta by forward differences of the inner
+    solve continued from ``phi``: phi_0 = solve(theta), phi_i = solve(theta + h_i e_i) for each
+    coordinate in ``mask`` (default all), column i = (phi_i - phi_0) / h_i.  The step goes down where
+    theta_i + h_i would leave the upper bound.  Both ends are the same budgeted solve from the same
+    start, so what the continued training does whatever theta is cancels; the column is the change
+    that the next solve at a moved theta will make, which is what the outer step buys (the
+    implicit-function columns describe it only at a stationary point of a well-conditioned inner
+    problem).  Returns the gradient (0 off the mask) and info: solves, seconds, the base solve's
+    ||F||, and each column's norm."""
+    started = time.perf_counter()
+    theta = np.asarray(theta, dtype=np.float64)
+    g = np.asarray(real_gradient, dtype=np.float64)
+    mask = np.ones(theta.size, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    _, upper = problem.theta_bounds()
+    base = problem.continued_solve(theta, phi)
+    gradient = np.zeros(theta.size)
+    column_norms = np.zeros(theta.size)
+    for i in np.flatnonzero(mask):
+        h = float(steps[i]) if theta[i] + steps[i] <= upper[i] else -float(steps[i])
+        moved = theta.copy()
+        moved[i] += h
+        column = (problem.continued_solve(moved, phi).phi - base.phi) / h
+        gradient[i] = float(g @ column)
+        column_norms[i] = float(np.linalg.norm(column))
+    info = {'solves': 1 + int(mask.sum()), 'seconds': time.perf_counter() - started,
+            'base_grad_norm': float(base.grad_norm), 'column_norms': column_norms.tolist()}
+    return gradient, info
 
 
 def sensing_to_command(batch: Trajectories) -> np.ndarray:
@@ -801,7 +863,13 @@ class BilevelOuterLoop(MethodRun):
         return mask
 
     def outer_gradient(self, phi: np.ndarray, theta: np.ndarray, real_gradient: np.ndarray) -> np.ndarray:
-        """dJ_real/dtheta = (d phi*/d theta)^T g by one implicit-function solve."""
+        """dJ_real/dtheta = (d phi*/d theta)^T g by one implicit-function solve (or, solver 'resolve',
+        by re-solving the inner problem: ``resolved_outer_gradient``)."""
+        if self.config.solver == 'resolve':
+            gradient, _ = resolved_outer_gradient(self.problem, phi, theta, real_gradient,
+                                                  resolve_steps(self.problem, self.config.resolve_step),
+                                                  self.learn_mask)
+            return gradient
         trajectories = None
         if self.config.sensitivity_method == 'sampled':
             n = self.config.sim_episodes or self.problem.default_sim_episodes

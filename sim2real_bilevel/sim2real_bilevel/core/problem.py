@@ -300,6 +300,14 @@ class BilevelProblem(abc.ABC):
         """phi*(theta). method 'exact' (soft DP / Riccati) or 'sampled' (actor-critic SPG,
         warm-started at phi_init, stopping when ||F|| falls below a tolerance)."""
 
+    def continued_solve(self, theta: np.ndarray, phi: np.ndarray) -> InnerResult:
+        """The exact inner solve at ``theta`` continued from ``phi``: what solver 'resolve'
+        differentiates by finite differences in theta (``outer.resolved_outer_gradient``), so it
+        must be a deterministic function of (theta, phi).  Default: ``inner_solve(theta, phi)``;
+        kinds whose warm solve may also run a cold one (robot ``inner.start: best``) keep to the
+        continued one."""
+        return self.inner_solve(theta, phi, method='exact')
+
     def warm_up(self) -> None:
         """One-time work that would otherwise fall into the first outer iteration (lazy imports,
         caches), done ahead: the sensitivity node calls it at start-up, so that the first outer

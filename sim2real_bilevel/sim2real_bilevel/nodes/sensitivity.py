@@ -19,14 +19,15 @@ from sim2real_bilevel_interfaces.msg import OuterGradient, PolicyParameters, Sim
 from sim2real_bilevel_interfaces.srv import SimulateRollouts
 
 from ..core import implicit
-from ..core.outer import SENSITIVITY_METHODS, SOLVERS, OuterConfig, sensitivity_solver
+from ..core.outer import (SENSITIVITY_METHODS, SOLVERS, OuterConfig, resolve_steps, resolved_outer_gradient,
+                          sensitivity_solver)
 from . import conversions
 from .action_calls import RESULT_KEPT_S, serve_action
 from .runtime import (EVENTS, LATCHED, PROBLEM, SEED, BackgroundWork, DeclaredParameters, ParameterSpec, accept_cancel,
                       goal_validator, internal_publisher, load_problem, outer_config_defaults, run_node)
 
 SOLVER_PARAMETERS = ('sensitivity_method', 'solver', 'damping', 'cg_maxiter', 'cg_tol', 'first_order_step',
-                     'first_order_above', 'sim_episodes', 'sim_horizon')
+                     'first_order_above', 'resolve_step', 'sim_episodes', 'sim_horizon')
 
 
 class Sensitivity(Node):
@@ -41,8 +42,9 @@ class Sensitivity(Node):
             ParameterSpec('sensitivity_method', d['sensitivity_method'],
                           "linearisation of the inner optimality condition: 'exact' or 'sampled' "
                           '(from simulated rollouts)', choices=SENSITIVITY_METHODS),
-            ParameterSpec('solver', d['solver'], "implicit-function solve: 'dense', 'cg' or 'first_order'",
-                          choices=SOLVERS),
+            ParameterSpec('solver', d['solver'], "implicit-function solve: 'dense', 'cg' or 'first_order'; "
+                          "'resolve': finite differences of the inner solve continued from the policy, one "
+                          'solve per theta coordinate (this node runs them)', choices=SOLVERS),
             ParameterSpec('damping', float(d['damping']), 'ridge added to -dF/dphi in dense and CG solves',
                           low=0.0, high=1e6),
             ParameterSpec('cg_maxiter', int(d['cg_maxiter']), 'conjugate-gradient iteration cap', low=1, high=10 ** 6),
@@ -54,6 +56,9 @@ class Sensitivity(Node):
                           'the first-order step instead of the solver for a policy whose inner solve ended with '
                           '||F|| above this many times the inner tolerance (far from stationary); 0: never',
                           low=0.0, high=1e12),
+            ParameterSpec('resolve_step', float(d['resolve_step']),
+                          "solver 'resolve': each theta coordinate's finite-difference step, as a fraction of "
+                          'its bound range', low=1e-12, high=1.0),
             ParameterSpec('sim_episodes', int(d['sim_episodes']),
                           'simulated trajectories for sampled sensitivities (0: the problem default)', low=0,
                           high=10 ** 7),
@@ -104,6 +109,7 @@ class Sensitivity(Node):
         as soon as the policy and the theta it was trained on have both arrived -- while the
         bridge runs the real episodes; the action then only solves with g."""
         if (not self.parameters['precompute'] or self.parameters['sensitivity_method'] != 'exact'
+                or self.parameters['solver'] == 'resolve'
                 or self.latest_theta is None or self.latest_policy is None):
             return
         (theta, theta_version), (phi, version, trained_on) = self.latest_theta, self.latest_policy
@@ -164,16 +170,27 @@ class Sensitivity(Node):
                 result.message = reason
                 self.get_logger().error(f'compute_sensitivity aborted: {reason}')
                 return result
-        if config.sensitivity_method != 'exact':
+        if config.sensitivity_method != 'exact' or config.solver == 'resolve':
             goal_handle.publish_feedback(ComputeSensitivity.Feedback(stage='solving'))
-        solver, why = sensitivity_solver(config, self.problem, goal_handle.request.policy.inner_grad_norm)
-        if why:
-            self.get_logger().info(f'policy version {policy_version}: {why}')
+        if config.solver == 'resolve':
+            solver_name = 'resolve'
 
-        def solve():
-            terms = self._terms(phi, theta, (policy_version, theta_version), config.sensitivity_method,
-                                trajectories)
-            return np.asarray(implicit.outer_gradient(terms, real_gradient, solver), dtype=np.float64)
+            def solve():
+                gradient, info = resolved_outer_gradient(self.problem, phi, theta, real_gradient,
+                                                         resolve_steps(self.problem, config.resolve_step))
+                self.get_logger().info(f"policy version {policy_version}: {info['solves']} inner solves "
+                                       f"continued from it in {info['seconds']:.1f} s")
+                return gradient
+        else:
+            solver, why = sensitivity_solver(config, self.problem, goal_handle.request.policy.inner_grad_norm)
+            solver_name = solver.name
+            if why:
+                self.get_logger().info(f'policy version {policy_version}: {why}')
+
+            def solve():
+                terms = self._terms(phi, theta, (policy_version, theta_version), config.sensitivity_method,
+                                    trajectories)
+                return np.asarray(implicit.outer_gradient(terms, real_gradient, solver), dtype=np.float64)
 
         # inline while quick (exact terms of small problems: milliseconds), else in the worker --
         # behind a linearisation still running there -- with feedback every few seconds
@@ -196,7 +213,7 @@ class Sensitivity(Node):
             self.get_logger().error(result.message)
             return result
         message = conversions.gradient_to_msg(gradient, real_gradient, theta_version, policy_version,
-                                               sensitivity_method=config.sensitivity_method, solver=solver.name)
+                                               sensitivity_method=config.sensitivity_method, solver=solver_name)
         message.header.stamp = self.get_clock().now().to_msg()
         self.gradient_publisher.publish(message)
         goal_handle.succeed()

@@ -136,6 +136,12 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         return InnerResult(phi=solved.phi.copy(), grad_norm=solved.grad_norm, iterations=solved.iterations,
                            info=dict(solved.info))
 
+    def continued_solve(self, theta: np.ndarray, phi: np.ndarray) -> InnerResult:
+        """The warm exact solve from ``phi`` alone, whatever ``inner.start`` says (a cold solve's
+        basin would make the finite differences of solver 'resolve' jump)."""
+        return self._solve(self.full_theta(torch.as_tensor(theta, dtype=DTYPE)).detach(),
+                           np.asarray(phi, dtype=np.float64), method='exact', rng=None)
+
     def _best_of_warm_and_cold(self, theta, theta_full: torch.Tensor, phi_init: np.ndarray,
                                rng: Optional[np.random.Generator]) -> InnerResult:
         """``inner.start: best``: the warm solve from ``phi_init`` and the cold one at the same theta,
