@@ -295,7 +295,7 @@ def test_the_sensitivity_node_re_solves_the_inner_problem_when_the_solver_is_res
     assert result.gradient.solver == 'resolve'
     np.testing.assert_allclose(np.asarray(result.gradient.gradient), expected, rtol=1e-9, atol=1e-12)
     assert np.linalg.norm(expected) > 0
-    assert ros.wait_for_log(node, f'{theta.size + 1} inner solves continued from it', timeout=10.0), node.log()[-2000:]
+    assert ros.wait_for_log(node, f'{2 * theta.size} inner solves continued from it', timeout=10.0), node.log()[-2000:]
 
 
 # --- the hardware bridge -----------------------------------------------------------------------------------

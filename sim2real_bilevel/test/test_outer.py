@@ -91,7 +91,7 @@ class BudgetedToy(ToyProblem):
 def test_resolve_differentiates_the_solve_that_the_step_will_run():
     """Solver 'resolve' on an inner solve that stops short of stationarity: its gradient is the
     pull-back through the budgeted solve's own map, (1 - (1 - rate)^K) C^T g, where the implicit-
-    function solve gives C^T g whatever the budget (the map is linear in theta: forward
+    function solve gives C^T g whatever the budget (the map is linear in theta: finite
     differences are exact to rounding)."""
     base = toy()
     problem = BudgetedToy(coupling=base.coupling, phi_real=base.phi_real, steps=3, rate=0.25)
@@ -113,10 +113,12 @@ def test_resolve_steps_inside_the_bounds_and_only_along_learned_coordinates():
     steps = resolve_steps(problem, 0.05)
     np.testing.assert_allclose(steps, 0.05 * 20.0)
     gradient, info = resolved_outer_gradient(problem, np.zeros(3), theta, g, steps, mask)
-    assert info['solves'] == 4 and len(problem.solves) == 4
+    assert info['solves'] == 6 and len(problem.solves) == 6
     lower, upper = problem.theta_bounds()
     assert all(np.all(t >= lower) and np.all(t <= upper) for t in problem.solves)
-    assert problem.solves[1][0] == 9.0 and problem.solves[2][1] == -9.0     # down at the upper bound, up at the lower
+    # central differences cut at the bounds: [9, 10] at the upper bound, [-10, -9] at the lower, then [-1, 1]
+    assert [t[0] for t in problem.solves[:2]] == [9.0, 10.0] and [t[1] for t in problem.solves[2:4]] == [-10.0, -9.0]
+    assert [t[3] for t in problem.solves[4:]] == [-1.0, 1.0]
     assert gradient[2] == 0.0 and info['column_norms'][2] == 0.0
     np.testing.assert_allclose(gradient[mask], ((1 - 0.75 ** 3) * problem.coupling.T @ g)[mask], rtol=1e-8)
 

@@ -80,10 +80,10 @@ class OuterConfig:
     """Their horizon (0: the problem's default)."""
     solver: str = 'dense'
     """Implicit-function solve: 'dense', 'cg' or 'first_order'; or 'resolve': no implicit-function
-    solve, but d phi*/d theta by forward differences of the inner solve itself, continued from phi
-    (``BilevelProblem.continued_solve``) at theta and at theta + h_i e_i for each learnable
-    coordinate (``resolve_step``): one more inner solve per coordinate and iteration, and exact
-    where the solve is a smooth function of theta, stationary or not (``resolved_outer_gradient``)."""
+    solve, but d phi*/d theta by central differences of the inner solve itself, continued from phi
+    (``BilevelProblem.continued_solve``) at theta +- h_i e_i for each learnable coordinate
+    (``resolve_step``): two inner solves per coordinate and iteration, and the solve's own
+    derivative, stationary or not (``resolved_outer_gradient``)."""
     damping: float = 1e-8
     """Ridge added to -dF/dphi in dense and CG solves."""
     cg_maxiter: int = 200
@@ -232,32 +232,35 @@ def resolve_steps(problem: BilevelProblem, fraction: float) -> np.ndarray:
 def resolved_outer_gradient(problem: BilevelProblem, phi: np.ndarray, theta: np.ndarray,
                             real_gradient: np.ndarray, steps: np.ndarray,
                             mask: Optional[np.ndarray] = None) -> tuple[np.ndarray, dict]:
-    """Solver 'resolve': (d phi*/d theta)^T g with d phi*/d theta by forward differences of the inner
-    solve continued from ``phi``: phi_0 = solve(theta), phi_i = solve(theta + h_i e_i) for each
-    coordinate in ``mask`` (default all), column i = (phi_i - phi_0) / h_i.  The step goes down where
-    theta_i + h_i would leave the upper bound.  Both ends are the same budgeted solve from the same
-    start, so what the continued training does whatever theta is cancels; the column is the change
-    that the next solve at a moved theta will make, which is what the outer step buys (the
-    implicit-function columns describe it only at a stationary point of a well-conditioned inner
-    problem).  Returns the gradient (0 off the mask) and info: solves, seconds, the base solve's
-    ||F||, and each column's norm."""
+    """Solver 'resolve': (d phi*/d theta)^T g with d phi*/d theta by central differences of the inner
+    solve continued from ``phi``: for each coordinate i in ``mask`` (default all), column i =
+    (solve(theta + b e_i) - solve(theta - a e_i)) / (a + b), with a = b = h_i, each end cut at the
+    coordinate's bound (a one-sided secant at a bound).  Both ends are the same budgeted solve from
+    the same start, so what the continued training does whatever theta is cancels; the column is
+    the change that the next solve at a moved theta makes over the outer step's scale, which is what
+    the step buys (the implicit-function columns describe it only at a stationary point of a
+    well-conditioned inner problem; a one-sided difference sees one side of a return that may rise
+    both ways: generated task 5's motor gain, ``bench/results/urdf_generated_tasks/resolve/``).
+    Returns the gradient (0 off the mask) and info: solves, seconds and each column's norm."""
     started = time.perf_counter()
     theta = np.asarray(theta, dtype=np.float64)
     g = np.asarray(real_gradient, dtype=np.float64)
     mask = np.ones(theta.size, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-    _, upper = problem.theta_bounds()
-    base = problem.continued_solve(theta, phi)
+    lower, upper = problem.theta_bounds()
     gradient = np.zeros(theta.size)
     column_norms = np.zeros(theta.size)
     for i in np.flatnonzero(mask):
-        h = float(steps[i]) if theta[i] + steps[i] <= upper[i] else -float(steps[i])
-        moved = theta.copy()
-        moved[i] += h
-        column = (problem.continued_solve(moved, phi).phi - base.phi) / h
+        ends = []
+        for value in (max(theta[i] - steps[i], lower[i]), min(theta[i] + steps[i], upper[i])):
+            moved = theta.copy()
+            moved[i] = value
+            ends.append((value, problem.continued_solve(moved, phi).phi))
+        (low, phi_low), (high, phi_high) = ends
+        column = (phi_high - phi_low) / (high - low)
         gradient[i] = float(g @ column)
         column_norms[i] = float(np.linalg.norm(column))
-    info = {'solves': 1 + int(mask.sum()), 'seconds': time.perf_counter() - started,
-            'base_grad_norm': float(base.grad_norm), 'column_norms': column_norms.tolist()}
+    info = {'solves': 2 * int(mask.sum()), 'seconds': time.perf_counter() - started,
+            'column_norms': column_norms.tolist()}
     return gradient, info
 
 
