@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -26,10 +27,11 @@ CONFIG = PACKAGE_ROOT / 'config'
 PROBLEM = 'discrete_3s2a'
 
 
-def _params_file(tmp_path: Path, iterations: int, **optimizer) -> Path:
+def _params_file(tmp_path: Path, iterations: int, sensitivity: Optional[dict] = None, **optimizer) -> Path:
     document = yaml.safe_load((CONFIG / f'{PROBLEM}_params.yaml').read_text())
     document['/**/outer_optimizer']['ros__parameters']['iterations'] = iterations
     document['/**/outer_optimizer']['ros__parameters'].update(optimizer)
+    document['/**/sensitivity']['ros__parameters'].update(sensitivity or {})
     path = tmp_path / 'params.yaml'
     path.write_text(yaml.safe_dump(document))
     return path
@@ -130,6 +132,36 @@ def test_containers_run_each_side_in_one_process_with_the_core_s_theta(tmp_path,
     metadata = yaml.safe_load((run_dir / 'bag' / 'metadata.yaml').read_text())['rosbag2_bagfile_information']
     counts = {t['topic_metadata']['name']: t['message_count'] for t in metadata['topics_with_message_count']}
     assert counts['/composed/outer_metrics'] == counts['/composed/theta'] == iterations + 1
+
+
+def test_resolve_in_the_graph_re_solves_only_what_the_optimizer_learns(tmp_path, ros_env):
+    """solver 'resolve' on the sensitivity node, learn: reward on the optimizer: the goals carry the
+    optimizer's learn mask, so each sensitivity runs 2 solves per reward entry only, and theta is
+    the core's for the same settings."""
+    from sim2real_bilevel.core.config import builtin_config
+    from sim2real_bilevel.core.experiments import make_run
+    from sim2real_bilevel.core.problems import load_problem
+
+    iterations, seed = 3, 1
+    problem = load_problem(builtin_config(PROBLEM))
+    rewards = int(np.sum(problem.theta_groups()['reward']))
+    assert 0 < rewards < problem.theta0().size
+    run_dir = tmp_path / 'run'
+    params = _params_file(tmp_path, iterations, sensitivity={'solver': 'resolve'}, learn='reward')
+    process = _launch(ros_env, tmp_path, f'problem:={PROBLEM}', f'seed:={seed}', f'run_dir:={run_dir}',
+                      f'params_file:={params}', 'namespace:=resolve', 'containers:=learning,robot')
+    output, _ = process.communicate(timeout=240)
+    assert process.returncode == 0, output
+    assert len(re.findall(rf'{2 * rewards} inner solves continued from it', output)) == iterations, output
+    assert f'{2 * problem.theta0().size} inner solves' not in output
+    seed_entry = json.loads((run_dir / 'results.json').read_text())['methods']['bilevel']['seeds'][0]
+    core = make_run(problem, 'bilevel', seed, iterations=iterations, evaluate=True,
+                    overrides={'solver': 'resolve', 'learn': 'reward'})
+    core.run()
+    np.testing.assert_allclose([r['theta'] for r in seed_entry['iterations']], [r.theta for r in core.history],
+                               rtol=0, atol=1e-9)
+    moved = np.ptp([r.theta for r in core.history], axis=0)
+    assert np.all(moved[~np.asarray(problem.theta_groups()['reward'], dtype=bool)] == 0) and moved.max() > 0
 
 
 def test_without_an_evaluator_the_run_shows_estimates_and_keeps_the_best_policy(tmp_path, ros_env):

@@ -296,6 +296,20 @@ def test_the_sensitivity_node_re_solves_the_inner_problem_when_the_solver_is_res
     np.testing.assert_allclose(np.asarray(result.gradient.gradient), expected, rtol=1e-9, atol=1e-12)
     assert np.linalg.norm(expected) > 0
     assert ros.wait_for_log(node, f'{2 * theta.size} inner solves continued from it', timeout=10.0), node.log()[-2000:]
+    # the optimizer's learn mask: solves along the learned entries only, 0 elsewhere
+    learn = np.arange(theta.size) % 2 == 0
+    goal.learn = learn.tolist()
+    masked = ros.run_goal(client, goal, 60.0).result
+    assert masked.success, masked.message
+    expected_masked, _ = resolved_outer_gradient(problem, phi, theta, g, resolve_steps(problem, 1e-3), learn)
+    np.testing.assert_allclose(np.asarray(masked.gradient.gradient), expected_masked, rtol=1e-9, atol=1e-12)
+    assert np.all(np.asarray(masked.gradient.gradient)[~learn] == 0.0)
+    assert ros.wait_for_log(node, f'{2 * learn.sum()} inner solves continued from it', timeout=10.0), node.log()[-2000:]
+    goal.learn = [True]
+    refused = ros.send_goal(client, goal, 30.0)
+    assert not refused.accepted
+    assert ros.wait_for_log(node, f'ComputeSensitivity.learn: 1 values, expected {theta.size}', timeout=10.0), \
+        node.log()[-2000:]
 
 
 # --- the hardware bridge -----------------------------------------------------------------------------------

@@ -225,6 +225,31 @@ def test_the_continued_solve_is_the_warm_one_whatever_inner_start_says():
     np.testing.assert_array_equal(continued.phi, warm.phi)
 
 
+def test_a_pickled_problem_solves_as_the_original_and_leaves_its_emulators_behind():
+    """Solver 'resolve' sends the problem to worker processes (core/solve_pool.py): the copy's
+    continued solve is the original's, bit for bit, after real episodes made pybullet emulators
+    (connections that cannot be pickled; the copy makes its own on first use).  The copy also
+    solves in a worker process."""
+    import pickle
+
+    from sim2real_bilevel.core.solve_pool import SolvePool
+    problem = tiny(**{'inner.max_iterations': 20})
+    theta, phi = problem.theta0(), np.full(problem.phi_size(), 0.1)
+    problem.real_episodes(phi, [0, 1])
+    assert problem._emulators
+    copy_ = pickle.loads(pickle.dumps(problem))
+    assert copy_._emulators == []
+    expected = problem.continued_solve(theta, phi).phi
+    np.testing.assert_array_equal(copy_.continued_solve(theta, phi).phi, expected)
+    np.testing.assert_array_equal(copy_.real_episodes(phi, [0, 1])[2], problem.real_episodes(phi, [0, 1])[2])
+    pool = SolvePool(1)
+    try:
+        [solved] = pool.continued_solves(problem, [(theta, phi)])
+    finally:
+        pool.close()
+    np.testing.assert_allclose(solved, expected, rtol=1e-12, atol=1e-14)
+
+
 def test_an_unknown_inner_start_is_refused_naming_the_field():
     with pytest.raises(ProblemConfigError, match='inner.start') as error:
         tiny(**{'inner.start': 'bset'})

@@ -714,3 +714,19 @@ def test_stand_ins_leave_no_file_behind_while_they_live(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
     pendulum.close()
     robot.close()
+
+
+def test_a_pickled_dynamics_is_the_same_robot_rebuilt():
+    """Solver 'resolve' pickles the problem for its worker processes; adam's model holds modules, so
+    the dynamics pickle as their constructor's arguments and rebuild (recordings are per process)."""
+    import pickle
+    dynamics = RigidBodyDynamics(*ROBOTS['acrobot'])
+    q = torch.tensor([[0.3, -0.7], [1.1, 0.2]], dtype=torch.float64)
+    qd = torch.tensor([[0.5, 0.1], [-0.4, 2.0]], dtype=torch.float64)
+    scale = {dynamics.link_names[-1]: torch.tensor(1.3, dtype=torch.float64)}
+    expected = dynamics.mass_matrix_and_bias(q, qd, mass_scale=scale)
+    copy = pickle.loads(pickle.dumps(dynamics))
+    assert copy.joint_names == dynamics.joint_names and copy.link_names == dynamics.link_names
+    assert copy._recordings == {}
+    for got, want in zip(copy.mass_matrix_and_bias(q, qd, mass_scale=scale), expected):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

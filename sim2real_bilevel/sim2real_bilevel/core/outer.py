@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from . import checkpoint, implicit
+from . import checkpoint, implicit, solve_pool
 from .evaluation import BestPolicy, Evaluator, ReturnEstimate
 from .problem import BilevelProblem, InnerResult, Trajectories, alive_mask, require_finite_policy
 
@@ -102,6 +102,10 @@ class OuterConfig:
     resolve_step: float = 0.05
     """Solver 'resolve': the finite-difference step h_i of theta coordinate i, as a fraction of its
     bound range (the outer step's size with ``step_per_range`` and the default ``step_size``)."""
+    resolve_workers: int = 0
+    """Solver 'resolve': processes that run its 2 d independent solves (``solve_pool``).  0 (auto): one
+    per usable CPU when the first solve took >= ``RESOLVE_POOL_ABOVE_S`` (robot tasks: tens of seconds
+    each), else all in this process (small problems: milliseconds); 1: all in this process."""
     learn: str = 'all'
     """Which theta entries move: 'all', 'dynamics' or 'reward' (ablations)."""
     theta_start: str = 'nominal'
@@ -159,6 +163,8 @@ class OuterConfig:
             (self.damping >= 0, 'damping', 'a number >= 0'),
             (self.first_order_above >= 0, 'first_order_above', 'a number >= 0 (0: never)'),
             (0 < self.resolve_step <= 1, 'resolve_step', 'a fraction of the bound range in (0, 1]'),
+            (isinstance(self.resolve_workers, (int, np.integer)) and not isinstance(self.resolve_workers, bool)
+             and self.resolve_workers >= 0, 'resolve_workers', 'an integer >= 0 (0: one per CPU for slow solves)'),
             (self.solver != 'resolve' or self.inner_method == 'exact', 'solver',
              "a linear solver ('dense', 'cg', 'first_order') with inner_method 'sampled' or 'ppo': 'resolve' "
              'differentiates the exact (deterministic) inner solve'),
@@ -229,9 +235,23 @@ def resolve_steps(problem: BilevelProblem, fraction: float) -> np.ndarray:
     return fraction * ranges
 
 
+RESOLVE_POOL_ABOVE_S = 1.0
+"""``resolve_workers: 0`` (auto): the remaining solves go to worker processes when the first one took
+at least this long (a process costs ~1-3 s to start and to load the problem, once)."""
+
+
+def resolve_processes(workers: int, remaining: int, first_solve_s: float) -> int:
+    """How many processes run the ``remaining`` solves of a 'resolve' sensitivity after the first one
+    (which runs in this process, timed): ``workers`` >= 1 at most that many; 0 (auto) one per usable
+    CPU when the first solve took at least ``RESOLVE_POOL_ABOVE_S``.  1 = in this process."""
+    if workers == 0:
+        workers = solve_pool.usable_cpus() if first_solve_s >= RESOLVE_POOL_ABOVE_S else 1
+    return max(1, min(int(workers), int(remaining)))
+
+
 def resolved_outer_gradient(problem: BilevelProblem, phi: np.ndarray, theta: np.ndarray,
                             real_gradient: np.ndarray, steps: np.ndarray,
-                            mask: Optional[np.ndarray] = None) -> tuple[np.ndarray, dict]:
+                            mask: Optional[np.ndarray] = None, workers: int = 1) -> tuple[np.ndarray, dict]:
     """Solver 'resolve': (d phi*/d theta)^T g with d phi*/d theta by central differences of the inner
     solve continued from ``phi``: for each coordinate i in ``mask`` (default all), column i =
     (solve(theta + b e_i) - solve(theta - a e_i)) / (a + b), with a = b = h_i, each end cut at the
@@ -241,25 +261,49 @@ def resolved_outer_gradient(problem: BilevelProblem, phi: np.ndarray, theta: np.
     the step buys (the implicit-function columns describe it only at a stationary point of a
     well-conditioned inner problem; a one-sided difference sees one side of a return that may rise
     both ways: generated task 5's motor gain, ``bench/results/urdf_generated_tasks/resolve/``).
-    Returns the gradient (0 off the mask) and info: solves, seconds and each column's norm."""
+
+    The solves are independent: the first runs here, the others in ``resolve_processes(workers, ...)``
+    processes (``solve_pool``; a problem that cannot be pickled runs them all here when ``workers``
+    is 0, and raises ``solve_pool.ProblemNotPicklable`` when workers were asked for).  The result is
+    the same whichever runs them (``continued_solve`` is deterministic).
+    Returns the gradient (0 off the mask) and info: solves, seconds, processes and each column's norm."""
     started = time.perf_counter()
     theta = np.asarray(theta, dtype=np.float64)
     g = np.asarray(real_gradient, dtype=np.float64)
     mask = np.ones(theta.size, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
     lower, upper = problem.theta_bounds()
+    coordinates = np.flatnonzero(mask)
+    ends, moved = [], []
+    for i in coordinates:
+        for value in (max(theta[i] - steps[i], lower[i]), min(theta[i] + steps[i], upper[i])):
+            ends.append(value)
+            moved.append(theta.copy())
+            moved[-1][i] = value
+    names = [f'{problem.theta_names[i] if i < len(problem.theta_names) else i} = {v:g}'
+             for i, v in zip(np.repeat(coordinates, 2), ends)]
+    solved, processes = [], 1
+    if moved:
+        solved.append(problem.continued_solve(moved[0], phi).phi)
+        processes = resolve_processes(workers, len(moved) - 1, time.perf_counter() - started)
+    if processes > 1:
+        try:
+            solved += solve_pool.shared_pool(processes).continued_solves(
+                problem, [(t, phi) for t in moved[1:]], names[1:])
+        except solve_pool.ProblemNotPicklable as error:
+            if workers != 0:
+                raise
+            log.warning('resolve: every solve in this process: %s', error)
+            processes = 1
+    if len(solved) < len(moved):
+        solved += [problem.continued_solve(t, phi).phi for t in moved[len(solved):]]
     gradient = np.zeros(theta.size)
     column_norms = np.zeros(theta.size)
-    for i in np.flatnonzero(mask):
-        ends = []
-        for value in (max(theta[i] - steps[i], lower[i]), min(theta[i] + steps[i], upper[i])):
-            moved = theta.copy()
-            moved[i] = value
-            ends.append((value, problem.continued_solve(moved, phi).phi))
-        (low, phi_low), (high, phi_high) = ends
-        column = (phi_high - phi_low) / (high - low)
+    for k, i in enumerate(coordinates):
+        low, high = ends[2 * k], ends[2 * k + 1]
+        column = (np.asarray(solved[2 * k + 1]) - np.asarray(solved[2 * k])) / (high - low)
         gradient[i] = float(g @ column)
         column_norms[i] = float(np.linalg.norm(column))
-    info = {'solves': 2 * int(mask.sum()), 'seconds': time.perf_counter() - started,
+    info = {'solves': len(moved), 'seconds': time.perf_counter() - started, 'processes': processes,
             'column_norms': column_norms.tolist()}
     return gradient, info
 
@@ -871,7 +915,7 @@ class BilevelOuterLoop(MethodRun):
         if self.config.solver == 'resolve':
             gradient, _ = resolved_outer_gradient(self.problem, phi, theta, real_gradient,
                                                   resolve_steps(self.problem, self.config.resolve_step),
-                                                  self.learn_mask)
+                                                  self.learn_mask, workers=self.config.resolve_workers)
             return gradient
         trajectories = None
         if self.config.sensitivity_method == 'sampled':

@@ -491,6 +491,16 @@ class RigidBodyDynamics:
         self.traced = bool(traced)
         self._recordings: dict = {}      # (batch, dtype, device, gravity only) -> the shared recording this instance uses
 
+    def __getstate__(self) -> dict:
+        """Pickled as its constructor's arguments: adam's model holds modules, and recordings are
+        per process (a copy in another process builds its own on first use)."""
+        return {'path': self.path, 'joint_names': self.joint_names, 'dtype': self.dtype,
+                'device': self.device, 'gravity': self.gravity, 'traced': self.traced}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state['path'], state['joint_names'], dtype=state['dtype'], device=state['device'],
+                      gravity=state['gravity'], traced=state['traced'])
+
     def to(self, device) -> 'RigidBodyDynamics':
         """The same robot on ``device`` (a new instance; recordings are made there on first use)."""
         return RigidBodyDynamics(self.path, self.joint_names, dtype=self.dtype, device=device,

@@ -327,6 +327,7 @@ class OuterOptimizer(Node):
                                            self.problem.source),
             policy=self.policy)
         goal.real_gradient = conversions.vector_to_field(real_gradient)
+        goal.learn = [bool(v) for v in self.loop.learn_mask]        # solver 'resolve' re-solves along these only
         result = self.actions.call(self.sensitivity_client, goal, 'compute_sensitivity')
         self.gradient_message = result.gradient
         return conversions.gradient_from_msg(result.gradient, len(self.theta_names), self.problem.phi_size())

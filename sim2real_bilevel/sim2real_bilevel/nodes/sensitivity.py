@@ -27,7 +27,7 @@ from .runtime import (EVENTS, LATCHED, PROBLEM, SEED, BackgroundWork, DeclaredPa
                       goal_validator, internal_publisher, load_problem, outer_config_defaults, run_node)
 
 SOLVER_PARAMETERS = ('sensitivity_method', 'solver', 'damping', 'cg_maxiter', 'cg_tol', 'first_order_step',
-                     'first_order_above', 'resolve_step', 'sim_episodes', 'sim_horizon')
+                     'first_order_above', 'resolve_step', 'resolve_workers', 'sim_episodes', 'sim_horizon')
 
 
 class Sensitivity(Node):
@@ -59,6 +59,9 @@ class Sensitivity(Node):
             ParameterSpec('resolve_step', float(d['resolve_step']),
                           "solver 'resolve': each theta coordinate's finite-difference step, as a fraction of "
                           'its bound range', low=1e-12, high=1.0),
+            ParameterSpec('resolve_workers', int(d['resolve_workers']),
+                          "solver 'resolve': processes that run its solves side by side; 0: one per CPU when a "
+                          'solve takes over a second, 1: all in this node', low=0, high=4096),
             ParameterSpec('sim_episodes', int(d['sim_episodes']),
                           'simulated trajectories for sampled sensitivities (0: the problem default)', low=0,
                           high=10 ** 7),
@@ -155,11 +158,17 @@ class Sensitivity(Node):
                 f'theta version {theta_version}')
         real_gradient = conversions.vector_from_field(goal.real_gradient, 'ComputeSensitivity.real_gradient',
                                                       self.problem.phi_size(), size_rule='one per policy parameter')
-        return theta, theta_version, phi, policy_version, real_gradient
+        learn = np.asarray(goal.learn, dtype=bool)
+        if learn.size == 0:
+            learn = None
+        elif learn.size != theta.size:
+            raise conversions.MessageValidationError(
+                f'ComputeSensitivity.learn: {learn.size} values, expected {theta.size} (one per theta entry) or none')
+        return theta, theta_version, phi, policy_version, real_gradient, learn
 
     async def compute_sensitivity_callback(self, goal_handle):
         result = ComputeSensitivity.Result()
-        theta, theta_version, phi, policy_version, real_gradient = self._read_goal(goal_handle.request)
+        theta, theta_version, phi, policy_version, real_gradient, learn = self._read_goal(goal_handle.request)
         config = self._config()
         trajectories = None
         if config.sensitivity_method == 'sampled':
@@ -177,9 +186,11 @@ class Sensitivity(Node):
 
             def solve():
                 gradient, info = resolved_outer_gradient(self.problem, phi, theta, real_gradient,
-                                                         resolve_steps(self.problem, config.resolve_step))
+                                                         resolve_steps(self.problem, config.resolve_step),
+                                                         learn, workers=config.resolve_workers)
                 self.get_logger().info(f"policy version {policy_version}: {info['solves']} inner solves "
-                                       f"continued from it in {info['seconds']:.1f} s")
+                                       f"continued from it in {info['seconds']:.1f} s "
+                                       f"({info['processes']} process{'es' if info['processes'] > 1 else ''})")
                 return gradient
         else:
             solver, why = sensitivity_solver(config, self.problem, goal_handle.request.policy.inner_grad_norm)

@@ -94,6 +94,14 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         self._real_return_cache: dict[bytes, float] = {}
         self._cold_solves: dict[bytes, InnerResult] = {}
 
+    def __getstate__(self) -> dict:
+        """Pickled without what belongs to one process: the emulators (pybullet connections, made
+        again on first use) and the caches of real returns and cold solves (solver 'resolve' sends
+        the problem to its worker processes: ``core/solve_pool.py``)."""
+        state = self.__dict__.copy()
+        state.update(_emulators=[], _real_return_cache={}, _cold_solves={})
+        return state
+
     # --- construction from a problem file ------------------------------------------------------
     @classmethod
     def from_dict(cls, data: dict, source: str, policy=None) -> 'RobotProblem':

@@ -1,0 +1,233 @@
+"""Inner solves in worker processes, for solver 'resolve'.
+
+The 2 d continued solves of one 'resolve' sensitivity (``outer.resolved_outer_gradient``) are
+independent of each other and deterministic functions of (theta, phi)
+(``BilevelProblem.continued_solve``), so they can run side by side, one per core.  ``SolvePool``
+keeps ``python -m sim2real_bilevel.core.solve_pool`` processes alive between calls; each holds the
+last problem it was sent (pickled; a problem is sent again only when its pickle changed) and
+answers one solve at a time over a pair of pipes of its own (not stdin/stdout: libraries print
+there).  Plain subprocesses rather than ``multiprocessing``: its spawn start method imports the
+caller's ``__main__`` again in every worker, which re-runs any script without a main guard, and
+fork is unsafe in processes with DDS and OpenMP threads (every node process).
+
+A worker exits when its input pipe closes: at ``close()``, at interpreter exit, or when the
+process that started it dies.  Each worker runs torch on one thread (OMP_NUM_THREADS=1): the
+parallelism is across processes.
+"""
+from __future__ import annotations
+
+import atexit
+import hashlib
+import os
+import pickle
+import queue
+import struct
+import subprocess
+import sys
+import threading
+import traceback
+from typing import Optional, Sequence
+
+import numpy as np
+
+_HEADER = struct.Struct('<Q')
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the platform has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:          # not Linux
+        return os.cpu_count() or 1
+
+
+def _write(stream, message) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(data)))
+    stream.write(data)
+    stream.flush()
+
+
+def _read(stream):
+    """The next message, or None at the end of the stream."""
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        return None
+    size, = _HEADER.unpack(header)
+    data = stream.read(size)
+    if len(data) < size:
+        return None
+    return pickle.loads(data)
+
+
+class ProblemNotPicklable(TypeError):
+    """The problem cannot be sent to a worker process (it holds something pickle cannot copy)."""
+
+
+class _Worker:
+    def __init__(self):
+        to_child_read, to_child_write = os.pipe()
+        from_child_read, from_child_write = os.pipe()
+        env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1',
+                   PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        self.process = subprocess.Popen(
+            [sys.executable, '-m', 'sim2real_bilevel.core.solve_pool', str(to_child_read), str(from_child_write)],
+            pass_fds=(to_child_read, from_child_write), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            env=env)
+        os.close(to_child_read)
+        os.close(from_child_write)
+        self.send = os.fdopen(to_child_write, 'wb')
+        self.receive = os.fdopen(from_child_read, 'rb')
+        self.problem_digest: Optional[bytes] = None
+
+    def ask(self, message):
+        try:
+            _write(self.send, message)
+            answer = _read(self.receive)
+        except (BrokenPipeError, OSError):
+            answer = None
+        if answer is None:
+            raise RuntimeError(f'solve worker (pid {self.process.pid}) exited with status {self.process.wait()}')
+        return answer
+
+    def close(self) -> None:
+        for stream in (self.send, self.receive):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class SolvePool:
+    """Continued inner solves in up to ``size`` worker processes (started on first use, kept)."""
+
+    def __init__(self, size: int):
+        if size < 1:
+            raise ValueError(f'SolvePool size={size}: expected >= 1')
+        self.size = int(size)
+        self._workers: list[_Worker] = []
+        self._lock = threading.Lock()
+
+    def continued_solves(self, problem, jobs: Sequence[tuple[np.ndarray, np.ndarray]],
+                         names: Optional[Sequence[str]] = None) -> list[np.ndarray]:
+        """``problem.continued_solve(theta, phi).phi`` for each (theta, phi) of ``jobs``, in order,
+        on min(size, len(jobs)) workers.  A solve that raises in a worker raises RuntimeError here,
+        naming the job (``names[k]`` where given) and carrying the worker's traceback."""
+        if not jobs:
+            return []
+        with self._lock:
+            try:
+                blob = pickle.dumps(problem, protocol=pickle.HIGHEST_PROTOCOL)
+            except (pickle.PicklingError, TypeError, AttributeError) as error:
+                raise ProblemNotPicklable(f'{type(problem).__name__} {getattr(problem, "source", "")} cannot be '
+                                          f'sent to a solve worker: {error}') from error
+            digest = hashlib.sha256(blob).digest()
+            count = min(self.size, len(jobs))
+            while len(self._workers) < count:
+                self._workers.append(_Worker())
+            pending: queue.Queue = queue.Queue()
+            for k in range(len(jobs)):
+                pending.put(k)
+            results: list = [None] * len(jobs)
+            failures: list[str] = []
+
+            def serve(worker: _Worker) -> None:
+                try:
+                    if worker.problem_digest != digest:
+                        worker.problem_digest = None
+                        status, detail = worker.ask(('problem', blob))
+                        if status != 'ok':
+                            failures.append(f'the problem did not load in a solve worker:\n{detail}')
+                            return
+                        worker.problem_digest = digest
+                    while not failures:
+                        try:
+                            k = pending.get_nowait()
+                        except queue.Empty:
+                            return
+                        theta, phi = jobs[k]
+                        status, value = worker.ask(('solve', (np.asarray(theta, dtype=np.float64),
+                                                              np.asarray(phi, dtype=np.float64))))
+                        if status != 'ok':
+                            name = names[k] if names is not None else f'job {k}'
+                            failures.append(f'the continued solve for {name} failed in a solve worker:\n{value}')
+                            return
+                        results[k] = value
+                except RuntimeError as error:         # the worker died
+                    failures.append(str(error))
+
+            threads = [threading.Thread(target=serve, args=(worker,), daemon=True)
+                       for worker in self._workers[:count]]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            if failures:
+                self._drop_dead_workers()
+                raise RuntimeError(failures[0])
+            return results
+
+    def _drop_dead_workers(self) -> None:
+        alive = []
+        for worker in self._workers:
+            if worker.process.poll() is None:
+                alive.append(worker)
+            else:
+                worker.close()
+        self._workers = alive
+
+    def close(self) -> None:
+        with self._lock:
+            for worker in self._workers:
+                worker.close()
+            self._workers = []
+
+
+_POOL: Optional[SolvePool] = None
+_POOL_LOCK = threading.Lock()
+
+
+def shared_pool(size: int) -> SolvePool:
+    """The process's pool, grown to ``size`` workers if it had fewer (kept until exit)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = SolvePool(size)
+            atexit.register(_POOL.close)
+        elif _POOL.size < size:
+            _POOL.size = size
+        return _POOL
+
+
+def _serve(read_fd: int, write_fd: int) -> None:
+    """A worker: answer ('problem', pickle) and ('solve', (theta, phi)) until the input closes."""
+    import torch
+    torch.set_num_threads(1)
+    problem = None
+    with os.fdopen(read_fd, 'rb') as receive, os.fdopen(write_fd, 'wb') as send:
+        while True:
+            message = _read(receive)
+            if message is None:
+                return
+            kind, payload = message
+            try:
+                if kind == 'problem':
+                    problem = pickle.loads(payload)
+                    answer = None
+                elif kind == 'solve':
+                    theta, phi = payload
+                    answer = np.asarray(problem.continued_solve(theta, phi).phi, dtype=np.float64)
+                else:
+                    raise ValueError(f'unknown request {kind!r}')
+                _write(send, ('ok', answer))
+            except Exception:                               # reported to the caller, which raises
+                _write(send, ('error', traceback.format_exc()))
+
+
+if __name__ == '__main__':
+    _serve(int(sys.argv[1]), int(sys.argv[2]))

@@ -1,0 +1,103 @@
+"""Solver 'resolve''s inner solves in worker processes (``core/solve_pool.py``): the same gradient as
+in one process, errors that name the solve, a dead worker reported and replaced, and what cannot be
+pickled kept in process.  Real subprocesses (``python -m sim2real_bilevel.core.solve_pool``)."""
+import os
+import pickle
+import signal
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sim2real_bilevel.core import outer, solve_pool
+from sim2real_bilevel.core.outer import resolve_processes, resolve_steps, resolved_outer_gradient
+from sim2real_bilevel.core.problems import load_problem
+
+CONFIG = Path(__file__).resolve().parents[1] / 'config'
+
+
+@pytest.fixture
+def lqr():
+    problem = load_problem(CONFIG / 'lqr.yaml')
+    theta = problem.theta0()
+    return problem, theta, problem.inner_solve(theta).phi
+
+
+@pytest.fixture
+def pool():
+    pool = solve_pool.SolvePool(2)
+    yield pool
+    pool.close()
+
+
+def test_solves_in_worker_processes_give_the_in_process_gradient(lqr, pool, monkeypatch):
+    problem, theta, phi = lqr
+    monkeypatch.setattr(solve_pool, 'shared_pool', lambda size: pool)
+    g = np.random.default_rng(1).standard_normal(problem.phi_size())
+    steps = resolve_steps(problem, 0.01)
+    alone, info_alone = resolved_outer_gradient(problem, phi, theta, g, steps, workers=1)
+    spread, info_spread = resolved_outer_gradient(problem, phi, theta, g, steps, workers=2)
+    assert info_alone['processes'] == 1 and info_spread['processes'] == 2
+    assert info_spread['solves'] == 2 * theta.size
+    assert len(pool._workers) == 2
+    np.testing.assert_allclose(spread, alone, rtol=1e-12, atol=1e-14)
+    assert np.linalg.norm(alone) > 0
+
+
+def test_auto_sends_only_slow_solves_to_processes():
+    cpus = solve_pool.usable_cpus()
+    assert resolve_processes(0, 11, first_solve_s=0.01) == 1
+    assert resolve_processes(0, 11, first_solve_s=outer.RESOLVE_POOL_ABOVE_S) == min(cpus, 11)
+    assert resolve_processes(4, 2, first_solve_s=0.0) == 2        # never more processes than solves
+    assert resolve_processes(1, 11, first_solve_s=60.0) == 1
+
+
+def test_a_solve_that_fails_in_a_worker_names_it_and_the_worker_serves_on(lqr, pool):
+    problem, theta, phi = lqr
+    with pytest.raises(RuntimeError, match=r'(?s)continued solve for Q\[0\]\[0\] = 2 failed.*Traceback.*einsum'):
+        pool.continued_solves(problem, [(theta[:-1], phi)], names=['Q[0][0] = 2'])
+    [again] = pool.continued_solves(problem, [(theta, phi)])
+    np.testing.assert_allclose(again, problem.continued_solve(theta, phi).phi, rtol=1e-12)
+
+
+def test_a_worker_that_dies_is_reported_and_replaced(lqr):
+    problem, theta, phi = lqr
+    pool = solve_pool.SolvePool(1)
+    try:
+        pool.continued_solves(problem, [(theta, phi)])
+        [worker] = pool._workers
+        os.kill(worker.process.pid, signal.SIGKILL)
+        worker.process.wait()
+        with pytest.raises(RuntimeError, match=rf'solve worker \(pid {worker.process.pid}\) exited with status -9'):
+            pool.continued_solves(problem, [(theta, phi)])
+        [answer] = pool.continued_solves(problem, [(theta, phi)])
+        assert pool._workers[0].process.pid != worker.process.pid
+        np.testing.assert_allclose(answer, problem.continued_solve(theta, phi).phi, rtol=1e-12)
+    finally:
+        pool.close()
+
+
+def test_a_problem_that_cannot_be_pickled_stays_in_process_under_auto(lqr, monkeypatch):
+    problem, theta, phi = lqr
+    problem.not_picklable = threading.Lock()
+    with pytest.raises(TypeError):
+        pickle.dumps(problem)
+    g = np.ones(problem.phi_size())
+    steps = resolve_steps(problem, 0.01)
+    expected, _ = resolved_outer_gradient(problem, phi, theta, g, steps, workers=1)
+    monkeypatch.setattr(outer, 'RESOLVE_POOL_ABOVE_S', 0.0)          # auto would use processes
+    gradient, info = resolved_outer_gradient(problem, phi, theta, g, steps, workers=0)
+    assert info['processes'] == 1
+    np.testing.assert_array_equal(gradient, expected)
+    with pytest.raises(solve_pool.ProblemNotPicklable, match='LQRProblem'):
+        resolved_outer_gradient(problem, phi, theta, g, steps, workers=2)
+
+
+def test_a_closed_pool_leaves_no_process(lqr):
+    problem, theta, phi = lqr
+    pool = solve_pool.SolvePool(2)
+    pool.continued_solves(problem, [(theta, phi), (theta, phi)])
+    processes = [worker.process for worker in pool._workers]
+    pool.close()
+    assert [p.returncode for p in processes] == [0, 0]
