@@ -45,10 +45,11 @@ def test_solves_in_worker_processes_give_the_in_process_gradient(lqr, pool, monk
     assert np.linalg.norm(alone) > 0
 
 
-def test_auto_sends_only_slow_solves_to_processes():
-    cpus = solve_pool.usable_cpus()
+def test_auto_sends_only_slow_solves_to_processes(monkeypatch):
+    monkeypatch.setattr(solve_pool, 'affordable_workers', lambda: 6)
     assert resolve_processes(0, 11, first_solve_s=0.01) == 1
-    assert resolve_processes(0, 11, first_solve_s=outer.RESOLVE_POOL_ABOVE_S) == min(cpus, 11)
+    assert resolve_processes(0, 11, first_solve_s=outer.RESOLVE_POOL_ABOVE_S) == 6
+    assert resolve_processes(0, 3, first_solve_s=60.0) == 3
     assert resolve_processes(4, 2, first_solve_s=0.0) == 2        # never more processes than solves
     assert resolve_processes(1, 11, first_solve_s=60.0) == 1
 
@@ -92,6 +93,27 @@ def test_a_problem_that_cannot_be_pickled_stays_in_process_under_auto(lqr, monke
     np.testing.assert_array_equal(gradient, expected)
     with pytest.raises(solve_pool.ProblemNotPicklable, match='LQRProblem'):
         resolved_outer_gradient(problem, phi, theta, g, steps, workers=2)
+
+
+def test_auto_runs_no_more_workers_than_cpus_or_memory_allow(monkeypatch):
+    monkeypatch.setattr(solve_pool, 'usable_cpus', lambda: 8)
+    sizes = {'/proc/meminfo': {'MemAvailable': 3 * 2 ** 30}, '/proc/self/status': {'VmRSS': 2 ** 30}}
+    monkeypatch.setattr(solve_pool, '_meminfo_bytes', lambda path, key: sizes[path][key])
+    assert solve_pool.affordable_workers() == 3                     # memory for 3 copies of this process
+    sizes['/proc/meminfo']['MemAvailable'] = 64 * 2 ** 30
+    assert solve_pool.affordable_workers() == 8                     # then the CPUs
+    sizes['/proc/meminfo']['MemAvailable'] = 2 ** 29
+    assert solve_pool.affordable_workers() == 1
+    sizes['/proc/meminfo']['MemAvailable'] = None                   # no /proc: the CPUs alone
+    assert solve_pool.affordable_workers() == 8
+
+
+def test_the_memory_figures_are_read_from_proc():
+    if not Path('/proc/meminfo').is_file():
+        pytest.skip('no /proc on this platform')
+    assert solve_pool._meminfo_bytes('/proc/meminfo', 'MemAvailable') > 0
+    assert solve_pool._meminfo_bytes('/proc/self/status', 'VmRSS') > 0
+    assert 1 <= solve_pool.affordable_workers() <= solve_pool.usable_cpus()
 
 
 def test_a_closed_pool_leaves_no_process(lqr):

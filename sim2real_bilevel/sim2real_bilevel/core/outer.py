@@ -104,8 +104,9 @@ class OuterConfig:
     bound range (the outer step's size with ``step_per_range`` and the default ``step_size``)."""
     resolve_workers: int = 0
     """Solver 'resolve': processes that run its 2 d independent solves (``solve_pool``).  0 (auto): one
-    per usable CPU when the first solve took >= ``RESOLVE_POOL_ABOVE_S`` (robot tasks: tens of seconds
-    each), else all in this process (small problems: milliseconds); 1: all in this process."""
+    per usable CPU (as many as the available memory holds) when the first solve took >=
+    ``RESOLVE_POOL_ABOVE_S`` (robot tasks: tens of seconds each), else all in this process (small
+    problems: milliseconds); 1: all in this process."""
     learn: str = 'all'
     """Which theta entries move: 'all', 'dynamics' or 'reward' (ablations)."""
     theta_start: str = 'nominal'
@@ -243,9 +244,10 @@ at least this long (a process costs ~1-3 s to start and to load the problem, onc
 def resolve_processes(workers: int, remaining: int, first_solve_s: float) -> int:
     """How many processes run the ``remaining`` solves of a 'resolve' sensitivity after the first one
     (which runs in this process, timed): ``workers`` >= 1 at most that many; 0 (auto) one per usable
-    CPU when the first solve took at least ``RESOLVE_POOL_ABOVE_S``.  1 = in this process."""
+    CPU, as many as the available memory holds (``solve_pool.affordable_workers``), when the first
+    solve took at least ``RESOLVE_POOL_ABOVE_S``.  1 = in this process."""
     if workers == 0:
-        workers = solve_pool.usable_cpus() if first_solve_s >= RESOLVE_POOL_ABOVE_S else 1
+        workers = solve_pool.affordable_workers() if first_solve_s >= RESOLVE_POOL_ABOVE_S else 1
     return max(1, min(int(workers), int(remaining)))
 
 

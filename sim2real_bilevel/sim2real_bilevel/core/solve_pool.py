@@ -41,6 +41,30 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def _meminfo_bytes(path: str, key: str) -> Optional[int]:
+    try:
+        with open(path) as stream:
+            for line in stream:
+                if line.startswith(key + ':'):
+                    return int(line.split()[1]) * 1024         # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def affordable_workers() -> int:
+    """Worker processes this machine can run side by side: one per usable CPU, and no more than the
+    available memory holds if each needs as much as this process has resident now (a worker
+    loads the same problem and libraries; the swing-up's ~1 GiB each).  Where /proc is missing,
+    the CPUs alone."""
+    cpus = usable_cpus()
+    available = _meminfo_bytes('/proc/meminfo', 'MemAvailable')
+    resident = _meminfo_bytes('/proc/self/status', 'VmRSS')
+    if available is None or not resident:
+        return cpus
+    return max(1, min(cpus, available // resident))
+
+
 def _write(stream, message) -> None:
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     stream.write(_HEADER.pack(len(data)))
