@@ -70,13 +70,38 @@ def test_a_worker_that_dies_is_reported_and_replaced(lqr):
         [worker] = pool._workers
         os.kill(worker.process.pid, signal.SIGKILL)
         worker.process.wait()
-        with pytest.raises(RuntimeError, match=rf'solve worker \(pid {worker.process.pid}\) exited with status -9'):
+        with pytest.raises(solve_pool.WorkerDied, match=rf'solve worker \(pid {worker.process.pid}\) exited with status -9'):
             pool.continued_solves(problem, [(theta, phi)])
         [answer] = pool.continued_solves(problem, [(theta, phi)])
         assert pool._workers[0].process.pid != worker.process.pid
         np.testing.assert_allclose(answer, problem.continued_solve(theta, phi).phi, rtol=1e-12)
     finally:
         pool.close()
+
+
+def test_the_sensitivity_survives_a_worker_that_dies(lqr, monkeypatch, caplog):
+    """A worker killed mid-sensitivity (out of memory, say) costs no outer iteration: the solves
+    run in the caller, with a warning, and the gradient is the in-process one."""
+    problem, theta, phi = lqr
+    pool = solve_pool.SolvePool(2)
+    monkeypatch.setattr(solve_pool, 'shared_pool', lambda size: pool)
+    original = solve_pool._Worker.ask
+
+    def ask_then_die(worker, message):
+        if message[0] == 'solve':
+            os.kill(worker.process.pid, signal.SIGKILL)
+        return original(worker, message)
+    monkeypatch.setattr(solve_pool._Worker, 'ask', ask_then_die)
+    g = np.ones(problem.phi_size())
+    steps = resolve_steps(problem, 0.01)
+    try:
+        gradient, info = resolved_outer_gradient(problem, phi, theta, g, steps, workers=2)
+    finally:
+        pool.close()
+    expected, _ = resolved_outer_gradient(problem, phi, theta, g, steps, workers=1)
+    assert info['processes'] == 1
+    np.testing.assert_array_equal(gradient, expected)
+    assert 'the remaining solves run in this process' in caplog.text
 
 
 def test_a_problem_that_cannot_be_pickled_stays_in_process_under_auto(lqr, monkeypatch):

@@ -266,7 +266,8 @@ def resolved_outer_gradient(problem: BilevelProblem, phi: np.ndarray, theta: np.
 
     The solves are independent: the first runs here, the others in ``resolve_processes(workers, ...)``
     processes (``solve_pool``; a problem that cannot be pickled runs them all here when ``workers``
-    is 0, and raises ``solve_pool.ProblemNotPicklable`` when workers were asked for).  The result is
+    is 0, and raises ``solve_pool.ProblemNotPicklable`` when workers were asked for; if a worker
+    dies, the solves run here).  The result is
     the same whichever runs them (``continued_solve`` is deterministic).
     Returns the gradient (0 off the mask) and info: solves, seconds, processes and each column's norm."""
     started = time.perf_counter()
@@ -295,6 +296,9 @@ def resolved_outer_gradient(problem: BilevelProblem, phi: np.ndarray, theta: np.
             if workers != 0:
                 raise
             log.warning('resolve: every solve in this process: %s', error)
+            processes = 1
+        except solve_pool.WorkerDied as error:          # e.g. out of memory: the solves go on here
+            log.warning('resolve: %s; the remaining solves run in this process', error)
             processes = 1
     if len(solved) < len(moved):
         solved += [problem.continued_solve(t, phi).phi for t in moved[len(solved):]]

@@ -88,6 +88,10 @@ class ProblemNotPicklable(TypeError):
     """The problem cannot be sent to a worker process (it holds something pickle cannot copy)."""
 
 
+class WorkerDied(RuntimeError):
+    """A worker process ended without answering (killed, out of memory, crashed)."""
+
+
 class _Worker:
     def __init__(self):
         to_child_read, to_child_write = os.pipe()
@@ -111,7 +115,7 @@ class _Worker:
         except (BrokenPipeError, OSError):
             answer = None
         if answer is None:
-            raise RuntimeError(f'solve worker (pid {self.process.pid}) exited with status {self.process.wait()}')
+            raise WorkerDied(f'solve worker (pid {self.process.pid}) exited with status {self.process.wait()}')
         return answer
 
     def close(self) -> None:
@@ -141,7 +145,8 @@ class SolvePool:
                          names: Optional[Sequence[str]] = None) -> list[np.ndarray]:
         """``problem.continued_solve(theta, phi).phi`` for each (theta, phi) of ``jobs``, in order,
         on min(size, len(jobs)) workers.  A solve that raises in a worker raises RuntimeError here,
-        naming the job (``names[k]`` where given) and carrying the worker's traceback."""
+        naming the job (``names[k]`` where given) and carrying the worker's traceback; a worker that
+        dies raises ``WorkerDied`` (the next call starts a new one)."""
         if not jobs:
             return []
         with self._lock:
@@ -158,7 +163,7 @@ class SolvePool:
             for k in range(len(jobs)):
                 pending.put(k)
             results: list = [None] * len(jobs)
-            failures: list[str] = []
+            failures: list[Exception] = []
 
             def serve(worker: _Worker) -> None:
                 try:
@@ -166,7 +171,7 @@ class SolvePool:
                         worker.problem_digest = None
                         status, detail = worker.ask(('problem', blob))
                         if status != 'ok':
-                            failures.append(f'the problem did not load in a solve worker:\n{detail}')
+                            failures.append(RuntimeError(f'the problem did not load in a solve worker:\n{detail}'))
                             return
                         worker.problem_digest = digest
                     while not failures:
@@ -179,11 +184,12 @@ class SolvePool:
                                                               np.asarray(phi, dtype=np.float64))))
                         if status != 'ok':
                             name = names[k] if names is not None else f'job {k}'
-                            failures.append(f'the continued solve for {name} failed in a solve worker:\n{value}')
+                            failures.append(RuntimeError(f'the continued solve for {name} failed in a solve worker:'
+                                                         f'\n{value}'))
                             return
                         results[k] = value
-                except RuntimeError as error:         # the worker died
-                    failures.append(str(error))
+                except WorkerDied as error:
+                    failures.append(error)
 
             threads = [threading.Thread(target=serve, args=(worker,), daemon=True)
                        for worker in self._workers[:count]]
@@ -193,7 +199,7 @@ class SolvePool:
                 thread.join()
             if failures:
                 self._drop_dead_workers()
-                raise RuntimeError(failures[0])
+                raise failures[0]
             return results
 
     def _drop_dead_workers(self) -> None:
