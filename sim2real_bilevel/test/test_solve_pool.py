@@ -40,9 +40,31 @@ def test_solves_in_worker_processes_give_the_in_process_gradient(lqr, pool, monk
     spread, info_spread = resolved_outer_gradient(problem, phi, theta, g, steps, workers=2)
     assert info_alone['processes'] == 1 and info_spread['processes'] == 2
     assert info_spread['solves'] == 2 * theta.size
+    reported = []
+    resolved_outer_gradient(problem, phi, theta, g, steps, workers=2,
+                            progress=lambda done, total: reported.append((done, total)))
+    assert reported == [(k, 2 * theta.size) for k in range(1, 2 * theta.size + 1)]
     assert len(pool._workers) == 2
     np.testing.assert_allclose(spread, alone, rtol=1e-12, atol=1e-14)
     assert np.linalg.norm(alone) > 0
+
+
+def test_resolve_progress_in_the_sensitivity_node_log_is_throttled():
+    from sim2real_bilevel.nodes.sensitivity import ResolveProgress
+
+    class Logger:
+        lines = []
+
+        def info(self, text):
+            self.lines.append(text)
+    logger = Logger()
+    progress = ResolveProgress(logger, 7, period_s=0.0)
+    progress(3, 12)
+    progress(12, 12)                            # the last one: the node's own summary line says it
+    assert logger.lines == ['policy version 7: 3 of 12 inner solves done (0 s)']
+    quiet = ResolveProgress(logger, 8, period_s=3600.0)
+    quiet(1, 12)
+    assert len(logger.lines) == 1
 
 
 def test_auto_sends_only_slow_solves_to_processes(monkeypatch):

@@ -253,7 +253,8 @@ def resolve_processes(workers: int, remaining: int, first_solve_s: float) -> int
 
 def resolved_outer_gradient(problem: BilevelProblem, phi: np.ndarray, theta: np.ndarray,
                             real_gradient: np.ndarray, steps: np.ndarray,
-                            mask: Optional[np.ndarray] = None, workers: int = 1) -> tuple[np.ndarray, dict]:
+                            mask: Optional[np.ndarray] = None, workers: int = 1,
+                            progress: Optional[Callable[[int, int], None]] = None) -> tuple[np.ndarray, dict]:
     """Solver 'resolve': (d phi*/d theta)^T g with d phi*/d theta by central differences of the inner
     solve continued from ``phi``: for each coordinate i in ``mask`` (default all), column i =
     (solve(theta + b e_i) - solve(theta - a e_i)) / (a + b), with a = b = h_i, each end cut at the
@@ -269,6 +270,7 @@ def resolved_outer_gradient(problem: BilevelProblem, phi: np.ndarray, theta: np.
     is 0, and raises ``solve_pool.ProblemNotPicklable`` when workers were asked for; if a worker
     dies, the solves run here).  The result is
     the same whichever runs them (``continued_solve`` is deterministic).
+    ``progress(done, total)`` is called after each solve (from a pool thread when in workers).
     Returns the gradient (0 off the mask) and info: solves, seconds, processes and each column's norm."""
     started = time.perf_counter()
     theta = np.asarray(theta, dtype=np.float64)
@@ -285,13 +287,16 @@ def resolved_outer_gradient(problem: BilevelProblem, phi: np.ndarray, theta: np.
     names = [f'{problem.theta_names[i] if i < len(problem.theta_names) else i} = {v:g}'
              for i, v in zip(np.repeat(coordinates, 2), ends)]
     solved, processes = [], 1
+    report = progress or (lambda done, total: None)
     if moved:
         solved.append(problem.continued_solve(moved[0], phi).phi)
+        report(1, len(moved))
         processes = resolve_processes(workers, len(moved) - 1, time.perf_counter() - started)
     if processes > 1:
         try:
             solved += solve_pool.shared_pool(processes).continued_solves(
-                problem, [(t, phi) for t in moved[1:]], names[1:])
+                problem, [(t, phi) for t in moved[1:]], names[1:],
+                progress=lambda done: report(1 + done, len(moved)))
         except solve_pool.ProblemNotPicklable as error:
             if workers != 0:
                 raise
@@ -300,8 +305,9 @@ def resolved_outer_gradient(problem: BilevelProblem, phi: np.ndarray, theta: np.
         except solve_pool.WorkerDied as error:          # e.g. out of memory: the solves go on here
             log.warning('resolve: %s; the remaining solves run in this process', error)
             processes = 1
-    if len(solved) < len(moved):
-        solved += [problem.continued_solve(t, phi).phi for t in moved[len(solved):]]
+    for theta_moved in moved[len(solved):]:
+        solved.append(problem.continued_solve(theta_moved, phi).phi)
+        report(len(solved), len(moved))
     gradient = np.zeros(theta.size)
     column_norms = np.zeros(theta.size)
     for k, i in enumerate(coordinates):

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 import traceback
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -142,11 +142,13 @@ class SolvePool:
         self._lock = threading.Lock()
 
     def continued_solves(self, problem, jobs: Sequence[tuple[np.ndarray, np.ndarray]],
-                         names: Optional[Sequence[str]] = None) -> list[np.ndarray]:
+                         names: Optional[Sequence[str]] = None,
+                         progress: Optional[Callable[[int], None]] = None) -> list[np.ndarray]:
         """``problem.continued_solve(theta, phi).phi`` for each (theta, phi) of ``jobs``, in order,
         on min(size, len(jobs)) workers.  A solve that raises in a worker raises RuntimeError here,
         naming the job (``names[k]`` where given) and carrying the worker's traceback; a worker that
-        dies raises ``WorkerDied`` (the next call starts a new one)."""
+        dies raises ``WorkerDied`` (the next call starts a new one).  ``progress(done)`` after each
+        solve, from the thread that serves its worker."""
         if not jobs:
             return []
         with self._lock:
@@ -164,6 +166,8 @@ class SolvePool:
                 pending.put(k)
             results: list = [None] * len(jobs)
             failures: list[Exception] = []
+            finished = [0]
+            count_lock = threading.Lock()
 
             def serve(worker: _Worker) -> None:
                 try:
@@ -188,6 +192,10 @@ class SolvePool:
                                                          f'\n{value}'))
                             return
                         results[k] = value
+                        if progress is not None:
+                            with count_lock:            # one call at a time, in order
+                                finished[0] += 1
+                                progress(finished[0])
                 except WorkerDied as error:
                     failures.append(error)
 

@@ -12,6 +12,8 @@ executor keeps serving.
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from rclpy.node import Node
 from sim2real_bilevel_interfaces.action import ComputeSensitivity
@@ -28,6 +30,22 @@ from .runtime import (EVENTS, LATCHED, PROBLEM, SEED, BackgroundWork, DeclaredPa
 
 SOLVER_PARAMETERS = ('sensitivity_method', 'solver', 'damping', 'cg_maxiter', 'cg_tol', 'first_order_step',
                      'first_order_above', 'resolve_step', 'resolve_workers', 'sim_episodes', 'sim_horizon')
+
+
+class ResolveProgress:
+    """Solver 'resolve''s progress in the log, at most every ``period_s`` (long solves: the swing-up's
+    take ~1 min each; small problems finish before the first line)."""
+
+    def __init__(self, logger, policy_version: int, period_s: float = 10.0):
+        self.logger, self.policy_version, self.period_s = logger, policy_version, period_s
+        self.started = self.last = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self.last >= self.period_s:
+            self.last = now
+            self.logger.info(f'policy version {self.policy_version}: {done} of {total} inner solves done '
+                             f'({now - self.started:.0f} s)')
 
 
 class Sensitivity(Node):
@@ -187,7 +205,8 @@ class Sensitivity(Node):
             def solve():
                 gradient, info = resolved_outer_gradient(self.problem, phi, theta, real_gradient,
                                                          resolve_steps(self.problem, config.resolve_step),
-                                                         learn, workers=config.resolve_workers)
+                                                         learn, workers=config.resolve_workers,
+                                                         progress=ResolveProgress(self.get_logger(), policy_version))
                 self.get_logger().info(f"policy version {policy_version}: {info['solves']} inner solves "
                                        f"continued from it in {info['seconds']:.1f} s "
                                        f"({info['processes']} process{'es' if info['processes'] > 1 else ''})")
