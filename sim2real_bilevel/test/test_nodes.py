@@ -268,6 +268,51 @@ def test_the_sensitivity_node_takes_the_first_order_step_for_a_policy_far_from_s
     assert node.alive()
 
 
+def test_the_sensitivity_node_re_solves_for_a_policy_far_from_stationary_when_asked(ros, tmp_path):
+    """``far_from_stationary: resolve``, set live: a goal whose policy ended its inner solve above
+    ``first_order_above`` x the tolerance gets the re-solved sensitivity (the core's, logged with the
+    reason and the solves); near stationary the file's implicit-function solve."""
+    import yaml
+    from sim2real_bilevel_interfaces.action import ComputeSensitivity
+    from test_robot_problem import TINY
+    from sim2real_bilevel.core.outer import resolve_steps, resolved_outer_gradient
+    from sim2real_bilevel.core.problems import load_problem
+    from sim2real_bilevel.nodes import conversions
+
+    path = tmp_path / 'tiny.yaml'
+    path.write_text(yaml.safe_dump(dict(TINY, inner=dict(TINY['inner'], max_iterations=5))))
+    problem = load_problem(path)
+    node = ros.start('sensitivity', problem=str(path))
+    client = ActionClient(ros.node, ComputeSensitivity, 'compute_sensitivity')
+    setter = ros.node.create_client(SetParameters, '/sensitivity/set_parameters')
+    changed = ros.call(setter, SetParameters.Request(parameters=[_parameter('far_from_stationary', 'resolve'),
+                                                                 _parameter('resolve_workers', 1)]), 60.0)
+    assert all(result.successful for result in changed.results), changed.results
+    lower, upper = problem.theta_bounds()
+    theta = problem.theta0()
+    phi = problem.policy.init_params(np.random.default_rng(0))
+    g = np.linspace(-1.0, 1.0, problem.phi_size())
+    tolerance = problem.inner_tolerance()
+
+    def solved_with(grad_norm):
+        goal = ComputeSensitivity.Goal(theta=conversions.theta_to_msg(problem.theta_names, theta, lower, upper, 0),
+                                       policy=conversions.policy_to_msg(phi, 1, 0, grad_norm), real_gradient=g.tolist())
+        result = ros.run_goal(client, goal, 120.0).result
+        assert result.success, result.message
+        return result.gradient.solver, np.asarray(result.gradient.gradient)
+
+    far_solver, far = solved_with(1000 * tolerance)
+    assert far_solver == 'resolve'
+    expected, _ = resolved_outer_gradient(problem, phi, theta, g, resolve_steps(problem, 0.05))
+    np.testing.assert_allclose(far, expected, rtol=1e-9, atol=1e-12)
+    assert ros.wait_for_log(node, f'sensitivity by re-solving: the inner solve ended at ||F|| {1000 * tolerance:.3g}',
+                            timeout=10.0), node.log()[-2000:]
+    assert ros.wait_for_log(node, f'{2 * theta.size} inner solves continued from it', timeout=10.0), node.log()[-2000:]
+    near_solver, _ = solved_with(10 * tolerance)
+    assert near_solver in ('dense', 'cg')
+    assert node.alive()
+
+
 def test_the_sensitivity_node_re_solves_the_inner_problem_when_the_solver_is_resolve(ros):
     """solver 'resolve', set live: the node runs the inner solves itself, continued from the goal's
     policy, and answers the core's ``resolved_outer_gradient`` for the goal's (phi, theta, g)."""

@@ -7,7 +7,7 @@ import pytest
 
 from sim2real_bilevel.core.experiments import format_summary, plot_results, summarize
 from sim2real_bilevel.core.outer import (Adam, BilevelOuterLoop, OuterConfig, discounted_returns, resolve_steps,
-                                         resolved_outer_gradient, sensing_to_command)
+                                         resolved_outer_gradient, sensing_to_command, sensitivity_solver)
 from sim2real_bilevel.core.problem import InnerResult, Trajectories
 from sim2real_bilevel.core import baselines
 from sim2real_bilevel.core.evaluation import oracle_evaluator
@@ -56,6 +56,8 @@ def test_learn_mask_freezes_entries():
                                          ('real_episodes', 0), ('learn', 'everything'),
                                          ('first_order_above', -1.0), ('theta_start', 'identified'),
                                          ('normalize_gradient', 'false'), ('resolve_step', 0.0),
+                                         ('far_from_stationary', 'cg'), ('resolve_workers', -1),
+                                         ('resolve_workers', 1.5),
                                          ('resolve_step', 1.5)])
 def test_config_rejects_bad_values_with_their_name(field, value):
     with pytest.raises(ValueError, match=field):
@@ -102,6 +104,36 @@ def test_resolve_differentiates_the_solve_that_the_step_will_run():
     np.testing.assert_allclose(resolved, (1 - 0.75 ** 3) * problem.coupling.T @ g, rtol=1e-8)
     implicit_loop = BilevelOuterLoop(problem, OuterConfig(solver='dense', damping=0.0, first_order_above=0.0))
     np.testing.assert_allclose(implicit_loop.outer_gradient(phi, theta, g), problem.coupling.T @ g, rtol=1e-12)
+
+
+def test_far_from_stationary_resolve_replaces_the_implicit_solve_by_the_solves_own_derivative():
+    """``far_from_stationary: resolve``: a policy whose inner solve ended above ``first_order_above`` x
+    the tolerance gets the re-solved sensitivity ((1 - (1 - rate)^K) C^T g on the budgeted toy) instead
+    of the first-order step, and the record says why; near stationary the configured solve; with a
+    stochastic inner solve (nothing deterministic to differentiate) the first-order step."""
+    base = toy()
+    problem = BudgetedToy(coupling=base.coupling, phi_real=base.phi_real, steps=3, rate=0.25)
+    g = np.array([1.0, 2.0, -1.0])
+    phi, theta = np.array([0.3, -0.2, 0.5]), np.array([0.4, -1.0, 2.0, 0.1])
+
+    def gradient(inner_grad_norm, **settings):
+        loop = BilevelOuterLoop(problem, OuterConfig(solver='dense', damping=0.0, first_order_step=0.5, **settings))
+        loop.inner_grad_norm = inner_grad_norm
+        problem.solves.clear()
+        return loop.outer_gradient(phi, theta, g), loop.event, len(problem.solves)
+
+    value, event, solves = gradient(1.0, far_from_stationary='resolve')        # 1000 x the tolerance
+    np.testing.assert_allclose(value, (1 - 0.75 ** 3) * problem.coupling.T @ g, rtol=1e-8)
+    assert event.startswith('sensitivity by re-solving: the inner solve ended at ||F|| 1') and solves == 8
+    value, event, solves = gradient(0.01, far_from_stationary='resolve')       # 10 x: the configured solve
+    np.testing.assert_allclose(value, problem.coupling.T @ g, rtol=1e-12)
+    assert event == '' and solves == 0
+    value, event, _ = gradient(1.0, far_from_stationary='first_order')
+    np.testing.assert_allclose(value, 0.5 * problem.coupling.T @ g, rtol=1e-12)
+    assert event.startswith('first-order sensitivity')
+    config = OuterConfig(solver='dense', far_from_stationary='resolve', inner_method='sampled')
+    solver, why = sensitivity_solver(config, problem, 1.0)
+    assert solver is not None and solver.name == 'first_order' and why.startswith('first-order sensitivity')
 
 
 def test_resolve_steps_inside_the_bounds_and_only_along_learned_coordinates():

@@ -29,6 +29,7 @@ from .problem import BilevelProblem, InnerResult, Trajectories, alive_mask, requ
 log = logging.getLogger(__name__)
 
 SOLVERS = ('dense', 'cg', 'first_order', 'resolve')
+FAR_FROM_STATIONARY = ('first_order', 'resolve')
 LINEAR_SOLVERS = ('dense', 'cg', 'first_order')
 """The solvers that solve the implicit-function system ('resolve' re-solves the inner problem instead)."""
 SENSITIVITY_METHODS = ('exact', 'sampled')
@@ -99,6 +100,10 @@ class OuterConfig:
     far from it the linear system does not describe the solve (the swing-up's warm solves end at
     ||F|| 5000-25000x the tolerance, the pendulum's at <= 9x: bench/results/urdf_tasks/swingup/).
     0: never."""
+    far_from_stationary: str = 'first_order'
+    """What replaces the implicit-function solve for such a policy (``first_order_above``):
+    'first_order' (d phi*/d theta ~ ``first_order_step`` * dF/dtheta) or 'resolve' (the solve's own
+    derivative, as solver 'resolve'; with ``inner_method: exact`` only, else first-order)."""
     resolve_step: float = 0.05
     """Solver 'resolve': the finite-difference step h_i of theta coordinate i, as a fraction of its
     bound range (the outer step's size with ``step_per_range`` and the default ``step_size``)."""
@@ -163,6 +168,7 @@ class OuterConfig:
             (self.solver in SOLVERS, 'solver', f'one of {SOLVERS}'),
             (self.damping >= 0, 'damping', 'a number >= 0'),
             (self.first_order_above >= 0, 'first_order_above', 'a number >= 0 (0: never)'),
+            (self.far_from_stationary in FAR_FROM_STATIONARY, 'far_from_stationary', f'one of {FAR_FROM_STATIONARY}'),
             (0 < self.resolve_step <= 1, 'resolve_step', 'a fraction of the bound range in (0, 1]'),
             (isinstance(self.resolve_workers, (int, np.integer)) and not isinstance(self.resolve_workers, bool)
              and self.resolve_workers >= 0, 'resolve_workers', 'an integer >= 0 (0: one per CPU for slow solves)'),
@@ -209,16 +215,21 @@ def make_solver(config: OuterConfig):
 
 
 def sensitivity_solver(config: OuterConfig, problem: BilevelProblem, inner_grad_norm: float):
-    """The implicit-function solver for a policy whose inner solve ended at ``inner_grad_norm``, and
-    why it is not the configured one ('' when it is): the first-order step where the solve ended
-    far from stationary (``OuterConfig.first_order_above``)."""
+    """The implicit-function solver for a policy whose inner solve ended at ``inner_grad_norm`` (None:
+    re-solve, as solver 'resolve' does), and why it is not the configured one ('' when it is): where
+    the solve ended far from stationary (``OuterConfig.first_order_above``), the first-order step or
+    the re-solves (``OuterConfig.far_from_stationary``)."""
+    if config.solver == 'resolve':
+        return None, ''
     tolerance = problem.inner_tolerance()
     factor = config.first_order_above
     if (config.solver in ('dense', 'cg') and factor > 0 and tolerance is not None
             and np.isfinite(inner_grad_norm) and inner_grad_norm > factor * tolerance):
-        return (implicit.first_order(step=config.first_order_step),
-                f'first-order sensitivity: the inner solve ended at ||F|| {inner_grad_norm:.3g}, '
-                f'above {factor:g} x its tolerance {tolerance:g}')
+        far = (f'the inner solve ended at ||F|| {inner_grad_norm:.3g}, above {factor:g} x its tolerance '
+               f'{tolerance:g}')
+        if config.far_from_stationary == 'resolve' and config.inner_method == 'exact':
+            return None, f'sensitivity by re-solving: {far}'
+        return implicit.first_order(step=config.first_order_step), f'first-order sensitivity: {far}'
     return make_solver(config), ''
 
 
@@ -923,8 +934,12 @@ class BilevelOuterLoop(MethodRun):
 
     def outer_gradient(self, phi: np.ndarray, theta: np.ndarray, real_gradient: np.ndarray) -> np.ndarray:
         """dJ_real/dtheta = (d phi*/d theta)^T g by one implicit-function solve (or, solver 'resolve',
-        by re-solving the inner problem: ``resolved_outer_gradient``)."""
-        if self.config.solver == 'resolve':
+        by re-solving the inner problem: ``resolved_outer_gradient``; also where the inner solve ended
+        far from stationary with ``far_from_stationary: resolve``)."""
+        solver, why = sensitivity_solver(self.config, self.problem, self.inner_grad_norm)
+        if why:
+            self.event = why
+        if solver is None:
             gradient, _ = resolved_outer_gradient(self.problem, phi, theta, real_gradient,
                                                   resolve_steps(self.problem, self.config.resolve_step),
                                                   self.learn_mask, workers=self.config.resolve_workers)
@@ -936,9 +951,6 @@ class BilevelOuterLoop(MethodRun):
             trajectories = self.problem.simulate(phi, theta, n, horizon, self.rng)
         terms = self.problem.sensitivity_terms(phi, theta, method=self.config.sensitivity_method,
                                                trajectories=trajectories, rng=self.rng)
-        solver, why = sensitivity_solver(self.config, self.problem, self.inner_grad_norm)
-        if why:
-            self.event = why
         return np.asarray(implicit.outer_gradient(terms, real_gradient, solver), dtype=np.float64)
 
     def iterate(self) -> tuple[float, float, dict]:

@@ -21,15 +21,15 @@ from sim2real_bilevel_interfaces.msg import OuterGradient, PolicyParameters, Sim
 from sim2real_bilevel_interfaces.srv import SimulateRollouts
 
 from ..core import implicit
-from ..core.outer import (SENSITIVITY_METHODS, SOLVERS, OuterConfig, resolve_steps, resolved_outer_gradient,
-                          sensitivity_solver)
+from ..core.outer import (FAR_FROM_STATIONARY, SENSITIVITY_METHODS, SOLVERS, OuterConfig, resolve_steps,
+                          resolved_outer_gradient, sensitivity_solver)
 from . import conversions
 from .action_calls import RESULT_KEPT_S, serve_action
 from .runtime import (EVENTS, LATCHED, PROBLEM, SEED, BackgroundWork, DeclaredParameters, ParameterSpec, accept_cancel,
                       goal_validator, internal_publisher, load_problem, outer_config_defaults, run_node)
 
 SOLVER_PARAMETERS = ('sensitivity_method', 'solver', 'damping', 'cg_maxiter', 'cg_tol', 'first_order_step',
-                     'first_order_above', 'resolve_step', 'resolve_workers', 'sim_episodes', 'sim_horizon')
+                     'first_order_above', 'far_from_stationary', 'resolve_step', 'resolve_workers', 'sim_episodes', 'sim_horizon')
 
 
 class ResolveProgress:
@@ -74,6 +74,10 @@ class Sensitivity(Node):
                           'the first-order step instead of the solver for a policy whose inner solve ended with '
                           '||F|| above this many times the inner tolerance (far from stationary); 0: never',
                           low=0.0, high=1e12),
+            ParameterSpec('far_from_stationary', d['far_from_stationary'],
+                          "what replaces the implicit-function solve for such a policy: 'first_order' or "
+                          "'resolve' (the inner solves continued from it, as solver 'resolve')",
+                          choices=FAR_FROM_STATIONARY),
             ParameterSpec('resolve_step', float(d['resolve_step']),
                           "solver 'resolve': each theta coordinate's finite-difference step, as a fraction of "
                           'its bound range', low=1e-12, high=1.0),
@@ -98,6 +102,7 @@ class Sensitivity(Node):
         self.simulate_client = self.create_client(SimulateRollouts, self.parameters['simulate_service'])
         # exact terms at the latest (policy, theta): {'key': (policy version, theta version), ...}
         self.latest_theta = self.latest_policy = self.precomputed = None
+        self.latest_inner_grad_norm = float('nan')
         self.theta_subscription = self.create_subscription(SimParameters, 'theta', self.theta_callback, LATCHED)
         self.policy_subscription = self.create_subscription(PolicyParameters, 'policy', self.policy_callback,
                                                             LATCHED)
@@ -123,6 +128,7 @@ class Sensitivity(Node):
         except conversions.MessageValidationError as err:
             self.get_logger().error(f'ignored policy message: {err}')
             return
+        self.latest_inner_grad_norm = float(msg.inner_grad_norm)
         self._precompute()
 
     def _precompute(self) -> None:
@@ -130,8 +136,11 @@ class Sensitivity(Node):
         as soon as the policy and the theta it was trained on have both arrived -- while the
         bridge runs the real episodes; the action then only solves with g."""
         if (not self.parameters['precompute'] or self.parameters['sensitivity_method'] != 'exact'
-                or self.parameters['solver'] == 'resolve'
                 or self.latest_theta is None or self.latest_policy is None):
+            return
+        if self.parameters['solver'] == 'resolve' or (     # re-solves: no linearisation to prepare
+                self.parameters['far_from_stationary'] == 'resolve'
+                and sensitivity_solver(self._config(), self.problem, self.latest_inner_grad_norm)[0] is None):
             return
         (theta, theta_version), (phi, version, trained_on) = self.latest_theta, self.latest_policy
         key = (version, theta_version)
@@ -197,9 +206,12 @@ class Sensitivity(Node):
                 result.message = reason
                 self.get_logger().error(f'compute_sensitivity aborted: {reason}')
                 return result
-        if config.sensitivity_method != 'exact' or config.solver == 'resolve':
+        solver, why = sensitivity_solver(config, self.problem, goal_handle.request.policy.inner_grad_norm)
+        if why:
+            self.get_logger().info(f'policy version {policy_version}: {why}')
+        if config.sensitivity_method != 'exact' or solver is None:
             goal_handle.publish_feedback(ComputeSensitivity.Feedback(stage='solving'))
-        if config.solver == 'resolve':
+        if solver is None:
             solver_name = 'resolve'
 
             def solve():
@@ -212,10 +224,7 @@ class Sensitivity(Node):
                                        f"({info['processes']} process{'es' if info['processes'] > 1 else ''})")
                 return gradient
         else:
-            solver, why = sensitivity_solver(config, self.problem, goal_handle.request.policy.inner_grad_norm)
             solver_name = solver.name
-            if why:
-                self.get_logger().info(f'policy version {policy_version}: {why}')
 
             def solve():
                 terms = self._terms(phi, theta, (policy_version, theta_version), config.sensitivity_method,
