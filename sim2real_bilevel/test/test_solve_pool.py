@@ -5,6 +5,7 @@ import os
 import pickle
 import signal
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 from sim2real_bilevel.core import outer, solve_pool
 from sim2real_bilevel.core.outer import resolve_processes, resolve_steps, resolved_outer_gradient
 from sim2real_bilevel.core.problems import load_problem
+from toy_problem import SlowToy
 
 CONFIG = Path(__file__).resolve().parents[1] / 'config'
 
@@ -161,6 +163,39 @@ def test_the_memory_figures_are_read_from_proc():
     assert solve_pool._meminfo_bytes('/proc/meminfo', 'MemAvailable') > 0
     assert solve_pool._meminfo_bytes('/proc/self/status', 'VmRSS') > 0
     assert 1 <= solve_pool.affordable_workers() <= solve_pool.usable_cpus()
+
+
+def test_closing_ends_a_busy_worker_at_once_and_ctrl_c_is_left_to_the_caller(lqr, tmp_path):
+    """A node that stops (SIGINT, SIGTERM) closes its pool: a worker in the middle of a long solve is
+    ended within seconds, not after the solve; a SIGINT to the worker alone (Ctrl-C reaches the whole
+    process group) does not end it."""
+    problem, theta, phi = lqr
+    pool = solve_pool.SolvePool(1)
+    pool.continued_solves(problem, [(theta, phi)])
+    [worker] = pool._workers
+    os.kill(worker.process.pid, signal.SIGINT)
+    [again] = pool.continued_solves(problem, [(theta, phi)])            # still serving
+    assert worker.process.poll() is None
+    marker = tmp_path / 'solving'
+    failed = []
+
+    def call():
+        try:
+            pool.continued_solves(SlowToy(str(marker)), [(np.zeros(2), np.zeros(2))])
+        except Exception as error:                      # noqa: BLE001 -- the worker is ended under it
+            failed.append(error)
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    deadline = time.monotonic() + 60.0
+    while not marker.exists():                          # the worker has begun the 600 s solve
+        assert time.monotonic() < deadline, 'the slow solve never started'
+        time.sleep(0.02)
+    started = time.monotonic()
+    pool.close()
+    assert time.monotonic() - started < 10.0
+    assert worker.process.returncode == -signal.SIGTERM
+    caller.join(timeout=10.0)
+    assert not caller.is_alive() and failed and isinstance(failed[0], solve_pool.WorkerDied)
 
 
 def test_a_closed_pool_leaves_no_process(lqr):

@@ -68,3 +68,19 @@ class ToyProblem(BilevelProblem):
     def theta_groups(self):
         size = self.coupling.shape[1]
         return {'dynamics': np.arange(size) < size // 2, 'reward': np.arange(size) >= size // 2}
+
+
+class SlowToy(ToyProblem):
+    """The toy whose continued solve first creates ``marker`` (a positive signal that a worker process
+    is busy with it) and then takes ``seconds``: for tests of what ends a busy solve worker."""
+
+    def __init__(self, marker: str, seconds: float = 600.0):
+        super().__init__(coupling=np.eye(2), phi_real=np.zeros(2))
+        self.marker, self.seconds = marker, seconds
+
+    def continued_solve(self, theta, phi):
+        import pathlib
+        import time
+        pathlib.Path(self.marker).touch()
+        time.sleep(self.seconds)
+        return super().continued_solve(theta, phi)

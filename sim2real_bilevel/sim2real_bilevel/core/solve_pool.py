@@ -10,8 +10,9 @@ there).  Plain subprocesses rather than ``multiprocessing``: its spawn start met
 caller's ``__main__`` again in every worker, which re-runs any script without a main guard, and
 fork is unsafe in processes with DDS and OpenMP threads (every node process).
 
-A worker exits when its input pipe closes: at ``close()``, at interpreter exit, or when the
-process that started it dies.  Each worker runs torch on one thread (OMP_NUM_THREADS=1): the
+A worker exits when its input pipe closes: at ``close()`` (which ends a worker still busy with a
+solve after 1 s), at interpreter exit, or when the process that started it dies (after the solve
+it is running).  It ignores SIGINT: Ctrl-C reaches the whole process group, and the caller decides.  Each worker runs torch on one thread (OMP_NUM_THREADS=1): the
 parallelism is across processes.
 """
 from __future__ import annotations
@@ -112,23 +113,33 @@ class _Worker:
         try:
             _write(self.send, message)
             answer = _read(self.receive)
-        except (BrokenPipeError, OSError):
+        except (OSError, ValueError):         # broken pipe; a stream closed by close()
             answer = None
         if answer is None:
             raise WorkerDied(f'solve worker (pid {self.process.pid}) exited with status {self.process.wait()}')
         return answer
 
     def close(self) -> None:
-        for stream in (self.send, self.receive):
-            try:
-                stream.close()
-            except OSError:
-                pass
+        """End the worker: its input closed, then (busy with a solve nobody will wait for) SIGTERM after
+        1 s.  The output is closed last: a thread blocked reading it holds its lock until the process
+        is gone."""
         try:
-            self.process.wait(timeout=10)
+            self.send.close()
+        except OSError:
+            pass
+        try:
+            self.process.wait(timeout=1.0)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5.0)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        try:
+            self.receive.close()
+        except OSError:
+            pass
 
 
 class SolvePool:
@@ -220,10 +231,11 @@ class SolvePool:
         self._workers = alive
 
     def close(self) -> None:
-        with self._lock:
-            for worker in self._workers:
-                worker.close()
-            self._workers = []
+        """End every worker, also one busy with a solve (not under the call's lock: a stopping node
+        closes the pool while a sensitivity is running; that call then raises ``WorkerDied``)."""
+        workers, self._workers = self._workers, []
+        for worker in workers:
+            worker.close()
 
 
 _POOL: Optional[SolvePool] = None
@@ -243,7 +255,11 @@ def shared_pool(size: int) -> SolvePool:
 
 
 def _serve(read_fd: int, write_fd: int) -> None:
-    """A worker: answer ('problem', pickle) and ('solve', (theta, phi)) until the input closes."""
+    """A worker: answer ('problem', pickle) and ('solve', (theta, phi)) until the input closes.  Ctrl-C
+    in a terminal reaches the whole process group: the worker leaves it to its caller, which ends
+    it (``close``) or whose death closes its input."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch
     torch.set_num_threads(1)
     problem = None
