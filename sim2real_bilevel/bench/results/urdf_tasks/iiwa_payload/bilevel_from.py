@@ -11,7 +11,8 @@ from sim2real_bilevel.core.experiments import make_run
 task, gap_dir, iterations, episodes = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 settings = dict(a.split('=', 1) for a in sys.argv[5:])
 method = settings.pop('method', 'bilevel')
-settings = {key: (value == 'true' if value in ('true', 'false') else value if key == 'solver' else float(value))
+settings = {key: (value == 'true' if value in ('true', 'false') else value if key in ('solver', 'far_from_stationary')
+                  else int(value) if key == 'resolve_workers' else float(value))
             for key, value in settings.items()}
 problem = load_problem(task)
 results = json.load(open(f'{gap_dir}/results.json'))['results']
