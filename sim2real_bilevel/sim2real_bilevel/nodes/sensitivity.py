@@ -197,8 +197,11 @@ class Sensitivity(Node):
         result = ComputeSensitivity.Result()
         theta, theta_version, phi, policy_version, real_gradient, learn = self._read_goal(goal_handle.request)
         config = self._config()
+        solver, why = sensitivity_solver(config, self.problem, goal_handle.request.policy.inner_grad_norm)
+        if why:
+            self.get_logger().info(f'policy version {policy_version}: {why}')
         trajectories = None
-        if config.sensitivity_method == 'sampled':
+        if config.sensitivity_method == 'sampled' and solver is not None:     # re-solves need no rollouts
             goal_handle.publish_feedback(ComputeSensitivity.Feedback(stage='simulating'))
             trajectories, reason = await self._simulate(goal_handle.request.policy, config)
             if trajectories is None:
@@ -206,9 +209,6 @@ class Sensitivity(Node):
                 result.message = reason
                 self.get_logger().error(f'compute_sensitivity aborted: {reason}')
                 return result
-        solver, why = sensitivity_solver(config, self.problem, goal_handle.request.policy.inner_grad_norm)
-        if why:
-            self.get_logger().info(f'policy version {policy_version}: {why}')
         if config.sensitivity_method != 'exact' or solver is None:
             goal_handle.publish_feedback(ComputeSensitivity.Feedback(stage='solving'))
         if solver is None:
