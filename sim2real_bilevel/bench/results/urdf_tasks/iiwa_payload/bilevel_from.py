@@ -1,8 +1,8 @@
 """Bi-level outer iterations on the iiwa task from the gap run's nominal policy (its iteration 0),
 the first one under cProfile; real return of every iterate on the fixed evaluation seeds,
 normalised by the gap run's oracle; theta printed in natural units.  Usage: bilevel_from.py TASK GAP_DIR ITERATIONS
-REAL_EPISODES [method=NAME] [KEY=VALUE ...] (outer settings, e.g. first_order_above=0 or
-safe_improvement=true)"""
+REAL_EPISODES [method=NAME] [seed=K] [KEY=VALUE ...] (seed: the run's seed, which draws its real episodes'
+noise, default 0; the rest are outer settings, e.g. first_order_above=0 or safe_improvement=true)"""
 import cProfile, io, json, pstats, sys, time
 import numpy as np, torch
 torch.set_num_threads(1)
@@ -11,6 +11,7 @@ from sim2real_bilevel.core.experiments import make_run
 task, gap_dir, iterations, episodes = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 settings = dict(a.split('=', 1) for a in sys.argv[5:])
 method = settings.pop('method', 'bilevel')
+run_seed = int(settings.pop('seed', 0))
 settings = {key: (value == 'true' if value in ('true', 'false') else value if key in ('solver', 'far_from_stationary')
                   else int(value) if key == 'resolve_workers' else float(value))
             for key, value in settings.items()}
@@ -18,7 +19,7 @@ problem = load_problem(task)
 results = json.load(open(f'{gap_dir}/results.json'))['results']
 oracle = [r for r in results if r['method'] == 'oracle' and r['seed'] == 0][0]['real_return']
 policies = np.load(f'{gap_dir}/policies.npz')
-run = make_run(problem, method, seed=0, iterations=iterations, overrides={'real_episodes': episodes, **settings})
+run = make_run(problem, method, seed=run_seed, iterations=iterations, overrides={'real_episodes': episodes, **settings})
 run.phi = policies['nominal_seed0']
 run.inner_grad_norm = float('nan')
 print(f'iteration 0: 0 real episodes, real return {problem.real_return(run.phi):.3f}, '
