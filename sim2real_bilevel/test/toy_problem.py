@@ -6,6 +6,9 @@ noise on the gradient (one 'episode' = one noisy gradient sample, one transition
 """
 from __future__ import annotations
 
+import pathlib
+import time
+
 import numpy as np
 import torch
 
@@ -79,8 +82,6 @@ class SlowToy(ToyProblem):
         self.marker, self.seconds = marker, seconds
 
     def continued_solve(self, theta, phi):
-        import pathlib
-        import time
         pathlib.Path(self.marker).touch()
         time.sleep(self.seconds)
         return super().continued_solve(theta, phi)

@@ -8,13 +8,14 @@ import numpy as np, torch
 torch.set_num_threads(1)
 from sim2real_bilevel.core.problems import load_problem
 from sim2real_bilevel.core.experiments import make_run
+from sim2real_bilevel.core.outer import OuterConfig
 task, gap_dir, iterations, episodes = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 settings = dict(a.split('=', 1) for a in sys.argv[5:])
 method = settings.pop('method', 'bilevel')
 run_seed = int(settings.pop('seed', 0))
-settings = {key: (value == 'true' if value in ('true', 'false') else value if key in ('solver', 'far_from_stationary')
-                  else int(value) if key == 'resolve_workers' else float(value))
-            for key, value in settings.items()}
+defaults = OuterConfig()       # each value as its field's type (an unknown key: OuterConfig's error below)
+settings = {key: (value == 'true' if isinstance(getattr(defaults, key, None), bool)
+                  else type(getattr(defaults, key, ''))(value)) for key, value in settings.items()}
 problem = load_problem(task)
 results = json.load(open(f'{gap_dir}/results.json'))['results']
 oracle = [r for r in results if r['method'] == 'oracle' and r['seed'] == 0][0]['real_return']
