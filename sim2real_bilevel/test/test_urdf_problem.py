@@ -183,6 +183,8 @@ def test_the_problem_says_whether_its_simulator_delays_commands(pendulum_data, e
      r"field 'simulator.parameters.delay@elbow' = 'elbow': expected delay without @: one value for the whole robot"),
     (lambda d: d['real'].update(damping=[0.1, -0.1]),
      r"field 'real.damping' = \[0.1, -0.1\]: expected one number or 2 numbers \(one per joint\), each >= 0.0"),
+    (lambda d: d['simulator'].update(implicit_friction='yes'),
+     r"field 'simulator.implicit_friction' = 'yes': expected true or false"),
 ])
 def test_file_errors_name_the_field_and_the_value(pendulum_data, tmp_path, edit, message):
     data = acrobot_data(pendulum_data)

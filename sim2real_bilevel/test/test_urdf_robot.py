@@ -33,14 +33,15 @@ ROBOTS = {
 }
 
 
-def make_model(robot, *, physical=(), substeps=10, implicit=False, damping=None, friction=None, dtype=None):
+def make_model(robot, *, physical=(), substeps=10, implicit=False, damping=None, friction=None, dtype=None,
+               implicit_friction=True):
     """The simulator of ``robot``: a name of ROBOTS or a (URDF path, joints) pair."""
     path, joints = ROBOTS[robot] if isinstance(robot, str) else robot
     description = read_urdf(path)
     n = len(joints)
     dynamics = RigidBodyDynamics(path, joints)
     settings = UrdfSimulatorSettings(control_period=0.01, physics_substeps=substeps, effort_limit=(1e6,) * n,
-                                     implicit_damping=implicit)
+                                     implicit_damping=implicit, implicit_friction=implicit_friction)
     return UrdfModel(dynamics, settings, physical, ['angle', 'velocity', 'effort'], [1e-3] * (2 * n),
                      default_damping=damping if damping is not None else [description.joints[j].damping for j in joints],
                      default_friction=friction if friction is not None else [0.0] * n,
@@ -446,6 +447,79 @@ def test_implicit_damping_is_stable_where_explicit_euler_diverges():
             state = model.step_mean_with(state, torch.zeros(1, 7, dtype=torch.float64), coefficients)
         finals[implicit] = float(state[0, 13].abs())
     assert finals[True] < 1.0 and not finals[False] < 10.0      # implicit: decays; explicit: grows (or nan)
+
+
+def test_implicit_friction_holds_a_joint_at_rest_where_explicit_friction_chatters():
+    """iiwa at dt = 10 ms with 1 N m of Coulomb friction on every joint (v_s = 0.05 rad/s): link 7's
+    friction slope f / v_s = 20 N m s against its inertia ~1e-3 / dt.  Explicit friction multiplies a
+    velocity error at rest by ~1 - dt f / (I v_s) each step, so a 1e-3 rad/s nudge grows into a
+    chatter as large as the friction can drive in one step, and the step's Jacobian has eigenvalues far
+    outside the unit circle.  The implicit step is no less stable than the frictionless arm (which
+    leaves its upright pose under gravity: eigenvalues slightly above 1) and slower than it."""
+    nudge = torch.zeros(1, 14, dtype=torch.float64)
+    nudge[0, 7:] = 1e-3
+    zero = torch.zeros(1, 7, dtype=torch.float64)
+    speeds, radii = {}, {}
+    for label, friction, implicit_friction in (('explicit', 1.0, False), ('implicit', 1.0, True),
+                                               ('frictionless', 0.0, True)):
+        model = make_model('iiwa', substeps=1, implicit=True, friction=[friction] * 7, implicit_friction=implicit_friction)
+        coefficients = model.coefficients(torch.zeros(0, dtype=torch.float64))
+        state = nudge
+        for _ in range(20):
+            state = model.step_mean_with(state, zero, coefficients)
+        speeds[label] = float(state[0, 7:].abs().max())
+        jacobian = torch.autograd.functional.jacobian(lambda s: model.step_mean_with(s, zero, coefficients), nudge)
+        radii[label] = float(np.abs(np.linalg.eigvals(jacobian[0, :, 0, :].numpy())).max())
+    assert radii['explicit'] > 10.0 and speeds['explicit'] > 0.1
+    assert radii['implicit'] <= radii['frictionless'] + 1e-9 < 1.1
+    assert speeds['implicit'] <= speeds['frictionless']
+
+
+def test_implicit_friction_solves_its_equation_and_never_reverses_one_joint():
+    """The returned velocity zeroes G(v) = E (v - free) / dt + f tanh(v / v_s); for one joint it is the
+    root found by bisection, keeps the sign of the frictionless velocity and never exceeds it in size."""
+    from sim2real_bilevel.core.urdf_model import implicit_friction_velocity
+    generator = torch.Generator().manual_seed(0)
+    dt, scale = 0.04, 0.05
+    square = torch.randn(16, 3, 3, dtype=torch.float64, generator=generator)
+    effective = 0.01 * square @ square.transpose(-1, -2) + 0.02 * torch.eye(3, dtype=torch.float64)
+    free = 2.0 * torch.randn(16, 3, dtype=torch.float64, generator=generator)
+    friction = torch.tensor([0.1, 1.0, 5.0], dtype=torch.float64)
+    v = implicit_friction_velocity(free, effective, friction, scale, dt)
+    residual = (effective @ (v - free)[..., None])[..., 0] / dt + friction * torch.tanh(v / scale)
+    assert float(residual.abs().max()) < 1e-9
+    inertia, force = 0.02, 1.0
+    one = torch.tensor([[0.5], [-3.0], [20.0], [1e-4]], dtype=torch.float64)      # rad/s without friction
+    v1 = implicit_friction_velocity(one, torch.full((4, 1, 1), inertia, dtype=torch.float64),
+                                    torch.tensor([force], dtype=torch.float64), scale, dt)
+    for free_speed, found in zip(one[:, 0].tolist(), v1[:, 0].tolist()):
+        low, high = min(0.0, free_speed), max(0.0, free_speed)        # G is increasing: bisect on [low, high]
+        for _ in range(200):
+            middle = 0.5 * (low + high)
+            if inertia * (middle - free_speed) / dt + force * math.tanh(middle / scale) > 0:
+                high = middle
+            else:
+                low = middle
+        assert abs(found - low) < 1e-12 * (1 + abs(low))
+        assert found * free_speed >= 0 and abs(found) <= abs(free_speed)
+
+
+def test_implicit_friction_first_and_second_derivatives_match_float64_finite_differences():
+    """The sensitivities differentiate the simulator twice (Hessian-vector products of J_sim, mixed in
+    theta): the root's two differentiated Newton steps must carry exact second derivatives too."""
+    physical = [PhysicalEntry('coulomb_friction', joints=(0, 1)), PhysicalEntry('damping', joints=(0, 1)),
+                PhysicalEntry('motor_gain', joints=(0, 1))]
+    model = make_model('acrobot', physical=physical, substeps=2, implicit=True)
+    state = torch.tensor([[0.3, -0.2, 0.02, -0.01], [-0.1, 0.4, -0.2, 0.03]], dtype=torch.float64)
+    action = torch.tensor([[0.2, -0.1], [0.05, 0.3]], dtype=torch.float64)
+    theta = torch.log(torch.tensor([0.5, 0.02, 0.8], dtype=torch.float64)).requires_grad_(True)
+
+    def step(theta, state, action):
+        return model.step_mean(state, action, theta)
+
+    inputs = (theta, state.clone().requires_grad_(True), action.clone().requires_grad_(True))
+    assert torch.autograd.gradcheck(step, inputs, eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradgradcheck(step, inputs, eps=1e-6, atol=1e-5)
 
 
 def test_step_gradients_match_float64_finite_differences():

@@ -13,17 +13,15 @@ the outer step uses.
 """
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from sim2real_bilevel.core import implicit
 from sim2real_bilevel.core.outer import make_solver
-from sysid_fit import replay_to_sysid_fit
+from sysid_fit import LABEL, OUT, replay_to_sysid_fit
 
 torch.set_num_threads(1)
-HERE = Path(__file__).resolve().parent
 started = time.perf_counter()
 problem, run = replay_to_sysid_fit()
 theta = run.theta.copy()
@@ -31,6 +29,7 @@ solved = problem.inner_solve(theta, run.phi, max_iterations=80)
 phi = solved.phi.copy()
 print(f'||F|| {solved.grad_norm:.3g}, real return {problem.real_return(phi):.3f} ({time.perf_counter() - started:.0f} s)',
       flush=True)
+print('theta_1', dict(zip(problem.theta_names, np.exp(theta).round(4).tolist())), flush=True)
 matrix = implicit.sensitivity_matrix(problem.sensitivity_terms(phi, theta, method='exact'), make_solver(run.config))
 coordinates = [i for i in range(len(problem.theta_names)) if problem.theta_groups()['dynamics'][i]]
 eps = 0.1
@@ -51,4 +50,4 @@ for episodes in (5, 50):
         print(f'{label}, {episodes} episodes: signs agree {agree} of {len(coordinates)}; {projections} '
               f'({time.perf_counter() - started:.0f} s)', flush=True)
 print('slopes along dphi', report['real_slope_along_dphi'], flush=True)
-(HERE / 'real_gradient_at_sysid.json').write_text(json.dumps(report, indent=1) + '\n')
+(OUT / f'real_gradient_at_sysid{LABEL}.json').write_text(json.dumps(report, indent=1) + '\n')

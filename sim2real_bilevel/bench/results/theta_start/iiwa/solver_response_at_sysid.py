@@ -26,16 +26,14 @@ gradient-ascent steps of one fixed size (the learning rate over the rms of F at 
 import json
 import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-from sysid_fit import replay_to_sysid_fit
+from sysid_fit import LABEL, OUT, replay_to_sysid_fit
 
 torch.set_num_threads(1)
-HERE = Path(__file__).resolve().parent
 started = time.perf_counter()
 warm = {'max_iterations': int(sys.argv[1])} if len(sys.argv) > 1 and int(sys.argv[1]) > 0 else {}
 delta = float(sys.argv[2]) if len(sys.argv) > 2 else 0.1
@@ -117,4 +115,4 @@ print('signs agree with the slope in theta, of', len(coordinates), json.dumps(re
       flush=True)
 suffix = ((f"_{solver}{warm.get('max_iterations', problem.inner.max_iterations)}" if solver != 'lbfgs'
            else '_warm' + sys.argv[1] if warm else '') + (f'_delta{delta:g}' if delta != 0.1 else ''))
-(HERE / f'solver_response_at_sysid{suffix}.json').write_text(json.dumps(report, indent=1) + '\n')
+(OUT / f'solver_response_at_sysid{suffix}{LABEL}.json').write_text(json.dumps(report, indent=1) + '\n')

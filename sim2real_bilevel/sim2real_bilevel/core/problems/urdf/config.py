@@ -182,7 +182,8 @@ def read_problem_file(data: dict, source: str) -> dict:
 
     sim = root.section('simulator')
     sim.reject_unknown({'physics_substeps', 'effort_limit', 'friction_velocity_scale', 'limit_stiffness',
-                        'implicit_damping', 'transition_noise_std', 'parameters', 'reward_weights'})
+                        'implicit_damping', 'implicit_friction', 'transition_noise_std', 'parameters',
+                        'reward_weights'})
     file_effort = [description.joints[j].effort for j in joints]
     effort_limit = _per_joint(sim, 'effort_limit', n, 0.0, low_open=True) if sim.has('effort_limit') \
         else np.array(file_effort)
@@ -191,11 +192,15 @@ def read_problem_file(data: dict, source: str) -> dict:
     implicit = sim.raw('implicit_damping', True)
     if not isinstance(implicit, bool):
         raise sim.error('implicit_damping', implicit, 'true or false')
+    implicit_friction = sim.raw('implicit_friction', True)
+    if not isinstance(implicit_friction, bool):
+        raise sim.error('implicit_friction', implicit_friction, 'true or false')
     settings = UrdfSimulatorSettings(
         control_period=control_period, physics_substeps=sim.integer('physics_substeps', 1, low=1),
         effort_limit=tuple(effort_limit.tolist()),
         friction_velocity_scale=sim.scalar('friction_velocity_scale', 0.05, low=0.0, low_open=True),
         limit_stiffness=sim.scalar('limit_stiffness', 0.0, low=0.0), gravity=gravity, implicit_damping=implicit,
+        implicit_friction=implicit_friction,
         reward_targets=tuple(targets.tolist()), gravity_compensation=compensation, termination=termination)
     noise_std = sim.array('transition_noise_std', (2 * n,))
     if np.any(noise_std <= 0):
