@@ -224,17 +224,21 @@ def implicit_friction_velocity(free: torch.Tensor, effective: torch.Tensor, fric
             return (0.5 / dt) * (offset * (effective_ @ offset[..., None])[..., 0]).sum(-1) \
                 + (friction_ * scale * _log_cosh(v / scale)).sum(-1)
 
-        v = free_.clone()
+        # start from each joint's own sharp Coulomb step (others held): stop it if the friction can
+        # within the step, else take dt f / E_jj off its speed -- near the root in both regimes
+        reach = dt * friction_ / torch.diagonal(effective_, dim1=-2, dim2=-1)
+        v = free_ - torch.maximum(torch.minimum(free_, reach), -reach)
         active = torch.isfinite(v).all(-1) & torch.isfinite(effective_).flatten(-2).all(-1)
+        tolerance = max(FRICTION_NEWTON_TOLERANCE, 100.0 * torch.finfo(v.dtype).eps)   # float32 too
         for _ in range(FRICTION_NEWTON_ITERATIONS):
             step = newton_step(v, free_, effective_, friction_)
-            active = active & ~(step.abs() <= FRICTION_NEWTON_TOLERANCE * (scale + v.abs())).all(-1)
+            active = active & ~(step.abs() <= tolerance * (scale + v.abs())).all(-1)
             if not active.any():
                 break
             step = torch.where(active[..., None], step, torch.zeros_like(step))
             decrease = (residual(v, free_, effective_, friction_) * step).sum(-1)   # Newton decrement^2 >= 0
             current = objective(v)
-            slack = 1e-12 * current.abs()                                        # Phi's rounding
+            slack = max(1e-12, 10.0 * torch.finfo(v.dtype).eps) * current.abs()   # Phi >= 0: its rounding
             length = torch.ones_like(current)
             for _ in range(40):                   # Armijo on Phi; a full Newton step near the root
                 trial = v - length[..., None] * step
