@@ -18,34 +18,36 @@ from sim2real_bilevel.core.problems import load_problem
 torch.set_num_threads(1)
 
 
-def with_friction_integration(task: str, implicit: bool, folder: Path) -> Path:
+def load_with_friction_integration(task: str, implicit: bool):
+    """The task with ``simulator.implicit_friction`` set, from a temporary file beside it (relative URDF
+    paths resolve as for the task)."""
     data = yaml.safe_load(Path(task).read_text())
     data['simulator']['implicit_friction'] = implicit
-    path = folder / f'{Path(task).stem}_{"implicit" if implicit else "explicit"}.yaml'
-    path.write_text(yaml.safe_dump(data))
-    return path
+    with tempfile.NamedTemporaryFile('w', suffix='.yaml', dir=Path(task).resolve().parent) as file:
+        file.write(yaml.safe_dump(data))
+        file.flush()
+        return load_problem(file.name)
 
 
-with tempfile.TemporaryDirectory() as folder:
-    for task in sys.argv[1:]:
-        for implicit in (False, True):
-            problem = load_problem(with_friction_integration(task, implicit, Path(folder)))
-            pose = problem.start_pose()
-            n = len(pose)
-            friction = [k for k, name in enumerate(problem.theta_names) if 'coulomb' in name][0]
-            rng = np.random.default_rng(0)
-            for factor in (1.0, 10.0, 0.1):
-                theta = problem.theta0().copy()
-                theta[friction] += np.log(factor)
-                physical = problem.model.split(problem.full_theta(torch.as_tensor(theta, dtype=torch.float64)))[0]
-                for speed in (0.0, 0.5):
-                    radii = []
-                    for _ in range(5):
-                        state = torch.as_tensor(np.concatenate([pose, speed * rng.standard_normal(n)]), dtype=torch.float64)
-                        command = torch.zeros(n, dtype=torch.float64)
-                        jacobian = torch.autograd.functional.jacobian(
-                            lambda s: problem.model.step_mean(s, command, physical), state)
-                        radii.append(float(np.abs(np.linalg.eigvals(jacobian.numpy())).max()))
-                    print(f'{Path(task).name:20s} {"implicit" if implicit else "explicit"} friction '
-                          f'x{factor:<4g} (f = {np.exp(theta[friction]):.3g} N m) speeds ~{speed}: spectral radius '
-                          + ' '.join(f'{r:.3g}' for r in radii), flush=True)
+for task in sys.argv[1:]:
+    for implicit in (False, True):
+        problem = load_with_friction_integration(task, implicit)
+        pose = problem.start_pose()
+        n = len(pose)
+        friction = [k for k, name in enumerate(problem.theta_names) if 'coulomb' in name][0]
+        rng = np.random.default_rng(0)
+        for factor in (1.0, 10.0, 0.1):
+            theta = problem.theta0().copy()
+            theta[friction] += np.log(factor)
+            physical = problem.model.split(problem.full_theta(torch.as_tensor(theta, dtype=torch.float64)))[0]
+            for speed in (0.0, 0.5):
+                radii = []
+                for _ in range(5):
+                    state = torch.as_tensor(np.concatenate([pose, speed * rng.standard_normal(n)]), dtype=torch.float64)
+                    command = torch.zeros(n, dtype=torch.float64)
+                    jacobian = torch.autograd.functional.jacobian(
+                        lambda s: problem.model.step_mean(s, command, physical), state)
+                    radii.append(float(np.abs(np.linalg.eigvals(jacobian.numpy())).max()))
+                print(f'{Path(task).name:20s} {"implicit" if implicit else "explicit"} friction '
+                      f'x{factor:<4g} (f = {np.exp(theta[friction]):.3g} N m) speeds ~{speed}: spectral radius '
+                      + ' '.join(f'{r:.3g}' for r in radii), flush=True)

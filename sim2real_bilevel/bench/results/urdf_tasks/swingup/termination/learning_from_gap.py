@@ -6,7 +6,8 @@ at the same code, saved ~40 min of this machine each).
     cd sim2real_bilevel && OMP_NUM_THREADS=1 nice -n 8 ../.venv/bin/python \
         bench/results/urdf_tasks/swingup/termination/learning_from_gap.py GAP_DIR OUT METHOD [METHOD...] [KEY=VALUE...]
 
-KEY=VALUE: outer settings (e.g. solver=first_order), gap_seed=K for the gap run's seed K (the
+KEY=VALUE: outer settings (e.g. solver=first_order), task=PATH (a variant of config/swingup.yaml, the
+default), gap_seed=K for the gap run's seed K (the
 problem with inner.seed K, its policies *_seedK; default 0), iterations=I (default 4), and
 inner_start=cold: every inner solve of the loop cold (from the oracle's initial policy, the cold
 budget) instead of warm from the last policy, or inner_start=best: both, keeping the one with the
@@ -30,6 +31,7 @@ arguments = [a for a in sys.argv[1:] if '=' not in a]
 settings = dict(a.split('=', 1) for a in sys.argv[1:] if '=' in a)      # outer settings, e.g. solver=first_order
 gap_dir, out, methods = Path(arguments[0]), arguments[1], arguments[2:]
 seed = int(settings.pop('gap_seed', 0))
+task = settings.pop('task', 'config/swingup.yaml')
 iterations = int(settings.pop('iterations', 4))
 inner_start = settings.pop('inner_start', 'warm')
 if inner_start not in ('warm', 'cold', 'best'):
@@ -95,5 +97,5 @@ if settings:      # the experiment runner takes real_episodes only: pass the res
     def run_experiment(*args, overrides=None, **kwargs):
         return original_run(*args, overrides={**(overrides or {}), **settings}, **kwargs)
     experiments.run_experiment = run_experiment
-urdf_tasks.figures(Namespace(task='config/swingup.yaml', methods=methods, seeds=1, iterations=iterations, real_episodes=5,
+urdf_tasks.figures(Namespace(task=task, methods=methods, seeds=1, iterations=iterations, real_episodes=5,
                              out=out))
