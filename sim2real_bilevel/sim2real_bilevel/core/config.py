@@ -111,6 +111,12 @@ class FieldReader:
             raise self.error(key, value, f'a number in {interval}')
         return value
 
+    def boolean(self, key: str, default: Any = ...) -> bool:
+        value = self.raw(key, default)
+        if not isinstance(value, bool):
+            raise self.error(key, value, 'true or false')
+        return value
+
     def integer(self, key: str, default: Any = ..., *, low: int | None = None,
                 high: int = MAX_INTEGER) -> int:
         value = self.raw(key, default)

@@ -208,13 +208,12 @@ def implicit_friction_velocity(free: torch.Tensor, effective: torch.Tensor, fric
     derivatives, which the sensitivities' Hessian-vector products need."""
     friction = friction.expand_as(free)
 
-    def residual(v, free_, effective_, friction_):
-        return (effective_ @ (v - free_)[..., None])[..., 0] / dt + friction_ * torch.tanh(v / scale)
-
     def newton_step(v, free_, effective_, friction_):
-        slope = friction_ * (1.0 - torch.tanh(v / scale) ** 2) / scale
-        hessian = effective_ / dt + torch.diag_embed(slope)
-        return torch.linalg.solve(hessian, residual(v, free_, effective_, friction_)[..., None])[..., 0]
+        """(H^-1 G(v), G(v)): the Newton step and the residual it solves."""
+        tanh = torch.tanh(v / scale)
+        residual = (effective_ @ (v - free_)[..., None])[..., 0] / dt + friction_ * tanh
+        hessian = effective_ / dt + torch.diag_embed(friction_ * (1.0 - tanh ** 2) / scale)
+        return torch.linalg.solve(hessian, residual[..., None])[..., 0], residual
 
     with torch.no_grad():
         free_, effective_, friction_ = free.detach(), effective.detach(), friction.detach()
@@ -231,12 +230,12 @@ def implicit_friction_velocity(free: torch.Tensor, effective: torch.Tensor, fric
         active = torch.isfinite(v).all(-1) & torch.isfinite(effective_).flatten(-2).all(-1)
         tolerance = max(FRICTION_NEWTON_TOLERANCE, 100.0 * torch.finfo(v.dtype).eps)   # float32 too
         for _ in range(FRICTION_NEWTON_ITERATIONS):
-            step = newton_step(v, free_, effective_, friction_)
+            step, residual = newton_step(v, free_, effective_, friction_)
             active = active & ~(step.abs() <= tolerance * (scale + v.abs())).all(-1)
             if not active.any():
                 break
             step = torch.where(active[..., None], step, torch.zeros_like(step))
-            decrease = (residual(v, free_, effective_, friction_) * step).sum(-1)   # Newton decrement^2 >= 0
+            decrease = (residual * step).sum(-1)                                 # Newton decrement^2 >= 0
             current = objective(v)
             slack = max(1e-12, 10.0 * torch.finfo(v.dtype).eps) * current.abs()   # Phi >= 0: its rounding
             length = torch.ones_like(current)
@@ -250,7 +249,7 @@ def implicit_friction_velocity(free: torch.Tensor, effective: torch.Tensor, fric
             active = active & torch.isfinite(v).all(-1)
         root = v
     for _ in range(2):                 # always: under torch.func.grad the inputs need not say requires_grad
-        root = root - newton_step(root, free, effective, friction)
+        root = root - newton_step(root, free, effective, friction)[0]
     return root
 
 

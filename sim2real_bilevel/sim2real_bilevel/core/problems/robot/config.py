@@ -123,9 +123,7 @@ def read_theta_entry(entry: FieldReader) -> tuple[float, bool, float, float]:
     """One positive theta quantity {value, learn, bounds}: (log value, learns, log low, log high);
     an entry that is not learned has bounds [value, value]."""
     value = entry.scalar('value', low=0.0, low_open=True)
-    learns = entry.raw('learn', False)
-    if not isinstance(learns, bool):
-        raise entry.error('learn', learns, 'true or false')
+    learns = entry.boolean('learn', False)
     if entry.has('bounds') or learns:
         low, high = _range(entry, 'bounds', positive=True)
         if not low <= value <= high:

@@ -55,10 +55,7 @@ def _read_termination(task: FieldReader, description, joints: list, initial: Ini
     section.reject_unknown({'joint_limits', 'position_range', 'max_speed'})
     n = len(joints)
     low, high = np.full(n, -math.inf), np.full(n, math.inf)
-    use_limits = section.raw('joint_limits', False)
-    if not isinstance(use_limits, bool):
-        raise section.error('joint_limits', use_limits, 'true or false')
-    if use_limits:
+    if section.boolean('joint_limits', False):
         low = np.array([description.joints[j].lower for j in joints])
         high = np.array([description.joints[j].upper for j in joints])
     ranges = section.section('position_range', {})
@@ -189,18 +186,12 @@ def read_problem_file(data: dict, source: str) -> dict:
         else np.array(file_effort)
     if not np.all(np.isfinite(effort_limit)):
         raise sim.error('effort_limit', '<missing>', f'an effort limit per joint (the URDF gives {file_effort})')
-    implicit = sim.raw('implicit_damping', True)
-    if not isinstance(implicit, bool):
-        raise sim.error('implicit_damping', implicit, 'true or false')
-    implicit_friction = sim.raw('implicit_friction', True)
-    if not isinstance(implicit_friction, bool):
-        raise sim.error('implicit_friction', implicit_friction, 'true or false')
     settings = UrdfSimulatorSettings(
         control_period=control_period, physics_substeps=sim.integer('physics_substeps', 1, low=1),
         effort_limit=tuple(effort_limit.tolist()),
         friction_velocity_scale=sim.scalar('friction_velocity_scale', 0.05, low=0.0, low_open=True),
-        limit_stiffness=sim.scalar('limit_stiffness', 0.0, low=0.0), gravity=gravity, implicit_damping=implicit,
-        implicit_friction=implicit_friction,
+        limit_stiffness=sim.scalar('limit_stiffness', 0.0, low=0.0), gravity=gravity,
+        implicit_damping=sim.boolean('implicit_damping', True), implicit_friction=sim.boolean('implicit_friction', True),
         reward_targets=tuple(targets.tolist()), gravity_compensation=compensation, termination=termination)
     noise_std = sim.array('transition_noise_std', (2 * n,))
     if np.any(noise_std <= 0):
