@@ -8,7 +8,8 @@ import numpy as np, torch
 torch.set_num_threads(1)
 from sim2real_bilevel.core.problems import load_problem
 from sim2real_bilevel.core.experiments import make_run
-from sim2real_bilevel.core.outer import OuterConfig
+from sim2real_bilevel.core.outer import MethodRun, OuterConfig
+from sim2real_bilevel.core.problem import InnerResult
 task, gap_dir, iterations, episodes = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 settings = dict(a.split('=', 1) for a in sys.argv[5:])
 method = settings.pop('method', 'bilevel')
@@ -21,8 +22,14 @@ results = json.load(open(f'{gap_dir}/results.json'))['results']
 oracle = [r for r in results if r['method'] == 'oracle' and r['seed'] == 0][0]['real_return']
 policies = np.load(f'{gap_dir}/policies.npz')
 run = make_run(problem, method, seed=run_seed, iterations=iterations, overrides={'real_episodes': episodes, **settings})
-run.phi = policies['nominal_seed0']
-run.inner_grad_norm = float('nan')
+if type(run).start is MethodRun.start:     # its start is the cold solve at the nominal theta: skip it
+    run.phi = policies['nominal_seed0']
+    run.inner_grad_norm = float('nan')
+else:                                      # its own start (CMA-ES's strategy), the gap policy for that solve
+    solve_inner = run.solve_inner
+    run.solve_inner = lambda theta, phi: InnerResult(policies['nominal_seed0'], float('nan'), 0)
+    run.start()
+    run.solve_inner = solve_inner
 print(f'iteration 0: 0 real episodes, real return {problem.real_return(run.phi):.3f}, '
       f'normalised {problem.real_return(run.phi) / oracle:.3f}', flush=True)
 names = [n.removeprefix('log_') for n in problem.theta_names]
