@@ -98,8 +98,9 @@ def test_the_nominal_policy_fails_to_swing_up_the_robot_where_the_oracle_succeed
     """The gap of the task as shipped (its own budgets): the oracle's policy swings the robot
     up in most evaluation episodes, the nominal model's in few, and the nominal real return is
     well below the oracle's.  The same computation as seed 0 of ``bench/urdf_tasks.py gap``
-    (inner.seed 0, one thread): oracle up 0.88, nominal up 0.00, normalised 0.312 with the file's
-    speed termination (0.131 before it; measured 2026-11-30, about 15 min on 2 shared cores at load 5)."""
+    (inner.seed 0, one thread): with implicit friction oracle up 0.94, nominal up 0.00, normalised
+    0.295 (measured 2026-12-03, about 20 min on 2 shared cores at load 4; explicit friction: up 0.88,
+    0.00, 0.312 with the file's speed termination, 0.131 before it)."""
     problem = load_problem(SWINGUP)
     oracle = problem.oracle_phi()
     nominal = problem.inner_solve(problem.theta0()).phi
