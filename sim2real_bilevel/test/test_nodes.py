@@ -481,8 +481,9 @@ def test_a_long_inner_solve_keeps_the_trainer_answering_and_its_client_waiting(r
     from sim2real_bilevel.nodes.runtime import BackgroundWork
 
     document = yaml.safe_load(builtin_config('pendulum').read_text())
-    # ~9 s idle here; one solve (cold_restarts 0: a tolerance no solve reaches would triple it)
-    document['inner'].update(warmup_iterations=10, cold_iterations=80, tolerance=1e-12, cold_restarts=0)
+    # one solve (cold_restarts 0: a tolerance no solve reaches would triple it) of 240 evaluations:
+    # 80 took 5.3-9 s here, too close to 1.5 x timeout = 6 s on an idle machine
+    document['inner'].update(warmup_iterations=10, cold_iterations=240, tolerance=1e-12, cold_restarts=0)
     problem_file = tmp_path / 'pendulum_long.yaml'
     problem_file.write_text(yaml.safe_dump(document))
     problem = load_problem(problem_file)
