@@ -23,16 +23,19 @@ from sim2real_bilevel.core.outer import BilevelOuterLoop
 class AnchoredBilevel(BilevelOuterLoop):
     name = 'bilevel-anchored'
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.all_batches = []                       # every real batch (real_batches keeps real_history)
+        self.offset = np.zeros(self.theta.size)     # the outer steps' sum on the dynamics entries
+        self.dynamics = self.learn_mask & np.asarray(self.problem.theta_groups()['dynamics'], dtype=bool)
+
     def iterate(self):
         timing = {}
         t0 = time.perf_counter()
         batch = self.collect_real(self.phi)
-        self.all_batches = getattr(self, 'all_batches', []) + [batch]
+        self.all_batches.append(batch)
         self.real_batches = self.real_batches[-self.config.real_history:]
         timing['real_s'] = time.perf_counter() - t0
-        dynamics = self.learn_mask & np.asarray(self.problem.theta_groups()['dynamics'], dtype=bool)
-        if not hasattr(self, 'offset'):
-            self.offset = np.zeros(self.theta.size)
         step = np.zeros(self.theta.size)
         gradient = np.full(self.theta.size, np.nan)
         if self.iteration > 0:                       # the outer gradient at the theta phi was solved for
@@ -44,8 +47,8 @@ class AnchoredBilevel(BilevelOuterLoop):
         t1 = time.perf_counter()
         fit = np.clip(self.problem.system_identification(self.all_batches, self.problem.theta0()), self.lower, self.upper)
         timing['sysid_s'] = time.perf_counter() - t1
-        self.offset = np.where(dynamics, self.offset + step, 0.0)
-        self.theta = np.clip(np.where(dynamics, fit + self.offset, self.theta + step), self.lower, self.upper)
+        self.offset = np.where(self.dynamics, self.offset + step, 0.0)
+        self.theta = np.clip(np.where(self.dynamics, fit + self.offset, self.theta + step), self.lower, self.upper)
         t2 = time.perf_counter()
         self.set_policy(self.solve_inner(self.theta, self.phi))
         timing['inner_s'] = time.perf_counter() - t2
