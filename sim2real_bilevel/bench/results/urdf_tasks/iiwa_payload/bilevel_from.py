@@ -33,9 +33,12 @@ else:                                      # its own start (CMA-ES's strategy), 
 print(f'iteration 0: 0 real episodes, real return {problem.real_return(run.phi):.3f}, '
       f'normalised {problem.real_return(run.phi) / oracle:.3f}', flush=True)
 names = [n.removeprefix('log_') for n in problem.theta_names]
+adam, taken = getattr(run, 'adam', None), {}
+if adam is not None:             # the outer gradient each Adam step takes, as Adam is given it
+    direction = adam.direction
+    adam.direction = lambda gradient: direction(taken.setdefault('gradient', np.array(gradient, dtype=float)))
 for k in range(iterations):
-    adam = getattr(run, 'adam', None)
-    m_before = adam.m.copy() if adam is not None else None
+    taken.clear()
     profiler = cProfile.Profile() if k == 0 else None
     t0 = time.perf_counter()
     if profiler: profiler.enable()
@@ -48,8 +51,6 @@ for k in range(iterations):
     print(f'iteration {k + 1}: {run.real_episode_count} real episodes, real return {value:.3f}, normalised '
           f'{value / oracle:.3f}; {time.perf_counter() - t0:.0f} s; timing {record.timing}; {record.event} theta '
           f'{dict(zip(names, np.exp(run.theta).round(3).tolist()))}', flush=True)
-    if adam is not None and adam.t > 0 and not record.event:
-        # the outer gradient this step took, from Adam's first moment: g = (m_t - beta1 m_(t-1)) / (1 - beta1)
-        gradient = (adam.m - adam.betas[0] * m_before) / (1 - adam.betas[0])
-        print('  outer gradient ' + ', '.join(f'{n} {x:.3g}' for n, x in zip(names, gradient))
+    if 'gradient' in taken:
+        print('  outer gradient ' + ', '.join(f'{n} {x:.3g}' for n, x in zip(names, taken['gradient']))
               + '; Adam first moment ' + ', '.join(f'{x:.3g}' for x in adam.m), flush=True)

@@ -1,8 +1,10 @@
-"""The table of this folder's learning logs (bilevel_from.py output, LOG = METHOD_seedK.log):
-normalised real return at every real-episode budget, per method and run seed, and the mean over
-run seeds.  Usage: table.py [FOLDER] (default: this file's folder)."""
+"""The table of this folder's learning logs (bilevel_from.py output, LOG = METHOD_seedK.log, and
+learning_from_gap.py's results, seedK_METHOD.json with run seed 0): normalised real return at every
+real-episode budget, per method and run seed, and the mean over run seeds.  Usage: table.py [FOLDER]
+(default: this file's folder)."""
 import collections
 import glob
+import json
 import os
 import re
 import sys
@@ -14,6 +16,11 @@ for path in sorted(glob.glob(os.path.join(folder, '*_seed*.log'))):
     method, seed = re.fullmatch(r'(.*)_seed(\d+)\.log', os.path.basename(path)).groups()
     for episodes, value in RECORD.findall(open(path).read()):
         runs[method, int(seed)][int(episodes)] = float(value)
+for path in sorted(glob.glob(os.path.join(folder, 'seed*_*.json'))):       # learning_from_gap.py, one method each
+    label = re.fullmatch(r'seed\d+_(.*)\.json', os.path.basename(path)).group(1)    # the file's label, e.g. M_normalized
+    for entry in json.load(open(path))['methods'].values():
+        for seed in entry['seeds']:
+            runs[label, seed['seed']] = {r['real_episodes']: r['normalized_return'] for r in seed['iterations']}
 budgets = sorted({n for values in runs.values() for n in values})
 print('| method | run seed | ' + ' | '.join(f'N = {n}' for n in budgets) + ' |')
 print('|---|---|' + '---|' * len(budgets))
