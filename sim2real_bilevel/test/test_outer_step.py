@@ -82,8 +82,29 @@ def test_shrink_on_flip_settles_a_constant_step_oscillation():
     assert final_amplitude(0.5) < 1e-4
 
 
+def test_reset_on_reversal_turns_only_the_coordinate_whose_gradient_opposes_its_momentum():
+    """The iiwa's motor gain (bench/results/urdf_tasks/iiwa_payload/implicit/): four outer gradients
+    of -13, then +3 once theta has passed the maximum.  Plain Adam keeps stepping down (its first
+    moment is still negative); with the reset the step turns up at once, scaled by the kept second
+    moment, while the other coordinate's step is the plain one."""
+    plain, reset = Adam(2, 0.1), Adam(2, 0.1, reset_on_reversal=True)
+    for gradient in [[-13.0, 1.0]] * 4:
+        np.testing.assert_array_equal(reset.direction(np.array(gradient)), plain.direction(np.array(gradient)))
+    turned, carried = reset.direction(np.array([3.0, 1.0])), plain.direction(np.array([3.0, 1.0]))
+    assert carried[0] < 0 < turned[0]
+    b2, t = reset.betas[1], reset.t
+    np.testing.assert_allclose(turned[0], 0.1 * 3.0 / (np.sqrt(reset.v[0] / (1 - b2 ** t)) + reset.eps))
+    assert turned[1] == carried[1]
+
+
+def test_the_reset_is_the_bilevel_reset_method_s_setting_and_off_by_default():
+    problem = load_problem(builtin_config('discrete_3s2a'))
+    assert make_run(problem, 'bilevel-reset', 0, iterations=1).adam.reset_on_reversal
+    assert not make_run(problem, 'bilevel', 0, iterations=1).adam.reset_on_reversal
+
+
 def test_adam_state_round_trips():
-    adam = Adam(3, 0.05, scale=np.array([1.0, 2.0, 3.0]), shrink_on_flip=0.5)
+    adam = Adam(3, 0.05, scale=np.array([1.0, 2.0, 3.0]), shrink_on_flip=0.5, reset_on_reversal=True)
     for gradient in ([1.0, -1.0, 2.0], [-3.0, -1.0, 2.0]):
         adam.direction(np.array(gradient))
     meta, arrays = adam.state()
@@ -94,6 +115,7 @@ def test_adam_state_round_trips():
                           {'adam.m': arrays['adam.m'], 'adam.v': arrays['adam.v']})    # an older checkpoint
     np.testing.assert_array_equal(legacy.scale, 1.0)
     np.testing.assert_array_equal(legacy.factor, 1.0)
+    assert copy.reset_on_reversal and not legacy.reset_on_reversal
 
 
 @pytest.mark.parametrize('optimizer', ['adam', 'sgd'])

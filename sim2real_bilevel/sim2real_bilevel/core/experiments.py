@@ -31,6 +31,8 @@ METHODS: dict[str, tuple[type, dict]] = {
     'bilevel-safe': (BilevelOuterLoop, {'safe_improvement': True}),
     # each iteration's outer gradient divided by its norm before Adam (opt-in; bench/results/urdf_tasks/swingup/adam_scale/)
     'bilevel-normalized': (BilevelOuterLoop, {'normalize_gradient': True}),
+    # Adam's momentum restarts on a coordinate whose outer gradient turned (opt-in; step_reset_on_reversal)
+    'bilevel-reset': (BilevelOuterLoop, {'step_reset_on_reversal': True}),
     'nominal': (baselines.NominalRun, {'iterations': 0}),
     'domain-randomization': (baselines.DomainRandomizationRun, {'iterations': 0}),
     'sysid': (baselines.SysIdRun, {}),

@@ -59,6 +59,11 @@ class OuterConfig:
     smoothed outer gradient) changes sign, i.e. each time theta crosses a maximum along it; 1 = off.
     Not a default: with the sampled real gradient the first moment also flips on noise, and the steps
     die (generated LQR problem 14: step factors down to 5e-4, 0.834 after 200 iterations)."""
+    step_reset_on_reversal: bool = False
+    """Adam only, opt-in: a coordinate whose outer gradient opposes its first moment (theta has passed a
+    maximum along it, or the gradient is noise) restarts its momentum from that gradient, so the step
+    turns at once instead of carrying on past the maximum for ~1 / (1 - beta1) iterations; the second
+    moment (the step's scale) is kept."""
     optimizer: str = 'adam'
     """'adam' or 'sgd' on theta (ascent on the real return)."""
     adam_betas: tuple = (0.9, 0.999)
@@ -354,16 +359,19 @@ class Adam:
 
     ``scale``: per-coordinate multipliers of ``step_size`` (default 1: one step for all).
     ``shrink_on_flip`` < 1: a coordinate's step is multiplied by it each time its first moment m
-    changes sign; ``factor`` holds the product so far (1 while nothing flipped)."""
+    changes sign; ``factor`` holds the product so far (1 while nothing flipped).
+    ``reset_on_reversal``: a coordinate whose gradient has the opposite sign of its first moment
+    restarts that moment from the gradient (its bias-corrected m equals the gradient)."""
 
     def __init__(self, size: int, step_size: float, betas=(0.9, 0.999), eps: float = 1e-8,
-                 scale: Optional[np.ndarray] = None, shrink_on_flip: float = 1.0):
+                 scale: Optional[np.ndarray] = None, shrink_on_flip: float = 1.0, reset_on_reversal: bool = False):
         self.step_size, self.betas, self.eps = step_size, tuple(betas), eps
         self.m = np.zeros(size)
         self.v = np.zeros(size)
         self.t = 0
         self.scale = np.ones(size) if scale is None else np.array(scale, dtype=np.float64)
         self.shrink_on_flip = float(shrink_on_flip)
+        self.reset_on_reversal = bool(reset_on_reversal)
         self.factor = np.ones(size)
 
     def direction(self, gradient: np.ndarray) -> np.ndarray:
@@ -371,6 +379,8 @@ class Adam:
         b1, b2 = self.betas
         previous = self.m
         self.m = b1 * self.m + (1 - b1) * gradient
+        if self.reset_on_reversal:
+            self.m = np.where(previous * gradient < 0, (1 - b1 ** self.t) * gradient, self.m)
         self.v = b2 * self.v + (1 - b2) * gradient ** 2
         if self.shrink_on_flip < 1.0:
             self.factor = np.where(previous * self.m < 0, self.factor * self.shrink_on_flip, self.factor)
@@ -381,7 +391,8 @@ class Adam:
     def state(self) -> tuple[dict, dict]:
         """(JSON-able meta, arrays) of everything ``restore`` needs."""
         meta = {'t': int(self.t), 'step_size': float(self.step_size), 'betas': list(self.betas),
-                'eps': float(self.eps), 'shrink_on_flip': self.shrink_on_flip}
+                'eps': float(self.eps), 'shrink_on_flip': self.shrink_on_flip,
+                'reset_on_reversal': self.reset_on_reversal}
         return meta, {'adam.m': self.m, 'adam.v': self.v, 'adam.scale': self.scale, 'adam.factor': self.factor}
 
     @classmethod
@@ -389,7 +400,8 @@ class Adam:
         """The optimiser ``state`` described (checkpoints without a scale or factor: ones)."""
         size = arrays['adam.m'].size
         adam = cls(size, meta['step_size'], meta['betas'], meta['eps'], scale=arrays.get('adam.scale'),
-                   shrink_on_flip=meta.get('shrink_on_flip', 1.0))
+                   shrink_on_flip=meta.get('shrink_on_flip', 1.0),
+                   reset_on_reversal=meta.get('reset_on_reversal', False))
         adam.m, adam.v = np.array(arrays['adam.m']), np.array(arrays['adam.v'])
         adam.factor = np.array(arrays.get('adam.factor', np.ones(size)), dtype=np.float64)
         adam.t = int(meta['t'])
@@ -900,7 +912,8 @@ class BilevelOuterLoop(MethodRun):
         self.learn_mask = self._learn_mask()
         self.step_units = self._step_units()
         self.adam = Adam(self.theta.size, config.step_size, config.adam_betas, scale=self.step_units,
-                         shrink_on_flip=config.step_shrink_on_flip)
+                         shrink_on_flip=config.step_shrink_on_flip,
+                         reset_on_reversal=config.step_reset_on_reversal)
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
