@@ -55,7 +55,8 @@ def test_learn_mask_freezes_entries():
 @pytest.mark.parametrize('field,value', [('iterations', -1), ('step_size', 0.0), ('solver', 'lu'),
                                          ('real_episodes', 0), ('learn', 'everything'),
                                          ('first_order_above', -1.0), ('theta_start', 'identified'),
-                                         ('normalize_gradient', 'false'), ('resolve_step', 0.0),
+                                         ('normalize_gradient', 'false'), ('step_reset_on_reversal', 'false'),
+                                         ('resolve_step', 0.0),
                                          ('far_from_stationary', 'cg'), ('resolve_workers', -1),
                                          ('resolve_workers', 1.5),
                                          ('resolve_step', 1.5)])

@@ -164,6 +164,7 @@ class OuterConfig:
             (isinstance(self.step_per_range, (bool, np.bool_)), 'step_per_range', 'true or false'),
             (isinstance(self.normalize_gradient, (bool, np.bool_)), 'normalize_gradient', 'true or false'),
             (0 < self.step_shrink_on_flip <= 1, 'step_shrink_on_flip', 'a number in (0, 1]'),
+            (isinstance(self.step_reset_on_reversal, (bool, np.bool_)), 'step_reset_on_reversal', 'true or false'),
             (self.real_episodes >= 1, 'real_episodes', 'an integer >= 1'),
             (self.score_episodes >= 0, 'score_episodes', 'an integer >= 0 (0: real_episodes)'),
             (self.real_history >= 1, 'real_history', 'an integer >= 1'),
