@@ -54,7 +54,7 @@ def test_learn_mask_freezes_entries():
 
 @pytest.mark.parametrize('field,value', [('iterations', -1), ('step_size', 0.0), ('solver', 'lu'),
                                          ('real_episodes', 0), ('learn', 'everything'),
-                                         ('first_order_above', -1.0), ('theta_start', 'identified'),
+                                         ('first_order_above', -1.0), ('theta_start', 'identified'), ('anchor', 'refit'),
                                          ('normalize_gradient', 'false'), ('step_reset_on_reversal', 'false'),
                                          ('resolve_step', 0.0),
                                          ('far_from_stationary', 'cg'), ('resolve_workers', -1),
@@ -297,6 +297,49 @@ def test_theta_start_sysid_fits_the_dynamics_to_the_first_batch_then_follows_the
     second = run.step()                                                  # an outer-gradient step from there
     assert 'sensitivity_s' in second.timing and 'sysid_s' not in second.timing
     assert not np.array_equal(run.theta, fitted)
+
+
+@pytest.mark.parametrize('name', ['discrete_3s2a', 'lqr'])
+def test_anchor_sysid_refits_on_all_real_data_and_adds_the_offset_the_outer_steps_learned(name):
+    from pathlib import Path
+    from sim2real_bilevel.core.experiments import make_run
+    from sim2real_bilevel.core.problems import load_problem
+    problem = load_problem(Path(__file__).resolve().parents[1] / 'config' / f'{name}.yaml')
+    run = make_run(problem, 'bilevel-anchored', seed=0, iterations=4, overrides={'real_history': 1})
+    assert run.config.anchor == 'sysid'
+    dynamics = np.asarray(problem.theta_groups()['dynamics'], dtype=bool)
+    lower, upper = (np.asarray(b) for b in problem.theta_bounds())
+    run.start()
+    theta0 = run.theta.copy()
+    first = run.step()                                   # the fit alone, as theta_start: sysid
+    assert 'sysid_s' in first.timing and 'sensitivity_s' not in first.timing
+    fit_one = np.clip(problem.system_identification(run.real_batches, theta0), lower, upper)
+    np.testing.assert_allclose(run.theta[dynamics], fit_one[dynamics], rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(run.offset, 0.0)
+    for k in (2, 3):
+        before = run.theta.copy()
+        record = run.step()
+        assert 'sensitivity_s' in record.timing
+        assert len(run.real_batches) == k                # every batch kept for the fit
+        assert run.real_data() == run.real_batches[-1:]       # the gradient sees the newest (real_history 1)
+        fit = np.clip(problem.system_identification(run.real_batches, theta0), lower, upper)
+        np.testing.assert_allclose(run.theta[dynamics], np.clip(fit + run.offset, lower, upper)[dynamics],
+                                   rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(run.offset[~dynamics], 0.0)
+        if (~dynamics).any():                            # reward entries: the outer step alone
+            assert not np.array_equal(run.theta[~dynamics], before[~dynamics])
+    assert np.any(run.offset[dynamics] != 0.0)          # the outer steps moved the offset
+    assert not np.allclose(fit[dynamics], fit_one[dynamics])     # and the refit moved the anchor
+
+
+def test_anchor_offset_travels_with_the_optimiser_state_for_backtracks():
+    loop = BilevelOuterLoop(toy(), OuterConfig(anchor='sysid'))
+    loop.offset = np.array([0.5, -0.25, 0.0, 1.0])
+    saved = loop.optimizer_state()
+    loop.offset = np.zeros(4)
+    loop.restore_optimizer_state(saved)
+    np.testing.assert_array_equal(loop.offset, [0.5, -0.25, 0.0, 1.0])
+    assert 'anchor.offset' not in BilevelOuterLoop(toy(), OuterConfig()).optimizer_state()
 
 
 def test_a_policy_far_from_stationary_gets_the_first_order_sensitivity():

@@ -61,24 +61,6 @@ class SysIdRun(MethodRun):
         timing = {'real_s': t1 - t0, 'sysid_s': t2 - t1, 'inner_s': time.perf_counter() - t2}
         return float('nan'), self.mean_real_return(batch), timing
 
-    def identify(self) -> np.ndarray:
-        """The fit on every kept real batch.  Where the problem keeps sufficient statistics
-        (``system_identification_statistics(theta_init)``: ``add(batch)``, ``fit()``), each batch is
-        added once, in order -- so a resumed run, which adds the reloaded batches one by one, is
-        bit-identical to the uninterrupted one -- else ``system_identification`` refits on all."""
-        make = getattr(self.problem, 'system_identification_statistics', None)
-        if make is None:
-            return self.problem.system_identification(self.real_batches, self.problem.theta0())
-        numbers = self.kept_batch_numbers[len(self.kept_batch_numbers) - len(self.real_batches):]
-        statistics, added = getattr(self, '_sysid', (None, []))
-        if statistics is None or added != numbers[:len(added)]:        # first call, resumed, or cut at the front
-            statistics, added = make(self.problem.theta0()), []
-        for number, batch in zip(numbers[len(added):], self.real_batches[len(added):]):
-            statistics.add(batch)
-            added.append(number)
-        self._sysid = (statistics, added)
-        return statistics.fit()
-
 
 class BlackBoxRun(MethodRun):
     """Shared by the black-box searches: score a theta by real episodes of phi*(theta)."""

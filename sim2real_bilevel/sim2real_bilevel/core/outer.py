@@ -35,6 +35,7 @@ LINEAR_SOLVERS = ('dense', 'cg', 'first_order')
 SENSITIVITY_METHODS = ('exact', 'sampled')
 INNER_METHODS = ('exact', 'sampled', 'ppo')
 THETA_STARTS = ('nominal', 'sysid')
+ANCHORS = ('none', 'sysid')
 UNMODELLED_DELAY_WARNING = 0.25
 """A real loop whose median sensing-to-command delay is at least this fraction of the control
 period, on a simulator family without an actuation delay, is warned about (once per run)."""
@@ -124,6 +125,16 @@ class OuterConfig:
     'sysid': the first iteration fits the learnable dynamics entries to its real batch instead (the
     problem's ``system_identification``, the sysid baseline's fit; reward entries keep their values)
     and re-solves the policy there; the outer gradient takes over from the second iteration."""
+    anchor: str = 'none'
+    """Bi-level only.  'none': theta moves by the outer gradient alone.  'sysid': each iteration the
+    learnable dynamics entries are sysid's fit on ALL the real data so far (the sysid baseline's
+    ``identify``) plus an offset that the outer gradient learns (0 at first; the outer steps move it,
+    and reward entries as usual).  The first iteration fits and re-solves only, as ``theta_start:
+    sysid``.  The refit makes the large, data-supported moves a local gradient from a failing policy
+    cannot find (the swing-up's nominal policy never swings up, and the outer gradient there takes
+    the motor gain away from the robot's); the offset corrects what the fit gets wrong for the
+    real return (effects the simulator family cannot represent).  Keeps every real batch (the fit's
+    data), as sysid does; the real-gradient estimator still sees the ``real_history`` newest."""
     normalize_gradient: bool = False
     """Divide each outer gradient by its norm before the optimiser (Adam or SGD; opt-in).  With
     Adam every iteration's direction then weighs the same in its moments: one gradient orders of
@@ -183,6 +194,7 @@ class OuterConfig:
              'differentiates the exact (deterministic) inner solve'),
             (self.learn in ('all', 'dynamics', 'reward'), 'learn', "'all', 'dynamics' or 'reward'"),
             (self.theta_start in THETA_STARTS, 'theta_start', f'one of {THETA_STARTS}'),
+            (self.anchor in ANCHORS, 'anchor', f'one of {ANCHORS}'),
             (self.cma_sigma > 0, 'cma_sigma', 'a number > 0'),
             (self.cma_popsize >= 0, 'cma_popsize', 'an integer >= 0 (0: default)'),
             (self.spsa_a > 0 and self.spsa_c > 0, 'spsa_a', 'spsa_a > 0 and spsa_c > 0'),
@@ -616,6 +628,24 @@ class MethodRun:
                 'iteration': self.iteration + 1, 'rng_after': self.rng.bit_generator.state}, phi, self.writer)
         return batch
 
+    def identify(self) -> np.ndarray:
+        """The fit on every kept real batch.  Where the problem keeps sufficient statistics
+        (``system_identification_statistics(theta_init)``: ``add(batch)``, ``fit()``), each batch is
+        added once, in order -- so a resumed run, which adds the reloaded batches one by one, is
+        bit-identical to the uninterrupted one -- else ``system_identification`` refits on all."""
+        make = getattr(self.problem, 'system_identification_statistics', None)
+        if make is None:
+            return self.problem.system_identification(self.real_batches, self.problem.theta0())
+        numbers = self.kept_batch_numbers[len(self.kept_batch_numbers) - len(self.real_batches):]
+        statistics, added = getattr(self, '_sysid', (None, []))
+        if statistics is None or added != numbers[:len(added)]:        # first call, resumed, or cut at the front
+            statistics, added = make(self.problem.theta0()), []
+        for number, batch in zip(numbers[len(added):], self.real_batches[len(added):]):
+            statistics.add(batch)
+            added.append(number)
+        self._sysid = (statistics, added)
+        return statistics.fit()
+
     def mean_real_return(self, batch: Trajectories) -> float:
         return float(np.mean(discounted_returns(batch, self.problem.gamma)))
 
@@ -915,11 +945,36 @@ class BilevelOuterLoop(MethodRun):
         self.adam = Adam(self.theta.size, config.step_size, config.adam_betas, scale=self.step_units,
                          shrink_on_flip=config.step_shrink_on_flip,
                          reset_on_reversal=config.step_reset_on_reversal)
+        self.offset = np.zeros(self.theta.size)
+        """``anchor: sysid``: what the outer steps added to the dynamics entries on top of sysid's fit."""
+
+    @property
+    def anchored(self) -> bool:
+        return self.config.anchor == 'sysid'
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self.anchored:
+            state['arrays']['anchor.offset'] = self.offset
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.learn_mask = self._learn_mask()
         self.step_units = self._step_units()
+        self.offset = np.array(state['arrays'].get('anchor.offset', np.zeros(self.theta.size)), dtype=np.float64)
+
+    def optimizer_state(self) -> dict:
+        """Adam's state and, anchored, the offset (a backtrack restores both)."""
+        state = super().optimizer_state()
+        if self.anchored:
+            state['anchor.offset'] = self.offset.copy()
+        return state
+
+    def restore_optimizer_state(self, state: dict) -> None:
+        super().restore_optimizer_state(state)
+        if 'anchor.offset' in state:
+            self.offset = state['anchor.offset'].copy()
 
     def _step_units(self) -> np.ndarray:
         """What ``step_size`` multiplies, per theta coordinate: its bound range with ``step_per_range``,
@@ -971,9 +1026,10 @@ class BilevelOuterLoop(MethodRun):
         timing = {}
         t0 = time.perf_counter()
         batch = self.collect_real(self.phi)
-        self.real_batches = self.real_batches[-self.config.real_history:]
+        if not self.anchored:                  # anchored: every batch stays, for the fit
+            self.real_batches = self.real_batches[-self.config.real_history:]
         timing['real_s'] = time.perf_counter() - t0
-        if self.config.theta_start == 'sysid' and self.iteration == 0:
+        if (self.config.theta_start == 'sysid' or self.anchored) and self.iteration == 0:
             return self.start_from_identification(batch, timing)
         if self.config.safe_improvement and self.last_deployed is not None and self.best is not None \
                 and self.last_deployed.significantly_below(self.best.estimate(self.config.confidence)):
@@ -991,7 +1047,14 @@ class BilevelOuterLoop(MethodRun):
         if not np.all(np.isfinite(gradient)):
             raise FloatingPointError(f'outer gradient is not finite at iteration {self.iteration + 1}: '
                                      f'{gradient}')
-        self.theta = self.apply_step(gradient)
+        stepped = self.apply_step(gradient)
+        if self.anchored:
+            t1 = time.perf_counter()
+            self.offset = self.offset + np.where(self.anchor_mask(), stepped - self.theta, 0.0)
+            self.theta = self.anchored_theta(stepped)
+            timing['sysid_s'] = time.perf_counter() - t1
+        else:
+            self.theta = stepped
 
         t2 = time.perf_counter()
         self.set_policy(self.solve_inner(self.theta, self.phi))
@@ -1004,19 +1067,32 @@ class BilevelOuterLoop(MethodRun):
         """``theta_start: sysid``: theta's learnable dynamics entries fitted to the real data (the
         first batch; in mixed mode the recorded dataset too), the policy re-solved there (warm)."""
         t1 = time.perf_counter()
-        identified = np.clip(self.problem.system_identification(self.real_data(), self.theta), self.lower, self.upper)
-        self.theta = np.where(self.learn_mask & np.asarray(self.problem.theta_groups()['dynamics'], dtype=bool),
-                              identified, self.theta)
+        if self.anchored:
+            self.theta = self.anchored_theta(self.theta)
+        else:
+            identified = np.clip(self.problem.system_identification(self.real_data(), self.theta),
+                                 self.lower, self.upper)
+            self.theta = np.where(self.anchor_mask(), identified, self.theta)
         timing['sysid_s'] = time.perf_counter() - t1
         t2 = time.perf_counter()
         self.set_policy(self.solve_inner(self.theta, self.phi))
         timing['inner_s'] = time.perf_counter() - t2
         return float('nan'), self.mean_real_return(batch), timing
 
+    def anchor_mask(self) -> np.ndarray:
+        """The entries sysid's fit sets: the learnable dynamics ones."""
+        return self.learn_mask & np.asarray(self.problem.theta_groups()['dynamics'], dtype=bool)
+
+    def anchored_theta(self, theta: np.ndarray) -> np.ndarray:
+        """``anchor: sysid``: ``theta`` with its anchored entries replaced by sysid's fit on every kept
+        real batch plus ``offset``, inside the bounds."""
+        identified = np.clip(self.identify(), self.lower, self.upper)
+        return np.where(self.anchor_mask(), np.clip(identified + self.offset, self.lower, self.upper), theta)
+
     def real_data(self) -> list[Trajectories]:
-        """The real batches the real-gradient estimator and the safety check see: the kept ones
-        (``real_history`` most recent; mixed mode puts the recorded dataset before them)."""
-        return self.real_batches
+        """The real batches the real-gradient estimator and the safety check see: the
+        ``real_history`` most recent kept ones (mixed mode puts the recorded dataset before them)."""
+        return self.real_batches[-self.config.real_history:]
 
     def check_before_deploying(self) -> None:
         """Refuse the new policy before it runs on the real system when the real data already
