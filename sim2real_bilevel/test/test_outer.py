@@ -342,6 +342,50 @@ def test_anchor_offset_travels_with_the_optimiser_state_for_backtracks():
     assert 'anchor.offset' not in BilevelOuterLoop(toy(), OuterConfig()).optimizer_state()
 
 
+def test_skip_takes_no_outer_step_from_a_policy_far_from_stationary():
+    class Unconverged(ToyProblem):
+        def inner_tolerance(self):
+            return 0.01
+
+    problem = Unconverged(coupling=toy().coupling, phi_real=toy().phi_real)
+    loop = BilevelOuterLoop(problem, OuterConfig(far_from_stationary='skip', real_episodes=2), seed=0)
+    loop.start()
+    theta = loop.theta.copy()
+    asked = []
+    loop.outer_gradient = lambda *args: asked.append(args) or np.ones(theta.size)
+    loop.inner_grad_norm = 2.0                          # 200 x the tolerance: no step
+    record = loop.step()
+    assert asked == [] and loop.adam.t == 0
+    np.testing.assert_array_equal(loop.theta, theta)
+    assert 'no outer step' in record.event and '||F|| 2' in record.event
+    assert np.isnan(record.grad_norm) and 'inner_s' in record.timing
+    assert record.real_episodes == 2                    # the real batch was still collected
+    loop.inner_grad_norm = 0.5                          # 50 x: the outer step
+    loop.step()
+    assert len(asked) == 1 and loop.adam.t == 1
+    assert not np.array_equal(loop.theta, theta)
+
+
+def test_anchored_skip_moves_theta_by_the_refit_alone():
+    from pathlib import Path
+    from sim2real_bilevel.core.experiments import make_run
+    from sim2real_bilevel.core.problems import load_problem
+    problem = load_problem(Path(__file__).resolve().parents[1] / 'config' / 'lqr.yaml')
+    problem.inner_tolerance = lambda: 1e-12             # every exact solve "far": never a step
+    run = make_run(problem, 'bilevel-anchored', seed=0, iterations=3,
+                   overrides={'first_order_above': 1.0, 'solver': 'dense'})
+    assert run.config.far_from_stationary == 'skip'
+    sysid = make_run(problem, 'sysid', seed=0, iterations=3)
+    run.start(), sysid.start()
+    for _ in range(3):
+        run.inner_grad_norm = 1.0
+        record = run.step()
+        sysid.step()
+        np.testing.assert_allclose(run.theta, sysid.theta, rtol=1e-10, atol=1e-12)
+    assert 'no outer step' in record.event and run.adam.t == 0
+    np.testing.assert_array_equal(run.offset, 0.0)
+
+
 def test_a_policy_far_from_stationary_gets_the_first_order_sensitivity():
     class Unconverged(ToyProblem):
         def inner_tolerance(self):

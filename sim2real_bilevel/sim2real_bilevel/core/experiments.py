@@ -27,8 +27,9 @@ METHODS: dict[str, tuple[type, dict]] = {
     'bilevel-dynamics': (BilevelOuterLoop, {'learn': 'dynamics'}),
     # the first iteration fits the simulator to its real batch (sysid's fit), then bi-level steps
     'bilevel-from-sysid': (BilevelOuterLoop, {'theta_start': 'sysid'}),
-    # every iteration: sysid's fit on all real data so far + an offset the outer gradient learns
-    'bilevel-anchored': (BilevelOuterLoop, {'anchor': 'sysid'}),
+    # every iteration: sysid's fit on all real data so far + an offset the outer gradient learns, which
+    # moves only from policies near stationary (far from it the first-order steps were noise: swing-up)
+    'bilevel-anchored': (BilevelOuterLoop, {'anchor': 'sysid', 'far_from_stationary': 'skip'}),
     # bi-level with safe improvement on (the hardware default; off for ``solve`` unless asked)
     'bilevel-safe': (BilevelOuterLoop, {'safe_improvement': True}),
     # each iteration's outer gradient divided by its norm before Adam (opt-in; bench/results/urdf_tasks/swingup/adam_scale/)

@@ -29,7 +29,7 @@ from .problem import BilevelProblem, InnerResult, Trajectories, alive_mask, requ
 log = logging.getLogger(__name__)
 
 SOLVERS = ('dense', 'cg', 'first_order', 'resolve')
-FAR_FROM_STATIONARY = ('first_order', 'resolve')
+FAR_FROM_STATIONARY = ('first_order', 'resolve', 'skip')
 LINEAR_SOLVERS = ('dense', 'cg', 'first_order')
 """The solvers that solve the implicit-function system ('resolve' re-solves the inner problem instead)."""
 SENSITIVITY_METHODS = ('exact', 'sampled')
@@ -108,8 +108,10 @@ class OuterConfig:
     0: never."""
     far_from_stationary: str = 'first_order'
     """What replaces the implicit-function solve for such a policy (``first_order_above``):
-    'first_order' (d phi*/d theta ~ ``first_order_step`` * dF/dtheta) or 'resolve' (the solve's own
-    derivative, as solver 'resolve'; with ``inner_method: exact`` only, else first-order)."""
+    'first_order' (d phi*/d theta ~ ``first_order_step`` * dF/dtheta), 'resolve' (the solve's own
+    derivative, as solver 'resolve'; with ``inner_method: exact`` only, else first-order) or 'skip'
+    (no outer step that iteration: no sensitivity is computed, theta and the optimiser's moments stay,
+    with ``anchor: sysid`` the refit alone moves theta; the policy is solved on, warm)."""
     resolve_step: float = 0.05
     """Solver 'resolve': the finite-difference step h_i of theta coordinate i, as a fraction of its
     bound range (the outer step's size with ``step_per_range`` and the default ``step_size``)."""
@@ -232,19 +234,28 @@ def make_solver(config: OuterConfig):
     return implicit.first_order(step=config.first_order_step)
 
 
-def sensitivity_solver(config: OuterConfig, problem: BilevelProblem, inner_grad_norm: float):
-    """The implicit-function solver for a policy whose inner solve ended at ``inner_grad_norm`` (None:
-    re-solve, as solver 'resolve' does), and why it is not the configured one ('' when it is): where
-    the solve ended far from stationary (``OuterConfig.first_order_above``), the first-order step or
-    the re-solves (``OuterConfig.far_from_stationary``)."""
-    if config.solver == 'resolve':
-        return None, ''
+def far_from_stationary(config: OuterConfig, problem: BilevelProblem, inner_grad_norm: float) -> str:
+    """Why a policy whose inner solve ended at ``inner_grad_norm`` is too far from stationary for the
+    implicit-function solve (``OuterConfig.first_order_above``); '' when it is not."""
     tolerance = problem.inner_tolerance()
     factor = config.first_order_above
     if (config.solver in ('dense', 'cg') and factor > 0 and tolerance is not None
             and np.isfinite(inner_grad_norm) and inner_grad_norm > factor * tolerance):
-        far = (f'the inner solve ended at ||F|| {inner_grad_norm:.3g}, above {factor:g} x its tolerance '
-               f'{tolerance:g}')
+        return (f'the inner solve ended at ||F|| {inner_grad_norm:.3g}, above {factor:g} x its tolerance '
+                f'{tolerance:g}')
+    return ''
+
+
+def sensitivity_solver(config: OuterConfig, problem: BilevelProblem, inner_grad_norm: float):
+    """The implicit-function solver for a policy whose inner solve ended at ``inner_grad_norm`` (None:
+    re-solve, as solver 'resolve' does), and why it is not the configured one ('' when it is): where
+    the solve ended far from stationary (``OuterConfig.first_order_above``), the first-order step or
+    the re-solves (``OuterConfig.far_from_stationary``; 'skip' is the optimiser's to act on, before it
+    asks: asked anyway, the first-order step)."""
+    if config.solver == 'resolve':
+        return None, ''
+    far = far_from_stationary(config, problem, inner_grad_norm)
+    if far:
         if config.far_from_stationary == 'resolve' and config.inner_method == 'exact':
             return None, f'sensitivity by re-solving: {far}'
         return implicit.first_order(step=config.first_order_step), f'first-order sensitivity: {far}'
@@ -1040,6 +1051,11 @@ class BilevelOuterLoop(MethodRun):
             return float('nan'), self.mean_real_return(batch), timing
 
         t1 = time.perf_counter()
+        if self.config.far_from_stationary == 'skip':
+            far = far_from_stationary(self.config, self.problem, self.inner_grad_norm)
+            if far:
+                self.event = f'no outer step: {far}'
+                return self.solve_without_step(batch, timing)
         real_gradient = self.problem.real_policy_gradient(self.phi, self.real_data(), theta=self.theta)
         gradient = self.outer_gradient(self.phi, self.theta, real_gradient)
         gradient = np.where(self.learn_mask, gradient, 0.0)
@@ -1063,16 +1079,29 @@ class BilevelOuterLoop(MethodRun):
             self.check_before_deploying()
         return float(np.linalg.norm(gradient)), self.mean_real_return(batch), timing
 
+    def solve_without_step(self, batch: Trajectories, timing: dict) -> tuple[float, float, dict]:
+        """An iteration without an outer step: theta stays (anchored: refitted, offset kept) and
+        the policy is solved on there."""
+        if self.anchored:
+            t1 = time.perf_counter()
+            self.theta = self.anchored_theta(self.theta)
+            timing['sysid_s'] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        self.set_policy(self.solve_inner(self.theta, self.phi))
+        timing['inner_s'] = time.perf_counter() - t2
+        if self.config.safe_improvement and self.best is not None:
+            self.check_before_deploying()
+        return float('nan'), self.mean_real_return(batch), timing
+
     def start_from_identification(self, batch: Trajectories, timing: dict) -> tuple[float, float, dict]:
         """``theta_start: sysid``: theta's learnable dynamics entries fitted to the real data (the
         first batch; in mixed mode the recorded dataset too), the policy re-solved there (warm)."""
+        if self.anchored:                        # the offset is 0: theta is the fit
+            return self.solve_without_step(batch, timing)
         t1 = time.perf_counter()
-        if self.anchored:
-            self.theta = self.anchored_theta(self.theta)
-        else:
-            identified = np.clip(self.problem.system_identification(self.real_data(), self.theta),
-                                 self.lower, self.upper)
-            self.theta = np.where(self.anchor_mask(), identified, self.theta)
+        identified = np.clip(self.problem.system_identification(self.real_data(), self.theta),
+                             self.lower, self.upper)
+        self.theta = np.where(self.anchor_mask(), identified, self.theta)
         timing['sysid_s'] = time.perf_counter() - t1
         t2 = time.perf_counter()
         self.set_policy(self.solve_inner(self.theta, self.phi))

@@ -75,8 +75,9 @@ class Sensitivity(Node):
                           '||F|| above this many times the inner tolerance (far from stationary); 0: never',
                           low=0.0, high=1e12),
             ParameterSpec('far_from_stationary', d['far_from_stationary'],
-                          "what replaces the implicit-function solve for such a policy: 'first_order' or "
-                          "'resolve' (the inner solves continued from it, as solver 'resolve')",
+                          "what replaces the implicit-function solve for such a policy: 'first_order', "
+                          "'resolve' (the inner solves continued from it, as solver 'resolve') or 'skip' (the "
+                          "optimizer takes no outer step and does not ask; asked anyway: 'first_order')",
                           choices=FAR_FROM_STATIONARY),
             ParameterSpec('resolve_step', float(d['resolve_step']),
                           "solver 'resolve': each theta coordinate's finite-difference step, as a fraction of "
