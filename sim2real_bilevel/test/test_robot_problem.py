@@ -525,3 +525,46 @@ def test_ppo_inner_learner_improves_the_in_sim_return_and_warm_starts(problem):
     assert optimum - value < 0.1 * (optimum - before)
     with pytest.raises(ValueError, match='ppo'):
         problem.inner_solve(theta, method='reinforce')
+
+
+# --- inner.randomize: J_sim over simulators around theta --------------------------------------------
+def test_randomize_runs_each_crn_rollout_at_theta_plus_its_fixed_offset():
+    plain, spread = tiny(), tiny(**{'inner.randomize': 0.2})
+    phi = torch.as_tensor(plain.policy.init_params(np.random.default_rng(3)))
+    theta = torch.as_tensor(plain.theta0())
+    offsets = spread._crn_offsets
+    physical = np.arange(plain.nominal_full.size) < plain.model.n_physical
+    moved = plain.learn_mask & physical
+    # only learnable physical entries are offset, within +- 0.2 of their bound range, and not all alike
+    assert offsets.shape == (6, plain.nominal_full.size)
+    np.testing.assert_array_equal(offsets.numpy()[:, ~moved], 0.0)
+    ranges = (plain._upper_full - plain._lower_full)[moved]
+    assert np.all(np.abs(offsets.numpy()[:, moved]) <= 0.2 * ranges)
+    assert np.all(offsets.numpy()[:, moved].std(axis=0) > 0.02 * ranges)
+    # J_sim = the mean over rollouts, each at its own simulator (the per-rollout theta path of DR)
+    per_rollout = plain.full_theta(theta)[None, :] + offsets
+    expected = plain.sim_objective(phi, per_rollout, full=True)
+    torch.testing.assert_close(spread.sim_objective(phi, theta), expected, rtol=1e-12, atol=1e-12)
+    assert float(spread.sim_objective(phi, theta)) != pytest.approx(float(plain.sim_objective(phi, theta)), rel=1e-6)
+    # the same CRN noise, and other noise sets are not offset
+    noise = CommonNoise.draw(4, plain.horizon, plain.initial, np.random.default_rng(9))
+    torch.testing.assert_close(spread.sim_objective(phi, theta, noise), plain.sim_objective(phi, theta, noise))
+
+
+def test_randomize_sensitivities_match_float64_finite_differences():
+    problem = tiny(**{'inner.randomize': 0.2})
+    rng = np.random.default_rng(5)
+    phi = torch.as_tensor(problem.policy.init_params(np.random.default_rng(3)))
+    theta = torch.as_tensor(problem.theta0())
+    terms = problem.sensitivity_terms(phi.numpy(), theta.numpy())
+    w = torch.as_tensor(rng.standard_normal(theta.numel()))
+    v = torch.as_tensor(rng.standard_normal(phi.numel()))
+    jvp_fd = central_difference(lambda t: problem.inner_gradient(phi, t), theta, w)
+    torch.testing.assert_close(terms.info['jvp_theta'](w), jvp_fd, rtol=1e-5, atol=1e-7)
+    hvp_fd = central_difference(lambda p: problem.inner_gradient(p, theta), phi, v)
+    torch.testing.assert_close(terms.hvp(v), hvp_fd, rtol=1e-5, atol=1e-7)
+
+
+def test_randomize_outside_zero_to_one_is_rejected_by_name():
+    with pytest.raises(ProblemConfigError, match='randomize'):
+        tiny(**{'inner.randomize': 1.5})

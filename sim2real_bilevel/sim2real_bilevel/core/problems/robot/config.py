@@ -40,6 +40,11 @@ class InnerSettings:
     # a warm-started exact solve: 'warm' keeps it; 'best' also solves cold at the same theta (from the
     # initial policy, cached per theta) and keeps the one with the higher J_sim on the CRN set
     start: str = setting('warm', choices=('warm', 'best'))
+    # local domain randomisation (opt-in): each rollout of J_sim's CRN set runs at theta plus a fixed offset
+    # of every learnable physical entry, drawn once, uniform within +- this fraction of the entry's (log)
+    # bound range; the inner problem then trains for simulators around theta, and theta stays its centre
+    # (d J_sim / d theta and the sensitivities are taken through the offsets).  0: off
+    randomize: float = setting(0.0, low=0.0, high=1.0)
 
 
 def read_problem_file(data: dict, source: str) -> dict:

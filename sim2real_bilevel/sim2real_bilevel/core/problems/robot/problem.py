@@ -80,6 +80,7 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         self.theta_names = [theta_names_full[i] for i in self.learn_index]
         self._discounts = gamma ** torch.arange(horizon, dtype=DTYPE)
         self._crn = CommonNoise.draw(inner.episodes, horizon, initial, np.random.default_rng([inner.seed, 1]))
+        self._crn_offsets = self._randomization_offsets()
         self._emulators: list = []
         self.real_gradient_lambda = real_gradient_lambda
         if real_gradient_estimator not in REAL_GRADIENT_ESTIMATORS:
@@ -93,6 +94,22 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         self._unconverged_reports = 0          # cold solves that ended far from stationary (_report_unconverged)
         self._real_return_cache: dict[bytes, float] = {}
         self._cold_solves: dict[bytes, InnerResult] = {}
+
+    def _randomization_offsets(self) -> Optional[torch.Tensor]:
+        """``inner.randomize``'s fixed per-rollout offsets of the full theta (episodes, F) for the CRN
+        set: the learnable physical entries uniform within +- randomize x their bound range, the rest 0
+        (drawn from their own seed, so the CRN noise is the same with or without); None when off."""
+        if not self.inner.randomize:
+            return None
+        physical = np.zeros(self.nominal_full.size, dtype=bool)
+        physical[:self.model.n_physical] = True
+        spread = np.where(self.learn_mask & physical, self._upper_full - self._lower_full, 0.0)
+        if not np.all(np.isfinite(spread)):
+            raise ValueError(f'{self.source}: inner.randomize = {self.inner.randomize:g} needs finite bounds on '
+                             f'every learnable physical entry of theta')
+        rng = np.random.default_rng([self.inner.seed, 3])
+        draws = rng.uniform(-1.0, 1.0, size=(self.inner.episodes, self.nominal_full.size))
+        return torch.as_tensor(draws * self.inner.randomize * spread, dtype=DTYPE)
 
     def __getstate__(self) -> dict:
         """Pickled without what belongs to one process: the emulators (pybullet connections, made

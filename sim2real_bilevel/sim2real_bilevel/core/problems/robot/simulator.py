@@ -161,9 +161,13 @@ class PendulumSimulatorFamily:
     def sim_objective(self, phi: torch.Tensor, theta: torch.Tensor, noise: Optional[CommonNoise] = None,
                       *, full: bool = False) -> torch.Tensor:
         """J_sim(phi, theta) on ``noise`` (default: the fixed CRN set); ``theta`` is the
-        learnable vector, or the full 7-vector when ``full``."""
+        learnable vector, or the full vector when ``full``.  On the CRN set with ``inner.randomize``, each
+        rollout runs at theta plus its fixed offset (``_crn_offsets``)."""
         noise = self._crn if noise is None else noise
         theta_full = theta if full else self.full_theta(theta)
+        offsets = getattr(self, '_crn_offsets', None)
+        if offsets is not None and noise is self._crn and theta_full.dim() == 1:   # inner.randomize
+            theta_full = theta_full + offsets.to(theta_full)
         _, _, rewards = self.rollout(phi, theta_full, noise)
         discounted = (self._discounts[:rewards.shape[0], None].to(rewards) * rewards).sum(0).mean()
         return (discounted + self.inner.entropy * self.policy.log_std(phi).sum()
