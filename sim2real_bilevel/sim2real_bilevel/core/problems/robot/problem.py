@@ -95,15 +95,19 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         self._real_return_cache: dict[bytes, float] = {}
         self._cold_solves: dict[bytes, InnerResult] = {}
 
+    def _randomized_entries(self) -> np.ndarray:
+        """The full theta's entries that randomisation draws (domain randomisation, ``inner.randomize``):
+        the learnable physical ones."""
+        physical = np.arange(self.nominal_full.size) < self.model.n_physical
+        return self.learn_mask & physical
+
     def _randomization_offsets(self) -> Optional[torch.Tensor]:
         """``inner.randomize``'s fixed per-rollout offsets of the full theta (episodes, F) for the CRN
         set: the learnable physical entries uniform within +- randomize x their bound range, the rest 0
         (drawn from their own seed, so the CRN noise is the same with or without); None when off."""
         if not self.inner.randomize:
             return None
-        physical = np.zeros(self.nominal_full.size, dtype=bool)
-        physical[:self.model.n_physical] = True
-        spread = np.where(self.learn_mask & physical, self._upper_full - self._lower_full, 0.0)
+        spread = np.where(self._randomized_entries(), self._upper_full - self._lower_full, 0.0)
         if not np.all(np.isfinite(spread)):
             raise ValueError(f'{self.source}: inner.randomize = {self.inner.randomize:g} needs finite bounds on '
                              f'every learnable physical entry of theta')
@@ -748,9 +752,7 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         if episodes < 1:
             raise ValueError(f'randomized_inner_solve: episodes={episodes!r}: expected >= 1')
         lower, upper = np.exp(self._lower_full), np.exp(self._upper_full)
-        physical = np.zeros(self.nominal_full.size, dtype=bool)
-        physical[:self.model.n_physical] = True
-        randomized = self.learn_mask & physical
+        randomized = self._randomized_entries()
         draws = np.tile(self.nominal_full, (episodes, 1))
         natural = rng.uniform(lower[randomized], upper[randomized], size=(episodes, int(randomized.sum())))
         draws[:, randomized] = np.log(natural)
