@@ -1065,33 +1065,29 @@ class BilevelOuterLoop(MethodRun):
                                      f'{gradient}')
         stepped = self.apply_step(gradient)
         if self.anchored:
-            t1 = time.perf_counter()
             self.offset = self.offset + np.where(self.anchor_mask(), stepped - self.theta, 0.0)
-            self.theta = self.anchored_theta(stepped)
-            timing['sysid_s'] = time.perf_counter() - t1
-        else:
-            self.theta = stepped
-
-        t2 = time.perf_counter()
-        self.set_policy(self.solve_inner(self.theta, self.phi))
-        timing['inner_s'] = time.perf_counter() - t2
-        if self.config.safe_improvement and self.best is not None:
-            self.check_before_deploying()
-        return float(np.linalg.norm(gradient)), self.mean_real_return(batch), timing
+        return self.move_and_solve(stepped, float(np.linalg.norm(gradient)), batch, timing)
 
     def solve_without_step(self, batch: Trajectories, timing: dict) -> tuple[float, float, dict]:
         """An iteration without an outer step: theta stays (anchored: refitted, offset kept) and
         the policy is solved on there."""
+        return self.move_and_solve(self.theta, float('nan'), batch, timing)
+
+    def move_and_solve(self, theta: np.ndarray, gradient_norm: float, batch: Trajectories,
+                       timing: dict) -> tuple[float, float, dict]:
+        """The tail of an iteration: theta moves to ``theta`` (anchored: its anchored entries
+        refitted, plus the offset), the policy is solved there and checked before deployment."""
         if self.anchored:
             t1 = time.perf_counter()
-            self.theta = self.anchored_theta(self.theta)
+            theta = self.anchored_theta(theta)
             timing['sysid_s'] = time.perf_counter() - t1
+        self.theta = theta
         t2 = time.perf_counter()
         self.set_policy(self.solve_inner(self.theta, self.phi))
         timing['inner_s'] = time.perf_counter() - t2
         if self.config.safe_improvement and self.best is not None:
             self.check_before_deploying()
-        return float('nan'), self.mean_real_return(batch), timing
+        return gradient_norm, self.mean_real_return(batch), timing
 
     def start_from_identification(self, batch: Trajectories, timing: dict) -> tuple[float, float, dict]:
         """``theta_start: sysid``: theta's learnable dynamics entries fitted to the real data (the
