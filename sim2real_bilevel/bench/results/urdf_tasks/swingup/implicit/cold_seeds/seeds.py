@@ -2,11 +2,13 @@
 is the inner solve's outcome reliable?  Real return on the stand-in (16 fixed evaluation episodes),
 J_sim on the training CRN set and on 256 fresh draws at the true theta."""
 import json, os, sys, time, yaml, torch, numpy as np
-sys.path.insert(0, '/work/main/sim2real_bilevel')
+from pathlib import Path
+PACKAGE = Path(__file__).resolve().parents[6]
+sys.path.insert(0, str(PACKAGE))
 from sim2real_bilevel.core.problems import load_problem
 from sim2real_bilevel.core.problems.robot.simulator import CommonNoise
 torch.set_num_threads(1)
-src = '/work/main/sim2real_bilevel/config/swingup.yaml'
+src = PACKAGE / 'config' / 'swingup.yaml'
 base = yaml.safe_load(open(src))
 out = sys.argv[1]
 results = json.load(open(out)) if os.path.exists(out) else []
@@ -15,7 +17,7 @@ for item in sys.argv[2:]:
     if any(r['episodes'] == E and r['seed'] == s for r in results):
         continue
     d = dict(base); d['inner'] = dict(base['inner'], episodes=E, seed=s)
-    path = f'/work/main/sim2real_bilevel/config/_tmp_swingup_{E}_{s}.yaml'
+    path = str(PACKAGE / 'config' / f'_tmp_swingup_{E}_{s}.yaml')
     yaml.safe_dump(d, open(path, 'w'))
     try:
         p = load_problem(path)
