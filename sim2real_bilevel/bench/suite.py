@@ -49,7 +49,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 if str(PACKAGE_ROOT) not in sys.path:
     sys.path.insert(0, str(PACKAGE_ROOT))
 from sim2real_bilevel.core import experiments  # noqa: E402
-from sim2real_bilevel.core.generators import KINDS, generate  # noqa: E402
+from sim2real_bilevel.core.generators import KINDS, GenerationFailed, generate  # noqa: E402
 
 REFERENCE = 'bilevel-exact-real-gradient'
 METHODS = ('bilevel', REFERENCE, 'bilevel-safe', 'nominal', 'sysid', 'cmaes', 'spsa', 'real-rl')
@@ -82,10 +82,13 @@ def job_specs(out: Path, kinds, problems: int, seeds: int, methods, iterations: 
             for kind in kinds for p in range(problems) for method in methods for s in range(seeds)]
 
 
-def generate_problem(kind: str, seed: int, path: str) -> dict:
-    """Write problem (kind, seed) to ``path`` (atomically); a record of how long it took."""
+def generate_problem(kind: str, seed: int, path: str, inject_failure: bool = False) -> dict:
+    """Write problem (kind, seed) to ``path`` (atomically); a record of how long it took.
+    ``inject_failure``: the generator fails instead of running (tests)."""
     started = time.perf_counter()
     try:
+        if inject_failure:
+            raise GenerationFailed(f'injected failure: no {kind} candidate for seed {seed}')
         result = generate(kind, seed)
     except Exception as err:        # noqa: BLE001 -- recorded; the problem's jobs become aborts
         return {'type': 'generate', 'kind': kind, 'problem_seed': seed, 'status': 'abort',
@@ -200,7 +203,7 @@ def latest_jobs(records: Iterable[dict], specs: list[dict]) -> dict:
 # --- running -----------------------------------------------------------------------------------------
 def _worker_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is the parent's: it stops the workers
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)    # not the parent's handler (inherited by fork)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)    # not a handler inherited from the forking process
     try:                                             # Linux: a worker dies with its parent (even SIGKILLed)
         import ctypes
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)      # PR_SET_PDEATHSIG
@@ -240,7 +243,8 @@ def run_suite(out, kinds=KINDS, problems: int = 50, seeds: int = 3, methods=METH
               inject_failure: Iterable[str] = (), progress: Optional[Callable[[dict], None]] = None,
               command: str = '') -> dict:
     """Generate what is missing, run every job not yet in OUT/jobs.jsonl, tabulate; returns the
-    suite.json document.  ``inject_failure``: job keys that raise instead of running (tests)."""
+    suite.json document.  ``inject_failure``: job keys that raise instead of running, and
+    ``generate:KIND/NNN`` for a problem whose generation fails (tests)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for method in methods:
@@ -276,8 +280,10 @@ def run_suite(out, kinds=KINDS, problems: int = 50, seeds: int = 3, methods=METH
             os.fsync(log.fileno())
 
         count = workers or os.cpu_count()
+        # forkserver, not fork: a fork of a process with threads (torch's, DDS's, pytest's) can hang or
+        # die in the child when a lock was held at the fork; the server forks from a clean process
         pool = cf.ProcessPoolExecutor(max_workers=count, initializer=_worker_init,
-                                      mp_context=multiprocessing.get_context('fork'))
+                                      mp_context=multiprocessing.get_context('forkserver'))
         try:
             futures, to_generate, ready = {}, [], []
             for (kind, seed), group in by_problem.items():
@@ -296,7 +302,8 @@ def run_suite(out, kinds=KINDS, problems: int = 50, seeds: int = 3, methods=METH
                 # generated (the pool runs in submission order): results come from the start
                 while to_generate and sum(isinstance(v, list) for v in futures.values()) < max(1, count // 2):
                     kind, seed, path, group = to_generate.pop(0)
-                    futures[pool.submit(generate_problem, kind, seed, path)] = group
+                    futures[pool.submit(generate_problem, kind, seed, path,
+                                        f'generate:{kind}/{seed:03d}' in injected)] = group
 
             generate_next()
             while futures:

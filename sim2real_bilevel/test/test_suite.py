@@ -4,26 +4,16 @@ abort without stopping the suite, a second invocation skips the recorded jobs; a
 exact-real-gradient reference uses the exact gradient of the hidden real objective."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-SUITE_PATH = Path(__file__).resolve().parents[1] / 'bench' / 'suite.py'
-
-
-def _suite_module():
-    spec = importlib.util.spec_from_file_location('suite_bench', SUITE_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-suite = _suite_module()
+# bench/ by its package name (pytest.ini's pythonpath holds its parent): the pool's forkserver workers
+# import the jobs' functions by that name
+suite = importlib.import_module('bench.suite')
 
 
 @pytest.fixture(scope='module')
@@ -163,19 +153,13 @@ def test_bad_options_are_refused(tmp_path, capsys):
     assert suite.main(['--problems', '0', '--out', str(tmp_path / 'x')]) == 2
 
 
-def test_failed_generation_makes_its_jobs_aborts(tmp_path, monkeypatch):
-    from sim2real_bilevel.core.generators import GenerationFailed
-
-    def refuse(kind, seed, **options):
-        raise GenerationFailed(f'no {kind} candidate for seed {seed} (test)')
-
-    monkeypatch.setattr(suite, 'generate', refuse)       # the forked workers inherit it
+def test_failed_generation_makes_its_jobs_aborts(tmp_path):
     heard = []
     document = suite.run_suite(tmp_path, kinds=('tabular',), problems=1, seeds=1, methods=('nominal', 'bilevel'),
-                               workers=1, progress=heard.append)
+                               workers=1, progress=heard.append, inject_failure={'generate:tabular/000'})
     assert sorted((r['method'], r['status']) for r in heard) == [('bilevel', 'abort'), ('nominal', 'abort')]
-    assert all(f['reason'] == 'abort: problem generation failed: GenerationFailed: no tabular candidate for '
-                             'seed 0 (test)' for f in document['failures'])
+    assert all(f['reason'] == 'abort: problem generation failed: GenerationFailed: injected failure: no tabular '
+                             'candidate for seed 0' for f in document['failures'])
     assert len(document['failures']) == 2 and not (tmp_path / 'problems' / 'tabular-000.yaml').exists()
 
 
