@@ -114,6 +114,7 @@ def _run(method, iterations, run_dir=None, crash_in=None, crash_at=None, seed=3,
     ('sysid', 'inner_solve', 4, 'lqr'),                   # incremental least squares rebuilt from the kept batches
     ('bilevel-anchored', 'inner_solve', 5, PROBLEM),      # the offset and every batch for the refit
     ('bilevel-anchored', 'inner_solve', 4, 'lqr'),       # the least squares rebuilt from every batch
+    ('bilevel-anchored-auto', 'inner_solve', 5, PROBLEM),  # the first policy the anchored ones are held to
 ])
 def test_interrupted_run_resumes_bit_identical(tmp_path, method, crash_in, crash_at, problem_name):
     iterations = 6

@@ -4,6 +4,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 
 from sim2real_bilevel.core.experiments import format_summary, plot_results, summarize
 from sim2real_bilevel.core.outer import (Adam, BilevelOuterLoop, OuterConfig, discounted_returns, resolve_steps,
@@ -340,6 +341,78 @@ def test_anchor_offset_travels_with_the_optimiser_state_for_backtracks():
     loop.restore_optimizer_state(saved)
     np.testing.assert_array_equal(loop.offset, [0.5, -0.25, 0.0, 1.0])
     assert 'anchor.offset' not in BilevelOuterLoop(toy(), OuterConfig()).optimizer_state()
+
+
+class FittedToy(ToyProblem):
+    """The toy whose sysid fit is a given theta (the fit's quality chosen by the test)."""
+
+    def __init__(self, fit, **kwargs):
+        super().__init__(**kwargs)
+        self.fit = np.asarray(fit, dtype=np.float64)
+
+    def system_identification(self, batches, theta_init):
+        return self.fit.copy()
+
+
+def _fitted_toy(helps: bool) -> FittedToy:
+    base = toy()
+    dynamics = base.theta_groups()['dynamics']
+    fit = np.zeros(base.coupling.shape[1])
+    # the least-squares fit of the policy to the real optimum through the dynamics entries (helps), or
+    # its opposite, four times as far (hurts)
+    best, *_ = np.linalg.lstsq(base.coupling[:, dynamics], base.phi_real, rcond=None)
+    fit[dynamics] = best if helps else -4.0 * best
+    return FittedToy(fit, coupling=base.coupling, phi_real=base.phi_real)
+
+
+def test_anchor_auto_is_released_when_the_fit_policy_is_significantly_worse_than_the_first():
+    problem = _fitted_toy(helps=False)
+    run = BilevelOuterLoop(problem, OuterConfig(anchor='auto', real_episodes=2, real_history=1), seed=0)
+    run.start()
+    theta0, phi0 = run.theta.copy(), run.phi.copy()
+    first = run.step()                                     # the nominal policy's episodes; the fit
+    assert run.anchored and 'sysid_s' in first.timing
+    np.testing.assert_array_equal(run.theta, np.clip(problem.fit, *problem.theta_bounds()))
+    assert float(problem.real_objective(torch.as_tensor(run.phi))) < float(problem.real_objective(torch.as_tensor(phi0)))
+    second = run.step()                                    # the fit's policy on the robot: worse
+    assert second.event.startswith('anchor released') and 'first policy' in second.event
+    assert not run.anchored and run.anchor_released
+    np.testing.assert_array_equal(run.theta, theta0)
+    np.testing.assert_array_equal(run.phi, phi0)           # the first policy is deployed again
+    np.testing.assert_array_equal(run.offset, 0.0)
+    assert np.isnan(second.grad_norm)
+    third = run.step()                                     # bi-level from there: an outer step, no refit
+    assert 'sensitivity_s' in third.timing and 'sysid_s' not in third.timing and not third.event
+    assert len(run.real_batches) == 1                      # no anchor: only real_history batches kept
+    assert not np.array_equal(run.theta, theta0)
+
+
+def test_anchor_auto_release_survives_a_resume(tmp_path):
+    problem = _fitted_toy(helps=False)
+    run = BilevelOuterLoop(problem, OuterConfig(anchor='auto', real_episodes=2, iterations=2), seed=0)
+    run.attach_run_dir(tmp_path)
+    run.run()                                              # the fit, then the release
+    assert run.anchor_released and run.history[-1].event.startswith('anchor released')
+    resumed = BilevelOuterLoop(problem, OuterConfig(anchor='auto', real_episodes=2, iterations=2), seed=0)
+    assert resumed.attach_run_dir(tmp_path)
+    assert resumed.anchor_released and not resumed.anchored
+    for name in ('theta', 'phi', 'returns'):
+        np.testing.assert_array_equal(getattr(resumed.anchor_reference, name), getattr(run.anchor_reference, name))
+    assert resumed.anchor_reference.iteration == run.anchor_reference.iteration == 1
+    np.testing.assert_array_equal(resumed.theta, run.theta)
+
+def test_anchor_auto_stays_anchored_while_the_fit_policy_is_not_worse():
+    problem = _fitted_toy(helps=True)
+    run = BilevelOuterLoop(problem, OuterConfig(anchor='auto', real_episodes=2), seed=0)
+    run.start()
+    phi0 = run.phi.copy()
+    for _ in range(4):
+        record = run.step()
+        assert not record.event and run.anchored
+    assert float(problem.real_objective(torch.as_tensor(run.phi))) > float(problem.real_objective(torch.as_tensor(phi0)))
+    dynamics = problem.theta_groups()['dynamics']
+    np.testing.assert_allclose(run.theta[dynamics], np.clip(problem.fit + run.offset, -10, 10)[dynamics])
+    assert len(run.real_batches) == 4                      # anchored: every batch kept for the fit
 
 
 def test_skip_takes_no_outer_step_from_a_policy_far_from_stationary():

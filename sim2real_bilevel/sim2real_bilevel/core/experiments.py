@@ -30,6 +30,9 @@ METHODS: dict[str, tuple[type, dict]] = {
     # every iteration: sysid's fit on all real data so far + an offset the outer gradient learns, which
     # moves only from policies near stationary (far from it the first-order steps were noise: swing-up)
     'bilevel-anchored': (BilevelOuterLoop, {'anchor': 'sysid', 'far_from_stationary': 'skip'}),
+    # anchored until an anchored policy's real return is significantly below the nominal policy's, then bi-level
+    # from the nominal policy (the fit hurts where the family cannot represent the robot: an actuation delay)
+    'bilevel-anchored-auto': (BilevelOuterLoop, {'anchor': 'auto'}),
     # bi-level with safe improvement on (the hardware default; off for ``solve`` unless asked)
     'bilevel-safe': (BilevelOuterLoop, {'safe_improvement': True}),
     # each iteration's outer gradient divided by its norm before Adam (opt-in; bench/results/urdf_tasks/swingup/adam_scale/)

@@ -35,7 +35,7 @@ LINEAR_SOLVERS = ('dense', 'cg', 'first_order')
 SENSITIVITY_METHODS = ('exact', 'sampled')
 INNER_METHODS = ('exact', 'sampled', 'ppo')
 THETA_STARTS = ('nominal', 'sysid')
-ANCHORS = ('none', 'sysid')
+ANCHORS = ('none', 'sysid', 'auto')
 UNMODELLED_DELAY_WARNING = 0.25
 """A real loop whose median sensing-to-command delay is at least this fraction of the control
 period, on a simulator family without an actuation delay, is warned about (once per run)."""
@@ -136,7 +136,14 @@ class OuterConfig:
     cannot find (the swing-up's nominal policy never swings up, and the outer gradient there takes
     the motor gain away from the robot's); the offset corrects what the fit gets wrong for the
     real return (effects the simulator family cannot represent).  Keeps every real batch (the fit's
-    data), as sysid does; the real-gradient estimator still sees the ``real_history`` newest."""
+    data), as sysid does; the real-gradient estimator still sees the ``real_history`` newest.
+    'auto': 'sysid' until the real data say the fit hurts -- an anchored policy's estimated real
+    return significantly below the first policy's (the nominal one, deployed before any fit; the
+    intervals of ``significantly_below``) while that first policy is still the best deployed -- then
+    theta, the policy and the optimiser go back to the first policy's and bi-level goes on from
+    there as with 'none' (the record's event says so).  For robots whose real effects the family
+    cannot represent (an actuation delay), where the fit's theta trains worse policies than the
+    nominal one (bench/results/anchor_sysid/generated_urdf/)."""
     normalize_gradient: bool = False
     """Divide each outer gradient by its norm before the optimiser (Adam or SGD; opt-in).  With
     Adam every iteration's direction then weighs the same in its moments: one gradient orders of
@@ -804,13 +811,10 @@ class MethodRun:
         if self.pending is not None:          # its evaluation in flight: asked for again on resume
             meta['pending_record'] = self.pending.record.to_json()
             arrays['pending.phi'] = self.pending.phi
+        state = {'meta': meta, 'arrays': arrays}
         if self.best is not None:
-            best = self.best
-            meta['best'] = {'iteration': int(best.iteration), 'inner_grad_norm': float(best.inner_grad_norm),
-                            'optimizer': {k: v for k, v in best.optimizer.items() if not isinstance(v, np.ndarray)}}
-            arrays.update({'best.theta': best.theta, 'best.phi': best.phi, 'best.returns': best.returns})
-            arrays.update({f'best.{k}': v for k, v in best.optimizer.items() if isinstance(v, np.ndarray)})
-        return {'meta': meta, 'arrays': arrays}
+            save_best_policy(state, 'best', self.best)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state_dict()``'s output (the configuration is the saved one)."""
@@ -844,15 +848,7 @@ class MethodRun:
         safety = meta.get('safety', {})
         self.backtracks = int(safety.get('backtracks', 0))
         self.step_scale = float(safety.get('step_scale', 1.0))
-        self.best = None
-        if 'best' in meta:
-            saved = meta['best']
-            optimizer = dict(saved['optimizer'])
-            optimizer.update({k[len('best.'):]: np.array(v) for k, v in arrays.items()
-                              if k.startswith('best.') and k not in ('best.theta', 'best.phi', 'best.returns')})
-            self.best = BestPolicy(iteration=int(saved['iteration']), theta=np.array(arrays['best.theta']),
-                                   phi=np.array(arrays['best.phi']), inner_grad_norm=float(saved['inner_grad_norm']),
-                                   returns=np.array(arrays['best.returns']), optimizer=optimizer)
+        self.best = load_best_policy(state, 'best')
 
     def _stored_batch(self, number: int) -> Trajectories:
         stored = None if self.run_dir is None else checkpoint.load_real_batch(self.run_dir, number)
@@ -942,6 +938,30 @@ class MethodRun:
         return False
 
 
+def save_best_policy(state: dict, name: str, policy: BestPolicy) -> None:
+    """Put ``policy`` into a ``state_dict`` under ``name`` (its numbers in the metadata, its arrays
+    as ``NAME.theta``, ``NAME.phi``, ``NAME.returns`` and ``NAME.<optimiser array>``)."""
+    state['meta'][name] = {'iteration': int(policy.iteration), 'inner_grad_norm': float(policy.inner_grad_norm),
+                           'optimizer': {k: v for k, v in policy.optimizer.items() if not isinstance(v, np.ndarray)}}
+    state['arrays'].update({f'{name}.theta': policy.theta, f'{name}.phi': policy.phi,
+                            f'{name}.returns': policy.returns})
+    state['arrays'].update({f'{name}.{k}': v for k, v in policy.optimizer.items() if isinstance(v, np.ndarray)})
+
+
+def load_best_policy(state: dict, name: str) -> Optional[BestPolicy]:
+    """The policy ``save_best_policy`` put under ``name`` (None: none there)."""
+    meta, arrays = state['meta'], state['arrays']
+    if name not in meta:
+        return None
+    saved, prefix = meta[name], f'{name}.'
+    own = {f'{prefix}theta', f'{prefix}phi', f'{prefix}returns'}
+    optimizer = dict(saved['optimizer'])
+    optimizer.update({k[len(prefix):]: np.array(v) for k, v in arrays.items() if k.startswith(prefix) and k not in own})
+    return BestPolicy(iteration=int(saved['iteration']), theta=np.array(arrays[f'{prefix}theta']),
+                      phi=np.array(arrays[f'{prefix}phi']), inner_grad_norm=float(saved['inner_grad_norm']),
+                      returns=np.array(arrays[f'{prefix}returns']), optimizer=optimizer)
+
+
 class BilevelOuterLoop(MethodRun):
     """Algorithm 1: real policy gradient pulled back to theta through d phi*/d theta."""
 
@@ -958,15 +978,23 @@ class BilevelOuterLoop(MethodRun):
                          reset_on_reversal=config.step_reset_on_reversal)
         self.offset = np.zeros(self.theta.size)
         """``anchor: sysid``: what the outer steps added to the dynamics entries on top of sysid's fit."""
+        self.anchor_reference: Optional[BestPolicy] = None
+        """``anchor: auto``: the first deployed policy (before any fit), what anchored ones are held to."""
+        self.anchor_released = False
+        """``anchor: auto``: the real data said the fit hurt; bi-level without the anchor since."""
 
     @property
     def anchored(self) -> bool:
-        return self.config.anchor == 'sysid'
+        return self.config.anchor == 'sysid' or (self.config.anchor == 'auto' and not self.anchor_released)
 
     def state_dict(self) -> dict:
         state = super().state_dict()
         if self.anchored:
             state['arrays']['anchor.offset'] = self.offset
+        if self.config.anchor == 'auto':
+            state['meta']['anchor_released'] = bool(self.anchor_released)
+            if self.anchor_reference is not None:
+                save_best_policy(state, 'anchor_reference', self.anchor_reference)
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -974,6 +1002,8 @@ class BilevelOuterLoop(MethodRun):
         self.learn_mask = self._learn_mask()
         self.step_units = self._step_units()
         self.offset = np.array(state['arrays'].get('anchor.offset', np.zeros(self.theta.size)), dtype=np.float64)
+        self.anchor_released = bool(state['meta'].get('anchor_released', False))
+        self.anchor_reference = load_best_policy(state, 'anchor_reference')
 
     def optimizer_state(self) -> dict:
         """Adam's state and, anchored, the offset (a backtrack restores both)."""
@@ -1041,7 +1071,14 @@ class BilevelOuterLoop(MethodRun):
             self.real_batches = self.real_batches[-self.config.real_history:]
         timing['real_s'] = time.perf_counter() - t0
         if (self.config.theta_start == 'sysid' or self.anchored) and self.iteration == 0:
+            if self.config.anchor == 'auto':
+                best = self.best            # the policy just deployed: the first, fitted to nothing
+                self.anchor_reference = BestPolicy(best.iteration, best.theta.copy(), best.phi.copy(),
+                                                   best.inner_grad_norm, best.returns.copy(), dict(best.optimizer))
             return self.start_from_identification(batch, timing)
+        if self.anchor_hurts():
+            self.release_anchor()
+            return float('nan'), self.mean_real_return(batch), timing
         if self.config.safe_improvement and self.last_deployed is not None and self.best is not None \
                 and self.last_deployed.significantly_below(self.best.estimate(self.config.confidence)):
             t2 = time.perf_counter()
@@ -1103,6 +1140,30 @@ class BilevelOuterLoop(MethodRun):
         self.set_policy(self.solve_inner(self.theta, self.phi))
         timing['inner_s'] = time.perf_counter() - t2
         return float('nan'), self.mean_real_return(batch), timing
+
+    def anchor_hurts(self) -> bool:
+        """``anchor: auto``: whether the anchored policy deployed last is significantly below the
+        first policy (the nominal one) while that one is still the best deployed."""
+        reference = self.anchor_reference
+        if self.config.anchor != 'auto' or self.anchor_released or reference is None or self.last_deployed is None:
+            return False
+        if self.best is None or not np.array_equal(self.best.phi, reference.phi):
+            return False          # an anchored policy was the best deployed: safe improvement's business
+        return self.last_deployed.significantly_below(self.best.estimate(self.config.confidence))
+
+    def release_anchor(self) -> None:
+        """``anchor: auto``: theta, the policy and the optimiser back to the first policy's; no anchor
+        from now on (the next iteration deploys that policy again and takes a bi-level step from it)."""
+        reference = self.best
+        self.anchor_released = True
+        self.offset = np.zeros(self.theta.size)
+        self.theta = reference.theta.copy()
+        self.restore_optimizer_state(reference.optimizer)
+        self.restore_policy(reference)
+        self.event = (f'anchor released: the anchored policy\'s estimated real return '
+                      f'{self._interval(self.last_deployed)} is below the first policy\'s '
+                      f'{self._interval(reference.estimate(self.config.confidence))} (iteration '
+                      f'{reference.iteration}); theta back to it, bi-level without the sysid anchor from there')
 
     def anchor_mask(self) -> np.ndarray:
         """The entries sysid's fit sets: the learnable dynamics ones."""
