@@ -646,6 +646,10 @@ class MethodRun:
                 'iteration': self.iteration + 1, 'rng_after': self.rng.bit_generator.state}, phi, self.writer)
         return batch
 
+    def kept_numbers(self) -> list[int]:
+        """The run's numbers of the kept real batches (``real_batches``), oldest first."""
+        return self.kept_batch_numbers[len(self.kept_batch_numbers) - len(self.real_batches):]
+
     def identify(self) -> np.ndarray:
         """The fit on every kept real batch.  Where the problem keeps sufficient statistics
         (``system_identification_statistics(theta_init)``: ``add(batch)``, ``fit()``), each batch is
@@ -654,7 +658,7 @@ class MethodRun:
         make = getattr(self.problem, 'system_identification_statistics', None)
         if make is None:
             return self.problem.system_identification(self.real_batches, self.problem.theta0())
-        numbers = self.kept_batch_numbers[len(self.kept_batch_numbers) - len(self.real_batches):]
+        numbers = self.kept_numbers()
         statistics, added = getattr(self, '_sysid', (None, []))
         if statistics is None or added != numbers[:len(added)]:        # first call, resumed, or cut at the front
             statistics, added = make(self.problem.theta0()), []
@@ -801,7 +805,7 @@ class MethodRun:
             arrays['phi'] = np.asarray(self.phi, dtype=np.float64)
         # the kept batches are already in RUN_DIR/real/: the checkpoint refers to them by number
         # instead of copying them into every save (which made each save grow with the run)
-        self.kept_batch_numbers = self.kept_batch_numbers[len(self.kept_batch_numbers) - len(self.real_batches):]
+        self.kept_batch_numbers = self.kept_numbers()
         meta['real_batch_runs'] = checkpoint.number_runs(self.kept_batch_numbers)
         adam = getattr(self, 'adam', None)
         if isinstance(adam, Adam):
@@ -982,6 +986,8 @@ class BilevelOuterLoop(MethodRun):
         """``anchor: auto``: the first deployed policy (before any fit), what anchored ones are held to."""
         self.anchor_released = False
         """``anchor: auto``: the real data said the fit hurt; bi-level without the anchor since."""
+        self.anchor_reference_batch = -1
+        """``anchor: auto``: the number of the reference's real batch (``kept_batch_numbers``)."""
 
     @property
     def anchored(self) -> bool:
@@ -993,6 +999,7 @@ class BilevelOuterLoop(MethodRun):
             state['arrays']['anchor.offset'] = self.offset
         if self.config.anchor == 'auto':
             state['meta']['anchor_released'] = bool(self.anchor_released)
+            state['meta']['anchor_reference_batch'] = int(self.anchor_reference_batch)
             if self.anchor_reference is not None:
                 save_best_policy(state, 'anchor_reference', self.anchor_reference)
         return state
@@ -1003,6 +1010,7 @@ class BilevelOuterLoop(MethodRun):
         self.step_units = self._step_units()
         self.offset = np.array(state['arrays'].get('anchor.offset', np.zeros(self.theta.size)), dtype=np.float64)
         self.anchor_released = bool(state['meta'].get('anchor_released', False))
+        self.anchor_reference_batch = int(state['meta'].get('anchor_reference_batch', -1))
         self.anchor_reference = load_best_policy(state, 'anchor_reference')
 
     def optimizer_state(self) -> dict:
@@ -1075,10 +1083,10 @@ class BilevelOuterLoop(MethodRun):
                 best = self.best            # the policy just deployed: the first, fitted to nothing
                 self.anchor_reference = BestPolicy(best.iteration, best.theta.copy(), best.phi.copy(),
                                                    best.inner_grad_norm, best.returns.copy(), dict(best.optimizer))
+                self.anchor_reference_batch = self.kept_batch_numbers[-1]
             return self.start_from_identification(batch, timing)
         if self.anchor_hurts():
-            self.release_anchor()
-            return float('nan'), self.mean_real_return(batch), timing
+            return self.outer_step(self.release_anchor(), batch, timing)
         if self.config.safe_improvement and self.last_deployed is not None and self.best is not None \
                 and self.last_deployed.significantly_below(self.best.estimate(self.config.confidence)):
             t2 = time.perf_counter()
@@ -1087,13 +1095,18 @@ class BilevelOuterLoop(MethodRun):
             timing['inner_s'] = time.perf_counter() - t2
             return float('nan'), self.mean_real_return(batch), timing
 
+        return self.outer_step(self.real_data(), batch, timing)
+
+    def outer_step(self, data: list[Trajectories], batch: Trajectories, timing: dict) -> tuple[float, float, dict]:
+        """The outer step from the current policy, whose real episodes are ``data[-1]``, and the tail
+        of the iteration (``move_and_solve``); ``batch``: the iteration's real batch (its record)."""
         t1 = time.perf_counter()
         if self.config.far_from_stationary == 'skip':
             far = far_from_stationary(self.config, self.problem, self.inner_grad_norm)
             if far:
-                self.event = f'no outer step: {far}'
+                self.event = (self.event + '; ' if self.event else '') + f'no outer step: {far}'
                 return self.solve_without_step(batch, timing)
-        real_gradient = self.problem.real_policy_gradient(self.phi, self.real_data(), theta=self.theta)
+        real_gradient = self.problem.real_policy_gradient(self.phi, data, theta=self.theta)
         gradient = self.outer_gradient(self.phi, self.theta, real_gradient)
         gradient = np.where(self.learn_mask, gradient, 0.0)
         timing['sensitivity_s'] = time.perf_counter() - t1
@@ -1151,10 +1164,19 @@ class BilevelOuterLoop(MethodRun):
             return False          # an anchored policy was the best deployed: safe improvement's business
         return self.last_deployed.significantly_below(self.best.estimate(self.config.confidence))
 
-    def release_anchor(self) -> None:
-        """``anchor: auto``: theta, the policy and the optimiser back to the first policy's; no anchor
-        from now on (the next iteration deploys that policy again and takes a bi-level step from it)."""
+    def release_anchor(self) -> list[Trajectories]:
+        """``anchor: auto``: theta, the policy and the optimiser back to the first policy's, no anchor
+        from now on; returns the real data for a bi-level step from there at once, ending with that
+        policy's own batch (the estimators' newest batch is the current policy's), so that no real
+        episode is spent on deploying it again."""
         reference = self.best
+        numbers = self.kept_numbers()
+        own = [b for n, b in zip(numbers, self.real_batches) if n == self.anchor_reference_batch]
+        if not own:
+            raise RuntimeError(f'anchor: auto: the first policy\'s real batch {self.anchor_reference_batch} '
+                               f'is not among the kept ones {numbers}')
+        others = [b for n, b in zip(numbers, self.real_batches) if n != self.anchor_reference_batch]
+        data = others[len(others) - (self.config.real_history - 1):] if self.config.real_history > 1 else []
         self.anchor_released = True
         self.offset = np.zeros(self.theta.size)
         self.theta = reference.theta.copy()
@@ -1164,6 +1186,7 @@ class BilevelOuterLoop(MethodRun):
                       f'{self._interval(self.last_deployed)} is below the first policy\'s '
                       f'{self._interval(reference.estimate(self.config.confidence))} (iteration '
                       f'{reference.iteration}); theta back to it, bi-level without the sysid anchor from there')
+        return data + own
 
     def anchor_mask(self) -> np.ndarray:
         """The entries sysid's fit sets: the learnable dynamics ones."""
