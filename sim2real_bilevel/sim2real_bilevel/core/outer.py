@@ -1175,7 +1175,7 @@ class BilevelOuterLoop(MethodRun):
         if not own:
             raise RuntimeError(f'anchor: auto: the first policy\'s real batch {self.anchor_reference_batch} '
                                f'is not among the kept ones {numbers}')
-        others = [b for n, b in zip(numbers, self.real_batches) if n != self.anchor_reference_batch]
+        others = [b for b in self.real_data() if b is not own[0]]        # mixed mode: the dataset's too
         data = others[len(others) - (self.config.real_history - 1):] if self.config.real_history > 1 else []
         self.anchor_released = True
         self.offset = np.zeros(self.theta.size)
