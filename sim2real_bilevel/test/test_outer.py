@@ -405,6 +405,26 @@ def test_anchor_auto_release_survives_a_resume(tmp_path):
     assert resumed.anchor_reference.iteration == run.anchor_reference.iteration == 1
     np.testing.assert_array_equal(resumed.theta, run.theta)
 
+def test_anchor_auto_warns_when_its_batches_are_too_small_to_release(caplog):
+    import logging
+    from sim2real_bilevel.core.outer import AUTO_ANCHOR_MIN_EPISODES, separable_gap
+    with caplog.at_level(logging.WARNING, logger='sim2real_bilevel.core.outer'):
+        BilevelOuterLoop(toy(), OuterConfig(anchor='auto', real_episodes=2))
+    assert 'anchor: auto with 2 real episodes per iteration' in caplog.text and '18 standard deviations' in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger='sim2real_bilevel.core.outer'):
+        BilevelOuterLoop(toy(), OuterConfig(anchor='auto', real_episodes=AUTO_ANCHOR_MIN_EPISODES))
+        BilevelOuterLoop(toy(), OuterConfig(anchor='sysid', real_episodes=2))
+    assert 'anchor: auto' not in caplog.text
+    # the separation the warning quotes: two means that far apart have just-touching intervals
+    from sim2real_bilevel.core.evaluation import ReturnEstimate
+    gap = separable_gap(5, 0.95)
+    spread = np.array([-1.0, -0.5, 0.0, 0.5, 1.0])
+    sd = float(np.std(spread, ddof=1))
+    low = ReturnEstimate.of(spread, 0.95)
+    assert not ReturnEstimate.of(spread - 0.99 * gap * sd, 0.95).significantly_below(low)
+    assert ReturnEstimate.of(spread - 1.01 * gap * sd, 0.95).significantly_below(low)
+
 def test_anchor_auto_stays_anchored_while_the_fit_policy_is_not_worse():
     problem = _fitted_toy(helps=True)
     run = BilevelOuterLoop(problem, OuterConfig(anchor='auto', real_episodes=2), seed=0)

@@ -942,6 +942,19 @@ class MethodRun:
         return False
 
 
+AUTO_ANCHOR_MIN_EPISODES = 5
+"""``anchor: auto`` warns below this many real episodes per iteration (its test has little power)."""
+
+
+def separable_gap(episodes: int, confidence: float) -> float:
+    """How many standard deviations of one episode's return two means of ``episodes`` episodes each
+    must lie apart for their Student-t intervals at ``confidence`` not to overlap (inf below 2)."""
+    if episodes < 2:
+        return float('inf')
+    from scipy.stats import t
+    return float(2.0 * t.ppf(0.5 + confidence / 2, episodes - 1) / np.sqrt(episodes))
+
+
 def save_best_policy(state: dict, name: str, policy: BestPolicy) -> None:
     """Put ``policy`` into a ``state_dict`` under ``name`` (its numbers in the metadata, its arrays
     as ``NAME.theta``, ``NAME.phi``, ``NAME.returns`` and ``NAME.<optimiser array>``)."""
@@ -988,6 +1001,15 @@ class BilevelOuterLoop(MethodRun):
         """``anchor: auto``: the real data said the fit hurt; bi-level without the anchor since."""
         self.anchor_reference_batch = -1
         """``anchor: auto``: the number of the reference's real batch (``kept_batch_numbers``)."""
+        if config.anchor == 'auto' and config.real_episodes < AUTO_ANCHOR_MIN_EPISODES:
+            log.warning('%s: anchor: auto with %d real episodes per iteration: its release test compares 95 %% '
+                        't-intervals of single batches, which at %d episodes only separate returns more than '
+                        '%.3g standard deviations of an episode apart; it will rarely release (the pendulum '
+                        'at 2 episodes never did: bench/results/anchor_sysid/generated_urdf_auto/).  Use '
+                        '%d or more real episodes per iteration, or anchor: none', problem.source,
+                        config.real_episodes, config.real_episodes, separable_gap(config.real_episodes,
+                                                                                  config.confidence),
+                        AUTO_ANCHOR_MIN_EPISODES)
 
     @property
     def anchored(self) -> bool:
