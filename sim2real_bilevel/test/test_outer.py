@@ -410,7 +410,11 @@ def test_anchor_auto_warns_when_its_batches_are_too_small_to_release(caplog):
     from sim2real_bilevel.core.outer import AUTO_ANCHOR_MIN_EPISODES, separable_gap
     with caplog.at_level(logging.WARNING, logger='sim2real_bilevel.core.outer'):
         BilevelOuterLoop(toy(), OuterConfig(anchor='auto', real_episodes=2))
-    assert 'anchor: auto with 2 real episodes per iteration' in caplog.text and '18 standard deviations' in caplog.text
+    assert 'anchor: auto with 2 real episode(s) per iteration' in caplog.text and '18 standard deviations' in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger='sim2real_bilevel.core.outer'):
+        BilevelOuterLoop(toy(), OuterConfig(anchor='auto', real_episodes=1))
+    assert 'one episode has no interval: it never releases' in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger='sim2real_bilevel.core.outer'):
         BilevelOuterLoop(toy(), OuterConfig(anchor='auto', real_episodes=AUTO_ANCHOR_MIN_EPISODES))

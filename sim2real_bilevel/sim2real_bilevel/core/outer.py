@@ -1002,13 +1002,15 @@ class BilevelOuterLoop(MethodRun):
         self.anchor_reference_batch = -1
         """``anchor: auto``: the number of the reference's real batch (``kept_batch_numbers``)."""
         if config.anchor == 'auto' and config.real_episodes < AUTO_ANCHOR_MIN_EPISODES:
-            log.warning('%s: anchor: auto with %d real episodes per iteration: its release test compares 95 %% '
-                        't-intervals of single batches, which at %d episodes only separate returns more than '
-                        '%.3g standard deviations of an episode apart; it will rarely release (the pendulum '
-                        'at 2 episodes never did: bench/results/anchor_sysid/generated_urdf_auto/).  Use '
-                        '%d or more real episodes per iteration, or anchor: none', problem.source,
-                        config.real_episodes, config.real_episodes, separable_gap(config.real_episodes,
-                                                                                  config.confidence),
+            episodes = config.real_episodes
+            reach = ('one episode has no interval: it never releases' if episodes < 2 else
+                     f'at {episodes} episodes they only separate returns more than '
+                     f'{separable_gap(episodes, config.confidence):.3g} standard deviations of an episode apart: '
+                     'it will rarely release (the pendulum at 2 never did: '
+                     'bench/results/anchor_sysid/generated_urdf_auto/)')
+            log.warning('%s: anchor: auto with %d real episode(s) per iteration: its release test compares the '
+                        '%g %% t-intervals of single batches, and %s.  Use %d or more real episodes per '
+                        'iteration, or anchor: none', problem.source, episodes, 100 * config.confidence, reach,
                         AUTO_ANCHOR_MIN_EPISODES)
 
     @property
