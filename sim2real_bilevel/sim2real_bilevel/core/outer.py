@@ -14,6 +14,7 @@ remote calls and keep the same arithmetic.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -955,6 +956,21 @@ def separable_gap(episodes: int, confidence: float) -> float:
     return float(2.0 * t.ppf(0.5 + confidence / 2, episodes - 1) / np.sqrt(episodes))
 
 
+def warn_small_auto_batches(source: str, config: OuterConfig) -> None:
+    """``anchor: auto`` below ``AUTO_ANCHOR_MIN_EPISODES`` real episodes per iteration: a warning
+    saying how far apart two batches' returns must be for its test to release."""
+    episodes = config.real_episodes
+    if episodes >= AUTO_ANCHOR_MIN_EPISODES:
+        return
+    reach = ('one episode has no interval: it never releases' if episodes < 2 else
+             f'at {episodes} episodes they only separate returns more than '
+             f'{separable_gap(episodes, config.confidence):.3g} standard deviations of an episode apart: '
+             'it will rarely release (the pendulum at 2 never did: bench/results/anchor_sysid/generated_urdf_auto/)')
+    log.warning('%s: anchor: auto with %d real episode(s) per iteration: its release test compares the %g %% '
+                't-intervals of single batches, and %s.  Use %d or more real episodes per iteration, or '
+                'anchor: none', source, episodes, 100 * config.confidence, reach, AUTO_ANCHOR_MIN_EPISODES)
+
+
 def save_best_policy(state: dict, name: str, policy: BestPolicy) -> None:
     """Put ``policy`` into a ``state_dict`` under ``name`` (its numbers in the metadata, its arrays
     as ``NAME.theta``, ``NAME.phi``, ``NAME.returns`` and ``NAME.<optimiser array>``)."""
@@ -1001,17 +1017,8 @@ class BilevelOuterLoop(MethodRun):
         """``anchor: auto``: the real data said the fit hurt; bi-level without the anchor since."""
         self.anchor_reference_batch = -1
         """``anchor: auto``: the number of the reference's real batch (``kept_batch_numbers``)."""
-        if config.anchor == 'auto' and config.real_episodes < AUTO_ANCHOR_MIN_EPISODES:
-            episodes = config.real_episodes
-            reach = ('one episode has no interval: it never releases' if episodes < 2 else
-                     f'at {episodes} episodes they only separate returns more than '
-                     f'{separable_gap(episodes, config.confidence):.3g} standard deviations of an episode apart: '
-                     'it will rarely release (the pendulum at 2 never did: '
-                     'bench/results/anchor_sysid/generated_urdf_auto/)')
-            log.warning('%s: anchor: auto with %d real episode(s) per iteration: its release test compares the '
-                        '%g %% t-intervals of single batches, and %s.  Use %d or more real episodes per '
-                        'iteration, or anchor: none', problem.source, episodes, 100 * config.confidence, reach,
-                        AUTO_ANCHOR_MIN_EPISODES)
+        if config.anchor == 'auto':
+            warn_small_auto_batches(problem.source, config)
 
     @property
     def anchored(self) -> bool:
@@ -1104,9 +1111,8 @@ class BilevelOuterLoop(MethodRun):
         timing['real_s'] = time.perf_counter() - t0
         if (self.config.theta_start == 'sysid' or self.anchored) and self.iteration == 0:
             if self.config.anchor == 'auto':
-                best = self.best            # the policy just deployed: the first, fitted to nothing
-                self.anchor_reference = BestPolicy(best.iteration, best.theta.copy(), best.phi.copy(),
-                                                   best.inner_grad_norm, best.returns.copy(), dict(best.optimizer))
+                # the policy just deployed: the first, fitted to nothing (a copy: later batches pool into best)
+                self.anchor_reference = copy.deepcopy(self.best)
                 self.anchor_reference_batch = self.kept_batch_numbers[-1]
             return self.start_from_identification(batch, timing)
         if self.anchor_hurts():
@@ -1200,7 +1206,7 @@ class BilevelOuterLoop(MethodRun):
             raise RuntimeError(f'anchor: auto: the first policy\'s real batch {self.anchor_reference_batch} '
                                f'is not among the kept ones {numbers}')
         others = [b for b in self.real_data() if b is not own[0]]        # mixed mode: the dataset's too
-        data = others[len(others) - (self.config.real_history - 1):] if self.config.real_history > 1 else []
+        data = others[-(self.config.real_history - 1):] if self.config.real_history > 1 else []
         self.anchor_released = True
         self.offset = np.zeros(self.theta.size)
         self.theta = reference.theta.copy()
