@@ -214,6 +214,14 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
+def worker_pool(workers: int) -> cf.ProcessPoolExecutor:
+    """A pool of ``workers`` processes (0: one per CPU), each one thread, dying with the parent.
+    forkserver, not fork: a fork of a process with threads (torch's, DDS's, pytest's) can hang or die
+    in the child when a lock was held at the fork; the server forks from a clean process."""
+    return cf.ProcessPoolExecutor(max_workers=workers or os.cpu_count(), initializer=_worker_init,
+                                  mp_context=multiprocessing.get_context('forkserver'))
+
+
 class Progress:
     """One line per finished job on stderr: count, job, result, elapsed and an estimate of the rest."""
 
@@ -280,10 +288,7 @@ def run_suite(out, kinds=KINDS, problems: int = 50, seeds: int = 3, methods=METH
             os.fsync(log.fileno())
 
         count = workers or os.cpu_count()
-        # forkserver, not fork: a fork of a process with threads (torch's, DDS's, pytest's) can hang or
-        # die in the child when a lock was held at the fork; the server forks from a clean process
-        pool = cf.ProcessPoolExecutor(max_workers=count, initializer=_worker_init,
-                                      mp_context=multiprocessing.get_context('forkserver'))
+        pool = worker_pool(count)
         try:
             futures, to_generate, ready = {}, [], []
             for (kind, seed), group in by_problem.items():

@@ -161,7 +161,7 @@ def main(argv=None) -> int:
         (out / 'infos.json').write_text(json.dumps(infos, indent=1))
         done = {r['key'] for r in suite.read_records(out / suite.JOBS_FILE) if r.get('status') == 'ok'}
         started = time.perf_counter()
-        with cf.ProcessPoolExecutor(args.workers) as pool:
+        with suite.worker_pool(args.workers) as pool:
             futures = [pool.submit(run_task, str(paths[s]), s, methods, args.iterations, done) for s in args.tasks]
             for future in cf.as_completed(futures):
                 future.result()

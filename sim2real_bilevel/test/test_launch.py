@@ -164,6 +164,40 @@ def test_resolve_in_the_graph_re_solves_only_what_the_optimizer_learns(tmp_path,
     assert np.all(moved[~np.asarray(problem.theta_groups()['reward'], dtype=bool)] == 0) and moved.max() > 0
 
 
+def test_anchored_run_refits_in_the_optimizer_node_with_the_core_s_theta(tmp_path, ros_env):
+    """A problem file with ``outer: {anchor: auto}`` (no ROS parameter for it): the optimizer node
+    runs the anchored loop, refitting sysid on every kept real batch, and theta is the core's bit for
+    bit; the anchor's state is in the checkpoint."""
+    from sim2real_bilevel.core import checkpoint
+    from sim2real_bilevel.core.experiments import make_run
+    from sim2real_bilevel.core.problems import load_problem
+
+    iterations, seed = 4, 1
+    document = yaml.safe_load((CONFIG / f'{PROBLEM}.yaml').read_text())
+    document['outer'].update(anchor='auto', real_episodes=5, iterations=iterations)
+    problem_file = tmp_path / 'anchored.yaml'
+    problem_file.write_text(yaml.safe_dump(document))
+    params = yaml.safe_load((CONFIG / f'{PROBLEM}_params.yaml').read_text())
+    (tmp_path / 'anchored_params.yaml').write_text(yaml.safe_dump(params))   # picked up beside the problem
+    run_dir = tmp_path / 'run'
+    process = _launch(ros_env, tmp_path, f'problem:={problem_file}', f'seed:={seed}', f'run_dir:={run_dir}',
+                      'namespace:=anchored', 'containers:=learning,robot')
+    output, _ = process.communicate(timeout=240)
+    assert process.returncode == 0, output
+    records = json.loads((run_dir / 'results.json').read_text())['methods']['bilevel']['seeds'][0]['iterations']
+    core = make_run(load_problem(str(problem_file)), 'bilevel', seed, iterations=iterations, evaluate=True)
+    assert core.config.anchor == 'auto'
+    core.run()
+    assert len(records) == iterations + 1 and core.anchored and not core.anchor_released
+    np.testing.assert_array_equal([r['theta'] for r in records], [r.theta for r in core.history])
+    # every iteration after the first refits: theta's anchored entries are the fit plus the offset
+    dynamics = core.anchor_mask()
+    assert np.ptp([r.theta for r in core.history][1:], axis=0)[dynamics].max() > 0
+    meta, state = checkpoint.load_checkpoint(run_dir)
+    assert meta['iteration'] == iterations and meta['anchor_released'] is False, meta
+    np.testing.assert_array_equal(state['anchor.offset'], core.offset)
+
+
 def test_without_an_evaluator_the_run_shows_estimates_and_keeps_the_best_policy(tmp_path, ros_env):
     """As on hardware (evaluator:='' and safe_improvement:=true): nothing asks for the hidden model's
     returns, which stay NaN everywhere; records, metrics, results and report carry the estimated

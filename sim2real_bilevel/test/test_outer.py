@@ -391,6 +391,70 @@ def test_anchor_auto_is_released_when_the_fit_policy_is_significantly_worse_than
     assert len(run.real_batches) == 2                      # no anchor: only real_history batches kept
 
 
+def test_over_ros_the_release_re_registers_the_first_policy_and_steps_as_the_core():
+    """GraphBilevelLoop (the optimizer node's loop): the release sends the first policy to the
+    inner_trainer as the warm start of one solve at its theta (new versions the bridge accepts), the
+    sensitivity goal that follows carries that policy, and theta and phi are the core's. The node's
+    actions are replaced by in-process calls here (the action plumbing is test_launch.py's)."""
+    pytest.importorskip('rclpy')
+    pytest.importorskip('sim2real_bilevel_interfaces')
+    from sim2real_bilevel.nodes import conversions
+    from sim2real_bilevel.nodes.outer_optimizer import GraphBilevelLoop
+
+    problem = _fitted_toy(helps=False)
+    config = OuterConfig(anchor='auto', real_episodes=5, real_history=2)
+
+    class Node:
+        """The optimizer node's calls, as its action servers would answer them."""
+        theta_version = 0
+        policy = None
+
+        def __init__(self):
+            self.calls = []
+
+        def train_policy(self, theta, phi_init):
+            warm = None if self.policy is None else conversions.policy_from_msg(self.policy)[0]
+            self.calls.append(('train', warm, np.array(theta)))
+            result = problem.inner_solve(theta, None if self.policy is None else warm)
+            version = 1 if self.policy is None else self.policy.version + 1
+            self.theta_version += self.policy is not None
+            self.policy = conversions.policy_to_msg(result.phi, version, self.theta_version, result.grad_norm)
+            return result
+
+        def run_episodes(self, n):
+            return problem.sample_real(self.loop.phi, n, self.loop.rng)
+
+        def compute_sensitivity(self, real_gradient):
+            phi = conversions.policy_from_msg(self.policy)[0]
+            self.calls.append(('sensitivity', phi, np.array(self.loop.theta)))
+            return BilevelOuterLoop.outer_gradient(self.loop, phi, self.loop.theta, real_gradient)
+
+        def apply_live_parameters(self, loop):
+            pass
+
+    node = Node()
+    graph = node.loop = GraphBilevelLoop(node, problem, config, 0, None)
+    core = BilevelOuterLoop(problem, config, seed=0)
+    for loop in (graph, core):
+        loop.start()
+        loop.step()                                       # the first policy's batch; the fit
+    first_theta = core.history[0].theta
+    node.calls.clear()
+    record = graph.step()                                 # the fit's policy is worse: released
+    assert record.event.startswith('anchor released') and core.step().event == record.event
+    (kind, warm, theta), (step, phi, at), (_, _, solved_at) = node.calls
+    assert (kind, step) == ('train', 'sensitivity')
+    first = core.anchor_reference.phi
+    np.testing.assert_array_equal(warm, first)            # re-registered: the first policy, warm, at its theta
+    np.testing.assert_array_equal(theta, first_theta)
+    np.testing.assert_allclose(phi, first, rtol=0, atol=1e-12)    # the sensitivity of that policy, there
+    np.testing.assert_array_equal(at, first_theta)
+    assert node.policy.version == 4 and node.theta_version == 3   # start, fit, re-registration, step
+    np.testing.assert_array_equal(graph.theta, core.theta)
+    np.testing.assert_array_equal(solved_at, core.theta)
+    np.testing.assert_allclose(graph.phi, core.phi, rtol=0, atol=1e-12)
+
+
 def test_anchor_auto_release_survives_a_resume(tmp_path):
     problem = _fitted_toy(helps=False)
     run = BilevelOuterLoop(problem, OuterConfig(anchor='auto', real_episodes=2, iterations=2), seed=0)
