@@ -144,7 +144,9 @@ class OuterConfig:
     theta, the policy and the optimiser go back to the first policy's and bi-level goes on from
     there as with 'none' (the record's event says so).  For robots whose real effects the family
     cannot represent (an actuation delay), where the fit's theta trains worse policies than the
-    nominal one (bench/results/anchor_sysid/generated_urdf/)."""
+    nominal one (bench/results/anchor_sysid/generated_urdf/).  The method ``bilevel-anchored`` is
+    'sysid' with ``far_from_stationary: skip``, ``bilevel-anchored-auto`` is 'auto' alone: a problem
+    file (the ROS graph's only way to choose) needs the same lines."""
     normalize_gradient: bool = False
     """Divide each outer gradient by its norm before the optimiser (Adam or SGD; opt-in).  With
     Adam every iteration's direction then weighs the same in its moments: one gradient orders of
