@@ -177,11 +177,10 @@ def test_anchored_run_refits_in_the_optimizer_node_with_the_core_s_theta(tmp_pat
     document['outer'].update(anchor='auto', real_episodes=5, iterations=iterations)
     problem_file = tmp_path / 'anchored.yaml'
     problem_file.write_text(yaml.safe_dump(document))
-    params = yaml.safe_load((CONFIG / f'{PROBLEM}_params.yaml').read_text())
-    (tmp_path / 'anchored_params.yaml').write_text(yaml.safe_dump(params))   # picked up beside the problem
     run_dir = tmp_path / 'run'
     process = _launch(ros_env, tmp_path, f'problem:={problem_file}', f'seed:={seed}', f'run_dir:={run_dir}',
-                      'namespace:=anchored', 'containers:=learning,robot')
+                      f'params_file:={_params_file(tmp_path, iterations)}', 'namespace:=anchored',
+                      'containers:=learning,robot')
     output, _ = process.communicate(timeout=240)
     assert process.returncode == 0, output
     records = json.loads((run_dir / 'results.json').read_text())['methods']['bilevel']['seeds'][0]['iterations']
