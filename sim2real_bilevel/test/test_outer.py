@@ -493,6 +493,40 @@ def test_anchor_auto_warns_when_its_batches_are_too_small_to_release(caplog):
     assert not ReturnEstimate.of(spread - 0.99 * gap * sd, 0.95).significantly_below(low)
     assert ReturnEstimate.of(spread - 1.01 * gap * sd, 0.95).significantly_below(low)
 
+class UnconvergedFit(FittedToy):
+    def inner_tolerance(self):
+        return 0.01
+
+
+def test_anchor_auto_takes_no_step_from_a_policy_far_from_stationary_until_released():
+    """While anchored, 'auto' skips as ``far_from_stationary: skip`` does (the file's default says
+    'first_order'); once released, the first-order step is back."""
+    for helps in (True, False):
+        base = _fitted_toy(helps=helps)
+        problem = UnconvergedFit(base.fit, coupling=base.coupling, phi_real=base.phi_real)
+        run = BilevelOuterLoop(problem, OuterConfig(anchor='auto', real_episodes=2, real_history=2), seed=0)
+        assert run.config.far_from_stationary == 'first_order'
+        run.start()
+        run.step()                                         # the first policy's batch; the fit
+        run.inner_grad_norm = 2.0                          # 200 x the tolerance
+        record = run.step()
+        if helps:                                          # anchored: the refit alone, no offset step
+            assert run.anchored and 'no outer step' in record.event and '||F|| 2' in record.event
+            assert run.adam.t == 0 and np.isnan(record.grad_norm)
+            np.testing.assert_array_equal(run.offset, 0.0)
+            sysid = BilevelOuterLoop(problem, OuterConfig(anchor='sysid', real_episodes=2), seed=0)
+            sysid.start(), sysid.step()
+            sysid.inner_grad_norm = 2.0                    # anchor: sysid keeps its file's 'first_order'
+            assert 'no outer step' not in sysid.step().event and sysid.adam.t == 1
+        else:                                              # released: bi-level's step from the first policy
+            assert record.event.startswith('anchor released') and not run.anchored
+            t = run.adam.t
+            run.inner_grad_norm = 2.0
+            record = run.step()
+            assert 'no outer step' not in record.event and 'first-order' in record.event
+            assert run.adam.t == t + 1 and np.isfinite(record.grad_norm)
+
+
 def test_anchor_auto_stays_anchored_while_the_fit_policy_is_not_worse():
     problem = _fitted_toy(helps=True)
     run = BilevelOuterLoop(problem, OuterConfig(anchor='auto', real_episodes=2), seed=0)

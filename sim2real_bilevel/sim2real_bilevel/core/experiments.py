@@ -31,7 +31,8 @@ METHODS: dict[str, tuple[type, dict]] = {
     # moves only from policies near stationary (far from it the first-order steps were noise: swing-up)
     'bilevel-anchored': (BilevelOuterLoop, {'anchor': 'sysid', 'far_from_stationary': 'skip'}),
     # anchored until an anchored policy's real return is significantly below the nominal policy's, then bi-level
-    # from the nominal policy (the fit hurts where the family cannot represent the robot: an actuation delay)
+    # from the nominal policy (the fit hurts where the family cannot represent the robot: an actuation delay);
+    # while anchored it skips as 'bilevel-anchored' does (OuterConfig.anchor)
     'bilevel-anchored-auto': (BilevelOuterLoop, {'anchor': 'auto'}),
     # bi-level with safe improvement on (the hardware default; off for ``solve`` unless asked)
     'bilevel-safe': (BilevelOuterLoop, {'safe_improvement': True}),
