@@ -493,7 +493,10 @@ def test_anchor_auto_warns_when_its_batches_are_too_small_to_release(caplog):
     assert not ReturnEstimate.of(spread - 0.99 * gap * sd, 0.95).significantly_below(low)
     assert ReturnEstimate.of(spread - 1.01 * gap * sd, 0.95).significantly_below(low)
 
+
 class UnconvergedFit(FittedToy):
+    """The fitted toy whose exact solves have a tolerance (so ``inner_grad_norm`` can be far above it)."""
+
     def inner_tolerance(self):
         return 0.01
 
