@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from sim2real_bilevel.core.experiments import format_summary, plot_results, summarize
-from sim2real_bilevel.core.outer import (Adam, BilevelOuterLoop, OuterConfig, discounted_returns, resolve_steps,
-                                         resolved_outer_gradient, sensing_to_command, sensitivity_solver)
+from sim2real_bilevel.core.outer import (Adam, BilevelOuterLoop, OuterConfig, absorbed_offset, discounted_returns,
+                                         resolve_steps, resolved_outer_gradient, sensing_to_command, sensitivity_solver)
 from sim2real_bilevel.core.problem import InnerResult, Trajectories
 from sim2real_bilevel.core import baselines
 from sim2real_bilevel.core.evaluation import oracle_evaluator
@@ -613,3 +613,58 @@ def test_a_policy_far_from_stationary_gets_the_first_order_sensitivity():
     np.testing.assert_allclose(value, exact, rtol=1e-12)
     value, event = gradient(2.0, first_order_above=1000.0)
     np.testing.assert_allclose(value, exact, rtol=1e-12)
+
+
+def test_absorbed_offset_shrinks_entries_the_refit_moved_the_same_way_and_keeps_the_rest():
+    offset = np.array([0.3, 0.3, -0.2, 0.1, 0.0, 0.4])
+    moved = np.array([0.1, 0.5, -0.05, -0.2, 0.3, 0.0])
+    # same way: 0.3 - 0.1; 0.3 - 0.5 stops at 0; -0.2 + 0.05; other way, no offset, no move: kept
+    np.testing.assert_allclose(absorbed_offset(offset, moved), [0.2, 0.0, -0.15, 0.1, 0.0, 0.4], rtol=0, atol=1e-15)
+
+
+class MovingFitToy(ToyProblem):
+    """The toy whose sysid fit moves by ``move`` with every call (a fit that more data shift)."""
+
+    def __init__(self, move, **kwargs):
+        super().__init__(**kwargs)
+        self.move, self.calls = np.asarray(move, dtype=np.float64), 0
+
+    def system_identification(self, batches, theta_init):
+        self.calls += 1
+        return np.asarray(theta_init, dtype=np.float64) + self.calls * self.move
+
+
+@pytest.mark.parametrize('rule', ['add', 'absorb'])
+def test_anchor_offset_absorb_lets_a_refit_that_moves_with_the_offset_take_its_place(rule, tmp_path):
+    base = toy()
+    dynamics = np.asarray(base.theta_groups()['dynamics'], dtype=bool)
+    problem = MovingFitToy(np.where(dynamics, 1.5, 0.0), coupling=base.coupling, phi_real=base.phi_real)
+    config = OuterConfig(anchor='sysid', anchor_offset=rule, real_episodes=2)
+    run = BilevelOuterLoop(problem, config)
+    assert np.all(config.step_size * run.step_units < 1.5)   # each refit moves further than any step
+    lower, upper = problem.theta_bounds()
+    run.attach_run_dir(tmp_path)
+    run.start()
+    run.step()                                            # the fit alone: offset 0
+    np.testing.assert_array_equal(run.offset, 0.0)
+    positive = []
+    for _ in range(3):
+        fit_before = run.last_fit.copy()
+        run.step()
+        np.testing.assert_allclose((run.last_fit - fit_before)[dynamics], 1.5, rtol=1e-12)   # the anchor moved
+        np.testing.assert_allclose(run.theta[dynamics], np.clip(run.last_fit + run.offset, lower, upper)[dynamics],
+                                   rtol=0, atol=1e-12)
+        positive.append(bool(np.any(run.offset[dynamics] > 0)))
+    assert np.any(run.offset[dynamics] != 0.0)            # the outer steps moved the offset
+    # 'add': a step the way the fit went stays in the offset; 'absorb': the refit takes its place
+    assert any(positive) if rule == 'add' else not any(positive)
+    run.close_writer()
+    resumed = BilevelOuterLoop(problem, config)           # a checkpoint keeps the fit the next refit is compared with
+    assert resumed.attach_run_dir(tmp_path)
+    np.testing.assert_array_equal(resumed.last_fit, run.last_fit)
+    np.testing.assert_array_equal(resumed.offset, run.offset)
+
+
+def test_anchor_offset_names_a_bad_value():
+    with pytest.raises(ValueError, match=r"anchor_offset = 'sum'.*'add', 'absorb'"):
+        OuterConfig(anchor_offset='sum').validate()

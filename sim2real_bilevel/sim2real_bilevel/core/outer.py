@@ -37,6 +37,7 @@ SENSITIVITY_METHODS = ('exact', 'sampled')
 INNER_METHODS = ('exact', 'sampled', 'ppo')
 THETA_STARTS = ('nominal', 'sysid')
 ANCHORS = ('none', 'sysid', 'auto')
+ANCHOR_OFFSETS = ('add', 'absorb')
 UNMODELLED_DELAY_WARNING = 0.25
 """A real loop whose median sensing-to-command delay is at least this fraction of the control
 period, on a simulator family without an actuation delay, is warned about (once per run)."""
@@ -153,6 +154,13 @@ class OuterConfig:
     method ``bilevel-anchored`` is 'sysid' with ``far_from_stationary: skip``,
     ``bilevel-anchored-auto`` is 'auto' alone: a problem file (the ROS graph's only way to choose)
     needs the same lines."""
+    anchor_offset: str = 'add'
+    """Anchored (``anchor: sysid``, or ``auto`` before a release): how the offset meets the refit.
+    'add': theta's dynamics entries are the fit plus the offset, whatever the fit did.  'absorb':
+    where the refit moved an entry the same way as its offset, the offset shrinks by the refit's move
+    (to 0 at most): a step taken from the previous fit partly corrects that fit's error, which the
+    refit on more data corrects as well, and the two must not add up.  Where the refit moved the other
+    way, or not at all, the offset stays.  Opt-in (measured: bench/results/anchor_offset_absorb/)."""
     normalize_gradient: bool = False
     """Divide each outer gradient by its norm before the optimiser (Adam or SGD; opt-in).  With
     Adam every iteration's direction then weighs the same in its moments: one gradient orders of
@@ -213,6 +221,7 @@ class OuterConfig:
             (self.learn in ('all', 'dynamics', 'reward'), 'learn', "'all', 'dynamics' or 'reward'"),
             (self.theta_start in THETA_STARTS, 'theta_start', f'one of {THETA_STARTS}'),
             (self.anchor in ANCHORS, 'anchor', f'one of {ANCHORS}'),
+            (self.anchor_offset in ANCHOR_OFFSETS, 'anchor_offset', f'one of {ANCHOR_OFFSETS}'),
             (self.cma_sigma > 0, 'cma_sigma', 'a number > 0'),
             (self.cma_popsize >= 0, 'cma_popsize', 'an integer >= 0 (0: default)'),
             (self.spsa_a > 0 and self.spsa_c > 0, 'spsa_a', 'spsa_a > 0 and spsa_c > 0'),
@@ -979,6 +988,14 @@ def warn_small_auto_batches(source: str, config: OuterConfig) -> None:
                 'anchor: none', source, episodes, 100 * config.confidence, reach, AUTO_ANCHOR_MIN_EPISODES)
 
 
+def absorbed_offset(offset: np.ndarray, refit_move: np.ndarray) -> np.ndarray:
+    """``anchor_offset: absorb``: each entry of ``offset`` that the refit moved the same way
+    (``refit_move``, the new fit minus the previous one) shrinks by that move, to 0 at most; the
+    others are kept."""
+    same = offset * refit_move > 0
+    return np.where(same, np.sign(offset) * np.maximum(np.abs(offset) - np.abs(refit_move), 0.0), offset)
+
+
 def save_best_policy(state: dict, name: str, policy: BestPolicy) -> None:
     """Put ``policy`` into a ``state_dict`` under ``name`` (its numbers in the metadata, its arrays
     as ``NAME.theta``, ``NAME.phi``, ``NAME.returns`` and ``NAME.<optimiser array>``)."""
@@ -1025,6 +1042,8 @@ class BilevelOuterLoop(MethodRun):
         """``anchor: auto``: the real data said the fit hurt; bi-level without the anchor since."""
         self.anchor_reference_batch = -1
         """``anchor: auto``: the number of the reference's real batch (``kept_batch_numbers``)."""
+        self.last_fit: Optional[np.ndarray] = None
+        """Anchored: sysid's fit behind the current theta (``anchor_offset: absorb`` compares the next one with it)."""
         if config.anchor == 'auto':
             warn_small_auto_batches(problem.source, config)
 
@@ -1036,6 +1055,8 @@ class BilevelOuterLoop(MethodRun):
         state = super().state_dict()
         if self.anchored:
             state['arrays']['anchor.offset'] = self.offset
+            if self.last_fit is not None:
+                state['arrays']['anchor.last_fit'] = self.last_fit
         if self.config.anchor == 'auto':
             state['meta']['anchor_released'] = bool(self.anchor_released)
             state['meta']['anchor_reference_batch'] = int(self.anchor_reference_batch)
@@ -1048,6 +1069,8 @@ class BilevelOuterLoop(MethodRun):
         self.learn_mask = self._learn_mask()
         self.step_units = self._step_units()
         self.offset = np.array(state['arrays'].get('anchor.offset', np.zeros(self.theta.size)), dtype=np.float64)
+        last_fit = state['arrays'].get('anchor.last_fit')
+        self.last_fit = None if last_fit is None else np.array(last_fit, dtype=np.float64)
         self.anchor_released = bool(state['meta'].get('anchor_released', False))
         self.anchor_reference_batch = int(state['meta'].get('anchor_reference_batch', -1))
         self.anchor_reference = load_best_policy(state, 'anchor_reference')
@@ -1240,7 +1263,11 @@ class BilevelOuterLoop(MethodRun):
         """``anchor: sysid``: ``theta`` with its anchored entries replaced by sysid's fit on every kept
         real batch plus ``offset``, inside the bounds."""
         identified = np.clip(self.identify(), self.lower, self.upper)
-        return np.where(self.anchor_mask(), np.clip(identified + self.offset, self.lower, self.upper), theta)
+        mask = self.anchor_mask()
+        if self.config.anchor_offset == 'absorb' and self.last_fit is not None:
+            self.offset = absorbed_offset(self.offset, np.where(mask, identified - self.last_fit, 0.0))
+        self.last_fit = identified
+        return np.where(mask, np.clip(identified + self.offset, self.lower, self.upper), theta)
 
     def real_data(self) -> list[Trajectories]:
         """The real batches the real-gradient estimator and the safety check see: the
