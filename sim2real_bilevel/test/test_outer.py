@@ -668,3 +668,71 @@ def test_anchor_offset_absorb_lets_a_refit_that_moves_with_the_offset_take_its_p
 def test_anchor_offset_names_a_bad_value():
     with pytest.raises(ValueError, match=r"anchor_offset = 'sum'.*'add', 'absorb'"):
         OuterConfig(anchor_offset='sum').validate()
+
+
+class DelayedFitToy(FittedToy):
+    """A fitted toy whose real data do (or do not) say that the robot's commands act a step late:
+    the loop's side of ``actuation_delay_evidence`` (the robot problems compute it from their
+    transitions: test_robot_problem.py, test_urdf_problem.py)."""
+
+    control_period = 0.04
+
+    def __init__(self, fit, delayed: bool, **kwargs):
+        super().__init__(fit, **kwargs)
+        self.delayed, self.asked = delayed, []
+
+    def actuation_delay_evidence(self, batches, theta_init, confidence=0.95):
+        from sim2real_bilevel.core.problems.robot.problem import DelayEvidence
+        episodes = sum(b.dones.shape[0] for b in batches)
+        self.asked.append(episodes)
+        gain = 2.0 if self.delayed else -2.0
+        return DelayEvidence(steps=1, gain=gain, low=gain - 1.0, high=gain + 1.0, episodes=episodes,
+                             favouring=episodes if self.delayed else 0, confidence=confidence)
+
+
+def _delayed_toy(delayed: bool) -> DelayedFitToy:
+    fitted = _fitted_toy(helps=True)
+    return DelayedFitToy(fitted.fit, delayed, coupling=fitted.coupling, phi_real=fitted.phi_real)
+
+
+@pytest.mark.parametrize('anchor', ['auto', 'sysid'])
+def test_anchored_runs_warn_once_when_the_data_say_the_commands_act_late_and_keep_the_fit(anchor, caplog):
+    """The first batch says the commands act a step late: one warning that names the delay entry,
+    the iteration's event says it, and the run stays anchored on the fit (a delayed robot's fit
+    helped on some generated tasks: anchor: auto judges it by real returns, not by this)."""
+    problem = _delayed_toy(delayed=True)
+    run = BilevelOuterLoop(problem, OuterConfig(anchor=anchor, real_episodes=4), seed=0)
+    run.start()
+    with caplog.at_level('WARNING', logger='sim2real_bilevel.core.outer'):
+        first, second = run.step(), run.step()
+    assert first.event.startswith('the real data say commands act 1 control period(s) late')
+    assert 'sysid_s' in first.timing and run.anchored and 'commands act' not in second.event
+    assert first.timing['delay_check_s'] >= 0 and 'delay_check_s' not in second.timing
+    np.testing.assert_array_equal(first.theta, np.clip(problem.fit, *problem.theta_bounds()))
+    warnings = [r.getMessage() for r in caplog.records if 'act 1 control period (40 ms) late' in r.getMessage()]
+    assert len(warnings) == 1 and 'simulator.parameters.delay' in warnings[0]
+    assert problem.asked == [4]                          # found: not asked again
+
+
+@pytest.mark.parametrize('episodes, asked', [(8, [8, 16]), (5, [5, 10, 20]), (2, [2, 4, 8, 16])])
+def test_without_a_delay_in_the_data_the_evidence_is_asked_as_the_episodes_double(episodes, asked, caplog):
+    """No warning, nothing in the events; asked at the fits where the real episodes have doubled
+    since the last time, up to DELAY_EVIDENCE_EPISODES (20)."""
+    problem = _delayed_toy(delayed=False)
+    run = BilevelOuterLoop(problem, OuterConfig(anchor='sysid', real_episodes=episodes), seed=0)
+    run.start()
+    with caplog.at_level('WARNING', logger='sim2real_bilevel.core.outer'):
+        events = [run.step().event for _ in range(24 // episodes + 1)]
+    assert problem.asked == asked and not any('commands act' in event for event in events)
+    assert not any('simulator.parameters.delay' in r.getMessage() for r in caplog.records)
+
+
+def test_sysid_warns_when_the_data_say_the_commands_act_late(caplog):
+    problem = _delayed_toy(delayed=True)
+    run = baselines.SysIdRun(problem, OuterConfig(real_episodes=4), seed=0)
+    run.start()
+    with caplog.at_level('WARNING', logger='sim2real_bilevel.core.outer'):
+        first, second = run.step(), run.step()
+    assert 'commands act 1 control period' in first.event and 'commands act' not in second.event
+    assert problem.asked == [4]
+    assert sum('simulator.parameters.delay' in r.getMessage() for r in caplog.records) == 1

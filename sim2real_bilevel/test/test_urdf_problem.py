@@ -318,3 +318,26 @@ def test_cold_restarts_stop_at_the_first_solve_near_stationary_and_skip_a_start_
     # a far first solve that stays the best: kept, and reported
     chosen = problem._restarted(result(50.0, 500.0), 1.0, 'inner.cold_iterations', 4, lambda k: result(1.0, 0.5))
     assert chosen.info['cold_start'] == 0 and chosen.info['unconverged']['ratio'] == 500.0
+
+
+@pytest.mark.parametrize('delay', [0, 1])
+def test_actuation_delay_evidence_on_a_two_joint_robot_and_none_where_the_family_delays(pendulum_data, delay):
+    """The acrobot stand-in with and without one step of actuation delay, episodes of an exciting
+    policy (action std 1.5 N m): the one-step-late fit wins on every episode only where the robot
+    delays; a simulator with a ``delay`` entry fits the delay itself, so there is nothing to ask."""
+    data = acrobot_data(pendulum_data)
+    data['horizon'] = 10
+    data['real']['actuation_delay_steps'] = delay
+    data['policy'] = dict(data.get('policy', {}), initial_std=1.5)
+    problem = UrdfProblem.from_dict(data, 'acrobot')
+    phi = problem.policy.init_params(np.random.default_rng(0))
+    batch = problem.sample_real(phi, 10, np.random.default_rng(2))
+    evidence = problem.actuation_delay_evidence([batch], problem.theta0())
+    assert evidence.significant is bool(delay)
+    assert evidence.favouring == (10 if delay else 0) and evidence.steps == 1
+    data['simulator']['parameters']['delay'] = {'value': 0.02, 'learn': False}
+    delayed = UrdfProblem.from_dict(data, 'acrobot')
+    assert delayed.actuation_delay_evidence([batch], delayed.theta0()) is None
+    # the transition model of a delayed family reads the previous commands (what sysid maximises)
+    values = delayed.transition_log_likelihoods(batch, delayed.theta0())
+    assert values.shape == batch.rewards.shape and np.all(np.isfinite(values))

@@ -55,6 +55,7 @@ class SysIdRun(MethodRun):
         t0 = time.perf_counter()
         batch = self.collect_real(self.phi)
         t1 = time.perf_counter()
+        self.check_actuation_delay()
         self.theta = np.clip(self.identify(), self.lower, self.upper)
         t2 = time.perf_counter()
         self.set_policy(self.solve_inner(self.theta, self.phi))
