@@ -43,6 +43,12 @@ def test_a_batch_by_service_runs_once_per_request_id_with_the_checks_of_the_acti
     ros.spin_until(episodes.server_is_ready, 60.0, 'the bridge')
 
     first = ros.call(service, batch_request(goal(problem.phi_size(), 'batch-1')), timeout=60.0)
+    if not first.success and 'did not answer the goal' in first.message:
+        # the bridge forwards as soon as it discovers the emulator's server; a goal sent before DDS
+        # matched the way back is not answered (CI, fresh clone, loaded machine: "robot_emulator/
+        # run_episodes did not answer the goal within 10 s").  The optimizer sends such a request
+        # again with its request_id (test_action_restart.py); so does this test, once
+        first = ros.call(service, batch_request(goal(problem.phi_size(), 'batch-1')), timeout=60.0)
     assert first.success, first.message
     episodes_run = batch(first, problem)
     assert episodes_run.rewards.shape[0] == 3 and episodes_run.policy_version == 1
