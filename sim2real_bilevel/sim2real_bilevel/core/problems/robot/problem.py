@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from ...evaluation import ReturnEstimate
 from ...problem import (BilevelProblem, InnerResult, JointLimits, ResetResponse, SensitivityTerms, Trajectories,
                         alive_mask, require_finite_policy, warm_torch_func)
 from ...robot_model import THETA_NAMES, PendulumGeometry, PendulumModel
@@ -799,20 +800,10 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         state the batch holds it, nothing was measured; L-BFGS-B inside the bounds); reward
         entries keep their values in ``theta_init``."""
         from scipy.optimize import minimize
-        state_dim, action_dim = self.model.state_dim, self.model.action_dim
         ran = torch.as_tensor(np.concatenate([alive_mask(b.dones).reshape(-1) for b in batches]))
-        states = torch.as_tensor(np.concatenate([b.states[:, :-1].reshape(-1, state_dim) for b in batches]),
-                                 dtype=DTYPE)[ran]
-        next_states = torch.as_tensor(np.concatenate([b.states[:, 1:].reshape(-1, state_dim) for b in batches]),
-                                      dtype=DTYPE)[ran]
-        actions = torch.as_tensor(np.concatenate([b.actions.reshape(-1, action_dim) for b in batches]),
-                                  dtype=DTYPE)[ran]
-        # a delayed simulator's previous commands, per transition in the same (episode, step) order
-        history = {}
-        if getattr(self.model, 'action_history', 0):
-            history = {'history': torch.cat([
-                history_arguments(self.model, torch.as_tensor(b.actions, dtype=DTYPE).transpose(0, 1))['history']
-                .transpose(0, 1).reshape((-1,) + (self.model.action_history, action_dim)) for b in batches])[ran]}
+        parts = [self._transitions(b) for b in batches]
+        next_states, states, actions = (torch.cat([part[i] for part in parts])[ran] for i in range(3))
+        history = {key: torch.cat([part[3][key] for part in parts])[ran] for key in parts[0][3]}
         theta = np.asarray(theta_init, dtype=np.float64).copy()
         dynamics = self.theta_groups()['dynamics']
         if not dynamics.any():
@@ -833,23 +824,28 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
         theta[dynamics] = result.x
         return theta
 
-    def transition_log_likelihoods(self, batch: Trajectories, theta: np.ndarray) -> np.ndarray:
-        """log p(s_t+1 | s_t, a_t; theta) of each real transition (n, T) under the simulator's
-        Gaussian transition model, 0 after an episode's end."""
-        n, horizon = batch.dones.shape
+    def _transitions(self, batch: Trajectories) -> tuple:
+        """(next states, states, commands, history) of every transition of ``batch`` in (episode,
+        step) order, as the transition model takes them; ``history``: a delayed simulator's
+        previous commands (``{}`` for one without)."""
         state_dim, action_dim = self.model.state_dim, self.model.action_dim
         history = {}
         if getattr(self.model, 'action_history', 0):
-            actions_t = torch.as_tensor(batch.actions, dtype=DTYPE).transpose(0, 1)
-            history = {'history': history_arguments(self.model, actions_t)['history'].transpose(0, 1)
+            history = {'history': history_arguments(self.model, torch.as_tensor(batch.actions, dtype=DTYPE)
+                                                    .transpose(0, 1))['history'].transpose(0, 1)
                        .reshape((-1,) + (self.model.action_history, action_dim))}
+        return (torch.as_tensor(batch.states[:, 1:].reshape(-1, state_dim), dtype=DTYPE),
+                torch.as_tensor(batch.states[:, :-1].reshape(-1, state_dim), dtype=DTYPE),
+                torch.as_tensor(batch.actions.reshape(-1, action_dim), dtype=DTYPE), history)
+
+    def transition_log_likelihoods(self, batch: Trajectories, theta: np.ndarray) -> np.ndarray:
+        """log p(s_t+1 | s_t, a_t; theta) of each real transition (n, T) under the simulator's
+        Gaussian transition model, 0 after an episode's end."""
+        next_states, states, actions, history = self._transitions(batch)
         theta_phys = self.model.split(self.full_theta(torch.as_tensor(theta, dtype=DTYPE)))[0]
         with torch.no_grad():
-            values = self.model.log_prob(torch.as_tensor(batch.states[:, 1:].reshape(-1, state_dim), dtype=DTYPE),
-                                         torch.as_tensor(batch.states[:, :-1].reshape(-1, state_dim), dtype=DTYPE),
-                                         torch.as_tensor(batch.actions.reshape(-1, action_dim), dtype=DTYPE),
-                                         theta_phys, **history).numpy().reshape(n, horizon)
-        return np.where(alive_mask(batch.dones), values, 0.0)
+            values = self.model.log_prob(next_states, states, actions, theta_phys, **history)
+        return np.where(alive_mask(batch.dones), values.numpy().reshape(batch.dones.shape), 0.0)
 
     def actuation_delay_evidence(self, batches: list[Trajectories], theta_init: np.ndarray,
                                  confidence: float = 0.95) -> Optional[DelayEvidence]:
@@ -883,7 +879,6 @@ class RobotProblem(PendulumSimulatorFamily, BilevelProblem):
             gains = per_episode(shifted) - as_sent
             if best is None or gains.mean() > best[1].mean():
                 best = (steps, gains)
-        from ...evaluation import ReturnEstimate
         steps, gains = best
         estimate = ReturnEstimate.of(gains, confidence)
         return DelayEvidence(steps=steps, gain=estimate.mean, low=estimate.low, high=estimate.high,
